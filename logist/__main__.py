@@ -1,0 +1,3 @@
+from logist.cli import main
+
+main()

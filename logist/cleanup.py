@@ -1,0 +1,329 @@
+"""Cleanup: ``remove_workspace`` (containers, processes, harvest, delete, report), the policy after
+a job, and the stale sweep for cron."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from logist import containers
+from logist.errors import JobActive, LogistError
+from logist.harvest import harvest_leftover
+from logist.model import INTERRUPTED, PENDING, RUNNING, SUCCEEDED, WS_REMOVED, Job, parse_time
+from logist.store import Store, is_active
+from logist.workspace import delete_tree, tree_size
+
+
+@dataclass
+class Report:
+    """What one cleanup of one job did (or, with ``dry_run``, would do)."""
+
+    job: str
+    workspace_removed: bool = False
+    containers_removed: int = 0
+    bytes_freed: int = 0
+    seconds: float = 0.0
+    nothing_to_clean: bool = False
+    processes: list[str] = field(default_factory=list)
+    left_behind: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.left_behind
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def processes_using(path: Path) -> list[tuple[int, str]]:
+    """Host processes whose working directory or an open file is inside ``path``."""
+    target = os.path.realpath(path)
+    prefix = target + "/"
+    me = os.getpid()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        pid = int(entry.name)
+        links = [f"/proc/{pid}/cwd", f"/proc/{pid}/root"]
+        with contextlib.suppress(OSError):
+            links += [f"/proc/{pid}/fd/{fd}" for fd in os.listdir(f"/proc/{pid}/fd")]
+        for link in links:
+            try:
+                dest = os.readlink(link)
+            except OSError:
+                continue
+            if dest == target or dest.startswith(prefix):
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").strip()
+                except OSError:
+                    cmd = b"?"
+                found.append((pid, cmd.decode(errors="replace")[:120]))
+                break
+    return found
+
+
+def _terminate(pids: list[int], grace: float = 2.0) -> None:
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def remove_workspace(
+    store: Store, job: Job, *, force: bool = False, dry_run: bool = False
+) -> Report:
+    """Remove ``$JOBS_DIR/<id>/workspace`` in the contract's order; the caller holds the job's
+    lock. Never raises for what is left behind: the report names it (``ok`` is False)."""
+    start = time.monotonic()
+    report = Report(job=job.id)
+    job_dir = store.job_dir(job.id)
+    ws = job_dir / "workspace"
+    try:
+        _remove(store, job, ws, job_dir, report, force=force, dry_run=dry_run)
+    except LogistError as exc:
+        if exc.exit_code == 3:
+            raise
+        report.error = str(exc)
+    report.seconds = round(time.monotonic() - start, 3)
+    if not dry_run:
+        job.leftovers = report.left_behind + ([report.error] if report.error else [])
+        if report.workspace_removed or report.nothing_to_clean:
+            job.workspace_state = WS_REMOVED if job.workspace_state != "absent" else "absent"
+        store.save(job)
+    return report
+
+
+def _remove(
+    store: Store, job: Job, ws: Path, job_dir: Path, report: Report, *, force: bool, dry_run: bool
+) -> None:
+    exists = os.path.lexists(ws)
+    # 1. containers: labelled with the job, or with the workspace mounted
+    cli = containers.client()
+    found = {c.id: c for c in containers.find(cli, store.root, job.id)}
+    if exists:
+        found.update({c.id: c for c in containers.mounting(cli, ws)})
+    if dry_run:
+        report.containers_removed = len(found)
+    else:
+        report.containers_removed = containers.stop_and_remove(found.values(), grace=2)
+        still = containers.find(cli, store.root, job.id)
+        if still:
+            report.left_behind += [f"container {c.short_id}" for c in still]
+    if not exists:
+        report.nothing_to_clean = report.containers_removed == 0
+        return
+    if ws.is_symlink():  # never followed: only the link goes
+        if not dry_run:
+            delete_tree(ws, job_dir)
+        report.workspace_removed = True
+        return
+    # 2. host processes inside the workspace
+    procs = processes_using(ws)
+    report.processes = [f"{pid} {cmd}" for pid, cmd in procs]
+    if procs and not dry_run:
+        if not force:
+            report.error = "processes use the workspace (--force terminates them): " + ", ".join(
+                report.processes
+            )
+            return
+        _terminate([pid for pid, _ in procs])
+    if dry_run:
+        report.bytes_freed = tree_size(ws)
+        report.workspace_removed = True
+        return
+    # 3. harvest what is not yet in the job branch (raises: the workspace is kept)
+    harvest_leftover(store, job, ws)
+    # 4. delete, through a root helper container for files of another uid
+    result = delete_tree(ws, job_dir)
+    report.bytes_freed = result.bytes_freed
+    if result.foreign:
+        report.bytes_freed += _delete_as_root(cli, store, job, job_dir)
+        result = delete_tree(ws, job_dir)
+        report.bytes_freed += result.bytes_freed
+    # 5. what is still there is named
+    report.left_behind += result.foreign + result.stuck
+    report.workspace_removed = not os.path.lexists(ws)
+    if not report.workspace_removed and not report.left_behind:
+        report.left_behind.append(str(ws))
+
+
+def _delete_as_root(cli, store: Store, job: Job, job_dir: Path) -> int:
+    """Remove the workspace from a short-lived root container that mounts the job directory."""
+    import docker
+
+    real = os.path.realpath(job_dir)
+    before = tree_size(job_dir / "workspace")
+    for image in (containers.BUSYBOX, job.image):
+        try:
+            cli.images.get(image)
+        except docker.errors.ImageNotFound:
+            continue
+        code, _logs = containers.run_helper(
+            cli,
+            image=image,
+            command=["rm", "-rf", "/job/workspace"],
+            job_id=job.id,
+            jobs_root=store.root,
+            volumes={real: {"bind": "/job", "mode": "rw"}},
+        )
+        if code == 0:
+            break
+    return max(before - tree_size(job_dir / "workspace"), 0)
+
+
+def after_job(store: Store, job: Job) -> Report | None:
+    """Apply the job's cleanup policy once it has stopped running; None when it keeps all."""
+    if job.cleanup == "never" or (job.cleanup == "on-success" and job.state != SUCCEEDED):
+        return None
+    return remove_workspace(store, job)
+
+
+def recover_dead_owner(store: Store, job: Job) -> bool:
+    """A job recorded running while we hold its lock has lost its owner: mark it interrupted
+    and its running step pending again. The caller holds the job's lock."""
+    if job.state != RUNNING:
+        return False
+    for step in job.steps:
+        if step.state == RUNNING:
+            step.move(PENDING)
+    job.move(INTERRUPTED)
+    job.error = "the logist process that ran this job died"
+    store.save(job)
+    return True
+
+
+def sweep(store: Store, older_than: float, *, dry_run: bool = False) -> dict:
+    """The stale sweep: workspaces of inactive jobs idle longer than ``older_than`` seconds and
+    of jobs whose owner died, and orphaned containers of this jobs root."""
+    out: dict = {"cleaned": [], "skipped": [], "failed": [], "orphans_removed": 0}
+    now = time.time()
+    for job_id in store.ids():
+        job_dir = store.job_dir(job_id)
+        if is_active(job_dir):
+            out["skipped"].append({"job": job_id, "reason": "active"})
+            continue
+        try:
+            peek = store.load(job_id)
+        except LogistError as exc:
+            out["failed"].append({"job": job_id, "error": str(exc)})
+            continue
+        has_ws = os.path.lexists(job_dir / "workspace")
+        if not has_ws and peek.state != RUNNING:
+            continue
+        idle = now - parse_time(peek.updated_at).timestamp() >= older_than
+        if not idle and peek.state != RUNNING:
+            out["skipped"].append({"job": job_id, "reason": "recent"})
+            continue
+        try:
+            with store.lock(job_id, timeout=0.2):
+                _sweep_one(store, job_id, dry_run, out)
+        except JobActive:
+            out["skipped"].append({"job": job_id, "reason": "active"})
+        except LogistError as exc:
+            if exc.exit_code == 3:
+                raise
+            out["failed"].append({"job": job_id, "error": str(exc)})
+    out["orphans_removed"] = containers.reap_orphans(containers.client(), store.root, dry_run)
+    return out
+
+
+def _sweep_one(store: Store, job_id: str, dry_run: bool, out: dict) -> None:
+    job = store.load(job_id)  # again, under the lock: another sweep may have been first
+    ws_there = os.path.lexists(store.workspace(job_id))
+    if not dry_run:
+        recover_dead_owner(store, job)
+    if not ws_there:
+        return
+    report = remove_workspace(store, job, dry_run=dry_run)
+    if report.ok and report.workspace_removed:
+        out["cleaned"].append(
+            {
+                k: getattr(report, k)
+                for k in (
+                    "job",
+                    "workspace_removed",
+                    "containers_removed",
+                    "bytes_freed",
+                    "seconds",
+                )
+            }
+        )
+    elif not report.ok:
+        out["failed"].append(
+            {
+                "job": job_id,
+                "error": report.error or "left behind: " + ", ".join(report.left_behind),
+            }
+        )
+
+
+def cleanup_one(
+    store: Store, job_id: str, *, force: bool = False, dry_run: bool = False, wait: float = 60.0
+) -> dict:
+    """``job cleanup JOB_ID``: refuse an active job unless ``force``, which cancels its run
+    (stopping its containers) and waits for the lock. Same report shape as the sweep."""
+    from logist.store import CANCEL, write_atomic
+
+    store.load(job_id)
+    job_dir = store.job_dir(job_id)
+    timeout = 1.0
+    if is_active(job_dir):
+        if not force:
+            raise JobActive(
+                f"job {job_id} is active (owned by a live logist process); "
+                "use --force to stop it and clean up"
+            )
+        if not dry_run:
+            write_atomic(job_dir / CANCEL, b"cleanup --force")
+            containers.stop_and_remove(containers.find(containers.client(), store.root, job_id))
+            timeout = wait
+    out: dict = {"cleaned": [], "skipped": [], "failed": [], "orphans_removed": 0}
+    if dry_run and is_active(job_dir):
+        job = store.load(job_id)
+        report = remove_workspace(store, job, dry_run=True)
+    else:
+        with store.lock(job_id, timeout=timeout):
+            job = store.load(job_id)
+            if not dry_run:
+                recover_dead_owner(store, job)
+            report = remove_workspace(store, job, force=force, dry_run=dry_run)
+    if report.ok and (report.workspace_removed or report.containers_removed):
+        out["cleaned"].append(
+            {
+                k: getattr(report, k)
+                for k in (
+                    "job",
+                    "workspace_removed",
+                    "containers_removed",
+                    "bytes_freed",
+                    "seconds",
+                )
+            }
+        )
+    elif not report.ok:
+        out["failed"].append(
+            {
+                "job": job_id,
+                "error": report.error or "left behind: " + ", ".join(report.left_behind),
+            }
+        )
+    return out

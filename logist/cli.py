@@ -1,0 +1,339 @@
+"""The command line: each command parses, calls one core function, prints. Errors become one
+line on stderr and the contract's exit code (a traceback only with ``LOGIST_DEBUG=1``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from logist import __version__
+from logist.errors import LogistError, UsageError
+
+app = typer.Typer(
+    help="logist: run jobs on a git repository, each step in a container, "
+    "and leave nothing behind.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+job_app = typer.Typer(
+    help="Create, run, inspect, cancel and clean up jobs.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(job_app, name="job")
+
+_state: dict[str, Any] = {"jobs_dir": None}
+
+
+def _store():
+    from logist.store import Store, default_root
+
+    return Store(default_root(_state["jobs_dir"]))
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"logist {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    jobs_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--jobs-dir", help="Jobs root (default: $LOGIST_JOBS_DIR, else ~/.logist/jobs)."
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    _state["jobs_dir"] = jobs_dir
+
+
+# --- job create / list / status / logs ----------------------------------------------------
+
+
+@job_app.command("create")
+def job_create(
+    job_id: Annotated[str | None, typer.Argument(help="Job id (generated when omitted).")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="YAML spec.")] = None,
+    repo: Annotated[str | None, typer.Option(help="Local git repository or git URL.")] = None,
+    image: Annotated[str | None, typer.Option(help="Image of the steps.")] = None,
+    step: Annotated[list[str] | None, typer.Option(help="A step's command (repeat).")] = None,
+    ref: Annotated[str | None, typer.Option(help="Start from this ref (default: HEAD).")] = None,
+    prompt: Annotated[str | None, typer.Option(help="Given to steps as $LOGIST_PROMPT.")] = None,
+    env: Annotated[list[str] | None, typer.Option(help="K=V for the steps (repeat).")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Per-step timeout, seconds.")] = None,
+    memory: Annotated[str | None, typer.Option(help="Memory limit, e.g. 512m.")] = None,
+    cpus: Annotated[float | None, typer.Option(help="CPU limit, e.g. 1.5.")] = None,
+    pids: Annotated[int | None, typer.Option(help="Process limit.")] = None,
+    network: Annotated[str | None, typer.Option(help="bridge, none or host.")] = None,
+    user: Annotated[str | None, typer.Option(help="UID:GID or root (default: yours).")] = None,
+    pull: Annotated[str | None, typer.Option(help="missing, always or never.")] = None,
+    cleanup: Annotated[str | None, typer.Option(help="always, on-success or never.")] = None,
+) -> None:
+    """Create a job; print its id alone on stdout."""
+    from logist.jobs import create_job
+    from logist.spec import parse_env
+
+    raw = {
+        "id": job_id,
+        "repo": repo,
+        "image": image,
+        "steps": step or None,
+        "ref": ref,
+        "prompt": prompt,
+        "timeout": timeout,
+        "memory": memory,
+        "cpus": cpus,
+        "pids": pids,
+        "network": network,
+        "user": user,
+        "pull": pull,
+        "cleanup": cleanup,
+    }
+    if env:
+        raw["env"] = parse_env(env)
+    print(create_job(_store(), raw, file).id)
+
+
+@job_app.command("list")
+def job_list(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List the jobs of the jobs root."""
+    from logist.jobs import load_all
+    from logist.views import containers_by_job, job_view, table
+
+    store = _store()
+    jobs = list(load_all(store))
+    by_job = containers_by_job(store) if json_ and jobs else {}
+    rows = [job_view(store, j, by_job.get(j.id)) for j in jobs]
+    if json_:
+        _print_json(rows)
+    else:
+        print(table(rows) if rows else "no jobs")
+
+
+@job_app.command("status")
+def job_status(
+    job_id: str,
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show one job: its state, steps, workspace, result and containers."""
+    from logist.views import containers_by_job, job_view
+
+    store = _store()
+    job = store.load(job_id)
+    view = job_view(store, job, containers_by_job(store).get(job_id))
+    if json_:
+        _print_json(view)
+        return
+    print(f"job {view['id']}: {view['state']}{' (active)' if view['active'] else ''}")
+    print(f"  repo {view['repo']} ref {view['ref'] or 'HEAD'} -> branch {view['branch']}")
+    for s in view["steps"]:
+        code = "" if s["exit_code"] is None else f" exit {s['exit_code']}"
+        print(f"  step {s['index']}: {s['state']}{code}  {s['name'] or s['run']}")
+    print(f"  workspace {view['workspace']['state']}: {view['workspace']['path']}")
+    print(
+        f"  result bundle {view['result']['bundle'] or '-'}, "
+        f"source branch {view['result']['branch'] or '-'}"
+    )
+    if view["error"]:
+        print(f"  error: {view['error']}")
+
+
+@job_app.command("logs")
+def job_logs(
+    job_id: str,
+    step: Annotated[int | None, typer.Option(help="Step number (default: the latest).")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream a running step.")] = False,
+) -> None:
+    """Print a step's stored log."""
+    from logist.jobs import follow_log
+
+    follow_log(_store(), job_id, step, sys.stdout.buffer, poll=0.2 if follow else 0)
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+def _finish_runs(results) -> None:
+    from logist.engine import combine
+
+    for r in results:
+        if r.error is not None:
+            print(f"logist: {r.job.id if r.job else '?'}: {r.error}", file=sys.stderr)
+        elif r.job is not None and r.job.state not in ("succeeded", "pending"):
+            step = next((s for s in r.job.steps if s.state not in ("succeeded", "pending")), None)
+            detail = f" at step {step.index} ({step.state}, exit {step.exit_code})" if step else ""
+            print(f"logist: job {r.job.id} {r.job.state}{detail}", file=sys.stderr)
+    code = combine(results)
+    if code:
+        raise typer.Exit(code)
+
+
+@job_app.command("step")
+def job_step(job_id: str) -> None:
+    """Run the next pending step of a job (setting its workspace up if needed)."""
+    from logist.engine import Engine, signals_interrupt
+
+    store = _store()
+    store.load(job_id)
+    with signals_interrupt():
+        result = Engine(store, sys.stdout.buffer).run_job(job_id, max_steps=1)
+    _finish_runs([result])
+
+
+@job_app.command("run")
+def job_run(
+    job_ids: Annotated[list[str] | None, typer.Argument(help="Jobs to run.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every pending or interrupted job.")] = False,
+    parallel: Annotated[int, typer.Option(min=1, help="Jobs at a time.")] = 1,
+) -> None:
+    """Run jobs to a terminal state: steps in order, harvest, cleanup."""
+    from logist.engine import Engine, signals_interrupt
+    from logist.jobs import load_all
+    from logist.views import job_view
+
+    store = _store()
+    ids = list(job_ids or [])
+    for job_id in ids:
+        store.load(job_id)
+    if all_:
+        for j in load_all(store):
+            if (
+                j.id not in ids
+                and job_view(store, j)["state"] in ("pending", "interrupted")
+                and not store.active(j.id)
+            ):
+                ids.append(j.id)
+    if not ids:
+        if not all_:
+            raise UsageError("name jobs to run, or use --all")
+        print("no pending or interrupted jobs", file=sys.stderr)
+        return
+    with signals_interrupt():
+        results = Engine(store, sys.stdout.buffer, prefix=len(ids) > 1).run_many(ids, parallel)
+    _finish_runs(results)
+
+
+@job_app.command("cancel")
+def job_cancel(job_id: str) -> None:
+    """Cancel a job (also one running in another terminal)."""
+    from logist.engine import cancel
+
+    result = cancel(_store(), job_id)
+    print(f"job {job_id}: {result.job.state}", file=sys.stderr)
+    if result.error is not None:
+        raise result.error
+    if result.cleanup is not None and not result.cleanup.ok:
+        raise typer.Exit(4)
+
+
+# --- cleanup -------------------------------------------------------------------------------
+
+
+@job_app.command("cleanup")
+def job_cleanup(
+    job_id: Annotated[str | None, typer.Argument(help="The job whose workspace goes.")] = None,
+    stale: Annotated[bool, typer.Option("--stale", help="Sweep every stale job (cron).")] = False,
+    older_than: Annotated[
+        str, typer.Option(help="With --stale: idle for longer than this (90s, 30m, 24h, 7d).")
+    ] = "24h",
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Even an active job: stop its containers and processes first."
+        ),
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report, change nothing.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Remove a job's workspace and containers, or (--stale) sweep what crashed jobs left."""
+    from logist import cleanup as service
+    from logist.spec import parse_duration
+
+    store = _store()
+    if stale == (job_id is not None):
+        raise UsageError("name one job, or use --stale (not both)")
+    out = (
+        service.sweep(store, parse_duration(older_than), dry_run)
+        if stale
+        else service.cleanup_one(store, job_id, force=force, dry_run=dry_run)
+    )
+    if json_:
+        _print_json(out)
+    else:
+        for c in out["cleaned"]:
+            verb = "would remove" if dry_run else "removed"
+            print(
+                f"{c['job']}: {verb} workspace ({c['bytes_freed']} bytes), "
+                f"{c['containers_removed']} containers, {c['seconds']:.2f}s"
+            )
+        for s in out["skipped"]:
+            print(f"{s['job']}: skipped ({s['reason']})")
+        for f in out["failed"]:
+            print(f"{f['job']}: FAILED: {f['error']}", file=sys.stderr)
+        if out["orphans_removed"]:
+            print(f"orphan containers removed: {out['orphans_removed']}")
+        if not (out["cleaned"] or out["skipped"] or out["failed"] or out["orphans_removed"]):
+            print("nothing to clean")
+    if out["failed"]:
+        raise typer.Exit(4)
+
+
+# --- doctor --------------------------------------------------------------------------------
+
+
+@app.command("doctor")
+def doctor(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Check the engine, the jobs root and the default images."""
+    from logist.doctor import report
+
+    out = report(_store())
+    if json_:
+        _print_json(out)
+    else:
+        for c in out["checks"]:
+            print(f"{'ok  ' if c['ok'] else 'FAIL'} {c['name']}: {c['detail']}")
+    if not out["ok"]:
+        raise typer.Exit(3)
+
+
+def _interrupt(signum, frame) -> None:  # noqa: ARG001
+    from logist.errors import Interrupted
+
+    raise Interrupted("interrupted")
+
+
+def main() -> None:
+    """Entry point: run the app (usage errors exit 2); every ``LogistError`` becomes one line
+    on stderr and its exit code."""
+    import signal
+
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        app(prog_name="logist")
+    except LogistError as exc:
+        if os.environ.get("LOGIST_DEBUG") == "1":
+            import traceback
+
+            traceback.print_exc()
+        print(f"logist: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

@@ -1,0 +1,317 @@
+"""The one place containers are created (always labelled), run, stopped, listed and reaped."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from logist.errors import EngineUnavailable, EnvironmentProblem, ImageMissing, LogistError
+from logist.store import owner_alive, owner_id
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+    from docker.models.containers import Container
+
+MANAGED, JOB, STEP, ROOT, OWNER = (
+    "logist.managed",
+    "logist.job",
+    "logist.step",
+    "logist.jobs-dir",
+    "logist.owner",
+)
+STOP_GRACE = 5.0
+BUSYBOX = "logist/busybox:latest"
+
+_local = threading.local()
+_started: dict[str, Container] = {}
+_started_lock = threading.Lock()
+
+
+def engine_location() -> str:
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def client() -> DockerClient:
+    """A Docker client for this thread (the SDK finds the engine: ``DOCKER_HOST``, socket)."""
+    cached = getattr(_local, "client", None)
+    if cached is not None:
+        return cached
+    import docker
+
+    try:
+        cached = docker.from_env(timeout=60)
+    except docker.errors.DockerException as exc:
+        raise EngineUnavailable(
+            f"Docker engine unreachable at {engine_location()}: {_reason(exc)}"
+        ) from None
+    _local.client = cached
+    return cached
+
+
+def reset_client() -> None:
+    _local.client = None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    for marker in (
+        "FileNotFoundError",
+        "ConnectionRefusedError",
+        "No such file",
+        "Connection refused",
+        "Connection aborted",
+    ):
+        if marker in text:
+            return marker.replace("Error", "") if marker.endswith("Error") else marker
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def engine_errors(what: str):
+    """Turn connection failures of the SDK into ``EngineUnavailable`` (exit 3)."""
+    import docker
+    import requests
+
+    try:
+        yield
+    except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
+        if (
+            isinstance(exc, docker.errors.APIError)
+            and exc.response is not None
+            and exc.status_code is not None
+            and exc.status_code < 500
+        ):
+            raise
+        if isinstance(exc, docker.errors.APIError):
+            raise EnvironmentProblem(f"{what}: Docker engine error: {exc.explanation}") from None
+        raise EngineUnavailable(
+            f"{what}: Docker engine unreachable at {engine_location()}: {_reason(exc)}"
+        ) from None
+
+
+def labels(job_id: str, step: int | str, jobs_root: Path) -> dict[str, str]:
+    """The contract's labels; every container logist creates carries them."""
+    return {MANAGED: "true", JOB: job_id, STEP: str(step), ROOT: str(jobs_root), OWNER: owner_id()}
+
+
+def ensure_image(cli: DockerClient, image: str, pull: str = "missing") -> None:
+    """Apply the pull policy; an image absent and not pullable is ``ImageMissing`` (exit 3)."""
+    import docker
+
+    with engine_errors(f"checking image {image}"):
+        present = True
+        try:
+            cli.images.get(image)
+        except docker.errors.ImageNotFound:
+            present = False
+        if pull == "never" or (pull == "missing" and present):
+            if not present:
+                raise ImageMissing(image, "pull policy is never")
+            return
+        try:
+            cli.images.pull(image)
+        except docker.errors.APIError as exc:
+            if not present:
+                raise ImageMissing(image, str(exc.explanation or exc)[:300]) from None
+
+
+def create(
+    cli: DockerClient,
+    *,
+    image: str,
+    command: list[str],
+    job_id: str,
+    step: int | str,
+    jobs_root: Path,
+    **kwargs: Any,
+) -> Container:
+    """Create (not start) a labelled container with an init process; remember it as ours."""
+    kwargs.setdefault("init", True)
+    kwargs["labels"] = {**kwargs.get("labels", {}), **labels(job_id, step, jobs_root)}
+    with engine_errors(f"creating a container of {image}"):
+        container = cli.containers.create(image, command, **kwargs)
+    with _started_lock:
+        _started[container.id] = container
+    return container
+
+
+def forget(container: Container) -> None:
+    with _started_lock:
+        _started.pop(container.id, None)
+
+
+def started_here() -> list[Container]:
+    with _started_lock:
+        return list(_started.values())
+
+
+def stop_and_remove(containers: Iterable[Container], grace: float = STOP_GRACE) -> int:
+    """Stop each container (SIGTERM, then SIGKILL after ``grace``), remove it; count removed.
+    The stops run in parallel so N containers take one grace period, not N."""
+    import docker
+
+    items = list(containers)
+    removed = [0]
+    lock = threading.Lock()
+
+    def one(c: Container) -> None:
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            c.stop(timeout=int(max(grace, 0)))
+        try:
+            c.remove(force=True)
+            with lock:
+                removed[0] += 1
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if "already in progress" not in str(exc):
+                raise
+        forget(c)
+
+    threads = [threading.Thread(target=one, args=(c,), daemon=True) for c in items[1:]]
+    for t in threads:
+        t.start()
+    if items:
+        one(items[0])
+    for t in threads:
+        t.join()
+    return removed[0]
+
+
+def find(cli: DockerClient, jobs_root: Path, job_id: str | None = None) -> list[Container]:
+    """Containers labelled for ``jobs_root`` (and ``job_id``), running or not."""
+    filters = [f"{MANAGED}=true", f"{ROOT}={jobs_root}"]
+    if job_id:
+        filters.append(f"{JOB}={job_id}")
+    with engine_errors("listing containers"):
+        return cli.containers.list(all=True, sparse=True, filters={"label": filters})
+
+
+def mounting(cli: DockerClient, path: Path) -> list[Container]:
+    """Every container (labelled or not) with ``path`` or something inside it mounted."""
+    target = os.path.realpath(path)
+    out = []
+    with engine_errors("listing containers"):
+        for c in cli.containers.list(all=True, sparse=True):
+            sources = [m.get("Source") or "" for m in c.attrs.get("Mounts") or []]
+            if any(s == target or s.startswith(target + "/") for s in sources):
+                out.append(c)
+    return out
+
+
+def reap_orphans(cli: DockerClient, jobs_root: Path, dry_run: bool = False) -> int:
+    """Remove containers of ``jobs_root`` whose job directory is gone or whose owner is dead."""
+    orphans = []
+    for c in find(cli, jobs_root):
+        lab = c.attrs.get("Labels") or {}
+        job = lab.get(JOB, "")
+        if not (jobs_root / job / "job.json").is_file() or not owner_alive(lab.get(OWNER)):
+            orphans.append(c)
+    if dry_run:
+        return len(orphans)
+    with engine_errors("removing orphan containers"):
+        return stop_and_remove(orphans, grace=1)
+
+
+@dataclass
+class Outcome:
+    exit_code: int | None
+    oom_killed: bool = False
+    stopped_for: str | None = None  # "timeout" | "cancel" | "interrupt" when logist stopped it
+
+
+def run_container(
+    container: Container,
+    *,
+    on_output: Callable[[bytes], None],
+    should_stop: Callable[[], str | None],
+    timeout: float | None,
+    grace: float = STOP_GRACE,
+) -> Outcome:
+    """Start ``container``, stream its combined output to ``on_output`` (never buffering it
+    whole), stop it on timeout or when ``should_stop`` names a reason, wait, then remove it."""
+    import time
+
+    import docker
+
+    outcome = Outcome(exit_code=None)
+    done = threading.Event()
+    deadline = time.monotonic() + timeout if timeout else None
+
+    def watch() -> None:
+        while not done.wait(0.1):
+            reason = should_stop()
+            if reason is None and deadline is not None and time.monotonic() >= deadline:
+                reason = "timeout"
+            if reason:
+                outcome.stopped_for = reason
+                with contextlib.suppress(Exception):
+                    container.stop(timeout=int(grace))
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    try:
+        with engine_errors(f"running a container of {container.attrs.get('Config', {})}"):
+            container.start()
+            watcher.start()
+            for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
+                on_output(chunk)
+            try:
+                status = container.wait(timeout=None)
+                outcome.exit_code = status.get("StatusCode")
+                container.reload()
+                outcome.oom_killed = bool(container.attrs["State"].get("OOMKilled"))
+            except docker.errors.NotFound:  # removed by someone else (cancel)
+                outcome.exit_code = None
+    finally:
+        done.set()
+        if watcher.is_alive():
+            watcher.join(timeout=grace + 5)
+        with contextlib.suppress(Exception):
+            container.remove(force=True)
+        forget(container)
+    return outcome
+
+
+def run_helper(
+    cli: DockerClient,
+    *,
+    image: str,
+    command: list[str],
+    job_id: str,
+    jobs_root: Path,
+    volumes: dict[str, dict[str, str]],
+    timeout: float = 300,
+    user: str = "0:0",
+) -> tuple[int, str]:
+    """Run a short-lived helper container to its end: wait, read the logs, then remove it."""
+    container = create(
+        cli,
+        image=image,
+        command=command,
+        job_id=job_id,
+        step="helper",
+        jobs_root=jobs_root,
+        volumes=volumes,
+        user=user,
+        network_mode="none",
+    )
+    try:
+        with engine_errors(f"running helper {image}"):
+            container.start()
+            status = container.wait(timeout=timeout)
+            logs = container.logs(stdout=True, stderr=True).decode(errors="replace")
+        return int(status.get("StatusCode", 1)), logs
+    except LogistError:
+        raise
+    except Exception as exc:  # the SDK's read timeout
+        raise EnvironmentProblem(f"helper container {image} did not finish: {exc}") from None
+    finally:
+        with contextlib.suppress(Exception):
+            container.remove(force=True)
+        forget(container)

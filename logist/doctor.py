@@ -1,0 +1,110 @@
+"""``logist doctor``: is this machine ready to run jobs?"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import asdict, dataclass
+
+from logist import containers
+from logist.errors import LogistError
+from logist.store import Store
+
+DEFAULT_IMAGES = ("logist/step:latest", containers.BUSYBOX)
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def run_checks(store: Store) -> list[Check]:
+    checks = []
+    cli = None
+    try:
+        cli = containers.client()
+        with containers.engine_errors("asking the engine its version"):
+            v = cli.version()
+        checks.append(
+            Check(
+                "engine",
+                True,
+                f"Docker {v.get('Version')} (API "
+                f"{v.get('ApiVersion')}) at {containers.engine_location()}",
+            )
+        )
+    except LogistError as exc:
+        checks.append(Check("engine", False, str(exc)))
+    checks.append(_writable(store))
+    if cli is None:
+        checks.append(Check("jobs-root-visible", False, "no engine to check with"))
+        checks.append(Check("images", False, "no engine to check with"))
+        return checks
+    present, missing = [], []
+    for image in DEFAULT_IMAGES:
+        try:
+            cli.images.get(image)
+            present.append(image)
+        except Exception:
+            missing.append(image)
+    checks.append(_visible(cli, store, present))
+    checks.append(
+        Check(
+            "images",
+            not missing,
+            "present: " + ", ".join(present)
+            if not missing
+            else "missing: " + ", ".join(missing) + " (build them with scripts/build-images.sh)",
+        )
+    )
+    return checks
+
+
+def _writable(store: Store) -> Check:
+    probe = store.root / f".doctor-{secrets.token_hex(4)}"
+    try:
+        probe.write_text("ok")
+        probe.unlink()
+        return Check("jobs-root-writable", True, str(store.root))
+    except OSError as exc:
+        return Check("jobs-root-writable", False, f"{store.root}: {exc.strerror}")
+
+
+def _visible(cli, store: Store, images: list[str]) -> Check:
+    """The engine must see the jobs root at the same path, or bind mounts show empty dirs."""
+    if not images:
+        return Check("jobs-root-visible", False, "no default image to check with")
+    marker = store.root / f".doctor-{secrets.token_hex(4)}"
+    root = str(store.root)
+    try:
+        marker.write_text("logist")
+        code, logs = containers.run_helper(
+            cli,
+            image=images[-1],
+            command=["cat", str(marker)],
+            job_id="doctor",
+            jobs_root=store.root,
+            volumes={root: {"bind": root, "mode": "ro"}},
+            user=f"{os.getuid()}:{os.getgid()}",
+            timeout=60,
+        )
+        ok = code == 0 and "logist" in logs
+        return Check(
+            "jobs-root-visible",
+            ok,
+            f"the engine sees {root}"
+            if ok
+            else f"the engine does not see {root} at the same path (mount it at the same "
+            "path when logist runs in a container)",
+        )
+    except LogistError as exc:
+        return Check("jobs-root-visible", False, str(exc))
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def report(store: Store) -> dict:
+    checks = run_checks(store)
+    return {"ok": all(c.ok for c in checks), "checks": [asdict(c) for c in checks]}

@@ -1,0 +1,429 @@
+"""Running jobs: one step, whole jobs (N at a time), cancel, and interruption by signals."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from logist import containers
+from logist.cleanup import Report, after_job, recover_dead_owner, remove_workspace
+from logist.errors import (
+    EngineUnavailable,
+    EnvironmentProblem,
+    InvalidTransition,
+    JobActive,
+    LogistError,
+)
+from logist.harvest import finish, harvest, harvest_leftover
+from logist.model import (
+    CANCELED,
+    FAILED,
+    INTERRUPTED,
+    PENDING,
+    RUNNABLE,
+    RUNNING,
+    SUCCEEDED,
+    TIMED_OUT,
+    Job,
+    Step,
+    now,
+)
+from logist.store import CANCEL, Store, write_atomic
+from logist.workspace import make_writable_for, setup_workspace
+
+INTERRUPT = threading.Event()
+LOCK_WAIT = 1.0  # seconds to wait for a job's lock before calling it active
+
+
+@dataclass
+class JobResult:
+    job: Job
+    cleanup: Report | None = None
+    error: LogistError | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.error is not None:
+            return self.error.exit_code
+        if self.job.state == INTERRUPTED:
+            return 130
+        if self.job.state in (FAILED, CANCELED):
+            return 1
+        if self.cleanup is not None and not self.cleanup.ok:
+            return 4
+        return 0
+
+
+def combine(results: list[JobResult]) -> int:
+    """One exit code for many jobs: 130, then 3, then 1, then 4, then 0."""
+    codes = {r.exit_code for r in results}
+    for code in (130, 3, 2, 1, 4):
+        if code in codes:
+            return code
+    return 0
+
+
+class _Output:
+    """Writes a step's output to its log file and, line-prefixed when asked, to the terminal."""
+
+    def __init__(self, log: BinaryIO, sink: BinaryIO | None, prefix: bytes, lock: threading.Lock):
+        self.log, self.sink, self.prefix, self.lock = log, sink, prefix, lock
+        self.partial = b""
+
+    def __call__(self, chunk: bytes) -> None:
+        self.log.write(chunk)
+        if self.sink is None:
+            return
+        if not self.prefix:
+            with self.lock:
+                self.sink.write(chunk)
+                self.sink.flush()
+            return
+        data = self.partial + chunk
+        lines = data.split(b"\n")
+        self.partial = lines.pop()
+        if len(self.partial) > 65536:
+            lines.append(self.partial)
+            self.partial = b""
+        if lines:
+            with self.lock:
+                self.sink.write(b"".join(self.prefix + line + b"\n" for line in lines))
+                self.sink.flush()
+
+    def close(self) -> None:
+        if self.partial and self.sink is not None:
+            with self.lock:
+                self.sink.write(self.prefix + self.partial + b"\n")
+                self.sink.flush()
+        self.log.flush()
+
+
+class Engine:
+    """Runs jobs of one jobs root. ``sink`` receives the steps' output (None: logs only)."""
+
+    def __init__(
+        self,
+        store: Store,
+        sink: BinaryIO | None = None,
+        prefix: bool = False,
+        notify: Callable[[str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.sink = sink
+        self.prefix = prefix
+        self.notify = notify or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self._print_lock = threading.Lock()
+
+    # --- one job ---------------------------------------------------------------------------
+
+    def run_job(self, job_id: str, max_steps: int | None = None) -> JobResult:
+        """Run ``job_id`` (at most ``max_steps`` steps) under its lock, then harvest, finish and
+        clean up as the contract says. Errors are returned in the result, not raised."""
+        store = self.store
+        try:
+            with store.lock(job_id, timeout=LOCK_WAIT):
+                job = store.load(job_id)
+                try:
+                    return self._run_locked(job, max_steps)
+                except LogistError as exc:
+                    return JobResult(job=job, error=exc)
+        except LogistError as exc:
+            job = store.load(job_id) if store.exists(job_id) else None
+            return JobResult(job=job, error=exc)  # type: ignore[arg-type]
+
+    def _run_locked(self, job: Job, max_steps: int | None) -> JobResult:
+        store = self.store
+        recover_dead_owner(store, job)
+        if job.state not in RUNNABLE:
+            raise InvalidTransition(
+                f"job {job.id} is {job.state}; only pending or interrupted jobs can run"
+            )
+        cancel_file = store.job_dir(job.id) / CANCEL
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(cancel_file)  # a request for an earlier run
+        job.move(RUNNING)
+        job.error = None
+        store.save(job)
+        ws: Path | None = None
+        ran = 0
+        try:
+            ws = setup_workspace(store, job.id)
+            job = store.load(job.id)
+            make_writable_for(ws, job.user)
+            while (step := job.next_step()) is not None:
+                if max_steps is not None and ran >= max_steps:
+                    break
+                if INTERRUPT.is_set():
+                    job.move(INTERRUPTED)
+                    break
+                if cancel_file.exists():
+                    self._mark_canceled(job)
+                    break
+                ran += 1
+                self._run_step(job, step, ws)
+                if step.state == SUCCEEDED:
+                    continue
+                if step.state in (FAILED, TIMED_OUT):
+                    job.move(FAILED)
+                elif step.state == CANCELED:
+                    self._mark_canceled(job)
+                elif step.state == PENDING:  # interrupted
+                    job.move(INTERRUPTED)
+                break
+            if job.state == RUNNING:
+                job.move(SUCCEEDED if job.next_step() is None else PENDING)
+            store.save(job)
+        except EngineUnavailable as exc:
+            self._back_to_pending(job, INTERRUPTED, str(exc))
+            if ws is not None:
+                with contextlib.suppress(LogistError):
+                    harvest_leftover(store, job, ws)
+            raise
+        except EnvironmentProblem as exc:  # e.g. a missing image: nothing ran, try again later
+            self._back_to_pending(job, PENDING, str(exc))
+            raise
+        except BaseException as exc:
+            if job.state == RUNNING:
+                self._back_to_pending(job, INTERRUPTED, f"{type(exc).__name__}: {exc}")
+            raise
+        return self._conclude(job, ws)
+
+    def _conclude(self, job: Job, ws: Path | None) -> JobResult:
+        """After the steps: bundle and land the branch, then clean up per policy."""
+        if job.state == PENDING:  # `job step` with steps left: workspace stays ready
+            return JobResult(job=job)
+        if ws is not None and ws.is_dir():
+            finish(self.store, job, ws)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.store.job_dir(job.id) / CANCEL)
+        report = after_job(self.store, job)
+        if report is not None and not report.ok:
+            self.notify(
+                f"logist: cleanup of {job.id} incomplete: "
+                + (report.error or ", ".join(report.left_behind))
+            )
+        return JobResult(job=job, cleanup=report)
+
+    def _back_to_pending(self, job: Job, state: str, error: str) -> None:
+        for step in job.steps:
+            if step.state == RUNNING:
+                step.move(PENDING)
+        if job.state == RUNNING:
+            job.move(state)
+        job.error = error
+        self.store.save(job)
+
+    def _mark_canceled(self, job: Job) -> None:
+        for step in job.steps:
+            if step.state in (PENDING, RUNNING):
+                step.move(CANCELED)
+        job.move(CANCELED)
+
+    def _run_step(self, job: Job, step: Step, ws: Path) -> None:
+        store = self.store
+        job_dir = store.job_dir(job.id)
+        log_path = job_dir / "logs" / f"step-{step.index}.log"
+        step.move(RUNNING)
+        step.started_at, step.finished_at, step.exit_code, step.error = now(), None, None, None
+        step.log = str(log_path)
+        store.save(job)
+        cli = containers.client()
+        image = step.image or job.image
+        containers.ensure_image(cli, image, job.pull)
+        env = {
+            "LOGIST_JOB_ID": job.id,
+            "LOGIST_STEP": str(step.index),
+            # git inside the step trusts the workspace whoever owns it
+            "GIT_CONFIG_COUNT": "1",
+            "GIT_CONFIG_KEY_0": "safe.directory",
+            "GIT_CONFIG_VALUE_0": "*",
+        }
+        if job.prompt is not None:
+            env["LOGIST_PROMPT"] = job.prompt
+        env.update(job.env)
+        kwargs: dict = {
+            "working_dir": "/workspace",
+            "environment": env,
+            "user": job.user,
+            "network_mode": job.network,
+            "volumes": {str(ws.resolve()): {"bind": "/workspace", "mode": "rw"}},
+        }
+        if job.memory:
+            kwargs["mem_limit"] = job.memory
+        if job.cpus:
+            kwargs["nano_cpus"] = int(job.cpus * 1e9)
+        if job.pids:
+            kwargs["pids_limit"] = job.pids
+        container = containers.create(
+            cli,
+            image=image,
+            command=["/bin/sh", "-c", step.run],
+            job_id=job.id,
+            step=step.index,
+            jobs_root=store.root,
+            **kwargs,
+        )
+        cancel_file = job_dir / CANCEL
+
+        def should_stop() -> str | None:
+            if INTERRUPT.is_set():
+                return "interrupt"
+            if cancel_file.exists():
+                return "cancel"
+            return None
+
+        prefix = f"[{job.id}] ".encode() if self.prefix else b""
+        with open(log_path, "wb") as log:
+            out = _Output(log, self.sink, prefix, self._print_lock)
+            try:
+                outcome = containers.run_container(
+                    container,
+                    on_output=out,
+                    should_stop=should_stop,
+                    timeout=step.timeout or job.timeout,
+                )
+            finally:
+                out.close()
+        step.finished_at = now()
+        step.exit_code = outcome.exit_code
+        step.oom_killed = outcome.oom_killed
+        if outcome.stopped_for == "timeout":
+            step.move(TIMED_OUT)
+            step.error = f"timed out after {step.timeout or job.timeout:g}s"
+        elif outcome.stopped_for == "cancel" or (
+            outcome.exit_code is None and cancel_file.exists()
+        ):
+            step.move(CANCELED)
+        elif outcome.stopped_for == "interrupt":
+            step.move(PENDING)
+        elif outcome.exit_code == 0:
+            step.move(SUCCEEDED)
+        else:
+            step.move(FAILED)
+            if outcome.oom_killed:
+                step.error = "killed: out of memory"
+            elif outcome.exit_code is None:
+                step.error = "the step's container disappeared"
+        store.save(job)
+        harvest(store, job, ws, f"step {step.index}")
+
+    # --- many jobs -------------------------------------------------------------------------
+
+    def run_many(self, job_ids: list[str], parallel: int = 1) -> list[JobResult]:
+        """Run jobs to a terminal state, ``parallel`` at a time; the calling (main) thread
+        supervises, so SIGINT/SIGTERM are handled at once."""
+        with contextlib.suppress(LogistError):
+            containers.reap_orphans(containers.client(), self.store.root)
+        results: list[JobResult] = []
+        with ThreadPoolExecutor(
+            max_workers=max(1, parallel), thread_name_prefix="logist-job"
+        ) as pool:
+            futures = [pool.submit(self._guarded, job_id) for job_id in job_ids]
+            for fut in futures:
+                while True:
+                    try:
+                        results.append(fut.result(timeout=0.2))
+                        break
+                    except TimeoutError:
+                        continue
+        return results
+
+    def _guarded(self, job_id: str) -> JobResult:
+        if INTERRUPT.is_set():
+            return JobResult(job=self.store.load(job_id), error=_interrupted())
+        return self.run_job(job_id)
+
+
+def _interrupted() -> LogistError:
+    return LogistError("interrupted before it started", exit_code=130)
+
+
+@contextlib.contextmanager
+def signals_interrupt():
+    """While inside: SIGINT/SIGTERM set ``INTERRUPT``; running steps then stop their containers
+    (grace, then kill) and their jobs are marked interrupted."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        INTERRUPT.set()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+# --- cancel --------------------------------------------------------------------------------
+
+
+def cancel(store: Store, job_id: str, wait: float = 60.0) -> JobResult:
+    """Cancel a job from any process. Owned by a live process: ask it (a request file), stop
+    the job's containers, and wait for it to finish. Not owned: do everything here."""
+    job = store.load(job_id)
+    if job.terminal:
+        raise InvalidTransition(f"job {job_id} is {job.state}; there is nothing to cancel")
+    job_dir = store.job_dir(job_id)
+    write_atomic(job_dir / CANCEL, now().encode())
+    try:
+        with store.lock(job_id, timeout=0.3):
+            return _cancel_locked(store, job_id)
+    except JobActive:
+        pass
+    cli = containers.client()
+    containers.stop_and_remove(containers.find(cli, store.root, job_id))
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and store.active(job_id):
+        time.sleep(0.1)
+    containers.stop_and_remove(containers.find(cli, store.root, job_id), grace=0)
+    return JobResult(job=store.load(job_id))
+
+
+def _cancel_locked(store: Store, job_id: str) -> JobResult:
+    job = store.load(job_id)
+    recover_dead_owner(store, job)
+    if job.terminal:
+        raise InvalidTransition(f"job {job_id} is {job.state}; there is nothing to cancel")
+    cli = containers.client()
+    containers.stop_and_remove(containers.find(cli, store.root, job_id))
+    for step in job.steps:
+        if step.state in (PENDING, RUNNING):
+            step.move(CANCELED)
+    if job.state == INTERRUPTED:
+        job.move(RUNNING)
+    job.move(CANCELED)
+    store.save(job)
+    ws = store.workspace(job_id)
+    report = None
+    if ws.is_dir() and not ws.is_symlink():
+        try:
+            harvest_leftover(store, job, ws)
+        except LogistError as exc:
+            return JobResult(job=job, error=exc)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(store.job_dir(job_id) / CANCEL)
+    report = after_job(store, job)
+    return JobResult(job=job, cleanup=report)
+
+
+__all__ = [
+    "INTERRUPT",
+    "Engine",
+    "JobResult",
+    "cancel",
+    "combine",
+    "remove_workspace",
+    "signals_interrupt",
+]

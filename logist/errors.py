@@ -1,0 +1,81 @@
+"""One exception tree; every error carries the contract's exit code."""
+
+from __future__ import annotations
+
+
+class LogistError(Exception):
+    """Root of every error logist reports. ``exit_code`` is the contract's code."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class UsageError(LogistError):
+    """Invalid input: bad id, bad spec, unknown job, repository not found (exit 2)."""
+
+    exit_code = 2
+
+
+class JobNotFound(UsageError):
+    """The named job does not exist in the jobs root."""
+
+
+class JobActive(UsageError):
+    """The job is owned by a live logist process."""
+
+
+class InvalidTransition(UsageError):
+    """The job or step is in a state that does not allow the requested action."""
+
+
+class EnvironmentProblem(LogistError):
+    """Docker engine unreachable, image missing and not pullable (exit 3)."""
+
+    exit_code = 3
+
+
+class EngineUnavailable(EnvironmentProblem):
+    """The Docker engine cannot be reached (or went away)."""
+
+
+class ImageMissing(EnvironmentProblem):
+    """An image is not present and cannot be pulled."""
+
+    def __init__(self, image: str, detail: str = "") -> None:
+        msg = f"image {image!r} is not present and cannot be pulled"
+        super().__init__(f"{msg}: {detail}" if detail else msg)
+        self.image = image
+
+
+class StepFailed(LogistError):
+    """A step or job failed (exit 1)."""
+
+    exit_code = 1
+
+
+class CleanupIncomplete(LogistError):
+    """Something was left behind (exit 4); the message names it."""
+
+    exit_code = 4
+
+
+class GitError(LogistError):
+    """A git command failed; carries the command and its stderr."""
+
+    exit_code = 1
+
+    def __init__(self, command: list[str], stderr: str, *, exit_code: int | None = None) -> None:
+        tail = stderr.strip().splitlines()[-1] if stderr.strip() else "no output"
+        super().__init__(f"git {' '.join(command)}: {tail}", exit_code=exit_code)
+        self.command = command
+        self.stderr = stderr
+
+
+class Interrupted(LogistError):
+    """Interrupted by SIGINT/SIGTERM (exit 130)."""
+
+    exit_code = 130

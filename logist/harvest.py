@@ -1,0 +1,72 @@
+"""Harvest: commit a step's work on the job branch, then bundle it and land it in the source."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from logist import gitops
+from logist.errors import GitError, LogistError
+from logist.model import Job
+from logist.spec import is_url
+from logist.store import Store
+from logist.workspace import workspace_valid
+
+
+def stale_git_locks(ws: Path) -> None:
+    """Remove ``.git/index.lock`` left by a step that was killed mid-git (no container runs)."""
+    lock = ws / ".git" / "index.lock"
+    if lock.is_file() and not lock.is_symlink():
+        os.unlink(lock)
+
+
+def harvest(store: Store, job: Job, ws: Path, label: str) -> str:
+    """Commit everything in ``ws`` as ``logist: <id> <label>``; record the commit."""
+    stale_git_locks(ws)
+    commit = gitops.commit_all(ws, f"logist: {job.id} {label}")
+    if commit != job.harvested_commit:
+        job.harvested_commit = commit
+        store.save(job)
+    return commit
+
+
+def finish(store: Store, job: Job, ws: Path) -> None:
+    """Write ``result.bundle`` from the job branch and, for a local source, set the source's
+    ``logist/<id>`` (under a per-source lock, retried on git's lock files). Idempotent."""
+    bundle = store.job_dir(job.id) / "result.bundle"
+    head = gitops.branch_commit(ws, job.branch)
+    job.harvested_commit = head or job.harvested_commit
+    if not bundle.is_file() or job.bundled_commit != job.harvested_commit:
+        gitops.write_bundle(ws, job.branch, bundle)
+        job.bundled_commit = job.harvested_commit
+        job.result_bundle = str(bundle)
+        job.result_branch = None
+    if not is_url(job.repo) and job.result_branch is None:
+        source = Path(job.repo)
+        try:
+            lock = store.private_dir("locks") / f"source-{gitops.source_key(job.repo)}.lock"
+            with gitops.file_lock(lock):
+                gitops.publish_branch(source, bundle, job.branch)
+            job.result_branch = job.branch
+        except GitError as exc:
+            job.error = f"could not set {job.branch} in {source}: {exc}"
+    store.save(job)
+
+
+def last_started_step(job: Job) -> int | None:
+    started = [s.index for s in job.steps if s.started_at]
+    return max(started) if started else None
+
+
+def harvest_leftover(store: Store, job: Job, ws: Path) -> None:
+    """Before a workspace goes: commit what is not yet in the job branch, then ``finish``.
+    Raises ``LogistError`` (exit 4: the workspace must be kept) when that fails."""
+    if not workspace_valid(ws, job.branch):
+        return  # .git gone (a partial removal): the manifest's record of the last harvest is the work
+    try:
+        if gitops.has_unharvested(ws, job.harvested_commit):
+            n = last_started_step(job)
+            harvest(store, job, ws, f"step {n}" if n else "setup")
+        finish(store, job, ws)
+    except GitError as exc:
+        raise LogistError(f"harvest failed, workspace kept: {exc}", exit_code=4) from None

@@ -1,0 +1,77 @@
+"""Creating jobs and reading them back for people and scripts."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from logist import gitops
+from logist.errors import JobNotFound
+from logist.model import Job
+from logist.spec import build_job, is_url, load_yaml
+from logist.store import Store
+
+
+def invoking_user() -> str:
+    return f"{os.getuid()}:{os.getgid()}"
+
+
+def create_job(store: Store, raw: dict[str, Any], spec_file: Path | None = None) -> Job:
+    """Validate a spec (YAML file keys overridden by ``raw``), check the source, store the job."""
+    merged: dict[str, Any] = load_yaml(spec_file) if spec_file else {}
+    merged.update({k: v for k, v in raw.items() if v is not None})
+    job = build_job(merged, default_user=invoking_user())
+    if is_url(job.repo):
+        gitops.check_remote_source(job.repo, job.ref)
+    else:
+        path = Path(job.repo).expanduser().absolute()
+        gitops.check_local_source(path, job.ref)
+        job.repo = str(path)
+    store.create(job)
+    return job
+
+
+def load_all(store: Store) -> Iterator[Job]:
+    for job_id in store.ids():
+        try:
+            yield store.load(job_id)
+        except JobNotFound:  # removed while listing
+            continue
+
+
+def follow_log(store: Store, job_id: str, step: int | None, out, poll: float = 0.2) -> None:
+    """Print a step's stored log; with ``poll`` > 0 keep printing while the step runs."""
+    job = store.load(job_id)
+    index = step or _latest_step(job)
+    if index is None:
+        return
+    from logist.errors import UsageError
+
+    if not 1 <= index <= len(job.steps):
+        raise UsageError(f"job {job_id} has no step {index} (it has {len(job.steps)})")
+    path = store.job_dir(job_id) / "logs" / f"step-{index}.log"
+    pos = 0
+    last_round = poll <= 0
+    while True:
+        if path.exists():
+            with open(path, "rb") as fh:
+                fh.seek(pos)
+                while chunk := fh.read(65536):
+                    out.write(chunk)
+                pos = fh.tell()
+            out.flush()
+        if last_round:
+            return
+        running = store.load(job_id).steps[index - 1].state == "running" and store.active(job_id)
+        if not running:
+            last_round = True  # one more read for what was written before the state changed
+            continue
+        time.sleep(poll)
+
+
+def _latest_step(job: Job) -> int | None:
+    started = [s for s in job.steps if s.started_at]
+    return max(started, key=lambda s: s.started_at).index if started else None

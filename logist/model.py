@@ -1,0 +1,139 @@
+"""Job and Step records, their JSON form, and the legal state transitions."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from logist.errors import InvalidTransition
+
+SCHEMA_VERSION = 1
+
+PENDING, RUNNING, SUCCEEDED, FAILED = "pending", "running", "succeeded", "failed"
+CANCELED, INTERRUPTED, TIMED_OUT = "canceled", "interrupted", "timed_out"
+
+JOB_STATES = (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELED, INTERRUPTED)
+STEP_STATES = (PENDING, RUNNING, SUCCEEDED, FAILED, TIMED_OUT, CANCELED)
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELED})
+RUNNABLE = frozenset({PENDING, INTERRUPTED})
+
+JOB_TRANSITIONS: dict[str, frozenset[str]] = {
+    PENDING: frozenset({RUNNING, CANCELED}),
+    RUNNING: frozenset({PENDING, SUCCEEDED, FAILED, CANCELED, INTERRUPTED}),
+    INTERRUPTED: frozenset({RUNNING, CANCELED}),
+    SUCCEEDED: frozenset(),
+    FAILED: frozenset(),
+    CANCELED: frozenset(),
+}
+STEP_TRANSITIONS: dict[str, frozenset[str]] = {
+    PENDING: frozenset({RUNNING, CANCELED}),
+    RUNNING: frozenset({SUCCEEDED, FAILED, TIMED_OUT, CANCELED, PENDING}),
+    SUCCEEDED: frozenset(),
+    FAILED: frozenset(),
+    TIMED_OUT: frozenset(),
+    CANCELED: frozenset(),
+}
+
+WS_ABSENT, WS_READY, WS_REMOVED = "absent", "ready", "removed"
+
+
+def now() -> str:
+    """The current time as UTC ISO-8601 with a Z suffix."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@dataclass
+class Step:
+    index: int
+    run: str
+    name: str | None = None
+    image: str | None = None
+    timeout: float | None = None
+    state: str = PENDING
+    exit_code: int | None = None
+    oom_killed: bool = False
+    started_at: str | None = None
+    finished_at: str | None = None
+    log: str | None = None
+    error: str | None = None
+
+    def move(self, new: str) -> None:
+        if new != self.state and new not in STEP_TRANSITIONS[self.state]:
+            raise InvalidTransition(f"step {self.index} is {self.state}; it cannot become {new}")
+        self.state = new
+
+
+@dataclass
+class Job:
+    id: str
+    repo: str
+    steps: list[Step]
+    image: str = "logist/step:latest"
+    ref: str | None = None
+    prompt: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+    memory: str | None = None
+    cpus: float | None = None
+    pids: int | None = None
+    network: str = "bridge"
+    user: str = "0:0"
+    pull: str = "missing"
+    cleanup: str = "always"
+    state: str = PENDING
+    created_at: str = field(default_factory=now)
+    updated_at: str = field(default_factory=now)
+    base_commit: str | None = None
+    workspace_state: str = WS_ABSENT
+    harvested_commit: str | None = None
+    bundled_commit: str | None = None
+    result_bundle: str | None = None
+    result_branch: str | None = None
+    leftovers: list[str] = field(default_factory=list)
+    error: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def branch(self) -> str:
+        return f"logist/{self.id}"
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    def move(self, new: str) -> None:
+        if new != self.state and new not in JOB_TRANSITIONS[self.state]:
+            raise InvalidTransition(f"job {self.id} is {self.state}; it cannot become {new}")
+        self.state = new
+
+    def next_step(self) -> Step | None:
+        return next((s for s in self.steps if s.state in (PENDING, RUNNING)), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Job:
+        data = migrate(dict(data))
+        names = {f.name for f in dataclasses.fields(cls)}
+        step_names = {f.name for f in dataclasses.fields(Step)}
+        steps = [Step(**{k: v for k, v in s.items() if k in step_names}) for s in data["steps"]]
+        kwargs = {k: v for k, v in data.items() if k in names and k != "steps"}
+        return cls(steps=steps, **kwargs)
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """Bring an older manifest up to ``SCHEMA_VERSION`` (v1 is the first: nothing to do)."""
+    version = data.get("schema_version", 1)
+    if version > SCHEMA_VERSION:
+        raise InvalidTransition(
+            f"manifest schema {version} is newer than this logist understands ({SCHEMA_VERSION})"
+        )
+    data["schema_version"] = SCHEMA_VERSION
+    return data

@@ -1,0 +1,229 @@
+"""Job specs from flags or YAML: strict validation, the id rule, durations."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from logist.errors import UsageError
+from logist.model import Job, Step
+
+ID_RULE = "^[a-z0-9][a-z0-9_.-]{0,63}$"
+_ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+_ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_MEMORY_RE = re.compile(r"\d+(\.\d+)?[bkmg]?", re.IGNORECASE)
+_USER_RE = re.compile(r"\d+(:\d+)?")
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+URL_PREFIXES = ("file://", "git://", "https://", "http://", "ssh://")
+
+NETWORKS = ("bridge", "none", "host")
+PULLS = ("missing", "always", "never")
+CLEANUPS = ("always", "on-success", "never")
+TOP_KEYS = frozenset(
+    {
+        "id",
+        "repo",
+        "ref",
+        "image",
+        "prompt",
+        "env",
+        "timeout",
+        "resources",
+        "memory",
+        "cpus",
+        "pids",
+        "network",
+        "user",
+        "pull",
+        "cleanup",
+        "steps",
+    }
+)
+RESOURCE_KEYS = frozenset({"memory", "cpus", "pids"})
+STEP_KEYS = frozenset({"name", "run", "image", "timeout"})
+DEFAULT_IMAGE = "logist/step:latest"
+
+
+def validate_id(job_id: str) -> str:
+    """Return ``job_id`` if it follows the id rule, else raise ``UsageError`` stating the rule."""
+    if not isinstance(job_id, str) or not _ID_RE.fullmatch(job_id):
+        raise UsageError(f"invalid job id {job_id!r}: ids must match {ID_RULE}")
+    return job_id
+
+
+def generate_id() -> str:
+    """A fresh lowercase id: date, time and random hex."""
+    return f"job-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``30m``, ``24h``, ``7d`` -> seconds."""
+    m = _DURATION_RE.fullmatch(text.strip()) if isinstance(text, str) else None
+    if not m:
+        raise UsageError(f"invalid duration {text!r}: use a number and s, m, h or d (e.g. 24h)")
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def is_url(repo: str) -> bool:
+    return repo.startswith(URL_PREFIXES)
+
+
+def _bad(key: str, value: Any, why: str) -> UsageError:
+    return UsageError(f"invalid value for {key}: {value!r} ({why})")
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise _bad(key, value, "one of " + ", ".join(choices))
+    return value
+
+
+def _positive(key: str, value: Any, kind: type = float) -> float | int:
+    if isinstance(value, bool):
+        raise _bad(key, value, "a positive number")
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise _bad(key, value, f"a positive {'integer' if kind is int else 'number'}") from None
+    if kind is int and isinstance(value, float) and value != number:
+        raise _bad(key, value, "a positive integer")
+    if number <= 0:
+        raise _bad(key, value, "must be greater than 0")
+    return number
+
+
+def _text(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _bad(key, value, "a non-empty string")
+    return value
+
+
+def normalize_user(value: Any) -> str:
+    value = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if value == "root":
+        return "0:0"
+    if not isinstance(value, str) or not _USER_RE.fullmatch(value):
+        raise _bad("user", value, "UID:GID or root")
+    return value if ":" in value else f"{value}:{value}"
+
+
+def parse_env(items: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        if not sep:
+            raise _bad("env", item, "KEY=VALUE")
+        env[key] = val
+    return env
+
+
+def _env(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise _bad("env", value, "a map of NAME: value")
+    out = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or not _ENV_KEY_RE.fullmatch(k):
+            raise _bad("env", k, "names are letters, digits and _ and do not start with a digit")
+        if isinstance(v, dict | list) or v is None:
+            raise _bad(f"env.{k}", v, "a string, number or boolean")
+        out[k] = str(v).lower() if isinstance(v, bool) else str(v)
+    return out
+
+
+def _steps(value: Any) -> list[Step]:
+    if not isinstance(value, list) or not value:
+        raise UsageError("a job needs at least one step (--step CMD, or steps: in the spec)")
+    steps = []
+    for n, item in enumerate(value, start=1):
+        if isinstance(item, str):
+            steps.append(Step(index=n, run=_text(f"steps[{n}]", item)))
+            continue
+        if not isinstance(item, dict):
+            raise _bad(f"steps[{n}]", item, "a command string or a map with run:")
+        unknown = sorted(set(item) - STEP_KEYS)
+        if unknown:
+            raise UsageError(
+                f"unknown key in steps[{n}]: {unknown[0]!r} (known: "
+                + ", ".join(sorted(STEP_KEYS))
+                + ")"
+            )
+        if "run" not in item:
+            raise UsageError(f"steps[{n}] has no run: command")
+        steps.append(
+            Step(
+                index=n,
+                run=_text(f"steps[{n}].run", item["run"]),
+                name=_text(f"steps[{n}].name", item["name"])
+                if item.get("name") is not None
+                else None,
+                image=_text(f"steps[{n}].image", item["image"]) if item.get("image") else None,
+                timeout=_positive(f"steps[{n}].timeout", item["timeout"])
+                if item.get("timeout") is not None
+                else None,
+            )
+        )
+    return steps
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read spec {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"spec {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"spec {path} must be a YAML map of keys")
+    return data
+
+
+def build_job(raw: dict[str, Any], *, default_user: str) -> Job:
+    """Validate a merged spec (YAML keys, overridden by flags) into a pending ``Job``."""
+    unknown = sorted(set(raw) - TOP_KEYS)
+    if unknown:
+        raise UsageError(f"unknown spec key {unknown[0]!r} (known: {', '.join(sorted(TOP_KEYS))})")
+    resources = raw.get("resources") or {}
+    if not isinstance(resources, dict):
+        raise _bad("resources", resources, "a map with memory, cpus, pids")
+    bad_res = sorted(set(resources) - RESOURCE_KEYS)
+    if bad_res:
+        raise UsageError(f"unknown key in resources: {bad_res[0]!r} (known: memory, cpus, pids)")
+    for key in RESOURCE_KEYS:
+        if raw.get(key) is not None:
+            resources[key] = raw[key]
+
+    job_id = raw.get("id")
+    job_id = validate_id(job_id) if job_id is not None else generate_id()
+    if not raw.get("repo"):
+        raise UsageError("a job needs a repository: --repo SRC or repo: in the spec")
+    repo = _text("repo", raw["repo"])
+    memory = resources.get("memory")
+    if memory is not None and not _MEMORY_RE.fullmatch(str(memory)):
+        raise _bad("memory", memory, "a size such as 512m or 2g")
+    timeout = raw.get("timeout")
+    return Job(
+        id=job_id,
+        repo=repo,
+        ref=_text("ref", str(raw["ref"])) if raw.get("ref") is not None else None,
+        image=_text("image", raw["image"]) if raw.get("image") is not None else DEFAULT_IMAGE,
+        prompt=str(raw["prompt"]) if raw.get("prompt") is not None else None,
+        env=_env(raw.get("env") or {}),
+        timeout=_positive("timeout", timeout) if timeout is not None else None,
+        memory=str(memory) if memory is not None else None,
+        cpus=_positive("cpus", resources["cpus"]) if resources.get("cpus") is not None else None,
+        pids=_positive("pids", resources["pids"], int)
+        if resources.get("pids") is not None
+        else None,
+        network=_choice("network", raw.get("network", "bridge"), NETWORKS),
+        user=normalize_user(raw["user"]) if raw.get("user") is not None else default_user,
+        pull=_choice("pull", raw.get("pull", "missing"), PULLS),
+        cleanup=_choice("cleanup", raw.get("cleanup", "always"), CLEANUPS),
+        steps=_steps(raw.get("steps")),
+    )

@@ -1,0 +1,239 @@
+"""The jobs root: job directories, atomic manifests, the per-job OS lock, liveness."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from logist.errors import JobActive, JobNotFound, UsageError
+from logist.model import Job
+from logist.spec import validate_id
+
+MANIFEST = "job.json"
+LOCK = "lock"
+CANCEL = "cancel-requested"
+
+
+def default_root(option: str | None = None) -> Path:
+    """``--jobs-dir``, else ``$LOGIST_JOBS_DIR``, else ``~/.logist/jobs``; absolute, created."""
+    raw = option or os.environ.get("LOGIST_JOBS_DIR") or "~/.logist/jobs"
+    root = Path(raw).expanduser().absolute()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create jobs root {root}: {exc.strerror}") from None
+    return root
+
+
+# --- process identity: the owner label -------------------------------------------------------
+
+
+def _start_ticks(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22: start time in clock ticks since boot
+
+
+def owner_id(pid: int | None = None) -> str:
+    """``host:pid:start`` of a process (default: this one); survives pid reuse."""
+    pid = pid or os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid)}"
+
+
+def owner_alive(owner: str | None) -> bool:
+    """Whether the process an owner id names still runs. Another host's owner counts as alive."""
+    if not owner:
+        return False
+    try:
+        host, pid, start = owner.rsplit(":", 2)
+    except ValueError:
+        return False
+    if host != socket.gethostname():
+        return True
+    return pid.isdigit() and _start_ticks(int(pid)) == start
+
+
+# --- the per-job lock --------------------------------------------------------------------------
+
+
+class _Held:
+    def __init__(self) -> None:
+        self.mutex = threading.RLock()
+        self.fd: int | None = None
+        self.count = 0
+
+
+_held: dict[str, _Held] = {}
+_held_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def job_lock(job_dir: Path, timeout: float | None = None) -> Iterator[None]:
+    """Hold the job's OS lock (flock). Reentrant within a thread, exclusive across threads and
+    processes. ``timeout=None`` waits; otherwise ``JobActive`` once it runs out."""
+    key = str(job_dir)
+    with _held_guard:
+        held = _held.setdefault(key, _Held())
+    deadline = None if timeout is None else time.monotonic() + timeout
+    if not held.mutex.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+        raise JobActive(f"job {job_dir.name} is active in this process")
+    try:
+        if held.count == 0:
+            held.fd = _flock(job_dir, deadline)
+        held.count += 1
+        try:
+            yield
+        finally:
+            held.count -= 1
+            if held.count == 0 and held.fd is not None:
+                os.close(held.fd)  # closing releases the flock
+                held.fd = None
+    finally:
+        held.mutex.release()
+
+
+def _flock(job_dir: Path, deadline: float | None) -> int:
+    try:
+        fd = os.open(job_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except FileNotFoundError:
+        raise JobNotFound(f"no job {job_dir.name!r} in {job_dir.parent}") from None
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if deadline is not None and time.monotonic() >= deadline:
+                os.close(fd)
+                raise JobActive(
+                    f"job {job_dir.name} is active: owned by a live logist process "
+                    f"({read_owner(job_dir) or 'unknown'})"
+                ) from None
+            time.sleep(0.02)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, owner_id().encode(), 0)
+    return fd
+
+
+def read_owner(job_dir: Path) -> str | None:
+    try:
+        return (job_dir / LOCK).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def is_active(job_dir: Path) -> bool:
+    """True while some live process (this one included) holds the job's lock."""
+    held = _held.get(str(job_dir))
+    if held is not None and held.count > 0:
+        return True
+    try:
+        fd = os.open(job_dir / LOCK, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the probe's shared lock at once
+    return False
+
+
+# --- manifests ---------------------------------------------------------------------------------
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same directory and ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class Store:
+    """One jobs root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.root / validate_id(job_id)
+
+    def workspace(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "workspace"
+
+    def exists(self, job_id: str) -> bool:
+        return (self.job_dir(job_id) / MANIFEST).is_file()
+
+    def create(self, job: Job) -> Path:
+        """Make the job's directory (refusing an existing id) and write its first manifest."""
+        job_dir = self.job_dir(job.id)
+        try:
+            job_dir.mkdir()
+        except FileExistsError:
+            raise UsageError(f"job {job.id!r} already exists in {self.root}") from None
+        (job_dir / "logs").mkdir()
+        with job_lock(job_dir):
+            self.save(job)
+        return job_dir
+
+    def load(self, job_id: str) -> Job:
+        path = self.job_dir(job_id) / MANIFEST
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            raise JobNotFound(f"no job {job_id!r} in {self.root}") from None
+        except ValueError as exc:
+            raise UsageError(f"manifest {path} is not valid JSON: {exc}") from None
+        return Job.from_dict(data)
+
+    def save(self, job: Job) -> None:
+        """Write the manifest atomically; the caller holds the job's lock."""
+        from logist.model import now
+
+        job.updated_at = now()
+        data = json.dumps(job.to_dict(), indent=2, sort_keys=True).encode() + b"\n"
+        write_atomic(self.job_dir(job.id) / MANIFEST, data)
+
+    def ids(self) -> list[str]:
+        """Ids of every job directory with a manifest, sorted."""
+        out = []
+        with os.scandir(self.root) as it:
+            for entry in it:
+                if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                    continue
+                if os.path.exists(os.path.join(entry.path, MANIFEST)):
+                    out.append(entry.name)
+        return sorted(out)
+
+    def lock(self, job_id: str, timeout: float | None = None) -> contextlib.AbstractContextManager:
+        job_dir = self.job_dir(job_id)
+        if not (job_dir / MANIFEST).is_file():
+            raise JobNotFound(f"no job {job_id!r} in {self.root}")
+        return job_lock(job_dir, timeout)
+
+    def active(self, job_id: str) -> bool:
+        return is_active(self.job_dir(job_id))
+
+    def private_dir(self, name: str) -> Path:
+        """A hidden directory of the jobs root (mirrors, source locks); ids never start with '.'."""
+        path = self.root / f".{name}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path

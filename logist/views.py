@@ -1,0 +1,108 @@
+"""The contract's JSON view of a job (``status --json``, ``list --json``) and the table."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from logist.model import INTERRUPTED, PENDING, RUNNING, Job
+from logist.store import Store, is_active
+
+
+def job_view(
+    store: Store, job: Job, containers: list[str] | None = None, active: bool | None = None
+) -> dict[str, Any]:
+    """One job as the contract's object. A job recorded running with no live owner is
+    reported interrupted (and its running step pending), without writing anything."""
+    job_dir = store.job_dir(job.id)
+    active = is_active(job_dir) if active is None else active
+    state = job.state
+    steps = []
+    for s in job.steps:
+        step_state = s.state
+        if state == RUNNING and not active and step_state == RUNNING:
+            step_state = PENDING
+        steps.append(
+            {
+                "index": s.index,
+                "name": s.name,
+                "run": s.run,
+                "image": s.image or job.image,
+                "state": step_state,
+                "exit_code": s.exit_code,
+                "oom_killed": s.oom_killed,
+                "started_at": s.started_at,
+                "finished_at": s.finished_at,
+                "log": s.log,
+                "error": s.error,
+            }
+        )
+    if state == RUNNING and not active:
+        state = INTERRUPTED
+    ws = job_dir / "workspace"
+    ws_state = job.workspace_state
+    if ws_state == "ready" and not os.path.lexists(ws):
+        ws_state = "removed"
+    return {
+        "id": job.id,
+        "state": state,
+        "repo": job.repo,
+        "ref": job.ref,
+        "branch": job.branch,
+        "image": job.image,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "active": active,
+        "steps": steps,
+        "workspace": {"path": str(ws), "state": ws_state},
+        "result": {
+            "bundle": job.result_bundle
+            if job.result_bundle and os.path.exists(job.result_bundle)
+            else None,
+            "branch": job.result_branch,
+        },
+        "containers": containers or [],
+        "base_commit": job.base_commit,
+        "harvested_commit": job.harvested_commit,
+        "cleanup": job.cleanup,
+        "left_behind": job.leftovers,
+        "error": job.error,
+    }
+
+
+def containers_by_job(store: Store) -> dict[str, list[str]]:
+    """Ids of the containers labelled for this jobs root, by job; empty if no engine answers."""
+    from logist import containers
+    from logist.errors import LogistError
+
+    out: dict[str, list[str]] = {}
+    try:
+        for c in containers.find(containers.client(), store.root):
+            job = (c.attrs.get("Labels") or {}).get(containers.JOB, "")
+            out.setdefault(job, []).append(c.id)
+    except LogistError:
+        pass
+    return out
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """A readable table of jobs for people."""
+    head = ("ID", "STATE", "ACTIVE", "STEPS", "WORKSPACE", "UPDATED")
+    lines = [head]
+    for r in rows:
+        done = sum(1 for s in r["steps"] if s["state"] == "succeeded")
+        lines.append(
+            (
+                r["id"],
+                r["state"],
+                "yes" if r["active"] else "no",
+                f"{done}/{len(r['steps'])}",
+                r["workspace"]["state"],
+                r["updated_at"],
+            )
+        )
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )

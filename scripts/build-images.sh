@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Build logist's images: logist/busybox:latest, logist/step:latest and logist/logist:latest.
+# Idempotent: an image that exists is skipped unless --rebuild is given.
+# The base of the Debian images is $BASE_IMAGE (default debian:bookworm-slim). When it is not
+# present and cannot be pulled (no registry), a minimal Debian rootfs is made with debootstrap
+# from the mirror the machine's apt sources name, imported as logist/base:<suite>, and used.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REBUILD=0
+for arg in "$@"; do
+  case "$arg" in
+    --rebuild) REBUILD=1 ;;
+    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    *) echo "build-images: unknown argument $arg" >&2; exit 2 ;;
+  esac
+done
+
+BASE_IMAGE=${BASE_IMAGE:-debian:bookworm-slim}
+PYTHON=${PYTHON:-python3}
+SUITE=${DEBIAN_SUITE:-$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-bookworm}")}
+SUITE=${SUITE:-bookworm}
+LOCAL_BASE="logist/base:$SUITE"
+
+say() { echo "build-images: $*" >&2; }
+have() { docker image inspect "$1" >/dev/null 2>&1; }
+wanted() { [ "$REBUILD" = 1 ] || ! have "$1"; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo -n "$@"; fi; }
+
+apt_install() {
+  as_root apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+}
+
+# The Debian mirror named by the apt sources (deb822 or one-line format).
+debian_mirror() {
+  local uri=""
+  if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+    uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources)
+  fi
+  if [ -z "$uri" ]; then
+    uri=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
+          awk '$1 == "deb" && $0 !~ /security/ {for (i = 2; i <= NF; i++) if ($i ~ /^https?:/) {print $i; exit}}')
+  fi
+  [ -n "$uri" ] || { say "no Debian mirror found in the apt sources"; return 1; }
+  echo "$uri"
+}
+
+make_local_base() {
+  if have "$LOCAL_BASE" && [ "$REBUILD" = 0 ]; then return 0; fi
+  command -v debootstrap >/dev/null || apt_install debootstrap
+  local mirror rootfs
+  mirror=$(debian_mirror)
+  rootfs=$(mktemp -d /tmp/logist-rootfs.XXXXXX)
+  say "no registry: making $LOCAL_BASE with debootstrap ($SUITE) from the apt sources' mirror"
+  as_root debootstrap --variant=minbase --include=git,ca-certificates,python3,python3-venv \
+    "$SUITE" "$rootfs" "$mirror" >/tmp/logist-debootstrap.log 2>&1 || {
+      tail -n 20 /tmp/logist-debootstrap.log >&2; say "debootstrap failed"; return 1; }
+  as_root rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+  as_root tar -C "$rootfs" -c . | docker import --change 'CMD ["/bin/bash"]' - "$LOCAL_BASE" >/dev/null
+  as_root rm -rf "$rootfs"
+  say "imported $LOCAL_BASE"
+}
+
+resolve_base() {
+  if have "$BASE_IMAGE"; then echo "$BASE_IMAGE"; return; fi
+  if timeout 120 docker pull -q "$BASE_IMAGE" >/dev/null 2>&1; then echo "$BASE_IMAGE"; return; fi
+  make_local_base
+  echo "$LOCAL_BASE"
+}
+
+build() {  # build TAG CONTEXT [docker build args...]
+  local tag=$1 ctx=$2; shift 2
+  say "building $tag"
+  DOCKER_BUILDKIT=0 docker build -q -t "$tag" "$@" "$ctx" >/dev/null 2>/tmp/logist-build.log || {
+    cat /tmp/logist-build.log >&2; say "building $tag failed"; return 1; }
+}
+
+if wanted logist/busybox:latest; then
+  dpkg -s busybox-static >/dev/null 2>&1 || apt_install busybox-static
+  bb=/bin/busybox
+  ctx=$(mktemp -d /tmp/logist-busybox.XXXXXX)
+  cp images/busybox/Dockerfile "$ctx/" && cp "$bb" "$ctx/busybox"
+  build logist/busybox:latest "$ctx"
+  rm -rf "$ctx"
+fi
+
+if wanted logist/step:latest || wanted logist/logist:latest; then
+  base=$(resolve_base)
+  if wanted logist/step:latest; then
+    build logist/step:latest images/step --build-arg "BASE_IMAGE=$base"
+  fi
+  if wanted logist/logist:latest; then
+    rm -rf build/wheels
+    "$PYTHON" -m pip wheel -q --disable-pip-version-check -w build/wheels . 2>&1 |
+      grep -v "is ignored: it is neither a file nor a directory" >&2 || true
+    ls build/wheels/logist-*.whl >/dev/null
+    build logist/logist:latest . --build-arg "BASE_IMAGE=$base"
+  fi
+fi
+say "images ready: $(docker images --format '{{.Repository}}:{{.Tag}}' | grep '^logist/' | sort | tr '\n' ' ')"
