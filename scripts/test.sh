@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Everything a fresh machine needs, then the full test suite:
+#   engine (installed and started if missing) -> venv with logist[test] -> images -> ruff -> pytest
+# Extra arguments go to pytest (e.g. scripts/test.sh -k cleanup -x).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+
+scripts/ensure-docker.sh
+scripts/setup-venv.sh
+PYTHON=.venv/bin/python scripts/build-images.sh
+.venv/bin/ruff check logist tests benchmarks
+.venv/bin/ruff format --check logist tests benchmarks >/dev/null || echo "test.sh: (ruff format would reformat some files)" >&2
+set +e
+.venv/bin/python -m pytest "$@"
+rc=$?
+set -e
+echo "test.sh: pytest exit $rc after $(( $(date +%s) - start ))s" >&2
+exit $rc

@@ -1,0 +1,117 @@
+"""Shared fixtures: real git repositories in tmp_path, a jobs root per test, the real engine.
+
+Tests marked ``docker`` *fail* (never skip) when no engine answers. After every docker test,
+no container labelled for that test's jobs root may remain.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import commit_file, make_repo, run_logist
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STEP_IMAGE = "logist/step:latest"
+BUSYBOX = "logist/busybox:latest"
+
+
+def _engine_problem() -> str | None:
+    try:
+        import docker
+
+        docker.from_env(timeout=10).ping()
+    except Exception as exc:  # any failure to reach the engine
+        return f"Docker engine unreachable ({exc}); run scripts/ensure-docker.sh"
+    return None
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    problem = _engine_problem()
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    import docker
+
+    cli = docker.from_env(timeout=120)
+    for image in (STEP_IMAGE, BUSYBOX):
+        try:
+            cli.images.get(image)
+        except docker.errors.ImageNotFound:
+            pytest.fail(f"{image} missing: run scripts/build-images.sh", pytrace=False)
+    return cli
+
+
+@pytest.fixture(autouse=True)
+def _docker_guard(request):
+    """Docker tests need the engine (fail otherwise) and must leave no container behind."""
+    if request.node.get_closest_marker("docker") is None:
+        yield
+        return
+    cli = request.getfixturevalue("docker_client")
+    yield
+    root = request.node.funcargs.get("jobs_root")
+    if root is None:
+        return
+    left = cli.containers.list(all=True, filters={"label": f"logist.jobs-dir={root}"})
+    for c in left:
+        c.remove(force=True)
+    assert not left, f"containers left behind: {[c.name for c in left]}"
+
+
+@pytest.fixture
+def jobs_root(tmp_path: Path) -> Path:
+    root = tmp_path / "jobs"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def source_repo(tmp_path: Path) -> Path:
+    """A local git repository with one commit on ``main``."""
+    return make_repo(tmp_path / "src")
+
+
+@pytest.fixture
+def logist(jobs_root: Path):
+    """Run the real CLI (a subprocess) against this test's jobs root."""
+
+    def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
+        return run_logist(jobs_root, *args, **kwargs)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def nonroot_user(tmp_path_factory) -> dict:
+    """A non-root user in the docker group, with logist installed in a venv made from
+    /usr/bin/python3 (the pyenv Python under /root is not readable by other users)."""
+    if os.geteuid() != 0:
+        pytest.fail("the non-root tests need to start as root to create their user")
+    name = "logist-test"
+    if subprocess.run(["id", name], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "--create-home", "--groups", "docker", name], check=True)
+    else:
+        subprocess.run(["usermod", "-aG", "docker", name], check=True)
+    venv = Path("/tmp/logist-nonroot-venv")
+    stamp = venv / ".stamp"
+    src_stamp = max(p.stat().st_mtime for p in (REPO_ROOT / "logist").glob("*.py"))
+    if not stamp.exists() or stamp.stat().st_mtime < src_stamp:
+        subprocess.run(["rm", "-rf", str(venv)], check=True)
+        subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True)
+        build = tmp_path_factory.mktemp("nonroot-src")
+        subprocess.run(["cp", "-r", str(REPO_ROOT / "logist"), str(REPO_ROOT / "pyproject.toml"),
+                        str(REPO_ROOT / "README.md"), str(build)], check=True)
+        subprocess.run([str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check",
+                        str(build)], check=True, capture_output=True)
+        stamp.touch()
+    uid = int(subprocess.check_output(["id", "-u", name]).strip())
+    gid = int(subprocess.check_output(["id", "-g", name]).strip())
+    return {"name": name, "uid": uid, "gid": gid, "logist": str(venv / "bin/logist")}
+
+
+__all__ = ["commit_file", "sys"]

@@ -1,0 +1,45 @@
+"""Helpers for tests: real git repositories and the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "safe.directory=*", "-C", str(repo), *args], check=True,
+                          capture_output=True, text=True, env={**os.environ, **GIT_ENV}).stdout
+
+
+def make_repo(path: Path, files: dict[str, str] | None = None) -> Path:
+    """A git repository at ``path`` with one commit on ``main``."""
+    path.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True)
+    for name, text in (files or {"README.md": "hello\n"}).items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(text)
+    git(path, "add", "-A")
+    git(path, "commit", "-qm", "initial")
+    return path
+
+
+def commit_file(repo: Path, name: str, text: str, message: str = "change") -> str:
+    (repo / name).write_text(text)
+    git(repo, "add", name)
+    git(repo, "commit", "-qm", message)
+    return git(repo, "rev-parse", "HEAD").strip()
+
+
+def run_logist(jobs_root: Path, *args: str, timeout: float = 120, env: dict | None = None,
+               input: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m logist --jobs-dir ROOT ARGS`` and capture its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), *args],
+        capture_output=True, text=True, timeout=timeout, input=input,
+        env={**os.environ, **(env or {})},
+    )
