@@ -315,7 +315,7 @@ def doctor(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
         raise typer.Exit(3)
 
 
-def _interrupt(signum, frame) -> None:  # noqa: ARG001
+def _interrupt(signum, frame) -> None:
     from logist.errors import Interrupted
 
     raise Interrupted("interrupted")

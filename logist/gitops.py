@@ -163,7 +163,7 @@ def checkout_branch(ws: Path, branch: str, commit: str) -> None:
 
 
 def fetch_branch(ws: Path, source: str, branch: str) -> None:
-    """Fetch ``branch`` of ``source`` (a repository or a bundle) into ``ws``'s branch of that name."""
+    """Fetch ``branch`` of ``source`` (a repository or a bundle) into the same branch of ws."""
     git(
         "fetch",
         "--quiet",

@@ -62,7 +62,7 @@ def harvest_leftover(store: Store, job: Job, ws: Path) -> None:
     """Before a workspace goes: commit what is not yet in the job branch, then ``finish``.
     Raises ``LogistError`` (exit 4: the workspace must be kept) when that fails."""
     if not workspace_valid(ws, job.branch):
-        return  # .git gone (a partial removal): the manifest's record of the last harvest is the work
+        return  # .git gone (a partial removal): the recorded harvest is the work
     try:
         if gitops.has_unharvested(ws, job.harvested_commit):
             n = last_started_step(job)
