@@ -1,0 +1,298 @@
+"""Steps in containers: job step / job run, harvest into the job branch, cancel and signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import git
+
+pytestmark = pytest.mark.docker
+
+
+def status(logist, job_id: str) -> dict:
+    out = logist("job", "status", job_id, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def create(logist, repo: Path, *steps: str, extra: tuple[str, ...] = ()) -> str:
+    args = ["job", "create", "--repo", str(repo)]
+    for s in steps:
+        args += ["--step", s]
+    out = logist(*args, *extra)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def popen_logist(jobs_root: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
+def job_containers(docker_client, jobs_root: Path, job_id: str, running_only: bool = False):
+    return docker_client.containers.list(all=not running_only, filters={
+        "label": [f"logist.jobs-dir={jobs_root}", f"logist.job={job_id}"]})
+
+
+def test_three_step_job_sees_env_passes_files_and_lands_its_branch(logist, source_repo, jobs_root,
+                                                                   tmp_path):
+    head_before = git(source_repo, "rev-parse", "HEAD")
+    status_before = git(source_repo, "status", "--porcelain")
+    job = create(logist, source_repo,
+                 'echo "id=$LOGIST_JOB_ID step=$LOGIST_STEP foo=$FOO prompt=$LOGIST_PROMPT"',
+                 "echo from-step-2 > made.txt",
+                 "cat made.txt && test \"$(pwd)\" = /workspace",
+                 extra=("--env", "FOO=bar", "--prompt", "fix it"))
+    out = logist("job", "run", job)
+    assert out.returncode == 0, out.stderr
+    assert f"id={job} step=1 foo=bar prompt=fix it" in out.stdout
+    st = status(logist, job)
+    assert st["state"] == "succeeded"
+    assert [s["state"] for s in st["steps"]] == ["succeeded"] * 3
+    assert [s["exit_code"] for s in st["steps"]] == [0, 0, 0]
+    log3 = Path(st["steps"][2]["log"])
+    assert log3 == jobs_root / job / "logs" / "step-3.log"
+    assert log3.read_text() == "from-step-2\n"
+    assert logist("job", "logs", job, "--step", "1").stdout.startswith(f"id={job}")
+    # the work is in the source's branch and in the bundle
+    assert git(source_repo, "show", f"logist/{job}:made.txt") == "from-step-2\n"
+    clone = tmp_path / "from-bundle"
+    git(tmp_path, "clone", "-q", "-b", f"logist/{job}", str(jobs_root / job / "result.bundle"),
+        str(clone))
+    assert (clone / "made.txt").read_text() == "from-step-2\n"
+    assert st["result"] == {"bundle": str(jobs_root / job / "result.bundle"),
+                            "branch": f"logist/{job}"}
+    # the source's HEAD and working tree are untouched; the workspace is gone
+    assert git(source_repo, "rev-parse", "HEAD") == head_before
+    assert git(source_repo, "status", "--porcelain") == status_before
+    assert not (source_repo / "made.txt").exists()
+    assert st["workspace"]["state"] == "removed"
+    assert not (jobs_root / job / "workspace").exists()
+    commits = git(source_repo, "log", "--format=%s", f"logist/{job}").splitlines()
+    assert commits[0] == f"logist: {job} step 2"
+
+
+def test_failing_step_exits_1_keeps_later_steps_pending_and_its_work(logist, source_repo):
+    job = create(logist, source_repo, "echo one > one.txt", "echo partial > two.txt; exit 7",
+                 "echo never > three.txt")
+    out = logist("job", "run", job)
+    assert out.returncode == 1
+    st = status(logist, job)
+    assert st["state"] == "failed"
+    assert [s["state"] for s in st["steps"]] == ["succeeded", "failed", "pending"]
+    assert st["steps"][1]["exit_code"] == 7
+    assert git(source_repo, "show", f"logist/{job}:two.txt") == "partial\n"
+    assert "three.txt" not in git(source_repo, "ls-tree", "--name-only", f"logist/{job}")
+
+
+def test_job_step_runs_one_step_at_a_time_then_finishes(logist, source_repo, jobs_root):
+    job = create(logist, source_repo, "echo a > a.txt", "cat a.txt")
+    first = logist("job", "step", job)
+    assert first.returncode == 0, first.stderr
+    st = status(logist, job)
+    assert st["state"] == "pending" and st["workspace"]["state"] == "ready"
+    assert [s["state"] for s in st["steps"]] == ["succeeded", "pending"]
+    assert (jobs_root / job / "workspace" / "a.txt").exists()
+    second = logist("job", "step", job)
+    assert second.returncode == 0 and "a" in second.stdout
+    st = status(logist, job)
+    assert st["state"] == "succeeded" and st["workspace"]["state"] == "removed"
+    again = logist("job", "step", job)
+    assert again.returncode == 2 and "succeeded" in again.stderr
+
+
+def test_step_timeout_stops_the_container_and_fails_the_job(logist, source_repo, jobs_root,
+                                                            docker_client):
+    job = create(logist, source_repo, "sleep 60", extra=("--timeout", "2"))
+    start = time.monotonic()
+    out = logist("job", "run", job)
+    assert out.returncode == 1
+    assert time.monotonic() - start < 20
+    st = status(logist, job)
+    assert st["state"] == "failed" and st["steps"][0]["state"] == "timed_out"
+    assert not job_containers(docker_client, jobs_root, job)
+
+
+def test_missing_image_is_exit_3_naming_the_image(logist, source_repo):
+    job = create(logist, source_repo, "true", extra=("--image", "logist/no-such-image:1"))
+    out = logist("job", "run", job)
+    assert out.returncode == 3
+    assert "logist/no-such-image:1" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_running_container_has_labels_init_user_mount_and_limits(logist, source_repo, jobs_root,
+                                                                 docker_client):
+    job = create(logist, source_repo, "sleep 30",
+                 extra=("--user", "1234:2345", "--memory", "256m", "--cpus", "0.5",
+                        "--pids", "64", "--network", "none"))
+    runner = popen_logist(jobs_root, "job", "run", job)
+    try:
+        c = wait_for(lambda: job_containers(docker_client, jobs_root, job, running_only=True))[0]
+        c.reload()
+        labels = c.labels
+        assert labels["logist.managed"] == "true"
+        assert labels["logist.job"] == job and labels["logist.step"] == "1"
+        assert labels["logist.jobs-dir"] == str(jobs_root)
+        host, pid, start = labels["logist.owner"].rsplit(":", 2)
+        assert int(pid) == runner.pid and start.isdigit() and host
+        cfg, hc = c.attrs["Config"], c.attrs["HostConfig"]
+        assert hc["Init"] is True
+        assert cfg["User"] == "1234:2345"
+        assert cfg["Cmd"] == ["/bin/sh", "-c", "sleep 30"]
+        assert cfg["WorkingDir"] == "/workspace"
+        mount = next(m for m in c.attrs["Mounts"] if m["Destination"] == "/workspace")
+        assert mount["Source"] == str(jobs_root / job / "workspace") and mount["RW"] is True
+        assert hc["Memory"] == 256 * 1024 * 1024 and hc["NanoCpus"] == 500_000_000
+        assert hc["PidsLimit"] == 64 and hc["NetworkMode"] == "none"
+        # the workspace was made writable for that uid (logist runs as root here)
+        assert (jobs_root / job / "workspace").stat().st_uid == 1234
+        assert status(logist, job)["containers"] == [c.id]
+    finally:
+        runner.send_signal(signal.SIGTERM)
+        runner.wait(timeout=30)
+    assert runner.returncode == 130
+
+
+def test_background_process_of_a_step_does_not_linger(logist, source_repo, jobs_root,
+                                                      docker_client):
+    job = create(logist, source_repo, "(sleep 1234 &) ; echo started")
+    out = logist("job", "run", job)
+    assert out.returncode == 0, out.stderr
+    assert not job_containers(docker_client, jobs_root, job)
+    ps = subprocess.run(["pgrep", "-f", "sleep 1234"], capture_output=True, text=True)
+    assert ps.stdout.strip() == ""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_step_printing_200_mb_keeps_logist_memory_flat(jobs_root, source_repo, logist):
+    job = create(logist, source_repo,
+                 "head -c 150000000 /dev/zero | base64 -w 4096")  # ~200 MB of text
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), "job", "run", job],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    peak = max(peak, int(line.split()[1]) * 1024)
+        except OSError:
+            pass
+        time.sleep(0.05)
+    assert proc.returncode == 0, proc.stderr.read()
+    log = jobs_root / job / "logs" / "step-1.log"
+    assert log.stat().st_size > 190_000_000
+    assert peak < 100 * 1024 * 1024, f"peak RSS {peak / 2**20:.0f} MiB"
+
+
+def test_cancel_from_another_process_stops_a_step_that_ignores_sigterm(logist, source_repo,
+                                                                       jobs_root, docker_client):
+    job = create(logist, source_repo, "echo keep > kept.txt",
+                 "trap '' TERM; echo waiting; while true; do sleep 1; done", "echo never")
+    runner = popen_logist(jobs_root, "job", "run", job)
+    try:
+        wait_for(lambda: any(c.labels.get("logist.step") == "2" for c in
+                             job_containers(docker_client, jobs_root, job, running_only=True)))
+        start = time.monotonic()
+        out = logist("job", "cancel", job)
+        elapsed = time.monotonic() - start
+        assert out.returncode == 0, out.stderr
+        runner.wait(timeout=30)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert elapsed < 15, f"cancel took {elapsed:.1f}s"
+    assert runner.returncode == 1
+    st = status(logist, job)
+    assert st["state"] == "canceled"
+    assert [s["state"] for s in st["steps"]] == ["succeeded", "canceled", "canceled"]
+    assert not job_containers(docker_client, jobs_root, job)
+    assert git(source_repo, "show", f"logist/{job}:kept.txt") == "keep\n"
+
+
+def test_cancel_of_a_pending_job_marks_it_canceled(logist, source_repo):
+    job = create(logist, source_repo, "true")
+    out = logist("job", "cancel", job)
+    assert out.returncode == 0, out.stderr
+    assert status(logist, job)["state"] == "canceled"
+    assert logist("job", "run", job).returncode == 2
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_to_job_run_stops_containers_marks_interrupted_exit_130(
+        logist, source_repo, jobs_root, docker_client, sig):
+    job = create(logist, source_repo, "echo one > one.txt", "trap '' TERM; sleep 300")
+    runner = popen_logist(jobs_root, "job", "run", job)
+    try:
+        wait_for(lambda: any(c.labels.get("logist.step") == "2" for c in
+                             job_containers(docker_client, jobs_root, job, running_only=True)))
+        start = time.monotonic()
+        runner.send_signal(sig)
+        runner.wait(timeout=30)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert runner.returncode == 130, runner.stderr.read()
+    assert time.monotonic() - start < 15
+    assert not job_containers(docker_client, jobs_root, job)
+    st = status(logist, job)
+    assert st["state"] == "interrupted" and st["active"] is False
+    assert [s["state"] for s in st["steps"]] == ["succeeded", "pending"]
+    assert git(source_repo, "show", f"logist/{job}:one.txt") == "one\n"
+    assert not (jobs_root / job / "workspace").exists()  # cleanup ran (policy always)
+
+
+@pytest.mark.timeout(180)
+def test_eight_jobs_finishing_into_one_source_all_land_their_branch(logist, source_repo):
+    jobs = [create(logist, source_repo, f"echo {n} > n.txt; echo done-{n}") for n in range(8)]
+    out = logist("job", "run", *jobs, "--parallel", "8", timeout=170)
+    assert out.returncode == 0, out.stderr
+    for n, job in enumerate(jobs):
+        assert git(source_repo, "show", f"logist/{job}:n.txt") == f"{n}\n"
+        assert f"[{job}] done-{n}\n" in out.stdout  # output of parallel jobs is prefixed
+
+
+def test_step_as_non_root_user_leaves_no_root_owned_files(logist, source_repo, jobs_root,
+                                                         tmp_path):
+    job = create(logist, source_repo, "echo x > new.txt && mkdir -p d && id -u > d/uid",
+                 extra=("--user", "4321:4321", "--cleanup", "never"))
+    out = logist("job", "run", job)
+    assert out.returncode == 0, out.stderr
+    ws = jobs_root / job / "workspace"
+    assert (ws / "d" / "uid").read_text().strip() == "4321"
+    assert (ws / "new.txt").stat().st_uid == 4321
+    assert git(source_repo, "show", f"logist/{job}:d/uid").strip() == "4321"
+    assert logist("job", "cleanup", job).returncode == 0
+
+
+def test_env_var_in_step_output_is_not_buffered_until_the_end(jobs_root, source_repo, logist):
+    job = create(logist, source_repo, "echo first; sleep 3; echo second")
+    proc = subprocess.Popen([sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), "job",
+                             "run", job], stdout=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert first == "first\n"
+        assert proc.poll() is None  # still running: the output streamed live
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == 0
+
