@@ -13,9 +13,18 @@ from pathlib import Path
 from logist import containers
 from logist.errors import JobActive, LogistError
 from logist.harvest import harvest_leftover
-from logist.model import INTERRUPTED, PENDING, RUNNING, SUCCEEDED, WS_REMOVED, Job, parse_time
+from logist.model import (
+    INTERRUPTED,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    WS_REMOVED,
+    WS_REMOVING,
+    Job,
+    parse_time,
+)
 from logist.store import Store, is_active
-from logist.workspace import delete_tree, tree_size
+from logist.workspace import delete_tree, has_workspace, setup_leftovers, tree_size
 
 
 @dataclass
@@ -115,6 +124,12 @@ def remove_workspace(
 def _remove(
     store: Store, job: Job, ws: Path, job_dir: Path, report: Report, *, force: bool, dry_run: bool
 ) -> None:
+    leftovers = setup_leftovers(job_dir)
+    if leftovers and not dry_run:  # half-made clones of a killed setup: nothing to harvest
+        for tmp in leftovers:
+            result = delete_tree(tmp, job_dir, allow_tmp=True)
+            report.bytes_freed += result.bytes_freed
+            report.left_behind += result.foreign + result.stuck
     exists = os.path.lexists(ws)
     # 1. containers: labelled with the job, or with the workspace mounted
     cli = containers.client()
@@ -129,7 +144,8 @@ def _remove(
         if still:
             report.left_behind += [f"container {c.short_id}" for c in still]
     if not exists:
-        report.nothing_to_clean = report.containers_removed == 0
+        report.nothing_to_clean = report.containers_removed == 0 and not leftovers
+        report.workspace_removed = bool(leftovers) and not report.left_behind
         return
     if ws.is_symlink():  # never followed: only the link goes
         if not dry_run:
@@ -152,6 +168,8 @@ def _remove(
         return
     # 3. harvest what is not yet in the job branch (raises: the workspace is kept)
     harvest_leftover(store, job, ws)
+    job.workspace_state = WS_REMOVING  # from here on, the manifest's record is the work
+    store.save(job)
     # 4. delete, through a root helper container for files of another uid
     result = delete_tree(ws, job_dir)
     report.bytes_freed = result.bytes_freed
@@ -226,11 +244,12 @@ def sweep(store: Store, older_than: float, *, dry_run: bool = False) -> dict:
         except LogistError as exc:
             out["failed"].append({"job": job_id, "error": str(exc)})
             continue
-        has_ws = os.path.lexists(job_dir / "workspace")
+        has_ws = has_workspace(job_dir)
         if not has_ws and peek.state != RUNNING:
             continue
         idle = now - parse_time(peek.updated_at).timestamp() >= older_than
-        if not idle and peek.state != RUNNING:
+        # a cleanup that left something behind is retried by the next sweep, whatever its age
+        if not idle and peek.state != RUNNING and not peek.leftovers:
             out["skipped"].append({"job": job_id, "reason": "recent"})
             continue
         try:
@@ -248,7 +267,7 @@ def sweep(store: Store, older_than: float, *, dry_run: bool = False) -> dict:
 
 def _sweep_one(store: Store, job_id: str, dry_run: bool, out: dict) -> None:
     job = store.load(job_id)  # again, under the lock: another sweep may have been first
-    ws_there = os.path.lexists(store.workspace(job_id))
+    ws_there = has_workspace(store.job_dir(job_id))
     if not dry_run:
         recover_dead_owner(store, job)
     if not ws_there:

@@ -79,10 +79,10 @@ def job_create(
     ref: Annotated[str | None, typer.Option(help="Start from this ref (default: HEAD).")] = None,
     prompt: Annotated[str | None, typer.Option(help="Given to steps as $LOGIST_PROMPT.")] = None,
     env: Annotated[list[str] | None, typer.Option(help="K=V for the steps (repeat).")] = None,
-    timeout: Annotated[float | None, typer.Option(help="Per-step timeout, seconds.")] = None,
+    timeout: Annotated[str | None, typer.Option(help="Per-step timeout, seconds.")] = None,
     memory: Annotated[str | None, typer.Option(help="Memory limit, e.g. 512m.")] = None,
-    cpus: Annotated[float | None, typer.Option(help="CPU limit, e.g. 1.5.")] = None,
-    pids: Annotated[int | None, typer.Option(help="Process limit.")] = None,
+    cpus: Annotated[str | None, typer.Option(help="CPU limit, e.g. 1.5.")] = None,
+    pids: Annotated[str | None, typer.Option(help="Process limit.")] = None,
     network: Annotated[str | None, typer.Option(help="bridge, none or host.")] = None,
     user: Annotated[str | None, typer.Option(help="UID:GID or root (default: yours).")] = None,
     pull: Annotated[str | None, typer.Option(help="missing, always or never.")] = None,
@@ -272,7 +272,7 @@ def job_cleanup(
     if stale == (job_id is not None):
         raise UsageError("name one job, or use --stale (not both)")
     out = (
-        service.sweep(store, parse_duration(older_than), dry_run)
+        service.sweep(store, parse_duration(older_than), dry_run=dry_run)
         if stale
         else service.cleanup_one(store, job_id, force=force, dry_run=dry_run)
     )

@@ -57,17 +57,22 @@ def reset_client() -> None:
     _local.client = None
 
 
+_REASONS = (
+    ("FileNotFoundError", "no socket there (is the engine running?)"),
+    ("No such file", "no socket there (is the engine running?)"),
+    ("ConnectionRefusedError", "connection refused"),
+    ("Connection refused", "connection refused"),
+    ("Connection aborted", "the connection was lost (engine stopped?)"),
+    ("RemoteDisconnected", "the connection was lost (engine stopped?)"),
+    ("Read timed out", "the engine did not answer in time"),
+)
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc)
-    for marker in (
-        "FileNotFoundError",
-        "ConnectionRefusedError",
-        "No such file",
-        "Connection refused",
-        "Connection aborted",
-    ):
+    for marker, reason in _REASONS:
         if marker in text:
-            return marker.replace("Error", "") if marker.endswith("Error") else marker
+            return reason
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
@@ -256,7 +261,7 @@ def run_container(
 
     watcher = threading.Thread(target=watch, daemon=True)
     try:
-        with engine_errors(f"running a container of {container.attrs.get('Config', {})}"):
+        with engine_errors(f"running step container {container.short_id}"):
             container.start()
             watcher.start()
             for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
@@ -266,6 +271,8 @@ def run_container(
                 outcome.exit_code = status.get("StatusCode")
                 container.reload()
                 outcome.oom_killed = bool(container.attrs["State"].get("OOMKilled"))
+                if outcome.exit_code and not outcome.stopped_for:
+                    container.client.ping()  # a step killed by an engine shutdown is no failure
             except docker.errors.NotFound:  # removed by someone else (cancel)
                 outcome.exit_code = None
     finally:

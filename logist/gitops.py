@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_
 from logist.errors import GitError, UsageError
 
 UPLOAD_PACK = "git -c safe.directory=* upload-pack"
+_NETWORK_PREFIXES = ("git://", "http://", "https://", "ssh://")
 _ENV = {
     "GIT_TERMINAL_PROMPT": "0",
     "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
@@ -122,14 +124,22 @@ def check_local_source(path: Path, ref: str | None) -> None:
 def check_remote_source(url: str, ref: str | None) -> None:
     """Refuse (exit 2) a URL that does not answer as a git repository, or lacks ``ref``."""
     try:
-        _, out = git("ls-remote", "--upload-pack", UPLOAD_PACK, url, timeout=60, usage=True)
+        _, out = git("ls-remote", *upload_pack(url), url, timeout=60, usage=True)
     except GitError as exc:
-        raise UsageError(f"repository not reachable: {url}: {exc.stderr.strip()[-300:]}") from None
+        first = next((line for line in exc.stderr.splitlines() if line.strip()), "no answer")
+        raise UsageError(f"repository not reachable: {url}: {first.strip()[:300]}") from None
     if ref and not _looks_like_sha(ref):
         names = {line.split("\t", 1)[1] for line in out.splitlines() if "\t" in line}
         wanted = {ref, f"refs/heads/{ref}", f"refs/tags/{ref}"}
         if not names & wanted:
             raise UsageError(f"unknown ref {ref!r} in {url}")
+
+
+def upload_pack(source: str) -> list[str]:
+    """``--upload-pack`` trusting any owner, for a source whose upload-pack runs here (a path,
+    ``file://``). Never for a network URL: there it names the service the server runs, and
+    git daemon, smart HTTP and forced ssh commands know only ``git-upload-pack``."""
+    return [] if source.startswith(_NETWORK_PREFIXES) else ["--upload-pack", UPLOAD_PACK]
 
 
 def _looks_like_sha(ref: str) -> bool:
@@ -151,10 +161,13 @@ def resolve_ref(repo: Path, ref: str | None) -> str:
 
 
 def clone(source: str, dest: Path, *, local: bool) -> None:
-    """Clone without a checkout; a local source is cloned with hardlinked objects."""
+    """Clone without a checkout; a local source is cloned with hardlinked objects.
+
+    No ``--local`` flag: for a path git already clones locally (hardlinks), and copies when the
+    destination is on another filesystem, where an explicit ``--local`` dies instead (EXDEV)."""
     args = ["clone", "--quiet", "--no-checkout", "--upload-pack", UPLOAD_PACK]
-    if local:
-        args.append("--local")
+    if not local:
+        args.append("--no-local")
     git(*args, "--", source, str(dest))
 
 
@@ -178,7 +191,8 @@ def fetch_branch(ws: Path, source: str, branch: str) -> None:
 
 def branch_commit(repo: Path, branch: str) -> str | None:
     code, out = git(
-        "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", cwd=repo, ok_codes=(0, 1, 128)
+        "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}", cwd=repo,
+        ok_codes=(0, 1, 128),
     )
     return out.strip() if code == 0 else None
 
@@ -186,10 +200,13 @@ def branch_commit(repo: Path, branch: str) -> str | None:
 def update_mirror(url: str, mirror: Path) -> None:
     """Create the mirror of ``url`` once, then only fetch what is new (caller holds its lock)."""
     if (mirror / "HEAD").exists():
-        git("fetch", "--quiet", "--prune", "--upload-pack", UPLOAD_PACK, "origin", cwd=mirror)
+        git("fetch", "--quiet", "--prune", *upload_pack(url), "origin", cwd=mirror)
         return
+    # a temp mirror here is a crashed clone's: we hold the lock, so no other clone makes it
+    for leftover in mirror.parent.glob(mirror.name + ".tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
     tmp = mirror.with_name(mirror.name + f".tmp-{os.getpid()}")
-    git("clone", "--quiet", "--mirror", "--upload-pack", UPLOAD_PACK, "--", url, str(tmp))
+    git("clone", "--quiet", "--mirror", *upload_pack(url), "--", url, str(tmp))
     os.replace(tmp, mirror)
 
 
@@ -223,7 +240,13 @@ def write_bundle(ws: Path, branch: str, dest: Path) -> None:
 
 @retry_on_git_locks
 def publish_branch(source: Path, bundle: Path, branch: str) -> None:
-    """Set ``branch`` in the local ``source`` from ``bundle``; HEAD, index, tree untouched."""
+    """Set ``branch`` in the local ``source`` from ``bundle``; HEAD, index, tree untouched.
+    The caller holds the per-source lock, and only logist writes ``logist/*`` branches, so a
+    lock file on that branch is a leftover of a killed logist and is removed."""
+    gitdir = Path(git("rev-parse", "--absolute-git-dir", cwd=source)[1].strip())
+    stale = gitdir / "refs" / "heads" / f"{branch}.lock"
+    if branch.startswith("logist/") and stale.is_file():
+        stale.unlink()
     git(
         "fetch",
         "--quiet",

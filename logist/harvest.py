@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from logist import gitops
@@ -20,9 +21,69 @@ def stale_git_locks(ws: Path) -> None:
         os.unlink(lock)
 
 
+def _unreadable_foreign(ws: Path) -> bool:
+    """Walk ``ws`` (no symlinks followed), making our own unreadable entries readable; say
+    whether something of another uid stays unreadable to us."""
+    me = os.geteuid()
+    foreign = False
+    stack = [str(ws)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if not is_dir and not stat.S_ISREG(st.st_mode):
+                continue
+            if not os.access(entry.path, os.R_OK | (os.X_OK if is_dir else 0)):
+                if st.st_uid != me:
+                    foreign = True
+                    continue
+                os.chmod(entry.path, stat.S_IMODE(st.st_mode) | (0o700 if is_dir else 0o400))
+            if is_dir:
+                stack.append(entry.path)
+    return foreign
+
+
+def make_readable(store: Store, job: Job, ws: Path) -> None:
+    """A non-root logist must read everything a step made before committing it: what a step
+    running as another user (root) left unreadable is opened (``chmod -R a+rX``) by a
+    short-lived root helper container, else git would skip or refuse it and work would be lost
+    to cleanup."""
+    if os.geteuid() == 0 or not _unreadable_foreign(ws):
+        return
+    import docker
+
+    from logist import containers
+
+    cli = containers.client()
+    for image in (containers.BUSYBOX, job.image):
+        try:
+            cli.images.get(image)
+        except docker.errors.ImageNotFound:
+            continue
+        code, _logs = containers.run_helper(
+            cli,
+            image=image,
+            command=["chmod", "-R", "a+rX", "/workspace"],
+            job_id=job.id,
+            jobs_root=store.root,
+            volumes={os.path.realpath(ws): {"bind": "/workspace", "mode": "rw"}},
+        )
+        if code == 0:
+            return
+
+
 def harvest(store: Store, job: Job, ws: Path, label: str) -> str:
     """Commit everything in ``ws`` as ``logist: <id> <label>``; record the commit."""
     stale_git_locks(ws)
+    make_readable(store, job, ws)
     commit = gitops.commit_all(ws, f"logist: {job.id} {label}")
     if commit != job.harvested_commit:
         job.harvested_commit = commit
@@ -61,8 +122,11 @@ def last_started_step(job: Job) -> int | None:
 def harvest_leftover(store: Store, job: Job, ws: Path) -> None:
     """Before a workspace goes: commit what is not yet in the job branch, then ``finish``.
     Raises ``LogistError`` (exit 4: the workspace must be kept) when that fails."""
+    if job.workspace_state == "removing":
+        return  # an earlier cleanup harvested, then began deleting: the record is the work
     if not workspace_valid(ws, job.branch):
         return  # .git gone (a partial removal): the recorded harvest is the work
+    make_readable(store, job, ws)
     try:
         if gitops.has_unharvested(ws, job.harvested_commit):
             n = last_started_step(job)

@@ -45,7 +45,7 @@ def load_all(store: Store) -> Iterator[Job]:
 def follow_log(store: Store, job_id: str, step: int | None, out, poll: float = 0.2) -> None:
     """Print a step's stored log; with ``poll`` > 0 keep printing while the step runs."""
     job = store.load(job_id)
-    index = step or _latest_step(job)
+    index = step if step is not None else _latest_step(job)
     if index is None:
         return
     from logist.errors import UsageError

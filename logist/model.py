@@ -37,6 +37,7 @@ STEP_TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 WS_ABSENT, WS_READY, WS_REMOVED = "absent", "ready", "removed"
+WS_REMOVING = "removing"  # harvested and being deleted: never harvested or reused again
 
 
 def now() -> str:

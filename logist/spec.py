@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 import time
@@ -90,6 +91,8 @@ def _positive(key: str, value: Any, kind: type = float) -> float | int:
         raise _bad(key, value, f"a positive {'integer' if kind is int else 'number'}") from None
     if kind is int and isinstance(value, float) and value != number:
         raise _bad(key, value, "a positive integer")
+    if not math.isfinite(number):
+        raise _bad(key, value, "a finite number")
     if number <= 0:
         raise _bad(key, value, "must be greater than 0")
     return number
@@ -168,6 +171,30 @@ def _steps(value: Any) -> list[Step]:
     return steps
 
 
+def _yaml_loader():
+    """A safe loader with YAML 1.2's plain scalars: ``33:33`` stays a string (YAML 1.1 reads it as
+    the base-60 number 2013) and only true/false are booleans (not yes/no/on/off)."""
+    import yaml
+
+    bool_tag, int_tag, float_tag = (f"tag:yaml.org,2002:{t}" for t in ("bool", "int", "float"))
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in pairs if tag != bool_tag]
+        for first, pairs in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    for pairs in Loader.yaml_implicit_resolvers.values():
+        for i, (tag, rx) in enumerate(pairs):
+            if tag in (int_tag, float_tag):  # no sexagesimal numbers: nothing with a colon
+                pairs[i] = (tag, re.compile(r"(?!.*:)" + rx.pattern, rx.flags))
+    Loader.add_implicit_resolver(
+        bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+    )
+    return Loader
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
     import yaml
 
@@ -176,7 +203,7 @@ def load_yaml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise UsageError(f"cannot read spec {path}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_yaml_loader())
     except yaml.YAMLError as exc:
         raise UsageError(f"spec {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):

@@ -40,7 +40,7 @@ def job_view(
     if state == RUNNING and not active:
         state = INTERRUPTED
     ws = job_dir / "workspace"
-    ws_state = job.workspace_state
+    ws_state = "ready" if job.workspace_state == "removing" else job.workspace_state
     if ws_state == "ready" and not os.path.lexists(ws):
         ws_state = "removed"
     return {

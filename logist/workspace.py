@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponen
 
 from logist import gitops
 from logist.errors import GitError, LogistError, UsageError
-from logist.model import WS_READY, Job
+from logist.model import WS_READY, WS_REMOVING, Job
 from logist.spec import is_url
 from logist.store import Store, job_lock
 
@@ -26,6 +27,9 @@ def workspace_valid(ws: Path, branch: str) -> bool:
     if ws.is_symlink() or not (ws / ".git").is_dir():
         return False
     try:
+        _, gitdir = gitops.git("rev-parse", "--absolute-git-dir", cwd=ws)
+        if Path(gitdir.strip()) != (ws / ".git").resolve():
+            return False  # a broken .git: git found a repository enclosing the jobs root
         return gitops.branch_commit(ws, branch) is not None
     except GitError:
         return False
@@ -45,10 +49,11 @@ def setup_workspace(store: Store, job_id: str) -> Path:
         ws = job_dir / "workspace"
         if job.workspace_state == WS_READY and workspace_valid(ws, job.branch):
             return ws
-        for leftover in job_dir.glob(TMP_PREFIX + "*"):
+        for leftover in setup_leftovers(job_dir):
             delete_tree(leftover, job_dir, allow_tmp=True)
         if ws.exists() or ws.is_symlink():
-            if workspace_valid(ws, job.branch):  # made, but the manifest was not updated
+            # made, but the manifest was not updated; never a tree a cleanup began deleting
+            if job.workspace_state != WS_REMOVING and workspace_valid(ws, job.branch):
                 _mark_ready(store, job)
                 return ws
             delete_tree(ws, job_dir)
@@ -70,6 +75,16 @@ def setup_workspace(store: Store, job_id: str) -> Path:
         return ws
 
 
+def setup_leftovers(job_dir: Path) -> list[Path]:
+    """Temp clones a killed setup left in the job directory."""
+    return sorted(job_dir.glob(TMP_PREFIX + "*"))
+
+
+def has_workspace(job_dir: Path) -> bool:
+    """Whether anything of a workspace (or a half-made one) is in the job directory."""
+    return os.path.lexists(job_dir / "workspace") or bool(setup_leftovers(job_dir))
+
+
 def _discard(tmp: Path, job_dir: Path) -> None:
     if tmp.exists():
         delete_tree(tmp, job_dir, allow_tmp=True)
@@ -81,7 +96,15 @@ def _mark_ready(store: Store, job: Job) -> None:
 
 
 def _source_exists(job: Job) -> bool:
-    return is_url(job.repo) or Path(job.repo).is_dir()
+    """Whether the source still answers as a git repository (asked after a failed clone)."""
+    if is_url(job.repo):
+        try:
+            gitops.check_remote_source(job.repo, None)
+        except UsageError:
+            return False
+        return True
+    path = Path(job.repo)
+    return (path / ".git").exists() or ((path / "HEAD").is_file() and (path / "objects").is_dir())
 
 
 def _disk_full(exc: GitError) -> LogistError | None:
@@ -130,8 +153,15 @@ def make_writable_for(ws: Path, user: str) -> None:
     me = os.geteuid()
     if uid == me:
         return
+    objects = os.path.join(ws, ".git", "objects") + os.sep
     for path in _walk_no_follow(ws):
         st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and path.startswith(objects):
+            # hardlinked with the source by the local clone: changing it changes the source
+            if st.st_mode & 0o004:
+                continue  # readable by the step as it is; git never writes an object file
+            _unshare(path)
+            st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
             if me == 0 and (st.st_uid, st.st_gid) != (uid, gid):
                 os.lchown(path, uid, gid)
@@ -143,6 +173,13 @@ def make_writable_for(ws: Path, user: str) -> None:
             extra = 0o777 if stat.S_ISDIR(st.st_mode) else (0o777 if st.st_mode & 0o111 else 0o666)
             if st.st_mode & extra != extra:
                 os.chmod(path, stat.S_IMODE(st.st_mode) | extra)
+
+
+def _unshare(path: str) -> None:
+    """Replace a hardlinked file by a private copy of it (the other links keep the original)."""
+    tmp = f"{path}.logist-unshare"
+    shutil.copy2(path, tmp)
+    os.replace(tmp, path)
 
 
 def _walk_no_follow(root: Path):

@@ -1,0 +1,258 @@
+"""Many jobs at once, killed runners, a stopped engine, resuming: nothing hangs, nothing lingers,
+nothing is lost."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.engine2 import Engine2
+from tests.helpers import git, run_logist
+
+pytestmark = pytest.mark.docker
+
+
+def create(logist, repo: Path, *steps: str, extra: tuple[str, ...] = ()) -> str:
+    args = ["job", "create", "--repo", str(repo)]
+    for s in steps:
+        args += ["--step", s]
+    out = logist(*args, *extra)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def status(logist, job: str) -> dict:
+    out = logist("job", "status", job, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def sweep(logist, **kw) -> dict:
+    out = logist("job", "cleanup", "--stale", "--older-than", "0s", "--json", **kw)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return json.loads(out.stdout)
+
+
+def popen_run(jobs_root: Path, *args: str, env=None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), "job",
+                             "run", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env=env)
+
+
+def labelled(docker_client, jobs_root: Path, running_only: bool = False):
+    return docker_client.containers.list(all=not running_only,
+                                         filters={"label": f"logist.jobs-dir={jobs_root}"})
+
+
+def wait_for(predicate, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def assert_nothing_left(jobs_root: Path, docker_client) -> None:
+    assert not labelled(docker_client, jobs_root)
+    for job_dir in jobs_root.iterdir():
+        if job_dir.name.startswith("."):
+            continue
+        json.loads((job_dir / "job.json").read_text())  # every manifest parses
+        assert not (job_dir / "workspace").exists(), job_dir
+        assert not list(job_dir.glob(".workspace.tmp-*")), job_dir
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sixteen_jobs_parallel_eight_all_succeed_and_leave_nothing(logist, source_repo, jobs_root,
+                                                                   docker_client):
+    jobs = [create(logist, source_repo, f"echo {n} > a.txt", "cat a.txt > b.txt",
+                   f"echo {n}-done >> b.txt") for n in range(16)]
+    start = time.monotonic()
+    out = logist("job", "run", "--all", "--parallel", "8", timeout=280)
+    elapsed = time.monotonic() - start
+    assert out.returncode == 0, out.stderr
+    print(f"16 jobs x 3 steps, --parallel 8: {elapsed:.1f}s")
+    for n, job in enumerate(jobs):
+        assert status(logist, job)["state"] == "succeeded"
+        assert git(source_repo, "show", f"logist/{job}:b.txt") == f"{n}\n{n}-done\n"
+    assert_nothing_left(jobs_root, docker_client)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_random_step_failures_are_reported_and_the_others_succeed(logist, source_repo, jobs_root,
+                                                                  docker_client):
+    rng = random.Random(7)
+    failing = set(rng.sample(range(16), 5))
+    jobs = [create(logist, source_repo, "echo 1 > one.txt",
+                   "exit 3" if n in failing else "echo 2 > two.txt", "echo 3 > three.txt")
+            for n in range(16)]
+    out = logist("job", "run", "--all", "--parallel", "8", timeout=280)
+    assert out.returncode == 1
+    for n, job in enumerate(jobs):
+        st = status(logist, job)
+        if n in failing:
+            assert st["state"] == "failed"
+            assert f"job {job} failed" in out.stderr
+            assert [s["state"] for s in st["steps"]] == ["succeeded", "failed", "pending"]
+        else:
+            assert st["state"] == "succeeded"
+        assert git(source_repo, "show", f"logist/{job}:one.txt") == "1\n"
+    assert_nothing_left(jobs_root, docker_client)
+
+
+@pytest.mark.timeout(180)
+def test_sigkilled_run_is_inactive_at_once_swept_then_resumed_to_success(
+        logist, source_repo, jobs_root, docker_client):
+    job = create(logist, source_repo, "echo one > one.txt",
+                 "if [ ! -f attempted ]; then touch attempted; sleep 120; fi; echo two > two.txt",
+                 "echo three > three.txt")
+    runner = popen_run(jobs_root, job)
+    try:
+        wait_for(lambda: any(c.labels.get("logist.step") == "2"
+                             for c in labelled(docker_client, jobs_root, running_only=True)))
+        time.sleep(0.3)  # the step has touched its marker
+        runner.kill()
+        runner.wait(timeout=10)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    st = status(logist, job)
+    assert st["active"] is False
+    assert st["state"] == "interrupted"  # reported at once, from the dead lock
+    assert [s["state"] for s in st["steps"]] == ["succeeded", "pending", "pending"]
+    assert labelled(docker_client, jobs_root)  # the step's container outlived its runner
+
+    report = sweep(logist)
+    assert [c["job"] for c in report["cleaned"]] == [job]
+    assert report["cleaned"][0]["containers_removed"] == 1
+    assert not labelled(docker_client, jobs_root)
+    assert not (jobs_root / job / "workspace").exists()
+    manifest = json.loads((jobs_root / job / "job.json").read_text())
+    assert manifest["state"] == "interrupted"  # recorded, not only reported
+    files = git(source_repo, "ls-tree", "--name-only", f"logist/{job}").split()
+    assert "one.txt" in files and "attempted" in files  # work before the kill was harvested
+
+    out = logist("job", "run", job)
+    assert out.returncode == 0, out.stderr
+    assert status(logist, job)["state"] == "succeeded"
+    files = git(source_repo, "ls-tree", "--name-only", f"logist/{job}").split()
+    assert {"one.txt", "attempted", "two.txt", "three.txt"} <= set(files)
+    assert_nothing_left(jobs_root, docker_client)
+
+
+def test_job_run_first_reaps_containers_of_dead_owners(logist, source_repo, jobs_root,
+                                                       docker_client):
+    from logist import containers
+
+    dead = {"logist.managed": "true", "logist.job": "ghost", "logist.step": "1",
+            "logist.jobs-dir": str(jobs_root), "logist.owner": "nohost-x:1:1"}
+    import socket
+
+    dead["logist.owner"] = f"{socket.gethostname()}:999999:1"
+    orphan = docker_client.containers.run("logist/busybox:latest", ["sleep", "300"],
+                                          labels=dead, detach=True, init=True)
+    other_root = docker_client.containers.run(
+        "logist/busybox:latest", ["sleep", "300"], detach=True, init=True,
+        labels={**dead, "logist.jobs-dir": "/some/other/root"})
+    try:
+        job = create(logist, source_repo, "true")
+        assert logist("job", "run", job).returncode == 0
+        with pytest.raises(Exception, match=r"404|No such container"):
+            orphan.reload()
+        other_root.reload()  # another jobs root's container is never touched
+        assert other_root.status == "running"
+    finally:
+        other_root.remove(force=True)
+        with contextlib.suppress(Exception):
+            orphan.remove(force=True)
+    assert containers.MANAGED == "logist.managed"
+
+
+@pytest.fixture(scope="module")
+def engine2(tmp_path_factory):
+    eng = Engine2(Path("/tmp/logist-test-engine2"))
+    eng.start()
+    eng.load("logist/busybox:latest")
+    yield eng
+    eng.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_engine_stopped_during_a_step_exits_3_then_a_sweep_leaves_nothing(
+        engine2, source_repo, jobs_root):
+    env = engine2.env()
+
+    def logist(*args, **kw):
+        return run_logist(jobs_root, *args, env={"DOCKER_HOST": engine2.host}, **kw)
+
+    job = create(logist, source_repo, "echo one > one.txt", "sleep 120",
+                 extra=("--image", "logist/busybox:latest", "--network", "none"))
+    runner = popen_run(jobs_root, job, env=env)
+    try:
+        wait_for(lambda: "step=2" in subprocess.run(
+            ["docker", "ps", "--format", "step={{.Label \"logist.step\"}}", "--filter",
+             f"label=logist.jobs-dir={jobs_root}"], env=env, capture_output=True,
+            text=True).stdout, timeout=60)
+        engine2.stop()
+        stopped = time.monotonic()
+        runner.wait(timeout=60)
+        elapsed = time.monotonic() - stopped
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+        engine2.start()
+    stderr = runner.stderr.read()
+    assert runner.returncode == 3, stderr
+    assert "Docker engine unreachable" in stderr and len(stderr.strip().splitlines()) == 1
+    assert elapsed < 30
+    st = status(logist, job)
+    assert st["state"] == "interrupted"
+    assert git(source_repo, "show", f"logist/{job}:one.txt") == "one\n"
+
+    report = sweep(logist)
+    assert [c["job"] for c in report["cleaned"]] == [job]
+    left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=logist.jobs-dir={jobs_root}"],
+                          env=env, capture_output=True, text=True).stdout.strip()
+    assert left == ""
+    assert not (jobs_root / job / "workspace").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_twenty_runs_killed_at_random_moments_leave_nothing_and_all_resume(
+        logist, source_repo, jobs_root, docker_client):
+    rng = random.Random(20261121)
+    jobs = []
+    for n in range(20):
+        job = create(logist, source_repo, f"echo {n} > one.txt", "sleep 0.3; echo 2 > two.txt",
+                     "echo 3 > three.txt")
+        jobs.append(job)
+        runner = popen_run(jobs_root, job)
+        time.sleep(rng.uniform(0.0, 2.5))  # setup, a step, harvest or cleanup
+        runner.send_signal(signal.SIGKILL)
+        runner.wait(timeout=10)
+        sweep(logist)
+        assert_nothing_left(jobs_root, docker_client)
+        assert status(logist, job)["active"] is False
+    states = [status(logist, j)["state"] for j in jobs]
+    print("states after the kills:", {s: states.count(s) for s in set(states)})
+    out = logist("job", "run", "--all", "--parallel", "4", timeout=400)
+    assert out.returncode == 0, out.stderr
+    for n, job in enumerate(jobs):
+        assert status(logist, job)["state"] == "succeeded"
+        assert git(source_repo, "show", f"logist/{job}:one.txt") == f"{n}\n"
+        assert git(source_repo, "show", f"logist/{job}:three.txt") == "3\n"
+    assert_nothing_left(jobs_root, docker_client)
