@@ -35,7 +35,7 @@ class Engine2:
             subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
         subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
         log = open(self.base / "dockerd.log", "ab")  # noqa: SIM115 (the daemon keeps it)
-        subprocess.Popen(
+        self.proc = subprocess.Popen(
             ["dockerd", "--data-root", str(self.base / "data"), "--exec-root",
              str(self.base / "exec"), "--pidfile", str(self.pidfile), "-H", self.host,
              f"--bridge={self.bridge}", "--iptables=false", "--ip-masq=false"],
@@ -46,7 +46,18 @@ class Engine2:
                 raise RuntimeError(f"second engine did not start: see {self.base}/dockerd.log")
             time.sleep(0.3)
 
+    proc: subprocess.Popen | None = None
+
     def stop(self, timeout: float = 60) -> None:
+        if self.proc is not None:  # our child: wait() reaps it (a zombie still answers kill 0)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+            self.proc = None
+            return
         try:
             pid = int(self.pidfile.read_text())
         except (OSError, ValueError):
