@@ -34,6 +34,7 @@ class Engine2:
         if subprocess.run(["ip", "link", "show", self.bridge], capture_output=True).returncode:
             subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
         subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
+        self.pidfile.unlink(missing_ok=True)  # a killed daemon's: it does not answer
         log = open(self.base / "dockerd.log", "ab")  # noqa: SIM115 (the daemon keeps it)
         self.proc = subprocess.Popen(
             ["dockerd", "--data-root", str(self.base / "data"), "--exec-root",

@@ -296,3 +296,30 @@ def test_env_var_in_step_output_is_not_buffered_until_the_end(jobs_root, source_
         proc.wait(timeout=60)
     assert proc.returncode == 0
 
+
+
+def test_oom_killed_step_is_recorded_failed_with_the_flag(logist, source_repo):
+    job = create(logist, source_repo,
+                 "python3 -c \"chunks = [bytearray(8 << 20) for _ in range(64)]\"",
+                 extra=("--memory", "48m"))
+    out = logist("job", "run", job)
+    assert out.returncode == 1
+    step = status(logist, job)["steps"][0]
+    assert step["state"] == "failed"
+    assert step["oom_killed"] is True and step["exit_code"] == 137
+    assert "out of memory" in step["error"]
+
+
+def test_pull_never_with_a_missing_image_is_exit_3_and_nothing_runs(logist, source_repo):
+    job = create(logist, source_repo, "true",
+                 extra=("--image", "logist/absent:never", "--pull", "never"))
+    out = logist("job", "run", job)
+    assert out.returncode == 3 and "logist/absent:never" in out.stderr
+    st = status(logist, job)
+    assert st["steps"][0]["state"] == "pending" and st["steps"][0]["exit_code"] is None
+
+
+def test_pull_always_of_a_local_only_image_still_runs(logist, source_repo):
+    job = create(logist, source_repo, "true", extra=("--pull", "always"))
+    out = logist("job", "run", job)
+    assert out.returncode == 0, out.stderr
