@@ -322,18 +322,33 @@ def _interrupt(signum, frame) -> None:
 
 
 def main() -> None:
-    """Entry point: run the app (usage errors exit 2); every ``LogistError`` becomes one line
-    on stderr and its exit code."""
+    """Entry point: run the app; every ``LogistError`` and every usage error of the parser
+    becomes one line on stderr with the contract's exit code (2 for usage)."""
     import signal
 
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
+    debug = os.environ.get("LOGIST_DEBUG") == "1"
     try:
-        app(prog_name="logist")
+        code = app(prog_name="logist", standalone_mode=False)
     except LogistError as exc:
-        if os.environ.get("LOGIST_DEBUG") == "1":
+        if debug:
             import traceback
 
             traceback.print_exc()
         print(f"logist: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("logist: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        # the parser's own errors (unknown option, missing argument, bad choice): one line
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a group without a command: its help
+            print(exc.format_message(), file=sys.stderr)
+            sys.exit(2)
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            hint = " (see --help)" if getattr(exc, "exit_code", 1) == 2 else ""
+            print(f"logist: error: {exc.format_message()}{hint}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)

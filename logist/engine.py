@@ -315,6 +315,7 @@ class Engine:
                 step.error = "the step's container disappeared"
         store.save(job)
         harvest(store, job, ws, f"step {step.index}")
+        make_writable_for(ws, job.user, only=ws / ".git")  # the commit's files, for the next step
 
     # --- many jobs -------------------------------------------------------------------------
 

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from logist import gitops
-from logist.errors import JobNotFound
+from logist.errors import JobNotFound, UsageError
 from logist.model import Job
-from logist.spec import build_job, is_url, load_yaml
+from logist.spec import build_job, generate_id, is_url, load_yaml
 from logist.store import Store
 
 
@@ -30,8 +30,16 @@ def create_job(store: Store, raw: dict[str, Any], spec_file: Path | None = None)
         path = Path(job.repo).expanduser().absolute()
         gitops.check_local_source(path, job.ref)
         job.repo = str(path)
-    store.create(job)
-    return job
+    generated = merged.get("id") is None
+    for _ in range(5):
+        try:
+            store.create(job)
+            return job
+        except UsageError:
+            if not generated or not store.job_dir(job.id).exists():
+                raise
+            job.id = generate_id()  # a generated id that collided: draw another
+    raise UsageError("could not generate a unique job id")
 
 
 def load_all(store: Store) -> Iterator[Job]:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -183,15 +185,28 @@ class Store:
         return (self.job_dir(job_id) / MANIFEST).is_file()
 
     def create(self, job: Job) -> Path:
-        """Make the job's directory (refusing an existing id) and write its first manifest."""
+        """Make the job's directory with its first manifest, atomically: it is assembled in a
+        hidden temp directory and renamed into place, so a crash never leaves a job directory
+        without a manifest. An existing id is refused."""
         job_dir = self.job_dir(job.id)
+        if job_dir.exists():
+            raise UsageError(f"job {job.id!r} already exists in {self.root}")
+        tmp = Path(tempfile.mkdtemp(prefix=f".create-{job.id}-", dir=self.root))
         try:
-            job_dir.mkdir()
-        except FileExistsError:
-            raise UsageError(f"job {job.id!r} already exists in {self.root}") from None
-        (job_dir / "logs").mkdir()
-        with job_lock(job_dir):
-            self.save(job)
+            (tmp / "logs").mkdir()
+            job.updated_at = job.created_at
+            data = json.dumps(job.to_dict(), indent=2, sort_keys=True).encode() + b"\n"
+            write_atomic(tmp / MANIFEST, data)
+            os.chmod(tmp, 0o755)
+            try:
+                os.rename(tmp, job_dir)  # fails if the id exists (and is not an empty dir)
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise UsageError(f"job {job.id!r} already exists in {self.root}") from None
+                raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
         return job_dir
 
     def load(self, job_id: str) -> Job:
@@ -210,7 +225,12 @@ class Store:
 
         job.updated_at = now()
         data = json.dumps(job.to_dict(), indent=2, sort_keys=True).encode() + b"\n"
-        write_atomic(self.job_dir(job.id) / MANIFEST, data)
+        job_dir = self.job_dir(job.id)
+        write_atomic(job_dir / MANIFEST, data)
+        # temp files of writers killed mid-write (we hold the lock: no other writer is live)
+        for leftover in job_dir.glob(f".{MANIFEST}.*.tmp"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
 
     def ids(self) -> list[str]:
         """Ids of every job directory with a manifest, sorted."""

@@ -147,14 +147,15 @@ def _clone_into(store: Store, job: Job, dest: Path) -> None:
     gitops.checkout_branch(dest, job.branch, job.base_commit)
 
 
-def make_writable_for(ws: Path, user: str) -> None:
-    """Let the step's ``UID:GID`` write the workspace: by ownership as root, else by mode."""
+def make_writable_for(ws: Path, user: str, only: Path | None = None) -> None:
+    """Let the step's ``UID:GID`` write the workspace: by ownership as root, else by mode.
+    ``only`` limits the walk to a part of it (``.git`` after a harvest made new files there)."""
     uid, gid = (int(x) for x in user.split(":"))
     me = os.geteuid()
     if uid == me:
         return
     objects = os.path.join(ws, ".git", "objects") + os.sep
-    for path in _walk_no_follow(ws):
+    for path in _walk_no_follow(only or ws):
         st = os.lstat(path)
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and path.startswith(objects):
             # hardlinked with the source by the local clone: changing it changes the source
