@@ -323,3 +323,14 @@ def test_pull_always_of_a_local_only_image_still_runs(logist, source_repo):
     job = create(logist, source_repo, "true", extra=("--pull", "always"))
     out = logist("job", "run", job)
     assert out.returncode == 0, out.stderr
+
+
+def test_step_as_another_user_can_commit_after_logist_harvested(logist, source_repo):
+    job = create(logist, source_repo, "echo a > a.txt",
+                 "echo b > b.txt && git add b.txt && "
+                 "git -c user.name=s -c user.email=s@s commit -qm 'made by the step'",
+                 extra=("--user", "1234:1234"))
+    out = logist("job", "run", job)
+    assert out.returncode == 0, out.stdout + out.stderr
+    subjects = git(source_repo, "log", "--format=%s", f"logist/{job}").splitlines()
+    assert subjects[:2] == ["made by the step", f"logist: {job} step 1"]
