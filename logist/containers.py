@@ -44,7 +44,7 @@ def client() -> DockerClient:
     import docker
 
     try:
-        cached = docker.from_env(timeout=60)
+        cached = docker.from_env(timeout=float(os.environ.get("LOGIST_DOCKER_TIMEOUT", "60")))
     except docker.errors.DockerException as exc:
         raise EngineUnavailable(
             f"Docker engine unreachable at {engine_location()}: {_reason(exc)}"

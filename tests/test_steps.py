@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import git
+from tests.helpers import git, run_logist
 
 pytestmark = pytest.mark.docker
 
@@ -334,3 +334,11 @@ def test_step_as_another_user_can_commit_after_logist_harvested(logist, source_r
     assert out.returncode == 0, out.stdout + out.stderr
     subjects = git(source_repo, "log", "--format=%s", f"logist/{job}").splitlines()
     assert subjects[:2] == ["made by the step", f"logist: {job} step 1"]
+
+
+def test_a_step_silent_longer_than_the_engine_request_timeout_is_not_an_engine_error(
+        jobs_root, source_repo, logist):
+    job = create(logist, source_repo, "sleep 5; echo woke")
+    out = run_logist(jobs_root, "job", "run", job, env={"LOGIST_DOCKER_TIMEOUT": "2"})
+    assert out.returncode == 0, out.stderr
+    assert "woke" in out.stdout
