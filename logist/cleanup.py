@@ -186,25 +186,16 @@ def _remove(
 
 def _delete_as_root(cli, store: Store, job: Job, job_dir: Path) -> int:
     """Remove the workspace from a short-lived root container that mounts the job directory."""
-    import docker
-
-    real = os.path.realpath(job_dir)
     before = tree_size(job_dir / "workspace")
-    for image in (containers.BUSYBOX, job.image):
-        try:
-            cli.images.get(image)
-        except docker.errors.ImageNotFound:
-            continue
-        code, _logs = containers.run_helper(
-            cli,
-            image=image,
-            command=["rm", "-rf", "/job/workspace"],
-            job_id=job.id,
-            jobs_root=store.root,
-            volumes={real: {"bind": "/job", "mode": "rw"}},
-        )
-        if code == 0:
-            break
+    containers.run_as_root(
+        cli,
+        images=(containers.BUSYBOX, job.image),
+        command=["rm", "-rf", "/job/workspace"],
+        job_id=job.id,
+        jobs_root=store.root,
+        host_path=job_dir,
+        mount_at="/job",
+    )
     return max(before - tree_size(job_dir / "workspace"), 0)
 
 
@@ -265,6 +256,19 @@ def sweep(store: Store, older_than: float, *, dry_run: bool = False) -> dict:
     return out
 
 
+CLEANED_FIELDS = ("job", "workspace_removed", "containers_removed", "bytes_freed", "seconds")
+
+
+def record(out: dict, report: Report, containers_count: bool = False) -> None:
+    """Add one job's report to the contract's ``cleaned`` / ``failed`` lists. ``cleaned`` has
+    only what this run removed (the workspace, or with ``containers_count`` containers too)."""
+    if not report.ok:
+        error = report.error or "left behind: " + ", ".join(report.left_behind)
+        out["failed"].append({"job": report.job, "error": error})
+    elif report.workspace_removed or (containers_count and report.containers_removed):
+        out["cleaned"].append({k: getattr(report, k) for k in CLEANED_FIELDS})
+
+
 def _sweep_one(store: Store, job_id: str, dry_run: bool, out: dict) -> None:
     job = store.load(job_id)  # again, under the lock: another sweep may have been first
     ws_there = has_workspace(store.job_dir(job_id))
@@ -272,27 +276,7 @@ def _sweep_one(store: Store, job_id: str, dry_run: bool, out: dict) -> None:
         recover_dead_owner(store, job)
     if not ws_there:
         return
-    report = remove_workspace(store, job, dry_run=dry_run)
-    if report.ok and report.workspace_removed:
-        out["cleaned"].append(
-            {
-                k: getattr(report, k)
-                for k in (
-                    "job",
-                    "workspace_removed",
-                    "containers_removed",
-                    "bytes_freed",
-                    "seconds",
-                )
-            }
-        )
-    elif not report.ok:
-        out["failed"].append(
-            {
-                "job": job_id,
-                "error": report.error or "left behind: " + ", ".join(report.left_behind),
-            }
-        )
+    record(out, remove_workspace(store, job, dry_run=dry_run))
 
 
 def cleanup_one(
@@ -325,24 +309,5 @@ def cleanup_one(
             if not dry_run:
                 recover_dead_owner(store, job)
             report = remove_workspace(store, job, force=force, dry_run=dry_run)
-    if report.ok and (report.workspace_removed or report.containers_removed):
-        out["cleaned"].append(
-            {
-                k: getattr(report, k)
-                for k in (
-                    "job",
-                    "workspace_removed",
-                    "containers_removed",
-                    "bytes_freed",
-                    "seconds",
-                )
-            }
-        )
-    elif not report.ok:
-        out["failed"].append(
-            {
-                "job": job_id,
-                "error": report.error or "left behind: " + ", ".join(report.left_behind),
-            }
-        )
+    record(out, report, containers_count=True)
     return out

@@ -322,3 +322,36 @@ def run_helper(
         with contextlib.suppress(Exception):
             container.remove(force=True)
         forget(container)
+
+
+def run_as_root(
+    cli: DockerClient,
+    *,
+    images: Iterable[str],
+    command: list[str],
+    job_id: str,
+    jobs_root: Path,
+    host_path: Path,
+    mount_at: str,
+) -> bool:
+    """Run ``command`` as root in a short-lived helper mounting ``host_path`` at ``mount_at``,
+    with the first of ``images`` that is present (``logist/busybox`` first, then the job's own
+    image); True when it exited 0."""
+    import docker
+
+    for image in images:
+        try:
+            cli.images.get(image)
+        except docker.errors.ImageNotFound:
+            continue
+        code, _logs = run_helper(
+            cli,
+            image=image,
+            command=command,
+            job_id=job_id,
+            jobs_root=jobs_root,
+            volumes={os.path.realpath(host_path): {"bind": mount_at, "mode": "rw"}},
+        )
+        if code == 0:
+            return True
+    return False

@@ -191,7 +191,11 @@ def fetch_branch(ws: Path, source: str, branch: str) -> None:
 
 def branch_commit(repo: Path, branch: str) -> str | None:
     code, out = git(
-        "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}", cwd=repo,
+        "rev-parse",
+        "--verify",
+        "--quiet",
+        f"refs/heads/{branch}^{{commit}}",
+        cwd=repo,
         ok_codes=(0, 1, 128),
     )
     return out.strip() if code == 0 else None

@@ -58,26 +58,17 @@ def make_readable(store: Store, job: Job, ws: Path) -> None:
     to cleanup."""
     if os.geteuid() == 0 or not _unreadable_foreign(ws):
         return
-    import docker
-
     from logist import containers
 
-    cli = containers.client()
-    for image in (containers.BUSYBOX, job.image):
-        try:
-            cli.images.get(image)
-        except docker.errors.ImageNotFound:
-            continue
-        code, _logs = containers.run_helper(
-            cli,
-            image=image,
-            command=["chmod", "-R", "a+rX", "/workspace"],
-            job_id=job.id,
-            jobs_root=store.root,
-            volumes={os.path.realpath(ws): {"bind": "/workspace", "mode": "rw"}},
-        )
-        if code == 0:
-            return
+    containers.run_as_root(
+        containers.client(),
+        images=(containers.BUSYBOX, job.image),
+        command=["chmod", "-R", "a+rX", "/workspace"],
+        job_id=job.id,
+        jobs_root=store.root,
+        host_path=ws,
+        mount_at="/workspace",
+    )
 
 
 def harvest(store: Store, job: Job, ws: Path, label: str) -> str:
