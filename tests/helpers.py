@@ -43,3 +43,35 @@ def run_logist(jobs_root: Path, *args: str, timeout: float = 120, env: dict | No
         capture_output=True, text=True, timeout=timeout, input=input,
         env={**os.environ, **(env or {})},
     )
+
+
+def create_job(logist, repo: Path, *steps: str, extra: tuple[str, ...] = ()) -> str:
+    """``logist job create --repo REPO --step S...`` through ``logist``; the new id."""
+    args = ["job", "create", "--repo", str(repo)]
+    for step in steps:
+        args += ["--step", step]
+    out = logist(*args, *extra)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def job_status(logist, job_id: str) -> dict:
+    """``logist job status ID --json``, parsed."""
+    import json
+
+    out = logist("job", "status", job_id, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def wait_for(predicate, timeout: float = 30, what: str = "a condition"):
+    """Poll ``predicate`` until it returns something true; fail after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

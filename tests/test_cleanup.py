@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import git, make_repo, run_logist
+from tests.helpers import git, make_repo, run_logist, wait_for
+from tests.helpers import job_status as status
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STEP_IMAGE = "logist/step:latest"
@@ -101,11 +102,6 @@ def create(logist, repo: Path, *steps: str, job_id: str | None = None, **opts: s
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
-
-def status(logist, job_id: str) -> dict:
-    out = logist("job", "status", job_id, "--json")
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
 
 
 def cleanup(logist, *args: str) -> tuple[subprocess.CompletedProcess, dict | None]:
@@ -206,15 +202,6 @@ def lock_held_elsewhere(job_dir: Path) -> Iterator[subprocess.Popen]:
             proc.kill()
             proc.wait()
 
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def running_step_container(docker_client, jobs_root: Path, job_id: str, step: int):

@@ -15,24 +15,13 @@ from pathlib import Path
 import pytest
 
 from tests.engine2 import Engine2
-from tests.helpers import git, run_logist
+from tests.helpers import create_job as create
+from tests.helpers import git, run_logist, wait_for
+from tests.helpers import job_status as status
 
 pytestmark = pytest.mark.docker
 
 
-def create(logist, repo: Path, *steps: str, extra: tuple[str, ...] = ()) -> str:
-    args = ["job", "create", "--repo", str(repo)]
-    for s in steps:
-        args += ["--step", s]
-    out = logist(*args, *extra)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
-
-
-def status(logist, job: str) -> dict:
-    out = logist("job", "status", job, "--json")
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
 
 
 def sweep(logist, **kw) -> dict:
@@ -51,15 +40,6 @@ def labelled(docker_client, jobs_root: Path, running_only: bool = False):
     return docker_client.containers.list(all=not running_only,
                                          filters={"label": f"logist.jobs-dir={jobs_root}"})
 
-
-def wait_for(predicate, timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def assert_nothing_left(jobs_root: Path, docker_client) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -11,39 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import git, run_logist
+from tests.helpers import create_job as create
+from tests.helpers import git, run_logist, wait_for
+from tests.helpers import job_status as status
 
 pytestmark = pytest.mark.docker
 
 
-def status(logist, job_id: str) -> dict:
-    out = logist("job", "status", job_id, "--json")
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
-
-
-def create(logist, repo: Path, *steps: str, extra: tuple[str, ...] = ()) -> str:
-    args = ["job", "create", "--repo", str(repo)]
-    for s in steps:
-        args += ["--step", s]
-    out = logist(*args, *extra)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
 
 
 def popen_logist(jobs_root: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-
-def wait_for(predicate, timeout: float = 30, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 def job_containers(docker_client, jobs_root: Path, job_id: str, running_only: bool = False):
