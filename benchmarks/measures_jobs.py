@@ -1,0 +1,244 @@
+"""Measures that run jobs: a whole job, one step, cancel, many jobs in parallel."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+from benchmarks.core import (
+    BENCH_LABEL,
+    GIT_IDENTITY,
+    BenchError,
+    Context,
+    Result,
+    alternate,
+    docker_client,
+    run,
+    timed,
+    timed_run,
+)
+from benchmarks.fixtures import make_repo
+
+
+def job_state(root: Path, job_id: str) -> str:
+    return json.loads((root / job_id / "job.json").read_text())["state"]
+
+
+def expect_done(root: Path, job_id: str, state: str = "succeeded") -> None:
+    """The job is ``state`` and its workspace is gone (cleanup policy ``always``)."""
+    got = job_state(root, job_id)
+    if got != state:
+        raise BenchError(f"job {job_id} is {got}, not {state}")
+    if (root / job_id / "workspace").exists():
+        raise BenchError(f"job {job_id} left its workspace")
+
+
+def job_containers(root: Path, job_id: str, running_only: bool = False) -> list:
+    filters = {"label": [f"logist.jobs-dir={root}", f"logist.job={job_id}"]}
+    if running_only:
+        filters["status"] = "running"
+    return docker_client().containers.list(all=not running_only, filters=filters)
+
+
+# --- a whole job -------------------------------------------------------------------------------
+
+BASELINE_JOB = """set -e
+ws=$1 src=$2 image=$3 label=$4
+git clone -q --local "$src" "$ws"
+for n in 1 2 3; do docker run --rm --init --label "$label" -v "$ws:/workspace" "$image" true; done
+git -C "$ws" add -A
+git -C "$ws" {identity} commit -q --allow-empty -m "steps done"
+rm -rf "$ws"
+"""
+
+
+def whole_job(ctx: Context, scratch: Path, res: Result) -> None:
+    """``logist job create`` + ``logist job run`` of 3 x ``true`` on a small repository, vs the
+    shell script a user would write for the same."""
+    repo = make_repo(scratch / "src", 20)
+    root = scratch / "jobs"
+    steps = [arg for _ in range(3) for arg in ("--step", "true")]
+    script = BASELINE_JOB.format(identity=" ".join(GIT_IDENTITY))
+    label = f"{BENCH_LABEL}={ctx.run_id}"
+
+    def logist(i: int) -> float:
+        made: list[str] = []
+
+        def job() -> None:
+            create = ctx.lg(root, "job", "create", "--repo", str(repo), "--image", ctx.image)
+            made.append(run([*create, *steps]).stdout.strip())
+            run(ctx.lg(root, "job", "run", made[0]))
+
+        seconds = timed(job)
+        expect_done(root, made[0])
+        return seconds
+
+    def baseline(i: int) -> float:
+        ws = scratch / f"baseline-{i}"
+        seconds = timed_run(["bash", "-c", script, "bench", ws, repo, ctx.image, label])
+        if ws.exists():
+            raise BenchError("the baseline script left its workspace")
+        return seconds
+
+    res.logist, res.baseline = alternate(ctx.reps(5, 2), logist, baseline, ctx.say)
+
+
+# --- one step on a ready workspace ---------------------------------------------------------------
+
+
+def one_step(ctx: Context, scratch: Path, res: Result) -> None:
+    """``logist job step`` of a ``true`` step whose workspace is ready, vs ``docker run --rm
+    --init -v WS:/workspace IMAGE true`` on that same workspace."""
+    repo = make_repo(scratch / "src", 20)
+    root = scratch / "jobs"
+    reps = ctx.reps(7, 3)
+    steps = [arg for _ in range(reps + 2) for arg in ("--step", "true")]
+    job_id = run(
+        [*ctx.lg(root, "job", "create", "--repo", str(repo), "--image", ctx.image), *steps]
+    ).stdout.strip()
+    run(ctx.lg(root, "job", "step", job_id))  # sets the workspace up: not timed
+    ws = root / job_id / "workspace"
+    if not (ws / ".git").is_dir():
+        raise BenchError("the workspace is not ready after the first step")
+    label = f"{BENCH_LABEL}={ctx.run_id}"
+
+    def logist(i: int) -> float:
+        seconds = timed_run(ctx.lg(root, "job", "step", job_id))
+        if job_state(root, job_id) != "pending" or not ws.is_dir():
+            raise BenchError("job step did not leave the job pending with its workspace")
+        return seconds
+
+    def baseline(i: int) -> float:
+        docker_run = ["docker", "run", "--rm", "--init", "--label", label]
+        return timed_run([*docker_run, "-v", f"{ws}:/workspace", ctx.image, "true"])
+
+    try:
+        res.logist, res.baseline = alternate(reps, logist, baseline, ctx.say)
+    finally:
+        run(ctx.lg(root, "job", "cleanup", job_id))
+    if ws.exists():
+        raise BenchError("job cleanup left the workspace")
+
+
+# --- cancel --------------------------------------------------------------------------------------
+
+STUBBORN = "trap '' TERM; while true; do sleep 1; done"
+
+
+def _wait(what: str, cond, limit: float, poll: float = 0.02) -> None:
+    deadline = time.monotonic() + limit
+    while not cond():
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {limit:g} s waiting for {what}")
+        time.sleep(poll)
+
+
+def cancel(ctx: Context, scratch: Path, res: Result) -> None:
+    """From ``logist job cancel`` until no container of the job is left and the job is
+    ``canceled``, for a step that ignores SIGTERM (``job run`` runs it in the background)."""
+    repo = make_repo(scratch / "src", 20)
+    root = scratch / "jobs"
+    command_times: list[float] = []
+
+    def logist(i: int) -> float:
+        create = ctx.lg(root, "job", "create", "--repo", str(repo), "--image", ctx.image)
+        job_id = run([*create, "--step", STUBBORN]).stdout.strip()
+        runner = subprocess.Popen(
+            ctx.lg(root, "job", "run", job_id),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            _wait("the step's container", lambda: job_containers(root, job_id, True), 60, 0.1)
+            time.sleep(0.5)  # the shell has set its trap
+            start = time.perf_counter()
+            run(ctx.lg(root, "job", "cancel", job_id))
+            command_times.append(time.perf_counter() - start)
+
+            def gone() -> bool:
+                return job_state(root, job_id) == "canceled" and not job_containers(root, job_id)
+
+            _wait("the job to be canceled with no container left", gone, 120)
+            seconds = time.perf_counter() - start
+            code = runner.wait(timeout=60)
+            if code not in (1, 130):
+                raise BenchError(f"job run exited {code} after cancel: {runner.stderr.read()}")
+        finally:
+            if runner.poll() is None:
+                runner.terminate()
+                runner.wait(timeout=30)
+            runner.stderr.close()
+        if (root / job_id / "workspace").exists():
+            raise BenchError("the canceled job left its workspace")
+        return seconds
+
+    def reference(i: int) -> float:
+        """The same step alone, stopped by ``docker stop -t 5`` (logist's grace) + ``rm``."""
+        label = f"{BENCH_LABEL}={ctx.run_id}"
+        cid = run(
+            ["docker", "run", "-d", "--init", "--label", label, ctx.image, "sh", "-c", STUBBORN]
+        ).stdout.strip()
+        try:
+            time.sleep(0.5)
+            return timed(lambda: run(["docker", "stop", "-t", "5", cid]))
+        finally:
+            run(["docker", "rm", "-f", cid], check=False)
+
+    res.logist, ref = alternate(ctx.reps(3, 1), logist, reference, ctx.say, "reference")
+    res.notes.append(
+        "the `job cancel` command itself returned after "
+        + ", ".join(f"{t:.2f}" for t in command_times)
+        + " s"
+    )
+    res.notes.append(
+        f"reference, not the target's baseline: `docker stop -t 5` of the same step alone "
+        f"took {statistics.median(ref):.2f} s (median of {len(ref)})"
+    )
+
+
+# --- many jobs in parallel -----------------------------------------------------------------------
+
+
+def parallel(ctx: Context, scratch: Path, res: Result) -> None:
+    """``logist job run --all --parallel P`` of N jobs of 2 x ``sleep 1``, vs the ideal time
+    (N / P rounds of 2 s)."""
+    from logist.jobs import create_job
+    from logist.store import Store
+
+    jobs, par, steps = ctx.pick(16, 8), 8, 2
+    res.title = f"{jobs} jobs x {steps} x sleep 1, --parallel {par}"
+    res.baseline_fixed = math.ceil(jobs / par) * steps * 1.0
+    repo = make_repo(scratch / "src", 20)
+
+    def logist(i: int) -> float:
+        root = scratch / f"jobs-{i}"
+        store = Store(root)
+        root.mkdir()
+        ids = []
+        for n in range(jobs):
+            raw = {"id": f"par-{n:02d}", "repo": str(repo), "image": ctx.image}
+            ids.append(create_job(store, {**raw, "steps": ["sleep 1"] * steps}).id)
+        seconds = timed_run(ctx.lg(root, "job", "run", "--all", "--parallel", str(par)))
+        for job_id in ids:
+            expect_done(root, job_id)
+        return seconds
+
+    def reference(i: int) -> float:
+        """Docker alone: the same containers, ``xargs -P`` running the jobs' two steps."""
+        label = f"{BENCH_LABEL}={ctx.run_id}"
+        one = f"docker run --rm --init --label {label} {ctx.image} sleep 1"
+        script = f"seq {jobs} | xargs -P {par} -I{{}} sh -c '{one} && {one}'"
+        return timed_run(["bash", "-c", script])
+
+    res.logist, ref = alternate(ctx.reps(2, 1), logist, reference, ctx.say, "reference")
+    res.notes.append(
+        f"reference, not the target's baseline: docker alone (`xargs -P {par}` of the same "
+        f"{jobs} x {steps} `docker run --rm --init IMAGE sleep 1`, no git) took "
+        f"{statistics.median(ref):.2f} s (median of {len(ref)}), "
+        f"{statistics.median(ref) / res.baseline_fixed:.2f}x the ideal"
+    )
