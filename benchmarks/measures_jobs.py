@@ -137,9 +137,10 @@ def _wait(what: str, cond, limit: float, poll: float = 0.02) -> None:
         time.sleep(poll)
 
 
-def cancel(ctx: Context, scratch: Path, res: Result) -> None:
+def cancel(ctx: Context, scratch: Path, res: Result, grace: int = 5) -> None:
     """From ``logist job cancel`` until no container of the job is left and the job is
-    ``canceled``, for a step that ignores SIGTERM (``job run`` runs it in the background)."""
+    ``canceled``, for a step that ignores SIGTERM (``job run`` runs it in the background).
+    ``grace`` is ``job cancel --grace`` (the contract's default is 5 s)."""
     repo = make_repo(scratch / "src", 20)
     root = scratch / "jobs"
     command_times: list[float] = []
@@ -157,7 +158,7 @@ def cancel(ctx: Context, scratch: Path, res: Result) -> None:
             _wait("the step's container", lambda: job_containers(root, job_id, True), 60, 0.1)
             time.sleep(0.5)  # the shell has set its trap
             start = time.perf_counter()
-            run(ctx.lg(root, "job", "cancel", job_id))
+            run(ctx.lg(root, "job", "cancel", job_id, "--grace", str(grace)))
             command_times.append(time.perf_counter() - start)
 
             def gone() -> bool:
@@ -178,14 +179,14 @@ def cancel(ctx: Context, scratch: Path, res: Result) -> None:
         return seconds
 
     def reference(i: int) -> float:
-        """The same step alone, stopped by ``docker stop -t 5`` (logist's grace) + ``rm``."""
+        """The same step alone, stopped by ``docker stop -t GRACE`` + ``rm``."""
         label = f"{BENCH_LABEL}={ctx.run_id}"
         cid = run(
             ["docker", "run", "-d", "--init", "--label", label, ctx.image, "sh", "-c", STUBBORN]
         ).stdout.strip()
         try:
             time.sleep(0.5)
-            return timed(lambda: run(["docker", "stop", "-t", "5", cid]))
+            return timed(lambda: run(["docker", "stop", "-t", str(grace), cid]))
         finally:
             run(["docker", "rm", "-f", cid], check=False)
 
@@ -196,7 +197,7 @@ def cancel(ctx: Context, scratch: Path, res: Result) -> None:
         + " s"
     )
     res.notes.append(
-        f"reference, not the target's baseline: `docker stop -t 5` of the same step alone "
+        f"reference, not the target's baseline: `docker stop -t {grace}` of the same step alone "
         f"took {statistics.median(ref):.2f} s (median of {len(ref)})"
     )
 
@@ -242,3 +243,8 @@ def parallel(ctx: Context, scratch: Path, res: Result) -> None:
         f"{statistics.median(ref):.2f} s (median of {len(ref)}), "
         f"{statistics.median(ref) / res.baseline_fixed:.2f}x the ideal"
     )
+
+
+def cancel_grace1(ctx: Context, scratch: Path, res: Result) -> None:
+    """``cancel`` with ``job cancel --grace 1``: the same path with a one-second grace."""
+    cancel(ctx, scratch, res, grace=1)

@@ -88,6 +88,14 @@ MEASURES = (
         measures_jobs.cancel,
     ),
     Measure(
+        "cancel-grace1",
+        "cancel, same step, job cancel --grace 1",
+        "limit",
+        1.5,
+        "",
+        measures_jobs.cancel_grace1,
+    ),
+    Measure(
         "stale",
         "cleanup --stale, 10,000 jobs, nothing to do",
         "limit",

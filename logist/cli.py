@@ -233,11 +233,17 @@ def job_run(
 
 
 @job_app.command("cancel")
-def job_cancel(job_id: str) -> None:
+def job_cancel(
+    job_id: str,
+    grace: Annotated[
+        int,
+        typer.Option(min=0, help="Seconds between SIGTERM and SIGKILL for the job's running step."),
+    ] = 5,
+) -> None:
     """Cancel a job (also one running in another terminal)."""
     from logist.engine import cancel
 
-    result = cancel(_store(), job_id)
+    result = cancel(_store(), job_id, grace=grace)
     print(f"job {job_id}: {result.job.state}", file=sys.stderr)
     if result.error is not None:
         raise result.error

@@ -370,9 +370,12 @@ def signals_interrupt():
 # --- cancel --------------------------------------------------------------------------------
 
 
-def cancel(store: Store, job_id: str, wait: float = 60.0) -> JobResult:
+def cancel(
+    store: Store, job_id: str, wait: float = 60.0, grace: float = containers.STOP_GRACE
+) -> JobResult:
     """Cancel a job from any process. Owned by a live process: ask it (a request file), stop
-    the job's containers, and wait for it to finish. Not owned: do everything here."""
+    the job's containers (SIGTERM, SIGKILL after ``grace`` seconds), and wait for it to finish.
+    Not owned: do everything here."""
     job = store.load(job_id)
     if job.terminal:
         raise InvalidTransition(f"job {job_id} is {job.state}; there is nothing to cancel")
@@ -380,11 +383,11 @@ def cancel(store: Store, job_id: str, wait: float = 60.0) -> JobResult:
     write_atomic(job_dir / CANCEL, now().encode())
     try:
         with store.lock(job_id, timeout=0.3):
-            return _cancel_locked(store, job_id)
+            return _cancel_locked(store, job_id, grace)
     except JobActive:
         pass
     cli = containers.client()
-    containers.stop_and_remove(containers.find(cli, store.root, job_id))
+    containers.stop_and_remove(containers.find(cli, store.root, job_id), grace=grace)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline and store.active(job_id):
         time.sleep(0.1)
@@ -392,13 +395,13 @@ def cancel(store: Store, job_id: str, wait: float = 60.0) -> JobResult:
     return JobResult(job=store.load(job_id))
 
 
-def _cancel_locked(store: Store, job_id: str) -> JobResult:
+def _cancel_locked(store: Store, job_id: str, grace: float) -> JobResult:
     job = store.load(job_id)
     recover_dead_owner(store, job)
     if job.terminal:
         raise InvalidTransition(f"job {job_id} is {job.state}; there is nothing to cancel")
     cli = containers.client()
-    containers.stop_and_remove(containers.find(cli, store.root, job_id))
+    containers.stop_and_remove(containers.find(cli, store.root, job_id), grace=grace)
     for step in job.steps:
         if step.state in (PENDING, RUNNING):
             step.move(CANCELED)

@@ -208,6 +208,25 @@ def test_cancel_from_another_process_stops_a_step_that_ignores_sigterm(logist, s
     assert git(source_repo, "show", f"logist/{job}:kept.txt") == "keep\n"
 
 
+def test_cancel_with_a_short_grace_kills_a_sigterm_ignoring_step_at_once(
+        logist, source_repo, jobs_root, docker_client):
+    job = create(logist, source_repo, "trap '' TERM; while true; do sleep 1; done")
+    runner = popen_logist(jobs_root, "job", "run", job)
+    try:
+        wait_for(lambda: job_containers(docker_client, jobs_root, job, running_only=True))
+        start = time.monotonic()
+        out = logist("job", "cancel", job, "--grace", "0")
+        elapsed = time.monotonic() - start
+        assert out.returncode == 0, out.stderr
+        runner.wait(timeout=30)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert elapsed < 4, f"cancel --grace 0 took {elapsed:.1f}s"
+    assert status(logist, job)["state"] == "canceled"
+    assert not job_containers(docker_client, jobs_root, job)
+
+
 def test_cancel_of_a_pending_job_marks_it_canceled(logist, source_repo):
     job = create(logist, source_repo, "true")
     out = logist("job", "cancel", job)
