@@ -104,10 +104,22 @@ def nonroot_user(tmp_path_factory) -> dict:
         subprocess.run(["rm", "-rf", str(venv)], check=True)
         subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True)
         build = tmp_path_factory.mktemp("nonroot-src")
-        subprocess.run(["cp", "-r", str(REPO_ROOT / "logist"), str(REPO_ROOT / "pyproject.toml"),
-                        str(REPO_ROOT / "README.md"), str(build)], check=True)
-        subprocess.run([str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check",
-                        str(build)], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "cp",
+                "-r",
+                str(REPO_ROOT / "logist"),
+                str(REPO_ROOT / "pyproject.toml"),
+                str(REPO_ROOT / "README.md"),
+                str(build),
+            ],
+            check=True,
+        )
+        subprocess.run(
+            [str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check", str(build)],
+            check=True,
+            capture_output=True,
+        )
         stamp.touch()
     uid = int(subprocess.check_output(["id", "-u", name]).strip())
     gid = int(subprocess.check_output(["id", "-g", name]).strip())

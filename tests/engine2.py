@@ -22,8 +22,12 @@ class Engine2:
         return {**os.environ, "DOCKER_HOST": self.host}
 
     def answers(self) -> bool:
-        return subprocess.run(["docker", "info"], env=self.env(), capture_output=True,
-                              timeout=30).returncode == 0
+        return (
+            subprocess.run(
+                ["docker", "info"], env=self.env(), capture_output=True, timeout=30
+            ).returncode
+            == 0
+        )
 
     bridge = "logist-br2"
 
@@ -37,10 +41,24 @@ class Engine2:
         self.pidfile.unlink(missing_ok=True)  # a killed daemon's: it does not answer
         log = open(self.base / "dockerd.log", "ab")  # noqa: SIM115 (the daemon keeps it)
         self.proc = subprocess.Popen(
-            ["dockerd", "--data-root", str(self.base / "data"), "--exec-root",
-             str(self.base / "exec"), "--pidfile", str(self.pidfile), "-H", self.host,
-             f"--bridge={self.bridge}", "--iptables=false", "--ip-masq=false"],
-            stdout=log, stderr=log, start_new_session=True)
+            [
+                "dockerd",
+                "--data-root",
+                str(self.base / "data"),
+                "--exec-root",
+                str(self.base / "exec"),
+                "--pidfile",
+                str(self.pidfile),
+                "-H",
+                self.host,
+                f"--bridge={self.bridge}",
+                "--iptables=false",
+                "--ip-masq=false",
+            ],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while not self.answers():
             if time.monotonic() > deadline:
@@ -78,6 +96,12 @@ class Engine2:
 
     def load(self, image: str) -> None:
         save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
-        subprocess.run(["docker", "load", "-q"], stdin=save.stdout, env=self.env(), check=True,
-                       capture_output=True, timeout=300)
+        subprocess.run(
+            ["docker", "load", "-q"],
+            stdin=save.stdout,
+            env=self.env(),
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
         save.wait(timeout=60)

@@ -7,13 +7,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@t",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@t",
+}
 
 
 def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "safe.directory=*", "-C", str(repo), *args], check=True,
-                          capture_output=True, text=True, env={**os.environ, **GIT_ENV}).stdout
+    return subprocess.run(
+        ["git", "-c", "safe.directory=*", "-C", str(repo), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **GIT_ENV},
+    ).stdout
 
 
 def make_repo(path: Path, files: dict[str, str] | None = None) -> Path:
@@ -35,12 +44,20 @@ def commit_file(repo: Path, name: str, text: str, message: str = "change") -> st
     return git(repo, "rev-parse", "HEAD").strip()
 
 
-def run_logist(jobs_root: Path, *args: str, timeout: float = 120, env: dict | None = None,
-               input: str | None = None) -> subprocess.CompletedProcess:
+def run_logist(
+    jobs_root: Path,
+    *args: str,
+    timeout: float = 120,
+    env: dict | None = None,
+    input: str | None = None,
+) -> subprocess.CompletedProcess:
     """Run ``python -m logist --jobs-dir ROOT ARGS`` and capture its output as text."""
     return subprocess.run(
         [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), *args],
-        capture_output=True, text=True, timeout=timeout, input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
         env={**os.environ, **(env or {})},
     )
 

@@ -103,7 +103,6 @@ def create(logist, repo: Path, *steps: str, job_id: str | None = None, **opts: s
     return out.stdout.strip()
 
 
-
 def cleanup(logist, *args: str) -> tuple[subprocess.CompletedProcess, dict | None]:
     """``logist job cleanup ARGS --json``; the parsed report (None if stdout is not JSON)."""
     out = logist("job", "cleanup", *args, "--json")
@@ -201,7 +200,6 @@ def lock_held_elsewhere(job_dir: Path) -> Iterator[subprocess.Popen]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
 
 
 def running_step_container(docker_client, jobs_root: Path, job_id: str, step: int):

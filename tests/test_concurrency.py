@@ -22,8 +22,6 @@ from tests.helpers import job_status as status
 pytestmark = pytest.mark.docker
 
 
-
-
 def sweep(logist, **kw) -> dict:
     out = logist("job", "cleanup", "--stale", "--older-than", "0s", "--json", **kw)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -31,15 +29,19 @@ def sweep(logist, **kw) -> dict:
 
 
 def popen_run(jobs_root: Path, *args: str, env=None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), "job",
-                             "run", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), "job", "run", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def labelled(docker_client, jobs_root: Path, running_only: bool = False):
-    return docker_client.containers.list(all=not running_only,
-                                         filters={"label": f"logist.jobs-dir={jobs_root}"})
-
+    return docker_client.containers.list(
+        all=not running_only, filters={"label": f"logist.jobs-dir={jobs_root}"}
+    )
 
 
 def assert_nothing_left(jobs_root: Path, docker_client) -> None:
@@ -54,10 +56,15 @@ def assert_nothing_left(jobs_root: Path, docker_client) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_sixteen_jobs_parallel_eight_all_succeed_and_leave_nothing(logist, source_repo, jobs_root,
-                                                                   docker_client):
-    jobs = [create(logist, source_repo, f"echo {n} > a.txt", "cat a.txt > b.txt",
-                   f"echo {n}-done >> b.txt") for n in range(16)]
+def test_sixteen_jobs_parallel_eight_all_succeed_and_leave_nothing(
+    logist, source_repo, jobs_root, docker_client
+):
+    jobs = [
+        create(
+            logist, source_repo, f"echo {n} > a.txt", "cat a.txt > b.txt", f"echo {n}-done >> b.txt"
+        )
+        for n in range(16)
+    ]
     start = time.monotonic()
     out = logist("job", "run", "--all", "--parallel", "8", timeout=280)
     elapsed = time.monotonic() - start
@@ -71,13 +78,21 @@ def test_sixteen_jobs_parallel_eight_all_succeed_and_leave_nothing(logist, sourc
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_random_step_failures_are_reported_and_the_others_succeed(logist, source_repo, jobs_root,
-                                                                  docker_client):
+def test_random_step_failures_are_reported_and_the_others_succeed(
+    logist, source_repo, jobs_root, docker_client
+):
     rng = random.Random(7)
     failing = set(rng.sample(range(16), 5))
-    jobs = [create(logist, source_repo, "echo 1 > one.txt",
-                   "exit 3" if n in failing else "echo 2 > two.txt", "echo 3 > three.txt")
-            for n in range(16)]
+    jobs = [
+        create(
+            logist,
+            source_repo,
+            "echo 1 > one.txt",
+            "exit 3" if n in failing else "echo 2 > two.txt",
+            "echo 3 > three.txt",
+        )
+        for n in range(16)
+    ]
     out = logist("job", "run", "--all", "--parallel", "8", timeout=280)
     assert out.returncode == 1
     for n, job in enumerate(jobs):
@@ -94,14 +109,23 @@ def test_random_step_failures_are_reported_and_the_others_succeed(logist, source
 
 @pytest.mark.timeout(180)
 def test_sigkilled_run_is_inactive_at_once_swept_then_resumed_to_success(
-        logist, source_repo, jobs_root, docker_client):
-    job = create(logist, source_repo, "echo one > one.txt",
-                 "if [ ! -f attempted ]; then touch attempted; sleep 120; fi; echo two > two.txt",
-                 "echo three > three.txt")
+    logist, source_repo, jobs_root, docker_client
+):
+    job = create(
+        logist,
+        source_repo,
+        "echo one > one.txt",
+        "if [ ! -f attempted ]; then touch attempted; sleep 120; fi; echo two > two.txt",
+        "echo three > three.txt",
+    )
     runner = popen_run(jobs_root, job)
     try:
-        wait_for(lambda: any(c.labels.get("logist.step") == "2"
-                             for c in labelled(docker_client, jobs_root, running_only=True)))
+        wait_for(
+            lambda: any(
+                c.labels.get("logist.step") == "2"
+                for c in labelled(docker_client, jobs_root, running_only=True)
+            )
+        )
         time.sleep(0.3)  # the step has touched its marker
         runner.kill()
         runner.wait(timeout=10)
@@ -132,20 +156,31 @@ def test_sigkilled_run_is_inactive_at_once_swept_then_resumed_to_success(
     assert_nothing_left(jobs_root, docker_client)
 
 
-def test_job_run_first_reaps_containers_of_dead_owners(logist, source_repo, jobs_root,
-                                                       docker_client):
+def test_job_run_first_reaps_containers_of_dead_owners(
+    logist, source_repo, jobs_root, docker_client
+):
     from logist import containers
 
-    dead = {"logist.managed": "true", "logist.job": "ghost", "logist.step": "1",
-            "logist.jobs-dir": str(jobs_root), "logist.owner": "nohost-x:1:1"}
+    dead = {
+        "logist.managed": "true",
+        "logist.job": "ghost",
+        "logist.step": "1",
+        "logist.jobs-dir": str(jobs_root),
+        "logist.owner": "nohost-x:1:1",
+    }
     import socket
 
     dead["logist.owner"] = f"{socket.gethostname()}:999999:1"
-    orphan = docker_client.containers.run("logist/busybox:latest", ["sleep", "300"],
-                                          labels=dead, detach=True, init=True)
+    orphan = docker_client.containers.run(
+        "logist/busybox:latest", ["sleep", "300"], labels=dead, detach=True, init=True
+    )
     other_root = docker_client.containers.run(
-        "logist/busybox:latest", ["sleep", "300"], detach=True, init=True,
-        labels={**dead, "logist.jobs-dir": "/some/other/root"})
+        "logist/busybox:latest",
+        ["sleep", "300"],
+        detach=True,
+        init=True,
+        labels={**dead, "logist.jobs-dir": "/some/other/root"},
+    )
     try:
         job = create(logist, source_repo, "true")
         assert logist("job", "run", job).returncode == 0
@@ -172,20 +207,41 @@ def engine2(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_engine_stopped_during_a_step_exits_3_then_a_sweep_leaves_nothing(
-        engine2, source_repo, jobs_root):
+    engine2, source_repo, jobs_root
+):
     env = engine2.env()
 
     def logist(*args, **kw):
         return run_logist(jobs_root, *args, env={"DOCKER_HOST": engine2.host}, **kw)
 
-    job = create(logist, source_repo, "echo one > one.txt", "sleep 120",
-                 extra=("--image", "logist/busybox:latest", "--network", "none"))
+    job = create(
+        logist,
+        source_repo,
+        "echo one > one.txt",
+        "sleep 120",
+        extra=("--image", "logist/busybox:latest", "--network", "none"),
+    )
     runner = popen_run(jobs_root, job, env=env)
     try:
-        wait_for(lambda: "step=2" in subprocess.run(
-            ["docker", "ps", "--format", "step={{.Label \"logist.step\"}}", "--filter",
-             f"label=logist.jobs-dir={jobs_root}"], env=env, capture_output=True,
-            text=True).stdout, timeout=60)
+        wait_for(
+            lambda: (
+                "step=2"
+                in subprocess.run(
+                    [
+                        "docker",
+                        "ps",
+                        "--format",
+                        'step={{.Label "logist.step"}}',
+                        "--filter",
+                        f"label=logist.jobs-dir={jobs_root}",
+                    ],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                ).stdout
+            ),
+            timeout=60,
+        )
         engine2.stop()
         stopped = time.monotonic()
         runner.wait(timeout=60)
@@ -204,8 +260,12 @@ def test_engine_stopped_during_a_step_exits_3_then_a_sweep_leaves_nothing(
 
     report = sweep(logist)
     assert [c["job"] for c in report["cleaned"]] == [job]
-    left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=logist.jobs-dir={jobs_root}"],
-                          env=env, capture_output=True, text=True).stdout.strip()
+    left = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=logist.jobs-dir={jobs_root}"],
+        env=env,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     assert left == ""
     assert not (jobs_root / job / "workspace").exists()
 
@@ -213,12 +273,18 @@ def test_engine_stopped_during_a_step_exits_3_then_a_sweep_leaves_nothing(
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_twenty_runs_killed_at_random_moments_leave_nothing_and_all_resume(
-        logist, source_repo, jobs_root, docker_client):
+    logist, source_repo, jobs_root, docker_client
+):
     rng = random.Random(20261121)
     jobs = []
     for n in range(20):
-        job = create(logist, source_repo, f"echo {n} > one.txt", "sleep 0.3; echo 2 > two.txt",
-                     "echo 3 > three.txt")
+        job = create(
+            logist,
+            source_repo,
+            f"echo {n} > one.txt",
+            "sleep 0.3; echo 2 > two.txt",
+            "echo 3 > three.txt",
+        )
         jobs.append(job)
         runner = popen_run(jobs_root, job)
         time.sleep(rng.uniform(0.0, 2.5))  # setup, a step, harvest or cleanup

@@ -29,10 +29,12 @@ def test_help_lists_the_commands_and_every_command_has_help(logist):
 
 
 def test_help_does_not_import_docker_or_git():
-    code = ("import sys, runpy; sys.argv=['logist','--help']\n"
-            "try:\n runpy.run_module('logist', run_name='__main__')\n"
-            "except SystemExit: pass\n"
-            "print(sorted(m for m in ('docker','git','requests','yaml') if m in sys.modules))")
+    code = (
+        "import sys, runpy; sys.argv=['logist','--help']\n"
+        "try:\n runpy.run_module('logist', run_name='__main__')\n"
+        "except SystemExit: pass\n"
+        "print(sorted(m for m in ('docker','git','requests','yaml') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("[]")
 
@@ -48,8 +50,9 @@ def test_doctor_passes_on_the_running_engine(logist, jobs_root):
 
 
 def test_doctor_exits_3_with_a_one_line_reason_when_the_engine_is_missing(jobs_root, tmp_path):
-    out = run_logist(jobs_root, "doctor", "--json",
-                     env={"DOCKER_HOST": f"unix://{tmp_path}/no-such.sock"})
+    out = run_logist(
+        jobs_root, "doctor", "--json", env={"DOCKER_HOST": f"unix://{tmp_path}/no-such.sock"}
+    )
     assert out.returncode == 3
     report = json.loads(out.stdout)
     assert report["ok"] is False
@@ -62,10 +65,16 @@ def test_doctor_exits_3_with_a_one_line_reason_when_the_engine_is_missing(jobs_r
 
 @pytest.mark.docker
 def test_step_image_has_git_python_and_certificates(docker_client):
-    out = docker_client.containers.run("logist/step:latest", ["sh", "-c",
-                                       "git --version && python3 --version && "
-                                       "test -e /etc/ssl/certs/ca-certificates.crt"],
-                                       remove=False, detach=True)
+    out = docker_client.containers.run(
+        "logist/step:latest",
+        [
+            "sh",
+            "-c",
+            "git --version && python3 --version && test -e /etc/ssl/certs/ca-certificates.crt",
+        ],
+        remove=False,
+        detach=True,
+    )
     try:
         assert out.wait(timeout=60)["StatusCode"] == 0
         assert b"git version" in out.logs()
@@ -77,10 +86,14 @@ def test_step_image_has_git_python_and_certificates(docker_client):
 @pytest.mark.slow
 def test_doctor_runs_inside_the_logist_image_against_the_host_engine(docker_client, jobs_root):
     logs = docker_client.containers.run(
-        "logist/logist:latest", ["--jobs-dir", str(jobs_root), "doctor", "--json"],
-        volumes={"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
-                 str(jobs_root): {"bind": str(jobs_root), "mode": "rw"}},
-        detach=True)
+        "logist/logist:latest",
+        ["--jobs-dir", str(jobs_root), "doctor", "--json"],
+        volumes={
+            "/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
+            str(jobs_root): {"bind": str(jobs_root), "mode": "rw"},
+        },
+        detach=True,
+    )
     try:
         status = logs.wait(timeout=120)
         text = logs.logs(stdout=True, stderr=False).decode()

@@ -305,8 +305,23 @@ def test_an_omitted_id_is_generated_lowercase_valid_and_unique(logist, jobs_root
 
 
 def test_create_from_flags_writes_a_pending_manifest_with_defaults(logist, jobs_root, source_repo):
-    out = logist("job", "create", "flags", "--repo", str(source_repo), "--step", "echo one",
-                 "--step", "echo two", "--env", "A=1", "--env", "B=x=y", "--prompt", "do it")
+    out = logist(
+        "job",
+        "create",
+        "flags",
+        "--repo",
+        str(source_repo),
+        "--step",
+        "echo one",
+        "--step",
+        "echo two",
+        "--env",
+        "A=1",
+        "--env",
+        "B=x=y",
+        "--prompt",
+        "do it",
+    )
     assert out.returncode == 0, out.stderr
     m = _manifest(jobs_root, "flags")
     assert m["state"] == "pending" and m["schema_version"] >= 1
@@ -365,7 +380,11 @@ steps:
     assert m["timeout"] == 600
     assert (m["memory"], m["cpus"], m["pids"]) == ("512m", 1.5, 256)
     assert (m["network"], m["user"], m["pull"], m["cleanup"]) == (
-        "bridge", "1000:1000", "never", "on-success")
+        "bridge",
+        "1000:1000",
+        "never",
+        "on-success",
+    )
     steps = m["steps"]
     assert [(s["index"], s["name"], s["run"]) for s in steps] == [
         (1, None, "./scripts/lint.sh"),
@@ -382,8 +401,9 @@ steps:
 def test_flags_override_the_yaml_spec(logist, jobs_root, source_repo, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"id: from-yaml\nrepo: {source_repo}\nnetwork: host\nsteps: ['true']\n")
-    out = logist("job", "create", "from-flag", "--file", str(spec), "--network", "none",
-                 "--cpus", "2")
+    out = logist(
+        "job", "create", "from-flag", "--file", str(spec), "--network", "none", "--cpus", "2"
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout == "from-flag\n"
     m = _manifest(jobs_root, "from-flag")
@@ -437,8 +457,9 @@ def test_a_manifest_is_never_half_written_when_its_writer_is_killed(logist, jobs
     kills = 0
     seen = set()
     for _ in range(50):
-        proc = _spawn(WRITER, str(jobs_root), "atomic", str(tmp_path / "a.json"),
-                      str(tmp_path / "b.json"))
+        proc = _spawn(
+            WRITER, str(jobs_root), "atomic", str(tmp_path / "a.json"), str(tmp_path / "b.json")
+        )
         try:
             assert proc.stdout.readline() == "ready\n"
             time.sleep(rng.uniform(0, 0.08))  # a few write cycles
@@ -455,7 +476,10 @@ def test_a_manifest_is_never_half_written_when_its_writer_is_killed(logist, jobs
     print(f"{kills} kills, versions seen {sorted(seen)}, temp files left {len(temps)}")
     assert seen == {0, 1}
     assert {p.name for p in job_dir.iterdir() if not p.name.startswith(".")} == {
-        "job.json", "lock", "logs"}
+        "job.json",
+        "lock",
+        "logs",
+    }
     # a leftover temp file is never taken for the manifest
     (job_dir / ".job.json.zzzz.tmp").write_text("{ half a manifest")
     assert store.ids() == ["atomic"]
@@ -476,9 +500,7 @@ with job_lock(Path(sys.argv[1])):
 
 
 @pytest.mark.timeout(60)
-def test_active_follows_the_lock_and_is_false_right_after_its_holder_is_killed(
-    logist, jobs_root
-):
+def test_active_follows_the_lock_and_is_false_right_after_its_holder_is_killed(logist, jobs_root):
     _store_job(jobs_root, "held")
     assert _status(logist, "held")["active"] is False
     proc = _spawn(LOCK_HOLDER, str(jobs_root / "held"))
@@ -506,8 +528,14 @@ def test_active_comes_from_the_lock_not_from_the_recorded_owner(logist, jobs_roo
 
 @pytest.mark.parametrize(
     ("start", "target"),
-    [("succeeded", "running"), ("failed", "running"), ("canceled", "pending"),
-     ("pending", "succeeded"), ("interrupted", "succeeded"), ("succeeded", "failed")],
+    [
+        ("succeeded", "running"),
+        ("failed", "running"),
+        ("canceled", "pending"),
+        ("pending", "succeeded"),
+        ("interrupted", "succeeded"),
+        ("succeeded", "failed"),
+    ],
 )
 def test_illegal_job_transitions_are_refused(start, target):
     job = Job(id="j", repo="/r", steps=[Step(index=1, run="x")], state=start)
@@ -520,8 +548,13 @@ def test_illegal_job_transitions_are_refused(start, target):
 
 @pytest.mark.parametrize(
     ("start", "target"),
-    [("succeeded", "running"), ("failed", "pending"), ("timed_out", "running"),
-     ("pending", "succeeded"), ("canceled", "running")],
+    [
+        ("succeeded", "running"),
+        ("failed", "pending"),
+        ("timed_out", "running"),
+        ("pending", "succeeded"),
+        ("canceled", "running"),
+    ],
 )
 def test_illegal_step_transitions_are_refused(start, target):
     step = Step(index=1, run="x", state=start)
@@ -552,8 +585,15 @@ def test_stepping_or_running_a_finished_job_is_refused_saying_why(logist, jobs_r
 @pytest.mark.docker
 @pytest.mark.timeout(120)
 def test_a_job_that_ran_to_success_cannot_be_stepped_again(logist, jobs_root, source_repo):
-    create = logist("job", "create", "ran", "--repo", str(source_repo), "--step",
-                    "echo hello from the step; echo to stderr >&2")
+    create = logist(
+        "job",
+        "create",
+        "ran",
+        "--repo",
+        str(source_repo),
+        "--step",
+        "echo hello from the step; echo to stderr >&2",
+    )
     assert create.returncode == 0, create.stderr
     run = logist("job", "run", "ran")
     assert run.returncode == 0, run.stderr
@@ -630,19 +670,35 @@ def test_the_next_command_taking_the_lock_records_the_interruption(logist, jobs_
 
 
 def test_status_json_has_every_field_of_the_contract(logist, jobs_root, source_repo):
-    assert logist("job", "create", "st", "--repo", str(source_repo), "--ref", "main",
-                  "--step", "echo hi").returncode == 0
+    assert (
+        logist(
+            "job", "create", "st", "--repo", str(source_repo), "--ref", "main", "--step", "echo hi"
+        ).returncode
+        == 0
+    )
     view = _status(logist, "st")
-    for key in ("id", "state", "repo", "ref", "branch", "image", "created_at", "updated_at",
-                "active", "steps", "workspace", "result", "containers"):
+    for key in (
+        "id",
+        "state",
+        "repo",
+        "ref",
+        "branch",
+        "image",
+        "created_at",
+        "updated_at",
+        "active",
+        "steps",
+        "workspace",
+        "result",
+        "containers",
+    ):
         assert key in view, key
     assert view["id"] == "st" and view["state"] == "pending" and view["ref"] == "main"
     assert view["repo"] == str(source_repo) and view["branch"] == "logist/st"
     assert view["image"] == "logist/step:latest" and view["active"] is False
     assert view["created_at"].endswith("Z") and view["updated_at"] >= view["created_at"]
     (step,) = view["steps"]
-    for key in ("index", "name", "run", "state", "exit_code", "started_at", "finished_at",
-                "log"):
+    for key in ("index", "name", "run", "state", "exit_code", "started_at", "finished_at", "log"):
         assert key in step, key
     assert (step["index"], step["run"], step["state"]) == (1, "echo hi", "pending")
     assert view["workspace"] == {"path": str(jobs_root / "st" / "workspace"), "state": "absent"}
@@ -670,8 +726,10 @@ def test_list_shows_a_thousand_jobs_as_a_table_and_as_json(logist, jobs_root):
     start = time.monotonic()
     as_json = logist("job", "list", "--json")
     took_json = time.monotonic() - start
-    print(f"job list: {took_table:.3f}s (table), {took_json:.3f}s (--json), "
-          "including interpreter start-up")
+    print(
+        f"job list: {took_table:.3f}s (table), {took_json:.3f}s (--json), "
+        "including interpreter start-up"
+    )
     assert table.returncode == 0 and as_json.returncode == 0, table.stderr + as_json.stderr
     lines = table.stdout.splitlines()
     assert lines[0].split()[:3] == ["ID", "STATE", "ACTIVE"]
@@ -754,9 +812,20 @@ def test_logs_follow_streams_a_running_step_until_it_finishes(jobs_root):
     try:
         assert step.stdout.readline() == "running\n"
         follower = subprocess.Popen(
-            [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), "job", "logs",
-             "live", "--follow"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "logist",
+                "--jobs-dir",
+                str(jobs_root),
+                "job",
+                "logs",
+                "live",
+                "--follow",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         assert follower.stdout.readline() == "first line\n"
         time.sleep(0.5)
@@ -786,8 +855,10 @@ def test_errors_are_one_line_without_a_traceback_unless_debugging(jobs_root):
     assert debug.stderr.strip().splitlines()[-1] == err
 
 
-@pytest.mark.parametrize("args", [("job", "create", "--bogus"), ("job", "status"),
-                                  ("job", "run", "--parallel", "0"), ("nope",)])
+@pytest.mark.parametrize(
+    "args",
+    [("job", "create", "--bogus"), ("job", "status"), ("job", "run", "--parallel", "0"), ("nope",)],
+)
 def test_parser_usage_errors_are_one_line_with_exit_2(logist, args):
     out = logist(*args)
     assert out.returncode == 2

@@ -17,28 +17,35 @@ from tests.helpers import job_status as status
 pytestmark = pytest.mark.docker
 
 
-
-
 def popen_logist(jobs_root: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
+    return subprocess.Popen(
+        [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def job_containers(docker_client, jobs_root: Path, job_id: str, running_only: bool = False):
-    return docker_client.containers.list(all=not running_only, filters={
-        "label": [f"logist.jobs-dir={jobs_root}", f"logist.job={job_id}"]})
+    return docker_client.containers.list(
+        all=not running_only,
+        filters={"label": [f"logist.jobs-dir={jobs_root}", f"logist.job={job_id}"]},
+    )
 
 
-def test_three_step_job_sees_env_passes_files_and_lands_its_branch(logist, source_repo, jobs_root,
-                                                                   tmp_path):
+def test_three_step_job_sees_env_passes_files_and_lands_its_branch(
+    logist, source_repo, jobs_root, tmp_path
+):
     head_before = git(source_repo, "rev-parse", "HEAD")
     status_before = git(source_repo, "status", "--porcelain")
-    job = create(logist, source_repo,
-                 'echo "id=$LOGIST_JOB_ID step=$LOGIST_STEP foo=$FOO prompt=$LOGIST_PROMPT"',
-                 "echo from-step-2 > made.txt",
-                 "cat made.txt && test \"$(pwd)\" = /workspace",
-                 extra=("--env", "FOO=bar", "--prompt", "fix it"))
+    job = create(
+        logist,
+        source_repo,
+        'echo "id=$LOGIST_JOB_ID step=$LOGIST_STEP foo=$FOO prompt=$LOGIST_PROMPT"',
+        "echo from-step-2 > made.txt",
+        'cat made.txt && test "$(pwd)" = /workspace',
+        extra=("--env", "FOO=bar", "--prompt", "fix it"),
+    )
     out = logist("job", "run", job)
     assert out.returncode == 0, out.stderr
     assert f"id={job} step=1 foo=bar prompt=fix it" in out.stdout
@@ -53,11 +60,20 @@ def test_three_step_job_sees_env_passes_files_and_lands_its_branch(logist, sourc
     # the work is in the source's branch and in the bundle
     assert git(source_repo, "show", f"logist/{job}:made.txt") == "from-step-2\n"
     clone = tmp_path / "from-bundle"
-    git(tmp_path, "clone", "-q", "-b", f"logist/{job}", str(jobs_root / job / "result.bundle"),
-        str(clone))
+    git(
+        tmp_path,
+        "clone",
+        "-q",
+        "-b",
+        f"logist/{job}",
+        str(jobs_root / job / "result.bundle"),
+        str(clone),
+    )
     assert (clone / "made.txt").read_text() == "from-step-2\n"
-    assert st["result"] == {"bundle": str(jobs_root / job / "result.bundle"),
-                            "branch": f"logist/{job}"}
+    assert st["result"] == {
+        "bundle": str(jobs_root / job / "result.bundle"),
+        "branch": f"logist/{job}",
+    }
     # the source's HEAD and working tree are untouched; the workspace is gone
     assert git(source_repo, "rev-parse", "HEAD") == head_before
     assert git(source_repo, "status", "--porcelain") == status_before
@@ -69,8 +85,13 @@ def test_three_step_job_sees_env_passes_files_and_lands_its_branch(logist, sourc
 
 
 def test_failing_step_exits_1_keeps_later_steps_pending_and_its_work(logist, source_repo):
-    job = create(logist, source_repo, "echo one > one.txt", "echo partial > two.txt; exit 7",
-                 "echo never > three.txt")
+    job = create(
+        logist,
+        source_repo,
+        "echo one > one.txt",
+        "echo partial > two.txt; exit 7",
+        "echo never > three.txt",
+    )
     out = logist("job", "run", job)
     assert out.returncode == 1
     st = status(logist, job)
@@ -97,8 +118,9 @@ def test_job_step_runs_one_step_at_a_time_then_finishes(logist, source_repo, job
     assert again.returncode == 2 and "succeeded" in again.stderr
 
 
-def test_step_timeout_stops_the_container_and_fails_the_job(logist, source_repo, jobs_root,
-                                                            docker_client):
+def test_step_timeout_stops_the_container_and_fails_the_job(
+    logist, source_repo, jobs_root, docker_client
+):
     job = create(logist, source_repo, "sleep 60", extra=("--timeout", "2"))
     start = time.monotonic()
     out = logist("job", "run", job)
@@ -117,11 +139,26 @@ def test_missing_image_is_exit_3_naming_the_image(logist, source_repo):
     assert len(out.stderr.strip().splitlines()) == 1
 
 
-def test_running_container_has_labels_init_user_mount_and_limits(logist, source_repo, jobs_root,
-                                                                 docker_client):
-    job = create(logist, source_repo, "sleep 30",
-                 extra=("--user", "1234:2345", "--memory", "256m", "--cpus", "0.5",
-                        "--pids", "64", "--network", "none"))
+def test_running_container_has_labels_init_user_mount_and_limits(
+    logist, source_repo, jobs_root, docker_client
+):
+    job = create(
+        logist,
+        source_repo,
+        "sleep 30",
+        extra=(
+            "--user",
+            "1234:2345",
+            "--memory",
+            "256m",
+            "--cpus",
+            "0.5",
+            "--pids",
+            "64",
+            "--network",
+            "none",
+        ),
+    )
     runner = popen_logist(jobs_root, "job", "run", job)
     try:
         c = wait_for(lambda: job_containers(docker_client, jobs_root, job, running_only=True))[0]
@@ -150,8 +187,9 @@ def test_running_container_has_labels_init_user_mount_and_limits(logist, source_
     assert runner.returncode == 130
 
 
-def test_background_process_of_a_step_does_not_linger(logist, source_repo, jobs_root,
-                                                      docker_client):
+def test_background_process_of_a_step_does_not_linger(
+    logist, source_repo, jobs_root, docker_client
+):
     job = create(logist, source_repo, "(sleep 1234 &) ; echo started")
     out = logist("job", "run", job)
     assert out.returncode == 0, out.stderr
@@ -163,11 +201,14 @@ def test_background_process_of_a_step_does_not_linger(logist, source_repo, jobs_
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_step_printing_200_mb_keeps_logist_memory_flat(jobs_root, source_repo, logist):
-    job = create(logist, source_repo,
-                 "head -c 150000000 /dev/zero | base64 -w 4096")  # ~200 MB of text
+    job = create(
+        logist, source_repo, "head -c 150000000 /dev/zero | base64 -w 4096"
+    )  # ~200 MB of text
     proc = subprocess.Popen(
         [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), "job", "run", job],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     peak = 0
     while proc.poll() is None:
         try:
@@ -183,14 +224,24 @@ def test_step_printing_200_mb_keeps_logist_memory_flat(jobs_root, source_repo, l
     assert peak < 100 * 1024 * 1024, f"peak RSS {peak / 2**20:.0f} MiB"
 
 
-def test_cancel_from_another_process_stops_a_step_that_ignores_sigterm(logist, source_repo,
-                                                                       jobs_root, docker_client):
-    job = create(logist, source_repo, "echo keep > kept.txt",
-                 "trap '' TERM; echo waiting; while true; do sleep 1; done", "echo never")
+def test_cancel_from_another_process_stops_a_step_that_ignores_sigterm(
+    logist, source_repo, jobs_root, docker_client
+):
+    job = create(
+        logist,
+        source_repo,
+        "echo keep > kept.txt",
+        "trap '' TERM; echo waiting; while true; do sleep 1; done",
+        "echo never",
+    )
     runner = popen_logist(jobs_root, "job", "run", job)
     try:
-        wait_for(lambda: any(c.labels.get("logist.step") == "2" for c in
-                             job_containers(docker_client, jobs_root, job, running_only=True)))
+        wait_for(
+            lambda: any(
+                c.labels.get("logist.step") == "2"
+                for c in job_containers(docker_client, jobs_root, job, running_only=True)
+            )
+        )
         start = time.monotonic()
         out = logist("job", "cancel", job)
         elapsed = time.monotonic() - start
@@ -209,7 +260,8 @@ def test_cancel_from_another_process_stops_a_step_that_ignores_sigterm(logist, s
 
 
 def test_cancel_with_a_short_grace_kills_a_sigterm_ignoring_step_at_once(
-        logist, source_repo, jobs_root, docker_client):
+    logist, source_repo, jobs_root, docker_client
+):
     job = create(logist, source_repo, "trap '' TERM; while true; do sleep 1; done")
     runner = popen_logist(jobs_root, "job", "run", job)
     try:
@@ -237,12 +289,17 @@ def test_cancel_of_a_pending_job_marks_it_canceled(logist, source_repo):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_to_job_run_stops_containers_marks_interrupted_exit_130(
-        logist, source_repo, jobs_root, docker_client, sig):
+    logist, source_repo, jobs_root, docker_client, sig
+):
     job = create(logist, source_repo, "echo one > one.txt", "trap '' TERM; sleep 300")
     runner = popen_logist(jobs_root, "job", "run", job)
     try:
-        wait_for(lambda: any(c.labels.get("logist.step") == "2" for c in
-                             job_containers(docker_client, jobs_root, job, running_only=True)))
+        wait_for(
+            lambda: any(
+                c.labels.get("logist.step") == "2"
+                for c in job_containers(docker_client, jobs_root, job, running_only=True)
+            )
+        )
         start = time.monotonic()
         runner.send_signal(sig)
         runner.wait(timeout=30)
@@ -269,10 +326,13 @@ def test_eight_jobs_finishing_into_one_source_all_land_their_branch(logist, sour
         assert f"[{job}] done-{n}\n" in out.stdout  # output of parallel jobs is prefixed
 
 
-def test_step_as_non_root_user_leaves_no_root_owned_files(logist, source_repo, jobs_root,
-                                                         tmp_path):
-    job = create(logist, source_repo, "echo x > new.txt && mkdir -p d && id -u > d/uid",
-                 extra=("--user", "4321:4321", "--cleanup", "never"))
+def test_step_as_non_root_user_leaves_no_root_owned_files(logist, source_repo, jobs_root, tmp_path):
+    job = create(
+        logist,
+        source_repo,
+        "echo x > new.txt && mkdir -p d && id -u > d/uid",
+        extra=("--user", "4321:4321", "--cleanup", "never"),
+    )
     out = logist("job", "run", job)
     assert out.returncode == 0, out.stderr
     ws = jobs_root / job / "workspace"
@@ -284,8 +344,11 @@ def test_step_as_non_root_user_leaves_no_root_owned_files(logist, source_repo, j
 
 def test_env_var_in_step_output_is_not_buffered_until_the_end(jobs_root, source_repo, logist):
     job = create(logist, source_repo, "echo first; sleep 3; echo second")
-    proc = subprocess.Popen([sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), "job",
-                             "run", job], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), "job", "run", job],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = proc.stdout.readline()
         assert first == "first\n"
@@ -295,11 +358,13 @@ def test_env_var_in_step_output_is_not_buffered_until_the_end(jobs_root, source_
     assert proc.returncode == 0
 
 
-
 def test_oom_killed_step_is_recorded_failed_with_the_flag(logist, source_repo):
-    job = create(logist, source_repo,
-                 "python3 -c \"chunks = [bytearray(8 << 20) for _ in range(64)]\"",
-                 extra=("--memory", "48m"))
+    job = create(
+        logist,
+        source_repo,
+        'python3 -c "chunks = [bytearray(8 << 20) for _ in range(64)]"',
+        extra=("--memory", "48m"),
+    )
     out = logist("job", "run", job)
     assert out.returncode == 1
     step = status(logist, job)["steps"][0]
@@ -309,8 +374,9 @@ def test_oom_killed_step_is_recorded_failed_with_the_flag(logist, source_repo):
 
 
 def test_pull_never_with_a_missing_image_is_exit_3_and_nothing_runs(logist, source_repo):
-    job = create(logist, source_repo, "true",
-                 extra=("--image", "logist/absent:never", "--pull", "never"))
+    job = create(
+        logist, source_repo, "true", extra=("--image", "logist/absent:never", "--pull", "never")
+    )
     out = logist("job", "run", job)
     assert out.returncode == 3 and "logist/absent:never" in out.stderr
     st = status(logist, job)
@@ -324,10 +390,14 @@ def test_pull_always_of_a_local_only_image_still_runs(logist, source_repo):
 
 
 def test_step_as_another_user_can_commit_after_logist_harvested(logist, source_repo):
-    job = create(logist, source_repo, "echo a > a.txt",
-                 "echo b > b.txt && git add b.txt && "
-                 "git -c user.name=s -c user.email=s@s commit -qm 'made by the step'",
-                 extra=("--user", "1234:1234"))
+    job = create(
+        logist,
+        source_repo,
+        "echo a > a.txt",
+        "echo b > b.txt && git add b.txt && "
+        "git -c user.name=s -c user.email=s@s commit -qm 'made by the step'",
+        extra=("--user", "1234:1234"),
+    )
     out = logist("job", "run", job)
     assert out.returncode == 0, out.stdout + out.stderr
     subjects = git(source_repo, "log", "--format=%s", f"logist/{job}").splitlines()
@@ -335,7 +405,8 @@ def test_step_as_another_user_can_commit_after_logist_harvested(logist, source_r
 
 
 def test_a_step_silent_longer_than_the_engine_request_timeout_is_not_an_engine_error(
-        jobs_root, source_repo, logist):
+    jobs_root, source_repo, logist
+):
     job = create(logist, source_repo, "sleep 5; echo woke")
     out = run_logist(jobs_root, "job", "run", job, env={"LOGIST_DOCKER_TIMEOUT": "2"})
     assert out.returncode == 0, out.stderr

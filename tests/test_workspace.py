@@ -287,9 +287,7 @@ def test_half_made_workspace_is_detected_removed_and_made_again(
 
 
 @pytest.mark.parametrize("gone", ["HEAD", "refs", "objects"])
-def test_workspace_marked_ready_but_partly_deleted_is_made_again(
-    store, source_repo, clones, gone
-):
+def test_workspace_marked_ready_but_partly_deleted_is_made_again(store, source_repo, clones, gone):
     job_id = new_job(store, source_repo, "partly")
     ws = setup_workspace(store, job_id)
     target = ws / ".git" / gone
@@ -322,8 +320,20 @@ def test_partly_deleted_workspace_inside_another_repository_is_not_taken_for_rea
 
 
 def test_unknown_ref_is_refused_at_create_with_exit_2_naming_the_ref(jobs_root, source_repo):
-    out = run_logist(jobs_root, "job", "create", "wrong-ref", "--repo", str(source_repo),
-                     "--image", STEP_IMAGE, "--step", "true", "--ref", "no-such-branch")
+    out = run_logist(
+        jobs_root,
+        "job",
+        "create",
+        "wrong-ref",
+        "--repo",
+        str(source_repo),
+        "--image",
+        STEP_IMAGE,
+        "--step",
+        "true",
+        "--ref",
+        "no-such-branch",
+    )
     assert out.returncode == 2, out.stderr
     assert "no-such-branch" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
@@ -422,9 +432,7 @@ def tmpfs(path: Path, size: str):
         subprocess.run(["umount", str(path)], check=True)
 
 
-def test_jobs_root_on_another_filesystem_than_the_source_gets_a_copied_clone(
-    tmp_path, source_repo
-):
+def test_jobs_root_on_another_filesystem_than_the_source_gets_a_copied_clone(tmp_path, source_repo):
     """Hardlinks cannot cross filesystems: the clone copies the objects instead of failing."""
     with tmpfs(tmp_path / "other-fs", "64m") as root:
         store = Store(root)
@@ -440,8 +448,11 @@ def test_jobs_root_on_another_filesystem_than_the_source_gets_a_copied_clone(
 @pytest.mark.timeout(60)
 def test_sixteen_threads_setting_up_one_job_make_exactly_one_clone(store, source_repo, clones):
     job_id = new_job(store, source_repo, "one-job")
-    results = run_threads(16, lambda i: (setup_workspace(store, job_id),
-                                         git_dir_inode(store.workspace(job_id))), timeout=45)
+    results = run_threads(
+        16,
+        lambda i: (setup_workspace(store, job_id), git_dir_inode(store.workspace(job_id))),
+        timeout=45,
+    )
     paths = {path for path, _ in results}
     inodes = {inode for _, inode in results}
     assert paths == {store.workspace(job_id)}
@@ -474,15 +485,22 @@ print(ws, os.stat(ws / ".git").st_ino)
 """
 
 
-def setup_in_processes(jobs_root: Path, job_ids: list[str], tmp_path: Path,
-                       timeout: float) -> tuple[list[str], list[str]]:
+def setup_in_processes(
+    jobs_root: Path, job_ids: list[str], tmp_path: Path, timeout: float
+) -> tuple[list[str], list[str]]:
     """Set up ``job_ids`` in one process each, all released at once; their outputs and the
     clones they made (one line per clone)."""
     counter, go = tmp_path / "clones.log", tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", _CHILD, str(jobs_root), job_id,
-                               str(counter), str(go)], cwd=REPO_ROOT, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for job_id in job_ids]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CHILD, str(jobs_root), job_id, str(counter), str(go)],
+            cwd=REPO_ROOT,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for job_id in job_ids
+    ]
     outs = []
     try:
         time.sleep(0.5)
@@ -590,9 +608,21 @@ def git_daemon(served: Path):
         .with_volume_mapping(str(served), "/srv/git", "ro")
         .with_exposed_ports(9418)
         .with_kwargs(user="0:0", labels={"logist.test": "test_workspace-git-daemon"})
-        .with_command(["git", "-c", "safe.directory=*", "daemon", "--export-all",
-                       "--base-path=/srv/git", "--reuseaddr", "--listen=0.0.0.0",
-                       "--port=9418", "--verbose", "/srv/git"])
+        .with_command(
+            [
+                "git",
+                "-c",
+                "safe.directory=*",
+                "daemon",
+                "--export-all",
+                "--base-path=/srv/git",
+                "--reuseaddr",
+                "--listen=0.0.0.0",
+                "--port=9418",
+                "--verbose",
+                "/srv/git",
+            ]
+        )
     )
     container.start()
     try:
@@ -602,8 +632,12 @@ def git_daemon(served: Path):
         base = f"git://{host}:{container.get_exposed_port(9418)}"
         deadline = time.monotonic() + 30
         while True:  # until the daemon answers
-            probe = subprocess.run(["git", "ls-remote", f"{base}/{next(served.iterdir()).name}"],
-                                   capture_output=True, text=True, timeout=20)
+            probe = subprocess.run(
+                ["git", "ls-remote", f"{base}/{next(served.iterdir()).name}"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
             if probe.returncode == 0:
                 break
             if time.monotonic() > deadline:
@@ -757,8 +791,19 @@ def test_remote_errors_unknown_ref_at_create_and_unreachable_source_at_setup(
     store, jobs_root, remote
 ):
     url, _, container = remote
-    out = run_logist(jobs_root, "job", "create", "--repo", url, "--image", STEP_IMAGE,
-                     "--step", "true", "--ref", "no-such-ref")
+    out = run_logist(
+        jobs_root,
+        "job",
+        "create",
+        "--repo",
+        url,
+        "--image",
+        STEP_IMAGE,
+        "--step",
+        "true",
+        "--ref",
+        "no-such-ref",
+    )
     assert out.returncode == 2 and "no-such-ref" in out.stderr, out.stderr
     job_id = new_job(store, url, "remote-gone")
     container.get_wrapped_container().stop(timeout=1)  # the fixture removes it
@@ -837,13 +882,19 @@ def test_sixteen_job_step_processes_at_once_each_set_up_their_job_from_one_sourc
     """Separate CLI processes through the real engine: every job's workspace ready after its
     first step, the source's refs and working tree unchanged."""
     make_dirty(source_repo)
-    job_ids = [new_job(store, source_repo, f"cli-{i:02d}", steps=["true", "true"])
-               for i in range(16)]
+    job_ids = [
+        new_job(store, source_repo, f"cli-{i:02d}", steps=["true", "true"]) for i in range(16)
+    ]
     before = source_state(source_repo, object_mtimes=False)  # a harvest ran in each workspace
-    procs = [subprocess.Popen([sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root),
-                               "job", "step", job_id], text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for job_id in job_ids]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), "job", "step", job_id],
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for job_id in job_ids
+    ]
     try:
         for p in procs:
             _, err = p.communicate(timeout=240)
