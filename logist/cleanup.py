@@ -15,7 +15,6 @@ from logist.errors import JobActive, LogistError
 from logist.harvest import harvest_leftover
 from logist.model import (
     INTERRUPTED,
-    PENDING,
     RUNNING,
     SUCCEEDED,
     WS_REMOVED,
@@ -211,11 +210,7 @@ def recover_dead_owner(store: Store, job: Job) -> bool:
     and its running step pending again. The caller holds the job's lock."""
     if job.state != RUNNING:
         return False
-    for step in job.steps:
-        if step.state == RUNNING:
-            step.move(PENDING)
-    job.move(INTERRUPTED)
-    job.error = "the logist process that ran this job died"
+    job.stop_running(INTERRUPTED, "the logist process that ran this job died")
     store.save(job)
     return True
 

@@ -216,11 +216,9 @@ def job_run(
         store.load(job_id)
     if all_:
         for j in load_all(store):
-            if (
-                j.id not in ids
-                and job_view(store, j)["state"] in ("pending", "interrupted")
-                and not store.active(j.id)
-            ):
+            view = job_view(store, j)
+            runnable = view["state"] in ("pending", "interrupted") and not view["active"]
+            if runnable and j.id not in ids:
                 ids.append(j.id)
     if not ids:
         if not all_:

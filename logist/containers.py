@@ -28,8 +28,6 @@ STOP_GRACE = 5.0
 BUSYBOX = "logist/busybox:latest"
 
 _local = threading.local()
-_started: dict[str, Container] = {}
-_started_lock = threading.Lock()
 
 
 def engine_location() -> str:
@@ -51,10 +49,6 @@ def client() -> DockerClient:
         ) from None
     _local.client = cached
     return cached
-
-
-def reset_client() -> None:
-    _local.client = None
 
 
 _REASONS = (
@@ -140,19 +134,7 @@ def create(
     kwargs["labels"] = {**kwargs.get("labels", {}), **labels(job_id, step, jobs_root)}
     with engine_errors(f"creating a container of {image}"):
         container = cli.containers.create(image, command, **kwargs)
-    with _started_lock:
-        _started[container.id] = container
     return container
-
-
-def forget(container: Container) -> None:
-    with _started_lock:
-        _started.pop(container.id, None)
-
-
-def started_here() -> list[Container]:
-    with _started_lock:
-        return list(_started.values())
 
 
 def stop_and_remove(containers: Iterable[Container], grace: float = STOP_GRACE) -> int:
@@ -176,7 +158,6 @@ def stop_and_remove(containers: Iterable[Container], grace: float = STOP_GRACE) 
         except docker.errors.APIError as exc:
             if "already in progress" not in str(exc):
                 raise
-        forget(c)
 
     threads = [threading.Thread(target=one, args=(c,), daemon=True) for c in items[1:]]
     for t in threads:
@@ -281,7 +262,6 @@ def run_container(
             watcher.join(timeout=grace + 5)
         with contextlib.suppress(Exception):
             container.remove(force=True)
-        forget(container)
     return outcome
 
 
@@ -321,7 +301,6 @@ def run_helper(
     finally:
         with contextlib.suppress(Exception):
             container.remove(force=True)
-        forget(container)
 
 
 def run_as_root(

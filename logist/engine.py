@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from logist import containers
-from logist.cleanup import Report, after_job, recover_dead_owner, remove_workspace
+from logist.cleanup import Report, after_job, recover_dead_owner
 from logist.errors import (
     EngineUnavailable,
     EnvironmentProblem,
@@ -166,7 +166,7 @@ class Engine:
                     job.move(INTERRUPTED)
                     break
                 if cancel_file.exists():
-                    self._mark_canceled(job)
+                    job.cancel()
                     break
                 ran += 1
                 self._run_step(job, step, ws)
@@ -175,7 +175,7 @@ class Engine:
                 if step.state in (FAILED, TIMED_OUT):
                     job.move(FAILED)
                 elif step.state == CANCELED:
-                    self._mark_canceled(job)
+                    job.cancel()
                 elif step.state == PENDING:  # interrupted
                     job.move(INTERRUPTED)
                 break
@@ -214,19 +214,8 @@ class Engine:
         return JobResult(job=job, cleanup=report)
 
     def _back_to_pending(self, job: Job, state: str, error: str) -> None:
-        for step in job.steps:
-            if step.state == RUNNING:
-                step.move(PENDING)
-        if job.state == RUNNING:
-            job.move(state)
-        job.error = error
+        job.stop_running(state, error)
         self.store.save(job)
-
-    def _mark_canceled(self, job: Job) -> None:
-        for step in job.steps:
-            if step.state in (PENDING, RUNNING):
-                step.move(CANCELED)
-        job.move(CANCELED)
 
     def _run_step(self, job: Job, step: Step, ws: Path) -> None:
         store = self.store
@@ -402,15 +391,9 @@ def _cancel_locked(store: Store, job_id: str, grace: float) -> JobResult:
         raise InvalidTransition(f"job {job_id} is {job.state}; there is nothing to cancel")
     cli = containers.client()
     containers.stop_and_remove(containers.find(cli, store.root, job_id), grace=grace)
-    for step in job.steps:
-        if step.state in (PENDING, RUNNING):
-            step.move(CANCELED)
-    if job.state == INTERRUPTED:
-        job.move(RUNNING)
-    job.move(CANCELED)
+    job.cancel()
     store.save(job)
     ws = store.workspace(job_id)
-    report = None
     if ws.is_dir() and not ws.is_symlink():
         try:
             harvest_leftover(store, job, ws)
@@ -428,6 +411,5 @@ __all__ = [
     "JobResult",
     "cancel",
     "combine",
-    "remove_workspace",
     "signals_interrupt",
 ]

@@ -113,6 +113,22 @@ class Job:
             raise InvalidTransition(f"job {self.id} is {self.state}; it cannot become {new}")
         self.state = new
 
+    def stop_running(self, state: str, error: str | None) -> None:
+        """Running steps go back to pending, a running job to ``state`` (interrupted, pending)."""
+        for step in self.steps:
+            if step.state == RUNNING:
+                step.move(PENDING)
+        if self.state == RUNNING:
+            self.move(state)
+        self.error = error
+
+    def cancel(self) -> None:
+        """Pending and running steps are canceled, and so is the job."""
+        for step in self.steps:
+            if step.state in (PENDING, RUNNING):
+                step.move(CANCELED)
+        self.move(CANCELED)
+
     def next_step(self) -> Step | None:
         return next((s for s in self.steps if s.state in (PENDING, RUNNING)), None)
 

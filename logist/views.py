@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any
 
-from logist.model import INTERRUPTED, PENDING, RUNNING, Job
+from logist.model import INTERRUPTED, RUNNING, Job
 from logist.store import Store, is_active
 
 
@@ -16,36 +17,32 @@ def job_view(
     reported interrupted (and its running step pending), without writing anything."""
     job_dir = store.job_dir(job.id)
     active = is_active(job_dir) if active is None else active
-    state = job.state
-    steps = []
-    for s in job.steps:
-        step_state = s.state
-        if state == RUNNING and not active and step_state == RUNNING:
-            step_state = PENDING
-        steps.append(
-            {
-                "index": s.index,
-                "name": s.name,
-                "run": s.run,
-                "image": s.image or job.image,
-                "state": step_state,
-                "exit_code": s.exit_code,
-                "oom_killed": s.oom_killed,
-                "started_at": s.started_at,
-                "finished_at": s.finished_at,
-                "log": s.log,
-                "error": s.error,
-            }
-        )
-    if state == RUNNING and not active:
-        state = INTERRUPTED
+    if job.state == RUNNING and not active:  # what the next lock taker will record
+        job = copy.deepcopy(job)
+        job.stop_running(INTERRUPTED, job.error)
+    steps = [
+        {
+            "index": s.index,
+            "name": s.name,
+            "run": s.run,
+            "image": s.image or job.image,
+            "state": s.state,
+            "exit_code": s.exit_code,
+            "oom_killed": s.oom_killed,
+            "started_at": s.started_at,
+            "finished_at": s.finished_at,
+            "log": s.log,
+            "error": s.error,
+        }
+        for s in job.steps
+    ]
     ws = job_dir / "workspace"
     ws_state = "ready" if job.workspace_state == "removing" else job.workspace_state
     if ws_state == "ready" and not os.path.lexists(ws):
         ws_state = "removed"
     return {
         "id": job.id,
-        "state": state,
+        "state": job.state,
         "repo": job.repo,
         "ref": job.ref,
         "branch": job.branch,

@@ -199,10 +199,6 @@ class DeleteResult:
     foreign: list[str] = field(default_factory=list)  # not removable: owned by another uid
     stuck: list[str] = field(default_factory=list)  # not removable: immutable, busy, ...
 
-    @property
-    def complete(self) -> bool:
-        return not self.foreign and not self.stuck
-
 
 def check_inside(path: Path, job_dir: Path, *, allow_tmp: bool = False) -> Path:
     """Refuse any path but ``<job_dir>/workspace`` (or a setup temp dir) itself."""
