@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -31,6 +32,24 @@ def job_containers(docker_client, jobs_root: Path, job_id: str, running_only: bo
         all=not running_only,
         filters={"label": [f"logist.jobs-dir={jobs_root}", f"logist.job={job_id}"]},
     )
+
+
+@contextlib.contextmanager
+def running_step(jobs_root: Path, docker_client, job: str, step: int):
+    """``job run JOB`` in the background, yielded once step ``step``'s container runs; the
+    runner is killed on the way out if it is still alive."""
+    runner = popen_logist(jobs_root, "job", "run", job)
+    try:
+        wait_for(
+            lambda: any(
+                c.labels.get("logist.step") == str(step)
+                for c in job_containers(docker_client, jobs_root, job, running_only=True)
+            )
+        )
+        yield runner
+    finally:
+        if runner.poll() is None:
+            runner.kill()
 
 
 def test_three_step_job_sees_env_passes_files_and_lands_its_branch(
@@ -234,22 +253,12 @@ def test_cancel_from_another_process_stops_a_step_that_ignores_sigterm(
         "trap '' TERM; echo waiting; while true; do sleep 1; done",
         "echo never",
     )
-    runner = popen_logist(jobs_root, "job", "run", job)
-    try:
-        wait_for(
-            lambda: any(
-                c.labels.get("logist.step") == "2"
-                for c in job_containers(docker_client, jobs_root, job, running_only=True)
-            )
-        )
+    with running_step(jobs_root, docker_client, job, 2) as runner:
         start = time.monotonic()
         out = logist("job", "cancel", job)
         elapsed = time.monotonic() - start
         assert out.returncode == 0, out.stderr
         runner.wait(timeout=30)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
     assert elapsed < 15, f"cancel took {elapsed:.1f}s"
     assert runner.returncode == 1
     st = status(logist, job)
@@ -263,17 +272,12 @@ def test_cancel_with_a_short_grace_kills_a_sigterm_ignoring_step_at_once(
     logist, source_repo, jobs_root, docker_client
 ):
     job = create(logist, source_repo, "trap '' TERM; while true; do sleep 1; done")
-    runner = popen_logist(jobs_root, "job", "run", job)
-    try:
-        wait_for(lambda: job_containers(docker_client, jobs_root, job, running_only=True))
+    with running_step(jobs_root, docker_client, job, 1) as runner:
         start = time.monotonic()
         out = logist("job", "cancel", job, "--grace", "0")
         elapsed = time.monotonic() - start
         assert out.returncode == 0, out.stderr
         runner.wait(timeout=30)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
     assert elapsed < 4, f"cancel --grace 0 took {elapsed:.1f}s"
     assert status(logist, job)["state"] == "canceled"
     assert not job_containers(docker_client, jobs_root, job)
@@ -292,20 +296,10 @@ def test_signal_to_job_run_stops_containers_marks_interrupted_exit_130(
     logist, source_repo, jobs_root, docker_client, sig
 ):
     job = create(logist, source_repo, "echo one > one.txt", "trap '' TERM; sleep 300")
-    runner = popen_logist(jobs_root, "job", "run", job)
-    try:
-        wait_for(
-            lambda: any(
-                c.labels.get("logist.step") == "2"
-                for c in job_containers(docker_client, jobs_root, job, running_only=True)
-            )
-        )
+    with running_step(jobs_root, docker_client, job, 2) as runner:
         start = time.monotonic()
         runner.send_signal(sig)
         runner.wait(timeout=30)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
     assert runner.returncode == 130, runner.stderr.read()
     assert time.monotonic() - start < 15
     assert not job_containers(docker_client, jobs_root, job)
