@@ -6,6 +6,7 @@ no container labelled for that test's jobs root may remain.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -97,7 +98,9 @@ def nonroot_user(tmp_path_factory) -> dict:
         subprocess.run(["useradd", "--create-home", "--groups", "docker", name], check=True)
     else:
         subprocess.run(["usermod", "-aG", "docker", name], check=True)
-    venv = Path("/tmp/logist-nonroot-venv")
+    # one venv per checkout, so two checkouts testing at once never rebuild each other's
+    tag = hashlib.sha256(str(REPO_ROOT).encode()).hexdigest()[:8]
+    venv = Path(f"/tmp/logist-nonroot-venv-{tag}")
     stamp = venv / ".stamp"
     src_stamp = max(p.stat().st_mtime for p in (REPO_ROOT / "logist").glob("*.py"))
     if not stamp.exists() or stamp.stat().st_mtime < src_stamp:
