@@ -124,6 +124,35 @@ def one_step(ctx: Context, scratch: Path, res: Result) -> None:
         raise BenchError("job cleanup left the workspace")
 
 
+# --- the cost of each step inside one run ------------------------------------------------------
+
+
+def step_in_run(ctx: Context, scratch: Path, res: Result) -> None:
+    """The extra cost of each step inside one ``job run``: (a 10-step job - a 1-step job) / 9,
+    vs one ``docker run --rm --init -v WS:/workspace IMAGE true``."""
+    repo = make_repo(scratch / "src", 20)
+    root = scratch / "jobs"
+    label = f"{BENCH_LABEL}={ctx.run_id}"
+    ws = scratch / "ws"
+    run(["git", "clone", "-q", str(repo), str(ws)])
+
+    def job_of(n: int) -> float:
+        create = ctx.lg(root, "job", "create", "--repo", str(repo), "--image", ctx.image)
+        job_id = run([*create, *[a for _ in range(n) for a in ("--step", "true")]]).stdout.strip()
+        seconds = timed_run(ctx.lg(root, "job", "run", job_id))
+        expect_done(root, job_id)
+        return seconds
+
+    def logist(i: int) -> float:
+        return (job_of(10) - job_of(1)) / 9
+
+    def baseline(i: int) -> float:
+        docker_run = ["docker", "run", "--rm", "--init", "--label", label]
+        return timed_run([*docker_run, "-v", f"{ws}:/workspace", ctx.image, "true"])
+
+    res.logist, res.baseline = alternate(ctx.reps(5, 2), logist, baseline, ctx.say)
+
+
 # --- cancel --------------------------------------------------------------------------------------
 
 STUBBORN = "trap '' TERM; while true; do sleep 1; done"

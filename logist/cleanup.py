@@ -23,7 +23,14 @@ from logist.model import (
     parse_time,
 )
 from logist.store import Store, is_active
-from logist.workspace import delete_tree, has_workspace, setup_leftovers, tree_size
+from logist.workspace import (
+    JOB_REPO,
+    delete_tree,
+    has_workspace,
+    is_real_dir,
+    setup_leftovers,
+    tree_size,
+)
 
 
 @dataclass
@@ -146,7 +153,7 @@ def _remove(
         report.nothing_to_clean = report.containers_removed == 0 and not leftovers
         report.workspace_removed = bool(leftovers) and not report.left_behind
         return
-    if ws.is_symlink():  # never followed: only the link goes
+    if not is_real_dir(ws):  # a symlink (or file) there: never followed, only it goes
         if not dry_run:
             delete_tree(ws, job_dir)
         report.workspace_removed = True
@@ -181,6 +188,17 @@ def _remove(
     report.workspace_removed = not os.path.lexists(ws)
     if not report.workspace_removed and not report.left_behind:
         report.left_behind.append(str(ws))
+    if report.workspace_removed:
+        _remove_job_repo(job_dir, report)
+
+
+def _remove_job_repo(job_dir: Path, report: Report) -> None:
+    """logist's repository of the job and the helper's exchange directory go with the
+    workspace: ``result.bundle`` holds the work (a resume rebuilds the repository from it)."""
+    for name in (JOB_REPO, ".exchange"):
+        if os.path.lexists(job_dir / name):
+            result = delete_tree(job_dir / name, job_dir)
+            report.left_behind += result.foreign + result.stuck
 
 
 def _delete_as_root(cli, store: Store, job: Job, job_dir: Path) -> int:

@@ -272,11 +272,19 @@ def run_helper(
     command: list[str],
     job_id: str,
     jobs_root: Path,
-    volumes: dict[str, dict[str, str]],
+    binds: dict[str, tuple[str, bool]],
     timeout: float = 300,
     user: str = "0:0",
 ) -> tuple[int, str]:
-    """Run a short-lived helper container to its end: wait, read the logs, then remove it."""
+    """Run a short-lived helper container to its end: wait, read the logs, then remove it.
+    ``binds`` maps a host path to (container path, read-only); bind mounts that the engine
+    refuses when it lacks the host path (never an empty directory made over there)."""
+    import docker
+
+    mounts = [
+        docker.types.Mount(target, source, type="bind", read_only=ro)
+        for source, (target, ro) in binds.items()
+    ]
     container = create(
         cli,
         image=image,
@@ -284,7 +292,7 @@ def run_helper(
         job_id=job_id,
         step="helper",
         jobs_root=jobs_root,
-        volumes=volumes,
+        mounts=mounts,
         user=user,
         network_mode="none",
     )
@@ -329,7 +337,7 @@ def run_as_root(
             command=command,
             job_id=job_id,
             jobs_root=jobs_root,
-            volumes={os.path.realpath(host_path): {"bind": mount_at, "mode": "rw"}},
+            binds={str(host_path): (mount_at, False)},
         )
         if code == 0:
             return True

@@ -86,7 +86,7 @@ def _visible(cli, store: Store, images: list[str]) -> Check:
             command=["cat", str(marker)],
             job_id="doctor",
             jobs_root=store.root,
-            volumes={root: {"bind": root, "mode": "ro"}},
+            binds={root: (root, True)},
             user=f"{os.getuid()}:{os.getgid()}",
             timeout=60,
         )

@@ -37,6 +37,7 @@ from logist.model import (
     Step,
     now,
 )
+from logist.sandbox import HarvestFailed, Sandbox
 from logist.store import CANCEL, Store, write_atomic
 from logist.workspace import make_writable_for, setup_workspace
 
@@ -158,27 +159,30 @@ class Engine:
         try:
             ws = setup_workspace(store, job.id)
             job = store.load(job.id)
-            make_writable_for(ws, job.user)
-            while (step := job.next_step()) is not None:
-                if max_steps is not None and ran >= max_steps:
+            make_writable_for(store, job, ws)
+            with Sandbox(store, job) as sandbox:
+                sandbox.start()  # proves the engine sees the job directory before any step
+                while (step := job.next_step()) is not None:
+                    if max_steps is not None and ran >= max_steps:
+                        break
+                    if INTERRUPT.is_set():
+                        job.move(INTERRUPTED)
+                        break
+                    if cancel_file.exists():
+                        job.cancel()
+                        break
+                    ran += 1
+                    self._run_step(job, step, ws)
+                    harvest(store, job, sandbox, f"step {step.index}", self.notify)
+                    if step.state == SUCCEEDED:
+                        continue
+                    if step.state in (FAILED, TIMED_OUT):
+                        job.move(FAILED)
+                    elif step.state == CANCELED:
+                        job.cancel()
+                    elif step.state == PENDING:  # interrupted
+                        job.move(INTERRUPTED)
                     break
-                if INTERRUPT.is_set():
-                    job.move(INTERRUPTED)
-                    break
-                if cancel_file.exists():
-                    job.cancel()
-                    break
-                ran += 1
-                self._run_step(job, step, ws)
-                if step.state == SUCCEEDED:
-                    continue
-                if step.state in (FAILED, TIMED_OUT):
-                    job.move(FAILED)
-                elif step.state == CANCELED:
-                    job.cancel()
-                elif step.state == PENDING:  # interrupted
-                    job.move(INTERRUPTED)
-                break
             if job.state == RUNNING:
                 job.move(SUCCEEDED if job.next_step() is None else PENDING)
             store.save(job)
@@ -188,6 +192,14 @@ class Engine:
                 with contextlib.suppress(LogistError):
                     harvest_leftover(store, job, ws)
             raise
+        except HarvestFailed as exc:  # refused work: kept in its workspace, never cleaned up
+            if job.state == RUNNING:
+                job.move(FAILED)
+            job.error = str(exc)
+            store.save(job)
+            finish(store, job)  # what was accepted before lands
+            self.notify(f"logist: {job.id}: {exc}; workspace kept: {ws}")
+            return JobResult(job=job, error=exc)
         except EnvironmentProblem as exc:  # e.g. a missing image: nothing ran, try again later
             self._back_to_pending(job, PENDING, str(exc))
             raise
@@ -201,8 +213,8 @@ class Engine:
         """After the steps: bundle and land the branch, then clean up per policy."""
         if job.state == PENDING:  # `job step` with steps left: workspace stays ready
             return JobResult(job=job)
-        if ws is not None and ws.is_dir():
-            finish(self.store, job, ws)
+        if ws is not None:
+            finish(self.store, job)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.store.job_dir(job.id) / CANCEL)
         report = after_job(self.store, job)
@@ -218,6 +230,8 @@ class Engine:
         self.store.save(job)
 
     def _run_step(self, job: Job, step: Step, ws: Path) -> None:
+        import docker
+
         store = self.store
         job_dir = store.job_dir(job.id)
         log_path = job_dir / "logs" / f"step-{step.index}.log"
@@ -244,7 +258,9 @@ class Engine:
             "environment": env,
             "user": job.user,
             "network_mode": job.network,
-            "volumes": {str(ws.resolve()): {"bind": "/workspace", "mode": "rw"}},
+            # a bind mount the engine refuses when it does not have the path (never an empty
+            # directory made on the engine's host, as ``volumes`` would)
+            "mounts": [docker.types.Mount("/workspace", str(ws), type="bind")],
         }
         if job.memory:
             kwargs["mem_limit"] = job.memory
@@ -303,8 +319,6 @@ class Engine:
             elif outcome.exit_code is None:
                 step.error = "the step's container disappeared"
         store.save(job)
-        harvest(store, job, ws, f"step {step.index}")
-        make_writable_for(ws, job.user, only=ws / ".git")  # the commit's files, for the next step
 
     # --- many jobs -------------------------------------------------------------------------
 

@@ -1,7 +1,10 @@
-"""A thin layer over git (through GitPython's command runner): clone, commit-all, bundle, publish.
+"""git on TRUSTED repositories only: the user's source, logist's mirrors and its per-job repository.
 
-Every command runs with ``safe.directory=*`` (workspaces may be owned by the step's uid, sources
-by another user) and a fixed identity for the commits logist makes.
+Never a workspace: whatever a step wrote is read by git inside a helper container
+(``logist/sandbox.py``) and crosses back only as a bundle, which ``accept_bundle`` checks
+(``fsck``) before it enters logist's repository. Host git runs with a sanitised environment
+(no inherited ``GIT_*``, no system config, hooks off) and never with ``safe.directory=*``: a
+source owned by another user is trusted by its exact path only.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +24,8 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_
 
 from logist.errors import GitError, UsageError
 
-UPLOAD_PACK = "git -c safe.directory=* upload-pack"
 _NETWORK_PREFIXES = ("git://", "http://", "https://", "ssh://")
-_ENV = {
+_IDENTITY = {
     "GIT_TERMINAL_PROMPT": "0",
     "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
     "GIT_AUTHOR_NAME": "logist",
@@ -29,7 +33,10 @@ _ENV = {
     "GIT_COMMITTER_NAME": "logist",
     "GIT_COMMITTER_EMAIL": "logist@localhost",
     "GIT_CONFIG_NOSYSTEM": "1",
+    "LC_ALL": "C",
 }
+# objects entering a trusted repository are checked, whatever the user's own config says
+FSCK = ("-c", "fetch.fsckObjects=true", "-c", "transfer.fsckObjects=true")
 _LOCK_MARKERS = (
     "index.lock",
     "cannot lock ref",
@@ -39,37 +46,58 @@ _LOCK_MARKERS = (
     "packed-refs.lock",
     "shallow.lock",
 )
+_HEX = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
+
+
+def _env(isolated: bool = False) -> dict[str, str]:
+    """The caller's environment without any ``GIT_*`` variable, plus logist's identity;
+    ``isolated``: without the user's global config either (no filter, no fsmonitor of theirs
+    runs over job data)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(_IDENTITY)
+    if isolated:
+        env["GIT_CONFIG_GLOBAL"] = os.devnull
+    return env
 
 
 def git(
     *args: str,
     cwd: Path | str | None = None,
+    trust: Path | str | None = None,
     timeout: float | None = 600,
     ok_codes: tuple[int, ...] = (0,),
     usage: bool = False,
+    isolated: bool = False,
 ) -> tuple[int, str]:
-    """Run ``git -c safe.directory=* ARGS``; return (exit code, stdout). Raise ``GitError``
-    (exit 2 when ``usage``) for any other exit code, with the command and its stderr."""
-    from git.cmd import Git
-    from git.exc import GitCommandError, GitCommandNotFound
+    """Run host git on a trusted repository; return (exit code, stdout).
 
-    cmd = ["git", "-c", "safe.directory=*", "-c", "core.hooksPath=/dev/null", *args]
+    ``trust`` names the one repository path git may use although another user owns it (the
+    user's source); ``isolated`` leaves the user's global config out. Raise ``GitError``
+    (exit 2 when ``usage``) for any other exit code, with the command and its stderr."""
+    cmd = ["git", "-c", "core.hooksPath=/dev/null"]
+    if trust is not None:
+        cmd += ["-c", f"safe.directory={trust}", "-c", f"safe.directory={Path(trust) / '.git'}"]
+    cmd += list(args)
     try:
-        code, out, err = Git(str(cwd) if cwd else None).execute(
+        proc = subprocess.run(
             cmd,
-            with_extended_output=True,
-            with_exceptions=False,
-            kill_after_timeout=timeout,
-            env={**os.environ, **_ENV},
-            strip_newline_in_stdout=True,
+            cwd=str(cwd) if cwd else None,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            env=_env(isolated),
+            stdin=subprocess.DEVNULL,
         )
-    except GitCommandNotFound:
+    except FileNotFoundError:
         raise GitError(list(args), "git is not installed", exit_code=3) from None
-    except GitCommandError as exc:  # timeouts are reported this way
-        raise GitError(list(args), str(exc.stderr or exc), exit_code=2 if usage else None) from None
-    if code not in ok_codes:
-        raise GitError(list(args), err or out, exit_code=2 if usage else None)
-    return code, out
+    except subprocess.TimeoutExpired:
+        raise GitError(
+            list(args), f"timed out after {timeout:g}s", exit_code=2 if usage else None
+        ) from None
+    if proc.returncode not in ok_codes:
+        raise GitError(list(args), proc.stderr or proc.stdout, exit_code=2 if usage else None)
+    return proc.returncode, proc.stdout.rstrip("\n")
 
 
 def _is_lock_error(exc: BaseException) -> bool:
@@ -88,7 +116,7 @@ retry_on_git_locks = retry(
 def file_lock(path: Path, timeout: float = 300) -> Iterator[None]:
     """An exclusive flock on ``path`` (threads and processes alike), waiting up to ``timeout``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -108,6 +136,10 @@ def source_key(repo: str) -> str:
     return hashlib.sha256(repo.encode()).hexdigest()[:24]
 
 
+def is_oid(text: str) -> bool:
+    return bool(_HEX.fullmatch(text))
+
+
 # --- sources -----------------------------------------------------------------------------------
 
 
@@ -115,7 +147,7 @@ def check_local_source(path: Path, ref: str | None) -> None:
     """Refuse (exit 2) a path that is not a git repository or a ref it does not have."""
     if not path.exists():
         raise UsageError(f"repository not found: {path} does not exist")
-    code, _ = git("rev-parse", "--git-dir", cwd=path, ok_codes=(0, 128))
+    code, _ = git("rev-parse", "--git-dir", cwd=path, trust=path, ok_codes=(0, 128))
     if code != 0:
         raise UsageError(f"repository not found: {path} is not a git repository")
     resolve_ref(path, ref)
@@ -135,11 +167,19 @@ def check_remote_source(url: str, ref: str | None) -> None:
             raise UsageError(f"unknown ref {ref!r} in {url}")
 
 
+def _local_path(url: str) -> str | None:
+    if url.startswith("file://"):
+        return url[len("file://") :]
+    return None if url.startswith(_NETWORK_PREFIXES) else url
+
+
 def upload_pack(source: str) -> list[str]:
-    """``--upload-pack`` trusting any owner, for a source whose upload-pack runs here (a path,
-    ``file://``). Never for a network URL: there it names the service the server runs, and
-    git daemon, smart HTTP and forced ssh commands know only ``git-upload-pack``."""
-    return [] if source.startswith(_NETWORK_PREFIXES) else ["--upload-pack", UPLOAD_PACK]
+    """For a ``file://`` source owned by another user: an upload-pack that trusts exactly that
+    path. Never for a network URL: there it names the service the server runs."""
+    path = _local_path(source)
+    if path is None:
+        return []
+    return ["--upload-pack", f"git -c safe.directory={path} upload-pack"]
 
 
 def _looks_like_sha(ref: str) -> bool:
@@ -150,55 +190,17 @@ def resolve_ref(repo: Path, ref: str | None) -> str:
     """The commit ``ref`` (default HEAD) names in ``repo``; exit 2 naming the ref if unknown."""
     name = ref or "HEAD"
     code, out = git(
-        "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}", cwd=repo, ok_codes=(0, 1, 128)
+        "rev-parse",
+        "--verify",
+        "--quiet",
+        f"{name}^{{commit}}",
+        cwd=repo,
+        trust=repo,
+        ok_codes=(0, 1, 128),
     )
     if code != 0:
         raise UsageError(f"unknown ref {name!r} in {repo}")
     return out.strip()
-
-
-# --- workspaces --------------------------------------------------------------------------------
-
-
-def clone(source: str, dest: Path, *, local: bool) -> None:
-    """Clone without a checkout; a local source is cloned with hardlinked objects.
-
-    No ``--local`` flag: for a path git already clones locally (hardlinks), and copies when the
-    destination is on another filesystem, where an explicit ``--local`` dies instead (EXDEV)."""
-    args = ["clone", "--quiet", "--no-checkout", "--upload-pack", UPLOAD_PACK]
-    if not local:
-        args.append("--no-local")
-    git(*args, "--", source, str(dest))
-
-
-def checkout_branch(ws: Path, branch: str, commit: str) -> None:
-    git("checkout", "--quiet", "-B", branch, commit, cwd=ws)
-
-
-def fetch_branch(ws: Path, source: str, branch: str) -> None:
-    """Fetch ``branch`` of ``source`` (a repository or a bundle) into the same branch of ws."""
-    git(
-        "fetch",
-        "--quiet",
-        "--no-tags",
-        "--upload-pack",
-        UPLOAD_PACK,
-        source,
-        f"+refs/heads/{branch}:refs/heads/{branch}",
-        cwd=ws,
-    )
-
-
-def branch_commit(repo: Path, branch: str) -> str | None:
-    code, out = git(
-        "rev-parse",
-        "--verify",
-        "--quiet",
-        f"refs/heads/{branch}^{{commit}}",
-        cwd=repo,
-        ok_codes=(0, 1, 128),
-    )
-    return out.strip() if code == 0 else None
 
 
 def update_mirror(url: str, mirror: Path) -> None:
@@ -214,44 +216,191 @@ def update_mirror(url: str, mirror: Path) -> None:
     os.replace(tmp, mirror)
 
 
-# --- harvest -----------------------------------------------------------------------------------
+# --- logist's own repositories -------------------------------------------------------------------
 
 
-@retry_on_git_locks
-def commit_all(ws: Path, message: str) -> str:
-    """Commit every change (tracked, and untracked but not ignored); return HEAD's commit."""
-    git("add", "-A", cwd=ws)
-    code, _ = git("diff", "--cached", "--quiet", cwd=ws, ok_codes=(0, 1))
-    if code == 1:
-        git("commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m", message, cwd=ws)
-    return git("rev-parse", "HEAD", cwd=ws)[1].strip()
+def make_job_repo(origin: Path, dest: Path) -> None:
+    """``dest``: logist's bare repository of one job, a local clone of a trusted ``origin``
+    (the source or a mirror; hardlinked where git can, since both sides are trusted and no step
+    ever sees either). Alternates of the origin are dissolved: the copy stands alone."""
+    git("clone", "--quiet", "--bare", *upload_pack(str(origin)), "--", str(origin), str(dest))
+    _dissolve_alternates(dest)
 
 
-def has_unharvested(ws: Path, commit: str | None) -> bool:
-    """Whether ``ws`` holds work that is not in ``commit`` (changes, or commits past it)."""
-    _, status = git("status", "--porcelain", "--untracked-files=all", cwd=ws)
-    if status.strip():
-        return True
-    head = git("rev-parse", "HEAD", cwd=ws)[1].strip()
-    return commit is not None and head != commit
+def clone_workspace(job_repo: Path, dest: Path, branch: str, commit: str, origin: str) -> None:
+    """A fresh workspace at ``dest``: a copy (no hardlinks, no alternates) of the job's
+    repository with ``branch`` checked out at ``commit``. Runs before any step has seen
+    ``dest``; ``origin`` becomes its ``origin`` remote (as data: nothing is fetched)."""
+    args = ("--quiet", "--no-hardlinks", "--no-checkout", "--", str(job_repo), str(dest))
+    git("clone", *args, isolated=True)
+    _dissolve_alternates(dest / ".git")
+    git("remote", "set-url", "origin", origin, cwd=dest, isolated=True)
+    git(
+        "checkout",
+        "--quiet",
+        "--no-recurse-submodules",
+        "-B",
+        branch,
+        commit,
+        cwd=dest,
+        isolated=True,
+    )
+    others = [r for r in refs(dest / ".git", "refs/heads/") if r != f"refs/heads/{branch}"]
+    update_refs(dest / ".git", dict.fromkeys(others))  # the step's own branches only
 
 
-def write_bundle(ws: Path, branch: str, dest: Path) -> None:
+def _dissolve_alternates(gitdir: Path) -> None:
+    alternates = gitdir / "objects" / "info" / "alternates"
+    if alternates.is_file():
+        git(f"--git-dir={gitdir}", "repack", "-a", "-d", "-q", isolated=True)
+        alternates.unlink()
+
+
+def commit_of(repo: Path, name: str) -> str | None:
+    """The commit ``name`` resolves to in the trusted ``repo``, or None."""
+    code, out = git(
+        f"--git-dir={repo}",
+        "rev-parse",
+        "--verify",
+        "--quiet",
+        f"{name}^{{commit}}",
+        ok_codes=(0, 1, 128),
+        isolated=True,
+    )
+    return out.strip() if code == 0 else None
+
+
+def set_ref(repo: Path, ref: str, commit: str) -> None:
+    git(f"--git-dir={repo}", "update-ref", ref, commit, isolated=True)
+
+
+def fetch_bundle_into(repo: Path, bundle: Path, refspecs: list[str]) -> None:
+    """Fetch ``refspecs`` of one of logist's own bundles into the trusted ``repo``."""
+    git(
+        f"--git-dir={repo}",
+        *FSCK,
+        "fetch",
+        "--quiet",
+        "--no-tags",
+        "--no-write-fetch-head",
+        "--atomic",
+        str(bundle),
+        *refspecs,
+        isolated=True,
+    )
+
+
+MAX_BUNDLE_HEADER = 1 << 20
+
+
+def index_bundle(repo: Path, bundle: Path) -> dict[str, str]:
+    """Take the objects of an UNTRUSTED bundle into the trusted ``repo``: its header is parsed
+    here (bounded), its pack goes through ``git index-pack --strict`` (every object fsck'd,
+    ``.gitmodules`` included, and every link must resolve; git 2.39's ``fetch`` from a bundle
+    checks none of that). Returns the bundle's refs as ``{name: oid}``; sets no ref."""
+    with open(bundle, "rb") as fh:
+        first = fh.readline(64)
+        if first not in (b"# v2 git bundle\n", b"# v3 git bundle\n"):
+            raise GitError(["bundle"], "not a git bundle (v2 or v3)")
+        refs: dict[str, str] = {}
+        read = len(first)
+        while True:
+            line = fh.readline(MAX_BUNDLE_HEADER)
+            read += len(line)
+            if not line.endswith(b"\n") or read > MAX_BUNDLE_HEADER:
+                raise GitError(["bundle"], "bundle header too long or cut short")
+            text = line[:-1].decode("ascii", errors="replace")
+            if text == "":
+                break
+            if text.startswith(("@", "-")):  # capabilities, prerequisites (checked by git)
+                if text.startswith("@") and text not in ("@object-format=sha1",):
+                    raise GitError(["bundle"], f"unexpected bundle capability {text[:60]!r}")
+                continue
+            oid, _, name = text.partition(" ")
+            if not is_oid(oid) or not (name == "HEAD" or name.startswith("refs/")):
+                raise GitError(["bundle"], "malformed bundle ref line")
+            refs[name] = oid
+        os.lseek(fh.fileno(), read, os.SEEK_SET)  # the fd at the pack (reads were buffered)
+        proc = subprocess.run(
+            [
+                "git",
+                f"--git-dir={repo}",
+                "index-pack",
+                "--strict",
+                "--fix-thin",
+                "--stdin",
+            ],
+            stdin=fh,
+            capture_output=True,
+            env=_env(isolated=True),
+        )
+    if proc.returncode != 0:
+        raise GitError(["index-pack", "--strict"], proc.stderr.decode(errors="replace"))
+    return refs
+
+
+def is_ancestor(repo: Path, older: str, newer: str) -> bool:
+    code, _ = git(
+        f"--git-dir={repo}",
+        "merge-base",
+        "--is-ancestor",
+        older,
+        newer,
+        ok_codes=(0, 1, 128),
+        isolated=True,
+    )
+    return code == 0
+
+
+def object_type(repo: Path, oid: str) -> str | None:
+    code, out = git(f"--git-dir={repo}", "cat-file", "-t", oid, ok_codes=(0, 1, 128), isolated=True)
+    return out.strip() if code == 0 else None
+
+
+def refs(repo: Path, prefix: str) -> dict[str, str]:
+    """``{refname: oid}`` of the trusted ``repo`` under ``prefix``."""
+    fmt = "--format=%(refname) %(objectname)"
+    _, out = git(f"--git-dir={repo}", "for-each-ref", fmt, prefix, isolated=True)
+    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+
+def update_refs(repo: Path, updates: dict[str, str | None]) -> None:
+    """Set (oid) or delete (None) refs of the trusted ``repo`` in one transaction."""
+    if not updates:
+        return
+    lines = "".join(
+        f"update {ref} {oid}\n" if oid else f"delete {ref}\n" for ref, oid in updates.items()
+    )
+    proc = subprocess.run(
+        ["git", "-c", "core.hooksPath=/dev/null", f"--git-dir={repo}", "update-ref", "--stdin"],
+        input=lines,
+        capture_output=True,
+        text=True,
+        env=_env(isolated=True),
+    )
+    if proc.returncode != 0:
+        raise GitError(["update-ref", "--stdin"], proc.stderr)
+
+
+def write_bundle(repo: Path, refnames: list[str], dest: Path) -> None:
+    """``dest``: a complete bundle (no prerequisites) of ``refnames`` of the trusted ``repo``."""
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    git("bundle", "create", "--quiet", str(tmp), f"refs/heads/{branch}", cwd=ws)
+    git(f"--git-dir={repo}", "bundle", "create", "--quiet", str(tmp), *refnames, isolated=True)
     os.replace(tmp, dest)
 
 
 @retry_on_git_locks
 def publish_branch(source: Path, bundle: Path, branch: str) -> None:
-    """Set ``branch`` in the local ``source`` from ``bundle``; HEAD, index, tree untouched.
-    The caller holds the per-source lock, and only logist writes ``logist/*`` branches, so a
-    lock file on that branch is a leftover of a killed logist and is removed."""
-    gitdir = Path(git("rev-parse", "--absolute-git-dir", cwd=source)[1].strip())
+    """Set ``branch`` in the local ``source`` from logist's own ``bundle``, objects fsck'd;
+    HEAD, index and working tree untouched. The caller holds the per-source lock, and only
+    logist writes ``logist/*`` branches, so a lock file on that branch is a leftover of a
+    killed logist and is removed."""
+    gitdir = Path(git("rev-parse", "--absolute-git-dir", cwd=source, trust=source)[1].strip())
     stale = gitdir / "refs" / "heads" / f"{branch}.lock"
-    if branch.startswith("logist/") and stale.is_file():
+    if branch.startswith("logist/") and stale.is_file() and not stale.is_symlink():
         stale.unlink()
     git(
+        *FSCK,
         "fetch",
         "--quiet",
         "--no-tags",
@@ -259,4 +408,5 @@ def publish_branch(source: Path, bundle: Path, branch: str) -> None:
         str(bundle),
         f"+refs/heads/{branch}:refs/heads/{branch}",
         cwd=source,
+        trust=source,
     )

@@ -1,96 +1,148 @@
-"""Harvest: commit a step's work on the job branch, then bundle it and land it in the source."""
+"""Harvest: a step's work, made into a commit by the helper container, checked and accepted
+into logist's repository of the job; then ``result.bundle`` and the source's ``logist/<id>``.
+
+What the helper hands back is untrusted: the bundle is copied out of the exchange directory
+without following a link, fetched with every object fsck'd, and the new commit must be a
+commit that descends from the last harvest, so nothing harvested before can be lost."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import stat
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from logist import gitops
 from logist.errors import GitError, LogistError
-from logist.model import Job
+from logist.model import WS_REMOVING, Job
+from logist.sandbox import HarvestFailed, HarvestOutput, Sandbox
 from logist.spec import is_url
 from logist.store import Store
-from logist.workspace import workspace_valid
+from logist.workspace import JOB_REPO, is_real_dir
+
+_BUNDLE_NAME = re.compile(r"[0-9a-f]{16}\.bundle")
+_REF_PART = re.compile(r"[A-Za-z0-9_+=@,-][A-Za-z0-9_.+=@,-]*")
+
+Notify = Callable[[str], None]
 
 
-def stale_git_locks(ws: Path) -> None:
-    """Remove ``.git/index.lock`` left by a step that was killed mid-git (no container runs)."""
-    lock = ws / ".git" / "index.lock"
-    if lock.is_file() and not lock.is_symlink():
-        os.unlink(lock)
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
-def _unreadable_foreign(ws: Path) -> bool:
-    """Walk ``ws`` (no symlinks followed), making our own unreadable entries readable; say
-    whether something of another uid stays unreadable to us."""
-    me = os.geteuid()
-    foreign = False
-    stack = [str(ws)]
-    while stack:
-        try:
-            with os.scandir(stack.pop()) as it:
-                entries = list(it)
-        except OSError:
-            continue
-        for entry in entries:
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            is_dir = stat.S_ISDIR(st.st_mode)
-            if not is_dir and not stat.S_ISREG(st.st_mode):
-                continue
-            if not os.access(entry.path, os.R_OK | (os.X_OK if is_dir else 0)):
-                if st.st_uid != me:
-                    foreign = True
-                    continue
-                os.chmod(entry.path, stat.S_IMODE(st.st_mode) | (0o700 if is_dir else 0o400))
-            if is_dir:
-                stack.append(entry.path)
-    return foreign
-
-
-def make_readable(store: Store, job: Job, ws: Path) -> None:
-    """A non-root logist must read everything a step made before committing it: what a step
-    running as another user (root) left unreadable is opened (``chmod -R a+rX``) by a
-    short-lived root helper container, else git would skip or refuse it and work would be lost
-    to cleanup."""
-    if os.geteuid() == 0 or not _unreadable_foreign(ws):
-        return
-    from logist import containers
-
-    containers.run_as_root(
-        containers.client(),
-        images=(containers.BUSYBOX, job.image),
-        command=["chmod", "-R", "a+rX", "/workspace"],
-        job_id=job.id,
-        jobs_root=store.root,
-        host_path=ws,
-        mount_at="/workspace",
-    )
-
-
-def harvest(store: Store, job: Job, ws: Path, label: str) -> str:
-    """Commit everything in ``ws`` as ``logist: <id> <label>``; record the commit."""
-    stale_git_locks(ws)
-    make_readable(store, job, ws)
-    commit = gitops.commit_all(ws, f"logist: {job.id} {label}")
+def harvest(
+    store: Store,
+    job: Job,
+    sandbox: Sandbox,
+    label: str,
+    notify: Notify = _stderr,
+    write_back: bool = True,
+) -> str:
+    """Commit everything in the workspace as ``logist: <id> <label>`` (in the helper), accept
+    it into logist's repository and record it; return the job branch's commit.
+    Raises ``HarvestFailed`` (exit 4: the workspace must be kept)."""
+    previous = job.harvested_commit or job.base_commit
+    assert previous is not None
+    out = sandbox.harvest(previous=previous, message=f"logist: {job.id} {label}")
+    for warning in out.warnings:
+        notify(f"logist: {job.id}: warning: {warning}")
+    commit = accept(store, job, sandbox.exchange, out, previous)
     if commit != job.harvested_commit:
         job.harvested_commit = commit
         store.save(job)
+    if write_back and not out.current:
+        for warning in sandbox.write_back(commit):
+            notify(f"logist: {job.id}: {warning}")
     return commit
 
 
-def finish(store: Store, job: Job, ws: Path) -> None:
-    """Write ``result.bundle`` from the job branch and, for a local source, set the source's
-    ``logist/<id>`` (under a per-source lock, retried on git's lock files). Idempotent."""
+def accept(store: Store, job: Job, exchange: Path, out: HarvestOutput, previous: str) -> str:
+    """Check what a helper handed back and take it into the job's repository."""
+    repo = store.job_dir(job.id) / JOB_REPO
+    commit = out.commit or ""
+    if not gitops.is_oid(commit):
+        raise HarvestFailed("harvest refused: the helper named no commit")
+    if out.bundle is not None:
+        copy = _copy_out(exchange, out.bundle, store.job_dir(job.id))
+        try:
+            gitops.index_bundle(repo, copy)
+        except GitError as exc:
+            raise HarvestFailed(f"harvest refused (the bundle failed its checks): {exc}") from None
+        finally:
+            copy.unlink(missing_ok=True)
+    if gitops.object_type(repo, commit) != "commit":
+        raise HarvestFailed(f"harvest refused: {commit} is not a commit logist has")
+    if not gitops.is_ancestor(repo, previous, commit):
+        raise HarvestFailed(f"harvest refused: {commit} does not contain the last harvest")
+    updates: dict[str, str | None] = {f"refs/heads/{job.branch}": commit}
+    prefix = f"refs/logist/{job.id}/"
+    for name, oid in out.refs.items():
+        if _kept_ref_ok(name, prefix) and gitops.is_oid(oid) and gitops.object_type(repo, oid):
+            updates[name] = oid
+    gitops.update_refs(repo, updates)
+    return commit
+
+
+def _kept_ref_ok(name: str, prefix: str) -> bool:
+    """A kept ref's name: under the job's prefix, made of plain components."""
+    if not name.startswith(prefix):
+        return False
+    parts = name[len(prefix) :].split("/")
+    if parts == ["stash"]:
+        return True
+    return (
+        len(parts) >= 2
+        and parts[0] in ("heads", "tags")
+        and all(_REF_PART.fullmatch(p) and not p.endswith((".lock", ".")) for p in parts[1:])
+        and ".." not in name
+    )
+
+
+def _copy_out(exchange: Path, name: str, job_dir: Path) -> Path:
+    """Copy a bundle out of the exchange directory: no symlink followed, a regular file only."""
+    if not _BUNDLE_NAME.fullmatch(name):
+        raise HarvestFailed("harvest refused: the helper named a strange bundle")
+    dir_fd = os.open(exchange, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        try:
+            src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError as exc:
+            raise HarvestFailed(f"harvest refused: bundle {name}: {exc.strerror}") from None
+        try:
+            if not stat.S_ISREG(os.fstat(src).st_mode):
+                raise HarvestFailed("harvest refused: the bundle is not a regular file")
+            dest = job_dir / f".incoming-{name}"
+            with open(dest, "wb") as fh:
+                while chunk := os.read(src, 1 << 20):
+                    fh.write(chunk)
+        finally:
+            os.close(src)
+        os.unlink(name, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    return dest
+
+
+def finish(store: Store, job: Job) -> None:
+    """Write ``result.bundle`` from logist's repository and, for a local source, set the
+    source's ``logist/<id>`` (under a per-source lock, retried on git's lock files; objects
+    fsck'd on the way in). Idempotent."""
+    repo = store.job_dir(job.id) / JOB_REPO
+    if not is_real_dir(repo) or job.harvested_commit is None:
+        return
     bundle = store.job_dir(job.id) / "result.bundle"
-    head = gitops.branch_commit(ws, job.branch)
-    job.harvested_commit = head or job.harvested_commit
-    if not bundle.is_file() or job.bundled_commit != job.harvested_commit:
-        gitops.write_bundle(ws, job.branch, bundle)
-        job.bundled_commit = job.harvested_commit
+    kept = gitops.refs(repo, f"refs/logist/{job.id}/")
+    names = [f"refs/heads/{job.branch}", *sorted(kept)]
+    state = job.harvested_commit
+    if kept:  # the kept refs can change while the branch does not
+        text = "\n".join(f"{k} {v}" for k, v in sorted(kept.items()))
+        state += "+" + hashlib.sha1(text.encode()).hexdigest()[:12]
+    if not bundle.is_file() or job.bundled_commit != state:
+        gitops.write_bundle(repo, names, bundle)
+        job.bundled_commit = state
         job.result_bundle = str(bundle)
         job.result_branch = None
     if not is_url(job.repo) and job.result_branch is None:
@@ -110,18 +162,22 @@ def last_started_step(job: Job) -> int | None:
     return max(started) if started else None
 
 
-def harvest_leftover(store: Store, job: Job, ws: Path) -> None:
-    """Before a workspace goes: commit what is not yet in the job branch, then ``finish``.
-    Raises ``LogistError`` (exit 4: the workspace must be kept) when that fails."""
-    if job.workspace_state == "removing":
+def harvest_leftover(store: Store, job: Job, ws: Path, notify: Notify = _stderr) -> None:
+    """Before a workspace goes: commit what is not yet in the job branch (in a helper of its
+    own), then ``finish``. Raises ``LogistError`` (exit 4: the workspace must be kept) when
+    that fails."""
+    if job.workspace_state == WS_REMOVING:
         return  # an earlier cleanup harvested, then began deleting: the record is the work
-    if not workspace_valid(ws, job.branch):
-        return  # .git gone (a partial removal): the recorded harvest is the work
-    make_readable(store, job, ws)
+    if not is_real_dir(ws) or (job.harvested_commit or job.base_commit) is None:
+        return
+    from logist.workspace import ensure_job_repo
+
     try:
-        if gitops.has_unharvested(ws, job.harvested_commit):
-            n = last_started_step(job)
-            harvest(store, job, ws, f"step {n}" if n else "setup")
-        finish(store, job, ws)
-    except GitError as exc:
+        ensure_job_repo(store, job)
+        n = last_started_step(job)
+        with Sandbox(store, job) as sandbox:
+            label = f"step {n}" if n else "setup"
+            harvest(store, job, sandbox, label, notify, write_back=False)
+        finish(store, job)
+    except (GitError, HarvestFailed) as exc:
         raise LogistError(f"harvest failed, workspace kept: {exc}", exit_code=4) from None

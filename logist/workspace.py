@@ -1,78 +1,156 @@
-"""The job's workspace: ``setup_workspace`` (one real clone per job) and ``delete_tree`` (the
-paranoid deletion: fd-based, never follows a symlink, fixes permissions it owns)."""
+"""The job's workspace: ``setup_workspace`` (one fresh clone per job, sharing no file with the
+source), logist's own repository of the job (``repo.git``), the hand-over to the step's user,
+and ``delete_tree`` (the paranoid deletion). No git command runs in a workspace here: once a
+step has run, its repository is read only by the helper container (``logist/sandbox.py``)."""
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 import shutil
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
-from logist import gitops
+from logist import gitops, safefs
 from logist.errors import GitError, LogistError, UsageError
-from logist.model import WS_READY, WS_REMOVING, Job
+from logist.model import WS_READY, Job
+from logist.safefs import Removal as DeleteResult
 from logist.spec import is_url
 from logist.store import Store, job_lock
 
 TMP_PREFIX = ".workspace.tmp-"
+JOB_REPO = "repo.git"
+# what deletion may remove in a job directory, besides setup temp dirs
+DELETABLE = ("workspace", JOB_REPO, ".exchange")
 
 
-def workspace_valid(ws: Path, branch: str) -> bool:
-    """A ready workspace is a real directory with its own ``.git`` and the job branch."""
-    if ws.is_symlink() or not (ws / ".git").is_dir():
-        return False
+def is_real_dir(path: Path) -> bool:
+    """A directory that is not a symlink (checked with ``lstat``)."""
     try:
-        _, gitdir = gitops.git("rev-parse", "--absolute-git-dir", cwd=ws)
-        if Path(gitdir.strip()) != (ws / ".git").resolve():
-            return False  # a broken .git: git found a repository enclosing the jobs root
-        return gitops.branch_commit(ws, branch) is not None
-    except GitError:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
         return False
 
 
 def setup_workspace(store: Store, job_id: str) -> Path:
-    """Make ``$JOB_DIR/workspace`` a clone of the job's source on branch ``logist/<id>``.
+    """Make ``$JOB_DIR/workspace`` a clone of the job's work on branch ``logist/<id>``.
 
-    Idempotent and safe under concurrency: it runs under the job's lock, reuses a ready
-    workspace, and discards a half-made one. The clone is made in a temp directory and renamed
-    into place, so a crash never leaves a workspace that looks ready but is not. Never writes to
-    the source. Resuming a job whose work was harvested clones the job branch, never ``ref``.
+    Idempotent and safe under concurrency: it runs under the job's lock and reuses a ready
+    workspace without reading it (no git on the host in a tree a step has seen). Anything else
+    there (half-made, half-deleted) is discarded. The clone is made in a temp directory and
+    renamed into place, so a crash never leaves a workspace that looks ready but is not. Never
+    writes to the source. A resumed job gets the job branch at its last harvest, never ``ref``.
     """
     job_dir = store.job_dir(job_id)
     with job_lock(job_dir):
         job = store.load(job_id)
         ws = job_dir / "workspace"
-        if job.workspace_state == WS_READY and workspace_valid(ws, job.branch):
+        repo = ensure_job_repo(store, job)
+        if job.workspace_state == WS_READY and is_real_dir(ws):
             return ws
         for leftover in setup_leftovers(job_dir):
             delete_tree(leftover, job_dir, allow_tmp=True)
-        if ws.exists() or ws.is_symlink():
-            # made, but the manifest was not updated; never a tree a cleanup began deleting
-            if job.workspace_state != WS_REMOVING and workspace_valid(ws, job.branch):
-                _mark_ready(store, job)
-                return ws
+        if os.path.lexists(ws):
             delete_tree(ws, job_dir)
         tmp = job_dir / f"{TMP_PREFIX}{os.getpid()}"
+        commit = job.harvested_commit or job.base_commit
+        assert commit is not None
         try:
-            _clone_into(store, job, tmp)
+            gitops.clone_workspace(repo, tmp, job.branch, commit, job.repo)
         except GitError as exc:
             _discard(tmp, job_dir)
-            if not _source_exists(job):
-                raise UsageError(
-                    f"source {job.repo} has vanished since the job was created"
-                ) from None
             raise _disk_full(exc) or exc from None
         except BaseException:
             _discard(tmp, job_dir)
             raise
         os.replace(tmp, ws)
-        _mark_ready(store, job)
+        job.workspace_state = WS_READY
+        store.save(job)
         return ws
+
+
+def ensure_job_repo(store: Store, job: Job) -> Path:
+    """logist's own repository of the job (``$JOB_DIR/repo.git``), holding the base commit and
+    every harvest; made from the source (or its mirror), plus ``result.bundle`` or the source's
+    job branch when a job resumes after its repository was removed. The caller holds the lock."""
+    job_dir = store.job_dir(job.id)
+    repo = job_dir / JOB_REPO
+    wanted = job.harvested_commit or job.base_commit
+    ready = is_real_dir(repo) and (repo / "HEAD").is_file()
+    if ready and wanted and gitops.commit_of(repo, wanted) == wanted:
+        return repo
+    origin = _origin(store, job)
+    for leftover in job_dir.glob(f".{JOB_REPO}.tmp-*"):  # a killed setup's (we hold the lock)
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp = job_dir / f".{JOB_REPO}.tmp-{os.getpid()}"
+    try:
+        gitops.make_job_repo(origin, tmp)
+        if job.base_commit is None:
+            job.base_commit = gitops.resolve_ref(origin, job.ref)
+            store.save(job)
+        if job.harvested_commit:
+            _restore_harvest(store, job, tmp, origin)
+        else:
+            gitops.set_ref(tmp, f"refs/heads/{job.branch}", job.base_commit)
+    except GitError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not _source_exists(job):
+            raise UsageError(f"source {job.repo} has vanished since the job was created") from None
+        raise _disk_full(exc) or exc from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.lexists(repo):
+        delete_tree(repo, job_dir)
+    os.replace(tmp, repo)
+    return repo
+
+
+def _restore_harvest(store: Store, job: Job, repo: Path, origin: Path) -> None:
+    """Bring the job branch (and kept refs) back into a remade repository: from
+    ``result.bundle`` (logist's own, fsck'd again) or else the source's ``logist/<id>``."""
+    bundle = store.job_dir(job.id) / "result.bundle"
+    specs = [f"+refs/heads/{job.branch}:refs/heads/{job.branch}"]
+    if bundle.is_file() and not bundle.is_symlink():
+        specs.append(f"+refs/logist/{job.id}/*:refs/logist/{job.id}/*")
+        gitops.fetch_bundle_into(repo, bundle, specs)
+    elif not is_url(job.repo):
+        gitops.git(
+            f"--git-dir={repo}",
+            *gitops.FSCK,
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            *gitops.upload_pack(str(origin)),
+            str(origin),
+            *specs,
+        )
+    if gitops.commit_of(repo, f"refs/heads/{job.branch}") is None:
+        raise LogistError(f"job branch {job.branch} not found to resume from")
+    job.harvested_commit = gitops.commit_of(repo, f"refs/heads/{job.branch}")
+    store.save(job)
+
+
+def _origin(store: Store, job: Job) -> Path:
+    """The trusted repository the job's code comes from: the source, or its mirror."""
+    if not is_url(job.repo):
+        origin = Path(job.repo)
+        if not origin.is_dir():
+            raise UsageError(f"source {job.repo} has vanished since the job was created")
+        return origin
+    key = gitops.source_key(job.repo)
+    mirror = store.private_dir("mirrors") / f"{key}.git"
+    with gitops.file_lock(store.private_dir("locks") / f"mirror-{key}.lock"):
+        try:
+            gitops.update_mirror(job.repo, mirror)
+        except GitError:
+            if not _source_exists(job):
+                raise UsageError(
+                    f"source {job.repo} has vanished since the job was created"
+                ) from None
+            raise
+    return mirror
 
 
 def setup_leftovers(job_dir: Path) -> list[Path]:
@@ -86,13 +164,8 @@ def has_workspace(job_dir: Path) -> bool:
 
 
 def _discard(tmp: Path, job_dir: Path) -> None:
-    if tmp.exists():
+    if os.path.lexists(tmp):
         delete_tree(tmp, job_dir, allow_tmp=True)
-
-
-def _mark_ready(store: Store, job: Job) -> None:
-    job.workspace_state = WS_READY
-    store.save(job)
 
 
 def _source_exists(job: Job) -> bool:
@@ -114,97 +187,47 @@ def _disk_full(exc: GitError) -> LogistError | None:
     return None
 
 
-def _clone_into(store: Store, job: Job, dest: Path) -> None:
-    """Clone the source into ``dest`` and check out the job branch at the right commit."""
-    if is_url(job.repo):
-        key = gitops.source_key(job.repo)
-        mirror = store.private_dir("mirrors") / f"{key}.git"
-        with gitops.file_lock(store.private_dir("locks") / f"mirror-{key}.lock"):
-            gitops.update_mirror(job.repo, mirror)
-        gitops.clone(str(mirror), dest, local=True)
-        gitops.git("remote", "set-url", "origin", job.repo, cwd=dest)
-        origin = mirror
-    else:
-        origin = Path(job.repo)
-        if not origin.is_dir():
-            raise UsageError(f"source {job.repo} has vanished since the job was created")
-        gitops.clone(str(origin), dest, local=True)
-
-    bundle = store.job_dir(job.id) / "result.bundle"
-    if job.harvested_commit:  # resume: the job branch, from the bundle or the source's branch
-        if bundle.is_file():
-            gitops.fetch_branch(dest, str(bundle), job.branch)
-        else:
-            gitops.fetch_branch(dest, str(origin), job.branch)
-        commit = gitops.branch_commit(dest, job.branch)
-        if commit is None:
-            raise LogistError(f"job branch {job.branch} not found to resume from")
-        gitops.checkout_branch(dest, job.branch, commit)
-        return
-    if job.base_commit is None:
-        job.base_commit = gitops.resolve_ref(origin, job.ref)
-        store.save(job)
-    gitops.checkout_branch(dest, job.branch, job.base_commit)
-
-
-def make_writable_for(ws: Path, user: str, only: Path | None = None) -> None:
-    """Let the step's ``UID:GID`` write the workspace: by ownership as root, else by mode.
-    ``only`` limits the walk to a part of it (``.git`` after a harvest made new files there)."""
-    uid, gid = (int(x) for x in user.split(":"))
+def make_writable_for(store: Store, job: Job, ws: Path) -> None:
+    """Let the step's ``UID:GID`` write the workspace. As root: ownership, walked fd-based
+    without following a symlink. Not root: a short-lived root helper changes the owner (never
+    a world-writable workspace); nothing to do when the step runs as us."""
+    uid, gid = (int(x) for x in job.user.split(":"))
     me = os.geteuid()
     if uid == me:
         return
-    objects = os.path.join(ws, ".git", "objects") + os.sep
-    for path in _walk_no_follow(only or ws):
-        st = os.lstat(path)
-        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and path.startswith(objects):
-            # hardlinked with the source by the local clone: changing it changes the source
-            if st.st_mode & 0o004:
-                continue  # readable by the step as it is; git never writes an object file
-            _unshare(path)
-            st = os.lstat(path)
-        if stat.S_ISLNK(st.st_mode):
-            if me == 0 and (st.st_uid, st.st_gid) != (uid, gid):
-                os.lchown(path, uid, gid)
-            continue
-        if me == 0:
-            if (st.st_uid, st.st_gid) != (uid, gid):
-                os.lchown(path, uid, gid)
-        elif st.st_uid == me:
-            extra = 0o777 if stat.S_ISDIR(st.st_mode) else (0o777 if st.st_mode & 0o111 else 0o666)
-            if st.st_mode & extra != extra:
-                os.chmod(path, stat.S_IMODE(st.st_mode) | extra)
+    if me == 0:
+        safefs.chown_tree(ws, uid, gid)
+        return
+    from logist import containers
 
-
-def _unshare(path: str) -> None:
-    """Replace a hardlinked file by a private copy of it (the other links keep the original)."""
-    tmp = f"{path}.logist-unshare"
-    shutil.copy2(path, tmp)
-    os.replace(tmp, path)
-
-
-def _walk_no_follow(root: Path):
-    yield str(root)
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        for name in dirnames + filenames:
-            yield os.path.join(dirpath, name)
+    done = containers.run_as_root(
+        containers.client(),
+        images=(containers.BUSYBOX, "logist/step:latest"),
+        command=["chown", "-hR", f"{uid}:{gid}", "/workspace"],
+        job_id=job.id,
+        jobs_root=store.root,
+        host_path=ws,
+        mount_at="/workspace",
+    )
+    if not done:
+        raise LogistError(
+            f"could not hand the workspace to {job.user} (no helper image: run "
+            "scripts/build-images.sh)",
+            exit_code=3,
+        )
 
 
 # --- deletion ----------------------------------------------------------------------------------
 
 
-@dataclass
-class DeleteResult:
-    bytes_freed: int = 0
-    foreign: list[str] = field(default_factory=list)  # not removable: owned by another uid
-    stuck: list[str] = field(default_factory=list)  # not removable: immutable, busy, ...
-
-
 def check_inside(path: Path, job_dir: Path, *, allow_tmp: bool = False) -> Path:
-    """Refuse any path but ``<job_dir>/workspace`` (or a setup temp dir) itself."""
+    """Refuse any path but ``<job_dir>/workspace`` (logist's own ``repo.git`` and exchange
+    directory, or a setup temp dir) itself."""
     job_dir = Path(os.path.realpath(job_dir))
     parent = Path(os.path.realpath(path.parent))
-    ok_name = path.name == "workspace" or (allow_tmp and path.name.startswith(TMP_PREFIX))
+    ok_name = path.name in DELETABLE or (
+        allow_tmp and path.name.startswith((TMP_PREFIX, f".{JOB_REPO}.tmp-"))
+    )
     if parent != job_dir or not ok_name:
         raise UsageError(f"refusing to delete {path}: not {job_dir}/workspace")
     return parent / path.name
@@ -215,131 +238,48 @@ def delete_tree(path: Path, job_dir: Path, *, allow_tmp: bool = False) -> Delete
     directories we own and retrying transient errors. A symlink in its place is unlinked, its
     target untouched. What cannot be removed is reported, not raised."""
     path = check_inside(path, job_dir, allow_tmp=allow_tmp)
-    result = DeleteResult()
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return result
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(path)  # a symlink (or file) where the workspace should be
-        return result
-    _delete_with_retries(path, result)
-    return result
+    return _delete_with_retries(path)
 
 
-def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, _Retry)
-
-
-class _Retry(Exception):
-    pass
+class _Busy(Exception):
+    def __init__(self, result: DeleteResult) -> None:
+        super().__init__(", ".join(result.busy))
+        self.result = result
 
 
 @retry(
-    retry=retry_if_exception(_transient),
+    retry=retry_if_exception(lambda exc: isinstance(exc, _Busy)),
     stop=stop_after_attempt(6),
     wait=wait_exponential(multiplier=0.05, max=1),
     reraise=True,
 )
-def _delete_with_retries(path: Path, result: DeleteResult) -> None:
-    result.foreign.clear()
-    result.stuck.clear()
-    parent_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def _delete_once(path: Path) -> DeleteResult:
+    result = safefs.remove_tree(path.parent, path.name)
+    if result.busy and not (result.foreign or result.stuck):
+        raise _Busy(result)
+    return result
+
+
+def _delete_with_retries(path: Path) -> DeleteResult:
     try:
-        busy = _remove_entry(parent_fd, path.name, str(path), result)
-    finally:
-        os.close(parent_fd)
-    if busy:
-        raise _Retry(busy)
-
-
-_BUSY = {errno.EBUSY, errno.ENOTEMPTY, errno.EAGAIN}
-
-
-def _remove_entry(parent_fd: int, name: str, shown: str, result: DeleteResult) -> list[str]:
-    """Remove ``name`` (in directory ``parent_fd``) recursively; return paths to retry."""
-    busy: list[str] = []
-    me = os.geteuid()
-    try:
-        st = os.lstat(name, dir_fd=parent_fd)
-    except FileNotFoundError:
-        return busy
-    if stat.S_ISDIR(st.st_mode):
-        if st.st_uid == me and st.st_mode & 0o700 != 0o700:
-            os.chmod(name, stat.S_IMODE(st.st_mode) | 0o700, dir_fd=parent_fd)
-        try:
-            fd = os.open(
-                name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd
-            )
-        except PermissionError:
-            (result.foreign if st.st_uid != me else result.stuck).append(shown)
-            return busy
-        try:
-            with os.scandir(fd) as it:
-                entries = [e.name for e in it]
-            if entries and _foreign_unwritable(parent_fd, name, st, me):
-                # nothing in it can be unlinked by us: walking it (every unlink failing) is
-                # wasted work; the root helper removes it whole
-                result.foreign.append(shown)
-                return busy
-            for child in entries:
-                busy += _remove_entry(fd, child, f"{shown}/{child}", result)
-        finally:
-            os.close(fd)
-        try:
-            os.rmdir(name, dir_fd=parent_fd)
-        except OSError as exc:
-            if exc.errno in _BUSY and not (result.foreign or result.stuck):
-                busy.append(shown)
-            elif exc.errno not in _BUSY:
-                _record(exc, st, shown, result)
-        return busy
-    try:
-        os.unlink(name, dir_fd=parent_fd)
-        result.bytes_freed += st.st_blocks * 512 if st.st_nlink == 1 else 0
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        if exc.errno in _BUSY:
-            busy.append(shown)
-        else:
-            _record(exc, st, shown, result)
-    return busy
-
-
-def _foreign_unwritable(parent_fd: int, name: str, st: os.stat_result, me: int) -> bool:
-    """Whether the directory ``name`` is another user's and we may not write it."""
-    if me == 0 or st.st_uid == me:
-        return False
-    mode = os.W_OK | os.X_OK
-    return not os.access(name, mode, dir_fd=parent_fd, effective_ids=True, follow_symlinks=False)
-
-
-def _record(exc: OSError, st: os.stat_result, shown: str, result: DeleteResult) -> None:
-    if exc.errno in (errno.EACCES, errno.EPERM) and os.geteuid() != 0:
-        parent_uid = None
-        with contextlib.suppress(OSError):
-            parent_uid = os.lstat(os.path.dirname(shown)).st_uid
-        if parent_uid != os.geteuid() or st.st_uid != os.geteuid():
-            result.foreign.append(shown)
-            return
-    result.stuck.append(f"{shown} ({exc.strerror})")
+        result = _delete_once(path)
+    except _Busy as exc:  # still busy after the retries
+        result = exc.result
+        result.stuck += [f"{p} (busy)" for p in result.busy]
+    result.busy.clear()
+    return result
 
 
 def tree_size(path: Path) -> int:
     """Bytes used by the tree at ``path`` (no symlinks followed); 0 if absent."""
-    total = 0
-    for p in _walk_no_follow(path) if path.is_dir() and not path.is_symlink() else ():
-        with contextlib.suppress(OSError):
-            total += os.lstat(p).st_blocks * 512
-    return total
+    return safefs.tree_size(path)
 
 
 __all__ = [
     "DeleteResult",
     "delete_tree",
+    "ensure_job_repo",
     "make_writable_for",
     "setup_workspace",
     "tree_size",
-    "workspace_valid",
 ]

@@ -112,17 +112,17 @@ def store(jobs_root: Path) -> Store:
 
 @pytest.fixture
 def clones(monkeypatch) -> list[tuple[str, str]]:
-    """Every ``gitops.clone`` call as (source, dest): a counter around the real function."""
+    """Every workspace clone as (origin remote, dest): a counter around the real function."""
     calls: list[tuple[str, str]] = []
     guard = threading.Lock()
-    real = gitops.clone
+    real = gitops.clone_workspace
 
-    def counting(source: str, dest: Path, *, local: bool) -> None:
+    def counting(job_repo: Path, dest: Path, branch: str, commit: str, origin: str) -> None:
         with guard:
-            calls.append((source, str(dest)))
-        return real(source, dest, local=local)
+            calls.append((origin, str(dest)))
+        return real(job_repo, dest, branch, commit, origin)
 
-    monkeypatch.setattr(gitops, "clone", counting)
+    monkeypatch.setattr(gitops, "clone_workspace", counting)
     return calls
 
 
@@ -155,14 +155,15 @@ def test_fresh_setup_makes_a_real_clone_on_the_job_branch_at_the_source_head(
     assert git(ws, "remote", "get-url", "origin").strip() == str(source_repo)
 
 
-def test_local_source_objects_are_hardlinked_not_copied(store, source_repo):
+def test_workspace_objects_are_copies_sharing_no_file_with_the_source(store, source_repo):
     obj = head_of(source_repo)
     src_obj = source_repo / ".git" / "objects" / obj[:2] / obj[2:]
     assert src_obj.is_file()
-    ws = setup_workspace(store, new_job(store, source_repo, "linked"))
+    ws = setup_workspace(store, new_job(store, source_repo, "copied"))
     ws_obj = ws / ".git" / "objects" / obj[:2] / obj[2:]
-    assert os.stat(ws_obj).st_ino == os.stat(src_obj).st_ino
-    assert os.stat(src_obj).st_nlink >= 2
+    assert os.stat(ws_obj).st_ino != os.stat(src_obj).st_ino
+    assert os.stat(ws_obj).st_nlink == 1
+    assert not (ws / ".git" / "objects" / "info" / "alternates").exists()
 
 
 def test_default_ref_is_whatever_the_source_head_points_at(store, source_repo):
@@ -211,21 +212,22 @@ def test_ready_workspace_is_reused_without_a_new_clone(store, source_repo, clone
     assert len(clones) == 1
 
 
-def test_valid_workspace_whose_manifest_was_not_updated_is_adopted_not_recloned(
+def test_workspace_whose_manifest_was_not_updated_is_made_again_not_read(
     store, source_repo, clones
 ):
-    """A crash between the rename into place and the manifest write."""
+    """A crash between the rename into place and the manifest write: the host never reads a
+    workspace's repository to decide whether it is valid, so it is made again."""
     job_id = new_job(store, source_repo, "adopt")
     ws = setup_workspace(store, job_id)
-    inode = git_dir_inode(ws)
+    (ws / "stray.txt").write_text("x")
     with job_lock(store.job_dir(job_id)):
         job = store.load(job_id)
         job.workspace_state = WS_ABSENT
         store.save(job)
     assert setup_workspace(store, job_id) == ws
-    assert git_dir_inode(ws) == inode
+    assert not (ws / "stray.txt").exists()
     assert store.load(job_id).workspace_state == WS_READY
-    assert len(clones) == 1
+    assert len(clones) == 2
 
 
 def test_leftover_temp_clone_from_a_crash_is_removed_and_the_workspace_made(
@@ -287,33 +289,21 @@ def test_half_made_workspace_is_detected_removed_and_made_again(
 
 
 @pytest.mark.parametrize("gone", ["HEAD", "refs", "objects"])
-def test_workspace_marked_ready_but_partly_deleted_is_made_again(store, source_repo, clones, gone):
+def test_ready_workspace_with_a_broken_repository_is_kept_as_the_step_left_it(
+    store, source_repo, clones, gone
+):
+    """What a step did to its repository is its work, read only by the harvest helper (which
+    commits the files on the last harvest and mends the repository): setup never runs git in
+    it, never judges it, and never throws it away."""
     job_id = new_job(store, source_repo, "partly")
     ws = setup_workspace(store, job_id)
     target = ws / ".git" / gone
     shutil.rmtree(target) if target.is_dir() else target.unlink()
-    assert store.load(job_id).workspace_state == WS_READY
+    (ws / "work.txt").write_text("a step's work\n")
     got = setup_workspace(store, job_id)
-    assert_ready_clone(store, job_id, got, head_of(source_repo))
-    assert len(clones) == 2
-
-
-def test_partly_deleted_workspace_inside_another_repository_is_not_taken_for_ready(
-    tmp_path, clones
-):
-    """A jobs root inside a git repository that has the job branch: a workspace whose .git lost
-    its HEAD must not borrow the enclosing repository and pass for ready."""
-    outer = make_repo(tmp_path / "outer", {"outer.txt": "outer\n"})
-    source = make_repo(tmp_path / "src")
-    store = Store(outer / "jobs")
-    store.root.mkdir()
-    job_id = new_job(store, source, "nested")
-    git(outer, "branch", f"logist/{job_id}")
-    ws = setup_workspace(store, job_id)
-    (ws / ".git" / "HEAD").unlink()
-    got = setup_workspace(store, job_id)
-    assert_ready_clone(store, job_id, got, head_of(source))
-    assert len(clones) == 2
+    assert got == ws and (ws / "work.txt").read_text() == "a step's work\n"
+    assert not os.path.lexists(target)
+    assert len(clones) == 1
 
 
 # --- errors --------------------------------------------------------------------------------------
@@ -402,15 +392,15 @@ def test_setup_never_writes_to_the_source(store, source_repo):
 def test_making_the_workspace_writable_for_a_step_user_leaves_the_source_files_alone(
     store, source_repo, objects_mode
 ):
-    """The workspace shares its object files with the source (hardlinks): giving the workspace
-    to another uid must not chown or chmod the source's files, and the step can still read
-    every object (a private copy when the shared file is not readable by others)."""
+    """Giving the workspace to another uid must not chown or chmod the source's files, and
+    the step can read every object of its own copy."""
     for dirpath, _, filenames in os.walk(source_repo / ".git" / "objects"):
         for name in filenames:
             os.chmod(os.path.join(dirpath, name), objects_mode)
     before = source_state(source_repo)
-    ws = setup_workspace(store, new_job(store, source_repo, "chown"))
-    make_writable_for(ws, "4242:4242")
+    job_id = new_job(store, source_repo, "chown", user="4242:4242")
+    ws = setup_workspace(store, job_id)
+    make_writable_for(store, store.load(job_id), ws)
     assert source_state(source_repo) == before
     for dirpath, _, filenames in os.walk(ws / ".git" / "objects"):
         for name in filenames:
@@ -469,15 +459,15 @@ from logist.store import Store
 from logist.workspace import setup_workspace
 
 root, job_id, counter, go = sys.argv[1:5]
-real = gitops.clone
+real = gitops.clone_workspace
 
-def counting(source, dest, *, local):
+def counting(job_repo, dest, branch, commit, origin):
     fd = os.open(counter, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.write(fd, f"{os.getpid()} {dest}\n".encode())
     os.close(fd)
-    return real(source, dest, local=local)
+    return real(job_repo, dest, branch, commit, origin)
 
-gitops.clone = counting
+gitops.clone_workspace = counting
 while not os.path.exists(go):
     time.sleep(0.005)
 ws = setup_workspace(Store(Path(root)), job_id)
@@ -726,8 +716,9 @@ def test_remote_source_is_cloned_through_a_mirror_made_once(
     assert {k: v for k, v in after.items() if k in packs} == packs
     kinds = [args[0] for args in mirror_git_calls]
     assert kinds == ["clone", "fetch"], mirror_git_calls
-    # workspaces come from the mirror, never straight from the URL
-    assert [source for source, _ in clones] == [str(mirror), str(mirror)]
+    # one workspace clone per job, made from logist's repository of the job (itself a clone
+    # of the mirror: the URL was only reached by the mirror's clone and fetch above)
+    assert len(clones) == 2
     assert ws1 != ws2 and git_dir_inode(ws1) != git_dir_inode(ws2)
 
 
@@ -763,8 +754,7 @@ def test_file_url_source_goes_through_one_mirror_and_origin_is_the_url(
         assert git(ws, "remote", "get-url", "origin").strip() == url
     assert mirror_packs(store) == packs
     assert [args[0] for args in mirror_git_calls] == ["clone", "fetch"]
-    mirror = str(next((store.root / ".mirrors").glob("*.git")))
-    assert [source for source, _ in clones] == [mirror, mirror]
+    assert len(clones) == 2
     assert source_state(source_repo) == before
 
 
@@ -838,7 +828,7 @@ def test_engine_sets_the_workspace_up_once_before_the_first_of_two_steps(
         return real_setup(*args, **kwargs)
 
     def counting_create(*args, **kwargs):
-        events.append("container")
+        events.append("helper" if kwargs.get("step") == "helper" else "container")
         return real_create(*args, **kwargs)
 
     monkeypatch.setattr(engine, "setup_workspace", counting_setup)
@@ -846,7 +836,7 @@ def test_engine_sets_the_workspace_up_once_before_the_first_of_two_steps(
     job_id = new_job(store, source_repo, "engine-once", steps=EVIDENCE_STEPS, cleanup="never")
     result = engine.Engine(store, sink=None).run_job(job_id)
     assert result.error is None and result.exit_code == 0, result.error
-    assert events == ["setup", "container", "container"]
+    assert events == ["setup", "helper", "container", "container"]
     assert len(clones) == 1
     ws = store.workspace(job_id)
     inode = str(git_dir_inode(ws))

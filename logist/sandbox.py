@@ -1,0 +1,356 @@
+"""The only code that runs git over a workspace: inside a locked-down helper container.
+
+The helper (``logist/step:latest`` unless ``LOGIST_HELPER_IMAGE`` says otherwise; never the
+step's image) has no network, no capability but ``DAC_READ_SEARCH`` (it must read what a root
+step left unreadable), ``no-new-privileges``, and mounts only the workspace, logist's repository
+of the job (read-only) and an empty exchange directory. One helper is kept for a job's run and
+used through ``exec`` (cheaper than a container per harvest: see docs/performance.md).
+
+A harvest reads the workspace's refs and files as data, makes the step's commit on top of the
+last harvest, and writes a bundle into the exchange directory; ``logist/harvest.py`` copies it
+out without following links and fetches it (``fsck``) into the trusted repository. Nothing the
+helper prints or writes is trusted: the host checks it all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import stat
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from logist import containers
+from logist.errors import EnvironmentProblem, LogistError
+from logist.model import Job
+from logist.store import Store
+
+if TYPE_CHECKING:
+    from docker.models.containers import Container
+
+HELPER_IMAGE = "logist/step:latest"
+EXCHANGE = ".exchange"
+HELPER_TIMEOUT = 900  # seconds one harvest may take (a huge workspace), then it is killed
+MAX_OUTPUT = 1 << 20  # bytes of a helper's stdout we read; the rest is ignored
+
+# Runs as root in the helper with DAC_READ_SEARCH only. Arguments: branch, previous harvest
+# commit, message, nonce, ref namespace. Prints "commit C", "bundle NAME", "ref OID NAME" lines.
+HARVEST = r"""
+set -u
+branch=$1 P=$2 msg=$3 nonce=$4 ns=$5
+export HOME=/tmp GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null GIT_TERMINAL_PROMPT=0 LC_ALL=C
+export GIT_AUTHOR_NAME=logist GIT_AUTHOR_EMAIL=logist@localhost
+export GIT_COMMITTER_NAME=logist GIT_COMMITTER_EMAIL=logist@localhost
+unset GIT_DIR GIT_WORK_TREE GIT_INDEX_FILE GIT_OBJECT_DIRECTORY GIT_ALTERNATE_OBJECT_DIRECTORIES
+S=/tmp/logist-scratch W=/workspace
+UP="git -c safe.directory=* -c core.hooksPath=/dev/null upload-pack"
+warn() { printf 'warning: %s\n' "$*" >&2; }
+g() { git --git-dir="$S" -c core.hooksPath=/dev/null -c safe.directory='*' \
+      -c gc.auto=0 -c maintenance.auto=false -c core.fsmonitor=false "$@"; }
+if [ ! -f "$S/HEAD" ]; then
+  git init -q --bare "$S" || exit 10
+  echo /trusted/objects > "$S/objects/info/alternates"
+fi
+g for-each-ref --format='delete %(refname)' refs/ws/ refs/logist/ | g update-ref --stdin
+rm -f "$S/shallow"
+# 1. the workspace repository's refs, as data (any it cannot give are skipped)
+set --
+list=$(cd / && g ls-remote --symref --upload-pack "$UP" "$W" 2>/tmp/ls.err) || \
+  warn "the workspace's repository cannot be read; committing its files on the last harvest"
+for name in $(printf '%s\n' "$list" | grep -v '^ref: ' | cut -f2 | sort -u); do
+  case "$name" in
+    HEAD) set -- "$@" "+HEAD:refs/ws/HEAD" ;;
+    refs/heads/*|refs/tags/*|refs/stash) set -- "$@" "+$name:refs/ws/${name#refs/}" ;;
+  esac
+done
+fetch() { g fetch -q --no-tags --no-write-fetch-head --upload-pack "$UP" "$W" "$@" 2>/dev/null; }
+if [ $# -gt 0 ] && ! fetch "$@"; then
+  for spec in "$@"; do
+    fetch "$spec" || { spec=${spec#+}; warn "skipped ${spec%%:*}: its objects are missing"; }
+  done
+fi
+if [ -f "$S/shallow" ]; then
+  warn "the workspace's repository is shallow: its refs are skipped"
+  g for-each-ref --format='delete %(refname)' refs/ws/ | g update-ref --stdin; rm -f "$S/shallow"
+fi
+H=$(g rev-parse -q --verify 'refs/ws/HEAD^{commit}' 2>/dev/null) || H=
+# 2. the files, as they are, on top of the step's HEAD (or the last harvest)
+I=/tmp/logist-index.$nonce; rm -f "$I"
+start=${H:-$P}
+GIT_INDEX_FILE=$I g read-tree "$start" 2>/dev/null || GIT_INDEX_FILE=$I g read-tree "$P" || exit 11
+cd "$W" || exit 12
+GIT_INDEX_FILE=$I g --work-tree="$W" add -A --ignore-errors 2>/tmp/add.err || \
+  warn "some files could not be read: $(tail -n 1 /tmp/add.err)"
+T=$(GIT_INDEX_FILE=$I g --work-tree="$W" write-tree) || exit 13
+rm -f "$I"; cd /
+if [ -z "$H" ]; then set -- "$P"
+elif g merge-base --is-ancestor "$P" "$H" 2>/dev/null; then set -- "$H"
+elif g merge-base --is-ancestor "$H" "$P" 2>/dev/null; then set -- "$P"
+else set -- "$P" "$H"; fi
+if [ $# -eq 1 ] && [ "$(g rev-parse "$1^{tree}")" = "$T" ]; then C=$1
+else
+  parents=; for p in "$@"; do parents="$parents -p $p"; done
+  C=$(printf '%s\n' "$msg" | g commit-tree "$T" $parents) || exit 14
+fi
+echo "commit $C"
+sym=$(printf '%s\n' "$list" | sed -n 's|^ref: \(refs/[^	]*\)	HEAD$|\1|p')
+[ "$C" = "$H" ] && [ "$sym" = "refs/heads/$branch" ] && echo "current yes"
+# 3. other branches, tags and the stash: kept under refs/logist/<ns>/
+g update-ref "refs/heads/$branch" "$C"
+set -- ; [ "$C" = "$P" ] || set -- "refs/heads/$branch"
+have=$(git --git-dir=/trusted -c safe.directory='*' for-each-ref \
+       --format='%(objectname) %(refname)' "refs/logist/$ns/" 2>/dev/null)
+g for-each-ref --format='%(objectname) %(refname)' refs/ws/heads refs/ws/tags refs/ws/stash \
+  > /tmp/side
+while read -r oid ref; do
+  dest="refs/logist/$ns/${ref#refs/ws/}"
+  echo "ref $oid $dest"
+  case "$have" in *"$oid $dest"*) continue ;; esac
+  g update-ref "$dest" "$oid" && set -- "$@" "$dest"
+done < /tmp/side
+[ $# -gt 0 ] || exit 0
+excl="^$P"; for oid in $(printf '%s\n' "$have" | cut -d' ' -f1); do excl="$excl ^$oid"; done
+if g bundle create -q "/out/$nonce.bundle" "$@" $excl 2>/tmp/bundle.err; then
+  echo "bundle $nonce.bundle"
+elif [ -n "$(g rev-list --objects -n 1 "$@" $excl 2>/dev/null)" ]; then
+  cat /tmp/bundle.err >&2; exit 15
+fi
+"""
+
+# Runs as the step's user: the workspace's own repository shows the harvest (HEAD on the job
+# branch at the harvest commit, index matching it), so the next step starts clean. A
+# repository the step removed or broke is made anew. Nothing here lets the workspace's config
+# run a command: no hook (hooksPath), no gc, no working-tree operation by git in that
+# repository (the index is written by the helper's own repository and config).
+# Arguments: branch, harvest commit.
+WRITE_BACK = r"""
+set -u
+branch=$1 C=$2
+export HOME=/tmp GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null GIT_TERMINAL_PROMPT=0 LC_ALL=C
+unset GIT_DIR GIT_WORK_TREE GIT_INDEX_FILE GIT_OBJECT_DIRECTORY GIT_ALTERNATE_OBJECT_DIRECTORIES
+S=/tmp/logist-scratch
+UP="git -c safe.directory=* -c core.hooksPath=/dev/null upload-pack"
+cd /workspace || exit 20
+w() { git -c safe.directory='*' -c core.hooksPath=/dev/null -c core.fsmonitor=false \
+      -c gc.auto=0 -c maintenance.auto=false -c fetch.writeCommitGraph=false "$@"; }
+gd=$(w rev-parse --absolute-git-dir 2>/dev/null)
+if [ -L .git ] || [ ! -d .git ] || [ "$gd" != /workspace/.git ] \
+   || [ "$(w rev-parse --is-bare-repository 2>/dev/null)" != false ]; then
+  rm -rf .git && git init -q . >/dev/null || exit 21
+fi
+rm -f .git/index.lock
+w fetch -q --no-tags --no-write-fetch-head --update-head-ok --upload-pack "$UP" "$S" \
+  "+refs/heads/$branch:refs/heads/$branch" || exit 22
+w symbolic-ref HEAD "refs/heads/$branch" || exit 23
+export GIT_INDEX_FILE=/workspace/.git/index
+s() { git --git-dir="$S" --work-tree=/workspace -c safe.directory='*' \
+      -c core.fsmonitor=false "$@"; }
+s read-tree "$C" || exit 24
+s update-index -q --refresh >/dev/null 2>&1
+exit 0
+"""
+
+_LINE = re.compile(r"(commit|bundle|ref|current) (\S+)(?: (\S+))?")
+
+
+@dataclass
+class HarvestOutput:
+    """What a harvest helper said (untrusted: the host checks every item)."""
+
+    commit: str | None = None
+    bundle: str | None = None
+    refs: dict[str, str] = field(default_factory=dict)
+    current: bool = False  # the workspace's repository already shows the harvest
+    warnings: list[str] = field(default_factory=list)
+
+
+def parse_output(stdout: bytes, stderr: bytes) -> HarvestOutput:
+    """Read a helper's answer as data: only well-formed lines count."""
+    out = HarvestOutput()
+    for raw in stdout[:MAX_OUTPUT].decode("ascii", errors="replace").splitlines():
+        m = _LINE.fullmatch(raw.strip())
+        if not m:
+            continue
+        kind, a, b = m.groups()
+        if kind == "commit":
+            out.commit = a
+        elif kind == "bundle":
+            out.bundle = a
+        elif kind == "current":
+            out.current = True
+        elif b is not None:
+            out.refs[b] = a
+    for raw in stderr[:MAX_OUTPUT].decode(errors="replace").splitlines():
+        if raw.startswith("warning: "):
+            out.warnings.append(_printable(raw[len("warning: ") :])[:300])
+    return out
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def helper_image() -> str:
+    return os.environ.get("LOGIST_HELPER_IMAGE") or HELPER_IMAGE
+
+
+class Sandbox:
+    """A job's helper container: started on first use, removed by ``close`` (a context
+    manager). Labelled like the job's steps, so cleanup and the orphan sweep find it."""
+
+    def __init__(self, store: Store, job: Job) -> None:
+        self.store = store
+        self.job = job
+        self.job_dir = store.job_dir(job.id)
+        self.exchange = self.job_dir / EXCHANGE
+        self._container: Container | None = None
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the helper and prove the engine sees this job's directory (a marker written
+        here must be read there); ``EnvironmentProblem`` (exit 3) otherwise."""
+        if self._container is not None:
+            return
+        import docker
+
+        self._prepare_exchange()
+        cli = containers.client()
+        image = helper_image()
+        containers.ensure_image(cli, image, "missing")
+        mounts = [
+            docker.types.Mount("/workspace", str(self.job_dir / "workspace"), type="bind"),
+            docker.types.Mount(
+                "/trusted", str(self.job_dir / "repo.git"), type="bind", read_only=True
+            ),
+            docker.types.Mount("/out", str(self.exchange), type="bind"),
+        ]
+        try:
+            self._container = containers.create(
+                cli,
+                image=image,
+                command=["sleep", "infinity"],
+                job_id=self.job.id,
+                step="helper",
+                jobs_root=self.store.root,
+                mounts=mounts,
+                user="0:0",
+                network_mode="none",
+                cap_drop=["ALL"],
+                cap_add=["DAC_READ_SEARCH"],
+                security_opt=["no-new-privileges"],
+                pids_limit=512,
+                working_dir="/",
+            )
+        except docker.errors.APIError as exc:  # our own settings: the engine cannot do them
+            raise self._unseen(str(exc.explanation or exc)) from None
+        with containers.engine_errors("starting the harvest helper"):
+            self._container.start()
+        self._check_visible()
+
+    def close(self) -> None:
+        """Remove the helper (killed at once: it holds no work)."""
+        container, self._container = self._container, None
+        if container is not None:
+            with contextlib.suppress(LogistError):
+                containers.stop_and_remove([container], grace=0)
+
+    def _prepare_exchange(self) -> None:
+        """An empty exchange directory the helper (root without DAC_OVERRIDE) may write; the
+        job directory around it is private, so nobody else reaches it."""
+        ex = self.exchange
+        try:
+            st = os.lstat(ex)
+            if not stat.S_ISDIR(st.st_mode):
+                os.unlink(ex)
+        except FileNotFoundError:
+            pass
+        ex.mkdir(exist_ok=True)
+        for entry in os.scandir(ex):
+            if entry.is_dir(follow_symlinks=False):
+                continue  # the helper made it; never followed, removed with the job
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+        os.chmod(ex, 0o700 if os.geteuid() == 0 else 0o777)
+
+    def _check_visible(self) -> None:
+        token = secrets.token_hex(8)
+        marker = self.exchange / f"visible-{token}"
+        marker.write_text(token)
+        try:
+            code, out, _err = self._exec(["cat", f"/out/visible-{token}"], timeout=60)
+        finally:
+            marker.unlink(missing_ok=True)
+        if code != 0 or out.strip() != token.encode():
+            raise self._unseen("a file written there is not visible inside containers")
+
+    def _unseen(self, detail: str) -> EnvironmentProblem:
+        return EnvironmentProblem(
+            f"the engine at {containers.engine_location()} does not see {self.job_dir} "
+            f"at the same path ({detail.splitlines()[0][:200] if detail else 'no detail'}); "
+            "nothing ran: see `logist doctor`"
+        )
+
+    # --- work --------------------------------------------------------------------------------
+
+    def _exec(
+        self, command: list[str], *, user: str = "0:0", timeout: float = HELPER_TIMEOUT
+    ) -> tuple[int, bytes, bytes]:
+        """Run ``command`` in the helper; a helper removed meanwhile (``job cancel`` removes
+        every container of the job) is started again, once."""
+        import docker
+
+        wrapped = ["timeout", "-s", "KILL", str(int(timeout)), *command]
+        for attempt in (1, 2):
+            self.start()
+            assert self._container is not None
+            try:
+                with containers.engine_errors("running the harvest helper"):
+                    result = self._container.exec_run(wrapped, user=user, demux=True, workdir="/")
+                break
+            except docker.errors.APIError as exc:
+                gone = isinstance(exc, docker.errors.NotFound) or exc.status_code == 409
+                if attempt == 2 or not gone:
+                    raise
+                self._container = None
+        stdout, stderr = result.output if isinstance(result.output, tuple) else (None, None)
+        return int(result.exit_code or 0), stdout or b"", stderr or b""
+
+    def harvest(self, *, previous: str, message: str) -> HarvestOutput:
+        """Run the harvest script; ``HarvestFailed`` when the helper could not make a commit."""
+        nonce = secrets.token_hex(8)
+        args = [self.job.branch, previous, message, nonce, self.job.id]
+        code, stdout, stderr = self._exec(["sh", "-c", HARVEST, "harvest", *args])
+        out = parse_output(stdout, stderr)
+        if code != 0 or out.commit is None:
+            raise HarvestFailed(f"the harvest helper failed: {_last_line(stderr, code)}")
+        return out
+
+    def write_back(self, commit: str) -> list[str]:
+        """Make the workspace's repository show the harvest, as the step's user; returns
+        warnings (a failure here loses nothing: the harvest is already in logist's repo)."""
+        code, _out, err = self._exec(
+            ["sh", "-c", WRITE_BACK, "write-back", self.job.branch, commit], user=self.job.user
+        )
+        if code == 0:
+            return []
+        return [f"the workspace's repository was not updated: {_last_line(err, code)}"]
+
+
+def _last_line(stderr: bytes, code: int) -> str:
+    lines = stderr.decode(errors="replace").strip().splitlines()
+    return _printable(lines[-1])[:300] if lines else f"exit {code}"
+
+
+class HarvestFailed(LogistError):
+    """A harvest could not be made or was refused; the workspace is kept (exit 4)."""
+
+    exit_code = 4

@@ -1,0 +1,426 @@
+"""The workspace is untrusted: nothing a step writes runs on the host, reaches the source, or
+is lost (contract: "Trust boundary" and "Harvest"). Every test runs a hostile step against the
+real engine and checks the host afterwards."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import create_job, git, make_repo, wait_for
+from tests.helpers import job_status as status
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(180)]
+
+IDENTITY = (
+    "--env",
+    "GIT_AUTHOR_NAME=agent",
+    "--env",
+    "GIT_AUTHOR_EMAIL=agent@example.com",
+    "--env",
+    "GIT_COMMITTER_NAME=agent",
+    "--env",
+    "GIT_COMMITTER_EMAIL=agent@example.com",
+)
+HOOKS = (
+    "pre-commit",
+    "prepare-commit-msg",
+    "commit-msg",
+    "post-commit",
+    "post-checkout",
+    "post-index-change",
+    "reference-transaction",
+    "post-rewrite",
+    "pre-auto-gc",
+    "fsmonitor-watchman",
+    "post-merge",
+)
+
+
+def arm(marker: Path) -> str:
+    """A step that arms every way git could be made to run a command over its repository: each
+    would create ``<marker>-<how>`` if git ran on the host with the workspace as repository."""
+    m = str(marker)
+    hooks = " ".join(HOOKS)
+    return f"""
+set -e
+git config core.fsmonitor "touch {m}-fsmonitor"
+git config filter.evil.clean "touch {m}-clean; cat"
+git config filter.evil.smudge "touch {m}-smudge; cat"
+git config filter.evil.process "touch {m}-process"
+git config diff.evil.textconv "touch {m}-textconv; cat"
+git config core.sshCommand "touch {m}-ssh"
+git config core.pager "touch {m}-pager"
+git config core.editor "touch {m}-editor"
+git config core.askPass "touch {m}-askpass"
+git config gc.auto 1
+git config uploadpack.packObjectsHook "touch {m}-packhook"
+printf '[core]\\n\\tfsmonitor = touch {m}-include\\n' > evil.cfg
+git config include.path /workspace/evil.cfg
+printf '* filter=evil diff=evil\\n' > .gitattributes
+mkdir -p .git/hooks myhooks
+for h in {hooks}; do
+  printf '#!/bin/sh\\ntouch {m}-hook-%s\\n' "$h" > .git/hooks/$h
+  cp .git/hooks/$h myhooks/$h
+done
+chmod +x .git/hooks/* myhooks/*
+git config core.hooksPath myhooks
+echo armed > armed.txt
+"""
+
+
+def markers(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("pwned"))
+
+
+def objects_digest(repo: Path) -> dict[str, str]:
+    """sha256 of every file under the repository's ``objects`` directory."""
+    objects = repo / ".git" / "objects"
+    return {
+        str(p.relative_to(objects)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(objects.rglob("*"))
+        if p.is_file()
+    }
+
+
+def repo_state(repo: Path) -> tuple[str, str, bytes]:
+    """Refs, HEAD and index of a repository, as bytes to compare."""
+    gitdir = repo / ".git"
+    index = gitdir / "index"
+    return (
+        git(repo, "for-each-ref", "--format=%(refname) %(objectname)"),
+        (gitdir / "HEAD").read_text(),
+        index.read_bytes() if index.exists() else b"",
+    )
+
+
+def all_object_bytes(repo_or_bundle: Path, tmp_path: Path) -> bytes:
+    """The content of every object of a repository (or of a bundle, unpacked)."""
+    if repo_or_bundle.is_file():
+        unpacked = tmp_path / f"unbundled-{repo_or_bundle.stat().st_ino}"
+        subprocess.run(["git", "init", "-q", "--bare", str(unpacked)], check=True)
+        git(unpacked, "fetch", "-q", str(repo_or_bundle), "+refs/*:refs/*")
+        repo_or_bundle = unpacked
+    return subprocess.run(
+        ["git", "-c", "safe.directory=*", "cat-file", "--batch-all-objects", "--batch"],
+        cwd=repo_or_bundle,
+        capture_output=True,
+        check=True,
+    ).stdout
+
+
+def run_job(logist, repo: Path, *steps: str, extra: tuple[str, ...] = ()):
+    job = create_job(logist, repo, *steps, extra=(*IDENTITY, *extra))
+    return job, logist("job", "run", job)
+
+
+def show(repo: Path, job: str, path: str) -> str:
+    return git(repo, "show", f"logist/{job}:{path}")
+
+
+# --- nothing runs on the host ----------------------------------------------------------------
+
+
+def test_hostile_git_config_hooks_and_attributes_never_run_on_the_host_through_run_and_step(
+    logist, source_repo, tmp_path
+):
+    marker = tmp_path / "pwned"
+    job, out = run_job(logist, source_repo, arm(marker), "echo more > more.txt")
+    assert out.returncode == 0, out.stderr
+    assert markers(tmp_path) == []
+    assert show(source_repo, job, "armed.txt") == "armed\n"
+    assert show(source_repo, job, "more.txt") == "more\n"
+    # one step at a time, then a cleanup of the kept workspace
+    job2 = create_job(
+        logist, source_repo, arm(marker), "echo x", extra=(*IDENTITY, "--cleanup", "never")
+    )
+    assert logist("job", "step", job2).returncode == 0
+    assert logist("job", "step", job2).returncode == 0
+    assert logist("job", "cleanup", job2).returncode == 0
+    assert markers(tmp_path) == []
+
+
+def test_hostile_repository_never_runs_on_the_host_through_cancel_sweep_and_resume(
+    logist, source_repo, tmp_path, jobs_root, docker_client
+):
+    from tests.test_steps import popen_logist, running_step
+
+    marker = tmp_path / "pwned"
+    # cancel from another process while a later step runs
+    job = create_job(logist, source_repo, arm(marker), "sleep 300", extra=IDENTITY)
+    with running_step(jobs_root, docker_client, job, 2) as runner:
+        assert logist("job", "cancel", job, "--grace", "0").returncode == 0
+        runner.wait(timeout=60)
+    assert status(logist, job)["state"] == "canceled"
+    assert show(source_repo, job, "armed.txt") == "armed\n"
+    # a runner SIGKILLed mid-step: resumed in its (hostile) workspace, then swept
+    job2 = create_job(logist, source_repo, arm(marker), "sleep 300", extra=IDENTITY)
+    with running_step(jobs_root, docker_client, job2, 2) as runner:
+        runner.send_signal(signal.SIGKILL)
+        runner.wait(timeout=30)
+    resumed = popen_logist(jobs_root, "job", "run", job2)
+    wait_for(
+        lambda: any(
+            c.labels.get("logist.step") == "2"
+            for c in docker_client.containers.list(
+                filters={"label": [f"logist.jobs-dir={jobs_root}", f"logist.job={job2}"]}
+            )
+        ),
+        what="the resumed step",
+    )
+    resumed.send_signal(signal.SIGKILL)
+    resumed.wait(timeout=30)
+    sweep = logist("job", "cleanup", "--stale", "--json")
+    assert sweep.returncode == 0, sweep.stderr
+    assert status(logist, job2)["state"] == "interrupted"
+    assert show(source_repo, job2, "armed.txt") == "armed\n"
+    assert markers(tmp_path) == []
+
+
+# --- the source cannot be changed ------------------------------------------------------------
+
+
+def test_overwriting_every_object_file_leaves_the_source_intact_and_usable(
+    logist, source_repo, tmp_path
+):
+    before = objects_digest(source_repo)
+    job, out = run_job(
+        logist,
+        source_repo,
+        "chmod -R u+w .git/objects && "
+        "find .git/objects -type f -exec sh -c 'printf garbage > \"$1\"' _ {} \\; && "
+        "echo still > still.txt",
+    )
+    assert out.returncode == 0, out.stderr
+    after = objects_digest(source_repo)
+    assert {k: after.get(k) for k in before} == before  # new files only: the job's branch
+    subprocess.run(
+        ["git", "-C", str(source_repo), "fsck", "--full", "--strict"],
+        check=True,
+        capture_output=True,
+    )
+    assert show(source_repo, job, "still.txt") == "still\n"
+    job2, out2 = run_job(logist, source_repo, "cat README.md > copy.txt")
+    assert out2.returncode == 0, out2.stderr
+    assert show(source_repo, job2, "copy.txt") == "hello\n"
+
+
+@pytest.mark.parametrize("how", ["symlink", "gitdir-file", "gitdir-file-to-source"])
+def test_a_redirected_dot_git_never_touches_the_repository_it_points_at(
+    logist, source_repo, tmp_path, how
+):
+    other = make_repo(tmp_path / "other", {"o.txt": "other\n"})
+    target = source_repo if how == "gitdir-file-to-source" else other
+    before = {r: repo_state(r) for r in (source_repo, other)}
+    redirect = (
+        f"rm -rf .git && ln -s {target}/.git .git"
+        if how == "symlink"
+        else f"rm -rf .git && echo 'gitdir: {target}/.git' > .git"
+    )
+    job, out = run_job(logist, source_repo, f"{redirect} && echo mine > mine.txt")
+    assert out.returncode == 0, out.stderr
+    assert repo_state(other) == before[other]
+    src_refs, src_head, src_index = repo_state(source_repo)
+    assert (src_head, src_index) == before[source_repo][1:]
+    branch = f"refs/heads/logist/{job} {git(source_repo, 'rev-parse', f'logist/{job}').strip()}\n"
+    assert src_refs.replace(branch, "") == before[source_repo][0]
+    assert show(source_repo, job, "mine.txt") == "mine\n"
+
+
+def test_alternates_and_worktree_pointing_at_host_paths_leak_nothing(logist, source_repo, tmp_path):
+    token = "SECRET-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:16]
+    secret_repo = make_repo(tmp_path / "secret", {"s.txt": f"{token}\n"})
+    secret_dir = tmp_path / "secret-dir"
+    secret_dir.mkdir()
+    (secret_dir / "t.txt").write_text(f"{token}\n")
+    job, out = run_job(
+        logist,
+        source_repo,
+        f"echo {secret_repo}/.git/objects > .git/objects/info/alternates && "
+        f"git update-ref refs/heads/stolen $(git -C {secret_repo} rev-parse HEAD 2>/dev/null "
+        f"|| echo {git(secret_repo, 'rev-parse', 'HEAD').strip()}) || true; "
+        f"git config core.worktree {secret_dir}; echo w > w.txt",
+        extra=("--cleanup", "never"),
+    )
+    assert out.returncode == 0, out.stderr
+    bundle = Path(status(logist, job)["result"]["bundle"])
+    assert token.encode() not in all_object_bytes(bundle, tmp_path)
+    assert token.encode() not in all_object_bytes(source_repo, tmp_path)
+    assert show(source_repo, job, "w.txt") == "w\n"
+
+
+def test_a_gitmodules_that_fsck_rejects_never_enters_the_source(logist, source_repo, tmp_path):
+    evil = "--upload-pack=touch-pwned"
+    job, out = run_job(
+        logist,
+        source_repo,
+        f"printf '[submodule \"x\"]\\n\\tpath = x\\n\\turl = {evil}\\n' > .gitmodules",
+    )
+    assert out.returncode == 4, out.stderr
+    assert "refused" in out.stderr
+    assert "Traceback" not in out.stderr
+    st = status(logist, job)
+    assert st["state"] == "failed"
+    assert st["workspace"]["state"] == "ready"  # kept for a person to look at
+    assert evil.encode() not in all_object_bytes(source_repo, tmp_path)
+    assert logist("job", "cleanup", job, "--force").returncode in (0, 4)
+
+
+# --- no work is lost ---------------------------------------------------------------------------
+
+
+def test_work_committed_on_another_branch_lands_on_the_job_branch(logist, source_repo):
+    job, out = run_job(
+        logist,
+        source_repo,
+        "git switch -q -c fix && echo fix > fix.txt && git add fix.txt && git commit -qm fix "
+        "&& echo loose > loose.txt",
+    )
+    assert out.returncode == 0, out.stderr
+    assert show(source_repo, job, "fix.txt") == "fix\n"
+    assert show(source_repo, job, "loose.txt") == "loose\n"
+    subjects = git(source_repo, "log", "--format=%s", f"logist/{job}").splitlines()
+    assert "fix" in subjects
+
+
+def test_work_on_a_detached_head_lands_on_the_job_branch(logist, source_repo):
+    job, out = run_job(
+        logist,
+        source_repo,
+        "git checkout -q --detach && echo d > d.txt && git add d.txt && git commit -qm detached",
+    )
+    assert out.returncode == 0, out.stderr
+    assert show(source_repo, job, "d.txt") == "d\n"
+    assert "detached" in git(source_repo, "log", "--format=%s", f"logist/{job}")
+
+
+def test_other_branches_tags_and_the_stash_are_kept_in_the_result_bundle(
+    logist, source_repo, jobs_root, tmp_path
+):
+    job, out = run_job(
+        logist,
+        source_repo,
+        "git switch -q -c other && echo o > o.txt && git add o.txt && git commit -qm other && "
+        "git tag v1 && git switch -q - && echo s > s.txt && git add s.txt && git stash -q",
+    )
+    assert out.returncode == 0, out.stderr
+    heads = git(tmp_path, "bundle", "list-heads", str(jobs_root / job / "result.bundle"))
+    names = {line.split()[1]: line.split()[0] for line in heads.splitlines()}
+    assert f"refs/logist/{job}/heads/other" in names
+    assert f"refs/logist/{job}/tags/v1" in names
+    assert f"refs/logist/{job}/stash" in names
+    clone = tmp_path / "check"
+    git(tmp_path, "init", "-q", str(clone))
+    git(clone, "fetch", "-q", str(jobs_root / job / "result.bundle"), "+refs/*:refs/*")
+    assert git(clone, "show", f"refs/logist/{job}/heads/other:o.txt") == "o\n"
+    assert git(clone, "show", f"refs/logist/{job}/stash:s.txt") == "s\n"
+
+
+def test_a_removed_dot_git_still_commits_the_files_on_the_last_harvest(logist, source_repo):
+    job, out = run_job(
+        logist,
+        source_repo,
+        "echo one > one.txt",
+        "rm -rf .git && echo two > two.txt",
+        "git log --format=%s -1 && echo three > three.txt",
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"logist: {job} step 2" in out.stdout  # step 3 saw the harvest in its repository
+    for name in ("one", "two", "three"):
+        assert show(source_repo, job, f"{name}.txt") == f"{name}\n"
+    subjects = git(source_repo, "log", "--format=%s", f"logist/{job}").splitlines()
+    assert subjects[:3] == [f"logist: {job} step {n}" for n in (3, 2, 1)]
+
+
+@pytest.mark.parametrize(
+    "rewrite",
+    [
+        "git reset -q --hard HEAD~1",
+        "git commit -q --amend -m amended",
+        "git checkout -q --orphan fresh && git rm -rqf --cached . && "
+        "git commit -q --allow-empty -m x",
+    ],
+)
+def test_rewritten_history_keeps_every_earlier_harvest_reachable(logist, source_repo, rewrite):
+    job, out = run_job(
+        logist, source_repo, "echo one > one.txt", f"{rewrite} && echo two > two.txt"
+    )
+    assert out.returncode == 0, out.stderr
+    first = git(source_repo, "log", "--format=%H %s", f"logist/{job}")
+    step1 = next(line.split()[0] for line in first.splitlines() if line.endswith("step 1"))
+    subprocess.run(
+        ["git", "-C", str(source_repo), "merge-base", "--is-ancestor", step1, f"logist/{job}"],
+        check=True,
+    )
+    assert show(source_repo, job, "two.txt") == "two\n"
+
+
+def test_dangling_refs_and_broken_alternates_are_skipped_with_a_warning(logist, source_repo):
+    job, out = run_job(
+        logist,
+        source_repo,
+        "echo 0123456789abcdef0123456789abcdef01234567 > .git/refs/heads/dangling && "
+        "echo /nowhere/objects > .git/objects/info/alternates && echo kept > kept.txt",
+    )
+    assert out.returncode == 0, out.stderr
+    assert "warning" in out.stderr
+    assert status(logist, job)["state"] == "succeeded"
+    assert show(source_repo, job, "kept.txt") == "kept\n"
+
+
+def test_workspace_shares_no_file_with_the_source(logist, source_repo, jobs_root):
+    job = create_job(logist, source_repo, "true", extra=("--cleanup", "never"))
+    assert logist("job", "run", job).returncode == 0
+    ws = jobs_root / job / "workspace"
+    source_inodes = {
+        (p.stat().st_dev, p.stat().st_ino) for p in (source_repo / ".git").rglob("*") if p.is_file()
+    }
+    for p in ws.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            assert (p.stat().st_dev, p.stat().st_ino) not in source_inodes, p
+    assert not (ws / ".git" / "objects" / "info" / "alternates").exists()
+
+
+def test_fifos_unreadable_files_a_bare_flag_and_a_broken_index_lose_nothing(logist, source_repo):
+    job, out = run_job(
+        logist,
+        source_repo,
+        "mkfifo pipe && echo secret > locked.txt && chmod 000 locked.txt && "
+        "mkdir closed && echo in > closed/in.txt && chmod 000 closed && "
+        "git config core.bare true && echo garbage > .git/index && touch .git/index.lock",
+        'git status --porcelain && test -z "$(git status --porcelain)" && echo clean',
+        extra=("--user", "1234:1234"),
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("clean")
+    assert show(source_repo, job, "locked.txt") == "secret\n"
+    assert show(source_repo, job, "closed/in.txt") == "in\n"
+
+
+def test_the_harvest_helper_is_locked_down_and_never_the_steps_image(
+    logist, source_repo, jobs_root, docker_client
+):
+    from tests.test_steps import running_step
+
+    job = create_job(logist, source_repo, "sleep 300", extra=("--image", "logist/busybox:latest"))
+    with running_step(jobs_root, docker_client, job, 1) as runner:
+        helpers = docker_client.containers.list(
+            filters={"label": [f"logist.jobs-dir={jobs_root}", f"logist.job={job}"]}
+        )
+        helper = next(c for c in helpers if c.labels.get("logist.step") == "helper")
+        hc = helper.attrs["HostConfig"]
+        assert helper.attrs["Config"]["Image"] == "logist/step:latest"
+        assert hc["NetworkMode"] == "none"
+        assert hc["CapDrop"] == ["ALL"] and hc["CapAdd"] == ["DAC_READ_SEARCH"]
+        assert "no-new-privileges" in hc["SecurityOpt"]
+        assert not hc["Privileged"]
+        mounts = {m["Destination"]: m for m in helper.attrs["Mounts"]}
+        assert set(mounts) == {"/workspace", "/trusted", "/out"}
+        assert mounts["/trusted"]["RW"] is False
+        assert all(m["Type"] == "bind" for m in mounts.values())
+        assert logist("job", "cancel", job, "--grace", "0").returncode == 0
+        runner.wait(timeout=60)
