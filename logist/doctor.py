@@ -77,7 +77,14 @@ def _visible(cli, store: Store, images: list[str]) -> Check:
     if not images:
         return Check("jobs-root-visible", False, "no default image to check with")
     marker = store.root / f".doctor-{secrets.token_hex(4)}"
+    import docker
+
     root = str(store.root)
+    unseen = (
+        f"the engine does not see {root} at the same path (mount it at the same path when "
+        "logist runs in a container; a DOCKER_HOST on another machine cannot run jobs of this "
+        "jobs root): jobs will exit 3 before their first step"
+    )
     try:
         marker.write_text("logist")
         code, logs = containers.run_helper(
@@ -91,14 +98,9 @@ def _visible(cli, store: Store, images: list[str]) -> Check:
             timeout=60,
         )
         ok = code == 0 and "logist" in logs
-        return Check(
-            "jobs-root-visible",
-            ok,
-            f"the engine sees {root}"
-            if ok
-            else f"the engine does not see {root} at the same path (mount it at the same "
-            "path when logist runs in a container)",
-        )
+        return Check("jobs-root-visible", ok, f"the engine sees {root}" if ok else unseen)
+    except docker.errors.APIError as exc:  # the bind mount refused: no such path over there
+        return Check("jobs-root-visible", False, f"{unseen} ({exc.explanation})")
     except LogistError as exc:
         return Check("jobs-root-visible", False, str(exc))
     finally:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build logist's images: logist/busybox:latest, logist/step:latest and logist/logist:latest.
-# Idempotent: an image that exists is skipped unless --rebuild is given.
+# Idempotent: an image that exists and was built from the same inputs (a hash of its Dockerfile
+# and sources, kept in its label logist.source) is skipped unless --rebuild is given.
 # The base of the Debian images is $BASE_IMAGE (default debian:bookworm-slim). When it is not
 # present and cannot be pulled (no registry), a minimal Debian rootfs is made with debootstrap
 # from the mirror the machine's apt sources name, imported as logist/base:<suite>, and used.
@@ -24,7 +25,11 @@ LOCAL_BASE="logist/base:$SUITE"
 
 say() { echo "build-images: $*" >&2; }
 have() { docker image inspect "$1" >/dev/null 2>&1; }
-wanted() { [ "$REBUILD" = 1 ] || ! have "$1"; }
+source_of() { docker image inspect -f '{{index .Config.Labels "logist.source"}}' "$1" 2>/dev/null; }
+inputs() { cat "$@" | sha256sum | cut -c1-16; }  # a hash of the files an image is made of
+wanted() {  # wanted TAG HASH
+  [ "$REBUILD" = 1 ] || ! have "$1" || [ "$(source_of "$1")" != "$2" ]
+}
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo -n "$@"; fi; }
 
 apt_install() {
@@ -76,26 +81,31 @@ build() {  # build TAG CONTEXT [docker build args...]
     cat /tmp/logist-build.log >&2; say "building $tag failed"; return 1; }
 }
 
-if wanted logist/busybox:latest; then
-  dpkg -s busybox-static >/dev/null 2>&1 || apt_install busybox-static
-  bb=/bin/busybox
+dpkg -s busybox-static >/dev/null 2>&1 || apt_install busybox-static
+BUSYBOX_SRC=$(inputs images/busybox/Dockerfile /bin/busybox)
+STEP_SRC=$(inputs images/step/Dockerfile)
+LOGIST_SRC=$(inputs Dockerfile pyproject.toml logist/*.py)
+
+if wanted logist/busybox:latest "$BUSYBOX_SRC"; then
   ctx=$(mktemp -d /tmp/logist-busybox.XXXXXX)
-  cp images/busybox/Dockerfile "$ctx/" && cp "$bb" "$ctx/busybox"
-  build logist/busybox:latest "$ctx"
+  cp images/busybox/Dockerfile "$ctx/" && cp /bin/busybox "$ctx/busybox"
+  build logist/busybox:latest "$ctx" --label "logist.source=$BUSYBOX_SRC"
   rm -rf "$ctx"
 fi
 
-if wanted logist/step:latest || wanted logist/logist:latest; then
+if wanted logist/step:latest "$STEP_SRC" || wanted logist/logist:latest "$LOGIST_SRC"; then
   base=$(resolve_base)
-  if wanted logist/step:latest; then
-    build logist/step:latest images/step --build-arg "BASE_IMAGE=$base"
+  if wanted logist/step:latest "$STEP_SRC"; then
+    build logist/step:latest images/step --build-arg "BASE_IMAGE=$base" \
+      --label "logist.source=$STEP_SRC"
   fi
-  if wanted logist/logist:latest; then
+  if wanted logist/logist:latest "$LOGIST_SRC"; then
     rm -rf build/wheels
     "$PYTHON" -m pip wheel -q --disable-pip-version-check -w build/wheels . 2>&1 |
       grep -v "is ignored: it is neither a file nor a directory" >&2 || true
     ls build/wheels/logist-*.whl >/dev/null
-    build logist/logist:latest . --build-arg "BASE_IMAGE=$base"
+    build logist/logist:latest . --build-arg "BASE_IMAGE=$base" \
+      --label "logist.source=$LOGIST_SRC"
   fi
 fi
 say "images ready: $(docker images --format '{{.Repository}}:{{.Tag}}' | grep '^logist/' | sort | tr '\n' ' ')"

@@ -1,0 +1,94 @@
+"""A step never runs where the engine cannot see the job's workspace (issue: logist in a
+container, a remote DOCKER_HOST, another mount namespace): exit 3, nothing ran, nothing left."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]
+
+LOGIST_IMAGE = "logist/logist:latest"
+SCRIPT = """
+set -u
+git init -q /src && git -C /src -c user.name=a -c user.email=a@a commit -q --allow-empty -m init
+logist --jobs-dir {root} job create vis --repo /src --step 'echo ran > ran.txt' >/dev/null
+logist --jobs-dir {root} job run vis 2>/tmp/err; echo "rc=$?"
+echo "stderr=$(cat /tmp/err)"
+logist --jobs-dir {root} job status vis --json
+"""
+
+
+def run_logist_in_container(docker_client, root: str, volumes: dict) -> tuple[int, str, dict]:
+    """Run a job with logist inside ``logist/logist:latest`` against the host's engine."""
+    container = docker_client.containers.run(
+        LOGIST_IMAGE,
+        entrypoint=["sh", "-c", SCRIPT.format(root=root)],
+        volumes={"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"}, **volumes},
+        detach=True,
+    )
+    try:
+        container.wait(timeout=180)
+        out = container.logs().decode()
+    finally:
+        container.remove(force=True)
+        for c in docker_client.containers.list(
+            all=True, filters={"label": f"logist.jobs-dir={root}"}
+        ):
+            c.remove(force=True)
+    code = int(next(line for line in out.splitlines() if line.startswith("rc="))[3:])
+    stderr = next(line for line in out.splitlines() if line.startswith("stderr="))[7:]
+    status = json.loads(out[out.index("{") :])
+    return code, stderr, status
+
+
+def test_logist_in_a_container_without_the_jobs_root_at_the_same_path_runs_nothing(
+    docker_client,
+):
+    root = f"/logist-unseen-{secrets.token_hex(4)}"  # exists only inside logist's container
+    code, stderr, status = run_logist_in_container(docker_client, root, {})
+    assert code == 3, stderr
+    assert "does not see" in stderr and "logist doctor" in stderr
+    assert "Traceback" not in stderr
+    assert status["state"] == "pending"
+    assert [s["state"] for s in status["steps"]] == ["pending"]
+    assert not Path(root).exists(), "the engine made the bind-mount path on its host"
+
+
+def test_logist_in_a_container_with_the_jobs_root_at_the_same_path_runs_the_job(
+    docker_client, tmp_path
+):
+    root = tmp_path / "jobs"
+    root.mkdir()
+    code, stderr, status = run_logist_in_container(
+        docker_client, str(root), {str(root): {"bind": str(root), "mode": "rw"}}
+    )
+    assert code == 0, stderr
+    assert status["state"] == "succeeded"
+    assert (root / "vis" / "result.bundle").is_file()
+
+
+def test_step_and_helper_containers_use_bind_mounts_that_fail_on_a_missing_source(
+    docker_client, tmp_path
+):
+    """What logist sends: ``Mounts`` of type bind (the engine refuses a missing source), never
+    ``Binds`` (which makes an empty directory on the engine's host)."""
+    import docker
+
+    from logist import containers
+
+    missing = tmp_path / "not-there"
+    with pytest.raises(docker.errors.APIError) as err:
+        containers.run_helper(
+            docker_client,
+            image="logist/busybox:latest",
+            command=["true"],
+            job_id="vis",
+            jobs_root=tmp_path,
+            binds={str(missing): ("/x", False)},
+        )
+    assert err.value.is_client_error()
+    assert not missing.exists()
