@@ -190,7 +190,9 @@ class Engine:
             self._back_to_pending(job, INTERRUPTED, str(exc))
             if ws is not None:
                 with contextlib.suppress(LogistError):
-                    harvest_leftover(store, job, ws)
+                    harvest_leftover(store, job, ws)  # needs the engine: may well fail
+                with contextlib.suppress(LogistError):
+                    finish(store, job)  # host only: what was harvested lands
             raise
         except HarvestFailed as exc:  # refused work: kept in its workspace, never cleaned up
             if job.state == RUNNING:

@@ -257,10 +257,16 @@ class Sandbox:
         self._check_visible()
 
     def close(self) -> None:
-        """Remove the helper (killed at once: it holds no work)."""
+        """Remove the helper (killed at once: it holds no work). An engine that went away
+        leaves it to the orphan sweep (its owner label names this process)."""
+        import docker
+
         container, self._container = self._container, None
         if container is not None:
-            with contextlib.suppress(LogistError):
+            with (
+                contextlib.suppress(LogistError, docker.errors.APIError),
+                containers.engine_errors("removing the harvest helper"),
+            ):
                 containers.stop_and_remove([container], grace=0)
 
     def _prepare_exchange(self) -> None:

@@ -140,7 +140,7 @@ def test_sigkilled_run_is_inactive_at_once_swept_then_resumed_to_success(
 
     report = sweep(logist)
     assert [c["job"] for c in report["cleaned"]] == [job]
-    assert report["cleaned"][0]["containers_removed"] == 1
+    assert report["cleaned"][0]["containers_removed"] == 2  # the step's and the job's helper
     assert not labelled(docker_client, jobs_root)
     assert not (jobs_root / job / "workspace").exists()
     manifest = json.loads((jobs_root / job / "job.json").read_text())
@@ -200,6 +200,7 @@ def engine2(tmp_path_factory):
     eng = Engine2(Path("/tmp/logist-test-engine2"))
     eng.start()
     eng.load("logist/busybox:latest")
+    eng.load("logist/step:latest")  # the harvest helper's image
     yield eng
     eng.stop()
 

@@ -392,7 +392,8 @@ def test_fifos_unreadable_files_a_bare_flag_and_a_broken_index_lose_nothing(logi
         "mkfifo pipe && echo secret > locked.txt && chmod 000 locked.txt && "
         "mkdir closed && echo in > closed/in.txt && chmod 000 closed && "
         "git config core.bare true && echo garbage > .git/index && touch .git/index.lock",
-        'git status --porcelain && test -z "$(git status --porcelain)" && echo clean',
+        "chmod 755 closed && chmod 644 locked.txt && git status --porcelain && "
+        'test -z "$(git status --porcelain)" && echo clean',
         extra=("--user", "1234:1234"),
     )
     assert out.returncode == 0, out.stderr
