@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 from logist import containers
 from logist.errors import LogistError
-from logist.store import Store
+from logist.store import Store, private_problem
 
 DEFAULT_IMAGES = ("logist/step:latest", containers.BUSYBOX)
 
@@ -38,6 +38,7 @@ def run_checks(store: Store) -> list[Check]:
     except LogistError as exc:
         checks.append(Check("engine", False, str(exc)))
     checks.append(_writable(store))
+    checks.append(_private(store))
     if cli is None:
         checks.append(Check("jobs-root-visible", False, "no engine to check with"))
         checks.append(Check("images", False, "no engine to check with"))
@@ -70,6 +71,15 @@ def _writable(store: Store) -> Check:
         return Check("jobs-root-writable", True, str(store.root))
     except OSError as exc:
         return Check("jobs-root-writable", False, f"{store.root}: {exc.strerror}")
+
+
+def _private(store: Store) -> Check:
+    """The jobs root is private to the user running logist (a step's setuid file stays ours)."""
+    try:
+        problem = private_problem(store.root)
+    except OSError as exc:
+        return Check("jobs-root-private", False, f"{store.root}: {exc.strerror}")
+    return Check("jobs-root-private", problem is None, problem or f"{store.root} is 0700, yours")
 
 
 def _visible(cli, store: Store, images: list[str]) -> Check:
