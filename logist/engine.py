@@ -301,6 +301,13 @@ class Engine:
         job.stop_running(state, error)
         self.store.save(job)
 
+    def _not_started(self, job: Job, step: Step, exc: Rejected) -> Rejected:
+        """A step that could not start for the user's input is failed (so will be the job)."""
+        step.move(FAILED)
+        step.error, step.finished_at = str(exc), now()
+        self.store.save(job)
+        return exc
+
     def _run_step(self, job: Job, step: Step, ws: Path) -> None:
         store = self.store
         job_dir = store.job_dir(job.id)
@@ -310,13 +317,52 @@ class Engine:
         step.log = str(log_path)
         store.save(job)
         try:
-            secrets = read_secrets(job.secrets)
-            container = self._create_container(job, step, ws, secrets)
-        except Rejected as exc:  # nothing started: the step failed before it ran
-            step.move(FAILED)
-            step.error, step.finished_at = str(exc), now()
-            store.save(job)
-            raise
+            secrets = read_secrets(job.secrets)  # now, and before any container exists
+        except Rejected as exc:
+            raise self._not_started(job, step, exc) from None
+        cli = containers.client()
+        image = step.image or job.image
+        containers.ensure_image(cli, image, job.pull)
+        env = {
+            "LOGIST_JOB_ID": job.id,
+            "LOGIST_STEP": str(step.index),
+            # git inside the step trusts the workspace whoever owns it
+            "GIT_CONFIG_COUNT": "1",
+            "GIT_CONFIG_KEY_0": "safe.directory",
+            "GIT_CONFIG_VALUE_0": "*",
+        }
+        if job.prompt is not None:
+            env["LOGIST_PROMPT"] = job.prompt
+        env.update(job.env)
+        env.update(secrets)  # in the container's environment only: see docs/security.md
+        kwargs: dict = {
+            "working_dir": "/workspace",
+            "environment": env,
+            "user": job.user,
+            "network_mode": job.network,
+            "volumes": {str(ws.resolve()): {"bind": "/workspace", "mode": "rw"}},
+        }
+        if job.memory:
+            kwargs["mem_limit"] = job.memory
+        if job.cpus:
+            kwargs["nano_cpus"] = int(job.cpus * 1e9)
+        if job.pids:
+            kwargs["pids_limit"] = job.pids
+        if job.runtime:
+            kwargs["runtime"] = job.runtime
+        try:
+            container = containers.create(
+                cli,
+                image=image,
+                command=["/bin/sh", "-c", step.run],
+                job_id=job.id,
+                step=step.index,
+                jobs_root=store.root,
+                cap_add=[*containers.DEFAULT_CAPS, *job.cap_add],
+                **kwargs,
+            )
+        except Rejected as exc:  # a setting the engine refused (4xx)
+            raise self._not_started(job, step, exc) from None
         cancel_file = job_dir / CANCEL
 
         def should_stop() -> str | None:
@@ -362,50 +408,6 @@ class Engine:
         store.save(job)
         harvest(store, job, ws, f"step {step.index}")
         make_writable_for(ws, job.user, only=ws / ".git")  # the commit's files, for the next step
-
-    def _create_container(self, job: Job, step: Step, ws: Path, secrets: dict[str, str]):
-        """The step's container: hardened (``containers.DEFAULT_CAPS`` plus the job's
-        ``cap_add``), its limits, the job's environment and the secrets' values."""
-        cli = containers.client()
-        image = step.image or job.image
-        containers.ensure_image(cli, image, job.pull)
-        env = {
-            "LOGIST_JOB_ID": job.id,
-            "LOGIST_STEP": str(step.index),
-            # git inside the step trusts the workspace whoever owns it
-            "GIT_CONFIG_COUNT": "1",
-            "GIT_CONFIG_KEY_0": "safe.directory",
-            "GIT_CONFIG_VALUE_0": "*",
-        }
-        if job.prompt is not None:
-            env["LOGIST_PROMPT"] = job.prompt
-        env.update(job.env)
-        env.update(secrets)
-        kwargs: dict = {
-            "working_dir": "/workspace",
-            "environment": env,
-            "user": job.user,
-            "network_mode": job.network,
-            "volumes": {str(ws.resolve()): {"bind": "/workspace", "mode": "rw"}},
-        }
-        if job.memory:
-            kwargs["mem_limit"] = job.memory
-        if job.cpus:
-            kwargs["nano_cpus"] = int(job.cpus * 1e9)
-        if job.pids:
-            kwargs["pids_limit"] = job.pids
-        if job.runtime:
-            kwargs["runtime"] = job.runtime
-        return containers.create(
-            cli,
-            image=image,
-            command=["/bin/sh", "-c", step.run],
-            job_id=job.id,
-            step=step.index,
-            jobs_root=self.store.root,
-            cap_add=[*containers.DEFAULT_CAPS, *job.cap_add],
-            **kwargs,
-        )
 
     # --- many jobs -------------------------------------------------------------------------
 

@@ -59,16 +59,15 @@ def _tighten(root: Path) -> None:
 
 
 def private_problem(root: Path) -> str | None:
-    """Why other users can reach ``root`` (None when it is private to us)."""
+    """Why other users can reach ``root`` (None when only its owner can)."""
     st = os.stat(root)
-    if st.st_uid != os.geteuid():
-        return f"{root} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()})"
-    if st.st_mode & 0o077:
-        return (
-            f"{root} has mode {stat.S_IMODE(st.st_mode):o}: other users can reach what steps "
-            f"leave in workspaces (chmod 700 {root})"
-        )
-    return None
+    if not st.st_mode & 0o077:
+        return None
+    who = "" if st.st_uid == os.geteuid() else f"its owner, uid {st.st_uid}, can run: "
+    return (
+        f"{root} has mode {stat.S_IMODE(st.st_mode):o}: other users can reach what steps "
+        f"leave in workspaces ({who}chmod 700 {root})"
+    )
 
 
 # --- process identity: the owner label -------------------------------------------------------
