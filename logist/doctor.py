@@ -79,7 +79,11 @@ def _private(store: Store) -> Check:
         problem = private_problem(store.root)
     except OSError as exc:
         return Check("jobs-root-private", False, f"{store.root}: {exc.strerror}")
-    return Check("jobs-root-private", problem is None, problem or f"{store.root}: only its owner")
+    return Check(
+        "jobs-root-private",
+        problem is None,
+        problem or f"{store.root}: only its owner can enter it",
+    )
 
 
 def _visible(cli, store: Store, images: list[str]) -> Check:
