@@ -82,13 +82,31 @@ def job_create(
     timeout: Annotated[str | None, typer.Option(help="Per-step timeout, seconds.")] = None,
     memory: Annotated[str | None, typer.Option(help="Memory limit, e.g. 512m.")] = None,
     cpus: Annotated[str | None, typer.Option(help="CPU limit, e.g. 1.5.")] = None,
-    pids: Annotated[str | None, typer.Option(help="Process limit.")] = None,
+    pids: Annotated[str | None, typer.Option(help="Process limit (default 4096).")] = None,
     network: Annotated[str | None, typer.Option(help="bridge, none or host.")] = None,
+    cap_add: Annotated[
+        list[str] | None,
+        typer.Option("--cap-add", help="Give the steps this capability, e.g. NET_RAW (repeat)."),
+    ] = None,
+    runtime: Annotated[
+        str | None, typer.Option(help="OCI runtime the engine knows, e.g. runsc (gVisor).")
+    ] = None,
+    secret: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--secret",
+            help="Pass this variable of logist's environment to the steps, read when each step "
+            "starts, never stored, masked as *** in their output (repeat).",
+        ),
+    ] = None,
     user: Annotated[str | None, typer.Option(help="UID:GID or root (default: yours).")] = None,
     pull: Annotated[str | None, typer.Option(help="missing, always or never.")] = None,
     cleanup: Annotated[str | None, typer.Option(help="always, on-success or never.")] = None,
 ) -> None:
-    """Create a job; print its id alone on stdout."""
+    """Create a job; print its id alone on stdout.
+
+    Example: logist job create --repo . --step 'my-agent' --secret ANTHROPIC_API_KEY
+    """
     from logist.jobs import create_job
     from logist.spec import parse_env
 
@@ -104,6 +122,9 @@ def job_create(
         "cpus": cpus,
         "pids": pids,
         "network": network,
+        "cap_add": cap_add or None,
+        "runtime": runtime,
+        "secrets": secret or None,
         "user": user,
         "pull": pull,
         "cleanup": cleanup,

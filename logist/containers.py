@@ -1,4 +1,5 @@
-"""The one place containers are created (always labelled), run, stopped, listed and reaped."""
+"""The one place containers are created (always labelled and hardened), run, stopped, listed
+and reaped."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from logist.errors import EngineUnavailable, EnvironmentProblem, ImageMissing, LogistError
+from logist.errors import (
+    EngineUnavailable,
+    EnvironmentProblem,
+    ImageMissing,
+    LogistError,
+    Rejected,
+    UsageError,
+)
 from logist.store import owner_alive, owner_id
 
 if TYPE_CHECKING:
@@ -119,6 +127,66 @@ def ensure_image(cli: DockerClient, image: str, pull: str = "missing") -> None:
                 raise ImageMissing(image, str(exc.explanation or exc)[:300]) from None
 
 
+# Capabilities a step (or helper) running as root keeps; every other one is dropped. Measured
+# with apt-get update/install (through apt's ``_apt`` sandbox) and pip install in
+# logist/step:latest; why each is needed is in docs/security.md ("Hardened steps").
+DEFAULT_CAPS = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID")
+DEFAULT_PIDS = 4096
+_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock", "/run/podman/podman.sock")
+
+
+def _engine_sockets() -> set[str]:
+    """Paths of the engine's socket (the one logist talks to, and the usual ones), resolved."""
+    paths = list(_SOCKETS)
+    host = engine_location()
+    if host.startswith("unix://"):
+        paths.append(host[len("unix://") :])
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime_dir:
+        paths += [f"{runtime_dir}/docker.sock", f"{runtime_dir}/podman/podman.sock"]
+    return {os.path.realpath(p) for p in paths}
+
+
+def _mount_sources(kwargs: dict[str, Any]) -> list[str]:
+    volumes = kwargs.get("volumes") or {}
+    sources = (
+        [str(v).split(":", 1)[0] for v in volumes]
+        if isinstance(volumes, list | tuple)
+        else [str(k) for k in volumes]
+    )
+    for mount in kwargs.get("mounts") or []:
+        source = mount.get("Source") if isinstance(mount, dict) else None
+        if source and (mount.get("Type") or "volume") == "bind":
+            sources.append(str(source))
+    return sources
+
+
+def _refuse_engine_socket(kwargs: dict[str, Any]) -> None:
+    """The engine's socket (or a directory holding it) is never mounted into a container."""
+    sockets = _engine_sockets()
+    for source in _mount_sources(kwargs):
+        if not source.startswith("/"):
+            continue  # a named volume
+        real = os.path.realpath(source)
+        if any(s == real or s.startswith(real.rstrip("/") + "/") for s in sockets):
+            raise UsageError(f"refusing to mount {source} into a container: it exposes the engine")
+
+
+def _hardened(kwargs: dict[str, Any], cap_add: list[str] | None) -> dict[str, Any]:
+    """``kwargs`` with logist's hardened defaults: no new privileges, every capability dropped
+    but ``cap_add`` (``DEFAULT_CAPS`` when None), a pids limit, never privileged."""
+    _refuse_engine_socket(kwargs)
+    security = [o for o in kwargs.get("security_opt") or [] if not o.startswith("no-new-priv")]
+    kwargs["security_opt"] = [*security, "no-new-privileges"]
+    kwargs["cap_drop"] = ["ALL"]
+    caps = DEFAULT_CAPS if cap_add is None else cap_add
+    kwargs["cap_add"] = list(dict.fromkeys(c.upper().removeprefix("CAP_") for c in caps))
+    if kwargs.get("pids_limit") is None:
+        kwargs["pids_limit"] = DEFAULT_PIDS
+    kwargs["privileged"] = False
+    return kwargs
+
+
 def create(
     cli: DockerClient,
     *,
@@ -127,14 +195,43 @@ def create(
     job_id: str,
     step: int | str,
     jobs_root: Path,
+    cap_add: list[str] | None = None,
     **kwargs: Any,
 ) -> Container:
-    """Create (not start) a labelled container with an init process; remember it as ours."""
+    """Create (not start) a labelled, hardened container with an init process.
+
+    Hardened: ``no-new-privileges``, all capabilities dropped and only ``cap_add`` added back
+    (``DEFAULT_CAPS`` when None; pass ``[]`` for none), a pids limit (``DEFAULT_PIDS`` unless
+    ``pids_limit`` is given), never privileged, the engine's socket never mounted.
+
+    Raises:
+        Rejected: the engine refused a setting (a 4xx answer; its explanation in one line).
+        ImageMissing: the image is not there.
+        UsageError: a mount would expose the engine's socket.
+        EngineUnavailable, EnvironmentProblem: the engine is unreachable or failed.
+    """
+    import docker
+
     kwargs.setdefault("init", True)
     kwargs["labels"] = {**kwargs.get("labels", {}), **labels(job_id, step, jobs_root)}
-    with engine_errors(f"creating a container of {image}"):
-        container = cli.containers.create(image, command, **kwargs)
+    kwargs = _hardened(kwargs, cap_add)
+    try:
+        with engine_errors(f"creating a container of {image}"):
+            container = cli.containers.create(image, command, **kwargs)
+    except docker.errors.ImageNotFound as exc:
+        raise ImageMissing(image, _one_line(exc.explanation)) from None
+    except docker.errors.APIError as exc:
+        if not exc.is_client_error():
+            raise
+        raise Rejected(
+            f"the engine refused the container of {image}: {_one_line(exc.explanation)}"
+        ) from None
     return container
+
+
+def _one_line(text: object) -> str:
+    lines = str(text or "").strip().splitlines()
+    return lines[0][:300] if lines else "no explanation"
 
 
 def stop_and_remove(containers: Iterable[Container], grace: float = STOP_GRACE) -> int:

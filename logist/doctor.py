@@ -7,8 +7,8 @@ import secrets
 from dataclasses import asdict, dataclass
 
 from logist import containers
-from logist.errors import LogistError
-from logist.store import Store
+from logist.errors import LogistError, Rejected
+from logist.store import Store, private_problem
 
 DEFAULT_IMAGES = ("logist/step:latest", containers.BUSYBOX)
 
@@ -38,6 +38,7 @@ def run_checks(store: Store) -> list[Check]:
     except LogistError as exc:
         checks.append(Check("engine", False, str(exc)))
     checks.append(_writable(store))
+    checks.append(_private(store))
     if cli is None:
         checks.append(Check("jobs-root-visible", False, "no engine to check with"))
         checks.append(Check("images", False, "no engine to check with"))
@@ -72,13 +73,24 @@ def _writable(store: Store) -> Check:
         return Check("jobs-root-writable", False, f"{store.root}: {exc.strerror}")
 
 
+def _private(store: Store) -> Check:
+    """The jobs root is private to the user running logist (a step's setuid file stays ours)."""
+    try:
+        problem = private_problem(store.root)
+    except OSError as exc:
+        return Check("jobs-root-private", False, f"{store.root}: {exc.strerror}")
+    return Check(
+        "jobs-root-private",
+        problem is None,
+        problem or f"{store.root}: only its owner can enter it",
+    )
+
+
 def _visible(cli, store: Store, images: list[str]) -> Check:
     """The engine must see the jobs root at the same path, or bind mounts show empty dirs."""
     if not images:
         return Check("jobs-root-visible", False, "no default image to check with")
     marker = store.root / f".doctor-{secrets.token_hex(4)}"
-    import docker
-
     root = str(store.root)
     unseen = (
         f"the engine does not see {root} at the same path (mount it at the same path when "
@@ -99,8 +111,8 @@ def _visible(cli, store: Store, images: list[str]) -> Check:
         )
         ok = code == 0 and "logist" in logs
         return Check("jobs-root-visible", ok, f"the engine sees {root}" if ok else unseen)
-    except docker.errors.APIError as exc:  # the bind mount refused: no such path over there
-        return Check("jobs-root-visible", False, f"{unseen} ({exc.explanation})")
+    except Rejected as exc:  # the bind mount refused: no such path over there
+        return Check("jobs-root-visible", False, f"{unseen} ({exc})")
     except LogistError as exc:
         return Check("jobs-root-visible", False, str(exc))
     finally:

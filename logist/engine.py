@@ -22,6 +22,7 @@ from logist.errors import (
     InvalidTransition,
     JobActive,
     LogistError,
+    Rejected,
 )
 from logist.harvest import finish, harvest, harvest_leftover
 from logist.model import (
@@ -73,14 +74,73 @@ def combine(results: list[JobResult]) -> int:
     return 0
 
 
-class _Output:
-    """Writes a step's output to its log file and, line-prefixed when asked, to the terminal."""
+MASK = b"***"
 
-    def __init__(self, log: BinaryIO, sink: BinaryIO | None, prefix: bytes, lock: threading.Lock):
+
+class SecretMask:
+    """Replaces every occurrence of the secrets' values in a stream of chunks by ``***``, also
+    when one is split across chunks: ``feed`` holds back only a tail that could be the start of
+    a secret (never more than the longest secret minus one byte); ``flush`` releases it."""
+
+    def __init__(self, values: list[str]) -> None:
+        import re
+
+        secrets = sorted({v.encode() for v in values if v}, key=len, reverse=True)
+        self.pattern = re.compile(b"|".join(re.escape(s) for s in secrets)) if secrets else None
+        self.starts = {s[:i] for s in secrets for i in range(1, len(s))}
+        self.longest = len(secrets[0]) if secrets else 0
+        self.held = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self.pattern is None:
+            return chunk
+        data, out, pos = self.held + chunk, [], 0
+        while True:
+            hold = self._hold_from(data, pos)
+            m = self.pattern.search(data, pos)
+            if m is None or m.start() >= hold:
+                out.append(data[pos:hold])
+                self.held = data[hold:]
+                return b"".join(out)
+            out += [data[pos : m.start()], MASK]
+            pos = m.end()
+
+    def flush(self) -> bytes:
+        if self.pattern is None:
+            return b""
+        data, self.held = self.held, b""
+        return self.pattern.sub(MASK, data)
+
+    def _hold_from(self, data: bytes, pos: int) -> int:
+        """The first index from which the rest of ``data`` may be a secret's beginning."""
+        for k in range(max(pos, len(data) - self.longest + 1), len(data)):
+            if data[k:] in self.starts:
+                return k
+        return len(data)
+
+
+class _Output:
+    """Writes a step's output, secrets masked, to its log file and, line-prefixed when asked,
+    to the terminal."""
+
+    def __init__(
+        self,
+        log: BinaryIO,
+        sink: BinaryIO | None,
+        prefix: bytes,
+        lock: threading.Lock,
+        mask: SecretMask | None = None,
+    ):
         self.log, self.sink, self.prefix, self.lock = log, sink, prefix, lock
+        self.mask = mask or SecretMask([])
         self.partial = b""
 
     def __call__(self, chunk: bytes) -> None:
+        self._write(self.mask.feed(chunk))
+
+    def _write(self, chunk: bytes) -> None:
+        if not chunk:
+            return
         self.log.write(chunk)
         if self.sink is None:
             return
@@ -101,11 +161,27 @@ class _Output:
                 self.sink.flush()
 
     def close(self) -> None:
+        self._write(self.mask.flush())
         if self.partial and self.sink is not None:
             with self.lock:
                 self.sink.write(self.prefix + self.partial + b"\n")
                 self.sink.flush()
         self.log.flush()
+
+
+def read_secrets(names: list[str]) -> dict[str, str]:
+    """The values of the job's secrets, from logist's own environment, now.
+
+    Raises:
+        Rejected: one is not set (named in the message).
+    """
+    missing = [n for n in names if n not in os.environ]
+    if missing:
+        raise Rejected(
+            f"secret {', '.join(missing)} is not set in logist's environment "
+            "(export it in the shell that runs the job)"
+        )
+    return {n: os.environ[n] for n in names}
 
 
 class Engine:
@@ -156,7 +232,11 @@ class Engine:
         store.save(job)
         ws: Path | None = None
         ran = 0
+        rejected: Rejected | None = None
         try:
+            rejected = self._check_secrets(job)  # before any container, the helper's included
+            if rejected is not None:
+                return self._concluded(job, None, rejected)
             ws = setup_workspace(store, job.id)
             job = store.load(job.id)
             make_writable_for(store, job, ws)
@@ -172,7 +252,12 @@ class Engine:
                         job.cancel()
                         break
                     ran += 1
-                    self._run_step(job, step, ws)
+                    try:
+                        self._run_step(job, step, ws)
+                    except Rejected as exc:  # the user's input, not the environment: job failed
+                        job.move(FAILED)
+                        job.error, rejected = str(exc), exc
+                        break
                     harvest(store, job, sandbox, f"step {step.index}", self.notify)
                     if step.state == SUCCEEDED:
                         continue
@@ -209,7 +294,30 @@ class Engine:
             if job.state == RUNNING:
                 self._back_to_pending(job, INTERRUPTED, f"{type(exc).__name__}: {exc}")
             raise
-        return self._conclude(job, ws)
+        return self._concluded(job, ws, rejected)
+
+    def _concluded(self, job: Job, ws: Path | None, rejected: Rejected | None) -> JobResult:
+        result = self._conclude(job, ws)
+        result.error = rejected
+        return result
+
+    def _check_secrets(self, job: Job) -> Rejected | None:
+        """A secret missing from logist's environment fails the next step and the job before
+        anything starts (read again, for real, when each step starts)."""
+        step = job.next_step()
+        try:
+            read_secrets(job.secrets)
+        except Rejected as exc:
+            if step is None:
+                raise
+            step.move(RUNNING)
+            step.started_at = now()
+            self._not_started(job, step, exc)
+            job.move(FAILED)
+            job.error = str(exc)
+            self.store.save(job)
+            return exc
+        return None
 
     def _conclude(self, job: Job, ws: Path | None) -> JobResult:
         """After the steps: bundle and land the branch, then clean up per policy."""
@@ -231,6 +339,13 @@ class Engine:
         job.stop_running(state, error)
         self.store.save(job)
 
+    def _not_started(self, job: Job, step: Step, exc: Rejected) -> Rejected:
+        """A step that could not start for the user's input is failed (so will be the job)."""
+        step.move(FAILED)
+        step.error, step.finished_at = str(exc), now()
+        self.store.save(job)
+        return exc
+
     def _run_step(self, job: Job, step: Step, ws: Path) -> None:
         import docker
 
@@ -241,6 +356,10 @@ class Engine:
         step.started_at, step.finished_at, step.exit_code, step.error = now(), None, None, None
         step.log = str(log_path)
         store.save(job)
+        try:
+            secrets = read_secrets(job.secrets)  # now, and before any container exists
+        except Rejected as exc:
+            raise self._not_started(job, step, exc) from None
         cli = containers.client()
         image = step.image or job.image
         containers.ensure_image(cli, image, job.pull)
@@ -255,6 +374,7 @@ class Engine:
         if job.prompt is not None:
             env["LOGIST_PROMPT"] = job.prompt
         env.update(job.env)
+        env.update(secrets)  # in the container's environment only: see docs/security.md
         kwargs: dict = {
             "working_dir": "/workspace",
             "environment": env,
@@ -270,15 +390,21 @@ class Engine:
             kwargs["nano_cpus"] = int(job.cpus * 1e9)
         if job.pids:
             kwargs["pids_limit"] = job.pids
-        container = containers.create(
-            cli,
-            image=image,
-            command=["/bin/sh", "-c", step.run],
-            job_id=job.id,
-            step=step.index,
-            jobs_root=store.root,
-            **kwargs,
-        )
+        if job.runtime:
+            kwargs["runtime"] = job.runtime
+        try:
+            container = containers.create(
+                cli,
+                image=image,
+                command=["/bin/sh", "-c", step.run],
+                job_id=job.id,
+                step=step.index,
+                jobs_root=store.root,
+                cap_add=[*containers.DEFAULT_CAPS, *job.cap_add],
+                **kwargs,
+            )
+        except Rejected as exc:  # a setting the engine refused (4xx)
+            raise self._not_started(job, step, exc) from None
         cancel_file = job_dir / CANCEL
 
         def should_stop() -> str | None:
@@ -290,7 +416,8 @@ class Engine:
 
         prefix = f"[{job.id}] ".encode() if self.prefix else b""
         with open(log_path, "wb") as log:
-            out = _Output(log, self.sink, prefix, self._print_lock)
+            mask = SecretMask(list(secrets.values()))
+            out = _Output(log, self.sink, prefix, self._print_lock, mask)
             try:
                 outcome = containers.run_container(
                     container,

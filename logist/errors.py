@@ -32,6 +32,12 @@ class InvalidTransition(UsageError):
     """The job or step is in a state that does not allow the requested action."""
 
 
+class Rejected(UsageError):
+    """A step could not start because of the user's input: a setting the engine refused (a 4xx
+    answer: an unknown runtime or capability, a memory limit too small) or a secret missing from
+    logist's environment. The job is ``failed``, not ``interrupted`` (exit 2)."""
+
+
 class EnvironmentProblem(LogistError):
     """Docker engine unreachable, image missing and not pullable (exit 3)."""
 

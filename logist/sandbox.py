@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from logist import containers
-from logist.errors import EnvironmentProblem, LogistError
+from logist.errors import EnvironmentProblem, LogistError, Rejected
 from logist.model import Job
 from logist.store import Store
 
@@ -244,14 +244,12 @@ class Sandbox:
                 mounts=mounts,
                 user="0:0",
                 network_mode="none",
-                cap_drop=["ALL"],
-                cap_add=["DAC_READ_SEARCH"],
-                security_opt=["no-new-privileges"],
+                cap_add=["DAC_READ_SEARCH"],  # all others dropped (containers.create)
                 pids_limit=512,
                 working_dir="/",
             )
-        except docker.errors.APIError as exc:  # our own settings: the engine cannot do them
-            raise self._unseen(str(exc.explanation or exc)) from None
+        except Rejected as exc:  # our own settings: a 4xx here is a path the engine lacks
+            raise self._unseen(str(exc)) from None
         with containers.engine_errors("starting the harvest helper"):
             self._container.start()
         self._check_visible()

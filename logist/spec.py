@@ -17,6 +17,8 @@ _ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MEMORY_RE = re.compile(r"\d+(\.\d+)?[bkmg]?", re.IGNORECASE)
 _USER_RE = re.compile(r"\d+(:\d+)?")
+_CAP_RE = re.compile(r"[A-Za-z_]+")
+_RUNTIME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 URL_PREFIXES = ("file://", "git://", "https://", "http://", "ssh://")
 
@@ -37,6 +39,9 @@ TOP_KEYS = frozenset(
         "cpus",
         "pids",
         "network",
+        "cap_add",
+        "runtime",
+        "secrets",
         "user",
         "pull",
         "cleanup",
@@ -134,6 +139,35 @@ def _env(value: Any) -> dict[str, str]:
             raise _bad(f"env.{k}", v, "a string, number or boolean")
         out[k] = str(v).lower() if isinstance(v, bool) else str(v)
     return out
+
+
+def _names(key: str, value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _bad(key, value, "a list of names")
+    return value
+
+
+def _caps(value: Any) -> list[str]:
+    """Capability names, upper case without the ``CAP_`` prefix (``net_raw`` -> ``NET_RAW``)."""
+    out = []
+    for cap in _names("cap_add", value):
+        if not _CAP_RE.fullmatch(cap) or cap.upper() == "CAP_":
+            raise _bad("cap_add", cap, "a capability name such as NET_RAW or CAP_NET_RAW")
+        out.append(cap.upper().removeprefix("CAP_"))
+    return list(dict.fromkeys(out))
+
+
+def _secrets(value: Any, env: dict[str, str]) -> list[str]:
+    out = []
+    for name in _names("secrets", value):
+        if not _ENV_KEY_RE.fullmatch(name):
+            raise _bad("secrets", name, "an environment variable name (letters, digits, _)")
+        if name in env:
+            raise _bad("secrets", name, "also in env; a secret's value comes from the environment")
+        out.append(name)
+    return list(dict.fromkeys(out))
 
 
 def _steps(value: Any) -> list[Step]:
@@ -235,13 +269,17 @@ def build_job(raw: dict[str, Any], *, default_user: str) -> Job:
     if memory is not None and not _MEMORY_RE.fullmatch(str(memory)):
         raise _bad("memory", memory, "a size such as 512m or 2g")
     timeout = raw.get("timeout")
+    env = _env(raw.get("env") or {})
+    runtime = raw.get("runtime")
+    if runtime is not None and not (isinstance(runtime, str) and _RUNTIME_RE.fullmatch(runtime)):
+        raise _bad("runtime", runtime, "the name of a runtime the engine knows, e.g. runsc")
     return Job(
         id=job_id,
         repo=repo,
         ref=_text("ref", str(raw["ref"])) if raw.get("ref") is not None else None,
         image=_text("image", raw["image"]) if raw.get("image") is not None else DEFAULT_IMAGE,
         prompt=str(raw["prompt"]) if raw.get("prompt") is not None else None,
-        env=_env(raw.get("env") or {}),
+        env=env,
         timeout=_positive("timeout", timeout) if timeout is not None else None,
         memory=str(memory) if memory is not None else None,
         cpus=_positive("cpus", resources["cpus"]) if resources.get("cpus") is not None else None,
@@ -249,6 +287,9 @@ def build_job(raw: dict[str, Any], *, default_user: str) -> Job:
         if resources.get("pids") is not None
         else None,
         network=_choice("network", raw.get("network", "bridge"), NETWORKS),
+        cap_add=_caps(raw.get("cap_add") or []),
+        runtime=runtime,
+        secrets=_secrets(raw.get("secrets") or [], env),
         user=normalize_user(raw["user"]) if raw.get("user") is not None else default_user,
         pull=_choice("pull", raw.get("pull", "missing"), PULLS),
         cleanup=_choice("cleanup", raw.get("cleanup", "always"), CLEANUPS),

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import tempfile
 import threading
 import time
@@ -25,14 +26,48 @@ CANCEL = "cancel-requested"
 
 
 def default_root(option: str | None = None) -> Path:
-    """``--jobs-dir``, else ``$LOGIST_JOBS_DIR``, else ``~/.logist/jobs``; absolute, created."""
+    """``--jobs-dir``, else ``$LOGIST_JOBS_DIR``, else ``~/.logist/jobs``; absolute, created
+    private (0700), and tightened to that when it holds only jobs (``doctor`` reports a jobs
+    root that others can still reach)."""
     raw = option or os.environ.get("LOGIST_JOBS_DIR") or "~/.logist/jobs"
     root = Path(raw).expanduser().absolute()
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create jobs root {root}: {exc.strerror}") from None
+    with contextlib.suppress(OSError):
+        _tighten(root)
     return root
+
+
+def _tighten(root: Path) -> None:
+    """chmod go-rwx a jobs root that is ours and holds nothing but jobs and logist's hidden
+    directories; never a shared directory (sticky, like /tmp) or one with other files in it."""
+    st = os.stat(root)
+    if not st.st_mode & 0o077 or st.st_uid != os.geteuid() or st.st_mode & stat.S_ISVTX:
+        return
+    with os.scandir(root) as it:
+        for entry in it:
+            if entry.name.startswith("."):
+                continue  # logist's own: mirrors, locks, temp directories
+            job = entry.is_dir(follow_symlinks=False) and os.path.exists(
+                os.path.join(entry.path, MANIFEST)
+            )
+            if not job:
+                return
+    os.chmod(root, stat.S_IMODE(st.st_mode) & ~0o077)
+
+
+def private_problem(root: Path) -> str | None:
+    """Why other users can reach ``root`` (None when only its owner can)."""
+    st = os.stat(root)
+    if not st.st_mode & 0o077:
+        return None
+    who = "" if st.st_uid == os.geteuid() else f"its owner, uid {st.st_uid}, can run: "
+    return (
+        f"{root} has mode {stat.S_IMODE(st.st_mode):o}: other users can reach what steps "
+        f"leave in workspaces ({who}chmod 700 {root})"
+    )
 
 
 # --- process identity: the owner label -------------------------------------------------------
@@ -197,7 +232,7 @@ class Store:
             job.updated_at = job.created_at
             data = json.dumps(job.to_dict(), indent=2, sort_keys=True).encode() + b"\n"
             write_atomic(tmp / MANIFEST, data)
-            os.chmod(tmp, 0o755)
+            os.chmod(tmp, 0o700)  # private: what steps leave is out of other users' reach
             try:
                 os.rename(tmp, job_dir)  # fails if the id exists (and is not an empty dir)
             except OSError as exc:

@@ -47,6 +47,9 @@ def job_view(
         "ref": job.ref,
         "branch": job.branch,
         "image": job.image,
+        "secrets": job.secrets,  # names only
+        "cap_add": job.cap_add,
+        "runtime": job.runtime,
         "created_at": job.created_at,
         "updated_at": job.updated_at,
         "active": active,
