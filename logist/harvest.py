@@ -46,14 +46,15 @@ def harvest(
     Raises ``HarvestFailed`` (exit 4: the workspace must be kept)."""
     previous = job.harvested_commit or job.base_commit
     assert previous is not None
-    out = sandbox.harvest(previous=previous, message=f"logist: {job.id} {label}")
+    message = f"logist: {job.id} {label}"
+    out = sandbox.harvest(previous=previous, message=message, write_back=write_back)
     for warning in out.warnings:
         notify(f"logist: {job.id}: warning: {warning}")
     commit = accept(store, job, sandbox.exchange, out, previous)
     if commit != job.harvested_commit:
         job.harvested_commit = commit
         store.save(job)
-    if write_back and not out.current:
+    if not (out.current or out.written_back):
         for warning in sandbox.write_back(commit):
             notify(f"logist: {job.id}: {warning}")
     return commit

@@ -35,11 +35,9 @@ EXCHANGE = ".exchange"
 HELPER_TIMEOUT = 900  # seconds one harvest may take (a huge workspace), then it is killed
 MAX_OUTPUT = 1 << 20  # bytes of a helper's stdout we read; the rest is ignored
 
-# Runs as root in the helper with DAC_READ_SEARCH only. Arguments: branch, previous harvest
-# commit, message, nonce, ref namespace. Prints "commit C", "bundle NAME", "ref OID NAME" lines.
-HARVEST = r"""
+# Shared by the helper's scripts: a clean git environment and the write-back.
+PRELUDE = r"""
 set -u
-branch=$1 P=$2 msg=$3 nonce=$4 ns=$5
 export HOME=/tmp GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null GIT_TERMINAL_PROMPT=0 LC_ALL=C
 export GIT_AUTHOR_NAME=logist GIT_AUTHOR_EMAIL=logist@localhost
 export GIT_COMMITTER_NAME=logist GIT_COMMITTER_EMAIL=logist@localhost
@@ -47,6 +45,38 @@ unset GIT_DIR GIT_WORK_TREE GIT_INDEX_FILE GIT_OBJECT_DIRECTORY GIT_ALTERNATE_OB
 S=/tmp/logist-scratch W=/workspace
 UP="git -c safe.directory=* -c core.hooksPath=/dev/null upload-pack"
 warn() { printf 'warning: %s\n' "$*" >&2; }
+# The workspace's own repository shows the harvest (HEAD on the job branch at the harvest
+# commit, index matching it), so the next step starts clean; one the step removed or broke is
+# made anew. The workspace's config runs nothing here: no hook, no gc, and no working-tree
+# operation by git in that repository (its index is written by the helper's repository).
+write_back() (
+  branch=$1 C=$2
+  cd "$W" || exit 20
+  w() { git -c safe.directory='*' -c core.hooksPath=/dev/null -c core.fsmonitor=false \
+        -c gc.auto=0 -c maintenance.auto=false -c fetch.writeCommitGraph=false "$@"; }
+  gd=$(w rev-parse --absolute-git-dir 2>/dev/null)
+  if [ -L .git ] || [ ! -d .git ] || [ "$gd" != "$W/.git" ] \
+     || [ "$(w rev-parse --is-bare-repository 2>/dev/null)" != false ]; then
+    rm -rf .git && git init -q . >/dev/null || exit 21
+  fi
+  rm -f .git/index.lock
+  w fetch -q --no-tags --no-write-fetch-head --update-head-ok --upload-pack "$UP" "$S" \
+    "+refs/heads/$branch:refs/heads/$branch" || exit 22
+  w symbolic-ref HEAD "refs/heads/$branch" || exit 23
+  s() { GIT_INDEX_FILE="$W/.git/index" git --git-dir="$S" --work-tree="$W" \
+        -c safe.directory='*' -c core.fsmonitor=false "$@"; }
+  s read-tree "$C" || exit 24
+  s update-index -q --refresh >/dev/null 2>&1
+  exit 0
+)
+"""
+
+# Runs as root in the helper with DAC_READ_SEARCH only. Arguments: branch, previous harvest
+# commit, message, nonce, ref namespace, and "yes" to write the harvest back in the same run
+# (when the step runs as root too). Prints "commit C", "current yes", "bundle NAME",
+# "ref OID NAME" lines; every one is checked by the host.
+HARVEST = PRELUDE + r"""
+branch=$1 P=$2 msg=$3 nonce=$4 ns=$5 wb=${6:-no}
 g() { git --git-dir="$S" -c core.hooksPath=/dev/null -c safe.directory='*' \
       -c gc.auto=0 -c maintenance.auto=false -c core.fsmonitor=false "$@"; }
 if [ ! -f "$S/HEAD" ]; then
@@ -95,8 +125,9 @@ else
   C=$(printf '%s\n' "$msg" | g commit-tree "$T" $parents) || exit 14
 fi
 echo "commit $C"
+current=
 sym=$(printf '%s\n' "$list" | sed -n 's|^ref: \(refs/[^	]*\)	HEAD$|\1|p')
-[ "$C" = "$H" ] && [ "$sym" = "refs/heads/$branch" ] && echo "current yes"
+[ "$C" = "$H" ] && [ "$sym" = "refs/heads/$branch" ] && current=yes && echo "current yes"
 # 3. other branches, tags and the stash: kept under refs/logist/<ns>/
 g update-ref "refs/heads/$branch" "$C"
 set -- ; [ "$C" = "$P" ] || set -- "refs/heads/$branch"
@@ -110,46 +141,24 @@ while read -r oid ref; do
   case "$have" in *"$oid $dest"*) continue ;; esac
   g update-ref "$dest" "$oid" && set -- "$@" "$dest"
 done < /tmp/side
-[ $# -gt 0 ] || exit 0
-excl="^$P"; for oid in $(printf '%s\n' "$have" | cut -d' ' -f1); do excl="$excl ^$oid"; done
-if g bundle create -q "/out/$nonce.bundle" "$@" $excl 2>/tmp/bundle.err; then
-  echo "bundle $nonce.bundle"
-elif [ -n "$(g rev-list --objects -n 1 "$@" $excl 2>/dev/null)" ]; then
-  cat /tmp/bundle.err >&2; exit 15
+# 4. the bundle: what logist's repository does not have yet
+if [ $# -gt 0 ]; then
+  excl="^$P"; for oid in $(printf '%s\n' "$have" | cut -d' ' -f1); do excl="$excl ^$oid"; done
+  if g bundle create -q "/out/$nonce.bundle" "$@" $excl 2>/tmp/bundle.err; then
+    echo "bundle $nonce.bundle"
+  elif [ -n "$(g rev-list --objects -n 1 "$@" $excl 2>/dev/null)" ]; then
+    cat /tmp/bundle.err >&2; exit 15
+  fi
 fi
+if [ "$wb" = yes ] && [ -z "$current" ]; then
+  write_back "$branch" "$C" || warn "the workspace's repository was not updated (exit $?)"
+fi
+exit 0
 """
 
-# Runs as the step's user: the workspace's own repository shows the harvest (HEAD on the job
-# branch at the harvest commit, index matching it), so the next step starts clean. A
-# repository the step removed or broke is made anew. Nothing here lets the workspace's config
-# run a command: no hook (hooksPath), no gc, no working-tree operation by git in that
-# repository (the index is written by the helper's own repository and config).
-# Arguments: branch, harvest commit.
-WRITE_BACK = r"""
-set -u
-branch=$1 C=$2
-export HOME=/tmp GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null GIT_TERMINAL_PROMPT=0 LC_ALL=C
-unset GIT_DIR GIT_WORK_TREE GIT_INDEX_FILE GIT_OBJECT_DIRECTORY GIT_ALTERNATE_OBJECT_DIRECTORIES
-S=/tmp/logist-scratch
-UP="git -c safe.directory=* -c core.hooksPath=/dev/null upload-pack"
-cd /workspace || exit 20
-w() { git -c safe.directory='*' -c core.hooksPath=/dev/null -c core.fsmonitor=false \
-      -c gc.auto=0 -c maintenance.auto=false -c fetch.writeCommitGraph=false "$@"; }
-gd=$(w rev-parse --absolute-git-dir 2>/dev/null)
-if [ -L .git ] || [ ! -d .git ] || [ "$gd" != /workspace/.git ] \
-   || [ "$(w rev-parse --is-bare-repository 2>/dev/null)" != false ]; then
-  rm -rf .git && git init -q . >/dev/null || exit 21
-fi
-rm -f .git/index.lock
-w fetch -q --no-tags --no-write-fetch-head --update-head-ok --upload-pack "$UP" "$S" \
-  "+refs/heads/$branch:refs/heads/$branch" || exit 22
-w symbolic-ref HEAD "refs/heads/$branch" || exit 23
-export GIT_INDEX_FILE=/workspace/.git/index
-s() { git --git-dir="$S" --work-tree=/workspace -c safe.directory='*' \
-      -c core.fsmonitor=false "$@"; }
-s read-tree "$C" || exit 24
-s update-index -q --refresh >/dev/null 2>&1
-exit 0
+# Runs as the step's user. Arguments: branch, harvest commit.
+WRITE_BACK = PRELUDE + r"""
+write_back "$1" "$2"
 """
 
 _LINE = re.compile(r"(commit|bundle|ref|current) (\S+)(?: (\S+))?")
@@ -163,6 +172,7 @@ class HarvestOutput:
     bundle: str | None = None
     refs: dict[str, str] = field(default_factory=dict)
     current: bool = False  # the workspace's repository already shows the harvest
+    written_back: bool = False  # nothing left to do for the workspace's repository
     warnings: list[str] = field(default_factory=list)
 
 
@@ -328,14 +338,18 @@ class Sandbox:
         stdout, stderr = result.output if isinstance(result.output, tuple) else (None, None)
         return int(result.exit_code or 0), stdout or b"", stderr or b""
 
-    def harvest(self, *, previous: str, message: str) -> HarvestOutput:
-        """Run the harvest script; ``HarvestFailed`` when the helper could not make a commit."""
+    def harvest(self, *, previous: str, message: str, write_back: bool = True) -> HarvestOutput:
+        """Run the harvest script; ``HarvestFailed`` when the helper could not make a commit.
+        A step that runs as root has its workspace repository written back in the same run
+        (``written_back``); otherwise ``write_back`` does it, as the step's user."""
         nonce = secrets.token_hex(8)
-        args = [self.job.branch, previous, message, nonce, self.job.id]
+        together = write_back and self.job.user == "0:0"
+        args = [self.job.branch, previous, message, nonce, self.job.id, "yes" if together else ""]
         code, stdout, stderr = self._exec(["sh", "-c", HARVEST, "harvest", *args])
         out = parse_output(stdout, stderr)
         if code != 0 or out.commit is None:
             raise HarvestFailed(f"the harvest helper failed: {_last_line(stderr, code)}")
+        out.written_back = together or not write_back
         return out
 
     def write_back(self, commit: str) -> list[str]:
