@@ -203,7 +203,7 @@ def running_container(docker_client, jobs_root: Path, job: str, env: dict | None
         env={**os.environ, **(env or {})},
     )
     try:
-        labels = [f"logist.jobs-dir={jobs_root}", f"logist.job={job}"]
+        labels = [f"logist.jobs-dir={jobs_root}", f"logist.job={job}", "logist.step=1"]
         found = wait_for(
             lambda: docker_client.containers.list(filters={"label": labels}), what="the step"
         )
