@@ -63,10 +63,8 @@ write_back() (
   w fetch -q --no-tags --no-write-fetch-head --update-head-ok --upload-pack "$UP" "$S" \
     "+refs/heads/$branch:refs/heads/$branch" || exit 22
   w symbolic-ref HEAD "refs/heads/$branch" || exit 23
-  s() { GIT_INDEX_FILE="$W/.git/index" git --git-dir="$S" --work-tree="$W" \
-        -c safe.directory='*' -c core.fsmonitor=false "$@"; }
-  s read-tree "$C" || exit 24
-  s update-index -q --refresh >/dev/null 2>&1
+  # the harvest's index matches C's tree, with fresh stat data: no file is read again
+  cp /tmp/logist-index .git/index.logist && mv -f .git/index.logist .git/index || exit 24
   exit 0
 )
 """
@@ -77,46 +75,50 @@ write_back() (
 # "ref OID NAME" lines; every one is checked by the host.
 HARVEST = PRELUDE + r"""
 branch=$1 P=$2 msg=$3 nonce=$4 ns=$5 wb=${6:-no}
+I=/tmp/logist-index
 g() { git --git-dir="$S" -c core.hooksPath=/dev/null -c safe.directory='*' \
       -c gc.auto=0 -c maintenance.auto=false -c core.fsmonitor=false "$@"; }
 if [ ! -f "$S/HEAD" ]; then
   git init -q --bare "$S" || exit 10
   echo /trusted/objects > "$S/objects/info/alternates"
 fi
-g for-each-ref --format='delete %(refname)' refs/ws/ refs/logist/ | g update-ref --stdin
-rm -f "$S/shallow"
-# 1. the workspace repository's refs, as data (any it cannot give are skipped)
-set --
-list=$(cd / && g ls-remote --symref --upload-pack "$UP" "$W" 2>/tmp/ls.err) || \
+rm -rf "$S/refs/logist" "$S/shallow"
+# 1. the workspace repository's refs, as data; objects logist has not seen are fetched (by id),
+#    and a ref whose objects cannot be had is skipped
+list=$(cd / && g ls-remote --symref --upload-pack "$UP" "$W" 2>/dev/null) || \
   warn "the workspace's repository cannot be read; committing its files on the last harvest"
-for name in $(printf '%s\n' "$list" | grep -v '^ref: ' | cut -f2 | sort -u); do
-  case "$name" in
-    HEAD) set -- "$@" "+HEAD:refs/ws/HEAD" ;;
-    refs/heads/*|refs/tags/*|refs/stash) set -- "$@" "+$name:refs/ws/${name#refs/}" ;;
-  esac
-done
-fetch() { g fetch -q --no-tags --no-write-fetch-head --upload-pack "$UP" "$W" "$@" 2>/dev/null; }
-if [ $# -gt 0 ] && ! fetch "$@"; then
-  for spec in "$@"; do
-    fetch "$spec" || { spec=${spec#+}; warn "skipped ${spec%%:*}: its objects are missing"; }
-  done
+refs=$(printf '%s\n' "$list" | grep -v '^ref: ' \
+       | grep -E '	(HEAD|refs/heads/.+|refs/tags/.+|refs/stash)$')
+have() { printf '%s\n' "$refs" | cut -f1 | sort -u \
+         | g cat-file --batch-check='%(objectname) %(objecttype)'; }
+missing=$(have | awk '$2 == "missing" {print $1}')
+if [ -n "$missing" ]; then
+  UPA="git -c safe.directory=* -c core.hooksPath=/dev/null \
+       -c uploadpack.allowAnySHA1InWant=true upload-pack"
+  fetch() { g fetch -q --no-tags --no-write-fetch-head --upload-pack "$UPA" "$W" "$@" \
+            2>/dev/null; }
+  fetch $missing || for oid in $missing; do fetch "$oid" || true; done
+  if [ -f "$S/shallow" ]; then
+    warn "the workspace's repository is shallow: its history is not taken"; rm -f "$S/shallow"
+    refs=
+  fi
 fi
-if [ -f "$S/shallow" ]; then
-  warn "the workspace's repository is shallow: its refs are skipped"
-  g for-each-ref --format='delete %(refname)' refs/ws/ | g update-ref --stdin; rm -f "$S/shallow"
-fi
-H=$(g rev-parse -q --verify 'refs/ws/HEAD^{commit}' 2>/dev/null) || H=
-# 2. the files, as they are, on top of the step's HEAD (or the last harvest)
-I=/tmp/logist-index.$nonce; rm -f "$I"
+types=$(have)
+kind() { printf '%s\n' "$types" | awk -v o="$1" '$1 == o {print $2; exit}'; }
+H=$(printf '%s\n' "$refs" | awk -F'	' '$2 == "HEAD" {print $1; exit}')
+[ -n "$H" ] && [ "$(kind "$H")" != commit ] && { warn "skipped HEAD: its objects are missing"; H=; }
+# 2. the files, as they are, on top of the step's HEAD (or the last harvest); the index is
+#    kept between harvests so unchanged files are not read again
 start=${H:-$P}
-GIT_INDEX_FILE=$I g read-tree "$start" 2>/dev/null || GIT_INDEX_FILE=$I g read-tree "$P" || exit 11
+GIT_INDEX_FILE=$I g read-tree -m "$start" 2>/dev/null || GIT_INDEX_FILE=$I g read-tree "$start" \
+  2>/dev/null || GIT_INDEX_FILE=$I g read-tree "$P" || exit 11
 cd "$W" || exit 12
 GIT_INDEX_FILE=$I g --work-tree="$W" add -A --ignore-errors 2>/tmp/add.err || \
   warn "some files could not be read: $(tail -n 1 /tmp/add.err)"
 T=$(GIT_INDEX_FILE=$I g --work-tree="$W" write-tree) || exit 13
-rm -f "$I"; cd /
+cd /
 if [ -z "$H" ]; then set -- "$P"
-elif g merge-base --is-ancestor "$P" "$H" 2>/dev/null; then set -- "$H"
+elif [ "$H" = "$P" ] || g merge-base --is-ancestor "$P" "$H" 2>/dev/null; then set -- "$H"
 elif g merge-base --is-ancestor "$H" "$P" 2>/dev/null; then set -- "$P"
 else set -- "$P" "$H"; fi
 if [ $# -eq 1 ] && [ "$(g rev-parse "$1^{tree}")" = "$T" ]; then C=$1
@@ -129,21 +131,27 @@ current=
 sym=$(printf '%s\n' "$list" | sed -n 's|^ref: \(refs/[^	]*\)	HEAD$|\1|p')
 [ "$C" = "$H" ] && [ "$sym" = "refs/heads/$branch" ] && current=yes && echo "current yes"
 # 3. other branches, tags and the stash: kept under refs/logist/<ns>/
-g update-ref "refs/heads/$branch" "$C"
-set -- ; [ "$C" = "$P" ] || set -- "refs/heads/$branch"
-have=$(git --git-dir=/trusted -c safe.directory='*' for-each-ref \
+kept=$(git --git-dir=/trusted -c safe.directory='*' for-each-ref \
        --format='%(objectname) %(refname)' "refs/logist/$ns/" 2>/dev/null)
-g for-each-ref --format='%(objectname) %(refname)' refs/ws/heads refs/ws/tags refs/ws/stash \
-  > /tmp/side
-while read -r oid ref; do
-  dest="refs/logist/$ns/${ref#refs/ws/}"
+set -- ; [ "$C" = "$P" ] || set -- "refs/heads/$branch"
+updates="update refs/heads/$branch $C
+"
+for line in $(printf '%s\n' "$refs" | grep -v '	HEAD$' | tr '\t' '='); do
+  oid=${line%%=*} name=${line#*=}
+  case "$(kind "$oid")" in
+    missing|"") warn "skipped $name: its objects are missing"; continue ;;
+  esac
+  dest="refs/logist/$ns/${name#refs/}"
   echo "ref $oid $dest"
-  case "$have" in *"$oid $dest"*) continue ;; esac
-  g update-ref "$dest" "$oid" && set -- "$@" "$dest"
-done < /tmp/side
+  case "$kept" in *"$oid $dest"*) continue ;; esac
+  updates="${updates}update $dest $oid
+"
+  set -- "$@" "$dest"
+done
+printf '%s' "$updates" | g update-ref --stdin || exit 16
 # 4. the bundle: what logist's repository does not have yet
 if [ $# -gt 0 ]; then
-  excl="^$P"; for oid in $(printf '%s\n' "$have" | cut -d' ' -f1); do excl="$excl ^$oid"; done
+  excl="^$P"; for oid in $(printf '%s\n' "$kept" | cut -d' ' -f1); do excl="$excl ^$oid"; done
   if g bundle create -q "/out/$nonce.bundle" "$@" $excl 2>/tmp/bundle.err; then
     echo "bundle $nonce.bundle"
   elif [ -n "$(g rev-list --objects -n 1 "$@" $excl 2>/dev/null)" ]; then
