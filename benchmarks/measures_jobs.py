@@ -57,7 +57,7 @@ rm -rf "$ws"
 
 
 def whole_job(ctx: Context, scratch: Path, res: Result) -> None:
-    """``logist job create`` + ``logist job run`` of 3 x ``true`` on a small repository, vs the
+    """``logist run`` (one command: create + run) of 3 x ``true`` on a small repository, vs the
     shell script a user would write for the same."""
     repo = make_repo(scratch / "src", 20)
     root = scratch / "jobs"
@@ -66,15 +66,10 @@ def whole_job(ctx: Context, scratch: Path, res: Result) -> None:
     label = f"{BENCH_LABEL}={ctx.run_id}"
 
     def logist(i: int) -> float:
-        made: list[str] = []
-
-        def job() -> None:
-            create = ctx.lg(root, "job", "create", "--repo", str(repo), "--image", ctx.image)
-            made.append(run([*create, *steps]).stdout.strip())
-            run(ctx.lg(root, "job", "run", made[0]))
-
-        seconds = timed(job)
-        expect_done(root, made[0])
+        job_id = f"whole-{i}"
+        one = ctx.lg(root, "run", job_id, "--repo", str(repo), "--image", ctx.image)
+        seconds = timed_run([*one, *steps])
+        expect_done(root, job_id)
         return seconds
 
     def baseline(i: int) -> float:

@@ -104,7 +104,7 @@ def _alive(pid: int) -> bool:
 
 
 def remove_workspace(
-    store: Store, job: Job, *, force: bool = False, dry_run: bool = False
+    store: Store, job: Job, *, force: bool = False, dry_run: bool = False, harvested: bool = False
 ) -> Report:
     """Remove ``$JOBS_DIR/<id>/workspace`` in the contract's order; the caller holds the job's
     lock. Never raises for what is left behind: the report names it (``ok`` is False)."""
@@ -113,7 +113,7 @@ def remove_workspace(
     job_dir = store.job_dir(job.id)
     ws = job_dir / "workspace"
     try:
-        _remove(store, job, ws, job_dir, report, force=force, dry_run=dry_run)
+        _remove(store, job, ws, job_dir, report, force=force, dry_run=dry_run, harvested=harvested)
     except LogistError as exc:
         if exc.exit_code == 3:
             raise
@@ -128,7 +128,15 @@ def remove_workspace(
 
 
 def _remove(
-    store: Store, job: Job, ws: Path, job_dir: Path, report: Report, *, force: bool, dry_run: bool
+    store: Store,
+    job: Job,
+    ws: Path,
+    job_dir: Path,
+    report: Report,
+    *,
+    force: bool,
+    dry_run: bool,
+    harvested: bool = False,
 ) -> None:
     leftovers = setup_leftovers(job_dir)
     if leftovers and not dry_run:  # half-made clones of a killed setup: nothing to harvest
@@ -173,7 +181,8 @@ def _remove(
         report.workspace_removed = True
         return
     # 3. harvest what is not yet in the job branch (raises: the workspace is kept)
-    harvest_leftover(store, job, ws)
+    if not harvested:
+        harvest_leftover(store, job, ws)
     job.workspace_state = WS_REMOVING  # from here on, the manifest's record is the work
     store.save(job)
     # 4. delete, through a root helper container for files of another uid
@@ -216,11 +225,12 @@ def _delete_as_root(cli, store: Store, job: Job, job_dir: Path) -> int:
     return max(before - tree_size(job_dir / "workspace"), 0)
 
 
-def after_job(store: Store, job: Job) -> Report | None:
-    """Apply the job's cleanup policy once it has stopped running; None when it keeps all."""
+def after_job(store: Store, job: Job, *, harvested: bool = False) -> Report | None:
+    """Apply the job's cleanup policy once it has stopped running; None when it keeps all.
+    ``harvested``: the caller harvested after the last step, under the lock it still holds."""
     if job.cleanup == "never" or (job.cleanup == "on-success" and job.state != SUCCEEDED):
         return None
-    return remove_workspace(store, job)
+    return remove_workspace(store, job, harvested=harvested)
 
 
 def recover_dead_owner(store: Store, job: Job) -> bool:

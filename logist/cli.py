@@ -69,69 +69,118 @@ def main_options(
 # --- job create / list / status / logs ----------------------------------------------------
 
 
+# The options of a job spec, one definition each, shared by `job create` and `run`.
+IdArg = Annotated[str | None, typer.Argument(help="Job id (generated when omitted).")]
+FileOpt = Annotated[Path | None, typer.Option("--file", "-f", help="YAML spec.")]
+RepoOpt = Annotated[str | None, typer.Option(help="Local git repository or git URL.")]
+ImageOpt = Annotated[str | None, typer.Option(help="Image of the steps.")]
+StepOpt = Annotated[list[str] | None, typer.Option(help="A step's command (repeat).")]
+RefOpt = Annotated[str | None, typer.Option(help="Start from this ref (default: HEAD).")]
+PromptOpt = Annotated[str | None, typer.Option(help="Given to steps as $LOGIST_PROMPT.")]
+EnvOpt = Annotated[list[str] | None, typer.Option(help="K=V for the steps (repeat).")]
+TimeoutOpt = Annotated[str | None, typer.Option(help="Per-step timeout, seconds.")]
+MemoryOpt = Annotated[str | None, typer.Option(help="Memory limit, e.g. 512m.")]
+CpusOpt = Annotated[str | None, typer.Option(help="CPU limit, e.g. 1.5.")]
+PidsOpt = Annotated[str | None, typer.Option(help="Process limit (default 4096).")]
+NetworkOpt = Annotated[str | None, typer.Option(help="bridge, none or host.")]
+CapAddOpt = Annotated[
+    list[str] | None,
+    typer.Option("--cap-add", help="Give the steps this capability, e.g. NET_RAW (repeat)."),
+]
+RuntimeOpt = Annotated[
+    str | None, typer.Option(help="OCI runtime the engine knows, e.g. runsc (gVisor).")
+]
+SecretOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--secret",
+        help="Pass this variable of logist's environment to the steps, read when each step "
+        "starts, never stored, masked as *** in their output (repeat).",
+    ),
+]
+UserOpt = Annotated[str | None, typer.Option(help="UID:GID or root (default: yours).")]
+PullOpt = Annotated[str | None, typer.Option(help="missing, always or never.")]
+CleanupOpt = Annotated[str | None, typer.Option(help="always, on-success or never.")]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Only the steps' output (no progress lines).")
+]
+
+
+def _create(file: Path | None, **options: Any):
+    """Create a job from the spec options (``env`` as K=V items) and an optional YAML file."""
+    from logist.jobs import create_job
+    from logist.spec import parse_env
+
+    env = options.pop("env")
+    steps, caps, secrets = options.pop("step"), options.pop("cap_add"), options.pop("secret")
+    raw = {**options, "steps": steps or None, "cap_add": caps or None, "secrets": secrets or None}
+    if env:
+        raw["env"] = parse_env(env)
+    return create_job(_store(), raw, file)
+
+
 @job_app.command("create")
 def job_create(
-    job_id: Annotated[str | None, typer.Argument(help="Job id (generated when omitted).")] = None,
-    file: Annotated[Path | None, typer.Option("--file", "-f", help="YAML spec.")] = None,
-    repo: Annotated[str | None, typer.Option(help="Local git repository or git URL.")] = None,
-    image: Annotated[str | None, typer.Option(help="Image of the steps.")] = None,
-    step: Annotated[list[str] | None, typer.Option(help="A step's command (repeat).")] = None,
-    ref: Annotated[str | None, typer.Option(help="Start from this ref (default: HEAD).")] = None,
-    prompt: Annotated[str | None, typer.Option(help="Given to steps as $LOGIST_PROMPT.")] = None,
-    env: Annotated[list[str] | None, typer.Option(help="K=V for the steps (repeat).")] = None,
-    timeout: Annotated[str | None, typer.Option(help="Per-step timeout, seconds.")] = None,
-    memory: Annotated[str | None, typer.Option(help="Memory limit, e.g. 512m.")] = None,
-    cpus: Annotated[str | None, typer.Option(help="CPU limit, e.g. 1.5.")] = None,
-    pids: Annotated[str | None, typer.Option(help="Process limit (default 4096).")] = None,
-    network: Annotated[str | None, typer.Option(help="bridge, none or host.")] = None,
-    cap_add: Annotated[
-        list[str] | None,
-        typer.Option("--cap-add", help="Give the steps this capability, e.g. NET_RAW (repeat)."),
-    ] = None,
-    runtime: Annotated[
-        str | None, typer.Option(help="OCI runtime the engine knows, e.g. runsc (gVisor).")
-    ] = None,
-    secret: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--secret",
-            help="Pass this variable of logist's environment to the steps, read when each step "
-            "starts, never stored, masked as *** in their output (repeat).",
-        ),
-    ] = None,
-    user: Annotated[str | None, typer.Option(help="UID:GID or root (default: yours).")] = None,
-    pull: Annotated[str | None, typer.Option(help="missing, always or never.")] = None,
-    cleanup: Annotated[str | None, typer.Option(help="always, on-success or never.")] = None,
+    job_id: IdArg = None,
+    file: FileOpt = None,
+    repo: RepoOpt = None,
+    image: ImageOpt = None,
+    step: StepOpt = None,
+    ref: RefOpt = None,
+    prompt: PromptOpt = None,
+    env: EnvOpt = None,
+    timeout: TimeoutOpt = None,
+    memory: MemoryOpt = None,
+    cpus: CpusOpt = None,
+    pids: PidsOpt = None,
+    network: NetworkOpt = None,
+    cap_add: CapAddOpt = None,
+    runtime: RuntimeOpt = None,
+    secret: SecretOpt = None,
+    user: UserOpt = None,
+    pull: PullOpt = None,
+    cleanup: CleanupOpt = None,
 ) -> None:
     """Create a job; print its id alone on stdout.
 
     Example: logist job create --repo . --step 'my-agent' --secret ANTHROPIC_API_KEY
     """
-    from logist.jobs import create_job
-    from logist.spec import parse_env
+    options = {k: v for k, v in locals().items() if k not in ("job_id", "file")}
+    print(_create(file, id=job_id, **options).id)
 
-    raw = {
-        "id": job_id,
-        "repo": repo,
-        "image": image,
-        "steps": step or None,
-        "ref": ref,
-        "prompt": prompt,
-        "timeout": timeout,
-        "memory": memory,
-        "cpus": cpus,
-        "pids": pids,
-        "network": network,
-        "cap_add": cap_add or None,
-        "runtime": runtime,
-        "secrets": secret or None,
-        "user": user,
-        "pull": pull,
-        "cleanup": cleanup,
-    }
-    if env:
-        raw["env"] = parse_env(env)
-    print(create_job(_store(), raw, file).id)
+
+@app.command("run")
+def run(
+    job_id: IdArg = None,
+    file: FileOpt = None,
+    repo: RepoOpt = None,
+    image: ImageOpt = None,
+    step: StepOpt = None,
+    ref: RefOpt = None,
+    prompt: PromptOpt = None,
+    env: EnvOpt = None,
+    timeout: TimeoutOpt = None,
+    memory: MemoryOpt = None,
+    cpus: CpusOpt = None,
+    pids: PidsOpt = None,
+    network: NetworkOpt = None,
+    cap_add: CapAddOpt = None,
+    runtime: RuntimeOpt = None,
+    secret: SecretOpt = None,
+    user: UserOpt = None,
+    pull: PullOpt = None,
+    cleanup: CleanupOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Create a job and run it, in one command (as `job create` then `job run`); the job's id
+    is printed on stderr first.
+
+    Example: logist run --repo . --image logist/step:latest --step 'make test'
+    """
+    options = {k: v for k, v in locals().items() if k not in ("job_id", "file", "quiet")}
+    job = _create(file, id=job_id, **options)
+    print(f"logist: job {job.id}", file=sys.stderr, flush=True)
+    _run_ids(_store(), [job.id], 1, quiet)
 
 
 @job_app.command("list")
@@ -156,6 +205,7 @@ def job_status(
     json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show one job: its state, steps, workspace, result and containers."""
+    from logist.progress import duration
     from logist.views import containers_by_job, job_view
 
     store = _store()
@@ -168,7 +218,8 @@ def job_status(
     print(f"  repo {view['repo']} ref {view['ref'] or 'HEAD'} -> branch {view['branch']}")
     for s in view["steps"]:
         code = "" if s["exit_code"] is None else f" exit {s['exit_code']}"
-        print(f"  step {s['index']}: {s['state']}{code}  {s['name'] or s['run']}")
+        took = "" if s["duration"] is None else f" in {duration(s['duration'])}"
+        print(f"  step {s['index']}: {s['state']}{code}{took}  {s['name'] or s['run']}")
     print(f"  workspace {view['workspace']['state']}: {view['workspace']['path']}")
     print(
         f"  result bundle {view['result']['bundle'] or '-'}, "
@@ -225,9 +276,9 @@ def job_run(
     job_ids: Annotated[list[str] | None, typer.Argument(help="Jobs to run.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every pending or interrupted job.")] = False,
     parallel: Annotated[int, typer.Option(min=1, help="Jobs at a time.")] = 1,
+    quiet: QuietOpt = False,
 ) -> None:
     """Run jobs to a terminal state: steps in order, harvest, cleanup."""
-    from logist.engine import Engine, signals_interrupt
     from logist.jobs import load_all
     from logist.views import job_view
 
@@ -246,8 +297,20 @@ def job_run(
             raise UsageError("name jobs to run, or use --all")
         print("no pending or interrupted jobs", file=sys.stderr)
         return
+    _run_ids(store, ids, parallel, quiet)
+
+
+def _run_ids(store, ids: list[str], parallel: int, quiet: bool) -> None:
+    """Run jobs with the steps' output on stdout and, for a person at a terminal, progress
+    lines on stderr; exit with the contract's code."""
+    from logist.engine import Engine, signals_interrupt
+    from logist.progress import Progress
+
+    several = len(ids) > 1
+    progress = None if quiet or not sys.stderr.isatty() else Progress(sys.stderr, several)
     with signals_interrupt():
-        results = Engine(store, sys.stdout.buffer, prefix=len(ids) > 1).run_many(ids, parallel)
+        engine = Engine(store, sys.stdout.buffer, prefix=several, progress=progress)
+        results = engine.run_many(ids, parallel)
     _finish_runs(results)
 
 

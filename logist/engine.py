@@ -38,6 +38,7 @@ from logist.model import (
     Step,
     now,
 )
+from logist.progress import Progress
 from logist.sandbox import HarvestFailed, Sandbox
 from logist.store import CANCEL, Store, write_atomic
 from logist.workspace import make_writable_for, setup_workspace
@@ -193,11 +194,13 @@ class Engine:
         sink: BinaryIO | None = None,
         prefix: bool = False,
         notify: Callable[[str], None] | None = None,
+        progress: Progress | None = None,
     ) -> None:
         self.store = store
         self.sink = sink
         self.prefix = prefix
         self.notify = notify or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.progress = progress
         self._print_lock = threading.Lock()
 
     # --- one job ---------------------------------------------------------------------------
@@ -252,12 +255,17 @@ class Engine:
                         job.cancel()
                         break
                     ran += 1
+                    if self.progress:
+                        self.progress.step_started(job, step)
                     try:
                         self._run_step(job, step, ws)
                     except Rejected as exc:  # the user's input, not the environment: job failed
                         job.move(FAILED)
                         job.error, rejected = str(exc), exc
                         break
+                    finally:
+                        if self.progress and step.finished_at:
+                            self.progress.step_finished(job, step)
                     harvest(store, job, sandbox, f"step {step.index}", self.notify)
                     if step.state == SUCCEEDED:
                         continue
@@ -327,12 +335,15 @@ class Engine:
             finish(self.store, job)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.store.job_dir(job.id) / CANCEL)
-        report = after_job(self.store, job)
+        # the last harvest was made under this same lock, after the last step: nothing new
+        report = after_job(self.store, job, harvested=ws is not None)
         if report is not None and not report.ok:
             self.notify(
                 f"logist: cleanup of {job.id} incomplete: "
                 + (report.error or ", ".join(report.left_behind))
             )
+        if self.progress:
+            self.progress.job_finished(job, report)
         return JobResult(job=job, cleanup=report)
 
     def _back_to_pending(self, job: Job, state: str, error: str) -> None:

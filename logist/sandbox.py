@@ -73,7 +73,9 @@ write_back() (
 # commit, message, nonce, ref namespace, and "yes" to write the harvest back in the same run
 # (when the step runs as root too). Prints "commit C", "current yes", "bundle NAME",
 # "ref OID NAME" lines; every one is checked by the host.
-HARVEST = PRELUDE + r"""
+HARVEST = (
+    PRELUDE
+    + r"""
 branch=$1 P=$2 msg=$3 nonce=$4 ns=$5 wb=${6:-no}
 I=/tmp/logist-index
 g() { git --git-dir="$S" -c core.hooksPath=/dev/null -c safe.directory='*' \
@@ -163,11 +165,15 @@ if [ "$wb" = yes ] && [ -z "$current" ]; then
 fi
 exit 0
 """
+)
 
 # Runs as the step's user. Arguments: branch, harvest commit.
-WRITE_BACK = PRELUDE + r"""
+WRITE_BACK = (
+    PRELUDE
+    + r"""
 write_back "$1" "$2"
 """
+)
 
 _LINE = re.compile(r"(commit|bundle|ref|current) (\S+)(?: (\S+))?")
 

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from logist.model import INTERRUPTED, RUNNING, Job
+from logist.progress import duration, seconds_between
 from logist.store import Store, is_active
 
 
@@ -31,6 +32,7 @@ def job_view(
             "oom_killed": s.oom_killed,
             "started_at": s.started_at,
             "finished_at": s.finished_at,
+            "duration": seconds_between(s.started_at, s.finished_at),
             "log": s.log,
             "error": s.error,
         }
@@ -85,9 +87,15 @@ def containers_by_job(store: Store) -> dict[str, list[str]]:
     return out
 
 
+def run_seconds(view: dict[str, Any]) -> float | None:
+    """Seconds the job's steps took, in all (None before any step finished)."""
+    took = [s["duration"] for s in view["steps"] if s["duration"] is not None]
+    return sum(took) if took else None
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """A readable table of jobs for people."""
-    head = ("ID", "STATE", "ACTIVE", "STEPS", "WORKSPACE", "UPDATED")
+    head = ("ID", "STATE", "ACTIVE", "STEPS", "DURATION", "WORKSPACE", "UPDATED")
     lines = [head]
     for r in rows:
         done = sum(1 for s in r["steps"] if s["state"] == "succeeded")
@@ -97,6 +105,7 @@ def table(rows: list[dict[str, Any]]) -> str:
                 r["state"],
                 "yes" if r["active"] else "no",
                 f"{done}/{len(r['steps'])}",
+                duration(run_seconds(r)),
                 r["workspace"]["state"],
                 r["updated_at"],
             )
