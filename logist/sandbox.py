@@ -289,7 +289,7 @@ class Sandbox:
                 contextlib.suppress(LogistError, docker.errors.APIError),
                 containers.engine_errors("removing the harvest helper"),
             ):
-                containers.stop_and_remove([container], grace=0)
+                container.remove(force=True)  # SIGKILL and remove in one call
 
     def _prepare_exchange(self) -> None:
         """An empty exchange directory the helper (root without DAC_OVERRIDE) may write; the
