@@ -34,6 +34,7 @@ from logist.model import (
     RUNNING,
     SUCCEEDED,
     TIMED_OUT,
+    WS_READY,
     Job,
     Step,
     now,
@@ -227,6 +228,11 @@ class Engine:
             raise InvalidTransition(
                 f"job {job.id} is {job.state}; only pending or interrupted jobs can run"
             )
+        # a ready workspace a step of this job already ran in (not a resume): the engine was
+        # shown to see it then, so the helper may start while the next step runs
+        seen = job.state == PENDING and job.workspace_state == WS_READY and bool(
+            job.harvested_commit
+        )
         cancel_file = store.job_dir(job.id) / CANCEL
         with contextlib.suppress(FileNotFoundError):
             os.unlink(cancel_file)  # a request for an earlier run
@@ -244,7 +250,10 @@ class Engine:
             job = store.load(job.id)
             make_writable_for(store, job, ws)
             with Sandbox(store, job) as sandbox:
-                sandbox.start()  # proves the engine sees the job directory before any step
+                if seen:
+                    sandbox.start_in_background()
+                else:
+                    sandbox.start()  # proves the engine sees the job directory: no step yet
                 while (step := job.next_step()) is not None:
                     if max_steps is not None and ran >= max_steps:
                         break

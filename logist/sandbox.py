@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import stat
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -230,6 +231,8 @@ class Sandbox:
         self.job_dir = store.job_dir(job.id)
         self.exchange = self.job_dir / EXCHANGE
         self._container: Container | None = None
+        self._starting: threading.Thread | None = None
+        self._start_error: BaseException | None = None
 
     def __enter__(self) -> Sandbox:
         return self
@@ -239,9 +242,32 @@ class Sandbox:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
+    def start_in_background(self) -> None:
+        """Start the helper while the caller goes on (a step of a workspace the engine has
+        already been shown to see); the first use waits for it, and raises what it raised."""
+
+        def go() -> None:
+            try:
+                self.start()
+            except BaseException as exc:  # handed to the first use, in the caller's thread
+                self._start_error = exc
+
+        self._starting = threading.Thread(target=go, name="logist-helper-start", daemon=True)
+        self._starting.start()
+
+    def _started(self) -> None:
+        starting, self._starting = self._starting, None
+        if starting is not None:
+            starting.join()
+        error, self._start_error = self._start_error, None
+        if error is not None:
+            raise error
+
     def start(self) -> None:
         """Start the helper and prove the engine sees this job's directory (a marker written
         here must be read there); ``EnvironmentProblem`` (exit 3) otherwise."""
+        if self._starting is not None and threading.current_thread() is not self._starting:
+            self._started()
         if self._container is not None:
             return
         import docker
@@ -283,6 +309,8 @@ class Sandbox:
         leaves it to the orphan sweep (its owner label names this process)."""
         import docker
 
+        with contextlib.suppress(BaseException):
+            self._started()
         container, self._container = self._container, None
         if container is not None:
             with (
