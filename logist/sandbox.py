@@ -248,7 +248,7 @@ class Sandbox:
 
         def go() -> None:
             try:
-                self.start()
+                self.start(check=False)
             except BaseException as exc:  # handed to the first use, in the caller's thread
                 self._start_error = exc
 
@@ -263,9 +263,9 @@ class Sandbox:
         if error is not None:
             raise error
 
-    def start(self) -> None:
-        """Start the helper and prove the engine sees this job's directory (a marker written
-        here must be read there); ``EnvironmentProblem`` (exit 3) otherwise."""
+    def start(self, check: bool = True) -> None:
+        """Start the helper and (``check``) prove the engine sees this job's directory (a
+        marker written here must be read there); ``EnvironmentProblem`` (exit 3) otherwise."""
         if self._starting is not None and threading.current_thread() is not self._starting:
             self._started()
         if self._container is not None:
@@ -302,7 +302,8 @@ class Sandbox:
             raise self._unseen(str(exc)) from None
         with containers.engine_errors("starting the harvest helper"):
             self._container.start()
-        self._check_visible()
+        if check:
+            self._check_visible()
 
     def close(self) -> None:
         """Remove the helper (killed at once: it holds no work). An engine that went away
