@@ -85,7 +85,8 @@ def _store_job(jobs_root: Path, job_id: str, steps: int = 1, **fields) -> Job:
 
 
 @pytest.mark.parametrize(
-    "bad_id", ["../x", "a/b", "A", "..", ".", "", "_x", "x y", "a.b/", "a" * 65]
+    "bad_id",
+    ["../x", "a/b", "A", "..", ".", "", "_x", "x y", "a.b/", "a" * 65, "a..b", "x.lock", "x."],
 )
 def test_create_refuses_invalid_ids_stating_the_rule_and_creates_nothing(
     logist, jobs_root, source_repo, tmp_path, bad_id
@@ -118,6 +119,38 @@ def test_other_commands_refuse_invalid_ids_without_touching_the_filesystem(
     for args in (("status", bad_id, "--json"), ("logs", bad_id), ("cleanup", bad_id)):
         assert ID_RULE in _one_line_error(logist("job", *args))
     assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "logist/a..b",
+        "logist/x.lock",
+        "logist/x.",
+        "logist/.x",
+        "logist/a@{b",
+        "logist/a b",
+        "logist/a//b",
+        "logist/a~1",
+        "logist/a^",
+        "logist/a:b",
+        "logist/a?",
+        "logist/a*",
+        "logist/a[b",
+        "logist/a\\b",
+        "logist/a/",
+        "logist/x.lock.y",
+        "logist/a.b",
+        "logist/a-b_c.d",
+        "logist/@",
+        "@",
+    ],
+)
+def test_branch_name_check_agrees_with_git_check_ref_format(name):
+    from logist.spec import valid_ref_name
+
+    git_says = subprocess.run(["git", "check-ref-format", name]).returncode == 0
+    assert valid_ref_name(name) is git_says
 
 
 def test_create_accepts_an_id_of_64_characters(logist, jobs_root, source_repo):
