@@ -226,29 +226,32 @@ def sweep(store: Store, older_than: float, *, dry_run: bool = False) -> dict:
             out["skipped"].append({"job": job_id, "reason": "active"})
             continue
         try:
-            peek = store.load(job_id)
-        except LogistError as exc:
-            out["failed"].append({"job": job_id, "error": str(exc)})
-            continue
-        has_ws = has_workspace(job_dir)
-        if not has_ws and peek.state != RUNNING:
-            continue
-        idle = now - parse_time(peek.updated_at).timestamp() >= older_than
-        # a cleanup that left something behind is retried by the next sweep, whatever its age
-        if not idle and peek.state != RUNNING and not peek.leftovers:
-            out["skipped"].append({"job": job_id, "reason": "recent"})
-            continue
-        try:
-            with store.lock(job_id, timeout=0.2):
-                _sweep_one(store, job_id, dry_run, out)
+            _sweep_job(store, job_id, now, older_than, dry_run, out)
         except JobActive:
             out["skipped"].append({"job": job_id, "reason": "active"})
         except LogistError as exc:
             if exc.exit_code == 3:
                 raise
             out["failed"].append({"job": job_id, "error": str(exc)})
+        except Exception as exc:  # one job's unexpected error never stops the sweep
+            out["failed"].append({"job": job_id, "error": f"{type(exc).__name__}: {exc}"})
     out["orphans_removed"] = containers.reap_orphans(containers.client(), store.root, dry_run)
     return out
+
+
+def _sweep_job(
+    store: Store, job_id: str, now: float, older_than: float, dry_run: bool, out: dict
+) -> None:
+    peek = store.load(job_id)
+    if not has_workspace(store.job_dir(job_id)) and peek.state != RUNNING:
+        return
+    idle = now - parse_time(peek.updated_at).timestamp() >= older_than
+    # a cleanup that left something behind is retried by the next sweep, whatever its age
+    if not idle and peek.state != RUNNING and not peek.leftovers:
+        out["skipped"].append({"job": job_id, "reason": "recent"})
+        return
+    with store.lock(job_id, timeout=0.2):
+        _sweep_one(store, job_id, dry_run, out)
 
 
 CLEANED_FIELDS = ("job", "workspace_removed", "containers_removed", "bytes_freed", "seconds")
@@ -279,7 +282,7 @@ def cleanup_one(
 ) -> dict:
     """``job cleanup JOB_ID``: refuse an active job unless ``force``, which cancels its run
     (stopping its containers) and waits for the lock. Same report shape as the sweep."""
-    from logist.store import CANCEL, write_atomic
+    from logist.store import request_cancel
 
     store.load(job_id)
     job_dir = store.job_dir(job_id)
@@ -291,7 +294,7 @@ def cleanup_one(
                 "use --force to stop it and clean up"
             )
         if not dry_run:
-            write_atomic(job_dir / CANCEL, b"cleanup --force")
+            request_cancel(job_dir, "cleanup --force")
             containers.stop_and_remove(containers.find(containers.client(), store.root, job_id))
             timeout = wait
     out: dict = {"cleaned": [], "skipped": [], "failed": [], "orphans_removed": 0}

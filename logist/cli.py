@@ -121,8 +121,8 @@ def job_list(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
 
     store = _store()
     jobs = list(load_all(store))
-    by_job = containers_by_job(store) if json_ and jobs else {}
-    rows = [job_view(store, j, by_job.get(j.id)) for j in jobs]
+    by_job, unknown = containers_by_job(store) if json_ and jobs else ({}, None)
+    rows = [job_view(store, j, by_job.get(j.id), containers_error=unknown) for j in jobs]
     if json_:
         _print_json(rows)
     else:
@@ -139,7 +139,8 @@ def job_status(
 
     store = _store()
     job = store.load(job_id)
-    view = job_view(store, job, containers_by_job(store).get(job_id))
+    by_job, unknown = containers_by_job(store)
+    view = job_view(store, job, by_job.get(job_id), containers_error=unknown)
     if json_:
         _print_json(view)
         return
@@ -237,11 +238,17 @@ def job_cancel(
         int,
         typer.Option(min=0, help="Seconds between SIGTERM and SIGKILL for the job's running step."),
     ] = 5,
+    wait: Annotated[
+        float,
+        typer.Option(
+            min=0, help="Seconds to wait for a job's owner to stop (exit 1 if it still runs)."
+        ),
+    ] = 60.0,
 ) -> None:
     """Cancel a job (also one running in another terminal)."""
     from logist.engine import cancel
 
-    result = cancel(_store(), job_id, grace=grace)
+    result = cancel(_store(), job_id, wait=wait, grace=grace)
     print(f"job {job_id}: {result.job.state}", file=sys.stderr)
     if result.error is not None:
         raise result.error
@@ -322,7 +329,7 @@ def doctor(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
 def _interrupt(signum, frame) -> None:
     from logist.errors import Interrupted
 
-    raise Interrupted("interrupted")
+    raise Interrupted("interrupted")  # not a LogistError: nothing in the core swallows it
 
 
 def main() -> None:
@@ -332,10 +339,12 @@ def main() -> None:
 
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
+    from logist.errors import Interrupted
+
     debug = os.environ.get("LOGIST_DEBUG") == "1"
     try:
         code = app(prog_name="logist", standalone_mode=False)
-    except LogistError as exc:
+    except (LogistError, Interrupted) as exc:
         if debug:
             import traceback
 

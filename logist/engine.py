@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sys
 import threading
@@ -17,8 +16,8 @@ from typing import BinaryIO
 from logist import containers
 from logist.cleanup import Report, after_job, recover_dead_owner
 from logist.errors import (
-    EngineUnavailable,
-    EnvironmentProblem,
+    CancelPending,
+    ImageMissing,
     InvalidTransition,
     JobActive,
     LogistError,
@@ -37,7 +36,13 @@ from logist.model import (
     Step,
     now,
 )
-from logist.store import CANCEL, Store, write_atomic
+from logist.store import (
+    Store,
+    cancel_requested,
+    drop_cancel_request,
+    read_owner,
+    request_cancel,
+)
 from logist.workspace import make_writable_for, setup_workspace
 
 INTERRUPT = threading.Event()
@@ -80,7 +85,9 @@ class _Output:
         self.partial = b""
 
     def __call__(self, chunk: bytes) -> None:
-        self.log.write(chunk)
+        view = memoryview(chunk)
+        while view:  # the log is unbuffered: each chunk is in the file at once
+            view = view[self.log.write(view) or 0 :]
         if self.sink is None:
             return
         if not self.prefix:
@@ -129,27 +136,27 @@ class Engine:
         """Run ``job_id`` (at most ``max_steps`` steps) under its lock, then harvest, finish and
         clean up as the contract says. Errors are returned in the result, not raised."""
         store = self.store
+        asked_from = time.time()  # cancel requests older than this were for an earlier run
         try:
             with store.lock(job_id, timeout=LOCK_WAIT):
                 job = store.load(job_id)
                 try:
-                    return self._run_locked(job, max_steps)
+                    return self._run_locked(job, max_steps, asked_from)
                 except LogistError as exc:
                     return JobResult(job=job, error=exc)
         except LogistError as exc:
             job = store.load(job_id) if store.exists(job_id) else None
             return JobResult(job=job, error=exc)  # type: ignore[arg-type]
 
-    def _run_locked(self, job: Job, max_steps: int | None) -> JobResult:
+    def _run_locked(self, job: Job, max_steps: int | None, asked_from: float) -> JobResult:
         store = self.store
         recover_dead_owner(store, job)
         if job.state not in RUNNABLE:
             raise InvalidTransition(
                 f"job {job.id} is {job.state}; only pending or interrupted jobs can run"
             )
-        cancel_file = store.job_dir(job.id) / CANCEL
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(cancel_file)  # a request for an earlier run
+        job_dir = store.job_dir(job.id)
+        drop_cancel_request(job_dir, before=asked_from)  # a request for an earlier run
         job.move(RUNNING)
         job.error = None
         store.save(job)
@@ -165,11 +172,11 @@ class Engine:
                 if INTERRUPT.is_set():
                     job.move(INTERRUPTED)
                     break
-                if cancel_file.exists():
+                if cancel_requested(job_dir, since=asked_from):
                     job.cancel()
                     break
                 ran += 1
-                self._run_step(job, step, ws)
+                self._run_step(job, step, ws, asked_from)
                 if step.state == SUCCEEDED:
                     continue
                 if step.state in (FAILED, TIMED_OUT):
@@ -182,15 +189,17 @@ class Engine:
             if job.state == RUNNING:
                 job.move(SUCCEEDED if job.next_step() is None else PENDING)
             store.save(job)
-        except EngineUnavailable as exc:
-            self._back_to_pending(job, INTERRUPTED, str(exc))
-            if ws is not None:
-                with contextlib.suppress(LogistError):
-                    harvest_leftover(store, job, ws)
-            raise
-        except EnvironmentProblem as exc:  # e.g. a missing image: nothing ran, try again later
+        except ImageMissing as exc:  # nothing ran: try again later
             self._back_to_pending(job, PENDING, str(exc))
             raise
+        except LogistError as exc:
+            if exc.exit_code == 3:  # the engine (or the disk) went away: resumable
+                self._back_to_pending(job, INTERRUPTED, str(exc))
+                if ws is not None:
+                    with contextlib.suppress(LogistError):
+                        harvest_leftover(store, job, ws)
+                raise
+            return self._failed(job, ws, exc)  # permanent: a refused setting, a bad ref, git
         except BaseException as exc:
             if job.state == RUNNING:
                 self._back_to_pending(job, INTERRUPTED, f"{type(exc).__name__}: {exc}")
@@ -203,8 +212,7 @@ class Engine:
             return JobResult(job=job)
         if ws is not None and ws.is_dir():
             finish(self.store, job, ws)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.store.job_dir(job.id) / CANCEL)
+        drop_cancel_request(self.store.job_dir(job.id))
         report = after_job(self.store, job)
         if report is not None and not report.ok:
             self.notify(
@@ -213,11 +221,29 @@ class Engine:
             )
         return JobResult(job=job, cleanup=report)
 
+    def _failed(self, job: Job, ws: Path | None, exc: LogistError) -> JobResult:
+        """A permanent error (retrying cannot help): the running step and the job are failed,
+        the work harvested so far lands, cleanup per policy; the error is the result's."""
+        for step in job.steps:
+            if step.state == RUNNING:
+                step.move(FAILED)
+                step.finished_at, step.error = now(), str(exc)
+        if job.state == RUNNING:
+            job.move(FAILED)
+        job.error = str(exc)
+        self.store.save(job)
+        try:
+            result = self._conclude(job, ws)
+        except LogistError:
+            result = JobResult(job=job)
+        result.error = exc
+        return result
+
     def _back_to_pending(self, job: Job, state: str, error: str) -> None:
         job.stop_running(state, error)
         self.store.save(job)
 
-    def _run_step(self, job: Job, step: Step, ws: Path) -> None:
+    def _run_step(self, job: Job, step: Step, ws: Path, asked_from: float | None = None) -> None:
         store = self.store
         job_dir = store.job_dir(job.id)
         log_path = job_dir / "logs" / f"step-{step.index}.log"
@@ -261,17 +287,19 @@ class Engine:
             jobs_root=store.root,
             **kwargs,
         )
-        cancel_file = job_dir / CANCEL
+
+        def canceled() -> bool:
+            return cancel_requested(job_dir, since=asked_from)
 
         def should_stop() -> str | None:
             if INTERRUPT.is_set():
                 return "interrupt"
-            if cancel_file.exists():
+            if canceled():
                 return "cancel"
             return None
 
         prefix = f"[{job.id}] ".encode() if self.prefix else b""
-        with open(log_path, "wb") as log:
+        with open(log_path, "wb", buffering=0) as log:
             out = _Output(log, self.sink, prefix, self._print_lock)
             try:
                 outcome = containers.run_container(
@@ -288,10 +316,8 @@ class Engine:
         if outcome.stopped_for == "timeout":
             step.move(TIMED_OUT)
             step.error = f"timed out after {step.timeout or job.timeout:g}s"
-        elif outcome.stopped_for == "cancel" or (
-            outcome.exit_code is None and cancel_file.exists()
-        ):
-            step.move(CANCELED)
+        elif outcome.stopped_for == "cancel" or (outcome.exit_code != 0 and canceled()):
+            step.move(CANCELED)  # stopped by us, or by the canceling process
         elif outcome.stopped_for == "interrupt":
             step.move(PENDING)
         elif outcome.exit_code == 0:
@@ -362,24 +388,34 @@ def signals_interrupt():
 def cancel(
     store: Store, job_id: str, wait: float = 60.0, grace: float = containers.STOP_GRACE
 ) -> JobResult:
-    """Cancel a job from any process. Owned by a live process: ask it (a request file), stop
-    the job's containers (SIGTERM, SIGKILL after ``grace`` seconds), and wait for it to finish.
-    Not owned: do everything here."""
+    """Cancel a job from any process. Not owned: do everything here. Owned by a live process:
+    ask it (a request file, written after its lock was taken, so it never looks stale), stop the
+    job's containers (SIGTERM, SIGKILL after ``grace`` seconds) and wait up to ``wait`` seconds
+    for it to finish.
+
+    Raises:
+        CancelPending: the owner still runs after ``wait`` (the request stays; exit 1).
+    """
     job = store.load(job_id)
     if job.terminal:
         raise InvalidTransition(f"job {job_id} is {job.state}; there is nothing to cancel")
     job_dir = store.job_dir(job_id)
-    write_atomic(job_dir / CANCEL, now().encode())
     try:
         with store.lock(job_id, timeout=0.3):
             return _cancel_locked(store, job_id, grace)
     except JobActive:
         pass
+    request_cancel(job_dir)
     cli = containers.client()
     containers.stop_and_remove(containers.find(cli, store.root, job_id), grace=grace)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline and store.active(job_id):
         time.sleep(0.1)
+    if store.active(job_id):
+        raise CancelPending(
+            f"job {job_id}: cancel requested, but its owner ({read_owner(job_dir) or 'unknown'}) "
+            f"still runs after {wait:g}s; it stops at its next step"
+        )
     containers.stop_and_remove(containers.find(cli, store.root, job_id), grace=0)
     return JobResult(job=store.load(job_id))
 
@@ -399,8 +435,7 @@ def _cancel_locked(store: Store, job_id: str, grace: float) -> JobResult:
             harvest_leftover(store, job, ws)
         except LogistError as exc:
             return JobResult(job=job, error=exc)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(store.job_dir(job_id) / CANCEL)
+    drop_cancel_request(store.job_dir(job_id))
     report = after_job(store, job)
     return JobResult(job=job, cleanup=report)
 

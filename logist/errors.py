@@ -32,6 +32,11 @@ class InvalidTransition(UsageError):
     """The job or step is in a state that does not allow the requested action."""
 
 
+class EngineRejected(UsageError):
+    """The engine refused a request as invalid (an HTTP 4xx): a setting it does not accept,
+    e.g. ``--memory 1b``. Permanent: the job is ``failed``, not ``interrupted`` (exit 2)."""
+
+
 class EnvironmentProblem(LogistError):
     """Docker engine unreachable, image missing and not pullable (exit 3)."""
 
@@ -57,6 +62,12 @@ class StepFailed(LogistError):
     exit_code = 1
 
 
+class CancelPending(LogistError):
+    """``job cancel`` asked the owner to stop, but it still runs after the wait (exit 1)."""
+
+    exit_code = 1
+
+
 class CleanupIncomplete(LogistError):
     """Something was left behind (exit 4); the message names it."""
 
@@ -75,7 +86,9 @@ class GitError(LogistError):
         self.stderr = stderr
 
 
-class Interrupted(LogistError):
-    """Interrupted by SIGINT/SIGTERM (exit 130)."""
+class Interrupted(BaseException):
+    """Interrupted by SIGINT/SIGTERM (exit 130). Deliberately not a ``LogistError`` (nor an
+    ``Exception``): no ``except LogistError`` / ``except Exception`` of the core swallows it, so
+    it ends the command at the CLI edge once ``finally`` blocks have made the state consistent."""
 
     exit_code = 130

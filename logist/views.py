@@ -11,10 +11,15 @@ from logist.store import Store, is_active
 
 
 def job_view(
-    store: Store, job: Job, containers: list[str] | None = None, active: bool | None = None
+    store: Store,
+    job: Job,
+    containers: list[str] | None = None,
+    active: bool | None = None,
+    containers_error: str | None = None,
 ) -> dict[str, Any]:
     """One job as the contract's object. A job recorded running with no live owner is
-    reported interrupted (and its running step pending), without writing anything."""
+    reported interrupted (and its running step pending), without writing anything. With
+    ``containers_error`` (the engine did not answer) ``containers`` is null: unknown."""
     job_dir = store.job_dir(job.id)
     active = is_active(job_dir) if active is None else active
     if job.state == RUNNING and not active:  # what the next lock taker will record
@@ -58,7 +63,8 @@ def job_view(
             else None,
             "branch": job.result_branch,
         },
-        "containers": containers or [],
+        "containers": None if containers_error else (containers or []),
+        "containers_error": containers_error,
         "base_commit": job.base_commit,
         "harvested_commit": job.harvested_commit,
         "cleanup": job.cleanup,
@@ -67,8 +73,9 @@ def job_view(
     }
 
 
-def containers_by_job(store: Store) -> dict[str, list[str]]:
-    """Ids of the containers labelled for this jobs root, by job; empty if no engine answers."""
+def containers_by_job(store: Store) -> tuple[dict[str, list[str]], str | None]:
+    """Ids of the containers labelled for this jobs root, by job, and None; or, when the engine
+    does not answer, nothing and the reason (the lists are unknown, not empty)."""
     from logist import containers
     from logist.errors import LogistError
 
@@ -77,9 +84,9 @@ def containers_by_job(store: Store) -> dict[str, list[str]]:
         for c in containers.find(containers.client(), store.root):
             job = (c.attrs.get("Labels") or {}).get(containers.JOB, "")
             out.setdefault(job, []).append(c.id)
-    except LogistError:
-        pass
-    return out
+    except LogistError as exc:
+        return {}, str(exc)
+    return out, None
 
 
 def table(rows: list[dict[str, Any]]) -> str:
