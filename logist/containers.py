@@ -314,7 +314,6 @@ def run_container(
     import time
 
     import docker
-    import requests
 
     outcome = Outcome(exit_code=None)
     done = threading.Event()
@@ -356,12 +355,8 @@ def run_container(
                     on_output(chunk)
                 if lost:
                     raise lost[0]
-                while True:
-                    try:
-                        status = container.wait(timeout=patience)
-                        break
-                    except requests.exceptions.ReadTimeout:
-                        container.client.ping()  # a live engine: still waiting for the exit
+                # the output ended: the container has stopped, so its exit status is due at once
+                status = container.wait(timeout=patience)
                 outcome.exit_code = status.get("StatusCode")
                 container.reload()
                 outcome.oom_killed = bool(container.attrs["State"].get("OOMKilled"))
