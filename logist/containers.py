@@ -163,6 +163,14 @@ def create(
     return container
 
 
+def answers(cli: DockerClient) -> bool:
+    """Whether the engine answers a ping within the request deadline."""
+    try:
+        return bool(cli.ping())
+    except Exception:
+        return False
+
+
 def stop_for_sure(
     container: Container,
     grace: float = STOP_GRACE,
@@ -226,7 +234,7 @@ def stop_and_remove(containers: Iterable[Container], grace: float = STOP_GRACE) 
         try:
             with engine_errors(f"removing container {c.short_id}"):
                 try:
-                    stop_for_sure(c, grace)
+                    stop_for_sure(c, grace, give_up=lambda: not answers(c.client))
                     c.remove(force=True)
                 except docker.errors.NotFound:
                     return
@@ -322,6 +330,12 @@ def run_container(
     stream: list[Any] = []
     lost: list[BaseException] = []
 
+    def engine_lost(exc: BaseException) -> None:
+        lost.append(exc)
+        if stream:  # ends the main thread's wait on the output
+            with contextlib.suppress(Exception):
+                stream[0].close()
+
     def watch() -> None:
         next_ping = time.monotonic() + min(5.0, patience)
         while not done.wait(0.1):
@@ -330,17 +344,22 @@ def run_container(
                 reason = "timeout"
             if reason:
                 outcome.stopped_for = reason
-                with contextlib.suppress(Exception):  # retried until done: the run ends it
-                    stop_for_sure(container, grace, attempts=None, give_up=done.is_set)
+                try:  # retried until stopped, or the run ended, or the engine stopped answering
+                    stop_for_sure(
+                        container,
+                        grace,
+                        attempts=None,
+                        give_up=lambda: done.is_set() or not answers(container.client),
+                    )
+                except Exception as exc:
+                    if not done.is_set():
+                        engine_lost(exc)
                 return
             if time.monotonic() >= next_ping:
                 try:
                     container.client.ping()
                 except Exception as exc:  # no answer within the deadline: the engine is gone
-                    lost.append(exc)
-                    if stream:
-                        with contextlib.suppress(Exception):
-                            stream[0].close()
+                    engine_lost(exc)
                     return
                 next_ping = time.monotonic() + min(5.0, patience)
 

@@ -175,12 +175,12 @@ def test_a_cleanup_whose_container_removal_fails_says_so_and_the_next_one_finish
     assert not (jobs_root / job / "workspace").exists()
 
 
-@pytest.mark.parametrize("kill_fails", [0, 2])
+@pytest.mark.parametrize(("stop_fault", "kill_fails"), [("500", 0), ("500", 2), ("hang", 0)])
 def test_a_timeout_is_enforced_when_the_engine_fails_to_stop_the_container(
-    proxy, via, logist, jobs_root, docker_client, source_repo, kill_fails
+    proxy, via, logist, jobs_root, docker_client, source_repo, stop_fault, kill_fails
 ):
     job = create(logist, source_repo, "echo one > one.txt; sleep 300", extra=("--timeout", "2"))
-    stop = proxy.fail("POST", CID + r"/stop$", "500")
+    stop = proxy.fail("POST", CID + r"/stop$", stop_fault)
     if kill_fails:
         proxy.fail("POST", CID + r"/kill$", "500", times=kill_fails)
     out = via("job", "run", job)
