@@ -87,7 +87,7 @@ class _Output:
     def __call__(self, chunk: bytes) -> None:
         view = memoryview(chunk)
         while view:  # the log is unbuffered: each chunk is in the file at once
-            view = view[self.log.write(view) or 0 :]
+            view = view[self.log.write(view) :]
         if self.sink is None:
             return
         if not self.prefix:
@@ -416,6 +416,9 @@ def cancel(
             f"job {job_id}: cancel requested, but its owner ({read_owner(job_dir) or 'unknown'}) "
             f"still runs after {wait:g}s; it stops at its next step"
         )
+    with store.lock(job_id, timeout=LOCK_WAIT):  # the owner is gone: finish what it left
+        if not store.load(job_id).terminal:  # e.g. `job step` ended before it saw the request
+            return _cancel_locked(store, job_id, 0)
     containers.stop_and_remove(containers.find(cli, store.root, job_id), grace=0)
     return JobResult(job=store.load(job_id))
 

@@ -331,6 +331,39 @@ def test_cancel_exits_1_when_the_owner_still_runs_after_the_wait(logist, source_
     assert status(logist, job)["state"] == "pending"  # the owner decides; nothing was faked
 
 
+@pytest.mark.docker
+@pytest.mark.timeout(60)
+def test_cancel_finishes_the_cancel_itself_when_the_owner_stops_without_honouring_it(
+    logist, source_repo, jobs_root
+):
+    """An owner that releases the job (``job step`` ending) without seeing the request: the
+    canceling process takes the lock and cancels the job itself."""
+    job = create(logist, source_repo, "true")
+    owner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from logist.store import job_lock\n"
+            "job_dir = Path(sys.argv[1])\n"
+            "with job_lock(job_dir):\n"
+            "    print('locked', flush=True)\n"
+            "    while not (job_dir / 'cancel-requested').exists(): time.sleep(0.05)\n",
+            str(jobs_root / job),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        assert owner.stdout.readline().strip() == "locked"
+        out = logist("job", "cancel", job, "--wait", "30")
+    finally:
+        owner.kill()
+        owner.wait(timeout=10)
+    assert out.returncode == 0, out.stderr
+    assert status(logist, job)["state"] == "canceled"
+
+
 # --- logs are in the file at once ------------------------------------------------------------
 
 
