@@ -547,7 +547,7 @@ def test_cleanup_stops_and_removes_a_foreign_container_that_mounts_the_workspace
     )
     try:
         foreign.reload()
-        assert foreign.status == "running" and not foreign.labels
+        assert foreign.status == "running" and "logist.managed" not in foreign.labels
 
         out, report = cleanup(logist, job_id)
 
