@@ -22,7 +22,7 @@ from logist.model import (
     Job,
     parse_time,
 )
-from logist.store import Store, is_active
+from logist.store import Store, is_active, owner_alive, owner_id
 from logist.workspace import delete_tree, has_workspace, setup_leftovers, tree_size
 
 
@@ -192,6 +192,7 @@ def _delete_as_root(cli, store: Store, job: Job, job_dir: Path) -> int:
         command=["rm", "-rf", "/job/workspace"],
         job_id=job.id,
         jobs_root=store.root,
+        owner=owner_id(),
         host_path=job_dir,
         mount_at="/job",
     )
@@ -203,6 +204,24 @@ def after_job(store: Store, job: Job) -> Report | None:
     if job.cleanup == "never" or (job.cleanup == "on-success" and job.state != SUCCEEDED):
         return None
     return remove_workspace(store, job)
+
+
+def orphan_predicate(store: Store):
+    """Labels of an orphan container of ``store``: its job directory is gone or the logist
+    process that started it (the owner label) is dead."""
+
+    def is_orphan(labels: dict[str, str]) -> bool:
+        job_dir = store.root / labels.get(containers.JOB, "")
+        return not (job_dir / "job.json").is_file() or not owner_alive(labels.get(containers.OWNER))
+
+    return is_orphan
+
+
+def reap_orphans(store: Store, dry_run: bool = False) -> int:
+    """Remove the orphaned containers of ``store``'s jobs root; how many (would) go."""
+    return containers.reap_orphans(
+        containers.client(), store.root, orphan_predicate(store), dry_run
+    )
 
 
 def recover_dead_owner(store: Store, job: Job) -> bool:
@@ -235,7 +254,7 @@ def sweep(store: Store, older_than: float, *, dry_run: bool = False) -> dict:
             out["failed"].append({"job": job_id, "error": str(exc)})
         except Exception as exc:  # one job's unexpected error never stops the sweep
             out["failed"].append({"job": job_id, "error": f"{type(exc).__name__}: {exc}"})
-    out["orphans_removed"] = containers.reap_orphans(containers.client(), store.root, dry_run)
+    out["orphans_removed"] = reap_orphans(store, dry_run)
     return out
 
 

@@ -1,4 +1,6 @@
-"""The one place containers are created (always labelled), run, stopped, listed and reaped."""
+"""The one place containers are created (always labelled), run, stopped, listed and reaped.
+A wrapper that knows no jobs: the owner identity and what makes a container an orphan come from
+the caller."""
 
 from __future__ import annotations
 
@@ -17,7 +19,6 @@ from logist.errors import (
     ImageMissing,
     LogistError,
 )
-from logist.store import owner_alive, owner_id
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -119,9 +120,9 @@ def engine_errors(what: str) -> Iterator[None]:
         ) from None
 
 
-def labels(job_id: str, step: int | str, jobs_root: Path) -> dict[str, str]:
+def labels(job_id: str, step: int | str, jobs_root: Path, owner: str) -> dict[str, str]:
     """The contract's labels; every container logist creates carries them."""
-    return {MANAGED: "true", JOB: job_id, STEP: str(step), ROOT: str(jobs_root), OWNER: owner_id()}
+    return {MANAGED: "true", JOB: job_id, STEP: str(step), ROOT: str(jobs_root), OWNER: owner}
 
 
 def ensure_image(cli: DockerClient, image: str, pull: str = "missing") -> None:
@@ -153,11 +154,13 @@ def create(
     job_id: str,
     step: int | str,
     jobs_root: Path,
+    owner: str,
     **kwargs: Any,
 ) -> Container:
-    """Create (not start) a labelled container with an init process; remember it as ours."""
+    """Create (not start) a labelled container with an init process; ``owner`` identifies the
+    process responsible for it (the caller's ``host:pid:start``)."""
     kwargs.setdefault("init", True)
-    kwargs["labels"] = {**kwargs.get("labels", {}), **labels(job_id, step, jobs_root)}
+    kwargs["labels"] = {**kwargs.get("labels", {}), **labels(job_id, step, jobs_root, owner)}
     with engine_errors(f"creating a container of {image}"):
         container = cli.containers.create(image, command, **kwargs)
     return container
@@ -281,14 +284,14 @@ def mounting(cli: DockerClient, path: Path) -> list[Container]:
     return out
 
 
-def reap_orphans(cli: DockerClient, jobs_root: Path, dry_run: bool = False) -> int:
-    """Remove containers of ``jobs_root`` whose job directory is gone or whose owner is dead."""
-    orphans = []
-    for c in find(cli, jobs_root):
-        lab = c.attrs.get("Labels") or {}
-        job = lab.get(JOB, "")
-        if not (jobs_root / job / "job.json").is_file() or not owner_alive(lab.get(OWNER)):
-            orphans.append(c)
+def reap_orphans(
+    cli: DockerClient,
+    jobs_root: Path,
+    is_orphan: Callable[[dict[str, str]], bool],
+    dry_run: bool = False,
+) -> int:
+    """Remove the containers of ``jobs_root`` whose labels ``is_orphan`` says are orphans."""
+    orphans = [c for c in find(cli, jobs_root) if is_orphan(c.attrs.get("Labels") or {})]
     if dry_run:
         return len(orphans)
     with engine_errors("removing orphan containers"):
@@ -407,6 +410,7 @@ def run_helper(
     command: list[str],
     job_id: str,
     jobs_root: Path,
+    owner: str,
     volumes: dict[str, dict[str, str]],
     timeout: float = 300,
     user: str = "0:0",
@@ -419,6 +423,7 @@ def run_helper(
         job_id=job_id,
         step="helper",
         jobs_root=jobs_root,
+        owner=owner,
         volumes=volumes,
         user=user,
         network_mode="none",
@@ -445,6 +450,7 @@ def run_as_root(
     command: list[str],
     job_id: str,
     jobs_root: Path,
+    owner: str,
     host_path: Path,
     mount_at: str,
 ) -> bool:
@@ -468,6 +474,7 @@ def run_as_root(
             command=command,
             job_id=job_id,
             jobs_root=jobs_root,
+            owner=owner,
             volumes={os.path.realpath(host_path): {"bind": mount_at, "mode": "rw"}},
         )
         if code == 0:

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 from logist import containers
 from logist.errors import LogistError
-from logist.store import Store
+from logist.store import Store, owner_id
 
 DEFAULT_IMAGES = ("logist/step:latest", containers.BUSYBOX)
 
@@ -86,6 +86,7 @@ def _visible(cli, store: Store, images: list[str]) -> Check:
             command=["cat", str(marker)],
             job_id="doctor",
             jobs_root=store.root,
+            owner=owner_id(),
             volumes={root: {"bind": root, "mode": "ro"}},
             user=f"{os.getuid()}:{os.getgid()}",
             timeout=60,

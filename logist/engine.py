@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from logist import containers
-from logist.cleanup import Report, after_job, recover_dead_owner
+from logist.cleanup import Report, after_job, reap_orphans, recover_dead_owner
 from logist.errors import (
     CancelPending,
     ImageMissing,
@@ -40,6 +40,7 @@ from logist.store import (
     Store,
     cancel_requested,
     drop_cancel_request,
+    owner_id,
     read_owner,
     request_cancel,
 )
@@ -285,6 +286,7 @@ class Engine:
             job_id=job.id,
             step=step.index,
             jobs_root=store.root,
+            owner=owner_id(),
             **kwargs,
         )
 
@@ -338,7 +340,7 @@ class Engine:
         """Run jobs to a terminal state, ``parallel`` at a time; the calling (main) thread
         supervises, so SIGINT/SIGTERM are handled at once."""
         with contextlib.suppress(LogistError):
-            containers.reap_orphans(containers.client(), self.store.root)
+            reap_orphans(self.store)
         results: list[JobResult] = []
         with ThreadPoolExecutor(
             max_workers=max(1, parallel), thread_name_prefix="logist-job"

@@ -10,7 +10,7 @@ from logist import gitops
 from logist.errors import GitError, LogistError
 from logist.model import Job
 from logist.spec import is_url
-from logist.store import Store
+from logist.store import Store, owner_id
 from logist.workspace import workspace_valid
 
 
@@ -66,6 +66,7 @@ def make_readable(store: Store, job: Job, ws: Path) -> None:
         command=["chmod", "-R", "a+rX", "/workspace"],
         job_id=job.id,
         jobs_root=store.root,
+        owner=owner_id(),
         host_path=ws,
         mount_at="/workspace",
     )

@@ -890,6 +890,7 @@ def test_sweep_removes_orphan_containers_of_its_jobs_root_only(
         job_id="ghost",
         step=1,
         jobs_root=jobs_root,
+        owner="nohost:1:1",
         network_mode="none",
     )
     theirs = containers.create(
@@ -899,6 +900,7 @@ def test_sweep_removes_orphan_containers_of_its_jobs_root_only(
         job_id="ghost",
         step=1,
         jobs_root=other_root,
+        owner="nohost:1:1",
         network_mode="none",
     )
     try:
