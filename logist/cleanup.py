@@ -17,6 +17,7 @@ from logist.model import (
     INTERRUPTED,
     RUNNING,
     SUCCEEDED,
+    WS_ABSENT,
     WS_REMOVED,
     WS_REMOVING,
     Job,
@@ -115,7 +116,7 @@ def remove_workspace(
     if not dry_run:
         job.leftovers = report.left_behind + ([report.error] if report.error else [])
         if report.workspace_removed or report.nothing_to_clean:
-            job.workspace_state = WS_REMOVED if job.workspace_state != "absent" else "absent"
+            job.workspace_state = WS_REMOVED if job.workspace_state != WS_ABSENT else WS_ABSENT
         store.save(job)
     return report
 

@@ -175,12 +175,15 @@ def job_logs(
 
 def _finish_runs(results) -> None:
     from logist.engine import combine
+    from logist.model import State
 
     for r in results:
         if r.error is not None:
             print(f"logist: {r.job.id if r.job else '?'}: {r.error}", file=sys.stderr)
-        elif r.job is not None and r.job.state not in ("succeeded", "pending"):
-            step = next((s for s in r.job.steps if s.state not in ("succeeded", "pending")), None)
+        elif r.job is not None and r.job.state not in (State.SUCCEEDED, State.PENDING):
+            step = next(
+                (s for s in r.job.steps if s.state not in (State.SUCCEEDED, State.PENDING)), None
+            )
             detail = f" at step {step.index} ({step.state}, exit {step.exit_code})" if step else ""
             print(f"logist: job {r.job.id} {r.job.state}{detail}", file=sys.stderr)
     code = combine(results)
@@ -209,6 +212,7 @@ def job_run(
     """Run jobs to a terminal state: steps in order, harvest, cleanup."""
     from logist.engine import Engine, signals_interrupt
     from logist.jobs import load_all
+    from logist.model import RUNNABLE
     from logist.views import job_view
 
     store = _store()
@@ -218,7 +222,7 @@ def job_run(
     if all_:
         for j in load_all(store):
             view = job_view(store, j)
-            runnable = view["state"] in ("pending", "interrupted") and not view["active"]
+            runnable = view["state"] in RUNNABLE and not view["active"]
             if runnable and j.id not in ids:
                 ids.append(j.id)
     if not ids:

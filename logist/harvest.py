@@ -8,7 +8,7 @@ from pathlib import Path
 
 from logist import gitops
 from logist.errors import GitError, LogistError
-from logist.model import Job
+from logist.model import WS_REMOVING, Job
 from logist.spec import is_url
 from logist.store import Store, owner_id
 from logist.workspace import workspace_valid
@@ -114,7 +114,7 @@ def last_started_step(job: Job) -> int | None:
 def harvest_leftover(store: Store, job: Job, ws: Path) -> None:
     """Before a workspace goes: commit what is not yet in the job branch, then ``finish``.
     Raises ``LogistError`` (exit 4: the workspace must be kept) when that fails."""
-    if job.workspace_state == "removing":
+    if job.workspace_state == WS_REMOVING:
         return  # an earlier cleanup harvested, then began deleting: the record is the work
     if not workspace_valid(ws, job.branch):
         return  # .git gone (a partial removal): the recorded harvest is the work

@@ -6,7 +6,15 @@ import copy
 import os
 from typing import Any
 
-from logist.model import INTERRUPTED, RUNNING, Job
+from logist.model import (
+    INTERRUPTED,
+    RUNNING,
+    SUCCEEDED,
+    WS_READY,
+    WS_REMOVED,
+    WS_REMOVING,
+    Job,
+)
 from logist.store import Store, is_active
 
 
@@ -42,9 +50,9 @@ def job_view(
         for s in job.steps
     ]
     ws = job_dir / "workspace"
-    ws_state = "ready" if job.workspace_state == "removing" else job.workspace_state
-    if ws_state == "ready" and not os.path.lexists(ws):
-        ws_state = "removed"
+    ws_state = WS_READY if job.workspace_state == WS_REMOVING else job.workspace_state
+    if ws_state == WS_READY and not os.path.lexists(ws):
+        ws_state = WS_REMOVED
     return {
         "id": job.id,
         "state": job.state,
@@ -94,7 +102,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     head = ("ID", "STATE", "ACTIVE", "STEPS", "WORKSPACE", "UPDATED")
     lines = [head]
     for r in rows:
-        done = sum(1 for s in r["steps"] if s["state"] == "succeeded")
+        done = sum(1 for s in r["steps"] if s["state"] == SUCCEEDED)
         lines.append(
             (
                 r["id"],
