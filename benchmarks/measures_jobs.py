@@ -229,6 +229,65 @@ def cancel(ctx: Context, scratch: Path, res: Result, grace: int = 5, step: str =
     )
 
 
+# --- timeout and interruption (the bounds the tests leave to benchmarks) -------------------------
+
+
+def step_timeout(ctx: Context, scratch: Path, res: Result) -> None:
+    """``job run`` of one ``sleep 600`` step with ``--timeout 2``: from start to exit 1, the job
+    ``failed`` and its step ``timed_out`` (setup, stop, harvest and cleanup included)."""
+    repo = make_repo(scratch / "src", 20)
+    root = scratch / "jobs"
+
+    def logist(i: int) -> float:
+        create = ctx.lg(root, "job", "create", "--repo", str(repo), "--image", ctx.image)
+        job_id = run([*create, "--timeout", "2", "--step", "sleep 600"]).stdout.strip()
+        seconds = timed_run(ctx.lg(root, "job", "run", job_id), check=False)
+        expect_done(root, job_id, "failed")
+        return seconds
+
+    res.logist = [logist(i) for i in range(ctx.reps(3, 1))]
+    res.notes.append("the step's own timeout is 2 s of this")
+
+
+def interrupt(ctx: Context, scratch: Path, res: Result) -> None:
+    """SIGTERM to ``job run`` of a step ignoring SIGTERM: from the signal until the runner
+    exits 130 with the job ``interrupted`` and no container left (the 5 s grace included)."""
+    import signal
+
+    repo = make_repo(scratch / "src", 20)
+    root = scratch / "jobs"
+
+    def logist(i: int) -> float:
+        create = ctx.lg(root, "job", "create", "--repo", str(repo), "--image", ctx.image)
+        job_id = run([*create, "--step", STUBBORN]).stdout.strip()
+        runner = subprocess.Popen(
+            ctx.lg(root, "job", "run", job_id),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            _wait("the step's container", lambda: job_containers(root, job_id, True), 60, 0.1)
+            time.sleep(0.5)  # the shell has set its trap
+            start = time.perf_counter()
+            runner.send_signal(signal.SIGTERM)
+            code = runner.wait(timeout=60)
+            seconds = time.perf_counter() - start
+        finally:
+            if runner.poll() is None:
+                runner.kill()
+                runner.wait(timeout=30)
+            runner.stderr.close()
+        if code != 130 or job_state(root, job_id) != "interrupted":
+            raise BenchError(f"job run exited {code}, job {job_state(root, job_id)}")
+        if job_containers(root, job_id):
+            raise BenchError("the interrupted job left a container")
+        return seconds
+
+    res.logist = [logist(i) for i in range(ctx.reps(3, 1))]
+    res.notes.append("the stop grace (5 s) is most of this")
+
+
 # --- many jobs in parallel -----------------------------------------------------------------------
 
 

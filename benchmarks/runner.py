@@ -112,6 +112,22 @@ MEASURES = (
         measures_jobs.cancel_term,
     ),
     Measure(
+        "timeout",
+        "job run of a step with --timeout 2",
+        "limit",
+        4.0,
+        "",
+        measures_jobs.step_timeout,
+    ),
+    Measure(
+        "interrupt",
+        "SIGTERM to job run, step ignoring SIGTERM",
+        "limit",
+        7.0,
+        "",
+        measures_jobs.interrupt,
+    ),
+    Measure(
         "stale",
         "cleanup --stale, 10,000 jobs, nothing to do",
         "limit",

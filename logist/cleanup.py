@@ -17,12 +17,13 @@ from logist.model import (
     INTERRUPTED,
     RUNNING,
     SUCCEEDED,
+    WS_ABSENT,
     WS_REMOVED,
     WS_REMOVING,
     Job,
     parse_time,
 )
-from logist.store import Store, is_active
+from logist.store import Store, is_active, owner_alive, owner_id
 from logist.workspace import (
     JOB_REPO,
     delete_tree,
@@ -122,7 +123,7 @@ def remove_workspace(
     if not dry_run:
         job.leftovers = report.left_behind + ([report.error] if report.error else [])
         if report.workspace_removed or report.nothing_to_clean:
-            job.workspace_state = WS_REMOVED if job.workspace_state != "absent" else "absent"
+            job.workspace_state = WS_REMOVED if job.workspace_state != WS_ABSENT else WS_ABSENT
         store.save(job)
     return report
 
@@ -219,6 +220,7 @@ def _delete_as_root(cli, store: Store, job: Job, job_dir: Path) -> int:
         command=["rm", "-rf", "/job/workspace"],
         job_id=job.id,
         jobs_root=store.root,
+        owner=owner_id(),
         host_path=job_dir,
         mount_at="/job",
     )
@@ -231,6 +233,24 @@ def after_job(store: Store, job: Job, *, harvested: bool = False) -> Report | No
     if job.cleanup == "never" or (job.cleanup == "on-success" and job.state != SUCCEEDED):
         return None
     return remove_workspace(store, job, harvested=harvested)
+
+
+def orphan_predicate(store: Store):
+    """Labels of an orphan container of ``store``: its job directory is gone or the logist
+    process that started it (the owner label) is dead."""
+
+    def is_orphan(labels: dict[str, str]) -> bool:
+        job_dir = store.root / labels.get(containers.JOB, "")
+        return not (job_dir / "job.json").is_file() or not owner_alive(labels.get(containers.OWNER))
+
+    return is_orphan
+
+
+def reap_orphans(store: Store, dry_run: bool = False) -> int:
+    """Remove the orphaned containers of ``store``'s jobs root; how many (would) go."""
+    return containers.reap_orphans(
+        containers.client(), store.root, orphan_predicate(store), dry_run
+    )
 
 
 def recover_dead_owner(store: Store, job: Job) -> bool:
@@ -254,29 +274,32 @@ def sweep(store: Store, older_than: float, *, dry_run: bool = False) -> dict:
             out["skipped"].append({"job": job_id, "reason": "active"})
             continue
         try:
-            peek = store.load(job_id)
-        except LogistError as exc:
-            out["failed"].append({"job": job_id, "error": str(exc)})
-            continue
-        has_ws = has_workspace(job_dir)
-        if not has_ws and peek.state != RUNNING:
-            continue
-        idle = now - parse_time(peek.updated_at).timestamp() >= older_than
-        # a cleanup that left something behind is retried by the next sweep, whatever its age
-        if not idle and peek.state != RUNNING and not peek.leftovers:
-            out["skipped"].append({"job": job_id, "reason": "recent"})
-            continue
-        try:
-            with store.lock(job_id, timeout=0.2):
-                _sweep_one(store, job_id, dry_run, out)
+            _sweep_job(store, job_id, now, older_than, dry_run, out)
         except JobActive:
             out["skipped"].append({"job": job_id, "reason": "active"})
         except LogistError as exc:
             if exc.exit_code == 3:
                 raise
             out["failed"].append({"job": job_id, "error": str(exc)})
-    out["orphans_removed"] = containers.reap_orphans(containers.client(), store.root, dry_run)
+        except Exception as exc:  # one job's unexpected error never stops the sweep
+            out["failed"].append({"job": job_id, "error": f"{type(exc).__name__}: {exc}"})
+    out["orphans_removed"] = reap_orphans(store, dry_run)
     return out
+
+
+def _sweep_job(
+    store: Store, job_id: str, now: float, older_than: float, dry_run: bool, out: dict
+) -> None:
+    peek = store.load(job_id)
+    if not has_workspace(store.job_dir(job_id)) and peek.state != RUNNING:
+        return
+    idle = now - parse_time(peek.updated_at).timestamp() >= older_than
+    # a cleanup that left something behind is retried by the next sweep, whatever its age
+    if not idle and peek.state != RUNNING and not peek.leftovers:
+        out["skipped"].append({"job": job_id, "reason": "recent"})
+        return
+    with store.lock(job_id, timeout=0.2):
+        _sweep_one(store, job_id, dry_run, out)
 
 
 CLEANED_FIELDS = ("job", "workspace_removed", "containers_removed", "bytes_freed", "seconds")
@@ -307,7 +330,7 @@ def cleanup_one(
 ) -> dict:
     """``job cleanup JOB_ID``: refuse an active job unless ``force``, which cancels its run
     (stopping its containers) and waits for the lock. Same report shape as the sweep."""
-    from logist.store import CANCEL, write_atomic
+    from logist.store import request_cancel
 
     store.load(job_id)
     job_dir = store.job_dir(job_id)
@@ -319,7 +342,7 @@ def cleanup_one(
                 "use --force to stop it and clean up"
             )
         if not dry_run:
-            write_atomic(job_dir / CANCEL, b"cleanup --force")
+            request_cancel(job_dir, "cleanup --force")
             containers.stop_and_remove(containers.find(containers.client(), store.root, job_id))
             timeout = wait
     out: dict = {"cleaned": [], "skipped": [], "failed": [], "orphans_removed": 0}

@@ -191,8 +191,8 @@ def job_list(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
 
     store = _store()
     jobs = list(load_all(store))
-    by_job = containers_by_job(store) if json_ and jobs else {}
-    rows = [job_view(store, j, by_job.get(j.id)) for j in jobs]
+    by_job, unknown = containers_by_job(store) if json_ and jobs else ({}, None)
+    rows = [job_view(store, j, by_job.get(j.id), containers_error=unknown) for j in jobs]
     if json_:
         _print_json(rows)
     else:
@@ -210,7 +210,8 @@ def job_status(
 
     store = _store()
     job = store.load(job_id)
-    view = job_view(store, job, containers_by_job(store).get(job_id))
+    by_job, unknown = containers_by_job(store)
+    view = job_view(store, job, by_job.get(job_id), containers_error=unknown)
     if json_:
         _print_json(view)
         return
@@ -246,12 +247,15 @@ def job_logs(
 
 def _finish_runs(results) -> None:
     from logist.engine import combine
+    from logist.model import State
 
     for r in results:
         if r.error is not None:
             print(f"logist: {r.job.id if r.job else '?'}: {r.error}", file=sys.stderr)
-        elif r.job is not None and r.job.state not in ("succeeded", "pending"):
-            step = next((s for s in r.job.steps if s.state not in ("succeeded", "pending")), None)
+        elif r.job is not None and r.job.state not in (State.SUCCEEDED, State.PENDING):
+            step = next(
+                (s for s in r.job.steps if s.state not in (State.SUCCEEDED, State.PENDING)), None
+            )
             detail = f" at step {step.index} ({step.state}, exit {step.exit_code})" if step else ""
             print(f"logist: job {r.job.id} {r.job.state}{detail}", file=sys.stderr)
     code = combine(results)
@@ -280,6 +284,7 @@ def job_run(
 ) -> None:
     """Run jobs to a terminal state: steps in order, harvest, cleanup."""
     from logist.jobs import load_all
+    from logist.model import RUNNABLE
     from logist.views import job_view
 
     store = _store()
@@ -289,7 +294,7 @@ def job_run(
     if all_:
         for j in load_all(store):
             view = job_view(store, j)
-            runnable = view["state"] in ("pending", "interrupted") and not view["active"]
+            runnable = view["state"] in RUNNABLE and not view["active"]
             if runnable and j.id not in ids:
                 ids.append(j.id)
     if not ids:
@@ -321,11 +326,17 @@ def job_cancel(
         int,
         typer.Option(min=0, help="Seconds between SIGTERM and SIGKILL for the job's running step."),
     ] = 5,
+    wait: Annotated[
+        float,
+        typer.Option(
+            min=0, help="Seconds to wait for a job's owner to stop (exit 1 if it still runs)."
+        ),
+    ] = 60.0,
 ) -> None:
     """Cancel a job (also one running in another terminal)."""
     from logist.engine import cancel
 
-    result = cancel(_store(), job_id, grace=grace)
+    result = cancel(_store(), job_id, wait=wait, grace=grace)
     print(f"job {job_id}: {result.job.state}", file=sys.stderr)
     if result.error is not None:
         raise result.error
@@ -406,7 +417,7 @@ def doctor(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
 def _interrupt(signum, frame) -> None:
     from logist.errors import Interrupted
 
-    raise Interrupted("interrupted")
+    raise Interrupted("interrupted")  # not a LogistError: nothing in the core swallows it
 
 
 def main() -> None:
@@ -416,10 +427,12 @@ def main() -> None:
 
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
+    from logist.errors import Interrupted
+
     debug = os.environ.get("LOGIST_DEBUG") == "1"
     try:
         code = app(prog_name="logist", standalone_mode=False)
-    except LogistError as exc:
+    except (LogistError, Interrupted) as exc:
         if debug:
             import traceback
 

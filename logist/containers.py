@@ -1,25 +1,25 @@
 """The one place containers are created (always labelled and hardened), run, stopped, listed
-and reaped."""
+and reaped. A wrapper that knows no jobs: the owner identity and what makes a container an
+orphan come from the caller."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from logist.errors import (
+    EngineRejected,
     EngineUnavailable,
     EnvironmentProblem,
     ImageMissing,
     LogistError,
-    Rejected,
     UsageError,
 )
-from logist.store import owner_alive, owner_id
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -33,6 +33,7 @@ MANAGED, JOB, STEP, ROOT, OWNER = (
     "logist.owner",
 )
 STOP_GRACE = 5.0
+DOCKER_TIMEOUT = 30.0  # seconds any engine call but a step's own wait may take (env overrides)
 BUSYBOX = "logist/busybox:latest"
 
 _local = threading.local()
@@ -42,15 +43,22 @@ def engine_location() -> str:
     return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
 
+def request_timeout() -> float:
+    """``LOGIST_DOCKER_TIMEOUT`` (default 30 s): the deadline of every engine call that is not
+    a step's own wait; an engine silent for longer counts as gone (exit 3)."""
+    return float(os.environ.get("LOGIST_DOCKER_TIMEOUT") or DOCKER_TIMEOUT)
+
+
 def client() -> DockerClient:
-    """A Docker client for this thread (the SDK finds the engine: ``DOCKER_HOST``, socket)."""
+    """A Docker client for this thread (the SDK finds the engine: ``DOCKER_HOST``, socket);
+    each of its calls has the ``request_timeout()`` deadline."""
     cached = getattr(_local, "client", None)
     if cached is not None:
         return cached
     import docker
 
     try:
-        cached = docker.from_env(timeout=float(os.environ.get("LOGIST_DOCKER_TIMEOUT", "60")))
+        cached = docker.from_env(timeout=request_timeout())
     except docker.errors.DockerException as exc:
         raise EngineUnavailable(
             f"Docker engine unreachable at {engine_location()}: {_reason(exc)}"
@@ -67,6 +75,7 @@ _REASONS = (
     ("Connection aborted", "the connection was lost (engine stopped?)"),
     ("RemoteDisconnected", "the connection was lost (engine stopped?)"),
     ("Read timed out", "the engine did not answer in time"),
+    ("timed out", "the engine did not answer in time"),
 )
 
 
@@ -78,32 +87,43 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
+def _one_line(text: object) -> str:
+    lines = str(text or "").strip().splitlines()
+    return lines[0][:300] if lines else "no explanation"
+
+
 @contextlib.contextmanager
-def engine_errors(what: str):
-    """Turn connection failures of the SDK into ``EngineUnavailable`` (exit 3)."""
+def engine_errors(what: str) -> Iterator[None]:
+    """Map the SDK's failures to the contract, by type and status code: a 4xx is
+    ``EngineRejected`` (exit 2, the engine's explanation in one line), another API error
+    ``EnvironmentProblem``, and no answer (refused, lost, or none within ``request_timeout()``)
+    ``EngineUnavailable`` (both exit 3).
+
+    Raises:
+        EngineRejected, EnvironmentProblem, EngineUnavailable: as above.
+    """
     import docker
     import requests
 
     try:
         yield
-    except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
-        if (
-            isinstance(exc, docker.errors.APIError)
-            and exc.response is not None
-            and exc.status_code is not None
-            and exc.status_code < 500
-        ):
-            raise
-        if isinstance(exc, docker.errors.APIError):
-            raise EnvironmentProblem(f"{what}: Docker engine error: {exc.explanation}") from None
+    except docker.errors.APIError as exc:
+        if exc.response is not None and exc.is_client_error():
+            raise EngineRejected(
+                f"{what}: the engine refused it: {_one_line(exc.explanation)}"
+            ) from None
+        raise EnvironmentProblem(
+            f"{what}: Docker engine error: {_one_line(exc.explanation)}"
+        ) from None
+    except (requests.exceptions.RequestException, docker.errors.DockerException, OSError) as exc:
         raise EngineUnavailable(
             f"{what}: Docker engine unreachable at {engine_location()}: {_reason(exc)}"
         ) from None
 
 
-def labels(job_id: str, step: int | str, jobs_root: Path) -> dict[str, str]:
+def labels(job_id: str, step: int | str, jobs_root: Path, owner: str) -> dict[str, str]:
     """The contract's labels; every container logist creates carries them."""
-    return {MANAGED: "true", JOB: job_id, STEP: str(step), ROOT: str(jobs_root), OWNER: owner_id()}
+    return {MANAGED: "true", JOB: job_id, STEP: str(step), ROOT: str(jobs_root), OWNER: owner}
 
 
 def ensure_image(cli: DockerClient, image: str, pull: str = "missing") -> None:
@@ -195,17 +215,19 @@ def create(
     job_id: str,
     step: int | str,
     jobs_root: Path,
+    owner: str,
     cap_add: list[str] | None = None,
     **kwargs: Any,
 ) -> Container:
-    """Create (not start) a labelled, hardened container with an init process.
+    """Create (not start) a labelled, hardened container with an init process; ``owner``
+    identifies the process responsible for it (the caller's ``host:pid:start``).
 
     Hardened: ``no-new-privileges``, all capabilities dropped and only ``cap_add`` added back
     (``DEFAULT_CAPS`` when None; pass ``[]`` for none), a pids limit (``DEFAULT_PIDS`` unless
     ``pids_limit`` is given), never privileged, the engine's socket never mounted.
 
     Raises:
-        Rejected: the engine refused a setting (a 4xx answer; its explanation in one line).
+        EngineRejected: the engine refused a setting (a 4xx answer; its explanation in one line).
         ImageMissing: the image is not there.
         UsageError: a mount would expose the engine's socket.
         EngineUnavailable, EnvironmentProblem: the engine is unreachable or failed.
@@ -213,48 +235,99 @@ def create(
     import docker
 
     kwargs.setdefault("init", True)
-    kwargs["labels"] = {**kwargs.get("labels", {}), **labels(job_id, step, jobs_root)}
+    kwargs["labels"] = {**kwargs.get("labels", {}), **labels(job_id, step, jobs_root, owner)}
     kwargs = _hardened(kwargs, cap_add)
+    with engine_errors(f"creating a container of {image}"):
+        try:
+            return cli.containers.create(image, command, **kwargs)
+        except docker.errors.ImageNotFound as exc:
+            raise ImageMissing(image, _one_line(exc.explanation)) from None
+
+
+def answers(cli: DockerClient) -> bool:
+    """Whether the engine answers a ping within the request deadline."""
     try:
-        with engine_errors(f"creating a container of {image}"):
-            container = cli.containers.create(image, command, **kwargs)
-    except docker.errors.ImageNotFound as exc:
-        raise ImageMissing(image, _one_line(exc.explanation)) from None
-    except docker.errors.APIError as exc:
-        if not exc.is_client_error():
-            raise
-        raise Rejected(
-            f"the engine refused the container of {image}: {_one_line(exc.explanation)}"
-        ) from None
-    return container
+        return bool(cli.ping())
+    except Exception:
+        return False
 
 
-def _one_line(text: object) -> str:
-    lines = str(text or "").strip().splitlines()
-    return lines[0][:300] if lines else "no explanation"
+def stop_for_sure(
+    container: Container,
+    grace: float = STOP_GRACE,
+    *,
+    attempts: int | None = 5,
+    give_up: Callable[[], bool] = lambda: False,
+) -> None:
+    """Stop ``container`` (SIGTERM, SIGKILL after ``grace``); when the engine fails that or the
+    container still runs, kill it, retried with backoff, until it is stopped or gone, or
+    ``give_up()`` says so. After ``attempts`` (None: no limit) the last error is raised.
+
+    Raises:
+        docker.errors.APIError, requests.exceptions.RequestException: the engine kept failing.
+    """
+    import time
+
+    import docker
+
+    last: BaseException | None = None
+    n = 0
+    while True:
+        try:
+            if n == 0:
+                container.stop(timeout=int(max(grace, 0)))
+            else:
+                container.kill()
+        except docker.errors.NotFound:
+            return
+        except Exception as exc:  # a 409 "not running" included: the state decides below
+            last = exc
+        try:
+            container.reload()
+            if container.status not in ("running", "restarting", "paused"):
+                return
+            last = last or RuntimeError(f"container {container.short_id} still running")
+        except docker.errors.NotFound:
+            return
+        except Exception as exc:
+            last = exc
+        n += 1
+        if (attempts is not None and n >= attempts) or give_up():
+            raise last
+        time.sleep(min(0.2 * 2**n, 2.0))
 
 
 def stop_and_remove(containers: Iterable[Container], grace: float = STOP_GRACE) -> int:
-    """Stop each container (SIGTERM, then SIGKILL after ``grace``), remove it; count removed.
-    The stops run in parallel so N containers take one grace period, not N."""
+    """Stop each container (SIGTERM, then SIGKILL after ``grace``, escalating), remove it; count
+    removed. The stops run in parallel so N containers take one grace period, not N.
+
+    Raises:
+        EngineRejected, EnvironmentProblem, EngineUnavailable: a container could not be removed.
+    """
     import docker
 
     items = list(containers)
     removed = [0]
+    errors: list[BaseException] = []
     lock = threading.Lock()
 
     def one(c: Container) -> None:
-        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-            c.stop(timeout=int(max(grace, 0)))
         try:
-            c.remove(force=True)
+            with engine_errors(f"removing container {c.short_id}"):
+                try:
+                    stop_for_sure(c, grace, give_up=lambda: not answers(c.client))
+                    c.remove(force=True)
+                except docker.errors.NotFound:
+                    return
+                except docker.errors.APIError as exc:
+                    if exc.status_code == 409:  # a removal already in progress elsewhere
+                        return
+                    raise
             with lock:
                 removed[0] += 1
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            if "already in progress" not in str(exc):
-                raise
+        except Exception as exc:
+            with lock:
+                errors.append(exc)
 
     threads = [threading.Thread(target=one, args=(c,), daemon=True) for c in items[1:]]
     for t in threads:
@@ -263,6 +336,8 @@ def stop_and_remove(containers: Iterable[Container], grace: float = STOP_GRACE) 
         one(items[0])
     for t in threads:
         t.join()
+    if errors:
+        raise errors[0]
     return removed[0]
 
 
@@ -287,14 +362,14 @@ def mounting(cli: DockerClient, path: Path) -> list[Container]:
     return out
 
 
-def reap_orphans(cli: DockerClient, jobs_root: Path, dry_run: bool = False) -> int:
-    """Remove containers of ``jobs_root`` whose job directory is gone or whose owner is dead."""
-    orphans = []
-    for c in find(cli, jobs_root):
-        lab = c.attrs.get("Labels") or {}
-        job = lab.get(JOB, "")
-        if not (jobs_root / job / "job.json").is_file() or not owner_alive(lab.get(OWNER)):
-            orphans.append(c)
+def reap_orphans(
+    cli: DockerClient,
+    jobs_root: Path,
+    is_orphan: Callable[[dict[str, str]], bool],
+    dry_run: bool = False,
+) -> int:
+    """Remove the containers of ``jobs_root`` whose labels ``is_orphan`` says are orphans."""
+    orphans = [c for c in find(cli, jobs_root) if is_orphan(c.attrs.get("Labels") or {})]
     if dry_run:
         return len(orphans)
     with engine_errors("removing orphan containers"):
@@ -317,7 +392,14 @@ def run_container(
     grace: float = STOP_GRACE,
 ) -> Outcome:
     """Start ``container``, stream its combined output to ``on_output`` (never buffering it
-    whole), stop it on timeout or when ``should_stop`` names a reason, wait, then remove it."""
+    whole), stop it on timeout or when ``should_stop`` names a reason (retried, escalating to
+    kill), wait, then remove it. The output stream (the step's own wait) has no deadline, but
+    the engine is pinged meanwhile: one that stops answering ends the wait.
+
+    Raises:
+        EngineRejected: the engine refused the container (exit 2).
+        EngineUnavailable, EnvironmentProblem: the engine failed or stopped answering (exit 3).
+    """
     import time
 
     import docker
@@ -325,27 +407,56 @@ def run_container(
     outcome = Outcome(exit_code=None)
     done = threading.Event()
     deadline = time.monotonic() + timeout if timeout else None
+    patience = request_timeout()
+    stream: list[Any] = []
+    lost: list[BaseException] = []
+
+    def engine_lost(exc: BaseException) -> None:
+        lost.append(exc)
+        if stream:  # ends the main thread's wait on the output
+            with contextlib.suppress(Exception):
+                stream[0].close()
 
     def watch() -> None:
+        next_ping = time.monotonic() + min(5.0, patience)
         while not done.wait(0.1):
             reason = should_stop()
             if reason is None and deadline is not None and time.monotonic() >= deadline:
                 reason = "timeout"
             if reason:
                 outcome.stopped_for = reason
-                with contextlib.suppress(Exception):
-                    container.stop(timeout=int(grace))
+                try:  # retried until stopped, or the run ended, or the engine stopped answering
+                    stop_for_sure(
+                        container,
+                        grace,
+                        attempts=None,
+                        give_up=lambda: done.is_set() or not answers(container.client),
+                    )
+                except Exception as exc:
+                    if not done.is_set():
+                        engine_lost(exc)
                 return
+            if time.monotonic() >= next_ping:
+                try:
+                    container.client.ping()
+                except Exception as exc:  # no answer within the deadline: the engine is gone
+                    engine_lost(exc)
+                    return
+                next_ping = time.monotonic() + min(5.0, patience)
 
     watcher = threading.Thread(target=watch, daemon=True)
     try:
         with engine_errors(f"running step container {container.short_id}"):
-            container.start()
-            watcher.start()
-            for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
-                on_output(chunk)
             try:
-                status = container.wait(timeout=None)
+                container.start()
+                stream.append(container.logs(stream=True, follow=True, stdout=True, stderr=True))
+                watcher.start()
+                for chunk in stream[0]:
+                    on_output(chunk)
+                if lost:
+                    raise lost[0]
+                # the output ended: the container has stopped, so its exit status is due at once
+                status = container.wait(timeout=patience)
                 outcome.exit_code = status.get("StatusCode")
                 container.reload()
                 outcome.oom_killed = bool(container.attrs["State"].get("OOMKilled"))
@@ -353,12 +464,20 @@ def run_container(
                     container.client.ping()  # a step killed by an engine shutdown is no failure
             except docker.errors.NotFound:  # removed by someone else (cancel)
                 outcome.exit_code = None
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # 409: being removed by someone else (cancel)
+                    raise
+                outcome.exit_code = None
+    except EngineUnavailable:
+        lost.append(RuntimeError("engine gone"))
+        raise
     finally:
         done.set()
         if watcher.is_alive():
             watcher.join(timeout=grace + 5)
-        with contextlib.suppress(Exception):
-            container.remove(force=True)
+        if not lost:  # a gone engine is not asked again: the sweep reaps the container
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
     return outcome
 
 
@@ -369,6 +488,7 @@ def run_helper(
     command: list[str],
     job_id: str,
     jobs_root: Path,
+    owner: str,
     binds: dict[str, tuple[str, bool]],
     timeout: float = 300,
     user: str = "0:0",
@@ -389,6 +509,7 @@ def run_helper(
         job_id=job_id,
         step="helper",
         jobs_root=jobs_root,
+        owner=owner,
         mounts=mounts,
         user=user,
         network_mode="none",
@@ -415,6 +536,7 @@ def run_as_root(
     command: list[str],
     job_id: str,
     jobs_root: Path,
+    owner: str,
     host_path: Path,
     mount_at: str,
 ) -> bool:
@@ -425,8 +547,12 @@ def run_as_root(
 
     for image in images:
         try:
-            cli.images.get(image)
-        except docker.errors.ImageNotFound:
+            with engine_errors(f"checking image {image}"):
+                try:
+                    cli.images.get(image)
+                except docker.errors.ImageNotFound:
+                    continue
+        except EngineRejected:
             continue
         code, _logs = run_helper(
             cli,
@@ -434,6 +560,7 @@ def run_as_root(
             command=command,
             job_id=job_id,
             jobs_root=jobs_root,
+            owner=owner,
             binds={str(host_path): (mount_at, False)},
         )
         if code == 0:

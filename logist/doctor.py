@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 from logist import containers
 from logist.errors import LogistError, Rejected
-from logist.store import Store, private_problem
+from logist.store import Store, owner_id, private_problem
 
 DEFAULT_IMAGES = ("logist/step:latest", containers.BUSYBOX)
 
@@ -105,6 +105,7 @@ def _visible(cli, store: Store, images: list[str]) -> Check:
             command=["cat", str(marker)],
             job_id="doctor",
             jobs_root=store.root,
+            owner=owner_id(),
             binds={root: (root, True)},
             user=f"{os.getuid()}:{os.getgid()}",
             timeout=60,

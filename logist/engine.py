@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 from logist import containers
-from logist.cleanup import Report, after_job, recover_dead_owner
+from logist.cleanup import Report, after_job, reap_orphans, recover_dead_owner
 from logist.errors import (
-    EngineUnavailable,
-    EnvironmentProblem,
+    CancelPending,
+    ImageMissing,
     InvalidTransition,
     JobActive,
     LogistError,
     Rejected,
+    WorkspaceUnseen,
 )
 from logist.harvest import finish, harvest, harvest_leftover
 from logist.model import (
@@ -41,7 +42,14 @@ from logist.model import (
 )
 from logist.progress import Progress
 from logist.sandbox import HarvestFailed, Sandbox
-from logist.store import CANCEL, Store, write_atomic
+from logist.store import (
+    Store,
+    cancel_requested,
+    drop_cancel_request,
+    owner_id,
+    read_owner,
+    request_cancel,
+)
 from logist.workspace import make_writable_for, setup_workspace
 
 INTERRUPT = threading.Event()
@@ -143,7 +151,9 @@ class _Output:
     def _write(self, chunk: bytes) -> None:
         if not chunk:
             return
-        self.log.write(chunk)
+        view = memoryview(chunk)
+        while view:  # the log is unbuffered: each chunk is in the file at once
+            view = view[self.log.write(view) :]
         if self.sink is None:
             return
         if not self.prefix:
@@ -210,18 +220,19 @@ class Engine:
         """Run ``job_id`` (at most ``max_steps`` steps) under its lock, then harvest, finish and
         clean up as the contract says. Errors are returned in the result, not raised."""
         store = self.store
+        asked_from = time.time()  # cancel requests older than this were for an earlier run
         try:
             with store.lock(job_id, timeout=LOCK_WAIT):
                 job = store.load(job_id)
                 try:
-                    return self._run_locked(job, max_steps)
+                    return self._run_locked(job, max_steps, asked_from)
                 except LogistError as exc:
                     return JobResult(job=job, error=exc)
         except LogistError as exc:
             job = store.load(job_id) if store.exists(job_id) else None
             return JobResult(job=job, error=exc)  # type: ignore[arg-type]
 
-    def _run_locked(self, job: Job, max_steps: int | None) -> JobResult:
+    def _run_locked(self, job: Job, max_steps: int | None, asked_from: float) -> JobResult:
         store = self.store
         recover_dead_owner(store, job)
         if job.state not in RUNNABLE:
@@ -230,12 +241,11 @@ class Engine:
             )
         # a ready workspace a step of this job already ran in (not a resume): the engine was
         # shown to see it then, so the helper may start while the next step runs
-        seen = job.state == PENDING and job.workspace_state == WS_READY and bool(
-            job.harvested_commit
+        seen = (
+            job.state == PENDING and job.workspace_state == WS_READY and bool(job.harvested_commit)
         )
-        cancel_file = store.job_dir(job.id) / CANCEL
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(cancel_file)  # a request for an earlier run
+        job_dir = store.job_dir(job.id)
+        drop_cancel_request(job_dir, before=asked_from)  # a request for an earlier run
         job.move(RUNNING)
         job.error = None
         store.save(job)
@@ -260,14 +270,14 @@ class Engine:
                     if INTERRUPT.is_set():
                         job.move(INTERRUPTED)
                         break
-                    if cancel_file.exists():
+                    if cancel_requested(job_dir, since=asked_from):
                         job.cancel()
                         break
                     ran += 1
                     if self.progress:
                         self.progress.step_started(job, step)
                     try:
-                        self._run_step(job, step, ws)
+                        self._run_step(job, step, ws, asked_from)
                     except Rejected as exc:  # the user's input, not the environment: job failed
                         job.move(FAILED)
                         job.error, rejected = str(exc), exc
@@ -288,14 +298,6 @@ class Engine:
             if job.state == RUNNING:
                 job.move(SUCCEEDED if job.next_step() is None else PENDING)
             store.save(job)
-        except EngineUnavailable as exc:
-            self._back_to_pending(job, INTERRUPTED, str(exc))
-            if ws is not None:
-                with contextlib.suppress(LogistError):
-                    harvest_leftover(store, job, ws)  # needs the engine: may well fail
-                with contextlib.suppress(LogistError):
-                    finish(store, job)  # host only: what was harvested lands
-            raise
         except HarvestFailed as exc:  # refused work: kept in its workspace, never cleaned up
             if job.state == RUNNING:
                 job.move(FAILED)
@@ -304,9 +306,19 @@ class Engine:
             finish(store, job)  # what was accepted before lands
             self.notify(f"logist: {job.id}: {exc}; workspace kept: {ws}")
             return JobResult(job=job, error=exc)
-        except EnvironmentProblem as exc:  # e.g. a missing image: nothing ran, try again later
+        except (ImageMissing, WorkspaceUnseen) as exc:  # nothing ran: try again later
             self._back_to_pending(job, PENDING, str(exc))
             raise
+        except LogistError as exc:
+            if exc.exit_code == 3:  # the engine (or the disk) went away: resumable
+                self._back_to_pending(job, INTERRUPTED, str(exc))
+                if ws is not None:
+                    with contextlib.suppress(LogistError):
+                        harvest_leftover(store, job, ws)  # needs the engine: may well fail
+                    with contextlib.suppress(LogistError):
+                        finish(store, job)  # host only: what was harvested lands
+                raise
+            return self._failed(job, ws, exc)  # permanent: a refused setting, a bad ref, git
         except BaseException as exc:
             if job.state == RUNNING:
                 self._back_to_pending(job, INTERRUPTED, f"{type(exc).__name__}: {exc}")
@@ -314,7 +326,8 @@ class Engine:
         return self._concluded(job, ws, rejected)
 
     def _concluded(self, job: Job, ws: Path | None, rejected: Rejected | None) -> JobResult:
-        result = self._conclude(job, ws)
+        # the last harvest was made under this same lock, after the last step: nothing new
+        result = self._conclude(job, ws, harvested=ws is not None)
         result.error = rejected
         return result
 
@@ -336,16 +349,15 @@ class Engine:
             return exc
         return None
 
-    def _conclude(self, job: Job, ws: Path | None) -> JobResult:
-        """After the steps: bundle and land the branch, then clean up per policy."""
+    def _conclude(self, job: Job, ws: Path | None, harvested: bool = False) -> JobResult:
+        """After the steps: bundle and land the branch, then clean up per policy.
+        ``harvested``: the last step's work was harvested (nothing new to harvest first)."""
         if job.state == PENDING:  # `job step` with steps left: workspace stays ready
             return JobResult(job=job)
         if ws is not None:
             finish(self.store, job)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.store.job_dir(job.id) / CANCEL)
-        # the last harvest was made under this same lock, after the last step: nothing new
-        report = after_job(self.store, job, harvested=ws is not None)
+        drop_cancel_request(self.store.job_dir(job.id))
+        report = after_job(self.store, job, harvested=harvested)
         if report is not None and not report.ok:
             self.notify(
                 f"logist: cleanup of {job.id} incomplete: "
@@ -354,6 +366,24 @@ class Engine:
         if self.progress:
             self.progress.job_finished(job, report)
         return JobResult(job=job, cleanup=report)
+
+    def _failed(self, job: Job, ws: Path | None, exc: LogistError) -> JobResult:
+        """A permanent error (retrying cannot help): the running step and the job are failed,
+        the work harvested so far lands, cleanup per policy; the error is the result's."""
+        for step in job.steps:
+            if step.state == RUNNING:
+                step.move(FAILED)
+                step.finished_at, step.error = now(), str(exc)
+        if job.state == RUNNING:
+            job.move(FAILED)
+        job.error = str(exc)
+        self.store.save(job)
+        try:
+            result = self._conclude(job, ws)
+        except LogistError:
+            result = JobResult(job=job)
+        result.error = exc
+        return result
 
     def _back_to_pending(self, job: Job, state: str, error: str) -> None:
         job.stop_running(state, error)
@@ -366,7 +396,7 @@ class Engine:
         self.store.save(job)
         return exc
 
-    def _run_step(self, job: Job, step: Step, ws: Path) -> None:
+    def _run_step(self, job: Job, step: Step, ws: Path, asked_from: float | None = None) -> None:
         import docker
 
         store = self.store
@@ -420,22 +450,25 @@ class Engine:
                 job_id=job.id,
                 step=step.index,
                 jobs_root=store.root,
+                owner=owner_id(),
                 cap_add=[*containers.DEFAULT_CAPS, *job.cap_add],
                 **kwargs,
             )
         except Rejected as exc:  # a setting the engine refused (4xx)
             raise self._not_started(job, step, exc) from None
-        cancel_file = job_dir / CANCEL
+
+        def canceled() -> bool:
+            return cancel_requested(job_dir, since=asked_from)
 
         def should_stop() -> str | None:
             if INTERRUPT.is_set():
                 return "interrupt"
-            if cancel_file.exists():
+            if canceled():
                 return "cancel"
             return None
 
         prefix = f"[{job.id}] ".encode() if self.prefix else b""
-        with open(log_path, "wb") as log:
+        with open(log_path, "wb", buffering=0) as log:
             mask = SecretMask(list(secrets.values()))
             out = _Output(log, self.sink, prefix, self._print_lock, mask)
             try:
@@ -453,10 +486,8 @@ class Engine:
         if outcome.stopped_for == "timeout":
             step.move(TIMED_OUT)
             step.error = f"timed out after {step.timeout or job.timeout:g}s"
-        elif outcome.stopped_for == "cancel" or (
-            outcome.exit_code is None and cancel_file.exists()
-        ):
-            step.move(CANCELED)
+        elif outcome.stopped_for == "cancel" or (outcome.exit_code != 0 and canceled()):
+            step.move(CANCELED)  # stopped by us, or by the canceling process
         elif outcome.stopped_for == "interrupt":
             step.move(PENDING)
         elif outcome.exit_code == 0:
@@ -475,7 +506,7 @@ class Engine:
         """Run jobs to a terminal state, ``parallel`` at a time; the calling (main) thread
         supervises, so SIGINT/SIGTERM are handled at once."""
         with contextlib.suppress(LogistError):
-            containers.reap_orphans(containers.client(), self.store.root)
+            reap_orphans(self.store)
         results: list[JobResult] = []
         with ThreadPoolExecutor(
             max_workers=max(1, parallel), thread_name_prefix="logist-job"
@@ -525,26 +556,45 @@ def signals_interrupt():
 def cancel(
     store: Store, job_id: str, wait: float = 60.0, grace: float = containers.STOP_GRACE
 ) -> JobResult:
-    """Cancel a job from any process. Owned by a live process: ask it (a request file), stop
-    the job's containers (SIGTERM, SIGKILL after ``grace`` seconds), and wait for it to finish.
-    Not owned: do everything here."""
+    """Cancel a job from any process. Not owned: do everything here. Owned by a live process:
+    ask it (a request file, written after its lock was taken, so it never looks stale), stop the
+    job's containers (SIGTERM, SIGKILL after ``grace`` seconds) and wait up to ``wait`` seconds
+    for it to finish.
+
+    Raises:
+        CancelPending: the owner still runs after ``wait`` (the request stays; exit 1).
+    """
     job = store.load(job_id)
     if job.terminal:
         raise InvalidTransition(f"job {job_id} is {job.state}; there is nothing to cancel")
     job_dir = store.job_dir(job_id)
-    write_atomic(job_dir / CANCEL, now().encode())
     try:
-        with store.lock(job_id, timeout=0.3):
+        with store.lock(job_id, timeout=0.05):  # a probe: an owner holds it for the whole run
             return _cancel_locked(store, job_id, grace)
     except JobActive:
         pass
+    request_cancel(job_dir)
     cli = containers.client()
-    containers.stop_and_remove(containers.find(cli, store.root, job_id), grace=grace)
+    # the steps' containers; the owner's harvest helper stays, for the harvest it does next
+    steps = [c for c in containers.find(cli, store.root, job_id) if _step_of(c) != "helper"]
+    containers.stop_and_remove(steps, grace=grace)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline and store.active(job_id):
         time.sleep(0.1)
+    if store.active(job_id):
+        raise CancelPending(
+            f"job {job_id}: cancel requested, but its owner ({read_owner(job_dir) or 'unknown'}) "
+            f"still runs after {wait:g}s; it stops at its next step"
+        )
+    with store.lock(job_id, timeout=LOCK_WAIT):  # the owner is gone: finish what it left
+        if not store.load(job_id).terminal:  # e.g. `job step` ended before it saw the request
+            return _cancel_locked(store, job_id, 0)
     containers.stop_and_remove(containers.find(cli, store.root, job_id), grace=0)
     return JobResult(job=store.load(job_id))
+
+
+def _step_of(container) -> str | None:
+    return (container.attrs.get("Labels") or {}).get(containers.STEP)
 
 
 def _cancel_locked(store: Store, job_id: str, grace: float) -> JobResult:
@@ -562,8 +612,7 @@ def _cancel_locked(store: Store, job_id: str, grace: float) -> JobResult:
             harvest_leftover(store, job, ws)
         except LogistError as exc:
             return JobResult(job=job, error=exc)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(store.job_dir(job_id) / CANCEL)
+    drop_cancel_request(store.job_dir(job_id))
     report = after_job(store, job)
     return JobResult(job=job, cleanup=report)
 

@@ -38,6 +38,11 @@ class Rejected(UsageError):
     logist's environment. The job is ``failed``, not ``interrupted`` (exit 2)."""
 
 
+class EngineRejected(Rejected):
+    """The engine refused a request as invalid (an HTTP 4xx): a setting it does not accept,
+    e.g. ``--memory 1b``. Permanent: the job is ``failed``, not ``interrupted`` (exit 2)."""
+
+
 class EnvironmentProblem(LogistError):
     """Docker engine unreachable, image missing and not pullable (exit 3)."""
 
@@ -46,6 +51,11 @@ class EnvironmentProblem(LogistError):
 
 class EngineUnavailable(EnvironmentProblem):
     """The Docker engine cannot be reached (or went away)."""
+
+
+class WorkspaceUnseen(EnvironmentProblem):
+    """The engine does not see the job's directory at logist's path (logist in a container
+    without the jobs root mounted at the same path, a remote engine): nothing ran."""
 
 
 class ImageMissing(EnvironmentProblem):
@@ -59,6 +69,12 @@ class ImageMissing(EnvironmentProblem):
 
 class StepFailed(LogistError):
     """A step or job failed (exit 1)."""
+
+    exit_code = 1
+
+
+class CancelPending(LogistError):
+    """``job cancel`` asked the owner to stop, but it still runs after the wait (exit 1)."""
 
     exit_code = 1
 
@@ -81,7 +97,9 @@ class GitError(LogistError):
         self.stderr = stderr
 
 
-class Interrupted(LogistError):
-    """Interrupted by SIGINT/SIGTERM (exit 130)."""
+class Interrupted(BaseException):
+    """Interrupted by SIGINT/SIGTERM (exit 130). Deliberately not a ``LogistError`` (nor an
+    ``Exception``): no ``except LogistError`` / ``except Exception`` of the core swallows it, so
+    it ends the command at the CLI edge once ``finally`` blocks have made the state consistent."""
 
     exit_code = 130

@@ -10,7 +10,7 @@ from typing import Any
 
 from logist import gitops
 from logist.errors import JobNotFound, UsageError
-from logist.model import Job
+from logist.model import RUNNING, Job
 from logist.spec import build_job, generate_id, is_url, load_yaml
 from logist.store import Store
 
@@ -73,7 +73,7 @@ def follow_log(store: Store, job_id: str, step: int | None, out, poll: float = 0
             out.flush()
         if last_round:
             return
-        running = store.load(job_id).steps[index - 1].state == "running" and store.active(job_id)
+        running = store.load(job_id).steps[index - 1].state == RUNNING and store.active(job_id)
         if not running:
             last_round = True  # one more read for what was written before the state changed
             continue

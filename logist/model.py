@@ -5,14 +5,38 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from logist.errors import InvalidTransition
 
 SCHEMA_VERSION = 1
 
-PENDING, RUNNING, SUCCEEDED, FAILED = "pending", "running", "succeeded", "failed"
-CANCELED, INTERRUPTED, TIMED_OUT = "canceled", "interrupted", "timed_out"
+
+class State(StrEnum):
+    """The states of jobs and steps (a job is never ``timed_out``, a step never
+    ``interrupted``). Members are strings: they compare equal to, and serialise as, their value."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    INTERRUPTED = "interrupted"
+    TIMED_OUT = "timed_out"
+
+
+class WorkspaceState(StrEnum):
+    """A job's workspace, as the manifest records it."""
+
+    ABSENT = "absent"
+    READY = "ready"
+    REMOVED = "removed"
+    REMOVING = "removing"  # harvested and being deleted: never harvested or reused again
+
+
+PENDING, RUNNING, SUCCEEDED, FAILED = State.PENDING, State.RUNNING, State.SUCCEEDED, State.FAILED
+CANCELED, INTERRUPTED, TIMED_OUT = State.CANCELED, State.INTERRUPTED, State.TIMED_OUT
 
 JOB_STATES = (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELED, INTERRUPTED)
 STEP_STATES = (PENDING, RUNNING, SUCCEEDED, FAILED, TIMED_OUT, CANCELED)
@@ -36,8 +60,8 @@ STEP_TRANSITIONS: dict[str, frozenset[str]] = {
     CANCELED: frozenset(),
 }
 
-WS_ABSENT, WS_READY, WS_REMOVED = "absent", "ready", "removed"
-WS_REMOVING = "removing"  # harvested and being deleted: never harvested or reused again
+WS_ABSENT, WS_READY = WorkspaceState.ABSENT, WorkspaceState.READY
+WS_REMOVED, WS_REMOVING = WorkspaceState.REMOVED, WorkspaceState.REMOVING
 
 
 def now() -> str:
@@ -143,9 +167,22 @@ class Job:
         data = migrate(dict(data))
         names = {f.name for f in dataclasses.fields(cls)}
         step_names = {f.name for f in dataclasses.fields(Step)}
-        steps = [Step(**{k: v for k, v in s.items() if k in step_names}) for s in data["steps"]]
-        kwargs = {k: v for k, v in data.items() if k in names and k != "steps"}
+        steps = [
+            Step(**{k: _enum(k, v) for k, v in s.items() if k in step_names}) for s in data["steps"]
+        ]
+        kwargs = {k: _enum(k, v) for k, v in data.items() if k in names and k != "steps"}
         return cls(steps=steps, **kwargs)
+
+
+def _enum(key: str, value: Any) -> Any:
+    """A manifest's state names as ``State`` / ``WorkspaceState`` members."""
+    kind = {"state": State, "workspace_state": WorkspaceState}.get(key)
+    if kind is None:
+        return value
+    try:
+        return kind(value)
+    except ValueError:
+        raise InvalidTransition(f"unknown {key} {value!r} in the manifest") from None
 
 
 def migrate(data: dict[str, Any]) -> dict[str, Any]:

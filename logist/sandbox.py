@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from logist import containers
-from logist.errors import EnvironmentProblem, LogistError, Rejected
+from logist.errors import LogistError, Rejected, WorkspaceUnseen
 from logist.model import Job
-from logist.store import Store
+from logist.store import Store, owner_id
 
 if TYPE_CHECKING:
     from docker.models.containers import Container
@@ -291,6 +291,7 @@ class Sandbox:
                 job_id=self.job.id,
                 step="helper",
                 jobs_root=self.store.root,
+                owner=owner_id(),
                 mounts=mounts,
                 user="0:0",
                 network_mode="none",
@@ -349,8 +350,8 @@ class Sandbox:
         if code != 0 or out.strip() != token.encode():
             raise self._unseen("a file written there is not visible inside containers")
 
-    def _unseen(self, detail: str) -> EnvironmentProblem:
-        return EnvironmentProblem(
+    def _unseen(self, detail: str) -> WorkspaceUnseen:
+        return WorkspaceUnseen(
             f"the engine at {containers.engine_location()} does not see {self.job_dir} "
             f"at the same path ({detail.splitlines()[0][:200] if detail else 'no detail'}); "
             "nothing ran: see `logist doctor`"
@@ -366,18 +367,21 @@ class Sandbox:
         import docker
 
         wrapped = ["timeout", "-s", "KILL", str(int(timeout)), *command]
+        result = None
         for attempt in (1, 2):
             self.start()
             assert self._container is not None
-            try:
-                with containers.engine_errors("running the harvest helper"):
+            with containers.engine_errors("running the harvest helper"):
+                try:
                     result = self._container.exec_run(wrapped, user=user, demux=True, workdir="/")
+                except docker.errors.APIError as exc:
+                    gone = isinstance(exc, docker.errors.NotFound) or exc.status_code == 409
+                    if attempt == 2 or not gone:
+                        raise
+                    self._container = None  # removed (``job cancel`` from elsewhere): again
+            if result is not None:
                 break
-            except docker.errors.APIError as exc:
-                gone = isinstance(exc, docker.errors.NotFound) or exc.status_code == 409
-                if attempt == 2 or not gone:
-                    raise
-                self._container = None
+        assert result is not None
         stdout, stderr = result.output if isinstance(result.output, tuple) else (None, None)
         return int(result.exit_code or 0), stdout or b"", stderr or b""
 

@@ -53,10 +53,36 @@ STEP_KEYS = frozenset({"name", "run", "image", "timeout"})
 DEFAULT_IMAGE = "logist/step:latest"
 
 
+ID_RULE_TEXT = (
+    f"ids must match {ID_RULE} and make logist/<id> a valid git branch name "
+    "(no '..', no trailing '.', no '.lock' suffix)"
+)
+_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+
+
+def valid_ref_name(name: str) -> bool:
+    """Whether ``name`` is a valid full ref name, as ``git check-ref-format`` decides (for a
+    name with at least one ``/``): no ``..``, ``@{``, control character, space, or any of
+    ``~^:?*[\\``; no empty component, none beginning with ``.`` or ending with ``.lock``; not
+    ending with ``/`` or ``.``; not ``@``."""
+    if not name or name == "@" or name.endswith((".", "/")) or name.startswith("/"):
+        return False
+    if ".." in name or "@{" in name or _REF_FORBIDDEN.search(name):
+        return False
+    return all(
+        part and not part.startswith(".") and not part.endswith(".lock") for part in name.split("/")
+    )
+
+
 def validate_id(job_id: str) -> str:
-    """Return ``job_id`` if it follows the id rule, else raise ``UsageError`` stating the rule."""
-    if not isinstance(job_id, str) or not _ID_RE.fullmatch(job_id):
-        raise UsageError(f"invalid job id {job_id!r}: ids must match {ID_RULE}")
+    """Return ``job_id`` if it follows the id rule (``ID_RULE``, and ``logist/<id>`` is a
+    valid branch name), else raise ``UsageError`` stating the rule."""
+    if (
+        not isinstance(job_id, str)
+        or not _ID_RE.fullmatch(job_id)
+        or not valid_ref_name(f"logist/{job_id}")
+    ):
+        raise UsageError(f"invalid job id {job_id!r}: {ID_RULE_TEXT}")
     return job_id
 
 

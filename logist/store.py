@@ -186,6 +186,38 @@ def is_active(job_dir: Path) -> bool:
     return False
 
 
+# --- cancel requests ---------------------------------------------------------------------------
+
+
+def request_cancel(job_dir: Path, why: str = "cancel") -> None:
+    """Ask the job's owner to cancel: a request file carrying the time it was made."""
+    write_atomic(job_dir / CANCEL, f"{time.time():.6f} {why}\n".encode())
+
+
+def cancel_requested(job_dir: Path, since: float | None = None) -> bool:
+    """Whether a cancel request exists (made at or after ``since``, a ``time.time()``, when
+    given). A request without a readable time counts as current."""
+    try:
+        text = (job_dir / CANCEL).read_text()
+    except OSError:
+        return False
+    if since is None:
+        return True
+    try:
+        made = float(text.split()[0])
+    except (IndexError, ValueError):
+        return True
+    return made >= since
+
+
+def drop_cancel_request(job_dir: Path, before: float | None = None) -> None:
+    """Remove the cancel request (only one made before ``before``, when given)."""
+    if before is not None and cancel_requested(job_dir, since=before):
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(job_dir / CANCEL)
+
+
 # --- manifests ---------------------------------------------------------------------------------
 
 

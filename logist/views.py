@@ -6,16 +6,29 @@ import copy
 import os
 from typing import Any
 
-from logist.model import INTERRUPTED, RUNNING, Job
+from logist.model import (
+    INTERRUPTED,
+    RUNNING,
+    SUCCEEDED,
+    WS_READY,
+    WS_REMOVED,
+    WS_REMOVING,
+    Job,
+)
 from logist.progress import duration, seconds_between
 from logist.store import Store, is_active
 
 
 def job_view(
-    store: Store, job: Job, containers: list[str] | None = None, active: bool | None = None
+    store: Store,
+    job: Job,
+    containers: list[str] | None = None,
+    active: bool | None = None,
+    containers_error: str | None = None,
 ) -> dict[str, Any]:
     """One job as the contract's object. A job recorded running with no live owner is
-    reported interrupted (and its running step pending), without writing anything."""
+    reported interrupted (and its running step pending), without writing anything. With
+    ``containers_error`` (the engine did not answer) ``containers`` is null: unknown."""
     job_dir = store.job_dir(job.id)
     active = is_active(job_dir) if active is None else active
     if job.state == RUNNING and not active:  # what the next lock taker will record
@@ -39,9 +52,9 @@ def job_view(
         for s in job.steps
     ]
     ws = job_dir / "workspace"
-    ws_state = "ready" if job.workspace_state == "removing" else job.workspace_state
-    if ws_state == "ready" and not os.path.lexists(ws):
-        ws_state = "removed"
+    ws_state = WS_READY if job.workspace_state == WS_REMOVING else job.workspace_state
+    if ws_state == WS_READY and not os.path.lexists(ws):
+        ws_state = WS_REMOVED
     return {
         "id": job.id,
         "state": job.state,
@@ -63,7 +76,8 @@ def job_view(
             else None,
             "branch": job.result_branch,
         },
-        "containers": containers or [],
+        "containers": None if containers_error else (containers or []),
+        "containers_error": containers_error,
         "base_commit": job.base_commit,
         "harvested_commit": job.harvested_commit,
         "cleanup": job.cleanup,
@@ -72,8 +86,9 @@ def job_view(
     }
 
 
-def containers_by_job(store: Store) -> dict[str, list[str]]:
-    """Ids of the containers labelled for this jobs root, by job; empty if no engine answers."""
+def containers_by_job(store: Store) -> tuple[dict[str, list[str]], str | None]:
+    """Ids of the containers labelled for this jobs root, by job, and None; or, when the engine
+    does not answer, nothing and the reason (the lists are unknown, not empty)."""
     from logist import containers
     from logist.errors import LogistError
 
@@ -82,9 +97,9 @@ def containers_by_job(store: Store) -> dict[str, list[str]]:
         for c in containers.find(containers.client(), store.root):
             job = (c.attrs.get("Labels") or {}).get(containers.JOB, "")
             out.setdefault(job, []).append(c.id)
-    except LogistError:
-        pass
-    return out
+    except LogistError as exc:
+        return {}, str(exc)
+    return out, None
 
 
 def run_seconds(view: dict[str, Any]) -> float | None:
@@ -98,7 +113,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     head = ("ID", "STATE", "ACTIVE", "STEPS", "DURATION", "WORKSPACE", "UPDATED")
     lines = [head]
     for r in rows:
-        done = sum(1 for s in r["steps"] if s["state"] == "succeeded")
+        done = sum(1 for s in r["steps"] if s["state"] == SUCCEEDED)
         lines.append(
             (
                 r["id"],

@@ -17,7 +17,7 @@ from logist.errors import GitError, LogistError, UsageError
 from logist.model import WS_READY, Job
 from logist.safefs import Removal as DeleteResult
 from logist.spec import is_url
-from logist.store import Store, job_lock
+from logist.store import Store, job_lock, owner_id
 
 TMP_PREFIX = ".workspace.tmp-"
 JOB_REPO = "repo.git"
@@ -206,6 +206,7 @@ def make_writable_for(store: Store, job: Job, ws: Path) -> None:
         command=["chown", "-hR", f"{uid}:{gid}", "/workspace"],
         job_id=job.id,
         jobs_root=store.root,
+        owner=owner_id(),
         host_path=ws,
         mount_at="/workspace",
     )

@@ -64,6 +64,33 @@ def _docker_guard(request):
     assert not left, f"containers left behind: {[c.name for c in left]}"
 
 
+def _is_logist(args) -> bool:
+    argv = [str(a) for a in args] if isinstance(args, list | tuple) else str(args).split()
+    return "logist" in argv or any(a.endswith("/logist") for a in argv)
+
+
+@pytest.fixture(autouse=True)
+def _no_traceback_from_logist(monkeypatch):
+    """Every logist process a test runs and reads with ``communicate`` (``subprocess.run``,
+    ``run_logist`` included) must print no traceback, unless it ran with LOGIST_DEBUG=1."""
+    real_init, real_communicate = subprocess.Popen.__init__, subprocess.Popen.communicate
+
+    def init(self, args, *a, **kw):
+        env = kw.get("env") or os.environ
+        self._logist_checked = _is_logist(args) and env.get("LOGIST_DEBUG") != "1"
+        real_init(self, args, *a, **kw)
+
+    def communicate(self, *a, **kw):
+        out, err = real_communicate(self, *a, **kw)
+        if getattr(self, "_logist_checked", False) and err:
+            text = err.decode(errors="replace") if isinstance(err, bytes) else err
+            assert "Traceback" not in text, f"a traceback from {self.args}:\n{text}"
+        return out, err
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", init)
+    monkeypatch.setattr(subprocess.Popen, "communicate", communicate)
+
+
 @pytest.fixture
 def jobs_root(tmp_path: Path) -> Path:
     root = tmp_path / "jobs"

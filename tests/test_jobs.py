@@ -85,7 +85,8 @@ def _store_job(jobs_root: Path, job_id: str, steps: int = 1, **fields) -> Job:
 
 
 @pytest.mark.parametrize(
-    "bad_id", ["../x", "a/b", "A", "..", ".", "", "_x", "x y", "a.b/", "a" * 65]
+    "bad_id",
+    ["../x", "a/b", "A", "..", ".", "", "_x", "x y", "a.b/", "a" * 65, "a..b", "x.lock", "x."],
 )
 def test_create_refuses_invalid_ids_stating_the_rule_and_creates_nothing(
     logist, jobs_root, source_repo, tmp_path, bad_id
@@ -118,6 +119,38 @@ def test_other_commands_refuse_invalid_ids_without_touching_the_filesystem(
     for args in (("status", bad_id, "--json"), ("logs", bad_id), ("cleanup", bad_id)):
         assert ID_RULE in _one_line_error(logist("job", *args))
     assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "logist/a..b",
+        "logist/x.lock",
+        "logist/x.",
+        "logist/.x",
+        "logist/a@{b",
+        "logist/a b",
+        "logist/a//b",
+        "logist/a~1",
+        "logist/a^",
+        "logist/a:b",
+        "logist/a?",
+        "logist/a*",
+        "logist/a[b",
+        "logist/a\\b",
+        "logist/a/",
+        "logist/x.lock.y",
+        "logist/a.b",
+        "logist/a-b_c.d",
+        "logist/@",
+        "@",
+    ],
+)
+def test_branch_name_check_agrees_with_git_check_ref_format(name):
+    from logist.spec import valid_ref_name
+
+    git_says = subprocess.run(["git", "check-ref-format", name]).returncode == 0
+    assert valid_ref_name(name) is git_says
 
 
 def test_create_accepts_an_id_of_64_characters(logist, jobs_root, source_repo):
@@ -777,69 +810,47 @@ def test_logs_prints_the_stored_log_of_the_latest_or_a_chosen_step(logist, jobs_
     assert "nosuch" in _one_line_error(logist("job", "logs", "nosuch"))
 
 
-FOLLOWED_STEP = """
-import sys
-from pathlib import Path
-from logist.model import now
-from logist.store import Store, job_lock
-store = Store(Path(sys.argv[1]))
-job_dir = store.job_dir("live")
-log = job_dir / "logs" / "step-1.log"
-with job_lock(job_dir):
-    job = store.load("live")
-    job.move("running")
-    step = job.steps[0]
-    step.move("running")
-    step.started_at, step.log = now(), str(log)
-    log.write_text("first line\\n")
-    store.save(job)
-    print("running", flush=True)
-    sys.stdin.readline()
-    with open(log, "a") as fh:
-        fh.write("second line\\n")
-    step.move("succeeded")
-    step.exit_code, step.finished_at = 0, now()
-    job.move("succeeded")
-    store.save(job)
-"""
-
-
-@pytest.mark.timeout(60)
-def test_logs_follow_streams_a_running_step_until_it_finishes(jobs_root):
-    _store_job(jobs_root, "live")
-    step = _spawn(FOLLOWED_STEP, str(jobs_root))
+@pytest.mark.docker
+@pytest.mark.timeout(120)
+def test_logs_follow_streams_a_running_step_until_it_finishes(logist, jobs_root, source_repo):
+    job = logist(
+        "job", "create", "live", "--repo", str(source_repo),
+        "--step", "echo first line; while [ ! -e .release ]; do sleep 0.1; done; echo second line",
+    )  # fmt: skip
+    assert job.returncode == 0, job.stderr
+    runner = _spawn_logist(jobs_root, "job", "run", "live")
     follower = None
     try:
-        assert step.stdout.readline() == "running\n"
-        follower = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "logist",
-                "--jobs-dir",
-                str(jobs_root),
-                "job",
-                "logs",
-                "live",
-                "--follow",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        ws = jobs_root / "live" / "workspace"
+        log = jobs_root / "live" / "logs" / "step-1.log"
+        _wait(lambda: log.exists() and log.read_bytes() == b"first line\n", "the first line")
+        follower = _spawn_logist(jobs_root, "job", "logs", "live", "--follow")
         assert follower.stdout.readline() == "first line\n"
-        time.sleep(0.5)
-        assert follower.poll() is None  # still following the running step
-        step.stdin.write("go\n")
-        step.stdin.flush()
-        assert step.wait(timeout=20) == 0
-        rest, err = follower.communicate(timeout=20)
+        (ws / ".release").touch()  # only now can the step print its second line
+        rest, err = follower.communicate(timeout=60)
         assert follower.returncode == 0, err
-        assert rest == "second line\n"
+        assert rest == "second line\n"  # --follow kept reading the running step, then ended
+        assert runner.wait(timeout=60) == 0
     finally:
-        _kill(step)
+        _kill(runner)
         if follower is not None:
             _kill(follower)
+
+
+def _spawn_logist(jobs_root: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait(predicate, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 # --- errors --------------------------------------------------------------------------------
@@ -880,14 +891,28 @@ def test_the_next_save_removes_temp_files_of_killed_writers(jobs_root, source_re
     assert store.load(job.id).id == job.id
 
 
-def test_create_never_leaves_a_job_directory_without_a_manifest(jobs_root, source_repo):
+def test_create_never_leaves_a_job_directory_without_a_manifest(
+    jobs_root, source_repo, monkeypatch
+):
+    import logist.store
     from logist.jobs import create_job
     from logist.store import Store
 
     store = Store(jobs_root)
-    job = create_job(store, {"id": "once", "repo": str(source_repo), "steps": ["true"]})
+    real = logist.store.write_atomic
+
+    def disk_full(path, data):
+        raise OSError(28, "No space left on device")
+
+    def killed_before_rename(path, data):  # the manifest is written, the rename never happens
+        real(path, data)
+        raise KeyboardInterrupt
+
+    for fault, error in ((disk_full, OSError), (killed_before_rename, KeyboardInterrupt)):
+        monkeypatch.setattr(logist.store, "write_atomic", fault)
+        with pytest.raises(error):
+            create_job(store, {"id": "once", "repo": str(source_repo), "steps": ["true"]})
+        assert list(jobs_root.iterdir()) == []  # no job directory, no temp directory
+    monkeypatch.setattr(logist.store, "write_atomic", real)
+    create_job(store, {"id": "once", "repo": str(source_repo), "steps": ["true"]})
     assert (jobs_root / "once" / "job.json").is_file() and (jobs_root / "once" / "logs").is_dir()
-    with pytest.raises(Exception, match="already exists"):
-        create_job(store, {"id": "once", "repo": str(source_repo), "steps": ["false"]})
-    assert store.load("once").steps[0].run == "true" == job.steps[0].run
-    assert [p.name for p in jobs_root.iterdir()] == ["once"]  # no temp directory left

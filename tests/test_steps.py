@@ -27,6 +27,16 @@ def popen_logist(jobs_root: Path, *args: str) -> subprocess.Popen:
     )
 
 
+def _signals_until_death(events) -> list[str]:
+    """The signals of the ``kill`` events of a docker event stream, up to the first ``die``."""
+    signals = []
+    for event in events:
+        if event.get("Action") == "die":
+            return signals
+        signals.append(event["Actor"]["Attributes"].get("signal"))
+    return signals
+
+
 def job_containers(docker_client, jobs_root: Path, job_id: str, running_only: bool = False):
     return docker_client.containers.list(
         all=not running_only,
@@ -140,13 +150,12 @@ def test_job_step_runs_one_step_at_a_time_then_finishes(logist, source_repo, job
 def test_step_timeout_stops_the_container_and_fails_the_job(
     logist, source_repo, jobs_root, docker_client
 ):
-    job = create(logist, source_repo, "sleep 60", extra=("--timeout", "2"))
-    start = time.monotonic()
-    out = logist("job", "run", job)
+    job = create(logist, source_repo, "sleep 600", extra=("--timeout", "2"))
+    out = logist("job", "run", job)  # the step would sleep 600 s: it was stopped
     assert out.returncode == 1
-    assert time.monotonic() - start < 20
     st = status(logist, job)
     assert st["state"] == "failed" and st["steps"][0]["state"] == "timed_out"
+    assert st["steps"][0]["exit_code"] in (137, 143)  # ended by a signal
     assert not job_containers(docker_client, jobs_root, job)
 
 
@@ -260,12 +269,9 @@ def test_cancel_from_another_process_stops_a_step_that_ignores_sigterm(
         "echo never",
     )
     with running_step(jobs_root, docker_client, job, 2) as runner:
-        start = time.monotonic()
-        out = logist("job", "cancel", job)
-        elapsed = time.monotonic() - start
+        out = logist("job", "cancel", job)  # the step never ends by itself (timings: benchmarks)
         assert out.returncode == 0, out.stderr
         runner.wait(timeout=30)
-    assert elapsed < 15, f"cancel took {elapsed:.1f}s"
     assert runner.returncode == 1
     st = status(logist, job)
     assert st["state"] == "canceled"
@@ -278,13 +284,19 @@ def test_cancel_with_a_short_grace_kills_a_sigterm_ignoring_step_at_once(
     logist, source_repo, jobs_root, docker_client
 ):
     job = create(logist, source_repo, "trap '' TERM; while true; do sleep 1; done")
-    with running_step(jobs_root, docker_client, job, 1) as runner:
-        start = time.monotonic()
-        out = logist("job", "cancel", job, "--grace", "0")
-        elapsed = time.monotonic() - start
-        assert out.returncode == 0, out.stderr
-        runner.wait(timeout=30)
-    assert elapsed < 4, f"cancel --grace 0 took {elapsed:.1f}s"
+    events = docker_client.events(
+        decode=True,
+        filters={"event": ["kill", "die"], "label": f"logist.jobs-dir={jobs_root}"},
+    )
+    try:
+        with running_step(jobs_root, docker_client, job, 1) as runner:
+            out = logist("job", "cancel", job, "--grace", "0")
+            assert out.returncode == 0, out.stderr
+            runner.wait(timeout=30)
+        signals = _signals_until_death(events)
+    finally:
+        events.close()
+    assert "9" in signals  # SIGKILLed: it ignores SIGTERM (how fast: benchmarks, cancel)
     assert status(logist, job)["state"] == "canceled"
     assert not job_containers(docker_client, jobs_root, job)
 
@@ -303,11 +315,9 @@ def test_signal_to_job_run_stops_containers_marks_interrupted_exit_130(
 ):
     job = create(logist, source_repo, "echo one > one.txt", "trap '' TERM; sleep 300")
     with running_step(jobs_root, docker_client, job, 2) as runner:
-        start = time.monotonic()
         runner.send_signal(sig)
-        runner.wait(timeout=30)
+        runner.wait(timeout=30)  # the step ignores SIGTERM and would sleep 300 s
     assert runner.returncode == 130, runner.stderr.read()
-    assert time.monotonic() - start < 15
     assert not job_containers(docker_client, jobs_root, job)
     st = status(logist, job)
     assert st["state"] == "interrupted" and st["active"] is False
@@ -342,17 +352,22 @@ def test_step_as_non_root_user_leaves_no_root_owned_files(logist, source_repo, j
     assert logist("job", "cleanup", job).returncode == 0
 
 
-def test_env_var_in_step_output_is_not_buffered_until_the_end(jobs_root, source_repo, logist):
-    job = create(logist, source_repo, "echo first; sleep 3; echo second")
+@pytest.mark.timeout(120)
+def test_step_output_reaches_the_terminal_while_the_step_still_runs(jobs_root, source_repo, logist):
+    job = create(
+        logist,
+        source_repo,
+        "echo first; while [ ! -e .release ]; do sleep 0.1; done; echo second",
+    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), "job", "run", job],
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
-        first = proc.stdout.readline()
-        assert first == "first\n"
-        assert proc.poll() is None  # still running: the output streamed live
+        assert proc.stdout.readline() == "first\n"  # the step is blocked until released
+        (jobs_root / job / "workspace" / ".release").touch()
+        assert proc.stdout.readline() == "second\n"
     finally:
         proc.wait(timeout=60)
     assert proc.returncode == 0

@@ -468,6 +468,7 @@ def counting(job_repo, dest, branch, commit, origin):
     return real(job_repo, dest, branch, commit, origin)
 
 gitops.clone_workspace = counting
+print("ready", flush=True)
 while not os.path.exists(go):
     time.sleep(0.005)
 ws = setup_workspace(Store(Path(root)), job_id)
@@ -493,7 +494,8 @@ def setup_in_processes(
     ]
     outs = []
     try:
-        time.sleep(0.5)
+        for p in procs:  # every child is up and waiting: release them at once
+            assert p.stdout.readline() == "ready\n", p.stderr.read()
         go.touch()
         for p in procs:
             out, err = p.communicate(timeout=timeout)

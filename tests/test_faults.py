@@ -1,0 +1,262 @@
+"""Fault injection: the engine fails (500), drops the connection or stops answering at chosen
+moments of a job (create, start, logs, wait, stop, remove, a whole hung engine). After each:
+the contract's exit code, one line on stderr and no traceback, every manifest parses, a stale
+sweep against the real engine leaves no labelled container, and no harvested work is lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.faultproxy import FaultProxy
+from tests.helpers import create_job as create
+from tests.helpers import git, run_logist, wait_for
+from tests.helpers import job_status as status
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(180)]
+
+PATIENCE = "3"  # LOGIST_DOCKER_TIMEOUT for runs through the proxy: a hung engine costs seconds
+CID = r"/containers/[0-9a-f]{12,}"
+
+
+@pytest.fixture
+def proxy():
+    with FaultProxy() as p:
+        yield p
+
+
+@pytest.fixture
+def via(proxy, jobs_root):
+    """Run the CLI with the engine behind the proxy."""
+
+    def run(*args: str, **kw) -> subprocess.CompletedProcess:
+        env = {"DOCKER_HOST": proxy.host, "LOGIST_DOCKER_TIMEOUT": PATIENCE}
+        return run_logist(jobs_root, *args, env=env, **kw)
+
+    return run
+
+
+def assert_recovered(
+    out: subprocess.CompletedProcess,
+    code: int,
+    *,
+    logist,
+    jobs_root: Path,
+    docker_client,
+    source_repo: Path,
+    job: str,
+    kept: dict[str, str],
+) -> None:
+    """The checks every fault ends with."""
+    assert out.returncode == code, out.stderr
+    assert "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    for manifest in jobs_root.glob("*/job.json"):
+        json.loads(manifest.read_text())
+    sweep = logist("job", "cleanup", "--stale", "--older-than", "0s", "--json")  # real engine
+    assert sweep.returncode == 0, sweep.stdout + sweep.stderr
+    left = docker_client.containers.list(
+        all=True, filters={"label": f"logist.jobs-dir={jobs_root}"}
+    )
+    assert not left, [c.name for c in left]
+    branch = f"logist/{job}"
+    for name, text in kept.items():
+        assert git(source_repo, "show", f"{branch}:{name}") == text
+    bundle = jobs_root / job / "result.bundle"
+    if bundle.exists():
+        heads = git(source_repo, "bundle", "list-heads", str(bundle))
+        assert git(source_repo, "rev-parse", branch).strip() in heads
+
+
+TWO_STEPS = ("echo one > one.txt", "echo two > two.txt")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "action", "code"),
+    [
+        ("POST", r"/containers/create$", "500", 3),
+        ("POST", r"/containers/create$", "reset", 3),
+        ("POST", r"/containers/create$", "hang", 3),
+        ("POST", CID + r"/start$", "500", 3),
+        ("POST", CID + r"/start$", "reset", 3),
+        ("GET", CID + r"/logs$", "reset", 3),
+        ("GET", CID + r"/logs$", "hang", 3),
+        ("POST", CID + r"/wait$", "500", 3),
+        ("POST", CID + r"/wait$", "reset", 3),
+        ("POST", CID + r"/wait$", "hang", 3),
+    ],
+)
+def test_a_fault_in_the_second_step_interrupts_the_job_and_keeps_the_first_steps_work(
+    proxy, via, logist, jobs_root, docker_client, source_repo, method, path, action, code
+):
+    job = create(logist, source_repo, *TWO_STEPS)
+    rule = proxy.fail(method, path, action, skip=1)  # the first step's call passes
+    out = via("job", "run", job)
+    assert rule.fired, proxy.seen
+    st = status(logist, job)
+    assert st["state"] == "interrupted", st
+    assert [s["state"] for s in st["steps"]] == ["succeeded", "pending"]
+    assert_recovered(
+        out,
+        code,
+        logist=logist,
+        jobs_root=jobs_root,
+        docker_client=docker_client,
+        source_repo=source_repo,
+        job=job,
+        kept={"one.txt": "one\n"},
+    )
+    resumed = logist("job", "run", job)  # an interrupted job resumes from its last harvest
+    assert resumed.returncode == 0, resumed.stderr
+    assert git(source_repo, "show", f"logist/{job}:two.txt") == "two\n"
+
+
+def test_a_container_the_engine_will_not_remove_after_a_step_is_reaped_by_the_sweep(
+    proxy, via, logist, jobs_root, docker_client, source_repo
+):
+    job = create(logist, source_repo, *TWO_STEPS)
+    rule = proxy.fail("DELETE", CID + "$", "500")
+    out = via("job", "run", job)
+    assert rule.fired
+    st = status(logist, job)
+    assert st["state"] == "succeeded"  # the steps ran; only their containers stay
+    assert_recovered(
+        out,
+        3,
+        logist=logist,
+        jobs_root=jobs_root,
+        docker_client=docker_client,
+        source_repo=source_repo,
+        job=job,
+        kept={"one.txt": "one\n", "two.txt": "two\n"},
+    )
+
+
+@pytest.mark.parametrize("action", ["500", "reset"])
+def test_a_cleanup_whose_container_removal_fails_says_so_and_the_next_one_finishes(
+    proxy, via, logist, jobs_root, docker_client, source_repo, action
+):
+    job = create(logist, source_repo, "echo one > one.txt", extra=("--cleanup", "never"))
+    assert logist("job", "run", job).returncode == 0
+    stray = docker_client.containers.run(
+        "logist/busybox:latest",
+        ["sleep", "300"],
+        detach=True,
+        init=True,
+        network_mode="none",
+        labels={
+            "logist.managed": "true",
+            "logist.jobs-dir": str(jobs_root),
+            "logist.job": job,
+            "logist.step": "1",
+            "logist.owner": "nohost:1:1",
+        },
+    )
+    rule = proxy.fail("DELETE", CID + "$", action)
+    out = via("job", "cleanup", job)
+    assert rule.fired
+    assert (jobs_root / job / "workspace").is_dir()  # kept: its containers are not gone
+    stray.reload()  # still there for the next cleanup
+    assert_recovered(
+        out,
+        3,
+        logist=logist,
+        jobs_root=jobs_root,
+        docker_client=docker_client,
+        source_repo=source_repo,
+        job=job,
+        kept={"one.txt": "one\n"},
+    )
+    assert not (jobs_root / job / "workspace").exists()
+
+
+@pytest.mark.parametrize(("stop_fault", "kill_fails"), [("500", 0), ("500", 2), ("hang", 0)])
+def test_a_timeout_is_enforced_when_the_engine_fails_to_stop_the_container(
+    proxy, via, logist, jobs_root, docker_client, source_repo, stop_fault, kill_fails
+):
+    job = create(logist, source_repo, "echo one > one.txt; sleep 300", extra=("--timeout", "2"))
+    stop = proxy.fail("POST", CID + r"/stop$", stop_fault)
+    if kill_fails:
+        proxy.fail("POST", CID + r"/kill$", "500", times=kill_fails)
+    out = via("job", "run", job)
+    assert stop.fired
+    st = status(logist, job)
+    assert st["state"] == "failed" and st["steps"][0]["state"] == "timed_out"
+    assert_recovered(
+        out,
+        1,
+        logist=logist,
+        jobs_root=jobs_root,
+        docker_client=docker_client,
+        source_repo=source_repo,
+        job=job,
+        kept={"one.txt": "one\n"},
+    )
+
+
+def test_an_engine_that_stops_answering_mid_step_is_exit_3_and_the_job_interrupted(
+    proxy, logist, jobs_root, docker_client, source_repo
+):
+    """A hung engine (a SIGSTOPped dockerd): a run notices within LOGIST_DOCKER_TIMEOUT plus
+    the ping interval (at most 5 s), marks the job interrupted and exits 3."""
+    job = create(logist, source_repo, "echo one > one.txt", "echo two > two.txt; sleep 300")
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), "job", "run", job],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={
+            **os.environ,
+            "DOCKER_HOST": proxy.host,
+            "LOGIST_DOCKER_TIMEOUT": PATIENCE,
+        },
+    )
+    try:
+        ws = jobs_root / job / "workspace"
+        wait_for(lambda: (ws / "two.txt").exists(), timeout=60, what="step 2 to run")
+        proxy.freeze()
+        _, err = runner.communicate(timeout=60)  # the bound: 3 s + 3 s ping interval + margin
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+        proxy.thaw()
+    out = subprocess.CompletedProcess(runner.args, runner.returncode, "", err)
+    st = status(logist, job)
+    assert st["state"] == "interrupted" and st["active"] is False
+    assert "unreachable" in err
+    assert_recovered(
+        out,
+        3,
+        logist=logist,
+        jobs_root=jobs_root,
+        docker_client=docker_client,
+        source_repo=source_repo,
+        job=job,
+        kept={"one.txt": "one\n", "two.txt": "two\n"},
+    )
+
+
+def test_an_engine_that_accepts_and_never_answers_fails_a_run_within_the_deadline(
+    proxy, via, logist, jobs_root, docker_client, source_repo
+):
+    job = create(logist, source_repo, "echo one > one.txt")
+    proxy.freeze()  # from the start: every request hangs
+    out = via("job", "run", job, timeout=60)
+    proxy.thaw()
+    assert "unreachable" in out.stderr
+    assert status(logist, job)["state"] in ("pending", "interrupted")
+    assert_recovered(
+        out,
+        3,
+        logist=logist,
+        jobs_root=jobs_root,
+        docker_client=docker_client,
+        source_repo=source_repo,
+        job=job,
+        kept={},
+    )
