@@ -76,26 +76,27 @@ def assert_recovered(
 TWO_STEPS = ("echo one > one.txt", "echo two > two.txt")
 
 
+# (the job's harvest helper is created and started before the first step: two calls pass)
 @pytest.mark.parametrize(
-    ("method", "path", "action", "code"),
+    ("method", "path", "action", "code", "skip"),
     [
-        ("POST", r"/containers/create$", "500", 3),
-        ("POST", r"/containers/create$", "reset", 3),
-        ("POST", r"/containers/create$", "hang", 3),
-        ("POST", CID + r"/start$", "500", 3),
-        ("POST", CID + r"/start$", "reset", 3),
-        ("GET", CID + r"/logs$", "reset", 3),
-        ("GET", CID + r"/logs$", "hang", 3),
-        ("POST", CID + r"/wait$", "500", 3),
-        ("POST", CID + r"/wait$", "reset", 3),
-        ("POST", CID + r"/wait$", "hang", 3),
+        ("POST", r"/containers/create$", "500", 3, 2),
+        ("POST", r"/containers/create$", "reset", 3, 2),
+        ("POST", r"/containers/create$", "hang", 3, 2),
+        ("POST", CID + r"/start$", "500", 3, 2),
+        ("POST", CID + r"/start$", "reset", 3, 2),
+        ("GET", CID + r"/logs$", "reset", 3, 1),
+        ("GET", CID + r"/logs$", "hang", 3, 1),
+        ("POST", CID + r"/wait$", "500", 3, 1),
+        ("POST", CID + r"/wait$", "reset", 3, 1),
+        ("POST", CID + r"/wait$", "hang", 3, 1),
     ],
 )
 def test_a_fault_in_the_second_step_interrupts_the_job_and_keeps_the_first_steps_work(
-    proxy, via, logist, jobs_root, docker_client, source_repo, method, path, action, code
+    proxy, via, logist, jobs_root, docker_client, source_repo, method, path, action, code, skip
 ):
     job = create(logist, source_repo, *TWO_STEPS)
-    rule = proxy.fail(method, path, action, skip=1)  # the first step's call passes
+    rule = proxy.fail(method, path, action, skip=skip)  # the first step's calls pass
     out = via("job", "run", job)
     assert rule.fired, proxy.seen
     st = status(logist, job)
@@ -260,3 +261,30 @@ def test_an_engine_that_accepts_and_never_answers_fails_a_run_within_the_deadlin
         job=job,
         kept={},
     )
+
+
+@pytest.mark.parametrize("action", ["500", "reset"])
+def test_a_fault_in_the_harvest_helper_interrupts_the_job_and_the_sweep_keeps_the_work(
+    proxy, via, logist, jobs_root, docker_client, source_repo, action
+):
+    """The harvest of the first step fails in the engine (its exec): the job is interrupted,
+    the sweep (on the real engine) harvests what the step left, and a resume finishes."""
+    job = create(logist, source_repo, *TWO_STEPS)
+    # the first exec proves the engine sees the job directory; the second is the harvest
+    rule = proxy.fail("POST", CID + r"/exec$", action, skip=1, times=1)
+    out = via("job", "run", job)
+    assert rule.fired, proxy.seen
+    assert status(logist, job)["state"] == "interrupted"
+    assert_recovered(
+        out,
+        3,
+        logist=logist,
+        jobs_root=jobs_root,
+        docker_client=docker_client,
+        source_repo=source_repo,
+        job=job,
+        kept={"one.txt": "one\n"},
+    )
+    resumed = logist("job", "run", job)
+    assert resumed.returncode == 0, resumed.stderr
+    assert git(source_repo, "show", f"logist/{job}:two.txt") == "two\n"

@@ -249,6 +249,7 @@ def test_a_mount_of_the_engine_socket_is_refused(docker_client, jobs_root):
                 job_id="x",
                 step=1,
                 jobs_root=jobs_root,
+                owner="test:1:1",
                 volumes={source: {"bind": "/s", "mode": "rw"}},
             )
 

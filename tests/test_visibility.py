@@ -87,6 +87,7 @@ def test_step_and_helper_containers_use_bind_mounts_that_fail_on_a_missing_sourc
             command=["true"],
             job_id="vis",
             jobs_root=tmp_path,
+            owner="test:1:1",
             binds={str(missing): ("/x", False)},
         )
     assert not missing.exists()
