@@ -607,13 +607,15 @@ def _cancel_locked(store: Store, job_id: str, grace: float) -> JobResult:
     job.cancel()
     store.save(job)
     ws = store.workspace(job_id)
+    harvested = False
     if ws.is_dir() and not ws.is_symlink():
         try:
             harvest_leftover(store, job, ws)
+            harvested = True
         except LogistError as exc:
             return JobResult(job=job, error=exc)
     drop_cancel_request(store.job_dir(job_id))
-    report = after_job(store, job)
+    report = after_job(store, job, harvested=harvested)  # nothing ran since that harvest
     return JobResult(job=job, cleanup=report)
 
 
