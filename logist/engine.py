@@ -498,7 +498,7 @@ class Engine:
                 step.error = "killed: out of memory"
             elif outcome.exit_code is None:
                 step.error = "the step's container disappeared"
-        store.save(job)
+        # saved with the harvest that follows at once (one manifest write per step's end)
 
     # --- many jobs -------------------------------------------------------------------------
 

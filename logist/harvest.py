@@ -51,9 +51,8 @@ def harvest(
     for warning in out.warnings:
         notify(f"logist: {job.id}: warning: {warning}")
     commit = accept(store, job, sandbox.exchange, out, previous)
-    if commit != job.harvested_commit:
-        job.harvested_commit = commit
-        store.save(job)
+    job.harvested_commit = commit
+    store.save(job)  # the commit, and the step's end the caller recorded
     if not (out.current or out.written_back):
         for warning in sandbox.write_back(commit):
             notify(f"logist: {job.id}: {warning}")
