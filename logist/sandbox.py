@@ -80,7 +80,9 @@ HARVEST = (
 branch=$1 P=$2 msg=$3 nonce=$4 ns=$5 wb=${6:-no}
 I=/tmp/logist-index
 g() { git --git-dir="$S" -c core.hooksPath=/dev/null -c safe.directory='*' \
-      -c gc.auto=0 -c maintenance.auto=false -c core.fsmonitor=false "$@"; }
+      -c gc.auto=0 -c maintenance.auto=false -c core.fsmonitor=false \
+      -c core.untrackedCache=false -c core.splitIndex=false -c core.sparseCheckout=false "$@"; }
+gw() { g --work-tree="$W" "$@"; }
 if [ ! -f "$S/HEAD" ]; then
   git init -q --bare "$S" || exit 10
   echo /trusted/objects > "$S/objects/info/alternates"
@@ -113,8 +115,21 @@ H=$(printf '%s\n' "$refs" | awk -F'	' '$2 == "HEAD" {print $1; exit}')
 # 2. the files, as they are, on top of the step's HEAD (or the last harvest); the index is
 #    kept between harvests so unchanged files are not read again
 start=${H:-$P}
-GIT_INDEX_FILE=$I g read-tree -m "$start" 2>/dev/null || GIT_INDEX_FILE=$I g read-tree "$start" \
-  2>/dev/null || GIT_INDEX_FILE=$I g read-tree "$P" || exit 11
+# A fresh helper borrows the stat data of the workspace's own index (a regular file, read as
+# data): one-way read-tree -m keeps the tree's object ids, and stat data only where they match;
+# the flags that would make git skip a file (assume-unchanged, skip-worktree) are cleared and
+# caches (untracked, split, fsmonitor) are off, so every change is still seen.
+if [ ! -f "$I" ] && [ -f "$W/.git/index" ] && [ ! -L "$W/.git/index" ] && [ ! -L "$W/.git" ]; then
+  cp "$W/.git/index" "$I" 2>/dev/null && GIT_INDEX_FILE=$I gw read-tree -m "$start" 2>/dev/null \
+  && GIT_INDEX_FILE=$I gw ls-files -z | GIT_INDEX_FILE=$I gw update-index -z \
+       --no-assume-unchanged --stdin 2>/dev/null \
+  && GIT_INDEX_FILE=$I gw ls-files -z | GIT_INDEX_FILE=$I gw update-index -z \
+       --no-skip-worktree --stdin 2>/dev/null \
+  || rm -f "$I"
+fi
+GIT_INDEX_FILE=$I gw read-tree -m "$start" 2>/dev/null \
+  || { rm -f "$I"; GIT_INDEX_FILE=$I g read-tree "$start" 2>/dev/null; } \
+  || GIT_INDEX_FILE=$I g read-tree "$P" || exit 11
 cd "$W" || exit 12
 GIT_INDEX_FILE=$I g --work-tree="$W" add -A --ignore-errors 2>/tmp/add.err || \
   warn "some files could not be read: $(tail -n 1 /tmp/add.err)"

@@ -425,3 +425,19 @@ def test_the_harvest_helper_is_locked_down_and_never_the_steps_image(
         assert all(m["Type"] == "bind" for m in mounts.values())
         assert logist("job", "cancel", job, "--grace", "0").returncode == 0
         runner.wait(timeout=60)
+
+
+def test_index_flags_that_hide_changes_do_not_hide_them_from_the_harvest(logist, source_repo):
+    job, out = run_job(
+        logist,
+        source_repo,
+        "echo v1 > a.txt && git add a.txt && git commit -qm a && "
+        "git update-index --assume-unchanged a.txt && echo v2 > a.txt && "
+        "git update-index --skip-worktree README.md && echo changed > README.md && "
+        "git config core.untrackedCache true && git update-index --untracked-cache && "
+        "mkdir new && echo n > new/n.txt",
+    )
+    assert out.returncode == 0, out.stderr
+    assert show(source_repo, job, "a.txt") == "v2\n"
+    assert show(source_repo, job, "README.md") == "changed\n"
+    assert show(source_repo, job, "new/n.txt") == "n\n"
