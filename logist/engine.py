@@ -259,7 +259,7 @@ class Engine:
             ws = setup_workspace(store, job.id)
             job = store.load(job.id)
             make_writable_for(store, job, ws)
-            with Sandbox(store, job) as sandbox:
+            with Sandbox(store, job, should_stop=INTERRUPT.is_set) as sandbox:
                 if seen:
                     sandbox.start_in_background()
                 else:

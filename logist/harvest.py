@@ -77,12 +77,20 @@ def accept(store: Store, job: Job, exchange: Path, out: HarvestOutput, previous:
         raise HarvestFailed(f"harvest refused: {commit} is not a commit logist has")
     if not gitops.is_ancestor(repo, previous, commit):
         raise HarvestFailed(f"harvest refused: {commit} does not contain the last harvest")
-    updates: dict[str, str | None] = {f"refs/heads/{job.branch}": commit}
+    gitops.update_refs(repo, {f"refs/heads/{job.branch}": commit})  # first, on its own
     prefix = f"refs/logist/{job.id}/"
-    for name, oid in out.refs.items():
-        if _kept_ref_ok(name, prefix) and gitops.is_oid(oid) and gitops.object_type(repo, oid):
-            updates[name] = oid
-    gitops.update_refs(repo, updates)
+    kept = {
+        name: oid
+        for name, oid in out.refs.items()
+        if _kept_ref_ok(name, prefix) and gitops.is_oid(oid) and gitops.object_type(repo, oid)
+    }
+    # the kept refs mirror the workspace's: old ones go first, so a/b then a never clash
+    old = gitops.refs(repo, prefix)
+    try:
+        gitops.update_refs(repo, {name: None for name in old if kept.get(name) != old[name]})
+        gitops.update_refs(repo, {n: o for n, o in kept.items() if old.get(n) != o})
+    except GitError as exc:
+        raise HarvestFailed(f"kept refs could not be set: {exc}") from None
     return commit
 
 

@@ -1,7 +1,7 @@
 """The only code that runs git over a workspace: inside a locked-down helper container.
 
 The helper (``logist/step:latest`` unless ``LOGIST_HELPER_IMAGE`` says otherwise; never the
-step's image) has no network, no capability but ``DAC_READ_SEARCH`` (it must read what a root
+step's image) has no network, no capability but ``DAC_OVERRIDE`` (it must read what a root
 step left unreadable), ``no-new-privileges``, and mounts only the workspace, logist's repository
 of the job (read-only) and an empty exchange directory. One helper is kept for a job's run and
 used through ``exec`` (cheaper than a container per harvest: see docs/performance.md).
@@ -20,11 +20,12 @@ import re
 import secrets
 import stat
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from logist import containers
-from logist.errors import LogistError, Rejected, WorkspaceUnseen
+from logist.errors import Interrupted, LogistError, Rejected, WorkspaceUnseen
 from logist.model import Job
 from logist.store import Store, owner_id
 
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 HELPER_IMAGE = "logist/step:latest"
 EXCHANGE = ".exchange"
-HELPER_TIMEOUT = 900  # seconds one harvest may take (a huge workspace), then it is killed
+HELPER_TIMEOUT = 300  # seconds one harvest may take (LOGIST_HARVEST_TIMEOUT), then it is killed
 MAX_OUTPUT = 1 << 20  # bytes of a helper's stdout we read; the rest is ignored
 
 # Shared by the helper's scripts: a clean git environment and the write-back.
@@ -47,30 +48,43 @@ S=/tmp/logist-scratch W=/workspace
 UP="git -c safe.directory=* -c core.hooksPath=/dev/null upload-pack"
 warn() { printf 'warning: %s\n' "$*" >&2; }
 # The workspace's own repository shows the harvest (HEAD on the job branch at the harvest
-# commit, index matching it), so the next step starts clean; one the step removed or broke is
-# made anew. The workspace's config runs nothing here: no hook, no gc, and no working-tree
-# operation by git in that repository (its index is written by the helper's repository).
+# commit, its branches, tags and stash as harvested, the index matching the commit), so the next
+# step starts clean. No git command ever runs with the step's repository (its config, hooks,
+# refs) as its own: a new repository is made with logist's config only, the step's object files
+# are moved into it as data, the refs come from the helper's repository, and it replaces .git.
 write_back() (
-  branch=$1 C=$2
+  branch=$1 C=$2 ns=$3
   cd "$W" || exit 20
-  w() { git -c safe.directory='*' -c core.hooksPath=/dev/null -c core.fsmonitor=false \
+  new="$W/.git.logist-new" old="$W/.git.logist-old"
+  rm -rf "$new" "$old"
+  git init -q --bare --template= "$new" >/dev/null || exit 21
+  n() { git --git-dir="$new" -c safe.directory='*' -c core.hooksPath=/dev/null \
         -c gc.auto=0 -c maintenance.auto=false -c fetch.writeCommitGraph=false "$@"; }
-  gd=$(w rev-parse --absolute-git-dir 2>/dev/null)
-  if [ -L .git ] || [ ! -d .git ] || [ "$gd" != "$W/.git" ] \
-     || [ "$(w rev-parse --is-bare-repository 2>/dev/null)" != false ]; then
-    rm -rf .git && git init -q . >/dev/null || exit 21
+  if [ -d .git/objects ] && [ ! -L .git ] && [ ! -L .git/objects ]; then
+    rm -rf "$new/objects" && mv .git/objects "$new/objects" || exit 21
+    rm -rf "$new/objects/info/alternates" "$new/objects/info/http-alternates" \
+           "$new/objects/info/commit-graph" "$new/objects/info/commit-graphs" \
+           "$new/objects/pack/multi-pack-index"
+    find "$new/objects" ! -type f ! -type d -exec rm -f {} + 2>/dev/null
+    mkdir -p "$new/objects/info" "$new/objects/pack"
   fi
-  rm -f .git/index.lock
-  w fetch -q --no-tags --no-write-fetch-head --update-head-ok --upload-pack "$UP" "$S" \
+  n config core.bare false && n config core.logAllRefUpdates true || exit 21
+  n fetch -q --no-tags --no-write-fetch-head --upload-pack "$UP" "$S" \
+    "+refs/logist/$ns/heads/*:refs/heads/*" "+refs/logist/$ns/tags/*:refs/tags/*" 2>/dev/null
+  n fetch -q --no-tags --no-write-fetch-head --upload-pack "$UP" "$S" \
+    "+refs/logist/$ns/stash:refs/stash" 2>/dev/null
+  n fetch -q --no-tags --no-write-fetch-head --upload-pack "$UP" "$S" \
     "+refs/heads/$branch:refs/heads/$branch" || exit 22
-  w symbolic-ref HEAD "refs/heads/$branch" || exit 23
-  # the harvest's index matches C's tree, with fresh stat data: no file is read again
-  cp /tmp/logist-index .git/index.logist && mv -f .git/index.logist .git/index || exit 24
+  n symbolic-ref HEAD "refs/heads/$branch" || exit 23
+  cp /tmp/logist-index "$new/index" || exit 24
+  if [ -e .git ] || [ -L .git ]; then mv .git "$old" || exit 25; fi
+  mv "$new" .git || exit 25
+  rm -rf "$old"
   exit 0
 )
 """
 
-# Runs as root in the helper with DAC_READ_SEARCH only. Arguments: branch, previous harvest
+# Runs as root in the helper with DAC_OVERRIDE only. Arguments: branch, previous harvest
 # commit, message, nonce, ref namespace, and "yes" to write the harvest back in the same run
 # (when the step runs as root too). Prints "commit C", "current yes", "bundle NAME",
 # "ref OID NAME" lines; every one is checked by the host.
@@ -86,11 +100,32 @@ gw() { g --work-tree="$W" "$@"; }
 if [ ! -f "$S/HEAD" ]; then
   git init -q --bare "$S" || exit 10
   echo /trusted/objects > "$S/objects/info/alternates"
+  echo '.git.logist-hidden' >> "$S/info/exclude"
 fi
 rm -rf "$S/refs/logist" "$S/shallow"
-# 1. the workspace repository's refs, as data; objects logist has not seen are fetched (by id),
-#    and a ref whose objects cannot be had is skipped
-list=$(cd / && g ls-remote --symref --upload-pack "$UP" "$W" 2>/dev/null) || \
+# 1. the workspace repository's refs and objects, as data: read through a view of logist's own
+#    making (logist's config, copies of HEAD and the refs, the step's objects as an alternate),
+#    so no git command reads the step's config; objects logist has not seen are fetched (by
+#    id); a ref whose objects cannot be had is skipped
+V=/tmp/logist-view list=
+rm -rf "$V"
+if [ -d "$W/.git" ] && [ ! -L "$W/.git" ] && [ -d "$W/.git/objects" ] \
+   && [ ! -L "$W/.git/objects" ] \
+   && [ -z "$(find "$W/.git/objects" ! -type f ! -type d | head -n 1)" ]; then
+  mkdir -p "$V/refs" "$V/objects/info"
+  printf '[core]\n\trepositoryformatversion = 0\n\tbare = true\n' > "$V/config"
+  echo "$W/.git/objects" > "$V/objects/info/alternates"
+  for f in HEAD packed-refs; do
+    if [ -f "$W/.git/$f" ] && [ ! -L "$W/.git/$f" ]; then cp "$W/.git/$f" "$V/$f"; fi
+  done
+  if [ -d "$W/.git/refs" ] && [ ! -L "$W/.git/refs" ]; then
+    cp -RP "$W/.git/refs/." "$V/refs/" 2>/dev/null
+  fi
+  find "$V" ! -type f ! -type d -exec rm -f {} + 2>/dev/null  # links, FIFOs, devices
+  [ -f "$V/HEAD" ] || echo "ref: refs/logist-no-head" > "$V/HEAD"
+  list=$(cd / && g ls-remote --symref "$V" 2>/dev/null) || list=
+fi
+[ -n "$list" ] || \
   warn "the workspace's repository cannot be read; committing its files on the last harvest"
 refs=$(printf '%s\n' "$list" | grep -v '^ref: ' \
        | grep -E '	(HEAD|refs/heads/.+|refs/tags/.+|refs/stash)$')
@@ -98,10 +133,9 @@ have() { printf '%s\n' "$refs" | cut -f1 | sort -u \
          | g cat-file --batch-check='%(objectname) %(objecttype)'; }
 missing=$(have | awk '$2 == "missing" {print $1}')
 if [ -n "$missing" ]; then
-  UPA="git -c safe.directory=* -c core.hooksPath=/dev/null \
-       -c uploadpack.allowAnySHA1InWant=true upload-pack"
-  fetch() { g fetch -q --no-tags --no-write-fetch-head --upload-pack "$UPA" "$W" "$@" \
-            2>/dev/null; }
+  UPA="git -c core.hooksPath=/dev/null -c uploadpack.allowAnySHA1InWant=true upload-pack"
+  fetch() { g fetch -q --no-tags --no-write-fetch-head --upload-pack "$UPA" "$V" \
+            "$@" 2>/dev/null; }
   fetch $missing || for oid in $missing; do fetch "$oid" || true; done
   if [ -f "$S/shallow" ]; then
     warn "the workspace's repository is shallow: its history is not taken"; rm -f "$S/shallow"
@@ -131,8 +165,15 @@ GIT_INDEX_FILE=$I gw read-tree -m "$start" 2>/dev/null \
   || { rm -f "$I"; GIT_INDEX_FILE=$I g read-tree "$start" 2>/dev/null; } \
   || GIT_INDEX_FILE=$I g read-tree "$P" || exit 11
 cd "$W" || exit 12
+# repositories nested in the workspace (a clone in a subdirectory): their files are work too, so
+# their .git is set aside while the files are added (and put back)
+: > /tmp/hidden
+find . -path ./.git -prune -o -name .git -prune -print 2>/dev/null | while IFS= read -r d; do
+  mv "$d" "$d.logist-hidden" 2>/dev/null && printf '%s\n' "$d" >> /tmp/hidden
+done
 GIT_INDEX_FILE=$I g --work-tree="$W" add -A --ignore-errors 2>/tmp/add.err || \
   warn "some files could not be read: $(tail -n 1 /tmp/add.err)"
+while IFS= read -r d; do mv "$d.logist-hidden" "$d"; done < /tmp/hidden
 T=$(GIT_INDEX_FILE=$I g --work-tree="$W" write-tree) || exit 13
 cd /
 if [ -z "$H" ]; then set -- "$P"
@@ -161,12 +202,16 @@ for line in $(printf '%s\n' "$refs" | grep -v '	HEAD$' | tr '\t' '='); do
   esac
   dest="refs/logist/$ns/${name#refs/}"
   echo "ref $oid $dest"
-  case "$kept" in *"$oid $dest"*) continue ;; esac
   updates="${updates}update $dest $oid
 "
+  case "$kept" in *"$oid $dest"*) continue ;; esac  # logist has it: not in the bundle
   set -- "$@" "$dest"
 done
-printf '%s' "$updates" | g update-ref --stdin || exit 16
+printf '%s' "$updates" | g update-ref --stdin 2>/dev/null || {
+  warn "some kept refs clash (a/b and a): only the job branch is kept this time"
+  g update-ref "refs/heads/$branch" "$C" || exit 16
+  rm -rf "$S/refs/logist"; set -- ; [ "$C" = "$P" ] || set -- "refs/heads/$branch"
+}
 # 4. the bundle: what logist's repository does not have yet
 if [ $# -gt 0 ]; then
   excl="^$P"; for oid in $(printf '%s\n' "$kept" | cut -d' ' -f1); do excl="$excl ^$oid"; done
@@ -177,7 +222,7 @@ if [ $# -gt 0 ]; then
   fi
 fi
 if [ "$wb" = yes ] && [ -z "$current" ]; then
-  write_back "$branch" "$C" || warn "the workspace's repository was not updated (exit $?)"
+  write_back "$branch" "$C" "$ns" || warn "the workspace's repository was not updated (exit $?)"
 fi
 exit 0
 """
@@ -187,7 +232,7 @@ exit 0
 WRITE_BACK = (
     PRELUDE
     + r"""
-write_back "$1" "$2"
+write_back "$1" "$2" "$3"
 """
 )
 
@@ -240,9 +285,12 @@ class Sandbox:
     """A job's helper container: started on first use, removed by ``close`` (a context
     manager). Labelled like the job's steps, so cleanup and the orphan sweep find it."""
 
-    def __init__(self, store: Store, job: Job) -> None:
+    def __init__(
+        self, store: Store, job: Job, should_stop: Callable[[], bool] | None = None
+    ) -> None:
         self.store = store
         self.job = job
+        self.should_stop = should_stop  # polled while a harvest runs (SIGINT/SIGTERM)
         self.job_dir = store.job_dir(job.id)
         self.exchange = self.job_dir / EXCHANGE
         self._container: Container | None = None
@@ -310,7 +358,9 @@ class Sandbox:
                 mounts=mounts,
                 user="0:0",
                 network_mode="none",
-                cap_add=["DAC_READ_SEARCH"],  # all others dropped (containers.create)
+                # to read what a root step left unreadable; never DAC_READ_SEARCH, which would
+                # open open_by_handle_at to it (a way out of the container); all else dropped
+                cap_add=["DAC_OVERRIDE"],
                 pids_limit=512,
                 working_dir="/",
             )
@@ -375,12 +425,14 @@ class Sandbox:
     # --- work --------------------------------------------------------------------------------
 
     def _exec(
-        self, command: list[str], *, user: str = "0:0", timeout: float = HELPER_TIMEOUT
+        self, command: list[str], *, user: str = "0:0", timeout: float | None = None
     ) -> tuple[int, bytes, bytes]:
         """Run ``command`` in the helper; a helper removed meanwhile (``job cancel`` removes
         every container of the job) is started again, once."""
         import docker
 
+        if timeout is None:
+            timeout = float(os.environ.get("LOGIST_HARVEST_TIMEOUT") or HELPER_TIMEOUT)
         wrapped = ["timeout", "-s", "KILL", str(int(timeout)), *command]
         result = None
         for attempt in (1, 2):
@@ -388,7 +440,7 @@ class Sandbox:
             assert self._container is not None
             with containers.engine_errors("running the harvest helper"):
                 try:
-                    result = self._container.exec_run(wrapped, user=user, demux=True, workdir="/")
+                    result = self._run_exec(wrapped, user)
                 except docker.errors.APIError as exc:
                     gone = isinstance(exc, docker.errors.NotFound) or exc.status_code == 409
                     if attempt == 2 or not gone:
@@ -399,6 +451,34 @@ class Sandbox:
         assert result is not None
         stdout, stderr = result.output if isinstance(result.output, tuple) else (None, None)
         return int(result.exit_code or 0), stdout or b"", stderr or b""
+
+    def _run_exec(self, command: list[str], user: str):
+        """``exec_run`` that a signal can stop: the helper is killed, ``Interrupted`` raised."""
+        container = self._container
+        assert container is not None
+        if self.should_stop is None:
+            return container.exec_run(command, user=user, demux=True, workdir="/")
+        box: dict = {}
+
+        def go() -> None:
+            try:
+                box["result"] = container.exec_run(command, user=user, demux=True, workdir="/")
+            except BaseException as exc:  # handed to the caller's thread
+                box["error"] = exc
+
+        worker = threading.Thread(target=go, name="logist-harvest", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.1)
+            if worker.is_alive() and self.should_stop():
+                with contextlib.suppress(Exception):
+                    container.remove(force=True)
+                self._container = None
+                worker.join(10)
+                raise Interrupted("interrupted during the harvest; the workspace is kept")
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
 
     def harvest(self, *, previous: str, message: str, write_back: bool = True) -> HarvestOutput:
         """Run the harvest script; ``HarvestFailed`` when the helper could not make a commit.
@@ -418,7 +498,8 @@ class Sandbox:
         """Make the workspace's repository show the harvest, as the step's user; returns
         warnings (a failure here loses nothing: the harvest is already in logist's repo)."""
         code, _out, err = self._exec(
-            ["sh", "-c", WRITE_BACK, "write-back", self.job.branch, commit], user=self.job.user
+            ["sh", "-c", WRITE_BACK, "write-back", self.job.branch, commit, self.job.id],
+            user=self.job.user,
         )
         if code == 0:
             return []

@@ -416,7 +416,7 @@ def test_the_harvest_helper_is_locked_down_and_never_the_steps_image(
         hc = helper.attrs["HostConfig"]
         assert helper.attrs["Config"]["Image"] == "logist/step:latest"
         assert hc["NetworkMode"] == "none"
-        assert hc["CapDrop"] == ["ALL"] and hc["CapAdd"] == ["DAC_READ_SEARCH"]
+        assert hc["CapDrop"] == ["ALL"] and hc["CapAdd"] == ["DAC_OVERRIDE"]
         assert "no-new-privileges" in hc["SecurityOpt"]
         assert not hc["Privileged"]
         mounts = {m["Destination"]: m for m in helper.attrs["Mounts"]}
@@ -441,3 +441,69 @@ def test_index_flags_that_hide_changes_do_not_hide_them_from_the_harvest(logist,
     assert show(source_repo, job, "a.txt") == "v2\n"
     assert show(source_repo, job, "README.md") == "changed\n"
     assert show(source_repo, job, "new/n.txt") == "n\n"
+
+
+def test_the_steps_git_config_never_runs_in_the_harvest_helper(logist, source_repo, jobs_root):
+    """Transports, alternate-refs commands and hooks of the step's repository: the helper never
+    runs git with that repository as its own, so nothing of it runs there either."""
+    job, out = run_job(
+        logist,
+        source_repo,
+        "git config protocol.ext.allow always && "
+        "git config url.'ext::sh -c touch% /workspace/PWN-ext'.insteadOf /tmp/logist-scratch && "
+        "git config core.alternateRefsCommand 'touch /workspace/PWN-alt; true' && "
+        "echo /tmp/logist-scratch/objects > .git/objects/info/alternates && "
+        "mkdir -p .git/hooks && printf '#!/bin/sh\\ntouch /workspace/PWN-hook\\n' "
+        "> .git/hooks/reference-transaction && chmod +x .git/hooks/reference-transaction && "
+        "echo x > x.txt",
+        "ls",
+        extra=("--cleanup", "never"),
+    )
+    assert out.returncode == 0, out.stderr
+    ws = jobs_root / job / "workspace"
+    assert sorted(p.name for p in ws.iterdir() if p.name.startswith("PWN")) == []
+    assert "PWN" not in out.stdout
+    assert show(source_repo, job, "x.txt") == "x\n"
+
+
+def test_files_of_repositories_nested_in_the_workspace_are_harvested(logist, source_repo):
+    job, out = run_job(
+        logist,
+        source_repo,
+        "mkdir a b && (cd a && git init -q && echo A > work.txt) && "
+        "(cd b && git init -q && echo B > work.txt && git add . && git commit -qm b) && "
+        "echo top > top.txt",
+        "test -d a/.git && test -d b/.git",  # the nested repositories are still there
+    )
+    assert out.returncode == 0, out.stderr
+    assert show(source_repo, job, "a/work.txt") == "A\n"
+    assert show(source_repo, job, "b/work.txt") == "B\n"
+    assert show(source_repo, job, "top.txt") == "top\n"
+
+
+def test_kept_branches_that_clash_by_name_do_not_fail_the_job(logist, source_repo, tmp_path):
+    job, out = run_job(
+        logist,
+        source_repo,
+        "git branch a/b && echo 1 > one.txt",
+        "git branch -D a/b && git branch a && echo 2 > two.txt",
+        "echo 3 > three.txt",
+    )
+    assert out.returncode == 0, out.stderr
+    assert show(source_repo, job, "two.txt") == "2\n"
+    heads = git(
+        tmp_path, "bundle", "list-heads", str(Path(status(logist, job)["result"]["bundle"]))
+    )
+    assert f"refs/logist/{job}/heads/a\n" in heads and "heads/a/b" not in heads
+
+
+def test_special_files_in_the_steps_repository_do_not_stall_the_harvest(logist, source_repo):
+    job, out = run_job(
+        logist,
+        source_repo,
+        "rm -f .git/packed-refs && mkfifo .git/packed-refs && mkfifo .git/refs/heads/fifo && "
+        "echo f > f.txt",
+        extra=("--cleanup", "never"),
+    )
+    assert out.returncode == 0, out.stderr
+    assert show(source_repo, job, "f.txt") == "f\n"
