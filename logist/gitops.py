@@ -245,8 +245,11 @@ def clone_workspace(job_repo: Path, dest: Path, branch: str, commit: str, origin
         cwd=dest,
         isolated=True,
     )
+    # the step sees its job branch (and the source's tags), not the source's other branches nor
+    # other jobs' logist/* results
     others = [r for r in refs(dest / ".git", "refs/heads/") if r != f"refs/heads/{branch}"]
-    update_refs(dest / ".git", dict.fromkeys(others))  # the step's own branches only
+    others += list(refs(dest / ".git", "refs/remotes/"))
+    update_refs(dest / ".git", dict.fromkeys(others))
 
 
 def _dissolve_alternates(gitdir: Path) -> None:

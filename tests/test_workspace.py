@@ -153,6 +153,10 @@ def test_fresh_setup_makes_a_real_clone_on_the_job_branch_at_the_source_head(
     assert clones == [(str(source_repo), clones[0][1])]
     assert Path(clones[0][1]).name.startswith(TMP_PREFIX), "cloned aside, then renamed in place"
     assert git(ws, "remote", "get-url", "origin").strip() == str(source_repo)
+    # other branches of the source (other jobs' results among them) are not shown to a step
+    assert git(ws, "for-each-ref", "--format=%(refname)", "refs/heads", "refs/remotes") == (
+        f"refs/heads/logist/fresh\n"
+    )
 
 
 def test_workspace_objects_are_copies_sharing_no_file_with_the_source(store, source_repo):
