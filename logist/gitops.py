@@ -234,7 +234,8 @@ def clone_workspace(job_repo: Path, dest: Path, branch: str, commit: str, origin
     args = ("--quiet", "--no-hardlinks", "--no-checkout", "--", str(job_repo), str(dest))
     git("clone", *args, isolated=True)
     _dissolve_alternates(dest / ".git")
-    git("remote", "set-url", "origin", origin, cwd=dest, isolated=True)
+    git("remote", "remove", "origin", cwd=dest, isolated=True)  # and its refs
+    git("remote", "add", "origin", origin, cwd=dest, isolated=True)
     git(
         "checkout",
         "--quiet",
@@ -248,7 +249,6 @@ def clone_workspace(job_repo: Path, dest: Path, branch: str, commit: str, origin
     # the step sees its job branch (and the source's tags), not the source's other branches nor
     # other jobs' logist/* results
     others = [r for r in refs(dest / ".git", "refs/heads/") if r != f"refs/heads/{branch}"]
-    others += list(refs(dest / ".git", "refs/remotes/"))
     update_refs(dest / ".git", dict.fromkeys(others))
 
 
