@@ -69,12 +69,10 @@ write_back() (
     mkdir -p "$new/objects/info" "$new/objects/pack"
   fi
   n config core.bare false && n config core.logAllRefUpdates true || exit 21
-  n fetch -q --no-tags --no-write-fetch-head --upload-pack "$UP" "$S" \
-    "+refs/logist/$ns/heads/*:refs/heads/*" "+refs/logist/$ns/tags/*:refs/tags/*" 2>/dev/null
-  n fetch -q --no-tags --no-write-fetch-head --upload-pack "$UP" "$S" \
-    "+refs/logist/$ns/stash:refs/stash" 2>/dev/null
-  n fetch -q --no-tags --no-write-fetch-head --upload-pack "$UP" "$S" \
-    "+refs/heads/$branch:refs/heads/$branch" || exit 22
+  # refs/wb/ of the helper's repository: the job branch at C, the step's other branches, its
+  # tags and its stash, as the harvest found them
+  n fetch -q --no-tags --no-write-fetch-head --upload-pack "$UP" "$S" "+refs/wb/*:refs/*" \
+    || exit 22
   n symbolic-ref HEAD "refs/heads/$branch" || exit 23
   cp /tmp/logist-index "$new/index" || exit 24
   if [ -e .git ] || [ -L .git ]; then mv .git "$old" || exit 25; fi
@@ -102,7 +100,7 @@ if [ ! -f "$S/HEAD" ]; then
   echo /trusted/objects > "$S/objects/info/alternates"
   echo '.git.logist-hidden' >> "$S/info/exclude"
 fi
-rm -rf "$S/refs/logist" "$S/shallow"
+rm -rf "$S/refs/logist" "$S/refs/wb" "$S/shallow"
 # 1. the workspace repository's refs and objects, as data: read through a view of logist's own
 #    making (logist's config, copies of HEAD and the refs, the step's objects as an alternate),
 #    so no git command reads the step's config; objects logist has not seen are fetched (by
@@ -194,6 +192,7 @@ kept=$(git --git-dir=/trusted -c safe.directory='*' for-each-ref \
        --format='%(objectname) %(refname)' "refs/logist/$ns/" 2>/dev/null)
 set -- ; [ "$C" = "$P" ] || set -- "refs/heads/$branch"
 updates="update refs/heads/$branch $C
+update refs/wb/heads/$branch $C
 "
 for line in $(printf '%s\n' "$refs" | grep -v '	HEAD$' | tr '\t' '='); do
   oid=${line%%=*} name=${line#*=}
@@ -204,13 +203,16 @@ for line in $(printf '%s\n' "$refs" | grep -v '	HEAD$' | tr '\t' '='); do
   echo "ref $oid $dest"
   updates="${updates}update $dest $oid
 "
+  [ "$name" = "refs/heads/$branch" ] || updates="${updates}update refs/wb/${name#refs/} $oid
+"
   case "$kept" in *"$oid $dest"*) continue ;; esac  # logist has it: not in the bundle
   set -- "$@" "$dest"
 done
 printf '%s' "$updates" | g update-ref --stdin 2>/dev/null || {
   warn "some kept refs clash (a/b and a): only the job branch is kept this time"
-  g update-ref "refs/heads/$branch" "$C" || exit 16
-  rm -rf "$S/refs/logist"; set -- ; [ "$C" = "$P" ] || set -- "refs/heads/$branch"
+  rm -rf "$S/refs/logist" "$S/refs/wb"
+  g update-ref "refs/heads/$branch" "$C" && g update-ref "refs/wb/heads/$branch" "$C" || exit 16
+  set -- ; [ "$C" = "$P" ] || set -- "refs/heads/$branch"
 }
 # 4. the bundle: what logist's repository does not have yet
 if [ $# -gt 0 ]; then
