@@ -155,7 +155,7 @@ def test_fresh_setup_makes_a_real_clone_on_the_job_branch_at_the_source_head(
     assert git(ws, "remote", "get-url", "origin").strip() == str(source_repo)
     # other branches of the source (other jobs' results among them) are not shown to a step
     assert git(ws, "for-each-ref", "--format=%(refname)", "refs/heads", "refs/remotes") == (
-        f"refs/heads/logist/fresh\n"
+        "refs/heads/logist/fresh\n"
     )
 
 
