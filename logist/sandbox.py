@@ -98,7 +98,6 @@ gw() { g --work-tree="$W" "$@"; }
 if [ ! -f "$S/HEAD" ]; then
   git init -q --bare "$S" || exit 10
   echo /trusted/objects > "$S/objects/info/alternates"
-  echo '.git.logist-hidden' >> "$S/info/exclude"
 fi
 rm -rf "$S/refs/logist" "$S/refs/wb" "$S/shallow"
 # 1. the workspace repository's refs and objects, as data: read through a view of logist's own
@@ -163,15 +162,17 @@ GIT_INDEX_FILE=$I gw read-tree -m "$start" 2>/dev/null \
   || { rm -f "$I"; GIT_INDEX_FILE=$I g read-tree "$start" 2>/dev/null; } \
   || GIT_INDEX_FILE=$I g read-tree "$P" || exit 11
 cd "$W" || exit 12
+printf '.git.logist-hidden-%s\n' "$nonce" > /tmp/hidden-exclude
 # repositories nested in the workspace (a clone in a subdirectory): their files are work too, so
 # their .git is set aside while the files are added (and put back)
 : > /tmp/hidden
 find . -path ./.git -prune -o -name .git -prune -print 2>/dev/null | while IFS= read -r d; do
-  mv "$d" "$d.logist-hidden" 2>/dev/null && printf '%s\n' "$d" >> /tmp/hidden
+  mv -T "$d" "$d.logist-hidden-$nonce" 2>/dev/null && printf '%s\n' "$d" >> /tmp/hidden
 done
-GIT_INDEX_FILE=$I g --work-tree="$W" add -A --ignore-errors 2>/tmp/add.err || \
+GIT_INDEX_FILE=$I g --work-tree="$W" -c core.excludesFile=/tmp/hidden-exclude \
+  add -A --ignore-errors 2>/tmp/add.err || \
   warn "some files could not be read: $(tail -n 1 /tmp/add.err)"
-while IFS= read -r d; do mv "$d.logist-hidden" "$d"; done < /tmp/hidden
+while IFS= read -r d; do mv -T "$d.logist-hidden-$nonce" "$d"; done < /tmp/hidden
 T=$(GIT_INDEX_FILE=$I g --work-tree="$W" write-tree) || exit 13
 cd /
 if [ -z "$H" ]; then set -- "$P"
