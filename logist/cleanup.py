@@ -325,6 +325,13 @@ def _sweep_one(store: Store, job_id: str, dry_run: bool, out: dict) -> None:
     record(out, remove_workspace(store, job, dry_run=dry_run))
 
 
+def step_containers(store: Store, job_id: str) -> list:
+    """The job's containers but its harvest helper: what a canceller stops while the job's
+    owner lives (the owner harvests with its helper next, then removes it)."""
+    found = containers.find(containers.client(), store.root, job_id)
+    return [c for c in found if (c.attrs.get("Labels") or {}).get(containers.STEP) != "helper"]
+
+
 def cleanup_one(
     store: Store, job_id: str, *, force: bool = False, dry_run: bool = False, wait: float = 60.0
 ) -> dict:
@@ -343,7 +350,7 @@ def cleanup_one(
             )
         if not dry_run:
             request_cancel(job_dir, "cleanup --force")
-            containers.stop_and_remove(containers.find(containers.client(), store.root, job_id))
+            containers.stop_and_remove(step_containers(store, job_id))
             timeout = wait
     out: dict = {"cleaned": [], "skipped": [], "failed": [], "orphans_removed": 0}
     if dry_run and is_active(job_dir):

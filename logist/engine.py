@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from logist import containers
-from logist.cleanup import Report, after_job, reap_orphans, recover_dead_owner
+from logist.cleanup import Report, after_job, reap_orphans, recover_dead_owner, step_containers
 from logist.errors import (
     CancelPending,
     ImageMissing,
@@ -575,9 +575,7 @@ def cancel(
         pass
     request_cancel(job_dir)
     cli = containers.client()
-    # the steps' containers; the owner's harvest helper stays, for the harvest it does next
-    steps = [c for c in containers.find(cli, store.root, job_id) if _step_of(c) != "helper"]
-    containers.stop_and_remove(steps, grace=grace)
+    containers.stop_and_remove(step_containers(store, job_id), grace=grace)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline and store.active(job_id):
         time.sleep(0.1)
@@ -591,10 +589,6 @@ def cancel(
             return _cancel_locked(store, job_id, 0)
     containers.stop_and_remove(containers.find(cli, store.root, job_id), grace=0)
     return JobResult(job=store.load(job_id))
-
-
-def _step_of(container) -> str | None:
-    return (container.attrs.get("Labels") or {}).get(containers.STEP)
 
 
 def _cancel_locked(store: Store, job_id: str, grace: float) -> JobResult:
