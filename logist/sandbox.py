@@ -20,6 +20,7 @@ import re
 import secrets
 import stat
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 HELPER_IMAGE = "logist/step:latest"
 EXCHANGE = ".exchange"
 HELPER_TIMEOUT = 300  # seconds one harvest may take (LOGIST_HARVEST_TIMEOUT), then it is killed
+STOP_GRACE = 10.0  # seconds a harvest may go on after SIGINT/SIGTERM before it is killed
 MAX_OUTPUT = 1 << 20  # bytes of a helper's stdout we read; the rest is ignored
 
 # Shared by the helper's scripts: a clean git environment and the write-back.
@@ -456,7 +458,8 @@ class Sandbox:
         return int(result.exit_code or 0), stdout or b"", stderr or b""
 
     def _run_exec(self, command: list[str], user: str):
-        """``exec_run`` that a signal can stop: the helper is killed, ``Interrupted`` raised."""
+        """``exec_run`` that a signal can stop: a harvest still running ``STOP_GRACE`` seconds
+        after SIGINT/SIGTERM is killed with its helper, and ``Interrupted`` raised."""
         container = self._container
         assert container is not None
         if self.should_stop is None:
@@ -471,9 +474,13 @@ class Sandbox:
 
         worker = threading.Thread(target=go, name="logist-harvest", daemon=True)
         worker.start()
+        asked: float | None = None
         while worker.is_alive():
             worker.join(0.1)
             if worker.is_alive() and self.should_stop():
+                asked = asked or time.monotonic()
+                if time.monotonic() - asked < STOP_GRACE:
+                    continue  # a harvest takes a moment: let it land the step's work
                 with contextlib.suppress(Exception):
                     container.remove(force=True)
                 self._container = None
