@@ -18,6 +18,7 @@ from logist import containers
 from logist.cleanup import Report, after_job, reap_orphans, recover_dead_owner, step_containers
 from logist.errors import (
     CancelPending,
+    HarvestFailed,
     ImageMissing,
     InvalidTransition,
     JobActive,
@@ -41,7 +42,7 @@ from logist.model import (
     now,
 )
 from logist.progress import Progress
-from logist.sandbox import HarvestFailed, Sandbox
+from logist.sandbox import Sandbox
 from logist.store import (
     Store,
     cancel_requested,

@@ -79,6 +79,13 @@ class CancelPending(LogistError):
     exit_code = 1
 
 
+class HarvestFailed(LogistError):
+    """A harvest could not be made or was refused (its bundle failed the checks); the
+    workspace is kept (exit 4)."""
+
+    exit_code = 4
+
+
 class CleanupIncomplete(LogistError):
     """Something was left behind (exit 4); the message names it."""
 

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from logist import gitops
-from logist.errors import GitError, LogistError
+from logist.errors import GitError, HarvestFailed, LogistError
 from logist.model import WS_REMOVING, Job
-from logist.sandbox import HarvestFailed, HarvestOutput, Sandbox
+from logist.sandbox import HarvestOutput, Sandbox
 from logist.spec import is_url
 from logist.store import Store
 from logist.workspace import JOB_REPO, is_real_dir

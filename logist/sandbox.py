@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from logist import containers
-from logist.errors import Interrupted, LogistError, Rejected, WorkspaceUnseen
+from logist.errors import HarvestFailed, Interrupted, LogistError, Rejected, WorkspaceUnseen
 from logist.model import Job
 from logist.store import Store, owner_id
 
@@ -519,9 +519,3 @@ class Sandbox:
 def _last_line(stderr: bytes, code: int) -> str:
     lines = stderr.decode(errors="replace").strip().splitlines()
     return _printable(lines[-1])[:300] if lines else f"exit {code}"
-
-
-class HarvestFailed(LogistError):
-    """A harvest could not be made or was refused; the workspace is kept (exit 4)."""
-
-    exit_code = 4
