@@ -443,19 +443,40 @@ class Sandbox:
         for attempt in (1, 2):
             self.start()
             assert self._container is not None
-            with containers.engine_errors("running the harvest helper"):
-                try:
+            try:
+                with containers.engine_errors("running the harvest helper"):
                     result = self._run_exec(wrapped, user)
-                except docker.errors.APIError as exc:
-                    gone = isinstance(exc, docker.errors.NotFound) or exc.status_code == 409
-                    if attempt == 2 or not gone:
-                        raise
-                    self._container = None  # removed (``job cancel`` from elsewhere): again
-            if result is not None:
-                break
+            except LogistError:
+                if attempt == 2 or self._alive():
+                    raise
+            else:
+                # 126/137 with the helper gone: it was stopped under the exec, not by it
+                if result.exit_code not in (126, 137) or attempt == 2 or self._alive():
+                    break
+            # stopped or removed from elsewhere (a canceller): a new helper, once
+            stale, self._container = self._container, None
+            with contextlib.suppress(docker.errors.APIError, LogistError):
+                stale.remove(force=True)
+            result = None
         assert result is not None
         stdout, stderr = result.output if isinstance(result.output, tuple) else (None, None)
         return int(result.exit_code or 0), stdout or b"", stderr or b""
+
+    def _alive(self) -> bool:
+        """Whether the helper still runs (asked of the engine)."""
+        import docker
+
+        if self._container is None:
+            return False
+        try:
+            with containers.engine_errors("inspecting the harvest helper"):
+                try:
+                    self._container.reload()
+                except docker.errors.NotFound:
+                    return False
+        except LogistError:
+            return False
+        return self._container.status == "running"
 
     def _run_exec(self, command: list[str], user: str):
         """``exec_run`` that a signal can stop: a harvest still running ``STOP_GRACE`` seconds

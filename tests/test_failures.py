@@ -297,7 +297,7 @@ def test_a_step_whose_container_the_canceling_process_stopped_is_canceled_not_fa
         result = engine.Engine(store).run_job(job)
     finally:
         helper.join(timeout=60)
-    assert result.job.state == "canceled", result.job.steps
+    assert result.job.state == "canceled", (result.error, result.job.steps)
     assert [s.state for s in result.job.steps] == ["canceled", "canceled"]
     assert git(source_repo, "show", f"logist/{job}:started.txt") == "started\n"
 
