@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from logist import containers
-from logist.errors import JobActive, LogistError
+from logist.engines import configured, normal, reachable
+from logist.errors import EngineUnavailable, JobActive, LogistError
 from logist.harvest import harvest_leftover
 from logist.model import (
     INTERRUPTED,
@@ -114,7 +115,20 @@ def remove_workspace(
     job_dir = store.job_dir(job.id)
     ws = job_dir / "workspace"
     try:
-        _remove(store, job, ws, job_dir, report, force=force, dry_run=dry_run, harvested=harvested)
+        with containers.use(job.engine):
+            if job.volume is not None:
+                _remove_volume(store, job, job_dir, report, dry_run=dry_run, harvested=harvested)
+            else:
+                _remove(
+                    store,
+                    job,
+                    ws,
+                    job_dir,
+                    report,
+                    force=force,
+                    dry_run=dry_run,
+                    harvested=harvested,
+                )
     except LogistError as exc:
         if exc.exit_code == 3:
             raise
@@ -202,6 +216,46 @@ def _remove(
         _remove_job_repo(job_dir, report)
 
 
+def _remove_volume(
+    store: Store, job: Job, job_dir: Path, report: Report, *, dry_run: bool, harvested: bool
+) -> None:
+    """``_remove`` for a workspace that is a named volume on the job's engine: containers, the
+    harvest, then the volume (retried while the engine still calls it in use)."""
+    assert job.volume is not None
+    leftovers = setup_leftovers(job_dir)
+    if leftovers and not dry_run:  # a killed setup's clone on this host
+        for tmp in leftovers:
+            result = delete_tree(tmp, job_dir, allow_tmp=True)
+            report.left_behind += result.foreign + result.stuck
+    cli = containers.client()
+    found = {c.id: c for c in containers.find(cli, store.root, job.id)}
+    exists = containers.volume_exists(cli, job.volume)
+    if exists:
+        found.update({c.id: c for c in containers.using_volume(cli, job.volume)})
+    if dry_run:
+        report.containers_removed = len(found)
+        report.workspace_removed = exists
+        return
+    report.containers_removed = containers.stop_and_remove(found.values(), grace=2)
+    if not exists:
+        report.nothing_to_clean = report.containers_removed == 0 and not leftovers
+        report.workspace_removed = bool(leftovers) and not report.left_behind
+        return
+    if not harvested:
+        harvest_leftover(store, job, job_dir / "workspace")
+    job.workspace_state = WS_REMOVING
+    store.save(job)
+    # a container of the job started meanwhile (never by logist: the lock is ours) goes too
+    containers.stop_and_remove(containers.using_volume(cli, job.volume), grace=0)
+    report.workspace_removed = containers.remove_volume(cli, job.volume)
+    if not report.workspace_removed:
+        report.left_behind.append(f"volume {job.volume} on {containers.engine_location()}")
+    still = containers.find(cli, store.root, job.id)
+    report.left_behind += [f"container {c.short_id}" for c in still]
+    if report.workspace_removed:
+        _remove_job_repo(job_dir, report)
+
+
 def _remove_job_repo(job_dir: Path, report: Report) -> None:
     """logist's repository of the job and the helper's exchange directory go with the
     workspace: ``result.bundle`` holds the work (a resume rebuilds the repository from it)."""
@@ -246,11 +300,48 @@ def orphan_predicate(store: Store):
     return is_orphan
 
 
-def reap_orphans(store: Store, dry_run: bool = False) -> int:
-    """Remove the orphaned containers of ``store``'s jobs root; how many (would) go."""
-    return containers.reap_orphans(
-        containers.client(), store.root, orphan_predicate(store), dry_run
-    )
+def reap_orphans(store: Store, dry_run: bool = False, engines: list[str] | None = None) -> int:
+    """Remove the orphaned containers (and workspace volumes) of ``store``'s jobs root on each
+    of ``engines`` (default: the configured ones); how many (would) go. An engine that does not
+    answer is skipped when there are several (its orphans wait for the next sweep)."""
+    engines = engines or configured()
+    total = 0
+    for engine in engines:
+        if len(engines) > 1 and not _answers(engine):
+            continue
+        try:
+            with containers.use(engine):
+                cli = containers.client()
+                total += containers.reap_orphans(cli, store.root, orphan_predicate(store), dry_run)
+                total += _reap_orphan_volumes(cli, store, engine, dry_run)
+        except EngineUnavailable:
+            if len(engines) == 1:
+                raise
+    return total
+
+
+def _reap_orphan_volumes(cli, store: Store, engine: str, dry_run: bool) -> int:
+    """Workspace volumes of this jobs root that no job names any more: the job directory is
+    gone, or its manifest names another volume or engine (it moved after this engine was
+    lost). A volume of an active job is never touched."""
+    count = 0
+    for volume in containers.find_volumes(cli, store.root):
+        job_id = (volume.attrs.get("Labels") or {}).get(containers.JOB, "")
+        job_dir = store.root / job_id
+        if job_id and (job_dir / "job.json").is_file():
+            if is_active(job_dir):
+                continue
+            try:
+                job = store.load(job_id)
+            except LogistError:
+                continue
+            if job.volume == volume.name and normal(job.engine) == normal(engine):
+                continue
+        count += 1
+        if not dry_run:
+            containers.stop_and_remove(containers.using_volume(cli, volume.name), grace=0)
+            containers.remove_volume(cli, volume.name)
+    return count
 
 
 def recover_dead_owner(store: Store, job: Job) -> bool:
@@ -268,31 +359,42 @@ def sweep(store: Store, older_than: float, *, dry_run: bool = False) -> dict:
     of jobs whose owner died, and orphaned containers of this jobs root."""
     out: dict = {"cleaned": [], "skipped": [], "failed": [], "orphans_removed": 0}
     now = time.time()
+    engines = configured()
     for job_id in store.ids():
         job_dir = store.job_dir(job_id)
         if is_active(job_dir):
             out["skipped"].append({"job": job_id, "reason": "active"})
             continue
         try:
-            _sweep_job(store, job_id, now, older_than, dry_run, out)
+            _sweep_job(store, job_id, now, older_than, dry_run, out, engines)
         except JobActive:
             out["skipped"].append({"job": job_id, "reason": "active"})
         except LogistError as exc:
-            if exc.exit_code == 3:
+            if exc.exit_code == 3 and len(engines) == 1:
                 raise
             out["failed"].append({"job": job_id, "error": str(exc)})
         except Exception as exc:  # one job's unexpected error never stops the sweep
             out["failed"].append({"job": job_id, "error": f"{type(exc).__name__}: {exc}"})
-    out["orphans_removed"] = reap_orphans(store, dry_run)
+    out["orphans_removed"] = reap_orphans(store, dry_run, engines)
     return out
 
 
 def _sweep_job(
-    store: Store, job_id: str, now: float, older_than: float, dry_run: bool, out: dict
+    store: Store,
+    job_id: str,
+    now: float,
+    older_than: float,
+    dry_run: bool,
+    out: dict,
+    engines: list[str],
 ) -> None:
     peek = store.load(job_id)
-    if not has_workspace(store.job_dir(job_id)) and peek.state != RUNNING:
+    if peek.engine is not None and normal(peek.engine) not in engines:
+        engines.append(normal(peek.engine))  # its engine's orphans are swept too
+    if not _has_workspace(store, peek) and peek.state != RUNNING:
         return
+    if len(engines) > 1 and peek.volume is not None and not _answers(normal(peek.engine)):
+        raise EngineUnavailable(f"the engine at {peek.engine} does not answer")
     idle = now - parse_time(peek.updated_at).timestamp() >= older_than
     # a cleanup that left something behind is retried by the next sweep, whatever its age
     if not idle and peek.state != RUNNING and not peek.leftovers:
@@ -317,12 +419,32 @@ def record(out: dict, report: Report, containers_count: bool = False) -> None:
 
 def _sweep_one(store: Store, job_id: str, dry_run: bool, out: dict) -> None:
     job = store.load(job_id)  # again, under the lock: another sweep may have been first
-    ws_there = has_workspace(store.job_dir(job_id))
+    ws_there = _has_workspace(store, job)
     if not dry_run:
         recover_dead_owner(store, job)
     if not ws_there:
         return
     record(out, remove_workspace(store, job, dry_run=dry_run))
+
+
+_PROBES: dict[str, tuple[float, bool]] = {}
+
+
+def _answers(engine: str) -> bool:
+    """Whether ``engine`` answers (probed with a short deadline, remembered for 10 s), so a
+    sweep does not wait on a lost engine for every job placed there."""
+    seen = _PROBES.get(engine)
+    if seen is None or time.monotonic() - seen[0] > 10:
+        seen = _PROBES[engine] = (time.monotonic(), reachable(engine))
+    return seen[1]
+
+
+def _has_workspace(store: Store, job: Job) -> bool:
+    """Whether the job may have a workspace: in its directory, or a volume it names that no
+    cleanup has removed yet (only the engine can tell for sure)."""
+    if has_workspace(store.job_dir(job.id)):
+        return True
+    return job.volume is not None and job.workspace_state != WS_REMOVED
 
 
 def step_containers(store: Store, job_id: str) -> list:
@@ -337,9 +459,13 @@ def cleanup_one(
 ) -> dict:
     """``job cleanup JOB_ID``: refuse an active job unless ``force``, which cancels its run
     (stopping its containers) and waits for the lock. Same report shape as the sweep."""
+    with containers.use(store.load(job_id).engine):
+        return _cleanup_one(store, job_id, force=force, dry_run=dry_run, wait=wait)
+
+
+def _cleanup_one(store: Store, job_id: str, *, force: bool, dry_run: bool, wait: float) -> dict:
     from logist.store import request_cancel
 
-    store.load(job_id)
     job_dir = store.job_dir(job_id)
     timeout = 1.0
     if is_active(job_dir):

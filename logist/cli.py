@@ -56,6 +56,14 @@ def main_options(
             "--jobs-dir", help="Jobs root (default: $LOGIST_JOBS_DIR, else ~/.logist/jobs)."
         ),
     ] = None,
+    engine: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--engine",
+            help="An engine to run jobs on: unix://, tcp:// or ssh:// (repeat; default: "
+            "$LOGIST_ENGINES, comma-separated, else the one the docker SDK finds).",
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -64,6 +72,10 @@ def main_options(
     ] = False,
 ) -> None:
     _state["jobs_dir"] = jobs_dir
+    if engine:
+        from logist.engines import parse
+
+        os.environ["LOGIST_ENGINES"] = ",".join(parse(engine))
 
 
 # --- job create / list / status / logs ----------------------------------------------------
@@ -191,12 +203,20 @@ def job_list(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
 
     store = _store()
     jobs = list(load_all(store))
-    by_job, unknown = containers_by_job(store) if json_ and jobs else ({}, None)
+    engines = _engines_of(jobs)
+    by_job, unknown = containers_by_job(store, engines) if json_ and jobs else ({}, None)
     rows = [job_view(store, j, by_job.get(j.id), containers_error=unknown) for j in jobs]
     if json_:
         _print_json(rows)
     else:
         print(table(rows) if rows else "no jobs")
+
+
+def _engines_of(jobs) -> list[str | None]:
+    """The configured engines, and those the jobs were placed on."""
+    from logist.engines import configured, normal
+
+    return list(dict.fromkeys([*configured(), *(normal(j.engine) for j in jobs if j.engine)]))
 
 
 @job_app.command("status")
@@ -210,7 +230,7 @@ def job_status(
 
     store = _store()
     job = store.load(job_id)
-    by_job, unknown = containers_by_job(store)
+    by_job, unknown = containers_by_job(store, [job.engine])
     view = job_view(store, job, by_job.get(job_id), containers_error=unknown)
     if json_:
         _print_json(view)
@@ -221,7 +241,12 @@ def job_status(
         code = "" if s["exit_code"] is None else f" exit {s['exit_code']}"
         took = "" if s["duration"] is None else f" in {duration(s['duration'])}"
         print(f"  step {s['index']}: {s['state']}{code}{took}  {s['name'] or s['run']}")
-    print(f"  workspace {view['workspace']['state']}: {view['workspace']['path']}")
+    where = view["workspace"]["path"]
+    if view["workspace"]["volume"]:
+        where = f"volume {view['workspace']['volume']}"
+    print(f"  workspace {view['workspace']['state']}: {where}")
+    if view["engine"]:
+        print(f"  engine {view['engine']}")
     print(
         f"  result bundle {view['result']['bundle'] or '-'}, "
         f"source branch {view['result']['branch'] or '-'}"

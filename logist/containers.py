@@ -39,8 +39,30 @@ BUSYBOX = "logist/busybox:latest"
 _local = threading.local()
 
 
-def engine_location() -> str:
+def default_engine() -> str:
+    """The engine the docker SDK finds: ``DOCKER_HOST``, else the default socket."""
     return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def engine_location() -> str:
+    """The engine this thread talks to (``use``), else the default one."""
+    return getattr(_local, "engine", None) or default_engine()
+
+
+def current() -> str | None:
+    """The engine ``use`` set for this thread (None: the default)."""
+    return getattr(_local, "engine", None)
+
+
+@contextlib.contextmanager
+def use(engine: str | None) -> Iterator[None]:
+    """Inside: this thread's ``client()`` talks to ``engine`` (None: the default engine)."""
+    before = getattr(_local, "engine", None)
+    _local.engine = engine or None
+    try:
+        yield
+    finally:
+        _local.engine = before
 
 
 def request_timeout() -> float:
@@ -49,22 +71,36 @@ def request_timeout() -> float:
     return float(os.environ.get("LOGIST_DOCKER_TIMEOUT") or DOCKER_TIMEOUT)
 
 
-def client() -> DockerClient:
-    """A Docker client for this thread (the SDK finds the engine: ``DOCKER_HOST``, socket);
-    each of its calls has the ``request_timeout()`` deadline."""
-    cached = getattr(_local, "client", None)
-    if cached is not None:
-        return cached
+def client(engine: str | None = None, timeout: float | None = None) -> DockerClient:
+    """A Docker client of this thread for ``engine`` (default: the one ``use`` set, else the one
+    the SDK finds: ``DOCKER_HOST``, socket); each of its calls has the ``request_timeout()``
+    deadline (or ``timeout``; such a client is not cached)."""
+    url = engine or getattr(_local, "engine", None)
+    if url is not None and url.rstrip("/") == default_engine().rstrip("/"):
+        url = None
+    cache: dict = _local.__dict__.setdefault("clients", {})
+    key = url or ""
+    if timeout is None and key in cache:
+        return cache[key]
     import docker
 
+    deadline = request_timeout() if timeout is None else timeout
     try:
-        cached = docker.from_env(timeout=request_timeout())
+        if url is None:
+            made = docker.from_env(timeout=deadline)
+        else:  # DOCKER_TLS_VERIFY / DOCKER_CERT_PATH apply to every tcp:// engine
+            made = docker.from_env(
+                timeout=deadline,
+                environment={**os.environ, "DOCKER_HOST": url},
+                use_ssh_client=url.startswith("ssh://"),
+            )
     except docker.errors.DockerException as exc:
         raise EngineUnavailable(
-            f"Docker engine unreachable at {engine_location()}: {_reason(exc)}"
+            f"Docker engine unreachable at {url or default_engine()}: {_reason(exc)}"
         ) from None
-    _local.client = cached
-    return cached
+    if timeout is None:
+        cache[key] = made
+    return made
 
 
 _REASONS = (
@@ -138,13 +174,15 @@ def ensure_image(cli: DockerClient, image: str, pull: str = "missing") -> None:
             present = False
         if pull == "never" or (pull == "missing" and present):
             if not present:
-                raise ImageMissing(image, "pull policy is never")
+                raise ImageMissing(image, "pull policy is never", engine_location())
             return
         try:
             cli.images.pull(image)
         except docker.errors.APIError as exc:
             if not present:
-                raise ImageMissing(image, str(exc.explanation or exc)[:300]) from None
+                raise ImageMissing(
+                    image, _one_line(exc.explanation or exc), engine_location()
+                ) from None
 
 
 # Capabilities a step (or helper) running as root keeps; every other one is dropped. Measured
@@ -241,7 +279,7 @@ def create(
         try:
             return cli.containers.create(image, command, **kwargs)
         except docker.errors.ImageNotFound as exc:
-            raise ImageMissing(image, _one_line(exc.explanation)) from None
+            raise ImageMissing(image, _one_line(exc.explanation), engine_location()) from None
 
 
 def answers(cli: DockerClient) -> bool:
@@ -374,6 +412,68 @@ def reap_orphans(
         return len(orphans)
     with engine_errors("removing orphan containers"):
         return stop_and_remove(orphans, grace=1)
+
+
+# --- volumes: a job's workspace on an engine that does not share logist's file system ------
+
+
+def create_volume(
+    cli: DockerClient, name: str, *, job_id: str, jobs_root: Path, owner: str
+) -> None:
+    """Create the named volume ``name``, labelled like the job's containers (idempotent)."""
+    with engine_errors(f"creating volume {name}"):
+        cli.volumes.create(name, labels=labels(job_id, "workspace", jobs_root, owner))
+
+
+def volume_exists(cli: DockerClient, name: str) -> bool:
+    import docker
+
+    with engine_errors(f"inspecting volume {name}"):
+        try:
+            cli.volumes.get(name)
+        except docker.errors.NotFound:
+            return False
+    return True
+
+
+def remove_volume(cli: DockerClient, name: str, attempts: int = 8) -> bool:
+    """Remove the volume ``name``; retried while the engine says it is in use (a container
+    being removed still holds it). True when it is gone.
+
+    Raises:
+        EnvironmentProblem, EngineUnavailable: the engine failed or went away.
+    """
+    import time
+
+    import docker
+
+    for n in range(attempts):
+        with engine_errors(f"removing volume {name}"):
+            try:
+                cli.api.remove_volume(name)
+                return True
+            except docker.errors.NotFound:
+                return True
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # 409: in use
+                    raise
+        time.sleep(min(0.1 * 2**n, 2.0))
+    return False
+
+
+def find_volumes(cli: DockerClient, jobs_root: Path, job_id: str | None = None) -> list:
+    """Volumes labelled for ``jobs_root`` (and ``job_id``)."""
+    filters = [f"{MANAGED}=true", f"{ROOT}={jobs_root}"]
+    if job_id:
+        filters.append(f"{JOB}={job_id}")
+    with engine_errors("listing volumes"):
+        return cli.volumes.list(filters={"label": filters})
+
+
+def using_volume(cli: DockerClient, name: str) -> list[Container]:
+    """Every container (labelled or not) that mounts the volume ``name``."""
+    with engine_errors("listing containers"):
+        return cli.containers.list(all=True, sparse=True, filters={"volume": name})
 
 
 @dataclass

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from logist import containers
+from logist import containers, volumes
 from logist.cleanup import Report, after_job, reap_orphans, recover_dead_owner, step_containers
+from logist.engines import Placer, configured, uses_volumes
 from logist.errors import (
     CancelPending,
     HarvestFailed,
@@ -36,7 +37,9 @@ from logist.model import (
     RUNNING,
     SUCCEEDED,
     TIMED_OUT,
+    WS_ABSENT,
     WS_READY,
+    WS_REMOVING,
     Job,
     Step,
     now,
@@ -214,6 +217,7 @@ class Engine:
         self.notify = notify or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.progress = progress
         self._print_lock = threading.Lock()
+        self.placer = Placer(configured(), 1)
 
     # --- one job ---------------------------------------------------------------------------
 
@@ -234,12 +238,38 @@ class Engine:
             return JobResult(job=job, error=exc)  # type: ignore[arg-type]
 
     def _run_locked(self, job: Job, max_steps: int | None, asked_from: float) -> JobResult:
-        store = self.store
-        recover_dead_owner(store, job)
+        recover_dead_owner(self.store, job)
         if job.state not in RUNNABLE:
             raise InvalidTransition(
                 f"job {job.id} is {job.state}; only pending or interrupted jobs can run"
             )
+        engine = self.placer.acquire(job.engine)
+        try:
+            with containers.use(engine):
+                self._place(job, engine)
+                return self._run_placed(job, max_steps, asked_from)
+        finally:
+            self.placer.release(engine)
+
+    def _place(self, job: Job, engine: str) -> None:
+        """Record the job's engine (and, where the engine does not share our file system, its
+        workspace volume). A job whose engine stopped answering resumes elsewhere from its last
+        harvest: its old workspace is left to the sweep."""
+        if job.engine == engine:
+            return
+        if job.engine is not None:
+            self.notify(
+                f"logist: {job.id}: the engine at {job.engine} does not answer; "
+                f"resuming on {engine} from its last harvest"
+            )
+            if job.workspace_state in (WS_READY, WS_REMOVING):
+                job.workspace_state = WS_ABSENT
+        job.engine = engine
+        job.volume = volumes.new_name(job.id) if uses_volumes(engine) else None
+        self.store.save(job)
+
+    def _run_placed(self, job: Job, max_steps: int | None, asked_from: float) -> JobResult:
+        store = self.store
         # a ready workspace a step of this job already ran in (not a resume): the engine was
         # shown to see it then, so the helper may start while the next step runs
         seen = (
@@ -432,8 +462,12 @@ class Engine:
             "user": job.user,
             "network_mode": job.network,
             # a bind mount the engine refuses when it does not have the path (never an empty
-            # directory made on the engine's host, as ``volumes`` would)
-            "mounts": [docker.types.Mount("/workspace", str(ws), type="bind")],
+            # directory made on the engine's host, as ``volumes`` would), or the job's volume
+            "mounts": [
+                docker.types.Mount("/workspace", job.volume, type="volume")
+                if job.volume is not None
+                else docker.types.Mount("/workspace", str(ws), type="bind")
+            ],
         }
         if job.memory:
             kwargs["mem_limit"] = job.memory
@@ -509,8 +543,9 @@ class Engine:
         with contextlib.suppress(LogistError):
             reap_orphans(self.store)
         results: list[JobResult] = []
+        self.placer = Placer(configured(), parallel)
         with ThreadPoolExecutor(
-            max_workers=max(1, parallel), thread_name_prefix="logist-job"
+            max_workers=self.placer.slots, thread_name_prefix="logist-job"
         ) as pool:
             futures = [pool.submit(self._guarded, job_id) for job_id in job_ids]
             for fut in futures:
@@ -568,6 +603,11 @@ def cancel(
     job = store.load(job_id)
     if job.terminal:
         raise InvalidTransition(f"job {job_id} is {job.state}; there is nothing to cancel")
+    with containers.use(job.engine):
+        return _cancel(store, job_id, wait, grace)
+
+
+def _cancel(store: Store, job_id: str, wait: float, grace: float) -> JobResult:
     job_dir = store.job_dir(job_id)
     try:
         with store.lock(job_id, timeout=0.05):  # a probe: an owner holds it for the whole run
@@ -603,7 +643,7 @@ def _cancel_locked(store: Store, job_id: str, grace: float) -> JobResult:
     store.save(job)
     ws = store.workspace(job_id)
     harvested = False
-    if ws.is_dir() and not ws.is_symlink():
+    if job.volume is not None or (ws.is_dir() and not ws.is_symlink()):
         try:
             harvest_leftover(store, job, ws)
             harvested = True

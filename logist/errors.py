@@ -61,10 +61,14 @@ class WorkspaceUnseen(EnvironmentProblem):
 class ImageMissing(EnvironmentProblem):
     """An image is not present and cannot be pulled."""
 
-    def __init__(self, image: str, detail: str = "") -> None:
-        msg = f"image {image!r} is not present and cannot be pulled"
+    def __init__(self, image: str, detail: str = "", engine: str | None = None) -> None:
+        where = f" on the engine at {engine}" if engine else ""
+        msg = f"image {image!r} is not present{where} and cannot be pulled"
+        if engine and not engine.startswith("unix://"):  # a remote node: copy it there
+            msg += f" (on a registry-less fleet: logist image push {image} --engine {engine})"
         super().__init__(f"{msg}: {detail}" if detail else msg)
         self.image = image
+        self.engine = engine
 
 
 class StepFailed(LogistError):

@@ -176,9 +176,14 @@ def harvest_leftover(store: Store, job: Job, ws: Path, notify: Notify = _stderr)
     that fails."""
     if job.workspace_state == WS_REMOVING:
         return  # an earlier cleanup harvested, then began deleting: the record is the work
-    if not is_real_dir(ws) or (job.harvested_commit or job.base_commit) is None:
+    if (job.harvested_commit or job.base_commit) is None:
         return
-    from logist.workspace import ensure_job_repo
+    from logist.workspace import ensure_job_repo, present
+
+    if job.volume is None and not is_real_dir(ws):
+        return
+    if job.volume is not None and not present(store, job):
+        return
 
     try:
         ensure_job_repo(store, job)

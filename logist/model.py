@@ -119,6 +119,8 @@ class Job:
     updated_at: str = field(default_factory=now)
     base_commit: str | None = None
     workspace_state: str = WS_ABSENT
+    engine: str | None = None  # the engine the job is placed on (its URL), once it first ran
+    volume: str | None = None  # the workspace's named volume on that engine (None: a bind mount)
     harvested_commit: str | None = None
     bundled_commit: str | None = None
     result_bundle: str | None = None

@@ -93,6 +93,7 @@ HARVEST = (
     + r"""
 branch=$1 P=$2 msg=$3 nonce=$4 ns=$5 wb=${6:-no}
 I=/tmp/logist-index
+find /out -maxdepth 1 -name '*.bundle' -type f -delete 2>/dev/null
 g() { git --git-dir="$S" -c core.hooksPath=/dev/null -c safe.directory='*' \
       -c gc.auto=0 -c maintenance.auto=false -c core.fsmonitor=false \
       -c core.untrackedCache=false -c core.splitIndex=false -c core.sparseCheckout=false "$@"; }
@@ -233,6 +234,19 @@ exit 0
 """
 )
 
+# Volume workspaces: the helper's own repository of what logist has (/trusted), made from a
+# bundle of logist's repository of the job put into the helper.
+TRUSTED_INIT = r"""
+set -eu
+export HOME=/tmp GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null LC_ALL=C
+mkdir -p /out && chmod 700 /out
+rm -rf /trusted
+git init -q --bare --template= /trusted
+git --git-dir=/trusted -c core.hooksPath=/dev/null fetch -q --no-tags --no-write-fetch-head \
+  /tmp/logist-trusted.bundle '+refs/*:refs/*'
+rm -f /tmp/logist-trusted.bundle
+"""
+
 # Runs as the step's user. Arguments: branch, harvest commit.
 WRITE_BACK = (
     PRELUDE
@@ -241,6 +255,7 @@ write_back "$1" "$2" "$3"
 """
 )
 
+_BUNDLE = re.compile(r"[0-9a-f]{16}\.bundle")
 _LINE = re.compile(r"(commit|bundle|ref|current) (\S+)(?: (\S+))?")
 
 
@@ -298,6 +313,8 @@ class Sandbox:
         self.should_stop = should_stop  # polled while a harvest runs (SIGINT/SIGTERM)
         self.job_dir = store.job_dir(job.id)
         self.exchange = self.job_dir / EXCHANGE
+        self.volume = job.volume  # the workspace is this named volume (None: a bind mount)
+        self.engine = containers.current()
         self._container: Container | None = None
         self._starting: threading.Thread | None = None
         self._start_error: BaseException | None = None
@@ -316,7 +333,8 @@ class Sandbox:
 
         def go() -> None:
             try:
-                self.start(check=False)
+                with containers.use(self.engine):
+                    self.start(check=False)
             except BaseException as exc:  # handed to the first use, in the caller's thread
                 self._start_error = exc
 
@@ -344,13 +362,16 @@ class Sandbox:
         cli = containers.client()
         image = helper_image()
         containers.ensure_image(cli, image, "missing")
-        mounts = [
-            docker.types.Mount("/workspace", str(self.job_dir / "workspace"), type="bind"),
-            docker.types.Mount(
-                "/trusted", str(self.job_dir / "repo.git"), type="bind", read_only=True
-            ),
-            docker.types.Mount("/out", str(self.exchange), type="bind"),
-        ]
+        if self.volume is not None:
+            mounts = [docker.types.Mount("/workspace", self.volume, type="volume")]
+        else:
+            mounts = [
+                docker.types.Mount("/workspace", str(self.job_dir / "workspace"), type="bind"),
+                docker.types.Mount(
+                    "/trusted", str(self.job_dir / "repo.git"), type="bind", read_only=True
+                ),
+                docker.types.Mount("/out", str(self.exchange), type="bind"),
+            ]
         try:
             self._container = containers.create(
                 cli,
@@ -370,11 +391,34 @@ class Sandbox:
                 working_dir="/",
             )
         except Rejected as exc:  # our own settings: a 4xx here is a path the engine lacks
+            if self.volume is not None:
+                raise
             raise self._unseen(str(exc)) from None
+        if self.volume is not None:
+            self._send_trusted()
         with containers.engine_errors("starting the harvest helper"):
             self._container.start()
-        if check:
+        if self.volume is not None:
+            code, _out, err = self._exec(["sh", "-c", TRUSTED_INIT], timeout=600)
+            if code != 0:
+                raise HarvestFailed(f"the harvest helper failed to start: {_last_line(err, code)}")
+        elif check:
             self._check_visible()
+
+    def _send_trusted(self) -> None:
+        """Volume workspaces: a bundle of what logist has of the job (its branch and kept refs)
+        goes into the helper, not yet started, as ``/tmp/logist-trusted.bundle``."""
+        from logist import gitops, volumes
+
+        repo = self.job_dir / "repo.git"
+        names = [f"refs/heads/{self.job.branch}", *gitops.refs(repo, f"refs/logist/{self.job.id}/")]
+        bundle = self.exchange / "logist-trusted.bundle"
+        try:
+            gitops.write_bundle(repo, names, bundle)
+            assert self._container is not None
+            volumes.put_file(self._container, "/tmp", bundle)
+        finally:
+            bundle.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Remove the helper (killed at once: it holds no work). An engine that went away
@@ -522,6 +566,11 @@ class Sandbox:
         out = parse_output(stdout, stderr)
         if code != 0 or out.commit is None:
             raise HarvestFailed(f"the harvest helper failed: {_last_line(stderr, code)}")
+        if self.volume is not None and out.bundle is not None and _BUNDLE.fullmatch(out.bundle):
+            from logist import volumes
+
+            assert self._container is not None
+            volumes.fetch_file(self._container, f"/out/{out.bundle}", self.exchange, out.bundle)
         out.written_back = together or not write_back
         return out
 

@@ -53,7 +53,7 @@ def job_view(
     ]
     ws = job_dir / "workspace"
     ws_state = WS_READY if job.workspace_state == WS_REMOVING else job.workspace_state
-    if ws_state == WS_READY and not os.path.lexists(ws):
+    if ws_state == WS_READY and job.volume is None and not os.path.lexists(ws):
         ws_state = WS_REMOVED
     return {
         "id": job.id,
@@ -69,7 +69,8 @@ def job_view(
         "updated_at": job.updated_at,
         "active": active,
         "steps": steps,
-        "workspace": {"path": str(ws), "state": ws_state},
+        "engine": job.engine,
+        "workspace": {"path": str(ws), "state": ws_state, "volume": job.volume},
         "result": {
             "bundle": job.result_bundle
             if job.result_bundle and os.path.exists(job.result_bundle)
@@ -86,20 +87,27 @@ def job_view(
     }
 
 
-def containers_by_job(store: Store) -> tuple[dict[str, list[str]], str | None]:
-    """Ids of the containers labelled for this jobs root, by job, and None; or, when the engine
-    does not answer, nothing and the reason (the lists are unknown, not empty)."""
+def containers_by_job(
+    store: Store, engines: list[str | None] | None = None
+) -> tuple[dict[str, list[str]], str | None]:
+    """Ids of the containers labelled for this jobs root on ``engines`` (default: the configured
+    ones), by job, and None; or, when an engine does not answer, what the others gave and the
+    reason (the lists are then incomplete: unknown, not empty)."""
     from logist import containers
+    from logist.engines import configured
     from logist.errors import LogistError
 
     out: dict[str, list[str]] = {}
-    try:
-        for c in containers.find(containers.client(), store.root):
-            job = (c.attrs.get("Labels") or {}).get(containers.JOB, "")
-            out.setdefault(job, []).append(c.id)
-    except LogistError as exc:
-        return {}, str(exc)
-    return out, None
+    problems = []
+    for engine in dict.fromkeys(engines or configured()):
+        try:
+            with containers.use(engine):
+                for c in containers.find(containers.client(), store.root):
+                    job = (c.attrs.get("Labels") or {}).get(containers.JOB, "")
+                    out.setdefault(job, []).append(c.id)
+        except LogistError as exc:
+            problems.append(str(exc))
+    return (out, "; ".join(problems)) if problems else (out, None)
 
 
 def run_seconds(view: dict[str, Any]) -> float | None:

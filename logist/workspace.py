@@ -47,6 +47,9 @@ def setup_workspace(store: Store, job_id: str) -> Path:
         job = store.load(job_id)
         ws = job_dir / "workspace"
         repo = ensure_job_repo(store, job)
+        if job.volume is not None:
+            _setup_volume(store, job, repo)
+            return ws
         if job.workspace_state == WS_READY and is_real_dir(ws):
             return ws
         for leftover in setup_leftovers(job_dir):
@@ -68,6 +71,47 @@ def setup_workspace(store: Store, job_id: str) -> Path:
         job.workspace_state = WS_READY
         store.save(job)
         return ws
+
+
+def _setup_volume(store: Store, job: Job, repo: Path) -> None:
+    """The workspace as the named volume ``job.volume`` on the engine in use: a clone made
+    here (as for a bind mount) and sent into the volume, owned by the step's user."""
+    from logist import containers, volumes
+    from logist.sandbox import helper_image
+
+    cli = containers.client()
+    if job.workspace_state == WS_READY and containers.volume_exists(cli, job.volume):
+        return
+    job_dir = store.job_dir(job.id)
+    assert job.volume is not None
+    if containers.volume_exists(cli, job.volume):  # half-made: a killed setup's
+        containers.stop_and_remove(containers.using_volume(cli, job.volume), grace=0)
+        containers.remove_volume(cli, job.volume)
+    image = helper_image()
+    containers.ensure_image(cli, image, "missing")
+    containers.create_volume(cli, job.volume, job_id=job.id, jobs_root=store.root, owner=owner_id())
+    tmp = job_dir / f"{TMP_PREFIX}{os.getpid()}"
+    commit = job.harvested_commit or job.base_commit
+    assert commit is not None
+    try:
+        gitops.clone_workspace(repo, tmp, job.branch, commit, job.repo)
+        volumes.put_tree(cli, store, job, job.volume, tmp, image=image)
+    except GitError as exc:
+        raise _disk_full(exc) or exc from None
+    finally:
+        _discard(tmp, job_dir)
+    job.workspace_state = WS_READY
+    store.save(job)
+
+
+def present(store: Store, job: Job) -> bool:
+    """Whether the job's workspace is there: its directory, or its volume on the engine in
+    use (asked of the engine)."""
+    if job.volume is None:
+        return is_real_dir(store.job_dir(job.id) / "workspace")
+    from logist import containers
+
+    return containers.volume_exists(containers.client(), job.volume)
 
 
 def ensure_job_repo(store: Store, job: Job) -> Path:
@@ -191,6 +235,8 @@ def make_writable_for(store: Store, job: Job, ws: Path) -> None:
     """Let the step's ``UID:GID`` write the workspace. As root: ownership, walked fd-based
     without following a symlink. Not root: a short-lived root helper changes the owner (never
     a world-writable workspace); nothing to do when the step runs as us."""
+    if job.volume is not None:
+        return  # the volume's files were written as the step's user
     uid, gid = (int(x) for x in job.user.split(":"))
     me = os.geteuid()
     if uid == me:
