@@ -61,7 +61,11 @@ def _docker_guard(request):
     left = cli.containers.list(all=True, filters={"label": f"logist.jobs-dir={root}"})
     for c in left:
         c.remove(force=True)
+    volumes = cli.volumes.list(filters={"label": f"logist.jobs-dir={root}"})
+    for v in volumes:
+        v.remove(force=True)
     assert not left, f"containers left behind: {[c.name for c in left]}"
+    assert not volumes, f"volumes left behind: {[v.name for v in volumes]}"
 
 
 def _is_logist(args) -> bool:
