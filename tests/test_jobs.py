@@ -724,6 +724,7 @@ def test_status_json_has_every_field_of_the_contract(logist, jobs_root, source_r
         "workspace",
         "result",
         "containers",
+        "engine",
     ):
         assert key in view, key
     assert view["id"] == "st" and view["state"] == "pending" and view["ref"] == "main"
@@ -734,7 +735,12 @@ def test_status_json_has_every_field_of_the_contract(logist, jobs_root, source_r
     for key in ("index", "name", "run", "state", "exit_code", "started_at", "finished_at", "log"):
         assert key in step, key
     assert (step["index"], step["run"], step["state"]) == (1, "echo hi", "pending")
-    assert view["workspace"] == {"path": str(jobs_root / "st" / "workspace"), "state": "absent"}
+    assert view["workspace"] == {
+        "path": str(jobs_root / "st" / "workspace"),
+        "state": "absent",
+        "volume": None,  # a bind mount (the local engine)
+    }
+    assert view["engine"] is None  # placed when it first runs
     assert view["result"] == {"bundle": None, "branch": None}
     assert view["containers"] == []
     human = logist("job", "status", "st")
