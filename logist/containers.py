@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,9 +153,22 @@ def engine_errors(what: str) -> Iterator[None]:
             f"{what}: Docker engine error: {_one_line(exc.explanation)}"
         ) from None
     except (requests.exceptions.RequestException, docker.errors.DockerException, OSError) as exc:
+        _LOST[engine_location()] = time.monotonic()
         raise EngineUnavailable(
             f"{what}: Docker engine unreachable at {engine_location()}: {_reason(exc)}"
         ) from None
+
+
+_LOST: dict[str, float] = {}  # engine -> when a call to it last found it unreachable
+LOST_FOR = 30.0
+
+
+def lost(engine: str | None = None) -> bool:
+    """Whether a call to ``engine`` (default: this thread's) found it unreachable in the last
+    ``LOST_FOR`` seconds: best-effort calls (removing a helper) then skip it, rather than wait
+    for the deadline again; the sweep reaps what is left."""
+    seen = _LOST.get(engine or engine_location())
+    return seen is not None and time.monotonic() - seen < LOST_FOR
 
 
 def labels(job_id: str, step: int | str, jobs_root: Path, owner: str) -> dict[str, str]:

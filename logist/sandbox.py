@@ -428,7 +428,9 @@ class Sandbox:
         with contextlib.suppress(BaseException):
             self._started()
         container, self._container = self._container, None
-        if container is not None:
+        with containers.use(self.engine):
+            gone = containers.lost()
+        if container is not None and not gone:
             with (
                 contextlib.suppress(LogistError, docker.errors.APIError),
                 containers.engine_errors("removing the harvest helper"),
