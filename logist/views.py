@@ -94,12 +94,16 @@ def containers_by_job(
     ones), by job, and None; or, when an engine does not answer, what the others gave and the
     reason (the lists are then incomplete: unknown, not empty)."""
     from logist import containers
-    from logist.engines import configured
+    from logist.engines import configured, reachable
     from logist.errors import LogistError
 
     out: dict[str, list[str]] = {}
     problems = []
-    for engine in dict.fromkeys(engines or configured()):
+    wanted = list(dict.fromkeys(engines or configured()))
+    for engine in wanted:
+        if len(wanted) > 1 and not reachable(engine):  # never the request deadline per engine
+            problems.append(f"the engine at {engine} does not answer")
+            continue
         try:
             with containers.use(engine):
                 for c in containers.find(containers.client(), store.root):

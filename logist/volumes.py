@@ -54,7 +54,8 @@ def put_tree(
     import docker
 
     uid, gid = (int(x) for x in job.user.split(":"))
-    archive = store.job_dir(job.id) / f".workspace-{os.getpid()}.tar"
+    # named like a setup's temp clone: a killed setup's archive is removed with them
+    archive = store.job_dir(job.id) / f".workspace.tmp-{os.getpid()}.tar"
     try:
         with open(archive, "wb") as fh:
             pack_tree(src, fh, uid=uid, gid=gid)

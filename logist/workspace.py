@@ -84,6 +84,8 @@ def _setup_volume(store: Store, job: Job, repo: Path) -> None:
         return
     job_dir = store.job_dir(job.id)
     assert job.volume is not None
+    for leftover in setup_leftovers(job_dir):
+        delete_tree(leftover, job_dir, allow_tmp=True)
     if containers.volume_exists(cli, job.volume):  # half-made: a killed setup's
         containers.stop_and_remove(containers.using_volume(cli, job.volume), grace=0)
         containers.remove_volume(cli, job.volume)
