@@ -21,6 +21,19 @@ class Check:
 
 
 def run_checks(store: Store) -> list[Check]:
+    """The checks, for every configured engine (``--engine`` / ``LOGIST_ENGINES``)."""
+    from logist.engines import configured
+
+    checks: list[Check] = []
+    for n, engine in enumerate(configured()):
+        with containers.use(engine):
+            checks += _engine_checks(store, engine, first=n == 0)
+    return checks
+
+
+def _engine_checks(store: Store, engine: str, first: bool) -> list[Check]:
+    from logist.engines import uses_volumes
+
     checks = []
     cli = None
     try:
@@ -37,8 +50,9 @@ def run_checks(store: Store) -> list[Check]:
         )
     except LogistError as exc:
         checks.append(Check("engine", False, str(exc)))
-    checks.append(_writable(store))
-    checks.append(_private(store))
+    if first:
+        checks.append(_writable(store))
+        checks.append(_private(store))
     if cli is None:
         checks.append(Check("jobs-root-visible", False, "no engine to check with"))
         checks.append(Check("images", False, "no engine to check with"))
@@ -50,14 +64,25 @@ def run_checks(store: Store) -> list[Check]:
             present.append(image)
         except Exception:
             missing.append(image)
-    checks.append(_visible(cli, store, present))
+    if uses_volumes(engine):
+        checks.append(
+            Check("jobs-root-visible", True, f"not needed: workspaces are volumes on {engine}")
+        )
+    else:
+        checks.append(_visible(cli, store, present))
+    remote = uses_volumes(engine) and not engine.startswith("unix://")
+    fix = (
+        f"logist image push IMAGE --engine {engine}"
+        if remote
+        else "build them with scripts/build-images.sh"
+    )
     checks.append(
         Check(
             "images",
             not missing,
-            "present: " + ", ".join(present)
+            f"present at {engine}: " + ", ".join(present)
             if not missing
-            else "missing: " + ", ".join(missing) + " (build them with scripts/build-images.sh)",
+            else f"missing at {engine}: " + ", ".join(missing) + f" ({fix})",
         )
     )
     return checks

@@ -113,3 +113,19 @@ def test_a_lost_node_interrupts_its_job_which_resumes_on_the_other_from_its_last
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["orphans_removed"] >= 2
     assert_nothing_left(nodes, jobs_root)
+
+
+def test_doctor_checks_every_engine(on_nodes, nodes):
+    out = on_nodes("doctor", "--json")
+    assert out.returncode == 0, out.stdout
+    checks = json.loads(out.stdout)["checks"]
+    engines = [c["detail"] for c in checks if c["name"] == "engine"]
+    assert [n.url in d for n, d in zip(nodes, engines, strict=True)] == [True, True]
+    visible = [c["detail"] for c in checks if c["name"] == "jobs-root-visible"]
+    assert all("workspaces are volumes" in d for d in visible)
+    bad = on_nodes("doctor", "--json", engines=[nodes[0]], env={"LOGIST_ENGINES": ""})
+    assert bad.returncode == 0
+    out = on_nodes("--engine", "tcp://127.0.0.1:1", "doctor", "--json", engines=[nodes[0]])
+    assert out.returncode == 3
+    failed = [c for c in json.loads(out.stdout)["checks"] if not c["ok"]]
+    assert failed and "tcp://127.0.0.1:1" in failed[0]["detail"]
