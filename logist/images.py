@@ -1,6 +1,8 @@
 """Images on engines without a registry: ``logist image push`` copies an image from one engine
 to others as ``docker save`` streamed into ``docker load``, chunk by chunk (the archive is never
-held in memory nor written to disk). A target that already has the same image id is skipped."""
+held in memory nor written to disk). A target that already has the same image id is skipped.
+An engine silent for ``request_timeout()`` (source or target, mid-way too) counts as gone: the
+load's progress is asked for, so a target applying a large layer is not silent."""
 
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ if TYPE_CHECKING:
     from docker import DockerClient
 
 CHUNK = 1 << 20  # bytes of the saved archive read (and sent on) at a time
-TRANSFER_TIMEOUT = 300.0  # seconds a save or load may stay silent (a ping has request_timeout())
 
 
 @dataclass
@@ -85,7 +86,9 @@ def save_stream(cli: DockerClient, image: str, sent: list[int]) -> Iterator[byte
             sent[0] += len(chunk)
             yield chunk
     except Exception as exc:  # the source's failure, whatever its type
-        raise _SourceFailed(containers._reason(exc)) from exc
+        broken = any(m in str(exc) for m in ("Connection broken", "IncompleteRead"))
+        reason = "the connection was lost mid-way (engine stopped?)" if broken else None
+        raise _SourceFailed(reason or containers._reason(exc)) from exc
 
 
 def copy_image(src: DockerClient, dst: DockerClient, image: str) -> int:
@@ -97,7 +100,7 @@ def copy_image(src: DockerClient, dst: DockerClient, image: str) -> int:
         EnvironmentProblem: the target refused the archive (its error, in one line).
     """
     sent = [0]
-    for message in dst.api.load_image(save_stream(src, image, sent), quiet=True):
+    for message in dst.api.load_image(save_stream(src, image, sent), quiet=False):
         if isinstance(message, dict) and message.get("error"):
             raise EnvironmentProblem(
                 f"loading {image} on {containers.engine_location()}: "
@@ -131,7 +134,6 @@ def push(
                     "build or load it there first"
                 )
             report = PushReport(image, found, source_url)
-            src.api.timeout = TRANSFER_TIMEOUT
             for url in targets:
                 _push_one(report, src, url, say)
         finally:
@@ -154,10 +156,8 @@ def _push_one(
                 return
             if say:
                 say(f"{url}: pushing {image} ...")
-            dst.api.timeout = TRANSFER_TIMEOUT
             with containers.engine_errors(f"pushing {image}"):
                 sent = copy_image(src, dst, image)
-            dst.api.timeout = containers.request_timeout()
             landed = image_id(dst, image)
             if landed != report.image_id:
                 raise EnvironmentProblem(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import secrets
+import socket
 import subprocess
 import sys
 import tarfile
@@ -16,7 +17,8 @@ import pytest
 
 from logist import containers
 from logist.store import owner_id
-from tests.nodes import IMAGES
+from tests.faultproxy import FaultProxy
+from tests.nodes import IMAGES, NODE_LABEL, OWNER_LABEL, reap_stale_nodes
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -78,6 +80,7 @@ def test_image_push_lands_an_image_on_both_nodes_then_skips_them(
 ):
     a, b = running_nodes
     assert image_id_on(a, tiny_image) is None and image_id_on(b, tiny_image) is None
+    wanted = docker_client.images.get(tiny_image).id
     try:
         out = logist("image", "push", tiny_image, "--engine", a.url, "--engine", b.url, "--json")
         assert out.returncode == 0, out.stderr
@@ -87,21 +90,59 @@ def test_image_push_lands_an_image_on_both_nodes_then_skips_them(
             "skipped": [],
             "failed": [],
         }
-        wanted = docker_client.images.get(tiny_image).id
         assert image_id_on(a, tiny_image) == wanted and image_id_on(b, tiny_image) == wanted
 
         again = logist("image", "push", tiny_image, "--engine", a.url, "--engine", b.url)
         assert again.returncode == 0, again.stderr
         assert again.stderr.count("skipped") == 2 and "pushed" not in again.stderr, again.stderr
     finally:
-        for node in running_nodes:
-            cli = node.client()
-            try:
-                cli.images.remove(tiny_image, force=True)
-            except docker.errors.ImageNotFound:
-                pass
-            finally:
-                cli.close()
+        remove_image(running_nodes, tiny_image)
+
+
+@pytest.mark.timeout(120)
+def test_image_push_from_one_node_to_another(running_nodes, tiny_image, docker_client, logist):
+    a, b = running_nodes
+    wanted = docker_client.images.get(tiny_image).id
+    try:
+        assert logist("image", "push", tiny_image, "--engine", a.url).returncode == 0
+        out = logist("image", "push", tiny_image, "--from", a.url, "--engine", b.url, "--json")
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["pushed"] == [b.url]
+        assert image_id_on(b, tiny_image) == wanted
+    finally:
+        remove_image(running_nodes, tiny_image)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("action", ["reset", "hang"])
+def test_image_push_whose_source_fails_mid_way_exits_3_naming_the_source(
+    running_nodes, tiny_image, logist, action
+):
+    """The source engine (behind a fault proxy) drops or never answers the save once the
+    target's load has begun: exit 3 naming the source, nothing loaded on the target."""
+    a, _ = running_nodes
+    with FaultProxy() as proxy:
+        rule = proxy.fail("GET", r"/images/.+/get$", action)
+        out = logist(
+            "image", "push", tiny_image, "--from", proxy.host, "--engine", a.url,
+            env={"LOGIST_DOCKER_TIMEOUT": "3"},
+        )  # fmt: skip
+        assert rule.fired, proxy.seen
+    assert out.returncode == 3, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert f"source engine at {proxy.host}" in last and a.url not in last, out.stderr
+    assert image_id_on(a, tiny_image) is None
+
+
+def remove_image(nodes, image: str) -> None:
+    for node in nodes:
+        cli = node.client()
+        try:
+            cli.images.remove(image, force=True)
+        except docker.errors.ImageNotFound:
+            pass
+        finally:
+            cli.close()
 
 
 @pytest.mark.timeout(60)
@@ -239,3 +280,17 @@ def test_a_named_volume_on_a_node_round_trips_archives_through_a_container(
         a.remove_leftovers(jobs_root)
         cli.close()
     assert a.leftovers(jobs_root) == []
+
+
+@pytest.mark.timeout(60)
+def test_stale_test_nodes_of_a_dead_session_are_reaped_and_live_ones_kept(
+    running_nodes, docker_client
+):
+    dead = {NODE_LABEL: "deadbeef", OWNER_LABEL: f"{socket.gethostname()}:999999999:0"}
+    name = f"logist-test-node-stale-{secrets.token_hex(4)}"
+    docker_client.volumes.create(name, labels=dead)
+    docker_client.containers.create(BUSYBOX, ["true"], name=name, labels=dead)
+    reaped = reap_stale_nodes(docker_client)
+    assert f"container {name}" in reaped and f"volume {name}" in reaped
+    for node in running_nodes:
+        assert node.container().status == "running" and node.answers()
