@@ -12,8 +12,8 @@ and what a killed session left is reaped when the next one starts.
 
 Use (conftest imports the fixtures)::
 
-    def test_x(nodes, logist):
-        a, b = nodes                      # two nodes, logist/busybox and logist/step loaded
+    def test_x(running_nodes, logist, jobs_root):
+        a, b = running_nodes              # two nodes, logist/busybox and logist/step loaded
         logist("--engine", a.url, "--engine", b.url, "job", "run", "--all")
         assert not a.leftovers(jobs_root)
 """
@@ -340,7 +340,7 @@ def node_factory(docker_client) -> Iterator[NodeFactory]:
 @pytest.fixture(scope="session")
 def nodes(node_factory) -> tuple[Node, Node]:
     """Two nodes, each a separate engine with logist/busybox and logist/step, started once per
-    session (in parallel). A node a test stopped is started again for the next test."""
+    session (in parallel). Tests that stop nodes should take ``running_nodes``."""
     made: list[Node | BaseException] = []
 
     def one() -> None:
