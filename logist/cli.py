@@ -28,6 +28,12 @@ job_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(job_app, name="job")
+image_app = typer.Typer(
+    help="Images on engines without a registry.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(image_app, name="image")
 
 _state: dict[str, Any] = {"jobs_dir": None}
 
@@ -419,6 +425,48 @@ def job_cleanup(
             print("nothing to clean")
     if out["failed"]:
         raise typer.Exit(4)
+
+
+# --- image push ----------------------------------------------------------------------------
+
+
+@image_app.command("push")
+def image_push(
+    image: Annotated[str, typer.Argument(help="The image to copy (name:tag or id).")],
+    engine: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--engine",
+            help="A target engine: tcp://, ssh:// or unix:// (repeat; default: $LOGIST_ENGINES).",
+        ),
+    ] = None,
+    from_: Annotated[
+        str | None,
+        typer.Option("--from", help="The source engine (default: the one the docker SDK finds)."),
+    ] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Copy an image to other engines, for fleets without a registry: docker save on the
+    source streamed into docker load on each target; a target that already has the same
+    image id is skipped. Exit 3 when the image or an engine is missing.
+
+    Example: logist image push my/agent:1.2 --engine tcp://node1:2376 --engine ssh://ci@node2
+    """
+    from logist.engines import parse
+    from logist.images import push
+
+    targets = parse(engine) if engine else parse(os.environ.get("LOGIST_ENGINES"))
+    if not targets:
+        raise UsageError("name the engines to push to: --engine URL (repeat) or LOGIST_ENGINES")
+    if from_ is not None:
+        parse([from_])  # the same URL check as a target's
+    say = None if json_ else (lambda line: print(f"logist: {line}", file=sys.stderr, flush=True))
+    report = push(image, targets, source=from_, say=say)
+    if json_:
+        _print_json(report.as_json())
+    error = report.error()
+    if error is not None:
+        raise error
 
 
 # --- doctor --------------------------------------------------------------------------------

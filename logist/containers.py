@@ -111,6 +111,7 @@ _REASONS = (
     ("Connection refused", "connection refused"),
     ("Connection aborted", "the connection was lost (engine stopped?)"),
     ("RemoteDisconnected", "the connection was lost (engine stopped?)"),
+    ("No route to host", "no route to its host (is it down?)"),
     ("Read timed out", "the engine did not answer in time"),
     ("timed out", "the engine did not answer in time"),
 )

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build logist's images: logist/busybox:latest, logist/step:latest and logist/logist:latest.
+# Build logist's images: logist/busybox:latest, logist/step:latest, logist/logist:latest and
+# logist/node:latest (a Docker engine in a container: the multi-engine tests' nodes).
 # Idempotent: an image that exists and was built from the same inputs (a hash of its Dockerfile
 # and sources, kept in its label logist.source) is skipped unless --rebuild is given.
 # The base of the Debian images is $BASE_IMAGE (default debian:bookworm-slim). When it is not
@@ -12,7 +13,7 @@ REBUILD=0
 for arg in "$@"; do
   case "$arg" in
     --rebuild) REBUILD=1 ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     *) echo "build-images: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
@@ -84,6 +85,7 @@ build() {  # build TAG CONTEXT [docker build args...]
 dpkg -s busybox-static >/dev/null 2>&1 || apt_install busybox-static
 BUSYBOX_SRC=$(inputs images/busybox/Dockerfile /bin/busybox)
 STEP_SRC=$(inputs images/step/Dockerfile)
+NODE_SRC=$(inputs images/node/Dockerfile images/node/entrypoint.sh)
 LOGIST_SRC=$(inputs Dockerfile pyproject.toml logist/*.py)
 
 if wanted logist/busybox:latest "$BUSYBOX_SRC"; then
@@ -93,7 +95,8 @@ if wanted logist/busybox:latest "$BUSYBOX_SRC"; then
   rm -rf "$ctx"
 fi
 
-if wanted logist/step:latest "$STEP_SRC" || wanted logist/logist:latest "$LOGIST_SRC"; then
+if wanted logist/step:latest "$STEP_SRC" || wanted logist/logist:latest "$LOGIST_SRC" ||
+   wanted logist/node:latest "$NODE_SRC"; then
   base=$(resolve_base)
   if wanted logist/step:latest "$STEP_SRC"; then
     build logist/step:latest images/step --build-arg "BASE_IMAGE=$base" \
@@ -106,6 +109,10 @@ if wanted logist/step:latest "$STEP_SRC" || wanted logist/logist:latest "$LOGIST
     ls build/wheels/logist-*.whl >/dev/null
     build logist/logist:latest . --build-arg "BASE_IMAGE=$base" \
       --label "logist.source=$LOGIST_SRC"
+  fi
+  if wanted logist/node:latest "$NODE_SRC"; then  # apt-get installs docker.io from the mirror
+    build logist/node:latest images/node --build-arg "BASE_IMAGE=$base" \
+      --label "logist.source=$NODE_SRC"
   fi
 fi
 say "images ready: $(docker images --format '{{.Repository}}:{{.Tag}}' | grep '^logist/' | sort | tr '\n' ' ')"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import commit_file, make_repo, run_logist
+from tests.nodes import node_factory, nodes, running_nodes
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STEP_IMAGE = "logist/step:latest"
@@ -160,4 +161,4 @@ def nonroot_user(tmp_path_factory) -> dict:
     return {"name": name, "uid": uid, "gid": gid, "logist": str(venv / "bin/logist")}
 
 
-__all__ = ["commit_file", "sys"]
+__all__ = ["commit_file", "node_factory", "nodes", "running_nodes", "sys"]
