@@ -343,9 +343,10 @@ class Engine:
         except LogistError as exc:
             if exc.exit_code == 3:  # the engine (or the disk) went away: resumable
                 self._back_to_pending(job, INTERRUPTED, str(exc))
-                if ws is not None and not containers.lost():
-                    with contextlib.suppress(LogistError):
-                        harvest_leftover(store, job, ws)  # needs the engine: may well fail
+                if ws is not None:
+                    if not containers.lost():  # an engine just found gone is not waited on
+                        with contextlib.suppress(LogistError):
+                            harvest_leftover(store, job, ws)  # needs the engine: may fail
                     with contextlib.suppress(LogistError):
                         finish(store, job)  # host only: what was harvested lands
                 raise
