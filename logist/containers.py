@@ -38,6 +38,7 @@ DOCKER_TIMEOUT = 30.0  # seconds any engine call but a step's own wait may take 
 BUSYBOX = "logist/busybox:latest"
 
 _local = threading.local()
+DEFAULT = "default"  # an engine name: the one the SDK finds (DOCKER_HOST, else the socket)
 
 
 def default_engine() -> str:
@@ -46,7 +47,7 @@ def default_engine() -> str:
 
 
 def engine_location() -> str:
-    """The engine this thread talks to (``use``), else the default one."""
+    """The URL of the engine this thread talks to (``use``), else of the default one."""
     return getattr(_local, "engine", None) or default_engine()
 
 
@@ -59,7 +60,7 @@ def current() -> str | None:
 def use(engine: str | None) -> Iterator[None]:
     """Inside: this thread's ``client()`` talks to ``engine`` (None: the default engine)."""
     before = getattr(_local, "engine", None)
-    _local.engine = engine or None
+    _local.engine = None if engine in (None, "", DEFAULT) else engine
     try:
         yield
     finally:
@@ -76,7 +77,9 @@ def client(engine: str | None = None, timeout: float | None = None) -> DockerCli
     """A Docker client of this thread for ``engine`` (default: the one ``use`` set, else the one
     the SDK finds: ``DOCKER_HOST``, socket); each of its calls has the ``request_timeout()``
     deadline (or ``timeout``; such a client is not cached)."""
-    url = engine or getattr(_local, "engine", None)
+    url = engine if engine not in (None, "", DEFAULT) else None
+    if engine is None:
+        url = getattr(_local, "engine", None)
     if url is not None and url.rstrip("/") == default_engine().rstrip("/"):
         url = None
     cache: dict = _local.__dict__.setdefault("clients", {})

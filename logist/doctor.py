@@ -64,15 +64,16 @@ def _engine_checks(store: Store, engine: str, first: bool) -> list[Check]:
             present.append(image)
         except Exception:
             missing.append(image)
+    where = containers.engine_location()
     if uses_volumes(engine):
         checks.append(
-            Check("jobs-root-visible", True, f"not needed: workspaces are volumes on {engine}")
+            Check("jobs-root-visible", True, f"not needed: workspaces are volumes on {where}")
         )
     else:
         checks.append(_visible(cli, store, present))
-    remote = uses_volumes(engine) and not engine.startswith("unix://")
+    remote = uses_volumes(engine) and not where.startswith("unix://")
     fix = (
-        f"logist image push IMAGE --engine {engine}"
+        f"logist image push IMAGE --engine {where}"
         if remote
         else "build them with scripts/build-images.sh"
     )
@@ -80,9 +81,9 @@ def _engine_checks(store: Store, engine: str, first: bool) -> list[Check]:
         Check(
             "images",
             not missing,
-            f"present at {engine}: " + ", ".join(present)
+            f"present at {where}: " + ", ".join(present)
             if not missing
-            else f"missing at {engine}: " + ", ".join(missing) + f" ({fix})",
+            else f"missing at {where}: " + ", ".join(missing) + f" ({fix})",
         )
     )
     return checks

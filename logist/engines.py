@@ -20,6 +20,7 @@ from logist import containers
 from logist.errors import EngineUnavailable, UsageError
 
 SCHEMES = ("unix://", "tcp://", "ssh://", "npipe://", "http://", "https://")
+DEFAULT = containers.DEFAULT  # "default": the engine the SDK finds (DOCKER_HOST, the socket)
 PROBE_TIMEOUT = 3.0  # seconds a reachability probe may take
 
 
@@ -35,10 +36,10 @@ def parse(urls: list[str] | str | None) -> list[str]:
         url = raw.strip().rstrip("/")
         if not url:
             continue
-        if not url.startswith(SCHEMES):
+        if url != DEFAULT and not url.startswith(SCHEMES):
             raise UsageError(
                 f"engine {url!r}: not an engine URL (unix://PATH, tcp://HOST:PORT or "
-                "ssh://USER@HOST)"
+                "ssh://USER@HOST, or default: the one DOCKER_HOST names)"
             )
         if url not in out:
             out.append(url)
@@ -46,13 +47,14 @@ def parse(urls: list[str] | str | None) -> list[str]:
 
 
 def configured() -> list[str]:
-    """The engines of this run: ``LOGIST_ENGINES`` (set by ``--engine``), else the default."""
-    return parse(os.environ.get("LOGIST_ENGINES")) or [containers.default_engine()]
+    """The engines of this run: ``LOGIST_ENGINES`` (set by ``--engine``), else ``default``
+    (whatever ``DOCKER_HOST`` names when a command runs)."""
+    return parse(os.environ.get("LOGIST_ENGINES")) or [DEFAULT]
 
 
 def normal(url: str | None) -> str:
-    """``url`` as recorded in a manifest (None: the default engine)."""
-    return (url or containers.default_engine()).rstrip("/")
+    """``url`` as recorded in a manifest (None or ``default``: the default engine)."""
+    return DEFAULT if url in (None, "", DEFAULT) else url.rstrip("/")
 
 
 def uses_volumes(url: str | None) -> bool:
@@ -63,7 +65,8 @@ def uses_volumes(url: str | None) -> bool:
         return True
     if mode == "bind":
         return False
-    return not normal(url).startswith("unix://")
+    url = normal(url)
+    return not (containers.default_engine() if url == DEFAULT else url).startswith("unix://")
 
 
 def reachable(url: str, timeout: float = PROBE_TIMEOUT) -> bool:

@@ -26,8 +26,8 @@ def test_an_engine_without_a_known_scheme_is_refused_with_the_rule(bad):
 
 def test_configured_engines_default_to_the_one_the_sdk_finds(monkeypatch):
     monkeypatch.delenv("LOGIST_ENGINES", raising=False)
-    monkeypatch.setenv("DOCKER_HOST", "unix:///tmp/x.sock")
-    assert engines.configured() == ["unix:///tmp/x.sock"]
+    assert engines.configured() == ["default"]
+    assert engines.parse("default, tcp://h:1") == ["default", "tcp://h:1"]
     monkeypatch.setenv("LOGIST_ENGINES", f"{A},{B}")
     assert engines.configured() == [A, B]
 
@@ -35,6 +35,10 @@ def test_configured_engines_default_to_the_one_the_sdk_finds(monkeypatch):
 def test_workspaces_are_volumes_where_the_engine_does_not_share_our_files(monkeypatch):
     monkeypatch.delenv("LOGIST_WORKSPACES", raising=False)
     assert not engines.uses_volumes("unix:///var/run/docker.sock")
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    assert not engines.uses_volumes("default") and not engines.uses_volumes(None)
+    monkeypatch.setenv("DOCKER_HOST", "tcp://remote:2375")  # the default engine elsewhere
+    assert engines.uses_volumes("default")
     assert engines.uses_volumes(A) and engines.uses_volumes(C)
     monkeypatch.setenv("LOGIST_WORKSPACES", "volume")
     assert engines.uses_volumes("unix:///var/run/docker.sock")
