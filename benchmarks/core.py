@@ -208,15 +208,24 @@ def docker_client():
 def our_containers(ctx: Context) -> list:
     """Containers this run made: logist's (labelled with a jobs root inside the run's scratch
     directory) and the baselines' (labelled with the run id). Never anyone else's."""
+    import docker
+
     cli = docker_client()
-    mine = {}
-    for c in cli.containers.list(all=True, filters={"label": "logist.managed=true"}):
-        root = (c.labels or {}).get("logist.jobs-dir", "")
-        if root == str(ctx.work) or root.startswith(str(ctx.work) + "/"):
-            mine[c.id] = c
-    for c in cli.containers.list(all=True, filters={"label": f"{BENCH_LABEL}={ctx.run_id}"}):
-        mine[c.id] = c
-    return list(mine.values())
+    for attempt in range(5):  # a container removed while the list is read (another process's)
+        try:
+            mine = {}
+            for c in cli.containers.list(all=True, filters={"label": "logist.managed=true"}):
+                root = (c.labels or {}).get("logist.jobs-dir", "")
+                if root == str(ctx.work) or root.startswith(str(ctx.work) + "/"):
+                    mine[c.id] = c
+            bench = {"label": f"{BENCH_LABEL}={ctx.run_id}"}
+            for c in cli.containers.list(all=True, filters=bench):
+                mine[c.id] = c
+            return list(mine.values())
+        except docker.errors.NotFound:
+            if attempt == 4:
+                raise
+    return []
 
 
 def remove_leftovers(ctx: Context) -> list[str]:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import measures_cli, measures_fs, measures_jobs, report
+from benchmarks import measures_cli, measures_fs, measures_jobs, measures_nodes, report
 from benchmarks.core import (
     BENCH_LABEL,
     BUSYBOX,
@@ -145,6 +145,22 @@ MEASURES = (
         measures_jobs.parallel,
     ),
     Measure("help", "logist --help", "limit", 0.1, "", measures_cli.help_),
+    Measure(
+        "remote",
+        "whole job on a remote node (volume workspace) vs local engine",
+        "ratio",
+        2.0,
+        "the same logist run on the local engine (bind-mounted workspace)",
+        measures_nodes.remote,
+    ),
+    Measure(
+        "nodes",
+        "16 jobs x 2 x sleep 1, --parallel 4, 2 nodes vs 1",
+        "ratio",
+        0.75,
+        "the same jobs over one node",
+        measures_nodes.nodes,
+    ),
 )
 NAMES = [m.name for m in MEASURES]
 
