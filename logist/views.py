@@ -94,14 +94,14 @@ def containers_by_job(
     ones), by job, and None; or, when an engine does not answer, what the others gave and the
     reason (the lists are then incomplete: unknown, not empty)."""
     from logist import containers
-    from logist.engines import configured, reachable
+    from logist.engines import DEFAULT, configured, reachable
     from logist.errors import LogistError
 
     out: dict[str, list[str]] = {}
     problems = []
     wanted = list(dict.fromkeys(engines or configured()))
     for engine in wanted:
-        if len(wanted) > 1 and not reachable(engine):  # never the request deadline per engine
+        if engine != DEFAULT and not reachable(engine):  # not the request deadline per engine
             problems.append(f"the engine at {engine} does not answer")
             continue
         try:
