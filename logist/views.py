@@ -94,12 +94,12 @@ def containers_by_job(
     ones), by job, and None; or, when an engine does not answer, what the others gave and the
     reason (the lists are then incomplete: unknown, not empty)."""
     from logist import containers
-    from logist.engines import DEFAULT, configured, reachable
+    from logist.engines import DEFAULT, configured, normal, reachable
     from logist.errors import LogistError
 
     out: dict[str, list[str]] = {}
     problems = []
-    wanted = list(dict.fromkeys(engines or configured()))
+    wanted = list(dict.fromkeys(normal(e) for e in engines)) if engines else configured()
     for engine in wanted:
         if engine != DEFAULT and not reachable(engine):  # not the request deadline per engine
             problems.append(f"the engine at {engine} does not answer")
