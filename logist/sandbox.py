@@ -26,7 +26,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from logist import containers
-from logist.errors import HarvestFailed, Interrupted, LogistError, Rejected, WorkspaceUnseen
+from logist.errors import (
+    EnvironmentProblem,
+    HarvestFailed,
+    Interrupted,
+    LogistError,
+    Rejected,
+    WorkspaceUnseen,
+)
 from logist.model import Job
 from logist.store import Store, owner_id
 
@@ -241,6 +248,10 @@ write_back "$1" "$2" "$3"
 """
 )
 
+# The helper's command when it proves the engine sees the job directory: its first line is
+# what it reads from the marker logist wrote there (the token, or nothing), then it waits.
+VISIBLE = r"""printf 'visible %s\n' "$(cat "/out/$1" 2>/dev/null)"; exec sleep infinity"""
+
 _LINE = re.compile(r"(commit|bundle|ref|current) (\S+)(?: (\S+))?")
 
 
@@ -344,6 +355,11 @@ class Sandbox:
         cli = containers.client()
         image = helper_image()
         containers.ensure_image(cli, image, "missing")
+        token = secrets.token_hex(8) if check else None
+        command = ["sleep", "infinity"]
+        if token is not None:  # the check is the helper's first act: no exec (~55 ms) for it
+            (self.exchange / f"visible-{token}").write_text(token)
+            command = ["sh", "-c", VISIBLE, "visible", f"visible-{token}"]
         mounts = [
             docker.types.Mount("/workspace", str(self.job_dir / "workspace"), type="bind"),
             docker.types.Mount(
@@ -355,7 +371,7 @@ class Sandbox:
             self._container = containers.create(
                 cli,
                 image=image,
-                command=["sleep", "infinity"],
+                command=command,
                 job_id=self.job.id,
                 step="helper",
                 jobs_root=self.store.root,
@@ -370,11 +386,15 @@ class Sandbox:
                 working_dir="/",
             )
         except Rejected as exc:  # our own settings: a 4xx here is a path the engine lacks
+            self._drop_marker(token)
             raise self._unseen(str(exc)) from None
-        with containers.engine_errors("starting the harvest helper"):
-            self._container.start()
-        if check:
-            self._check_visible()
+        try:
+            with containers.engine_errors("starting the harvest helper"):
+                self._container.start()
+            if token is not None:
+                self._check_visible(token)
+        finally:
+            self._drop_marker(token)
 
     def close(self) -> None:
         """Remove the helper (killed at once: it holds no work). An engine that went away
@@ -409,16 +429,33 @@ class Sandbox:
                 os.unlink(entry.path)
         os.chmod(ex, 0o700 if os.geteuid() == 0 else 0o777)
 
-    def _check_visible(self) -> None:
-        token = secrets.token_hex(8)
-        marker = self.exchange / f"visible-{token}"
-        marker.write_text(token)
-        try:
-            code, out, _err = self._exec(["cat", f"/out/visible-{token}"], timeout=60)
-        finally:
-            marker.unlink(missing_ok=True)
-        if code != 0 or out.strip() != token.encode():
-            raise self._unseen("a file written there is not visible inside containers")
+    def _drop_marker(self, token: str | None) -> None:
+        if token is not None:
+            (self.exchange / f"visible-{token}").unlink(missing_ok=True)
+
+    def _check_visible(self, token: str) -> None:
+        """The helper's first line says what it read from the marker written here before it
+        was created: the token when the engine sees this job directory at the same path."""
+        assert self._container is not None
+        deadline = time.monotonic() + 60
+        delay = 0.005
+        while True:
+            with containers.engine_errors("reading the harvest helper's first line"):
+                out = self._container.logs(stdout=True, stderr=False)
+            line = next((x for x in out.decode(errors="replace").splitlines()), None)
+            if line is not None:
+                if line == f"visible {token}":
+                    return
+                raise self._unseen("a file written there is not visible inside containers")
+            if self.should_stop is not None and self.should_stop():
+                raise Interrupted("interrupted while the harvest helper started")
+            if time.monotonic() > deadline or (delay >= 0.2 and not self._alive()):
+                raise EnvironmentProblem(
+                    f"the harvest helper ({helper_image()}) did not say what it sees "
+                    "(it needs sh, cat and sleep)"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
     def _unseen(self, detail: str) -> WorkspaceUnseen:
         return WorkspaceUnseen(
