@@ -158,16 +158,26 @@ start=${H:-$P}
 # A fresh helper borrows the stat data of the workspace's own index (a regular file, read as
 # data): one-way read-tree -m keeps the tree's object ids, and stat data only where they match;
 # the flags that would make git skip a file (assume-unchanged, skip-worktree) are cleared and
-# caches (untracked, split, fsmonitor) are off, so every change is still seen.
+# caches (untracked, split, fsmonitor) are off, so every change is still seen. ls-files -v tags
+# a plain entry "H " (a flagged one h, S or s): the two clearing passes (an index rewrite each)
+# run only when some entry is not plain, and the borrowed index, already read from "$start",
+# is not read again.
+unflag() {
+  GIT_INDEX_FILE=$I gw ls-files -v > /tmp/logist-flags || return 1
+  if grep -q -v '^H ' /tmp/logist-flags; then
+    GIT_INDEX_FILE=$I gw ls-files -z | GIT_INDEX_FILE=$I gw update-index -z \
+      --no-assume-unchanged --stdin 2>/dev/null \
+    && GIT_INDEX_FILE=$I gw ls-files -z | GIT_INDEX_FILE=$I gw update-index -z \
+      --no-skip-worktree --stdin 2>/dev/null
+  fi
+}
+borrowed=
 if [ ! -f "$I" ] && [ -f "$W/.git/index" ] && [ ! -L "$W/.git/index" ] && [ ! -L "$W/.git" ]; then
   cp "$W/.git/index" "$I" 2>/dev/null && GIT_INDEX_FILE=$I gw read-tree -m "$start" 2>/dev/null \
-  && GIT_INDEX_FILE=$I gw ls-files -z | GIT_INDEX_FILE=$I gw update-index -z \
-       --no-assume-unchanged --stdin 2>/dev/null \
-  && GIT_INDEX_FILE=$I gw ls-files -z | GIT_INDEX_FILE=$I gw update-index -z \
-       --no-skip-worktree --stdin 2>/dev/null \
-  || rm -f "$I"
+  && unflag && borrowed=yes || rm -f "$I"
 fi
-GIT_INDEX_FILE=$I gw read-tree -m "$start" 2>/dev/null \
+rm -f /tmp/logist-flags
+[ -n "$borrowed" ] || GIT_INDEX_FILE=$I gw read-tree -m "$start" 2>/dev/null \
   || { rm -f "$I"; GIT_INDEX_FILE=$I g read-tree "$start" 2>/dev/null; } \
   || GIT_INDEX_FILE=$I g read-tree "$P" || exit 11
 cd "$W" || exit 12
