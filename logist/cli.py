@@ -435,6 +435,8 @@ def _fast_path(argv: list[str]) -> int | None:
         "job cancel": job_cancel,
         "job cleanup": job_cleanup,
         "run": run,
+        "job status": job_status,
+        "job list": job_list,
     }[command]
     _state["jobs_dir"] = jobs_dir
     try:

@@ -1,5 +1,5 @@
 """A fast path for the hot commands (``job step``, ``job run``, ``job cancel``, ``job cleanup``,
-``run``) written in their plain forms.
+``run``, ``job status``, ``job list``) written in their plain forms.
 
 Typer coerces every parameter through a pydantic ``TypeAdapter``: importing pydantic and
 building the adapters costs ~65 ms a command (measured: ``job step`` reaches the engine at
@@ -51,10 +51,13 @@ _SPEC_VALUES = {
 }
 _SPEC_LISTS = {"--step": "step", "--env": "env", "--cap-add": "cap_add", "--secret": "secret"}
 
-# command -> (positional: "one" | "many" | "optional", value options, list options, flags)
+# command -> (positional: "none" | "one" | "many" | "optional", value options, list options,
+# flags)
 # A value option maps to (parameter, converter or None for a string).
 _COMMANDS: dict[tuple[str, ...], tuple[str, dict, dict, dict]] = {
     ("job", "step"): ("one", {}, {}, {}),
+    ("job", "status"): ("one", {}, {}, {"--json": "json_"}),
+    ("job", "list"): ("none", {}, {}, {"--json": "json_"}),
     ("job", "run"): (
         "many",
         {"--parallel": ("parallel", _at_least(1))},
@@ -84,7 +87,8 @@ _COMMANDS: dict[tuple[str, ...], tuple[str, dict, dict, dict]] = {
         {"--quiet": "quiet", "-q": "quiet"},
     ),
 }
-_POSITIONAL = {("job", "step"): "job_id", ("job", "cancel"): "job_id"}
+_POSITIONAL = {("job", "step"): "job_id", ("job", "cancel"): "job_id", ("job", "status"): "job_id"}
+_POSITIONAL[("job", "list")] = ""
 _POSITIONAL.update({("job", "run"): "job_ids", ("job", "cleanup"): "job_id", ("run",): "job_id"})
 
 
@@ -132,7 +136,7 @@ def parse(argv: list[str]) -> tuple[str, str | None, dict[str, Any]] | None:
             return None
         i += 1
     name = _POSITIONAL[words]
-    if arity == "one" and len(positional) != 1:
+    if (arity == "one" and len(positional) != 1) or (arity == "none" and positional):
         return None
     if arity == "optional" and len(positional) > 1:
         return None

@@ -20,6 +20,8 @@ FUNCS = {
     "job cancel": cli.job_cancel,
     "job cleanup": cli.job_cleanup,
     "run": cli.run,
+    "job status": cli.job_status,
+    "job list": cli.job_list,
 }
 
 
@@ -54,6 +56,10 @@ def with_defaults(command: str, kwargs: dict) -> dict:
 
 PLAIN = [
     ["job", "step", "j1"],
+    ["job", "status", "j1"],
+    ["job", "status", "j1", "--json"],
+    ["job", "list"],
+    ["--jobs-dir", "/j", "job", "list", "--json"],
     ["--jobs-dir", "/tmp/x", "job", "step", "j1"],
     ["job", "run", "a", "b"],
     ["job", "run", "--all", "--parallel", "8"],
@@ -97,8 +103,9 @@ OTHERS = [
     ["job", "cancel", "j1", "--grace", "-1"],
     ["job", "cancel", "j1", "--wait", "1e3"],
     ["job", "cancel", "--", "j1"],
-    ["job", "status", "j1"],
-    ["job", "list"],
+    ["job", "status"],
+    ["job", "list", "j1"],
+    ["job", "logs", "j1"],
     ["job", "create", "--repo", "."],
     ["run", "--step", "-x"],
     ["run", "--step"],
