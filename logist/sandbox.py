@@ -445,27 +445,26 @@ class Sandbox:
 
     def _check_visible(self, token: str) -> None:
         """The helper's first line says what it read from the marker written here before it
-        was created: the token when the engine sees this job directory at the same path."""
+        was created: the token when the engine sees this job directory at the same path. One
+        following ``logs`` request, read up to that line (no polling)."""
         assert self._container is not None
-        deadline = time.monotonic() + 60
-        delay = 0.005
-        while True:
-            with containers.engine_errors("reading the harvest helper's first line"):
-                out = self._container.logs(stdout=True, stderr=False)
-            line = next((x for x in out.decode(errors="replace").splitlines()), None)
-            if line is not None:
-                if line == f"visible {token}":
-                    return
-                raise self._unseen("a file written there is not visible inside containers")
-            if self.should_stop is not None and self.should_stop():
-                raise Interrupted("interrupted while the harvest helper started")
-            if time.monotonic() > deadline or (delay >= 0.2 and not self._alive()):
-                raise EnvironmentProblem(
-                    f"the harvest helper ({helper_image()}) did not say what it sees "
-                    "(it needs sh, cat and sleep)"
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, 0.2)
+        data = b""
+        with containers.engine_errors("reading the harvest helper's first line"):
+            stream = self._container.logs(stream=True, follow=True, stdout=True, stderr=False)
+            try:
+                for chunk in stream:
+                    data += chunk
+                    if b"\n" in data or len(data) > 4096:
+                        break
+            finally:
+                stream.close()
+        if b"\n" not in data:  # the helper ended without a word (no sh, cat or sleep there)
+            raise EnvironmentProblem(
+                f"the harvest helper ({helper_image()}) did not say what it sees "
+                "(it needs sh, cat and sleep)"
+            )
+        if data.split(b"\n", 1)[0].decode(errors="replace") != f"visible {token}":
+            raise self._unseen("a file written there is not visible inside containers")
 
     def _unseen(self, detail: str) -> WorkspaceUnseen:
         return WorkspaceUnseen(
