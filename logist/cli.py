@@ -493,6 +493,36 @@ def _interrupt(signum, frame) -> None:
     raise Interrupted("interrupted")  # not a LogistError: nothing in the core swallows it
 
 
+def _fast_path(argv: list[str]) -> int | None:
+    """A hot command in its plain form, run without Typer's parsing (see ``logist.fastcli``);
+    None when the command line is not one of those."""
+    from logist.fastcli import parse
+
+    parsed = parse(argv)
+    if parsed is None:
+        return None
+    command, jobs_dir, kwargs = parsed
+    func = {
+        "job step": job_step,
+        "job run": job_run,
+        "job cancel": job_cancel,
+        "job cleanup": job_cleanup,
+        "run": run,
+        "job status": job_status,
+        "job list": job_list,
+    }[command]
+    _state["jobs_dir"] = jobs_dir
+    try:
+        func(**kwargs)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except KeyboardInterrupt:  # as Typer does
+        return 130
+    except BrokenPipeError:
+        return 1
+    return 0
+
+
 def main() -> None:
     """Entry point: run the app; every ``LogistError`` and every usage error of the parser
     becomes one line on stderr with the contract's exit code (2 for usage)."""
@@ -504,7 +534,9 @@ def main() -> None:
 
     debug = os.environ.get("LOGIST_DEBUG") == "1"
     try:
-        code = app(prog_name="logist", standalone_mode=False)
+        code = _fast_path(sys.argv[1:])
+        if code is None:
+            code = app(prog_name="logist", standalone_mode=False)
     except (LogistError, Interrupted) as exc:
         if debug:
             import traceback

@@ -34,6 +34,7 @@ MANAGED, JOB, STEP, ROOT, OWNER = (
     "logist.owner",
 )
 STOP_GRACE = 5.0
+WATCH_POLL = 0.05  # seconds between a running step's should_stop() polls (a cancel's latency)
 DOCKER_TIMEOUT = 30.0  # seconds any engine call but a step's own wait may take (env overrides)
 BUSYBOX = "logist/busybox:latest"
 
@@ -537,7 +538,7 @@ def run_container(
 
     def watch() -> None:
         next_ping = time.monotonic() + min(5.0, patience)
-        while not done.wait(0.1):
+        while not done.wait(WATCH_POLL):
             reason = should_stop()
             if reason is None and deadline is not None and time.monotonic() >= deadline:
                 reason = "timeout"

@@ -26,7 +26,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from logist import containers
-from logist.errors import HarvestFailed, Interrupted, LogistError, Rejected, WorkspaceUnseen
+from logist.errors import (
+    EnvironmentProblem,
+    HarvestFailed,
+    Interrupted,
+    LogistError,
+    Rejected,
+    WorkspaceUnseen,
+)
 from logist.model import Job
 from logist.store import Store, owner_id
 
@@ -152,16 +159,26 @@ start=${H:-$P}
 # A fresh helper borrows the stat data of the workspace's own index (a regular file, read as
 # data): one-way read-tree -m keeps the tree's object ids, and stat data only where they match;
 # the flags that would make git skip a file (assume-unchanged, skip-worktree) are cleared and
-# caches (untracked, split, fsmonitor) are off, so every change is still seen.
+# caches (untracked, split, fsmonitor) are off, so every change is still seen. ls-files -v tags
+# a plain entry "H " (a flagged one h, S or s): the two clearing passes (an index rewrite each)
+# run only when some entry is not plain, and the borrowed index, already read from "$start",
+# is not read again.
+unflag() {
+  GIT_INDEX_FILE=$I gw ls-files -v > /tmp/logist-flags || return 1
+  if grep -q -v '^H ' /tmp/logist-flags; then
+    GIT_INDEX_FILE=$I gw ls-files -z | GIT_INDEX_FILE=$I gw update-index -z \
+      --no-assume-unchanged --stdin 2>/dev/null \
+    && GIT_INDEX_FILE=$I gw ls-files -z | GIT_INDEX_FILE=$I gw update-index -z \
+      --no-skip-worktree --stdin 2>/dev/null
+  fi
+}
+borrowed=
 if [ ! -f "$I" ] && [ -f "$W/.git/index" ] && [ ! -L "$W/.git/index" ] && [ ! -L "$W/.git" ]; then
   cp "$W/.git/index" "$I" 2>/dev/null && GIT_INDEX_FILE=$I gw read-tree -m "$start" 2>/dev/null \
-  && GIT_INDEX_FILE=$I gw ls-files -z | GIT_INDEX_FILE=$I gw update-index -z \
-       --no-assume-unchanged --stdin 2>/dev/null \
-  && GIT_INDEX_FILE=$I gw ls-files -z | GIT_INDEX_FILE=$I gw update-index -z \
-       --no-skip-worktree --stdin 2>/dev/null \
-  || rm -f "$I"
+  && unflag && borrowed=yes || rm -f "$I"
 fi
-GIT_INDEX_FILE=$I gw read-tree -m "$start" 2>/dev/null \
+rm -f /tmp/logist-flags
+[ -n "$borrowed" ] || GIT_INDEX_FILE=$I gw read-tree -m "$start" 2>/dev/null \
   || { rm -f "$I"; GIT_INDEX_FILE=$I g read-tree "$start" 2>/dev/null; } \
   || GIT_INDEX_FILE=$I g read-tree "$P" || exit 11
 cd "$W" || exit 12
@@ -256,6 +273,10 @@ write_back "$1" "$2" "$3"
 )
 
 _BUNDLE = re.compile(r"[0-9a-f]{16}\.bundle")
+# The helper's command when it proves the engine sees the job directory: its first line is
+# what it reads from the marker logist wrote there (the token, or nothing), then it waits.
+VISIBLE = r"""printf 'visible %s\n' "$(cat "/out/$1" 2>/dev/null)"; exec sleep infinity"""
+
 _LINE = re.compile(r"(commit|bundle|ref|current) (\S+)(?: (\S+))?")
 
 
@@ -362,7 +383,12 @@ class Sandbox:
         cli = containers.client()
         image = helper_image()
         containers.ensure_image(cli, image, "missing")
-        if self.volume is not None:
+        token = secrets.token_hex(8) if check and self.volume is None else None
+        command = ["sleep", "infinity"]
+        if token is not None:  # the check is the helper's first act: no exec (~55 ms) for it
+            (self.exchange / f"visible-{token}").write_text(token)
+            command = ["sh", "-c", VISIBLE, "visible", f"visible-{token}"]
+        if self.volume is not None:  # on the engine: nothing of this host's to see
             mounts = [docker.types.Mount("/workspace", self.volume, type="volume")]
         else:
             mounts = [
@@ -376,7 +402,7 @@ class Sandbox:
             self._container = containers.create(
                 cli,
                 image=image,
-                command=["sleep", "infinity"],
+                command=command,
                 job_id=self.job.id,
                 step="helper",
                 jobs_root=self.store.root,
@@ -391,19 +417,23 @@ class Sandbox:
                 working_dir="/",
             )
         except Rejected as exc:  # our own settings: a 4xx here is a path the engine lacks
+            self._drop_marker(token)
             if self.volume is not None:
                 raise
             raise self._unseen(str(exc)) from None
         if self.volume is not None:
             self._send_trusted()
-        with containers.engine_errors("starting the harvest helper"):
-            self._container.start()
+        try:
+            with containers.engine_errors("starting the harvest helper"):
+                self._container.start()
+            if token is not None:
+                self._check_visible(token)
+        finally:
+            self._drop_marker(token)
         if self.volume is not None:
             code, _out, err = self._exec(["sh", "-c", TRUSTED_INIT], timeout=600)
             if code != 0:
                 raise HarvestFailed(f"the harvest helper failed to start: {_last_line(err, code)}")
-        elif check:
-            self._check_visible()
 
     def _send_trusted(self) -> None:
         """Volume workspaces: a bundle of what logist has of the job (its branch and kept refs)
@@ -455,15 +485,31 @@ class Sandbox:
                 os.unlink(entry.path)
         os.chmod(ex, 0o700 if os.geteuid() == 0 else 0o777)
 
-    def _check_visible(self) -> None:
-        token = secrets.token_hex(8)
-        marker = self.exchange / f"visible-{token}"
-        marker.write_text(token)
-        try:
-            code, out, _err = self._exec(["cat", f"/out/visible-{token}"], timeout=60)
-        finally:
-            marker.unlink(missing_ok=True)
-        if code != 0 or out.strip() != token.encode():
+    def _drop_marker(self, token: str | None) -> None:
+        if token is not None:
+            (self.exchange / f"visible-{token}").unlink(missing_ok=True)
+
+    def _check_visible(self, token: str) -> None:
+        """The helper's first line says what it read from the marker written here before it
+        was created: the token when the engine sees this job directory at the same path. One
+        following ``logs`` request, read up to that line (no polling)."""
+        assert self._container is not None
+        data = b""
+        with containers.engine_errors("reading the harvest helper's first line"):
+            stream = self._container.logs(stream=True, follow=True, stdout=True, stderr=False)
+            try:
+                for chunk in stream:
+                    data += chunk
+                    if b"\n" in data or len(data) > 4096:
+                        break
+            finally:
+                stream.close()
+        if b"\n" not in data:  # the helper ended without a word (no sh, cat or sleep there)
+            raise EnvironmentProblem(
+                f"the harvest helper ({helper_image()}) did not say what it sees "
+                "(it needs sh, cat and sleep)"
+            )
+        if data.split(b"\n", 1)[0].decode(errors="replace") != f"visible {token}":
             raise self._unseen("a file written there is not visible inside containers")
 
     def _unseen(self, detail: str) -> WorkspaceUnseen:

@@ -91,3 +91,39 @@ def test_step_and_helper_containers_use_bind_mounts_that_fail_on_a_missing_sourc
             binds={str(missing): ("/x", False)},
         )
     assert not missing.exists()
+
+
+@pytest.mark.timeout(120)
+def test_a_helper_that_does_not_see_the_marker_written_for_it_runs_no_step(
+    docker_client, jobs_root, source_repo, logist, monkeypatch
+):
+    """The engine mounts another directory than logist's at the same path (here: the exchange
+    directory replaced between the helper's create and its start): the helper's first line
+    names no token, the job stays pending, no step ran, nothing is left."""
+    from logist import containers, engine
+    from logist.errors import WorkspaceUnseen
+    from logist.store import Store
+    from tests.helpers import create_job
+    from tests.helpers import job_status as status
+
+    job = create_job(logist, source_repo, "echo ran > ran.txt")
+    exchange = jobs_root / job / ".exchange"
+    real = containers.create
+
+    def create(cli, **kw):
+        made = real(cli, **kw)
+        if kw.get("step") == "helper":  # the engine will mount what is at the path at start
+            exchange.rename(exchange.with_name(".exchange-logist-wrote"))
+            exchange.mkdir()
+        return made
+
+    monkeypatch.setattr(containers, "create", create)
+    result = engine.Engine(Store(jobs_root)).run_job(job)
+    assert isinstance(result.error, WorkspaceUnseen)
+    assert "not visible inside containers" in str(result.error)
+    view = status(logist, job)
+    assert view["state"] == "pending"
+    assert [s["state"] for s in view["steps"]] == ["pending"]
+    assert not (jobs_root / job / "workspace" / "ran.txt").exists()
+    labels = [f"logist.job={job}", f"logist.jobs-dir={jobs_root}"]
+    assert docker_client.containers.list(all=True, filters={"label": labels}) == []
