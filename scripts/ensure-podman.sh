@@ -198,6 +198,12 @@ driver = \"overlay\""
     say "rootless storage driver is '${driver:-?}', not overlay (a store made earlier on vfs?" \
       "'podman system reset' as $ROOTLESS starts it anew)"
   fi
+  mp="$HOME_DIR/.local/share/containers/storage/overlay/.has-mount-program"
+  if [ "$(cat "$mp" 2>/dev/null)" = true ] &&
+     ! (cd / && runuser -u "$ROOTLESS" -- test -r /dev/fuse -a -w /dev/fuse); then
+    say "$ROOTLESS's store was made with fuse-overlayfs, which cannot open /dev/fuse here:" \
+      "'podman system reset' as $ROOTLESS starts it anew on native overlay"
+  fi
   start_service "$XDG/podman/podman.sock" "$HOME_DIR/.logist-podman.log" "$ROOTLESS"
   URL="unix://$XDG/podman/podman.sock"
   say "rootless Podman for $ROOTLESS ready at $URL"
