@@ -141,16 +141,22 @@ def adapt(cli: DockerClient, kwargs: dict[str, Any]) -> dict[str, Any]:
             f"usable by this user): steps run with --network {FALLBACK_NETWORK}; pass "
             "--network host for network access (the host's network, not isolated)",
         )
+    from logist.containers import DEFAULT_PIDS, STEP
+
     asked = [
         flag
         for flag, key in (("--memory", "mem_limit"), ("--cpus", "nano_cpus"))
         if kwargs.get(key)
     ]
+    step = (kwargs.get("labels") or {}).get(STEP)
+    if kwargs.get("pids_limit") not in (None, DEFAULT_PIDS) and step != "helper":
+        asked.append("--pids")
     if info.limits_ignored and asked:
         say_once(
             "limits",
-            f"rootless Podman on cgroup v1 ignores resource limits: {'/'.join(asked)} (and "
-            "--pids) will not be enforced; use rootful Podman, Docker, or a cgroup v2 host",
+            f"rootless Podman on cgroup v1 ignores resource limits: {'/'.join(asked)} will "
+            "not be enforced (nor the default pids limit); use rootful Podman, Docker, or a "
+            "cgroup v2 host",
         )
     return kwargs
 

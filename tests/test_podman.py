@@ -133,11 +133,15 @@ def test_rootless_podman_on_cgroup_v1_warns_once_that_limits_are_ignored(
     if engine["cgroup"] != "1":
         pytest.skip(f"cgroup v{engine['cgroup']}: rootless Podman enforces limits there")
     job = create_job(
-        logist, source_repo, "true", "true", extra=("--memory", "256m", "--network", "none")
+        logist,
+        source_repo,
+        "true",
+        "true",
+        extra=("--memory", "256m", "--pids", "64", "--network", "none"),
     )
     out = logist("job", "run", job)
     assert out.returncode == 0, out.stderr
-    assert out.stderr.count("ignores resource limits: --memory") == 1, out.stderr
+    assert out.stderr.count("ignores resource limits: --memory/--pids") == 1, out.stderr
     # no limit asked, nothing said
     job = create_job(logist, source_repo, "true", extra=("--network", "none"))
     out = logist("job", "run", job)
