@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from logist import podman
 from logist.errors import (
     EngineRejected,
     EngineUnavailable,
@@ -155,7 +156,8 @@ def engine_errors(what: str) -> Iterator[None]:
                 f"{what}: the engine refused it: {_one_line(exc.explanation)}"
             ) from None
         raise EnvironmentProblem(
-            f"{what}: Docker engine error: {_one_line(exc.explanation)}"
+            f"{what}: Docker engine error: "
+            f"{podman.explain(str(exc.explanation)) or _one_line(exc.explanation)}"
         ) from None
     except (requests.exceptions.RequestException, docker.errors.DockerException, OSError) as exc:
         _LOST[engine_location()] = time.monotonic()
@@ -293,7 +295,7 @@ def create(
 
     kwargs.setdefault("init", True)
     kwargs["labels"] = {**kwargs.get("labels", {}), **labels(job_id, step, jobs_root, owner)}
-    kwargs = _hardened(kwargs, cap_add)
+    kwargs = podman.adapt(cli, _hardened(kwargs, cap_add))
     with engine_errors(f"creating a container of {image}"):
         try:
             return cli.containers.create(image, command, **kwargs)
@@ -568,8 +570,10 @@ def run_container(
         with engine_errors(f"running step container {container.short_id}"):
             try:
                 container.start()
-                stream.append(container.logs(stream=True, follow=True, stdout=True, stderr=True))
-                watcher.start()
+                watcher.start()  # first: Podman answers the logs request at the first output
+                stream.append(podman.follow_logs(container))
+                if lost:  # the engine went before the stream was there to close
+                    raise lost[0]
                 for chunk in stream[0]:
                     on_output(chunk)
                 if lost:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from dataclasses import asdict, dataclass
 
-from logist import containers
+from logist import containers, podman
 from logist.errors import LogistError, Rejected
 from logist.store import Store, owner_id, private_problem
 
@@ -36,18 +37,12 @@ def _engine_checks(store: Store, engine: str, first: bool) -> list[Check]:
 
     checks = []
     cli = None
+    info = None
     try:
         cli = containers.client()
         with containers.engine_errors("asking the engine its version"):
-            v = cli.version()
-        checks.append(
-            Check(
-                "engine",
-                True,
-                f"Docker {v.get('Version')} (API "
-                f"{v.get('ApiVersion')}) at {containers.engine_location()}",
-            )
-        )
+            info = podman.engine_info(cli)
+        checks.append(Check("engine", True, f"{info.label} at {containers.engine_location()}"))
     except LogistError as exc:
         checks.append(Check("engine", False, str(exc)))
     if first:
@@ -71,6 +66,8 @@ def _engine_checks(store: Store, engine: str, first: bool) -> list[Check]:
         )
     else:
         checks.append(_visible(cli, store, present))
+    if info is not None and info.kind == "Podman" and info.rootless:
+        checks.extend(_rootless_podman(cli, store, info, present))
     remote = uses_volumes(engine) and not where.startswith("unix://")
     fix = (
         f"logist image push IMAGE --engine {where}"
@@ -144,6 +141,68 @@ def _visible(cli, store: Store, images: list[str]) -> Check:
         return Check("jobs-root-visible", False, str(exc))
     finally:
         marker.unlink(missing_ok=True)
+
+
+def _rootless_podman(cli, store: Store, info: podman.EngineInfo, images: list[str]) -> list[Check]:
+    """What a rootless Podman does differently: whether a step as the invoking user can write
+    its workspace (``userns = "keep-id"``), which network steps get, resource limits."""
+    checks = [_user_writes(cli, store, images)]
+    if podman.bridge_possible():
+        checks.append(Check("network", True, "bridge networking works (slirp4netns)"))
+    else:
+        checks.append(
+            Check(
+                "network",
+                True,
+                f"no bridge networking ({podman.TUN} is not usable by this user): steps run "
+                f"with --network {podman.FALLBACK_NETWORK} unless --network host is given",
+            )
+        )
+    if info.limits_ignored:
+        detail = "cgroup v1: --memory/--cpus/--pids are ignored (not enforced) by rootless Podman"
+    else:
+        detail = f"cgroup v{info.cgroup_version or '?'}: enforced"
+    checks.append(Check("resource-limits", True, detail))
+    return checks
+
+
+def _user_writes(cli, store: Store, images: list[str]) -> Check:
+    """A container as our uid:gid writes a directory of ours as ours (rootless Podman maps it
+    so only with ``userns = "keep-id"``)."""
+    if not images:
+        return Check("rootless-user", False, "no default image to check with")
+    probe = store.root / f".doctor-{secrets.token_hex(4)}"
+    fix = (
+        'set userns = "keep-id" under [containers] in ~/.config/containers/containers.conf '
+        "and restart the Podman service (scripts/ensure-podman.sh --rootless USER does)"
+    )
+    try:
+        probe.mkdir(mode=0o700)
+        code, _logs = containers.run_helper(
+            cli,
+            image=images[-1],
+            command=["touch", "/probe/written"],
+            job_id="doctor",
+            jobs_root=store.root,
+            owner=owner_id(),
+            binds={str(probe): ("/probe", False)},
+            user=f"{os.getuid()}:{os.getgid()}",
+            timeout=60,
+        )
+        written = probe / "written"
+        ok = code == 0 and written.exists() and written.stat().st_uid == os.getuid()
+        detail = (
+            "a step as the invoking user writes its workspace as that user (keep-id)"
+            if ok
+            else f"a step as the invoking user cannot write its workspace: {fix}"
+        )
+        return Check("rootless-user", ok, detail)
+    except LogistError as exc:
+        return Check("rootless-user", False, str(exc))
+    finally:
+        with contextlib.suppress(OSError):
+            (probe / "written").unlink(missing_ok=True)
+            probe.rmdir()
 
 
 def report(store: Store) -> dict:

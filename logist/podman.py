@@ -1,0 +1,199 @@
+"""Podman behind the Docker-compatible API: what kind of engine answers, and the few settings
+a rootless Podman needs so a step runs as the contract says. See docs/podman.md.
+
+Facts this module acts on (Podman 4.3 on Debian bookworm): a rootless Podman maps the
+container's uids into the user's subordinate range, so a step running as the invoking user
+cannot write its workspace unless the user namespace keeps the user's id (``keep-id``); it gets
+a bridge network only through slirp4netns, which needs ``/dev/net/tun``; on cgroup v1 it
+ignores ``--memory``/``--cpus``/``--pids``. Its logs endpoint answers (headers included) only
+with a container's first output.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+    from docker.models.containers import Container
+
+TUN = "/dev/net/tun"
+FALLBACK_NETWORK = "none"
+
+_said: set[str] = set()
+_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    kind: str  # "Docker" | "Podman"
+    version: str
+    api_version: str
+    rootless: bool
+    cgroup_version: str  # "1", "2" or "" when unknown
+
+    @property
+    def label(self) -> str:
+        mode = "rootless " if self.rootless else ""
+        return f"{mode}{self.kind} {self.version} (API {self.api_version})"
+
+    @property
+    def limits_ignored(self) -> bool:
+        """A rootless Podman on cgroup v1 runs containers without their resource limits."""
+        return self.kind == "Podman" and self.rootless and self.cgroup_version == "1"
+
+
+def engine_info(cli: DockerClient) -> EngineInfo:
+    """What answers at ``cli`` (``/version``'s components name Podman; rootless and the cgroup
+    version from Podman's own ``/libpod/info``, else Docker's ``/info``); cached per client.
+
+    Raises:
+        docker.errors.APIError, requests.exceptions.RequestException: the engine failed.
+    """
+    cached = getattr(cli, "_logist_engine_info", None)
+    if cached is not None:
+        return cached
+    v = _version(cli)
+    components = v.get("Components") or []
+    podman = next((c for c in components if "podman" in str(c.get("Name", "")).lower()), None)
+    if podman is not None:
+        kind, version = "Podman", str(podman.get("Version") or v.get("Version"))
+        api = (podman.get("Details") or {}).get("APIVersion") or version
+        rootless, cgroup = _podman_host(cli, api)
+    else:
+        kind, version = "Docker", str(v.get("Version"))
+        info = cli.info()
+        rootless = any("rootless" in str(o) for o in info.get("SecurityOptions") or [])
+        cgroup = str(info.get("CgroupVersion") or "")
+    found = EngineInfo(kind, version, str(v.get("ApiVersion") or ""), rootless, cgroup)
+    cli._logist_engine_info = found  # type: ignore[attr-defined]
+    return found
+
+
+def _version(cli: DockerClient) -> dict:
+    cached = getattr(cli, "_logist_version", None)
+    if cached is None:
+        cached = cli.version()
+        cli._logist_version = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def is_podman(cli: DockerClient) -> bool:
+    """Whether Podman answers at ``cli`` (one ``/version`` per client)."""
+    return any(
+        "podman" in str(c.get("Name", "")).lower() for c in _version(cli).get("Components") or []
+    )
+
+
+def _podman_host(cli: DockerClient, api_version: str) -> tuple[bool, str]:
+    from logist.containers import request_timeout
+
+    url = f"{cli.api.base_url}/v{api_version}/libpod/info"  # (unversioned: 404)
+    resp = cli.api.get(url, timeout=request_timeout())
+    resp.raise_for_status()
+    host = resp.json().get("host") or {}
+    rootless = bool((host.get("security") or {}).get("rootless"))
+    return rootless, str(host.get("cgroupVersion") or "").removeprefix("v")
+
+
+def bridge_possible() -> bool:
+    """Whether a rootless Podman on this machine can give a container a bridge network:
+    slirp4netns opens ``/dev/net/tun`` as the user who runs it (the user running logist, for
+    a local socket). For an engine elsewhere we cannot tell, and assume it can."""
+    from logist.containers import engine_location
+
+    if not engine_location().startswith("unix://"):
+        return True
+    return os.access(TUN, os.R_OK | os.W_OK)
+
+
+def say_once(key: str, message: str) -> None:
+    """Print ``message`` on stderr, once per process."""
+    with _lock:
+        if key in _said:
+            return
+        _said.add(key)
+    print(f"logist: {message}", file=sys.stderr, flush=True)
+
+
+def adapt(cli: DockerClient, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``containers.create``'s settings for the engine at ``cli``: unchanged for Docker and a
+    rootful Podman. For a rootless Podman, a bridge network that is impossible here becomes
+    ``none`` (said once), and ignored resource limits are said once. (The user namespace that
+    keeps the user's id, so a step as the invoking user can write its workspace, is Podman's
+    ``userns = "keep-id"`` in containers.conf: the SDK refuses ``userns_mode`` but ``host``;
+    ``doctor`` checks it.)"""
+    try:
+        info = engine_info(cli) if is_podman(cli) else None
+    except Exception:  # the create that follows reports an engine that fails
+        return kwargs
+    if info is None or not info.rootless:
+        return kwargs
+    if kwargs.get("network_mode", "bridge") in ("bridge", "default") and not bridge_possible():
+        kwargs["network_mode"] = FALLBACK_NETWORK
+        say_once(
+            "network",
+            f"rootless Podman cannot give containers a bridge network here ({TUN} is not "
+            f"usable by this user): steps run with --network {FALLBACK_NETWORK}; pass "
+            "--network host for network access (the host's network, not isolated)",
+        )
+    from logist.containers import DEFAULT_PIDS, STEP
+
+    asked = [
+        flag
+        for flag, key in (("--memory", "mem_limit"), ("--cpus", "nano_cpus"))
+        if kwargs.get(key)
+    ]
+    step = (kwargs.get("labels") or {}).get(STEP)
+    if kwargs.get("pids_limit") not in (None, DEFAULT_PIDS) and step != "helper":
+        asked.append("--pids")
+    if info.limits_ignored and asked:
+        say_once(
+            "limits",
+            f"rootless Podman on cgroup v1 ignores resource limits: {'/'.join(asked)} will "
+            "not be enforced (nor the default pids limit); use rootful Podman, Docker, or a "
+            "cgroup v2 host",
+        )
+    return kwargs
+
+
+def follow_logs(container: Container) -> Any:
+    """``container.logs(stream=True, follow=True, stdout=True, stderr=True)``; from Podman,
+    asked without a read deadline: Podman sends the response's headers only with the
+    container's first output, so the client's request deadline would count a silent step as an
+    engine gone (the caller watches the engine by pinging it meanwhile). The stream itself has
+    no deadline either way (the SDK lifts it)."""
+    if not is_podman(container.client):
+        return container.logs(stream=True, follow=True, stdout=True, stderr=True)
+    from docker.types.daemon import CancellableStream
+
+    from logist.containers import request_timeout
+
+    api = container.client.api
+    # the SDK's own logs request (APIClient.logs), with (connect, read) deadlines of our own
+    params = {"stdout": 1, "stderr": 1, "timestamps": 0, "follow": 1, "tail": "all"}
+    url = api._url("/containers/{0}/logs", container.id)
+    res = api._get(url, params=params, stream=True, timeout=(request_timeout(), None))
+    return CancellableStream(api._get_result(container.id, True, res), res)
+
+
+def explain(message: str) -> str | None:
+    """A one-line fix for an engine error that Podman is known to give, or None."""
+    text = message.lower()
+    if "slirp4netns" in text or TUN in text:
+        return (
+            f"rootless Podman cannot make a bridge network here ({TUN} is not usable): "
+            "use --network none or --network host"
+        )
+    if "rlimit" in text:
+        return (
+            "Podman's default ulimits exceed this host's: set default_ulimits in "
+            "containers.conf (scripts/ensure-podman.sh does)"
+        )
+    if "catatonit" in text or "init binary" in text:
+        return "Podman's --init needs catatonit: apt-get install catatonit"
+    return None

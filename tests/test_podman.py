@@ -1,0 +1,148 @@
+"""Podman as the engine (docs/podman.md): what logist does differently, proven against whatever
+engine ``DOCKER_HOST`` names. scripts/test-podman.sh runs this file (with the core tests of
+tests/podman_core.txt) against rootful Podman and, as a non-root user, rootless Podman; the
+Docker suite runs it too (the engine-agnostic tests must pass on Docker as well).
+
+Rootless Podman here has no usable /dev/net/tun: steps get ``--network none`` (said once), and
+``--network host`` is what gives them a network; the tests below say which they use."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.helpers import create_job, git, job_status
+
+pytestmark = pytest.mark.docker
+
+
+def _engine(docker_client) -> dict:
+    """What the engine says it is, asked without logist: kind, rootless, cgroup version."""
+    v = docker_client.version()
+    podman = next(
+        (c for c in v.get("Components") or [] if "podman" in c.get("Name", "").lower()), None
+    )
+    if podman is None:
+        return {"kind": "Docker", "rootless": False, "cgroup": ""}
+    api = podman["Details"]["APIVersion"]
+    host = docker_client.api.get(f"{docker_client.api.base_url}/v{api}/libpod/info").json()["host"]
+    return {
+        "kind": "Podman",
+        "rootless": bool(host["security"]["rootless"]),
+        "cgroup": str(host["cgroupVersion"]).removeprefix("v"),
+    }
+
+
+def _rootless_podman(docker_client) -> dict:
+    engine = _engine(docker_client)
+    if not (engine["kind"] == "Podman" and engine["rootless"]):
+        pytest.skip(f"about rootless Podman; the engine is {engine['kind']} (not rootless)")
+    return engine
+
+
+@pytest.mark.timeout(120)
+def test_doctor_names_the_engine_kind_and_whether_it_is_rootless(logist, docker_client):
+    engine = _engine(docker_client)
+    out = logist("doctor", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    checks = {c["name"]: c for c in json.loads(out.stdout)["checks"]}
+    detail = checks["engine"]["detail"]
+    assert detail.startswith(("rootless " if engine["rootless"] else "") + engine["kind"] + " ")
+    if engine["kind"] == "Podman" and engine["rootless"]:
+        assert checks["rootless-user"]["ok"], checks["rootless-user"]
+        assert "network" in checks and "resource-limits" in checks
+        ignored = "ignored" in checks["resource-limits"]["detail"]
+        assert ignored == (engine["cgroup"] == "1")
+    else:
+        assert "rootless-user" not in checks
+
+
+@pytest.mark.timeout(180)
+def test_a_step_as_the_invoking_user_writes_its_workspace_as_that_user(
+    logist, source_repo, jobs_root
+):
+    job = create_job(
+        logist,
+        source_repo,
+        "echo mine > made-by-step && mkdir -p d && touch d/f",
+        extra=("--cleanup", "never", "--network", "none"),
+    )
+    out = logist("job", "run", job)
+    assert out.returncode == 0, out.stderr
+    ws = jobs_root / job / "workspace"
+    for path in (ws / "made-by-step", ws / "d", ws / "d" / "f"):
+        assert path.stat().st_uid == os.getuid(), path
+    assert git(source_repo, "show", f"logist/{job}:made-by-step").strip() == "mine"
+    assert logist("job", "cleanup", job).returncode == 0
+    assert not ws.exists()
+
+
+@pytest.mark.timeout(240)
+def test_files_a_root_step_left_unreadable_are_harvested_and_removed_by_cleanup(
+    logist, source_repo, jobs_root
+):
+    """Root in the step is another uid on the host under rootless Podman (a subordinate id):
+    logist removes its files all the same (through a root helper), after harvesting them."""
+    job = create_job(
+        logist,
+        source_repo,
+        "mkdir -p locked/deeper && echo secret > locked/deeper/f && echo top > top.txt "
+        "&& chmod 000 locked/deeper locked",
+        extra=("--user", "root", "--cleanup", "never", "--network", "none"),
+    )
+    out = logist("job", "run", job)
+    assert out.returncode == 0, out.stderr
+    ws = jobs_root / job / "workspace"
+    assert (ws / "locked").exists()
+    assert git(source_repo, "show", f"logist/{job}:top.txt").strip() == "top"
+    assert git(source_repo, "show", f"logist/{job}:locked/deeper/f").strip() == "secret"
+    out = logist("job", "cleanup", job)
+    assert out.returncode == 0, out.stderr
+    assert not ws.exists()
+    assert job_status(logist, job)["workspace"]["state"] == "removed"
+
+
+@pytest.mark.timeout(180)
+def test_rootless_podman_without_a_bridge_runs_steps_on_network_none_and_says_so_once(
+    logist, source_repo, docker_client
+):
+    _rootless_podman(docker_client)
+    if os.access("/dev/net/tun", os.R_OK | os.W_OK):
+        pytest.skip("this user can open /dev/net/tun: bridge networking works here")
+    # the default network (bridge) is impossible here: two steps, one notice
+    job = create_job(logist, source_repo, "ls /sys/class/net > nets1", "ls /sys/class/net > nets2")
+    out = logist("job", "run", job)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("steps run with --network none") == 1, out.stderr
+    assert git(source_repo, "show", f"logist/{job}:nets1").split() == ["lo"]
+    # --network host works (and says nothing)
+    job = create_job(logist, source_repo, "ls /sys/class/net > nets", extra=("--network", "host"))
+    out = logist("job", "run", job)
+    assert out.returncode == 0, out.stderr
+    assert "--network none" not in out.stderr
+    assert len(git(source_repo, "show", f"logist/{job}:nets").split()) > 1
+
+
+@pytest.mark.timeout(180)
+def test_rootless_podman_on_cgroup_v1_warns_once_that_limits_are_ignored(
+    logist, source_repo, docker_client
+):
+    engine = _rootless_podman(docker_client)
+    if engine["cgroup"] != "1":
+        pytest.skip(f"cgroup v{engine['cgroup']}: rootless Podman enforces limits there")
+    job = create_job(
+        logist,
+        source_repo,
+        "true",
+        "true",
+        extra=("--memory", "256m", "--pids", "64", "--network", "none"),
+    )
+    out = logist("job", "run", job)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("ignores resource limits: --memory/--pids") == 1, out.stderr
+    # no limit asked, nothing said
+    job = create_job(logist, source_repo, "true", extra=("--network", "none"))
+    out = logist("job", "run", job)
+    assert out.returncode == 0 and "resource limits" not in out.stderr, out.stderr
