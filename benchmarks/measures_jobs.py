@@ -292,11 +292,20 @@ def interrupt(ctx: Context, scratch: Path, res: Result) -> None:
 # --- many jobs in parallel -----------------------------------------------------------------------
 
 
+def sleeping_jobs(root: Path, repo: Path, image: str, jobs: int, steps: int) -> list[str]:
+    """``jobs`` pending jobs of ``steps`` x ``sleep 1`` in a new jobs root; their ids."""
+    from logist.jobs import create_job
+    from logist.store import Store
+
+    store = Store(root)
+    root.mkdir()
+    raw = {"repo": str(repo), "image": image, "steps": ["sleep 1"] * steps}
+    return [create_job(store, {**raw, "id": f"job-{n:02d}"}).id for n in range(jobs)]
+
+
 def parallel(ctx: Context, scratch: Path, res: Result) -> None:
     """``logist job run --all --parallel P`` of N jobs of 2 x ``sleep 1``, vs docker alone
     (``xargs -P P`` of the same ``docker run``s), measured in the same run."""
-    from logist.jobs import create_job
-    from logist.store import Store
 
     jobs, par, steps = ctx.pick(16, 8), 8, 2
     res.title = f"{jobs} jobs x {steps} x sleep 1, --parallel {par}"
@@ -305,12 +314,7 @@ def parallel(ctx: Context, scratch: Path, res: Result) -> None:
 
     def logist(i: int) -> float:
         root = scratch / f"jobs-{i}"
-        store = Store(root)
-        root.mkdir()
-        ids = []
-        for n in range(jobs):
-            raw = {"id": f"par-{n:02d}", "repo": str(repo), "image": ctx.image}
-            ids.append(create_job(store, {**raw, "steps": ["sleep 1"] * steps}).id)
+        ids = sleeping_jobs(root, repo, ctx.image, jobs, steps)
         seconds = timed_run(ctx.lg(root, "job", "run", "--all", "--parallel", str(par)))
         for job_id in ids:
             expect_done(root, job_id)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from benchmarks.core import BenchError, Context, Result, alternate, docker_client, timed_run
 from benchmarks.fixtures import make_repo
-from benchmarks.measures_jobs import expect_done
+from benchmarks.measures_jobs import expect_done, sleeping_jobs
 
 
 @contextlib.contextmanager
@@ -73,9 +73,6 @@ def remote(ctx: Context, scratch: Path, res: Result) -> None:
 def nodes(ctx: Context, scratch: Path, res: Result) -> None:
     """``job run --all --parallel P`` of N jobs of 2 x ``sleep 1`` over two nodes vs over one
     (P slots per node): the speed-up of a second node."""
-    from logist.jobs import create_job
-    from logist.store import Store
-
     jobs, par, steps = ctx.pick(16, 8), 4, 2
     res.title = f"{jobs} jobs x {steps} x sleep 1, --parallel {par}, 2 nodes vs 1"
     repo = make_repo(scratch / "src", 20)
@@ -83,12 +80,7 @@ def nodes(ctx: Context, scratch: Path, res: Result) -> None:
 
         def over(engines: list, i: int, tag: str) -> float:
             root = scratch / f"jobs-{tag}-{i}"
-            store = Store(root)
-            root.mkdir()
-            ids = []
-            for n in range(jobs):
-                raw = {"id": f"n-{n:02d}", "repo": str(repo), "image": ctx.image}
-                ids.append(create_job(store, {**raw, "steps": ["sleep 1"] * steps}).id)
+            ids = sleeping_jobs(root, repo, ctx.image, jobs, steps)
             flags = [a for node in engines for a in ("--engine", node.url)]
             seconds = timed_run(ctx.lg(root, *flags, "job", "run", "--all", "--parallel", str(par)))
             for job_id in ids:

@@ -89,16 +89,9 @@ class Node:
         return _client(self.url, timeout)
 
     def answers(self) -> bool:
-        try:
-            cli = _client(self.url, timeout=2)
-        except Exception:
-            return False
-        try:
-            return bool(cli.ping())
-        except Exception:
-            return False
-        finally:
-            cli.close()
+        from logist.engines import reachable
+
+        return reachable(self.url, timeout=2)
 
     def wait(self, timeout: float = START_TIMEOUT) -> float:
         """Wait until the node's engine answers; returns the seconds waited.
