@@ -100,7 +100,10 @@ set +e
 t=$(date +%s)
 (cd "$WORK/src" && runuser -u "$USER_NAME" -- env XDG_RUNTIME_DIR="/run/user/$uid" HOME="$home" \
   DOCKER_HOST="$ROOTLESS" "$WORK/venv/bin/python" -m pytest -q -p no:cacheprovider \
-  "${NONROOT[@]}" tests/test_podman.py "$@")
+  "${NONROOT[@]}" tests/test_podman.py "$@" \
+  && runuser -u "$USER_NAME" -- env XDG_RUNTIME_DIR="/run/user/$uid" HOME="$home" \
+  DOCKER_HOST="$ROOTLESS" "$WORK/venv/bin/python" -m pytest -q -p no:cacheprovider \
+  -m rootless_podman tests/test_podman.py "$@")
 rc_rootless=$?
 say "rootless Podman run (as $USER_NAME): pytest exit $rc_rootless after $(( $(date +%s) - t ))s"
 set -e

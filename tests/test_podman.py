@@ -36,9 +36,12 @@ def _engine(docker_client) -> dict:
 
 
 def _rootless_podman(docker_client) -> dict:
+    """These tests are collected only for the rootless run (``-m rootless_podman``, see
+    conftest): there the engine must be rootless Podman, or the test fails."""
     engine = _engine(docker_client)
-    if not (engine["kind"] == "Podman" and engine["rootless"]):
-        pytest.skip(f"about rootless Podman; the engine is {engine['kind']} (not rootless)")
+    assert engine["kind"] == "Podman" and engine["rootless"], (
+        f"a rootless Podman test, but the engine is {engine['kind']} (not rootless)"
+    )
     return engine
 
 
@@ -105,6 +108,7 @@ def test_files_a_root_step_left_unreadable_are_harvested_and_removed_by_cleanup(
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.rootless_podman
 def test_rootless_podman_without_a_bridge_runs_steps_on_network_none_and_says_so_once(
     logist, source_repo, docker_client
 ):
@@ -126,6 +130,7 @@ def test_rootless_podman_without_a_bridge_runs_steps_on_network_none_and_says_so
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.rootless_podman
 def test_rootless_podman_on_cgroup_v1_warns_once_that_limits_are_ignored(
     logist, source_repo, docker_client
 ):
