@@ -66,8 +66,9 @@ def main_options(
         list[str] | None,
         typer.Option(
             "--engine",
-            help="An engine to run jobs on: unix://, tcp:// or ssh:// (repeat; default: "
-            "$LOGIST_ENGINES, comma-separated, else the one the docker SDK finds).",
+            metavar="URL",
+            help="An engine to run jobs on: unix://, tcp://, ssh:// or default (repeat; "
+            "default: $LOGIST_ENGINES, comma-separated, else the one the docker SDK finds).",
         ),
     ] = None,
     version: Annotated[
