@@ -296,11 +296,17 @@ def create(
     kwargs.setdefault("init", True)
     kwargs["labels"] = {**kwargs.get("labels", {}), **labels(job_id, step, jobs_root, owner)}
     kwargs = podman.adapt(cli, _hardened(kwargs, cap_add))
-    with engine_errors(f"creating a container of {image}"):
-        try:
-            return cli.containers.create(image, command, **kwargs)
-        except docker.errors.ImageNotFound as exc:
-            raise ImageMissing(image, _one_line(exc.explanation), engine_location()) from None
+    with engine_errors(f"creating a container of {image}"), podman.create_guard(cli):
+        for attempt in range(3):
+            try:
+                return cli.containers.create(image, command, **kwargs)
+            except docker.errors.ImageNotFound as exc:
+                raise ImageMissing(image, _one_line(exc.explanation), engine_location()) from None
+            except docker.errors.APIError as exc:
+                if attempt == 2 or not podman.retry_create(cli, exc.explanation):
+                    raise
+                time.sleep(0.3 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def answers(cli: DockerClient) -> bool:

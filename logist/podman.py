@@ -11,6 +11,7 @@ with a container's first output.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from docker import DockerClient
     from docker.models.containers import Container
 
@@ -197,3 +200,25 @@ def explain(message: str) -> str | None:
     if "catatonit" in text or "init binary" in text:
         return "Podman's --init needs catatonit: apt-get install catatonit"
     return None
+
+
+_CREATES = threading.Lock()
+_RACY = "keep-id requires additional"  # Podman 4.3, rootless: a create racing another one
+
+
+@contextlib.contextmanager
+def create_guard(cli: DockerClient) -> Iterator[None]:
+    """Around a container create: on rootless Podman one create at a time in this process
+    (4.3 fails a keep-id create that races another with "keep-id requires additional UIDs")."""
+    info = engine_info(cli) if is_podman(cli) else None
+    if info is None or not info.rootless:
+        yield
+        return
+    with _CREATES:
+        yield
+
+
+def retry_create(cli: DockerClient, explanation: object) -> bool:
+    """Whether a failed create is Podman's known race (another process's create): worth
+    another try after a moment."""
+    return _RACY in str(explanation or "") and is_podman(cli)
