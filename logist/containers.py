@@ -577,11 +577,15 @@ def run_container(
             try:
                 container.start()
                 watcher.start()  # first: Podman answers the logs request at the first output
-                stream.append(podman.follow_logs(container))
+                opened = _open_logs(container, lost)
                 if lost:  # the engine went before the stream was there to close
                     raise lost[0]
-                for chunk in stream[0]:
-                    on_output(chunk)
+                if opened is None:  # never answered, the container ended: its logs, at once
+                    on_output(container.logs(stdout=True, stderr=True))
+                else:
+                    stream.append(opened)
+                    for chunk in stream[0]:
+                        on_output(chunk)
                 if lost:
                     raise lost[0]
                 # the output ended: the container has stopped, so its exit status is due at once
@@ -608,6 +612,42 @@ def run_container(
             with contextlib.suppress(Exception):
                 container.remove(force=True)
     return outcome
+
+
+def _open_logs(container: Container, lost: list) -> Any:
+    """The following logs stream of a started container. Podman may never answer that request
+    for a container that ended without output (4.3: the headers come with the first output):
+    it is asked in a thread, and once the container has ended and 2 s more went by without an
+    answer, None (the caller reads the logs once; the abandoned request ends with the
+    container)."""
+    if not podman.is_podman(container.client):
+        return podman.follow_logs(container)
+    box: dict[str, Any] = {}
+
+    def ask() -> None:
+        try:
+            box["stream"] = podman.follow_logs(container)
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    asking = threading.Thread(target=ask, name="logist-logs", daemon=True)
+    asking.start()
+    ended_at: float | None = None
+    while asking.is_alive() and not lost:
+        asking.join(0.5)
+        if not asking.is_alive() or ended_at is not None:
+            if ended_at is not None and time.monotonic() - ended_at > 2.0:
+                return None
+            continue
+        with contextlib.suppress(Exception):
+            container.reload()
+            if container.status in ("exited", "dead", "stopped"):
+                ended_at = time.monotonic()
+    if lost:
+        return None
+    if "error" in box:
+        raise box["error"]
+    return box["stream"]
 
 
 def run_helper(
