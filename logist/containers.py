@@ -581,7 +581,8 @@ def run_container(
                 if lost:  # the engine went before the stream was there to close
                     raise lost[0]
                 if opened is None:  # never answered, the container ended: its logs, at once
-                    on_output(container.logs(stdout=True, stderr=True))
+                    with contextlib.suppress(docker.errors.APIError):  # gone meanwhile (cancel)
+                        on_output(container.logs(stdout=True, stderr=True))
                 else:
                     stream.append(opened)
                     for chunk in stream[0]:
@@ -620,6 +621,8 @@ def _open_logs(container: Container, lost: list) -> Any:
     it is asked in a thread, and once the container has ended and 2 s more went by without an
     answer, None (the caller reads the logs once; the abandoned request ends with the
     container)."""
+    import docker
+
     if not podman.is_podman(container.client):
         return podman.follow_logs(container)
     box: dict[str, Any] = {}
@@ -639,13 +642,19 @@ def _open_logs(container: Container, lost: list) -> Any:
             if ended_at is not None and time.monotonic() - ended_at > 2.0:
                 return None
             continue
-        with contextlib.suppress(Exception):
+        try:
             container.reload()
             if container.status in ("exited", "dead", "stopped"):
                 ended_at = time.monotonic()
+        except docker.errors.NotFound:  # removed (a canceller): ended too
+            ended_at = time.monotonic()
+        except Exception:
+            pass
     if lost:
         return None
     if "error" in box:
+        if ended_at is not None:  # the request failed as its container went: nothing lost
+            return None
         raise box["error"]
     return box["stream"]
 
