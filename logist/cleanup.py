@@ -153,12 +153,7 @@ def _remove(
     dry_run: bool,
     harvested: bool = False,
 ) -> None:
-    leftovers = setup_leftovers(job_dir)
-    if leftovers and not dry_run:  # half-made clones of a killed setup: nothing to harvest
-        for tmp in leftovers:
-            result = delete_tree(tmp, job_dir, allow_tmp=True)
-            report.bytes_freed += result.bytes_freed
-            report.left_behind += result.foreign + result.stuck
+    leftovers = _remove_setup_leftovers(job_dir, report, dry_run)
     exists = os.path.lexists(ws)
     # 1. containers: labelled with the job, or with the workspace mounted
     cli = containers.client()
@@ -216,17 +211,25 @@ def _remove(
         _remove_job_repo(job_dir, report)
 
 
+def _remove_setup_leftovers(job_dir: Path, report: Report, dry_run: bool) -> list[Path]:
+    """Half-made clones (and archives) of a killed setup, on this host: nothing to harvest.
+    Removed (unless ``dry_run``) into ``report``; returned either way."""
+    leftovers = setup_leftovers(job_dir)
+    if not dry_run:
+        for tmp in leftovers:
+            result = delete_tree(tmp, job_dir, allow_tmp=True)
+            report.bytes_freed += result.bytes_freed
+            report.left_behind += result.foreign + result.stuck
+    return leftovers
+
+
 def _remove_volume(
     store: Store, job: Job, job_dir: Path, report: Report, *, dry_run: bool, harvested: bool
 ) -> None:
     """``_remove`` for a workspace that is a named volume on the job's engine: containers, the
     harvest, then the volume (retried while the engine still calls it in use)."""
     assert job.volume is not None
-    leftovers = setup_leftovers(job_dir)
-    if leftovers and not dry_run:  # a killed setup's clone on this host
-        for tmp in leftovers:
-            result = delete_tree(tmp, job_dir, allow_tmp=True)
-            report.left_behind += result.foreign + result.stuck
+    leftovers = _remove_setup_leftovers(job_dir, report, dry_run)
     cli = containers.client()
     found = {c.id: c for c in containers.find(cli, store.root, job.id)}
     exists = containers.volume_exists(cli, job.volume)
