@@ -1,3 +1,3 @@
-from logist.cli import main
+from logist.entry import main
 
 main()

@@ -3,7 +3,6 @@ line on stderr and the contract's exit code (a traceback only with ``LOGIST_DEBU
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -11,8 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
-from logist import __version__
-from logist.errors import LogistError, UsageError
+from logist import __version__, commands
+from logist.errors import UsageError
 
 app = typer.Typer(
     help="logist: run jobs on a git repository, each step in a container, "
@@ -35,17 +34,19 @@ image_app = typer.Typer(
 )
 app.add_typer(image_app, name="image")
 
-_state: dict[str, Any] = {"jobs_dir": None}
-
 
 def _store():
-    from logist.store import Store, default_root
-
-    return Store(default_root(_state["jobs_dir"]))
+    return commands.store()
 
 
 def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    commands.print_json(data)
+
+
+def _exit(code: int) -> None:
+    """A command's exit code, as Typer wants it."""
+    if code:
+        raise typer.Exit(code)
 
 
 def _version(value: bool) -> None:
@@ -78,7 +79,7 @@ def main_options(
         ),
     ] = False,
 ) -> None:
-    _state["jobs_dir"] = jobs_dir
+    commands.STATE["jobs_dir"] = jobs_dir
     if engine:
         from logist.engines import parse
 
@@ -125,19 +126,6 @@ QuietOpt = Annotated[
 ]
 
 
-def _create(file: Path | None, **options: Any):
-    """Create a job from the spec options (``env`` as K=V items) and an optional YAML file."""
-    from logist.jobs import create_job
-    from logist.spec import parse_env
-
-    env = options.pop("env")
-    steps, caps, secrets = options.pop("step"), options.pop("cap_add"), options.pop("secret")
-    raw = {**options, "steps": steps or None, "cap_add": caps or None, "secrets": secrets or None}
-    if env:
-        raw["env"] = parse_env(env)
-    return create_job(_store(), raw, file)
-
-
 @job_app.command("create")
 def job_create(
     job_id: IdArg = None,
@@ -165,7 +153,7 @@ def job_create(
     Example: logist job create --repo . --step 'my-agent' --secret ANTHROPIC_API_KEY
     """
     options = {k: v for k, v in locals().items() if k not in ("job_id", "file")}
-    print(_create(file, id=job_id, **options).id)
+    print(commands.create(file, id=job_id, **options).id)
 
 
 @app.command("run")
@@ -196,34 +184,13 @@ def run(
 
     Example: logist run --repo . --image logist/step:latest --step 'make test'
     """
-    options = {k: v for k, v in locals().items() if k not in ("job_id", "file", "quiet")}
-    job = _create(file, id=job_id, **options)
-    print(f"logist: job {job.id}", file=sys.stderr, flush=True)
-    _run_ids(_store(), [job.id], 1, quiet)
+    _exit(commands.run(**locals()))
 
 
 @job_app.command("list")
 def job_list(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List the jobs of the jobs root."""
-    from logist.jobs import load_all
-    from logist.views import containers_by_job, job_view, table
-
-    store = _store()
-    jobs = list(load_all(store))
-    engines = _engines_of(jobs)
-    by_job, unknown = containers_by_job(store, engines) if json_ and jobs else ({}, None)
-    rows = [job_view(store, j, by_job.get(j.id), containers_error=unknown) for j in jobs]
-    if json_:
-        _print_json(rows)
-    else:
-        print(table(rows) if rows else "no jobs")
-
-
-def _engines_of(jobs) -> list[str | None]:
-    """The configured engines, and those the jobs were placed on."""
-    from logist.engines import configured, normal
-
-    return list(dict.fromkeys([*configured(), *(normal(j.engine) for j in jobs if j.engine)]))
+    _exit(commands.job_list(json_))
 
 
 @job_app.command("status")
@@ -232,34 +199,7 @@ def job_status(
     json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show one job: its state, steps, workspace, result and containers."""
-    from logist.progress import duration
-    from logist.views import containers_by_job, job_view
-
-    store = _store()
-    job = store.load(job_id)
-    by_job, unknown = containers_by_job(store, [job.engine])
-    view = job_view(store, job, by_job.get(job_id), containers_error=unknown)
-    if json_:
-        _print_json(view)
-        return
-    print(f"job {view['id']}: {view['state']}{' (active)' if view['active'] else ''}")
-    print(f"  repo {view['repo']} ref {view['ref'] or 'HEAD'} -> branch {view['branch']}")
-    for s in view["steps"]:
-        code = "" if s["exit_code"] is None else f" exit {s['exit_code']}"
-        took = "" if s["duration"] is None else f" in {duration(s['duration'])}"
-        print(f"  step {s['index']}: {s['state']}{code}{took}  {s['name'] or s['run']}")
-    where = view["workspace"]["path"]
-    if view["workspace"]["volume"]:
-        where = f"volume {view['workspace']['volume']}"
-    print(f"  workspace {view['workspace']['state']}: {where}")
-    if view["engine"]:
-        print(f"  engine {view['engine']}")
-    print(
-        f"  result bundle {view['result']['bundle'] or '-'}, "
-        f"source branch {view['result']['branch'] or '-'}"
-    )
-    if view["error"]:
-        print(f"  error: {view['error']}")
+    _exit(commands.job_status(job_id, json_))
 
 
 @job_app.command("logs")
@@ -277,34 +217,10 @@ def job_logs(
 # --- running ---------------------------------------------------------------------------------
 
 
-def _finish_runs(results) -> None:
-    from logist.engine import combine
-    from logist.model import State
-
-    for r in results:
-        if r.error is not None:
-            print(f"logist: {r.job.id if r.job else '?'}: {r.error}", file=sys.stderr)
-        elif r.job is not None and r.job.state not in (State.SUCCEEDED, State.PENDING):
-            step = next(
-                (s for s in r.job.steps if s.state not in (State.SUCCEEDED, State.PENDING)), None
-            )
-            detail = f" at step {step.index} ({step.state}, exit {step.exit_code})" if step else ""
-            print(f"logist: job {r.job.id} {r.job.state}{detail}", file=sys.stderr)
-    code = combine(results)
-    if code:
-        raise typer.Exit(code)
-
-
 @job_app.command("step")
 def job_step(job_id: str) -> None:
     """Run the next pending step of a job (setting its workspace up if needed)."""
-    from logist.engine import Engine, signals_interrupt
-
-    store = _store()
-    store.load(job_id)
-    with signals_interrupt():
-        result = Engine(store, sys.stdout.buffer).run_job(job_id, max_steps=1)
-    _finish_runs([result])
+    _exit(commands.job_step(job_id))
 
 
 @job_app.command("run")
@@ -315,40 +231,7 @@ def job_run(
     quiet: QuietOpt = False,
 ) -> None:
     """Run jobs to a terminal state: steps in order, harvest, cleanup."""
-    from logist.jobs import load_all
-    from logist.model import RUNNABLE
-    from logist.views import job_view
-
-    store = _store()
-    ids = list(job_ids or [])
-    for job_id in ids:
-        store.load(job_id)
-    if all_:
-        for j in load_all(store):
-            view = job_view(store, j)
-            runnable = view["state"] in RUNNABLE and not view["active"]
-            if runnable and j.id not in ids:
-                ids.append(j.id)
-    if not ids:
-        if not all_:
-            raise UsageError("name jobs to run, or use --all")
-        print("no pending or interrupted jobs", file=sys.stderr)
-        return
-    _run_ids(store, ids, parallel, quiet)
-
-
-def _run_ids(store, ids: list[str], parallel: int, quiet: bool) -> None:
-    """Run jobs with the steps' output on stdout and, for a person at a terminal, progress
-    lines on stderr; exit with the contract's code."""
-    from logist.engine import Engine, signals_interrupt
-    from logist.progress import Progress
-
-    several = len(ids) > 1
-    progress = None if quiet or not sys.stderr.isatty() else Progress(sys.stderr, several)
-    with signals_interrupt():
-        engine = Engine(store, sys.stdout.buffer, prefix=several, progress=progress)
-        results = engine.run_many(ids, parallel)
-    _finish_runs(results)
+    _exit(commands.job_run(job_ids, all_, parallel, quiet))
 
 
 @job_app.command("cancel")
@@ -366,14 +249,7 @@ def job_cancel(
     ] = 60.0,
 ) -> None:
     """Cancel a job (also one running in another terminal)."""
-    from logist.engine import cancel
-
-    result = cancel(_store(), job_id, wait=wait, grace=grace)
-    print(f"job {job_id}: {result.job.state}", file=sys.stderr)
-    if result.error is not None:
-        raise result.error
-    if result.cleanup is not None and not result.cleanup.ok:
-        raise typer.Exit(4)
+    _exit(commands.job_cancel(job_id, grace, wait))
 
 
 # --- cleanup -------------------------------------------------------------------------------
@@ -396,36 +272,7 @@ def job_cleanup(
     json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Remove a job's workspace and containers, or (--stale) sweep what crashed jobs left."""
-    from logist import cleanup as service
-    from logist.spec import parse_duration
-
-    store = _store()
-    if stale == (job_id is not None):
-        raise UsageError("name one job, or use --stale (not both)")
-    out = (
-        service.sweep(store, parse_duration(older_than), dry_run=dry_run)
-        if stale
-        else service.cleanup_one(store, job_id, force=force, dry_run=dry_run)
-    )
-    if json_:
-        _print_json(out)
-    else:
-        for c in out["cleaned"]:
-            verb = "would remove" if dry_run else "removed"
-            print(
-                f"{c['job']}: {verb} workspace ({c['bytes_freed']} bytes), "
-                f"{c['containers_removed']} containers, {c['seconds']:.2f}s"
-            )
-        for s in out["skipped"]:
-            print(f"{s['job']}: skipped ({s['reason']})")
-        for f in out["failed"]:
-            print(f"{f['job']}: FAILED: {f['error']}", file=sys.stderr)
-        if out["orphans_removed"]:
-            print(f"orphan containers removed: {out['orphans_removed']}")
-        if not (out["cleaned"] or out["skipped"] or out["failed"] or out["orphans_removed"]):
-            print("nothing to clean")
-    if out["failed"]:
-        raise typer.Exit(4)
+    _exit(commands.job_cleanup(job_id, stale, older_than, force, dry_run, json_))
 
 
 # --- image push ----------------------------------------------------------------------------
@@ -488,74 +335,8 @@ def doctor(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
         raise typer.Exit(3)
 
 
-def _interrupt(signum, frame) -> None:
-    from logist.errors import Interrupted
-
-    raise Interrupted("interrupted")  # not a LogistError: nothing in the core swallows it
-
-
-def _fast_path(argv: list[str]) -> int | None:
-    """A hot command in its plain form, run without Typer's parsing (see ``logist.fastcli``);
-    None when the command line is not one of those."""
-    from logist.fastcli import parse
-
-    parsed = parse(argv)
-    if parsed is None:
-        return None
-    command, jobs_dir, kwargs = parsed
-    func = {
-        "job step": job_step,
-        "job run": job_run,
-        "job cancel": job_cancel,
-        "job cleanup": job_cleanup,
-        "run": run,
-        "job status": job_status,
-        "job list": job_list,
-    }[command]
-    _state["jobs_dir"] = jobs_dir
-    try:
-        func(**kwargs)
-    except typer.Exit as exc:
-        return exc.exit_code
-    except KeyboardInterrupt:  # as Typer does
-        return 130
-    except BrokenPipeError:
-        return 1
-    return 0
-
-
 def main() -> None:
-    """Entry point: run the app; every ``LogistError`` and every usage error of the parser
-    becomes one line on stderr with the contract's exit code (2 for usage)."""
-    import signal
+    """Entry point (see ``logist.entry``)."""
+    from logist.entry import main as entry_main
 
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
-    from logist.errors import Interrupted
-
-    debug = os.environ.get("LOGIST_DEBUG") == "1"
-    try:
-        code = _fast_path(sys.argv[1:])
-        if code is None:
-            code = app(prog_name="logist", standalone_mode=False)
-    except (LogistError, Interrupted) as exc:
-        if debug:
-            import traceback
-
-            traceback.print_exc()
-        print(f"logist: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        print("logist: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except Exception as exc:
-        # the parser's own errors (unknown option, missing argument, bad choice): one line
-        if type(exc).__name__ == "NoArgsIsHelpError":  # a group without a command: its help
-            print(exc.format_message(), file=sys.stderr)
-            sys.exit(2)
-        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
-            hint = " (see --help)" if getattr(exc, "exit_code", 1) == 2 else ""
-            print(f"logist: error: {exc.format_message()}{hint}", file=sys.stderr)
-            sys.exit(exc.exit_code)
-        raise
-    sys.exit(code if isinstance(code, int) else 0)
+    entry_main()

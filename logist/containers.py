@@ -35,11 +35,12 @@ MANAGED, JOB, STEP, ROOT, OWNER = (
     "logist.owner",
 )
 STOP_GRACE = 5.0
-WATCH_POLL = 0.05  # seconds between a running step's should_stop() polls (a cancel's latency)
+WATCH_POLL = 0.025  # seconds between a running step's should_stop() polls (a cancel's latency)
 DOCKER_TIMEOUT = 30.0  # seconds any engine call but a step's own wait may take (env overrides)
 BUSYBOX = "logist/busybox:latest"
 
 _local = threading.local()
+_API_VERSIONS: dict[str, str] = {}  # engine URL -> the API version it said it speaks
 DEFAULT = "default"  # an engine name: the one the SDK finds (DOCKER_HOST, else the socket)
 
 
@@ -91,12 +92,16 @@ def client(engine: str | None = None, timeout: float | None = None) -> DockerCli
     import docker
 
     deadline = request_timeout() if timeout is None else timeout
+    where = url or default_engine()
+    # the API version is asked of each engine once a process, not once a thread (~8 ms each)
+    version = _API_VERSIONS.get(where, "auto")
     try:
         if url is None:
-            made = docker.from_env(timeout=deadline)
+            made = docker.from_env(timeout=deadline, version=version)
         else:  # DOCKER_TLS_VERIFY / DOCKER_CERT_PATH apply to every tcp:// engine
             made = docker.from_env(
                 timeout=deadline,
+                version=version,
                 environment={**os.environ, "DOCKER_HOST": url},
                 use_ssh_client=url.startswith("ssh://"),
             )
@@ -104,6 +109,8 @@ def client(engine: str | None = None, timeout: float | None = None) -> DockerCli
         raise EngineUnavailable(
             f"Docker engine unreachable at {url or default_engine()}: {_reason(exc)}"
         ) from None
+    _API_VERSIONS.setdefault(where, made.api.api_version)
+    made._logist_where = where  # type: ignore[attr-defined]
     if timeout is None:
         cache[key] = made
     return made

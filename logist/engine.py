@@ -15,14 +15,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 from logist import containers, volumes
-from logist.cleanup import Report, after_job, reap_orphans, recover_dead_owner, step_containers
+from logist.cleanup import Report, after_job, reap_orphans, recover_dead_owner
 from logist.engines import Placer, configured, uses_volumes
 from logist.errors import (
-    CancelPending,
     HarvestFailed,
     ImageMissing,
     InvalidTransition,
-    JobActive,
     LogistError,
     Rejected,
     WorkspaceUnseen,
@@ -51,8 +49,6 @@ from logist.store import (
     cancel_requested,
     drop_cancel_request,
     owner_id,
-    read_owner,
-    request_cancel,
 )
 from logist.workspace import make_writable_for, setup_workspace
 
@@ -316,7 +312,12 @@ class Engine:
                     finally:
                         if self.progress and step.finished_at:
                             self.progress.step_finished(job, step)
-                    harvest(store, job, sandbox, f"step {step.index}", self.notify)
+                    last = (
+                        step.state != SUCCEEDED
+                        or job.next_step() is None
+                        or (max_steps is not None and ran >= max_steps)
+                    )
+                    harvest(store, job, sandbox, f"step {step.index}", self.notify, last=last)
                     if step.state == SUCCEEDED:
                         continue
                     if step.state in (FAILED, TIMED_OUT):
@@ -326,9 +327,12 @@ class Engine:
                     elif step.state == PENDING:  # interrupted
                         job.move(INTERRUPTED)
                     break
-            if job.state == RUNNING:
-                job.move(SUCCEEDED if job.next_step() is None else PENDING)
-            store.save(job)
+                if job.state == RUNNING:
+                    job.move(SUCCEEDED if job.next_step() is None else PENDING)
+                store.save(job)
+                if job.terminal:  # while the helper is being removed (idempotent: see below)
+                    with contextlib.suppress(LogistError):
+                        finish(store, job)
         except HarvestFailed as exc:  # refused work: kept in its workspace, never cleaned up
             if job.state == RUNNING:
                 job.move(FAILED)
@@ -590,76 +594,10 @@ def signals_interrupt():
 # --- cancel --------------------------------------------------------------------------------
 
 
-def cancel(
-    store: Store, job_id: str, wait: float = 60.0, grace: float = containers.STOP_GRACE
-) -> JobResult:
-    """Cancel a job from any process. Not owned: do everything here. Owned by a live process:
-    ask it (a request file, written after its lock was taken, so it never looks stale), stop the
-    job's containers (SIGTERM, SIGKILL after ``grace`` seconds) and wait up to ``wait`` seconds
-    for it to finish.
-
-    Raises:
-        CancelPending: the owner still runs after ``wait`` (the request stays; exit 1).
-    """
-    job = store.load(job_id)
-    if job.terminal:
-        raise InvalidTransition(f"job {job_id} is {job.state}; there is nothing to cancel")
-    with containers.use(job.engine):
-        return _cancel(store, job_id, wait, grace)
-
-
-def _cancel(store: Store, job_id: str, wait: float, grace: float) -> JobResult:
-    job_dir = store.job_dir(job_id)
-    try:
-        with store.lock(job_id, timeout=0):  # a probe: an owner holds it for the whole run
-            return _cancel_locked(store, job_id, grace)
-    except JobActive:
-        pass
-    request_cancel(job_dir)
-    cli = containers.client()
-    containers.stop_and_remove(step_containers(store, job_id), grace=grace)
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline and store.active(job_id):
-        time.sleep(0.02)  # a flock probe: cheap; the owner's exit is seen within 20 ms
-    if store.active(job_id):
-        raise CancelPending(
-            f"job {job_id}: cancel requested, but its owner ({read_owner(job_dir) or 'unknown'}) "
-            f"still runs after {wait:g}s; it stops at its next step"
-        )
-    with store.lock(job_id, timeout=LOCK_WAIT):  # the owner is gone: finish what it left
-        if not store.load(job_id).terminal:  # e.g. `job step` ended before it saw the request
-            return _cancel_locked(store, job_id, 0)
-    containers.stop_and_remove(containers.find(cli, store.root, job_id), grace=0)
-    return JobResult(job=store.load(job_id))
-
-
-def _cancel_locked(store: Store, job_id: str, grace: float) -> JobResult:
-    job = store.load(job_id)
-    recover_dead_owner(store, job)
-    if job.terminal:
-        raise InvalidTransition(f"job {job_id} is {job.state}; there is nothing to cancel")
-    cli = containers.client()
-    containers.stop_and_remove(containers.find(cli, store.root, job_id), grace=grace)
-    job.cancel()
-    store.save(job)
-    ws = store.workspace(job_id)
-    harvested = False
-    if job.volume is not None or (ws.is_dir() and not ws.is_symlink()):
-        try:
-            harvest_leftover(store, job, ws)
-            harvested = True
-        except LogistError as exc:
-            return JobResult(job=job, error=exc)
-    drop_cancel_request(store.job_dir(job_id))
-    report = after_job(store, job, harvested=harvested)  # nothing ran since that harvest
-    return JobResult(job=job, cleanup=report)
-
-
 __all__ = [
     "INTERRUPT",
     "Engine",
     "JobResult",
-    "cancel",
     "combine",
     "signals_interrupt",
 ]

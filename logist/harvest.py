@@ -40,14 +40,18 @@ def harvest(
     label: str,
     notify: Notify = _stderr,
     write_back: bool = True,
+    last: bool = False,
 ) -> str:
     """Commit everything in the workspace as ``logist: <id> <label>`` (in the helper), accept
-    it into logist's repository and record it; return the job branch's commit.
+    it into logist's repository and record it; return the job branch's commit. ``last``: no
+    step follows, so the helper's removal starts as soon as it has answered.
     Raises ``HarvestFailed`` (exit 4: the workspace must be kept)."""
     previous = job.harvested_commit or job.base_commit
     assert previous is not None
     message = f"logist: {job.id} {label}"
     out = sandbox.harvest(previous=previous, message=message, write_back=write_back)
+    if last and (out.current or out.written_back):
+        sandbox.release()
     for warning in out.warnings:
         notify(f"logist: {job.id}: warning: {warning}")
     commit = accept(store, job, sandbox.exchange, out, previous)

@@ -77,11 +77,18 @@ def engine_info(cli: DockerClient) -> EngineInfo:
     return found
 
 
+_VERSIONS: dict[str, dict] = {}  # engine URL -> its /version, asked once a process
+
+
 def _version(cli: DockerClient) -> dict:
-    cached = getattr(cli, "_logist_version", None)
+    where = getattr(cli, "_logist_where", None)  # the engine URL of a ``containers.client``
+    cached = _VERSIONS.get(where) if where else getattr(cli, "_logist_version", None)
     if cached is None:
         cached = cli.version()
-        cli._logist_version = cached  # type: ignore[attr-defined]
+        if where:
+            _VERSIONS[where] = cached
+        else:
+            cli._logist_version = cached  # type: ignore[attr-defined]
     return cached
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from logist import containers
+from logist.channel import SERVE, Channel, ChannelLost, Stopped
 from logist.errors import (
     EnvironmentProblem,
     HarvestFailed,
@@ -100,7 +101,7 @@ HARVEST = (
     + r"""
 branch=$1 P=$2 msg=$3 nonce=$4 ns=$5 wb=${6:-no}
 I=/tmp/logist-index
-find /out -maxdepth 1 -name '*.bundle' -type f -delete 2>/dev/null
+for f in /out/*.bundle; do [ -f "$f" ] && [ ! -L "$f" ] && rm -f "$f"; done  # no process: none
 g() { git --git-dir="$S" -c core.hooksPath=/dev/null -c safe.directory='*' \
       -c gc.auto=0 -c maintenance.auto=false -c core.fsmonitor=false \
       -c core.untrackedCache=false -c core.splitIndex=false -c core.sparseCheckout=false "$@"; }
@@ -138,7 +139,8 @@ refs=$(printf '%s\n' "$list" | grep -v '^ref: ' \
        | grep -E '	(HEAD|refs/heads/.+|refs/tags/.+|refs/stash)$')
 have() { printf '%s\n' "$refs" | cut -f1 | sort -u \
          | g cat-file --batch-check='%(objectname) %(objecttype)'; }
-missing=$(have | awk '$2 == "missing" {print $1}')
+types=$(have)
+missing=$(printf '%s\n' "$types" | awk '$2 == "missing" {print $1}')
 if [ -n "$missing" ]; then
   UPA="git -c core.hooksPath=/dev/null -c uploadpack.allowAnySHA1InWant=true upload-pack"
   fetch() { g fetch -q --no-tags --no-write-fetch-head --upload-pack "$UPA" "$V" \
@@ -148,8 +150,8 @@ if [ -n "$missing" ]; then
     warn "the workspace's repository is shallow: its history is not taken"; rm -f "$S/shallow"
     refs=
   fi
+  types=$(have)
 fi
-types=$(have)
 kind() { printf '%s\n' "$types" | awk -v o="$1" '$1 == o {print $2; exit}'; }
 H=$(printf '%s\n' "$refs" | awk -F'	' '$2 == "HEAD" {print $1; exit}')
 [ -n "$H" ] && [ "$(kind "$H")" != commit ] && { warn "skipped HEAD: its objects are missing"; H=; }
@@ -337,6 +339,9 @@ class Sandbox:
         self.volume = job.volume  # the workspace is this named volume (None: a bind mount)
         self.engine = containers.current()
         self._container: Container | None = None
+        self._channel: Channel | None = None
+        self._serving = False  # the helper runs SERVE: harvests are requests, not execs
+        self._removing: threading.Thread | None = None  # ``release``'s removal of the helper
         self._starting: threading.Thread | None = None
         self._start_error: BaseException | None = None
 
@@ -384,10 +389,18 @@ class Sandbox:
         image = helper_image()
         containers.ensure_image(cli, image, "missing")
         token = secrets.token_hex(8) if check and self.volume is None else None
-        command = ["sleep", "infinity"]
         if token is not None:  # the check is the helper's first act: no exec (~55 ms) for it
             (self.exchange / f"visible-{token}").write_text(token)
+        self._serving = _can_serve(cli)
+        extra: dict = {}
+        if self._serving:  # harvests through its standard input (see logist/channel.py)
+            marker = f"visible-{token}" if token is not None else ""
+            command = ["sh", "-c", SERVE, "serve", marker, HARVEST, str(int(_harvest_timeout()))]
+            extra["stdin_open"] = True
+        elif token is not None:
             command = ["sh", "-c", VISIBLE, "visible", f"visible-{token}"]
+        else:
+            command = ["sleep", "infinity"]
         if self.volume is not None:  # on the engine: nothing of this host's to see
             mounts = [docker.types.Mount("/workspace", self.volume, type="volume")]
         else:
@@ -415,6 +428,7 @@ class Sandbox:
                 cap_add=["DAC_OVERRIDE"],
                 pids_limit=512,
                 working_dir="/",
+                **extra,
             )
         except Rejected as exc:  # our own settings: a 4xx here is a path the engine lacks
             self._drop_marker(token)
@@ -451,21 +465,42 @@ class Sandbox:
             bundle.unlink(missing_ok=True)
 
     def close(self) -> None:
-        """Remove the helper (killed at once: it holds no work). An engine that went away
-        leaves it to the orphan sweep (its owner label names this process)."""
+        """Remove the helper (killed at once: it holds no work), or wait for ``release`` to
+        have removed it. An engine that went away leaves it to the orphan sweep (its owner
+        label names this process)."""
+        self.release()
+        removing, self._removing = self._removing, None
+        if removing is not None:
+            removing.join()
+
+    def release(self) -> None:
+        """Start removing the helper while the caller goes on (its last harvest is in: the
+        host's checks and the job's end need no helper); ``close`` waits for it. A later use
+        would start a new helper."""
         import docker
 
         with contextlib.suppress(BaseException):
             self._started()
+        self._drop_channel()
         container, self._container = self._container, None
         with containers.use(self.engine):
             gone = containers.lost()
-        if container is not None and not gone:
+        if container is None or gone:
+            return
+
+        def remove() -> None:
             with (
                 contextlib.suppress(LogistError, docker.errors.APIError),
+                containers.use(self.engine),
                 containers.engine_errors("removing the harvest helper"),
             ):
                 container.remove(force=True)  # SIGKILL and remove in one call
+
+        previous = self._removing
+        self._removing = threading.Thread(target=remove, name="logist-helper-rm")
+        self._removing.start()
+        if previous is not None:
+            previous.join()
 
     def _prepare_exchange(self) -> None:
         """An empty exchange directory the helper (root without DAC_OVERRIDE) may write; the
@@ -529,7 +564,7 @@ class Sandbox:
         import docker
 
         if timeout is None:
-            timeout = float(os.environ.get("LOGIST_HARVEST_TIMEOUT") or HELPER_TIMEOUT)
+            timeout = _harvest_timeout()
         wrapped = ["timeout", "-s", "KILL", str(int(timeout)), *command]
         result = None
         for attempt in (1, 2):
@@ -603,6 +638,53 @@ class Sandbox:
             raise box["error"]
         return box["result"]
 
+    def _request(self, args: list[str]) -> tuple[int, bytes, bytes]:
+        """Run the harvest script with ``args``: a request on the helper's standard input
+        where it serves them, else an ``exec``; a helper removed meanwhile is started again,
+        once, as ``_exec`` does."""
+        for attempt in (1, 2):
+            self.start()
+            if not self._serving:
+                return self._exec(["sh", "-c", HARVEST, "harvest", *args])
+            assert self._container is not None
+            try:
+                if self._channel is None:
+                    if not self._alive():  # an attach to a stopped one would wait in silence
+                        raise ChannelLost("the helper is not running")
+                    with containers.engine_errors("attaching to the harvest helper"):
+                        self._channel = Channel.open(self._container)
+                    if self._channel is None:  # this transport is not driven so
+                        self._serving = False
+                        continue
+                return self._channel.request(
+                    args,
+                    deadline=_harvest_timeout() + 30,
+                    should_stop=self.should_stop,
+                    grace=STOP_GRACE,
+                    alive=self._alive,
+                )
+            except Stopped:
+                self._drop_channel()
+                container, self._container = self._container, None
+                with contextlib.suppress(Exception):
+                    container.remove(force=True)
+                raise Interrupted("interrupted during the harvest; the workspace is kept") from None
+            except (ChannelLost, LogistError) as exc:
+                self._drop_channel()
+                if attempt == 2 or self._alive():
+                    if isinstance(exc, LogistError):
+                        raise
+                    raise HarvestFailed(f"the harvest helper did not answer: {exc}") from None
+                stale, self._container = self._container, None  # removed from elsewhere
+                with contextlib.suppress(Exception):
+                    stale.remove(force=True)
+        raise AssertionError("unreachable")
+
+    def _drop_channel(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close()
+
     def harvest(self, *, previous: str, message: str, write_back: bool = True) -> HarvestOutput:
         """Run the harvest script; ``HarvestFailed`` when the helper could not make a commit.
         A step that runs as root has its workspace repository written back in the same run
@@ -610,7 +692,7 @@ class Sandbox:
         nonce = secrets.token_hex(8)
         together = write_back and self.job.user == "0:0"
         args = [self.job.branch, previous, message, nonce, self.job.id, "yes" if together else ""]
-        code, stdout, stderr = self._exec(["sh", "-c", HARVEST, "harvest", *args])
+        code, stdout, stderr = self._request(args)
         out = parse_output(stdout, stderr)
         if code != 0 or out.commit is None:
             raise HarvestFailed(f"the harvest helper failed: {_last_line(stderr, code)}")
@@ -632,6 +714,22 @@ class Sandbox:
         if code == 0:
             return []
         return [f"the workspace's repository was not updated: {_last_line(err, code)}"]
+
+
+def _harvest_timeout() -> float:
+    return float(os.environ.get("LOGIST_HARVEST_TIMEOUT") or HELPER_TIMEOUT)
+
+
+def _can_serve(cli) -> bool:
+    """Whether the helper is driven through its standard input here: Docker over ``unix://``
+    or ``tcp://`` (Podman and ``ssh://`` get an ``exec`` per harvest)."""
+    from logist import podman
+
+    if os.environ.get("LOGIST_HELPER_EXEC"):
+        return False
+    if not cli.api.base_url.startswith(("http+docker://localhost", "http://", "https://")):
+        return False
+    return not podman.is_podman(cli)
 
 
 def _last_line(stderr: bytes, code: int) -> str:

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import typer.main
 
-from logist import cli
+from logist import cli, commands
 from logist.fastcli import parse
 
-FUNCS = {
+FUNCS = commands.HOT  # what the fast path calls, with only the options given
+TYPER_FUNCS = {
     "job step": cli.job_step,
     "job run": cli.job_run,
     "job cancel": cli.job_cancel,
@@ -142,3 +143,31 @@ def test_the_fast_path_runs_the_command_and_keeps_its_exit_code(tmp_path: Path):
     )
     assert out.returncode == 2, out.stderr
     assert "no job 'nope'" in out.stderr
+
+
+@pytest.mark.parametrize("command", sorted(TYPER_FUNCS))
+def test_each_hot_command_has_the_parameters_and_defaults_of_its_typer_command(command):
+    def plain(func):
+        return [(n, p.default) for n, p in inspect.signature(func).parameters.items()]
+
+    assert plain(FUNCS[command]) == plain(TYPER_FUNCS[command])
+
+
+def test_a_plain_hot_command_never_imports_typer(tmp_path: Path):
+    probe = (
+        "import sys\n"
+        "from logist.entry import main\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
+        "print(code, 'typer' in sys.modules, 'click' in sys.modules, file=sys.stderr)\n"
+    )
+    argv = ["--jobs-dir", str(tmp_path), "job", "list"]
+    out = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True)
+    assert out.stderr.split() == ["0", "False", "False"], out.stderr
+    assert out.stdout == "no jobs\n"
+    # and the same command line through Typer (a form the fast path leaves to it) agrees
+    slow = subprocess.run(
+        [sys.executable, "-m", "logist", f"--jobs-dir={tmp_path}", "job", "list"],
+        capture_output=True,
+        text=True,
+    )
+    assert (slow.returncode, slow.stdout) == (0, "no jobs\n")

@@ -267,12 +267,13 @@ def test_an_engine_that_accepts_and_never_answers_fails_a_run_within_the_deadlin
 def test_a_fault_in_the_harvest_helper_interrupts_the_job_and_the_sweep_keeps_the_work(
     proxy, via, logist, jobs_root, docker_client, source_repo, action
 ):
-    """The harvest of the first step fails in the engine (its exec): the job is interrupted,
-    the sweep (on the real engine) harvests what the step left, and a resume finishes."""
+    """The harvest of the first step fails in the engine (the attach to the helper's input
+    that carries the harvest requests): the job is interrupted, the sweep (on the real engine)
+    harvests what the step left, and a resume finishes."""
     job = create(logist, source_repo, *TWO_STEPS)
-    # the first exec is the first step's harvest (the helper proves the engine sees the job
-    # directory by its first log line, no exec)
-    rule = proxy.fail("POST", CID + r"/exec$", action, times=1)
+    # the first attach is the first step's harvest (the helper proves the engine sees the job
+    # directory by its first log line; the step's output is read from its logs)
+    rule = proxy.fail("POST", CID + r"/attach$", action, times=1)
     out = via("job", "run", job)
     assert rule.fired, proxy.seen
     assert status(logist, job)["state"] == "interrupted"

@@ -1,0 +1,101 @@
+"""``job cancel``: from any process, a job owned by a live ``job run`` or by nobody.
+
+The request to a live owner is written first, before the engine's client and the rest of the
+core are imported (~100 ms): the owner's watcher sees it within ``WATCH_POLL`` and stops the
+step itself, so the time a cancel takes is not the canceller's start-up.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from logist.errors import CancelPending, InvalidTransition, JobActive, LogistError
+from logist.store import Store, drop_cancel_request, read_owner, request_cancel
+
+if TYPE_CHECKING:
+    from logist.engine import JobResult
+
+STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL (the contract's default)
+LOCK_WAIT = 1.0  # seconds to wait for a job's lock before calling it active
+
+
+def cancel(store: Store, job_id: str, wait: float = 60.0, grace: float = STOP_GRACE) -> JobResult:
+    """Cancel a job from any process. Not owned: do everything here. Owned by a live process:
+    ask it (a request file, written after its lock was taken, so it never looks stale), stop the
+    job's containers (SIGTERM, SIGKILL after ``grace`` seconds) and wait up to ``wait`` seconds
+    for it to finish.
+
+    Raises:
+        CancelPending: the owner still runs after ``wait`` (the request stays; exit 1).
+    """
+    job = store.load(job_id)
+    if job.terminal:
+        raise InvalidTransition(f"job {job_id} is {job.state}; there is nothing to cancel")
+    try:
+        with store.lock(job_id, timeout=0):  # a probe: an owner holds it for the whole run
+            return _with_engine(job.engine, _cancel_locked, store, job_id, grace)
+    except JobActive:
+        pass
+    request_cancel(store.job_dir(job_id))  # first: the owner acts on it at once
+    return _with_engine(job.engine, _owned, store, job_id, wait, grace)
+
+
+def _with_engine(engine: str | None, func, *args):
+    from logist import containers
+
+    with containers.use(engine):
+        return func(*args)
+
+
+def _owned(store: Store, job_id: str, wait: float, grace: float) -> JobResult:
+    """Stop the step's containers too (the owner may be between polls), wait for the owner,
+    then finish whatever it left (e.g. `job step` ended before it saw the request)."""
+    from logist import containers
+    from logist.cleanup import step_containers
+    from logist.engine import JobResult
+
+    containers.stop_and_remove(step_containers(store, job_id), grace=grace)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and store.active(job_id):
+        time.sleep(0.02)  # a flock probe: cheap; the owner's exit is seen within 20 ms
+    if store.active(job_id):
+        raise CancelPending(
+            f"job {job_id}: cancel requested, but its owner "
+            f"({read_owner(store.job_dir(job_id)) or 'unknown'}) still runs after {wait:g}s; "
+            "it stops at its next step"
+        )
+    with store.lock(job_id, timeout=LOCK_WAIT):  # the owner is gone: finish what it left
+        if not store.load(job_id).terminal:
+            return _cancel_locked(store, job_id, 0)
+    cli = containers.client()
+    containers.stop_and_remove(containers.find(cli, store.root, job_id), grace=0)
+    return JobResult(job=store.load(job_id))
+
+
+def _cancel_locked(store: Store, job_id: str, grace: float) -> JobResult:
+    """Cancel a job nobody runs, under its lock: containers, state, leftover harvest, cleanup."""
+    from logist import containers
+    from logist.cleanup import after_job, recover_dead_owner
+    from logist.engine import JobResult
+    from logist.harvest import harvest_leftover
+
+    job = store.load(job_id)
+    recover_dead_owner(store, job)
+    if job.terminal:
+        raise InvalidTransition(f"job {job_id} is {job.state}; there is nothing to cancel")
+    cli = containers.client()
+    containers.stop_and_remove(containers.find(cli, store.root, job_id), grace=grace)
+    job.cancel()
+    store.save(job)
+    ws = store.workspace(job_id)
+    harvested = False
+    if job.volume is not None or (ws.is_dir() and not ws.is_symlink()):
+        try:
+            harvest_leftover(store, job, ws)
+            harvested = True
+        except LogistError as exc:
+            return JobResult(job=job, error=exc)
+    drop_cancel_request(store.job_dir(job_id))
+    report = after_job(store, job, harvested=harvested)  # nothing ran since that harvest
+    return JobResult(job=job, cleanup=report)
