@@ -58,7 +58,7 @@ def _owned(store: Store, job_id: str, wait: float, grace: float) -> JobResult:
     containers.stop_and_remove(step_containers(store, job_id), grace=grace)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline and store.active(job_id):
-        time.sleep(0.02)  # a flock probe: cheap; the owner's exit is seen within 20 ms
+        time.sleep(0.01)  # a flock probe: cheap; the owner's end is seen within 10 ms
     if store.active(job_id):
         raise CancelPending(
             f"job {job_id}: cancel requested, but its owner "

@@ -69,4 +69,20 @@ def main() -> None:
             print(f"logist: error: {exc.format_message()}{hint}", file=sys.stderr)
             sys.exit(exc.exit_code)
         raise
-    sys.exit(code if isinstance(code, int) else 0)
+    _leave(code if isinstance(code, int) else 0)
+
+
+def _leave(code: int) -> None:
+    """Exit with ``code``. When nothing else runs (one thread), without the interpreter's
+    teardown of every module (~25 ms, after a command whose work is done and flushed: a
+    canceller that returns sooner, a `job step` that ends sooner)."""
+    import threading
+
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        sys.exit(code)
+    if threading.active_count() == 1:
+        os._exit(code)
+    sys.exit(code)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -88,6 +87,8 @@ def validate_id(job_id: str) -> str:
 
 def generate_id() -> str:
     """A fresh lowercase id: date, time and random hex."""
+    import secrets
+
     return f"job-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
 
 
