@@ -35,13 +35,14 @@ while IFS= read -r nonce && IFS= read -r n; do
   while [ "$n" -gt 0 ]; do IFS= read -r a || exit 0; set -- "$@" "$a"; n=$((n - 1)); done
   timeout -s KILL "$T" sh -c "$S" run "$@" </dev/null >/tmp/logist-o 2>/tmp/logist-e
   rc=$?
-  sed 's/^/o /' /tmp/logist-o; head -c 1048576 /tmp/logist-e | sed 's/^/e /'
-  printf 'end %s %s\n' "$nonce" "$rc"
+  sed 's/^/o /' /tmp/logist-o
+  if [ -s /tmp/logist-e ]; then head -c 1048576 /tmp/logist-e | sed 's/^/e /'; fi
+  printf '\nend %s %s\n' "$nonce" "$rc"  # on a line of its own, whatever came before
 done
 exec sleep infinity
 """
 
-MAX_ANSWER = 4 << 20  # bytes of an answer read at most; more is a broken helper
+MAX_ANSWER = 4 << 20  # bytes of an answer kept; the rest is read and dropped
 POLL = 0.1  # seconds between looks at ``should_stop`` while waiting
 ALIVE_EVERY = 2.0  # seconds of silence between looks at whether the helper still runs
 
@@ -112,6 +113,7 @@ class Channel:
             raise ChannelLost(str(exc)) from None
         end = f"end {nonce} ".encode()
         out = b""
+        kept: bytes | None = None  # the first MAX_ANSWER bytes, once more came
         asked: float | None = None
         limit = time.monotonic() + deadline
         checked = time.monotonic()
@@ -121,9 +123,11 @@ class Channel:
                 start = out.rfind(b"\n", 0, line_end) + 1
                 last = out[start:line_end]
                 if last.startswith(end):
-                    return _answer(out[:start], last[len(end) :])
-            if len(out) > MAX_ANSWER:
-                raise ChannelLost("the helper's answer is too long")
+                    return _answer(out[:start] if kept is None else kept, last[len(end) :])
+            if len(out) > MAX_ANSWER:  # the rest is read for the end line, not kept
+                if kept is None:
+                    kept = out[: out.rfind(b"\n", 0, MAX_ANSWER) + 1]
+                out = out[-65536:]
             if time.monotonic() > limit:
                 raise ChannelLost(f"no answer from the helper in {deadline:g} s")
             if should_stop is not None and should_stop():

@@ -183,3 +183,24 @@ def test_a_helper_removed_between_two_harvests_is_started_again(
     assert runner.returncode == 0, err
     assert git(source_repo, "show", f"logist/{job}:one.txt") == "one\n"
     assert git(source_repo, "show", f"logist/{job}:two.txt") == "two\n"
+
+
+def test_an_answer_beyond_the_cap_keeps_its_head_and_still_ends():
+    from logist import channel
+
+    ours, peer = socket.socketpair()
+    line = b"o ref " + b"a" * 40 + b" refs/logist/j/heads/x\n"
+    count = channel.MAX_ANSWER // len(line) + 5000
+
+    def answer(nonce, args):
+        yield frame(1, b"o commit abc\n")
+        for _ in range(count // 1000):
+            yield frame(1, line * 1000)
+        yield frame(1, f"\nend {nonce} 0\n".encode())
+
+    serve(peer, answer)
+    code, out, _err = Channel(ours, None).request([], deadline=20)
+    assert code == 0
+    assert out.startswith(b"commit abc\nref ")
+    assert len(out) <= channel.MAX_ANSWER
+    assert out.endswith(b"refs/logist/j/heads/x\n")
