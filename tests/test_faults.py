@@ -160,7 +160,7 @@ def test_a_cleanup_whose_container_removal_fails_says_so_and_the_next_one_finish
     )
     rule = proxy.fail("DELETE", CID + "$", action)
     out = via("job", "cleanup", job)
-    assert rule.fired
+    assert rule.fired, (out.returncode, out.stderr, proxy.seen)
     assert (jobs_root / job / "workspace").is_dir()  # kept: its containers are not gone
     stray.reload()  # still there for the next cleanup
     assert_recovered(
