@@ -50,14 +50,15 @@ def harvest(
     assert previous is not None
     message = f"logist: {job.id} {label}"
     out = sandbox.harvest(previous=previous, message=message, write_back=write_back)
-    if last and (out.current or out.written_back):
+    done = out.current or out.written_back or out.leave  # no write-back to do
+    if last and done:
         sandbox.release()
     for warning in out.warnings:
         notify(f"logist: {job.id}: warning: {warning}")
     commit = accept(store, job, sandbox.exchange, out, previous)
     job.harvested_commit = commit
     store.save(job)  # the commit, and the step's end the caller recorded
-    if not (out.current or out.written_back):
+    if not done:
         for warning in sandbox.write_back(commit):
             notify(f"logist: {job.id}: {warning}")
     return commit

@@ -211,42 +211,55 @@ echo "commit $C"
 current=
 sym=$(printf '%s\n' "$list" | sed -n 's|^ref: \(refs/[^	]*\)	HEAD$|\1|p')
 [ "$C" = "$H" ] && [ "$sym" = "refs/heads/$branch" ] && current=yes && echo "current yes"
-# 3. other branches, tags and the stash: kept under refs/logist/<ns>/
-kept=$(git --git-dir=/trusted -c safe.directory='*' for-each-ref \
-       --format='%(objectname) %(refname)' "refs/logist/$ns/" 2>/dev/null)
-set -- ; [ "$C" = "$P" ] || set -- "refs/heads/$branch"
-updates="update refs/heads/$branch $C
-update refs/wb/heads/$branch $C
-"
-for line in $(printf '%s\n' "$refs" | grep -v '	HEAD$' | tr '\t' '='); do
-  oid=${line%%=*} name=${line#*=}
-  case "$(kind "$oid")" in
-    missing|"") warn "skipped $name: its objects are missing"; continue ;;
-  esac
-  dest="refs/logist/$ns/${name#refs/}"
-  echo "ref $oid $dest"
-  updates="${updates}update $dest $oid
-"
-  [ "$name" = "refs/heads/$branch" ] || updates="${updates}update refs/wb/${name#refs/} $oid
-"
-  case "$kept" in *"$oid $dest"*) continue ;; esac  # logist has it: not in the bundle
-  set -- "$@" "$dest"
-done
-printf '%s' "$updates" | g update-ref --stdin 2>/dev/null || {
+# 3. other branches, tags and the stash: kept under refs/logist/<ns>/. One awk over all the
+#    refs, lists in files, revisions on stdin: linear in the number of refs a step made, and no
+#    argument list that could outgrow the kernel's limit
+git --git-dir=/trusted -c safe.directory='*' for-each-ref \
+  --format='%(objectname) %(refname)' "refs/logist/$ns/" > /tmp/logist-kept 2>/dev/null
+printf '%s\n' "$types" > /tmp/logist-types
+: > /tmp/logist-w; : > /tmp/logist-r; rm -f /tmp/logist-over
+# the bundle's refs: the job branch when it moved, then what logist does not have
+mine() { : > /tmp/logist-b; [ "$C" = "$P" ] || echo "refs/heads/$branch" > /tmp/logist-b; }
+mine
+{ printf 'update refs/heads/%s %s\nupdate refs/wb/heads/%s %s\n' "$branch" "$C" "$branch" "$C"
+  printf '%s\n' "$refs" | awk -F'\t' -v ns="$ns" -v branch="$branch" -v max=5000 '
+    FILENAME == "/tmp/logist-types" { split($0, p, " "); kind[p[1]] = p[2]; next }
+    FILENAME == "/tmp/logist-kept" { have[$0] = 1; next }
+    $2 == "" || $2 == "HEAD" { next }
+    { k = ($1 in kind) ? kind[$1] : ""
+      if (k == "" || k == "missing") {
+        print "skipped " $2 ": its objects are missing" > "/tmp/logist-w"; next }
+      if (++n > max) { over++; next }  # the bundle header and the answer stay bounded
+      short = substr($2, 6); dest = "refs/logist/" ns "/" short
+      print "ref " $1 " " dest > "/tmp/logist-r"
+      print "update " dest " " $1
+      if ($2 != "refs/heads/" branch) print "update refs/wb/" short " " $1
+      if (!(($1 " " dest) in have)) print dest >> "/tmp/logist-b" }
+    END { if (over) print "only the first " max " branches, tags and stashes are kept; " \
+            over " more are not (the workspace keeps them all)" > "/tmp/logist-w"
+          if (over) print "yes" > "/tmp/logist-over" }
+  ' /tmp/logist-types /tmp/logist-kept -
+} > /tmp/logist-updates
+while IFS= read -r w; do warn "$w"; done < /tmp/logist-w
+g update-ref --stdin < /tmp/logist-updates 2>/dev/null || {
   warn "some kept refs clash (a/b and a): only the job branch is kept this time"
   rm -rf "$S/refs/logist" "$S/refs/wb"
   g update-ref "refs/heads/$branch" "$C" && g update-ref "refs/wb/heads/$branch" "$C" || exit 16
-  set -- ; [ "$C" = "$P" ] || set -- "refs/heads/$branch"
+  mine; : > /tmp/logist-r
 }
 # 4. the bundle: what logist's repository does not have yet
-if [ $# -gt 0 ]; then
-  excl="^$P"; for oid in $(printf '%s\n' "$kept" | cut -d' ' -f1); do excl="$excl ^$oid"; done
-  if g bundle create -q "/out/$nonce.bundle" "$@" $excl 2>/tmp/bundle.err; then
+if [ -s /tmp/logist-b ]; then
+  { cat /tmp/logist-b; echo "^$P"; awk '{print "^" $1}' /tmp/logist-kept; } > /tmp/logist-revs
+  if g bundle create -q "/out/$nonce.bundle" --stdin < /tmp/logist-revs 2>/tmp/bundle.err; then
     echo "bundle $nonce.bundle"
-  elif [ -n "$(g rev-list --objects -n 1 "$@" $excl 2>/dev/null)" ]; then
+  elif [ -n "$(g rev-list --objects -n 1 --stdin < /tmp/logist-revs 2>/dev/null)" ]; then
     cat /tmp/bundle.err >&2; exit 15
   fi
 fi
+cat /tmp/logist-r  # last: the host reads a bounded answer, the commit and bundle lines first
+# too many refs to keep: the workspace's repository is left as the step made it (a write-back
+# would leave only the kept ones there)
+if [ -s /tmp/logist-over ]; then echo "leave yes"; wb=no; fi
 if [ "$wb" = yes ] && [ -z "$current" ]; then
   write_back "$branch" "$C" "$ns" || warn "the workspace's repository was not updated (exit $?)"
 fi
@@ -280,7 +293,7 @@ _BUNDLE = re.compile(r"[0-9a-f]{16}\.bundle")
 # what it reads from the marker logist wrote there (the token, or nothing), then it waits.
 VISIBLE = r"""printf 'visible %s\n' "$(cat "/out/$1" 2>/dev/null)"; exec sleep infinity"""
 
-_LINE = re.compile(r"(commit|bundle|ref|current) (\S+)(?: (\S+))?")
+_LINE = re.compile(r"(commit|bundle|ref|current|leave) (\S+)(?: (\S+))?")
 
 
 @dataclass
@@ -292,6 +305,7 @@ class HarvestOutput:
     refs: dict[str, str] = field(default_factory=dict)
     current: bool = False  # the workspace's repository already shows the harvest
     written_back: bool = False  # nothing left to do for the workspace's repository
+    leave: bool = False  # the workspace's repository is to be left as the step made it
     warnings: list[str] = field(default_factory=list)
 
 
@@ -309,6 +323,8 @@ def parse_output(stdout: bytes, stderr: bytes) -> HarvestOutput:
             out.bundle = a
         elif kind == "current":
             out.current = True
+        elif kind == "leave":
+            out.leave = True
         elif b is not None:
             out.refs[b] = a
     for raw in stderr[:MAX_OUTPUT].decode(errors="replace").splitlines():

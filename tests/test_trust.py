@@ -320,6 +320,29 @@ def test_other_branches_tags_and_the_stash_are_kept_in_the_result_bundle(
     assert git(clone, "show", f"refs/logist/{job}/stash:s.txt") == "s\n"
 
 
+@pytest.mark.timeout(300)
+def test_a_step_that_makes_thousands_of_refs_cannot_fail_or_stall_the_harvest(
+    logist, source_repo, jobs_root, tmp_path
+):
+    """6,000 tags: the harvest stays linear and bounded (the first 5,000 refs are kept, with a
+    warning), the job's work lands, and the workspace's repository keeps every tag."""
+    job, out = run_job(
+        logist,
+        source_repo,
+        "git commit -q --allow-empty -m many && echo w > w.txt && "
+        'i=0; while [ $i -lt 6000 ]; do i=$((i+1)); echo "create refs/tags/t$i HEAD"; done '
+        "| git update-ref --stdin",
+        "echo two > two.txt && git tag | wc -l > tags.txt",
+    )
+    assert out.returncode == 0, out.stderr
+    assert "only the first 5000 branches, tags and stashes are kept; 1001 more" in out.stderr
+    assert show(source_repo, job, "w.txt") == "w\n"
+    assert show(source_repo, job, "tags.txt").strip() == "6000"
+    heads = git(tmp_path, "bundle", "list-heads", str(jobs_root / job / "result.bundle"))
+    tags = [line for line in heads.splitlines() if f"refs/logist/{job}/tags/" in line]
+    assert len(tags) == 4999  # the 5,000th kept ref is the job's own branch
+
+
 def test_a_removed_dot_git_still_commits_the_files_on_the_last_harvest(logist, source_repo):
     job, out = run_job(
         logist,
