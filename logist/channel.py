@@ -47,6 +47,12 @@ POLL = 0.1  # seconds between looks at ``should_stop`` while waiting
 ALIVE_EVERY = 2.0  # seconds of silence between looks at whether the helper still runs
 
 
+def drivable(api) -> bool:
+    """Whether the engine's transport gives a plain socket to attach to: ``unix://`` and
+    ``tcp://`` (with or without TLS); not ``ssh://`` nor named pipes (those use ``exec``)."""
+    return api.base_url.startswith(("http+docker://localhost", "http://", "https://"))
+
+
 class ChannelLost(Exception):
     """The connection ended before the answer (the helper or the engine went away)."""
 
@@ -68,8 +74,8 @@ class Channel:
         """Attach to ``container``'s standard streams; None where this engine or transport is
         not driven so (the caller uses ``exec``)."""
         api = container.client.api
-        if not api.base_url.startswith(("http+docker://localhost", "http://", "https://")):
-            return None  # ssh:// and named pipes: exec
+        if not drivable(api):
+            return None
         raw = api.attach_socket(
             container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
         )

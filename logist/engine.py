@@ -279,6 +279,7 @@ class Engine:
         ws: Path | None = None
         ran = 0
         rejected: Rejected | None = None
+        finished = False  # result.bundle and the source's branch written (while the helper goes)
         try:
             rejected = self._check_secrets(job)  # before any container, the helper's included
             if rejected is not None:
@@ -330,9 +331,10 @@ class Engine:
                 if job.state == RUNNING:
                     job.move(SUCCEEDED if job.next_step() is None else PENDING)
                 store.save(job)
-                if job.terminal:  # while the helper is being removed (idempotent: see below)
+                if job.terminal:  # while the helper is being removed; else after, below
                     with contextlib.suppress(LogistError):
                         finish(store, job)
+                        finished = True
         except HarvestFailed as exc:  # refused work: kept in its workspace, never cleaned up
             if job.state == RUNNING:
                 job.move(FAILED)
@@ -359,11 +361,13 @@ class Engine:
             if job.state == RUNNING:
                 self._back_to_pending(job, INTERRUPTED, f"{type(exc).__name__}: {exc}")
             raise
-        return self._concluded(job, ws, rejected)
+        return self._concluded(job, ws, rejected, finished)
 
-    def _concluded(self, job: Job, ws: Path | None, rejected: Rejected | None) -> JobResult:
+    def _concluded(
+        self, job: Job, ws: Path | None, rejected: Rejected | None, finished: bool = False
+    ) -> JobResult:
         # the last harvest was made under this same lock, after the last step: nothing new
-        result = self._conclude(job, ws, harvested=ws is not None)
+        result = self._conclude(job, ws, harvested=ws is not None, finished=finished)
         result.error = rejected
         return result
 
@@ -385,12 +389,15 @@ class Engine:
             return exc
         return None
 
-    def _conclude(self, job: Job, ws: Path | None, harvested: bool = False) -> JobResult:
-        """After the steps: bundle and land the branch, then clean up per policy.
-        ``harvested``: the last step's work was harvested (nothing new to harvest first)."""
+    def _conclude(
+        self, job: Job, ws: Path | None, harvested: bool = False, finished: bool = False
+    ) -> JobResult:
+        """After the steps: bundle and land the branch (unless ``finished`` did), then clean up
+        per policy. ``harvested``: the last step's work was harvested (nothing new to harvest
+        first)."""
         if job.state == PENDING:  # `job step` with steps left: workspace stays ready
             return JobResult(job=job)
-        if ws is not None:
+        if ws is not None and not finished:
             finish(self.store, job)
         drop_cancel_request(self.store.job_dir(job.id))
         report = after_job(self.store, job, harvested=harvested)

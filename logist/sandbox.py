@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from logist import containers
-from logist.channel import SERVE, Channel, ChannelLost, Stopped
+from logist.channel import SERVE, Channel, ChannelLost, Stopped, drivable
 from logist.errors import (
     EnvironmentProblem,
     HarvestFailed,
@@ -578,7 +578,6 @@ class Sandbox:
     ) -> tuple[int, bytes, bytes]:
         """Run ``command`` in the helper; a helper removed meanwhile (``job cancel`` removes
         every container of the job) is started again, once."""
-        import docker
 
         if timeout is None:
             timeout = _harvest_timeout()
@@ -597,10 +596,7 @@ class Sandbox:
                 # 126/137 with the helper gone: it was stopped under the exec, not by it
                 if result.exit_code not in (126, 137) or attempt == 2 or self._alive():
                     break
-            # stopped or removed from elsewhere (a canceller): a new helper, once
-            stale, self._container = self._container, None
-            with contextlib.suppress(docker.errors.APIError, LogistError):
-                stale.remove(force=True)
+            self._discard()  # stopped or removed from elsewhere (a canceller): a new one, once
             result = None
         assert result is not None
         stdout, stderr = result.output if isinstance(result.output, tuple) else (None, None)
@@ -646,9 +642,7 @@ class Sandbox:
                 asked = asked or time.monotonic()
                 if time.monotonic() - asked < STOP_GRACE:
                     continue  # a harvest takes a moment: let it land the step's work
-                with contextlib.suppress(Exception):
-                    container.remove(force=True)
-                self._container = None
+                self._discard()
                 worker.join(10)
                 raise Interrupted("interrupted during the harvest; the workspace is kept")
         if "error" in box:
@@ -681,10 +675,7 @@ class Sandbox:
                     alive=self._alive,
                 )
             except Stopped:
-                self._drop_channel()
-                container, self._container = self._container, None
-                with contextlib.suppress(Exception):
-                    container.remove(force=True)
+                self._discard()
                 raise Interrupted("interrupted during the harvest; the workspace is kept") from None
             except (ChannelLost, LogistError) as exc:
                 self._drop_channel()
@@ -692,10 +683,17 @@ class Sandbox:
                     if isinstance(exc, LogistError):
                         raise
                     raise HarvestFailed(f"the harvest helper did not answer: {exc}") from None
-                stale, self._container = self._container, None  # removed from elsewhere
-                with contextlib.suppress(Exception):
-                    stale.remove(force=True)
+                self._discard()  # removed from elsewhere
         raise AssertionError("unreachable")
+
+    def _discard(self) -> None:
+        """Forget the helper and remove it at once (stopped or removed from elsewhere, or given
+        up on after a signal); the next use starts a new one."""
+        self._drop_channel()
+        container, self._container = self._container, None
+        if container is not None:
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
 
     def _drop_channel(self) -> None:
         channel, self._channel = self._channel, None
@@ -742,9 +740,7 @@ def _can_serve(cli) -> bool:
     or ``tcp://`` (Podman and ``ssh://`` get an ``exec`` per harvest)."""
     from logist import podman
 
-    if os.environ.get("LOGIST_HELPER_EXEC"):
-        return False
-    if not cli.api.base_url.startswith(("http+docker://localhost", "http://", "https://")):
+    if os.environ.get("LOGIST_HELPER_EXEC") or not drivable(cli.api):
         return False
     return not podman.is_podman(cli)
 
