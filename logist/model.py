@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from logist.bounds import Bounds
 from logist.errors import InvalidTransition
 
 SCHEMA_VERSION = 1
@@ -127,6 +128,8 @@ class Job:
     result_branch: str | None = None
     leftovers: list[str] = field(default_factory=list)
     error: str | None = None
+    # the bounds this job was created under (logist.bounds.Bounds as a dict; {}: the defaults)
+    bounds: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -157,6 +160,11 @@ class Job:
             if step.state in (PENDING, RUNNING):
                 step.move(CANCELED)
         self.move(CANCELED)
+
+    @property
+    def limits(self) -> Bounds:
+        """The job's bounds on untrusted input (``logist/bounds.py``)."""
+        return Bounds.from_dict(self.bounds)
 
     def next_step(self) -> Step | None:
         return next((s for s in self.steps if s.state in (PENDING, RUNNING)), None)
