@@ -39,7 +39,22 @@ def create(file: Path | None, **options: Any):
     raw = {**options, "steps": steps or None, "cap_add": caps or None, "secrets": secrets or None}
     if env:
         raw["env"] = parse_env(env)
-    return create_job(store(), raw, file)
+    job = create_job(store(), raw, file)
+    warn_host_caps(job)
+    return job
+
+
+def warn_host_caps(job) -> None:
+    """One line on stderr when the job gets capabilities that open the host."""
+    from logist.config import host_caps
+
+    opening = host_caps(job.cap_add)
+    if opening:
+        print(
+            f"logist: warning: job {job.id} gets {', '.join(opening)}: a step can reach the "
+            "host (its files, kernel or processes) with it",
+            file=sys.stderr,
+        )
 
 
 def run(

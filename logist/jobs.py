@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from logist import gitops
+from logist.config import Config, check_spec_file, load_config, merge_layers
 from logist.errors import JobNotFound, UsageError
 from logist.model import RUNNING, Job
 from logist.spec import build_job, generate_id, is_url, load_yaml
@@ -19,11 +20,19 @@ def invoking_user() -> str:
     return f"{os.getuid()}:{os.getgid()}"
 
 
-def create_job(store: Store, raw: dict[str, Any], spec_file: Path | None = None) -> Job:
-    """Validate a spec (YAML file keys overridden by ``raw``), check the source, store the job."""
-    merged: dict[str, Any] = load_yaml(spec_file) if spec_file else {}
-    merged.update({k: v for k, v in raw.items() if v is not None})
+def create_job(
+    store: Store, raw: dict[str, Any], spec_file: Path | None = None, config: Config | None = None
+) -> Job:
+    """Validate a spec, check the source, store the job. ``raw`` (the command line) overrides
+    the YAML file, which overrides the operator's configuration (read now unless given). The
+    file is untrusted: what it asks for beyond the default boundary must be granted by ``raw``
+    or the configuration (``logist/config.py: check_spec_file``)."""
+    config = load_config() if config is None else config
+    spec: dict[str, Any] = load_yaml(spec_file) if spec_file else {}
+    check_spec_file(spec, raw, config, spec_file)
+    merged = merge_layers(config.defaults, spec, raw)
     job = build_job(merged, default_user=invoking_user())
+    job.bounds = config.job_bounds()
     if is_url(job.repo):
         gitops.check_remote_source(job.repo, job.ref)
     else:

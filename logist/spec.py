@@ -19,6 +19,7 @@ _USER_RE = re.compile(r"\d+(:\d+)?")
 _CAP_RE = re.compile(r"[A-Za-z_]+")
 _RUNTIME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 URL_PREFIXES = ("file://", "git://", "https://", "http://", "ssh://")
 
 NETWORKS = ("bridge", "none", "host")
@@ -136,6 +137,15 @@ def _text(key: str, value: Any) -> str:
     return value
 
 
+def _argument(key: str, value: Any) -> str:
+    """A value that reaches a program's arguments (``repo``, ``ref``, ``image``): not an option
+    (no leading ``-``), no control character."""
+    value = _text(key, value)
+    if value.startswith("-") or _CONTROL_RE.search(value):
+        raise _bad(key, value, "must not start with '-' nor hold a control character")
+    return value
+
+
 def normalize_user(value: Any) -> str:
     value = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
     if value == "root":
@@ -223,7 +233,7 @@ def _steps(value: Any) -> list[Step]:
                 name=_text(f"steps[{n}].name", item["name"])
                 if item.get("name") is not None
                 else None,
-                image=_text(f"steps[{n}].image", item["image"]) if item.get("image") else None,
+                image=_argument(f"steps[{n}].image", item["image"]) if item.get("image") else None,
                 timeout=_positive(f"steps[{n}].timeout", item["timeout"])
                 if item.get("timeout") is not None
                 else None,
@@ -291,7 +301,7 @@ def build_job(raw: dict[str, Any], *, default_user: str) -> Job:
     job_id = validate_id(job_id) if job_id is not None else generate_id()
     if not raw.get("repo"):
         raise UsageError("a job needs a repository: --repo SRC or repo: in the spec")
-    repo = _text("repo", raw["repo"])
+    repo = _argument("repo", raw["repo"])
     memory = resources.get("memory")
     if memory is not None and not _MEMORY_RE.fullmatch(str(memory)):
         raise _bad("memory", memory, "a size such as 512m or 2g")
@@ -303,8 +313,8 @@ def build_job(raw: dict[str, Any], *, default_user: str) -> Job:
     return Job(
         id=job_id,
         repo=repo,
-        ref=_text("ref", str(raw["ref"])) if raw.get("ref") is not None else None,
-        image=_text("image", raw["image"]) if raw.get("image") is not None else DEFAULT_IMAGE,
+        ref=_argument("ref", str(raw["ref"])) if raw.get("ref") is not None else None,
+        image=_argument("image", raw["image"]) if raw.get("image") is not None else DEFAULT_IMAGE,
         prompt=str(raw["prompt"]) if raw.get("prompt") is not None else None,
         env=env,
         timeout=_positive("timeout", timeout) if timeout is not None else None,

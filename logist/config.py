@@ -1,0 +1,221 @@
+"""The operator's configuration file and the trust split of a job's inputs (contract v3,
+"Trusted and untrusted inputs").
+
+Trusted: the command line, logist's environment and this file (``$LOGIST_CONFIG``, else
+``/etc/logist/config.yaml``). Untrusted: a spec file. The file holds defaults for every job (the
+spec's job-wide keys), ``allow:`` (what a spec file may ask for beyond the default boundary) and
+the bounds of ``logist/bounds.py``::
+
+    network: none
+    resources: {memory: 2g}
+    allow:
+      cap_add: [NET_ADMIN]      # capabilities beyond containers.DEFAULT_CAPS
+      network: [host]           # network: host
+      secrets: [API_TOKEN]      # secrets: names
+    max_result_size: 512m
+
+It is read once per ``create``; nothing is cached.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from logist.bounds import Bounds
+from logist.errors import UsageError
+
+CONFIG_ENV = "LOGIST_CONFIG"
+DEFAULT_PATH = Path("/etc/logist/config.yaml")
+PER_JOB_KEYS = frozenset({"id", "repo", "ref", "prompt", "steps"})
+BOUND_KEYS = frozenset(f.name for f in dataclasses.fields(Bounds))
+ALLOW_KEYS = ("cap_add", "network", "secrets")
+# capabilities that reach the host: its files, its kernel, other processes
+HOST_CAPS = ("DAC_READ_SEARCH", "SYS_ADMIN", "SYS_PTRACE", "SYS_MODULE", "SYS_RAWIO", "BPF")
+_LISTS = ("cap_add", "secrets")  # unions across layers: every layer's names are asked for
+_MAPS = ("env", "resources")  # merged key by key
+
+
+@dataclass(frozen=True)
+class Config:
+    """The operator's configuration: job defaults, grants (``allow``), bounds."""
+
+    path: str | None = None
+    defaults: dict[str, Any] = field(default_factory=dict)
+    allow: dict[str, frozenset[str]] = field(
+        default_factory=lambda: {k: frozenset() for k in ALLOW_KEYS}
+    )
+    bounds: dict[str, Any] = field(default_factory=dict)
+
+    def job_bounds(self) -> dict[str, Any]:
+        """The bounds the file sets, as numbers, for ``Job.bounds`` (``{}``: the defaults)."""
+        parsed = Bounds.from_dict(self.bounds)
+        return {key: getattr(parsed, key) for key in self.bounds}
+
+
+def load_config(environ: Mapping[str, str] | None = None) -> Config:
+    """Read the operator's configuration. An absent default file is an empty configuration;
+    ``$LOGIST_CONFIG`` naming a missing, unreadable or invalid file is exit 2 naming it."""
+    environ = os.environ if environ is None else environ
+    named = environ.get(CONFIG_ENV)
+    path = Path(named) if named else DEFAULT_PATH
+    if not named and not path.exists():
+        return Config()
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not text"
+        raise UsageError(f"cannot read configuration {path} (${CONFIG_ENV}): {why}") from None
+    return parse_config(_load(text, path), str(path))
+
+
+def _load(text: str, path: Path) -> dict[str, Any]:
+    import yaml
+
+    from logist.spec import _yaml_loader
+
+    try:
+        data = yaml.load(text, Loader=_yaml_loader())
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0]
+        raise UsageError(f"configuration {path} is not valid YAML: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"configuration {path} must be a YAML map of keys")
+    return data
+
+
+def parse_config(data: dict[str, Any], where: str) -> Config:
+    """Validate a configuration map: spec keys the same way as a spec's, ``allow``, bounds."""
+    from logist.spec import TOP_KEYS
+
+    known = (TOP_KEYS - PER_JOB_KEYS) | BOUND_KEYS | {"allow"}
+    for key in data:
+        if key not in known:
+            hint = " (a per-job key: give it in the spec or on the command line)"
+            raise UsageError(
+                f"configuration {where}: unknown key {key!r}"
+                + (hint if key in PER_JOB_KEYS else f" (known: {', '.join(sorted(known))})")
+            )
+    defaults = {k: v for k, v in data.items() if k in TOP_KEYS}
+    bounds = {k: v for k, v in data.items() if k in BOUND_KEYS}
+    try:
+        _check_defaults(defaults)
+        Bounds.from_dict(bounds)
+        allow = _allow(data.get("allow"))
+    except UsageError as exc:
+        raise UsageError(f"configuration {where}: {exc}") from None
+    return Config(path=where, defaults=defaults, allow=allow, bounds=bounds)
+
+
+def _check_defaults(defaults: dict[str, Any]) -> None:
+    """Validate job defaults exactly as a spec's keys (a placeholder repository and step)."""
+    from logist.spec import build_job
+
+    probe = {**copy.deepcopy(defaults), "repo": "/", "steps": ["true"]}
+    build_job(probe, default_user="0:0")
+
+
+def _allow(value: Any) -> dict[str, frozenset[str]]:
+    from logist.spec import NETWORKS, _caps, _names, _secrets
+
+    value = {} if value is None else value
+    if not isinstance(value, dict):
+        raise UsageError(f"invalid value for allow: {value!r} (a map of cap_add, network, secrets)")
+    for key in value:
+        if key not in ALLOW_KEYS:
+            raise UsageError(f"unknown key in allow: {key!r} (known: {', '.join(ALLOW_KEYS)})")
+    networks = _names("allow.network", value.get("network") or [])
+    for net in networks:
+        if net not in NETWORKS:
+            raise UsageError(f"invalid value for allow.network: {net!r} (one of host, bridge)")
+    return {
+        "cap_add": frozenset(_caps(value.get("cap_add") or [])),
+        "network": frozenset(networks),
+        "secrets": frozenset(_secrets(value.get("secrets") or [], {})),
+    }
+
+
+def merge_layers(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Merge spec maps, later layers over earlier ones (config defaults, spec file, flags):
+    ``env`` and ``resources`` key by key, ``cap_add`` and ``secrets`` as unions, the rest
+    replaced. None means "not given"."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in _fold_resources(layer).items():
+            if value is None:
+                continue
+            before = out.get(key)
+            if key in _MAPS and isinstance(value, dict) and isinstance(before, dict):
+                out[key] = {**before, **value}
+            elif key in _LISTS and isinstance(before, list) and isinstance(value, list | str):
+                out[key] = [*before, *([value] if isinstance(value, str) else value)]
+            else:
+                out[key] = copy.deepcopy(value)
+    return out
+
+
+def _fold_resources(layer: dict[str, Any]) -> dict[str, Any]:
+    """``memory``/``cpus``/``pids`` moved into the layer's ``resources`` map (they win there)."""
+    from logist.spec import RESOURCE_KEYS
+
+    given = {k: layer[k] for k in RESOURCE_KEYS if layer.get(k) is not None}
+    resources = layer.get("resources")
+    if not given or not (resources is None or isinstance(resources, dict)):
+        return layer
+    rest = {k: v for k, v in layer.items() if k not in RESOURCE_KEYS}
+    return {**rest, "resources": {**(resources or {}), **given}}
+
+
+def check_spec_file(spec: dict[str, Any], flags: dict[str, Any], config: Config, path) -> None:
+    """Refuse (exit 2) what a spec file asks for beyond the default boundary and nothing
+    trusted grants: a capability outside ``DEFAULT_CAPS``, ``network: host``, any secret.
+    Granted by the same value on the command line, in the configuration's defaults, or in its
+    ``allow:``."""
+    from logist.spec import _caps, _names
+
+    def trusted(key: str, norm) -> set[str]:
+        given = [*_as_list(flags.get(key)), *_as_list(config.defaults.get(key))]
+        return set(norm(given)) | set(config.allow[key])
+
+    asked = _caps(spec.get("cap_add") or [])
+    if asked:  # containers imports the docker SDK: only when there is something to check
+        from logist.containers import DEFAULT_CAPS
+
+        caps = trusted("cap_add", _caps) | set(DEFAULT_CAPS)
+    for cap in asked:
+        if cap not in caps:
+            raise _refusal(path, f"cap_add {cap}", f"--cap-add {cap}", "cap_add", cap, config)
+    from_spec = spec.get("network") == "host" and flags.get("network") is None
+    if from_spec and "host" not in trusted("network", lambda v: v):
+        raise _refusal(path, "network: host", "--network host", "network", "host", config)
+    secrets = trusted("secrets", lambda v: _names("secrets", v))
+    for name in _names("secrets", spec.get("secrets") or []):
+        if name not in secrets:
+            raise _refusal(path, f"secret {name}", f"--secret {name}", "secrets", name, config)
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _refusal(path, setting: str, flag: str, key: str, value: str, config: Config) -> UsageError:
+    where = config.path or f"${CONFIG_ENV} or {DEFAULT_PATH}"
+    return UsageError(
+        f"spec file {path} asks for {setting}, which a spec file cannot grant: "
+        f"give {flag} on the command line, or allow: {{{key}: [{value}]}} in the "
+        f"configuration ({where})"
+    )
+
+
+def host_caps(caps: list[str]) -> list[str]:
+    """The capabilities among ``caps`` that open the host to a step."""
+    return [cap for cap in caps if cap in HOST_CAPS]
