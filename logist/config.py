@@ -152,10 +152,12 @@ def merge_layers(*layers: dict[str, Any]) -> dict[str, Any]:
             if value is None:
                 continue
             before = out.get(key)
+            if key in _LISTS and isinstance(value, str):
+                value = [value]
             if key in _MAPS and isinstance(value, dict) and isinstance(before, dict):
                 out[key] = {**before, **value}
-            elif key in _LISTS and isinstance(before, list) and isinstance(value, list | str):
-                out[key] = [*before, *([value] if isinstance(value, str) else value)]
+            elif key in _LISTS and isinstance(before, list) and isinstance(value, list):
+                out[key] = [*before, *value]
             else:
                 out[key] = copy.deepcopy(value)
     return out
