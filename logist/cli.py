@@ -91,7 +91,15 @@ def main_options(
 
 # The options of a job spec, one definition each, shared by `job create` and `run`.
 IdArg = Annotated[str | None, typer.Argument(help="Job id (generated when omitted).")]
-FileOpt = Annotated[Path | None, typer.Option("--file", "-f", help="YAML spec.")]
+FileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--file",
+        "-f",
+        help="YAML spec (untrusted: extra capabilities, network host and secrets it asks for "
+        "need --cap-add, --network host, --secret or the configuration's allow:).",
+    ),
+]
 RepoOpt = Annotated[str | None, typer.Option(help="Local git repository or git URL.")]
 ImageOpt = Annotated[str | None, typer.Option(help="Image of the steps.")]
 StepOpt = Annotated[list[str] | None, typer.Option(help="A step's command (repeat).")]
@@ -105,7 +113,10 @@ PidsOpt = Annotated[str | None, typer.Option(help="Process limit (default 4096).
 NetworkOpt = Annotated[str | None, typer.Option(help="bridge, none or host.")]
 CapAddOpt = Annotated[
     list[str] | None,
-    typer.Option("--cap-add", help="Give the steps this capability, e.g. NET_RAW (repeat)."),
+    typer.Option(
+        "--cap-add",
+        help="Give the steps this capability, e.g. NET_RAW (repeat; grants it to a --file spec).",
+    ),
 ]
 RuntimeOpt = Annotated[
     str | None, typer.Option(help="OCI runtime the engine knows, e.g. runsc (gVisor).")
@@ -115,7 +126,8 @@ SecretOpt = Annotated[
     typer.Option(
         "--secret",
         help="Pass this variable of logist's environment to the steps, read when each step "
-        "starts, never stored, masked as *** in their output (repeat).",
+        "starts, never stored, masked as *** in their output (repeat; grants a --file "
+        "spec's secrets: name).",
     ),
 ]
 UserOpt = Annotated[str | None, typer.Option(help="UID:GID or root (default: yours).")]
@@ -151,6 +163,8 @@ def job_create(
     """Create a job; print its id alone on stdout.
 
     Example: logist job create --repo . --step 'my-agent' --secret ANTHROPIC_API_KEY
+
+    Defaults, grants and bounds for every job: $LOGIST_CONFIG, else /etc/logist/config.yaml.
     """
     options = {k: v for k, v in locals().items() if k not in ("job_id", "file")}
     print(commands.create(file, id=job_id, **options).id)
