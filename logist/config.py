@@ -180,14 +180,14 @@ def check_spec_file(spec: dict[str, Any], flags: dict[str, Any], config: Config,
     trusted grants: a capability outside ``DEFAULT_CAPS``, ``network: host``, any secret.
     Granted by the same value on the command line, in the configuration's defaults, or in its
     ``allow:``."""
-    from logist.spec import _caps, _names
+    from logist.spec import _caps, _names, _secrets
 
     def trusted(key: str, norm) -> set[str]:
         given = [*_as_list(flags.get(key)), *_as_list(config.defaults.get(key))]
         return set(norm(given)) | set(config.allow[key])
 
     asked = _caps(spec.get("cap_add") or [])
-    if asked:  # containers imports the docker SDK: only when there is something to check
+    if asked:  # logist.containers is a large import: only when there is something to check
         from logist.containers import DEFAULT_CAPS
 
         caps = trusted("cap_add", _caps) | set(DEFAULT_CAPS)
@@ -198,7 +198,7 @@ def check_spec_file(spec: dict[str, Any], flags: dict[str, Any], config: Config,
     if from_spec and "host" not in trusted("network", lambda v: v):
         raise _refusal(path, "network: host", "--network host", "network", "host", config)
     secrets = trusted("secrets", lambda v: _names("secrets", v))
-    for name in _names("secrets", spec.get("secrets") or []):
+    for name in _secrets(spec.get("secrets") or [], {}):
         if name not in secrets:
             raise _refusal(path, f"secret {name}", f"--secret {name}", "secrets", name, config)
 

@@ -90,6 +90,15 @@ def test_every_secret_of_a_spec_must_be_granted_not_only_the_first(logist, sourc
     assert "asks for secret TOKEN_B" in out.stderr and "--secret TOKEN_B" in out.stderr
 
 
+def test_a_spec_secret_that_is_no_variable_name_is_invalid_before_any_grant_question(
+    logist, source_repo, tmp_path
+):
+    spec = write_spec(tmp_path, source_repo, "secrets: ['1X']")
+    out = create(logist, "--file", str(spec), "--secret", "1X")
+    assert out.returncode == 2
+    assert out.stderr.startswith("logist: error: invalid value for secrets: '1X'")
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [("repo", "-uhere"), ("ref", "--upload-pack=touch x"), ("ref", "main\x1b[2J"),
