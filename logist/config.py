@@ -12,6 +12,7 @@ the bounds of ``logist/bounds.py``::
       cap_add: [NET_ADMIN]      # capabilities beyond containers.DEFAULT_CAPS
       network: [host]           # network: host
       secrets: [API_TOKEN]      # secrets: names
+      runtime: [runc]           # a runtime other than the configuration's default runtime
     max_result_size: 512m
 
 It is read once per ``create``; nothing is cached.
@@ -34,7 +35,8 @@ CONFIG_ENV = "LOGIST_CONFIG"
 DEFAULT_PATH = Path("/etc/logist/config.yaml")
 PER_JOB_KEYS = frozenset({"id", "repo", "ref", "prompt", "steps"})
 BOUND_KEYS = frozenset(f.name for f in dataclasses.fields(Bounds))
-ALLOW_KEYS = ("cap_add", "network", "secrets")
+ALLOW_KEYS = ("cap_add", "network", "secrets", "runtime")
+_OPENNESS = {"none": 0, "bridge": 1, "host": 2}  # networks, from the narrowest
 # capabilities that reach the host: its files, its kernel, other processes
 HOST_CAPS = ("DAC_READ_SEARCH", "SYS_ADMIN", "SYS_PTRACE", "SYS_MODULE", "SYS_RAWIO", "BPF")
 _LISTS = ("cap_add", "secrets")  # unions across layers: every layer's names are asked for
@@ -127,7 +129,7 @@ def _allow(value: Any) -> dict[str, frozenset[str]]:
 
     value = {} if value is None else value
     if not isinstance(value, dict):
-        raise UsageError(f"invalid value for allow: {value!r} (a map of cap_add, network, secrets)")
+        raise UsageError(f"invalid value for allow: {value!r} (a map of {', '.join(ALLOW_KEYS)})")
     for key in value:
         if key not in ALLOW_KEYS:
             raise UsageError(f"unknown key in allow: {key!r} (known: {', '.join(ALLOW_KEYS)})")
@@ -139,6 +141,7 @@ def _allow(value: Any) -> dict[str, frozenset[str]]:
         "cap_add": frozenset(_caps(value.get("cap_add") or [])),
         "network": frozenset(networks),
         "secrets": frozenset(_secrets(value.get("secrets") or [], {})),
+        "runtime": frozenset(_names("allow.runtime", value.get("runtime") or [])),
     }
 
 
@@ -177,9 +180,10 @@ def _fold_resources(layer: dict[str, Any]) -> dict[str, Any]:
 
 def check_spec_file(spec: dict[str, Any], flags: dict[str, Any], config: Config, path) -> None:
     """Refuse (exit 2) what a spec file asks for beyond the default boundary and nothing
-    trusted grants: a capability outside ``DEFAULT_CAPS``, ``network: host``, any secret.
-    Granted by the same value on the command line, in the configuration's defaults, or in its
-    ``allow:``."""
+    trusted grants: a capability outside ``DEFAULT_CAPS``, a network wider than the default
+    (``host``; ``bridge`` when the configuration's is ``none``), any secret, a runtime other
+    than the configuration's. Granted by the same value on the command line, in the
+    configuration's defaults, or in its ``allow:``."""
     from logist.spec import _caps, _names, _secrets
 
     def trusted(key: str, norm) -> set[str]:
@@ -194,13 +198,35 @@ def check_spec_file(spec: dict[str, Any], flags: dict[str, Any], config: Config,
     for cap in asked:
         if cap not in caps:
             raise _refusal(path, f"cap_add {cap}", f"--cap-add {cap}", "cap_add", cap, config)
-    from_spec = spec.get("network") == "host" and flags.get("network") is None
-    if from_spec and "host" not in trusted("network", lambda v: v):
-        raise _refusal(path, "network: host", "--network host", "network", "host", config)
+    _check_network(spec.get("network"), flags, config, path)
+    _check_runtime(spec.get("runtime"), flags, config, path)
     secrets = trusted("secrets", lambda v: _names("secrets", v))
     for name in _secrets(spec.get("secrets") or [], {}):
         if name not in secrets:
             raise _refusal(path, f"secret {name}", f"--secret {name}", "secrets", name, config)
+
+
+def _check_network(net: Any, flags: dict[str, Any], config: Config, path) -> None:
+    """A spec's network no wider than the configuration's default (``bridge`` without one)."""
+    if not isinstance(net, str) or net not in _OPENNESS or flags.get("network") is not None:
+        return  # not a network (build_job says so), or the command line chose
+    if net in config.allow["network"]:
+        return
+    if _OPENNESS[net] > _OPENNESS.get(config.defaults.get("network"), _OPENNESS["bridge"]):
+        raise _refusal(path, f"network: {net}", f"--network {net}", "network", net, config)
+
+
+def _check_runtime(runtime: Any, flags: dict[str, Any], config: Config, path) -> None:
+    """A spec may not replace the runtime the configuration chose (e.g. runsc) by another."""
+    chosen = config.defaults.get("runtime")
+    if not isinstance(runtime, str) or chosen is None or runtime == chosen:
+        return
+    if flags.get("runtime") is not None:
+        return
+    if runtime not in config.allow["runtime"]:
+        raise _refusal(
+            path, f"runtime {runtime}", f"--runtime {runtime}", "runtime", runtime, config
+        )
 
 
 def _as_list(value: Any) -> list:

@@ -155,6 +155,44 @@ def test_spec_network_host_overridden_by_the_command_line_is_not_a_widening(
     assert manifest(jobs_root, "over")["network"] == "none"
 
 
+@pytest.mark.parametrize(
+    ("cfg_body", "spec_body", "setting", "flag", "allow"),
+    [
+        ("network: none\n", "network: bridge", "network: bridge", "--network bridge",
+         "{network: [bridge]}"),
+        ("runtime: runsc\n", "runtime: runc", "runtime runc", "--runtime runc",
+         "{runtime: [runc]}"),
+    ],
+)  # fmt: skip
+def test_a_spec_file_cannot_undo_the_configurations_narrower_network_or_runtime(
+    logist, jobs_root, source_repo, tmp_path, cfg_body, spec_body, setting, flag, allow
+):
+    cfg = write_config(tmp_path, cfg_body)
+    spec = write_spec(tmp_path, source_repo, f"id: undo\n{spec_body}")
+    out = create(logist, "--file", str(spec), config=cfg)
+    assert out.returncode == 2
+    assert out.stderr == refusal(spec, setting, flag, allow, str(cfg))
+    granted = write_config(tmp_path, f"{cfg_body}allow: {allow}\n")
+    out = create(logist, "--file", str(spec), config=granted)
+    assert out.returncode == 0, out.stderr
+    key, value = spec_body.split(": ")
+    assert manifest(jobs_root, "undo")[key] == value
+    out = create(logist, "byflag", "--file", str(spec), *flag.split(), config=cfg)
+    assert out.returncode == 0, out.stderr
+    assert manifest(jobs_root, "byflag")[key] == value
+
+
+def test_a_spec_file_may_repeat_or_narrow_the_configurations_network_and_runtime(
+    logist, jobs_root, source_repo, tmp_path
+):
+    cfg = write_config(tmp_path, "network: bridge\nruntime: runc\n")
+    spec = write_spec(tmp_path, source_repo, "id: same\nnetwork: none\nruntime: runc")
+    out = create(logist, "--file", str(spec), config=cfg)
+    assert out.returncode == 0, out.stderr
+    m = manifest(jobs_root, "same")
+    assert (m["network"], m["runtime"]) == ("none", "runc")
+
+
 # --- grants -----------------------------------------------------------------------------------
 
 WIDE = "cap_add: [NET_ADMIN]\nnetwork: host\nsecrets: [API_TOKEN]"
@@ -258,6 +296,7 @@ def test_bounds_from_the_configuration_land_in_job_json(logist, jobs_root, sourc
         ("network: moon\n", "invalid value for network: 'moon' (one of bridge, none, host)"),
         ("max_object_size: lots\n", "invalid value for max_object_size: 'lots'"),
         ("allow: {user: [root]}\n", "unknown key in allow: 'user' (known: cap_add, network,"),
+        ("allow: [host]\n", "invalid value for allow: ['host'] (a map of cap_add, network,"),
         ("allow: {network: [moon]}\n", "invalid value for allow.network: 'moon'"),
         ("allow: {secrets: ['1X']}\n", "invalid value for secrets: '1X'"),
         ("- a list\n", "must be a YAML map of keys"),
