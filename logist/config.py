@@ -136,7 +136,8 @@ def _allow(value: Any) -> dict[str, frozenset[str]]:
     networks = _names("allow.network", value.get("network") or [])
     for net in networks:
         if net not in NETWORKS:
-            raise UsageError(f"invalid value for allow.network: {net!r} (one of host, bridge)")
+            choices = ", ".join(NETWORKS)
+            raise UsageError(f"invalid value for allow.network: {net!r} (one of {choices})")
     return {
         "cap_add": frozenset(_caps(value.get("cap_add") or [])),
         "network": frozenset(networks),
