@@ -184,6 +184,21 @@ def test_a_source_owned_by_another_uid_is_cloned_by_its_exact_path(jobs_root, tm
     assert gitops.commit_of(made, job.base_commit) == job.base_commit
 
 
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_job_on_a_source_owned_by_another_uid_publishes_its_branch_there(
+    logist, jobs_root, tmp_path
+):
+    source = _foreign(make_repo(tmp_path / "src"))
+    out = _cli(jobs_root, tmp_path, f"--repo={source}", "--step", "echo w > w.txt")
+    assert out.returncode == 0, out.stderr
+    job = out.stdout.strip()
+    ran = logist("job", "run", job)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert git(source, "show", f"logist/{job}:w.txt") == "w\n"
+
+
 def test_trusting_one_foreign_repository_trusts_no_other(tmp_path):
     trusted = _foreign(make_repo(tmp_path / "a"))
     other = _foreign(make_repo(tmp_path / "a2"))
