@@ -15,6 +15,7 @@ positional that can come from data follows ``--`` or ``--end-of-options``
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -145,6 +146,10 @@ def _run_git(
         )
     except FileNotFoundError:
         raise GitError(args, "git is not installed", exit_code=3) from None
+    except OSError as exc:
+        if exc.errno != errno.E2BIG:
+            raise
+        raise UsageError(f"refused: an argument for git is too long: {args!r:.300}") from None
     except subprocess.TimeoutExpired:
         raise GitError(
             args, f"timed out after {timeout:g}s", exit_code=2 if usage else None
@@ -199,7 +204,11 @@ def is_oid(text: str) -> bool:
 
 def check_local_source(path: Path, ref: str | None) -> None:
     """Refuse (exit 2) a path that is not a git repository or a ref it does not have."""
-    if not path.exists():
+    try:
+        found = path.exists()
+    except OSError as exc:  # a name too long, a loop of links: not a repository either
+        raise UsageError(f"repository not found: {str(path)[:300]}: {exc.strerror}") from None
+    if not found:
         raise UsageError(f"repository not found: {path} does not exist")
     code, _ = git("rev-parse", "--git-dir", cwd=path, trust=path, ok_codes=(0, 128))
     if code != 0:
