@@ -127,6 +127,23 @@ def test_a_repo_or_ref_that_looks_like_an_option_is_refused(
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("exists", [False, True])
+def test_a_transport_helper_address_as_repo_runs_nothing(jobs_root, tmp_path, monkeypatch, exists):
+    """``ext::CMD`` would have git run CMD; a directory of that name is a path (made absolute)."""
+    name = f"ext::sh -c touch% {MARK}"
+    if exists:
+        make_repo(tmp_path / name)
+    out = _cli(jobs_root, tmp_path, f"--repo={name}", "--step", "true")
+    assert out.returncode == (0 if exists else 2), out.stdout + out.stderr
+    if exists:
+        store = Store(jobs_root)
+        job = store.load(out.stdout.strip())
+        assert job.repo == str(tmp_path / name)
+        monkeypatch.chdir(tmp_path)
+        ensure_job_repo(store, job)
+    assert not _marks(tmp_path)
+
+
 def test_ls_remote_takes_an_option_shaped_url_as_a_repository(source_repo, tmp_path, monkeypatch):
     """In a clone with an ``origin``, ``git ls-remote --upload-pack=CMD`` would run CMD."""
     clone = tmp_path / "clone"
