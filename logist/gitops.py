@@ -5,17 +5,24 @@ Never a workspace: whatever a step wrote is read by git inside a helper containe
 (``fsck``) before it enters logist's repository. Host git runs with a sanitised environment
 (no inherited ``GIT_*``, no system config, hooks off) and never with ``safe.directory=*``: a
 source owned by another user is trusted by its exact path only.
+
+No value from a spec reaches a shell or an option parser: no command string is built here (git
+is given an argument vector), the trusted path travels in a config file git reads, and every
+positional that can come from data follows ``--`` or ``--end-of-options``
+(docs/security.md, "Host processes").
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,6 +67,36 @@ def _env(isolated: bool = False) -> dict[str, str]:
     return env
 
 
+def _quoted(value: str) -> str:
+    """``value`` as a double-quoted git config value: no quote, backslash or line break of it
+    can end the value or start another line of the file."""
+    if "\r" in value or "\x00" in value:
+        raise UsageError(f"a path git is to trust holds a control character: {value!r}")
+    for char, escaped in (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\t", "\\t")):
+        value = value.replace(char, escaped)
+    return f'"{value}"'
+
+
+def _user_configs() -> list[str]:
+    """The user's global config files, as git finds them when ``GIT_CONFIG_GLOBAL`` is unset."""
+    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    return [os.path.join(xdg, "git", "config"), os.path.expanduser("~/.gitconfig")]
+
+
+def _trust_config(trust: Path | str, isolated: bool) -> str:
+    """A global config file's text: ``safe.directory`` for exactly ``trust`` and its ``.git``
+    (never ``*``) and, unless ``isolated``, an include of the user's own global config.
+
+    A file (``GIT_CONFIG_GLOBAL``), not ``-c`` nor ``GIT_CONFIG_COUNT``: git drops both from
+    the environment of the ``upload-pack`` it starts for a local clone or fetch
+    (``local_repo_env``), and that process checks the owner of the source too."""
+    paths = (str(trust), str(Path(trust) / ".git"))
+    lines = ["[safe]", *(f"\tdirectory = {_quoted(p)}" for p in paths)]
+    if not isolated:
+        lines += ["[include]", *(f"\tpath = {_quoted(p)}" for p in _user_configs())]
+    return "\n".join(lines) + "\n"
+
+
 def git(
     *args: str,
     cwd: Path | str | None = None,
@@ -74,29 +111,51 @@ def git(
     ``trust`` names the one repository path git may use although another user owns it (the
     user's source); ``isolated`` leaves the user's global config out. Raise ``GitError``
     (exit 2 when ``usage``) for any other exit code, with the command and its stderr."""
-    cmd = ["git", "-c", "core.hooksPath=/dev/null"]
-    if trust is not None:
-        cmd += ["-c", f"safe.directory={trust}", "-c", f"safe.directory={Path(trust) / '.git'}"]
-    cmd += list(args)
+    if any("\x00" in arg for arg in args):  # only data can hold one; git would never see it
+        raise UsageError(f"refused: an argument for git holds a NUL byte: {args!r:.300}")
+    env = _env(isolated)
+    with contextlib.ExitStack() as stack:
+        if trust is not None:
+            config = stack.enter_context(
+                tempfile.NamedTemporaryFile("w", prefix="logist-trust-", suffix=".gitconfig")
+            )
+            config.write(_trust_config(trust, isolated))
+            config.flush()
+            env["GIT_CONFIG_GLOBAL"] = config.name
+        return _run_git(list(args), cwd, env, timeout, ok_codes, usage)
+
+
+def _run_git(
+    args: list[str],
+    cwd: Path | str | None,
+    env: dict[str, str],
+    timeout: float | None,
+    ok_codes: tuple[int, ...],
+    usage: bool,
+) -> tuple[int, str]:
     try:
         proc = subprocess.run(
-            cmd,
+            ["git", "-c", "core.hooksPath=/dev/null", *args],
             cwd=str(cwd) if cwd else None,
             capture_output=True,
             text=True,
             errors="replace",
             timeout=timeout,
-            env=_env(isolated),
+            env=env,
             stdin=subprocess.DEVNULL,
         )
     except FileNotFoundError:
-        raise GitError(list(args), "git is not installed", exit_code=3) from None
+        raise GitError(args, "git is not installed", exit_code=3) from None
+    except OSError as exc:
+        if exc.errno != errno.E2BIG:
+            raise
+        raise UsageError(f"refused: an argument for git is too long: {args!r:.300}") from None
     except subprocess.TimeoutExpired:
         raise GitError(
-            list(args), f"timed out after {timeout:g}s", exit_code=2 if usage else None
+            args, f"timed out after {timeout:g}s", exit_code=2 if usage else None
         ) from None
     if proc.returncode not in ok_codes:
-        raise GitError(list(args), proc.stderr or proc.stdout, exit_code=2 if usage else None)
+        raise GitError(args, proc.stderr or proc.stdout, exit_code=2 if usage else None)
     return proc.returncode, proc.stdout.rstrip("\n")
 
 
@@ -145,7 +204,11 @@ def is_oid(text: str) -> bool:
 
 def check_local_source(path: Path, ref: str | None) -> None:
     """Refuse (exit 2) a path that is not a git repository or a ref it does not have."""
-    if not path.exists():
+    try:
+        found = path.exists()
+    except OSError as exc:  # a name too long, a loop of links: not a repository either
+        raise UsageError(f"repository not found: {str(path)[:300]}: {exc.strerror}") from None
+    if not found:
         raise UsageError(f"repository not found: {path} does not exist")
     code, _ = git("rev-parse", "--git-dir", cwd=path, trust=path, ok_codes=(0, 128))
     if code != 0:
@@ -156,7 +219,7 @@ def check_local_source(path: Path, ref: str | None) -> None:
 def check_remote_source(url: str, ref: str | None) -> None:
     """Refuse (exit 2) a URL that does not answer as a git repository, or lacks ``ref``."""
     try:
-        _, out = git("ls-remote", *upload_pack(url), url, timeout=60, usage=True)
+        _, out = git("ls-remote", "--", url, trust=_local_path(url), timeout=60, usage=True)
     except GitError as exc:
         first = next((line for line in exc.stderr.splitlines() if line.strip()), "no answer")
         raise UsageError(f"repository not reachable: {url}: {first.strip()[:300]}") from None
@@ -173,15 +236,6 @@ def _local_path(url: str) -> str | None:
     return None if url.startswith(_NETWORK_PREFIXES) else url
 
 
-def upload_pack(source: str) -> list[str]:
-    """For a ``file://`` source owned by another user: an upload-pack that trusts exactly that
-    path. Never for a network URL: there it names the service the server runs."""
-    path = _local_path(source)
-    if path is None:
-        return []
-    return ["--upload-pack", f"git -c safe.directory={path} upload-pack"]
-
-
 def _looks_like_sha(ref: str) -> bool:
     return 7 <= len(ref) <= 64 and all(c in "0123456789abcdef" for c in ref)
 
@@ -193,6 +247,7 @@ def resolve_ref(repo: Path, ref: str | None) -> str:
         "rev-parse",
         "--verify",
         "--quiet",
+        "--end-of-options",
         f"{name}^{{commit}}",
         cwd=repo,
         trust=repo,
@@ -205,14 +260,15 @@ def resolve_ref(repo: Path, ref: str | None) -> str:
 
 def update_mirror(url: str, mirror: Path) -> None:
     """Create the mirror of ``url`` once, then only fetch what is new (caller holds its lock)."""
+    trust = _local_path(url)  # a file:// source, maybe another user's; None for the network
     if (mirror / "HEAD").exists():
-        git("fetch", "--quiet", "--prune", *upload_pack(url), "origin", cwd=mirror)
+        git("fetch", "--quiet", "--prune", "--", "origin", cwd=mirror, trust=trust)
         return
     # a temp mirror here is a crashed clone's: we hold the lock, so no other clone makes it
     for leftover in mirror.parent.glob(mirror.name + ".tmp-*"):
         shutil.rmtree(leftover, ignore_errors=True)
     tmp = mirror.with_name(mirror.name + f".tmp-{os.getpid()}")
-    git("clone", "--quiet", "--mirror", *upload_pack(url), "--", url, str(tmp))
+    git("clone", "--quiet", "--mirror", "--", url, str(tmp), trust=trust)
     os.replace(tmp, mirror)
 
 
@@ -223,7 +279,7 @@ def make_job_repo(origin: Path, dest: Path) -> None:
     """``dest``: logist's bare repository of one job, a local clone of a trusted ``origin``
     (the source or a mirror; hardlinked where git can, since both sides are trusted and no step
     ever sees either). Alternates of the origin are dissolved: the copy stands alone."""
-    git("clone", "--quiet", "--bare", *upload_pack(str(origin)), "--", str(origin), str(dest))
+    git("clone", "--quiet", "--bare", "--", str(origin), str(dest), trust=origin)
     _dissolve_alternates(dest)
 
 
@@ -235,7 +291,7 @@ def clone_workspace(job_repo: Path, dest: Path, branch: str, commit: str, origin
     git("clone", *args, isolated=True)
     _dissolve_alternates(dest / ".git")
     git("remote", "remove", "origin", cwd=dest, isolated=True)  # and its refs
-    git("remote", "add", "origin", origin, cwd=dest, isolated=True)
+    git("remote", "add", "--", "origin", origin, cwd=dest, isolated=True)
     git(
         "checkout",
         "--quiet",
@@ -266,6 +322,7 @@ def commit_of(repo: Path, name: str) -> str | None:
         "rev-parse",
         "--verify",
         "--quiet",
+        "--end-of-options",
         f"{name}^{{commit}}",
         ok_codes=(0, 1, 128),
         isolated=True,
@@ -274,7 +331,7 @@ def commit_of(repo: Path, name: str) -> str | None:
 
 
 def set_ref(repo: Path, ref: str, commit: str) -> None:
-    git(f"--git-dir={repo}", "update-ref", ref, commit, isolated=True)
+    git(f"--git-dir={repo}", "update-ref", "--", ref, commit, isolated=True)
 
 
 def fetch_bundle_into(repo: Path, bundle: Path, refspecs: list[str]) -> None:
@@ -287,6 +344,7 @@ def fetch_bundle_into(repo: Path, bundle: Path, refspecs: list[str]) -> None:
         "--no-tags",
         "--no-write-fetch-head",
         "--atomic",
+        "--",
         str(bundle),
         *refspecs,
         isolated=True,
@@ -347,6 +405,7 @@ def is_ancestor(repo: Path, older: str, newer: str) -> bool:
         f"--git-dir={repo}",
         "merge-base",
         "--is-ancestor",
+        "--end-of-options",
         older,
         newer,
         ok_codes=(0, 1, 128),
@@ -356,7 +415,15 @@ def is_ancestor(repo: Path, older: str, newer: str) -> bool:
 
 
 def object_type(repo: Path, oid: str) -> str | None:
-    code, out = git(f"--git-dir={repo}", "cat-file", "-t", oid, ok_codes=(0, 1, 128), isolated=True)
+    code, out = git(
+        f"--git-dir={repo}",
+        "cat-file",
+        "-t",
+        "--end-of-options",
+        oid,
+        ok_codes=(0, 1, 128),
+        isolated=True,
+    )
     return out.strip() if code == 0 else None
 
 
@@ -408,6 +475,7 @@ def publish_branch(source: Path, bundle: Path, branch: str) -> None:
         "--quiet",
         "--no-tags",
         "--no-write-fetch-head",
+        "--",
         str(bundle),
         f"+refs/heads/{branch}:refs/heads/{branch}",
         cwd=source,

@@ -168,9 +168,10 @@ def _restore_harvest(store: Store, job: Job, repo: Path, origin: Path) -> None:
             "fetch",
             "--quiet",
             "--no-tags",
-            *gitops.upload_pack(str(origin)),
+            "--",
             str(origin),
             *specs,
+            trust=origin,
         )
     if gitops.commit_of(repo, f"refs/heads/{job.branch}") is None:
         raise LogistError(f"job branch {job.branch} not found to resume from")
