@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -51,6 +52,7 @@ TOP_KEYS = frozenset(
 RESOURCE_KEYS = frozenset({"memory", "cpus", "pids"})
 STEP_KEYS = frozenset({"name", "run", "image", "timeout"})
 DEFAULT_IMAGE = "logist/step:latest"
+MAX_STEPS = 1000  # steps of one job: each is a container and a harvest
 
 
 ID_RULE_TEXT = (
@@ -210,6 +212,8 @@ def _secrets(value: Any, env: dict[str, str]) -> list[str]:
 def _steps(value: Any) -> list[Step]:
     if not isinstance(value, list) or not value:
         raise UsageError("a job needs at least one step (--step CMD, or steps: in the spec)")
+    if len(value) > MAX_STEPS:
+        raise _bad("steps", f"{len(value)} steps", f"at most {MAX_STEPS}")
     steps = []
     for n, item in enumerate(value, start=1):
         if isinstance(item, str):
@@ -266,19 +270,83 @@ def _yaml_loader():
     return Loader
 
 
-def load_yaml(path: Path) -> dict[str, Any]:
-    import yaml
+MAX_SPEC_BYTES = 1 << 20  # a spec file's size on disk
+MAX_SPEC_EXPANDED = 4 << 20  # its values' size once YAML aliases are expanded
+
+
+def _read_spec(path: Path) -> str:
+    """The text of a spec file: a regular file or a pipe (``<(...)``), at most
+    ``MAX_SPEC_BYTES``; a device (``/dev/zero``) or a directory is refused (exit 2)."""
+    import stat
 
     try:
-        text = Path(path).read_text()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise UsageError(f"cannot read spec {path}: {exc.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            raise UsageError(f"cannot read spec {path}: not a regular file")
+        chunks, size = [], 0
+        while size <= MAX_SPEC_BYTES and (chunk := os.read(fd, 1 << 16)):
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise UsageError(f"cannot read spec {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > MAX_SPEC_BYTES:
+        raise UsageError(f"spec {path} is over {MAX_SPEC_BYTES >> 20} MiB")
+    return data.decode("utf-8", errors="replace")
+
+
+def expanded_size(value: Any, memo: dict[int, int] | None = None) -> int:
+    """A YAML value's size with every alias expanded, counted without expanding it: shared
+    nodes (what aliases make) are measured once and counted each time they appear."""
+    memo = {} if memo is None else memo
+    stack: list[tuple[Any, bool]] = [(value, False)]
+    while stack:
+        node, done = stack.pop()
+        if id(node) in memo and not done:
+            continue
+        children = (
+            ([x for kv in node.items() for x in kv] if isinstance(node, dict) else node)
+            if isinstance(node, dict | list)
+            else None
+        )
+        if children is None:
+            memo[id(node)] = len(str(node)) + 1
+        elif done:
+            memo[id(node)] = 1 + sum(memo[id(c)] for c in children)
+        else:
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in memo)
+    return memo[id(value)]
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """A spec file's map of keys: bounded on disk and once its aliases are expanded."""
+    import yaml
+
+    text = _read_spec(path)
     try:
         data = yaml.load(text, Loader=_yaml_loader())
     except yaml.YAMLError as exc:
         raise UsageError(f"spec {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise UsageError(f"spec {path} is nested too deeply") from None
     if not isinstance(data, dict):
         raise UsageError(f"spec {path} must be a YAML map of keys")
+    try:
+        size = expanded_size(data)
+    except RecursionError:
+        raise UsageError(f"spec {path} is nested too deeply") from None
+    if size > MAX_SPEC_EXPANDED:
+        raise UsageError(
+            f"spec {path} expands to over {MAX_SPEC_EXPANDED >> 20} MiB (YAML aliases repeat "
+            "its values)"
+        )
     return data
 
 

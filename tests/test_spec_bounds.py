@@ -1,0 +1,92 @@
+"""A spec file is untrusted input: bounded on disk, once its YAML aliases are expanded, and in
+its number of steps; a device or a directory given as a spec is refused, a pipe is read."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from logist.errors import UsageError
+from logist.spec import MAX_SPEC_BYTES, MAX_STEPS, expanded_size, load_yaml
+
+ALIAS_BOMB = """\
+a: &a ["xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "x", "x", "x", "x", "x", "x", "x", "x"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+repo: {repo}
+steps: *h
+"""
+
+
+def test_a_device_given_as_spec_is_refused_without_reading_it(logist):
+    out = logist("job", "create", "--file", "/dev/zero")
+    assert out.returncode == 2, out.stderr
+    assert "not a regular file" in out.stderr
+
+
+def test_a_directory_given_as_spec_is_refused_in_one_line(logist, tmp_path: Path):
+    out = logist("job", "create", "--file", str(tmp_path))
+    assert out.returncode == 2
+    assert "not a regular file" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_spec_over_the_size_bound_is_refused(logist, tmp_path: Path, source_repo: Path):
+    spec = tmp_path / "big.yaml"
+    spec.write_text(f"repo: {source_repo}\nsteps: [x]\nprompt: " + "a" * MAX_SPEC_BYTES + "\n")
+    out = logist("job", "create", "--file", str(spec))
+    assert out.returncode == 2
+    assert "is over 1 MiB" in out.stderr
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(logist, tmp_path: Path, source_repo: Path):
+    spec = tmp_path / "bomb.yaml"
+    spec.write_text(ALIAS_BOMB.format(repo=source_repo))
+    out = logist("job", "create", "--file", str(spec), timeout=30)
+    assert out.returncode == 2
+    assert "expands to over" in out.stderr
+    assert not any((tmp_path / "jobs").iterdir())
+
+
+def test_expanded_size_counts_shared_nodes_each_time_without_expanding_them():
+    leaf = ["x" * 9]
+    layer = leaf
+    for _ in range(40):  # 2**40 leaves: counted, never built
+        layer = [layer, layer]
+    assert expanded_size(layer) > 2**40
+    assert expanded_size({"a": "bc"}) == 1 + 2 + 3
+
+
+def test_a_spec_read_from_a_pipe_works(tmp_path: Path, source_repo: Path):
+    fifo = tmp_path / "spec.fifo"
+    os.mkfifo(fifo)
+    text = f"repo: {source_repo}\nsteps: [make]\n"
+
+    def write() -> None:
+        with open(fifo, "w") as fh:
+            fh.write(text)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    assert load_yaml(fifo)["steps"] == ["make"]
+    writer.join(10)
+
+
+def test_more_steps_than_the_bound_are_refused(logist, tmp_path: Path, source_repo: Path):
+    spec = tmp_path / "many.yaml"
+    spec.write_text(f"repo: {source_repo}\nsteps:\n" + "  - x\n" * (MAX_STEPS + 1))
+    out = logist("job", "create", "--file", str(spec))
+    assert out.returncode == 2
+    assert f"at most {MAX_STEPS}" in out.stderr
+
+
+def test_load_yaml_raises_usage_errors_only(tmp_path: Path):
+    with pytest.raises(UsageError):
+        load_yaml(tmp_path / "missing.yaml")
