@@ -50,7 +50,7 @@ def harvest(
     assert previous is not None
     message = f"logist: {job.id} {label}"
     out = sandbox.harvest(previous=previous, message=message, write_back=write_back)
-    done = out.current or out.written_back or out.leave  # no write-back to do
+    done = out.written_back  # else a write-back follows: config and hooks never survive
     if last and done:
         sandbox.release()
     for warning in out.warnings:

@@ -80,6 +80,12 @@ write_back() (
     mkdir -p "$new/objects/info" "$new/objects/pack"
   fi
   n config core.bare false && n config core.logAllRefUpdates true || exit 21
+  # more refs than a harvest keeps: the step's own (copied as data into the view) stay
+  if [ -s /tmp/logist-over ] && [ -d /tmp/logist-view/refs ]; then
+    cp -RP /tmp/logist-view/refs/. "$new/refs/" 2>/dev/null
+    if [ -f /tmp/logist-view/packed-refs ]; then cp /tmp/logist-view/packed-refs "$new/"; fi
+    find "$new/refs" ! -type f ! -type d -exec rm -f {} + 2>/dev/null
+  fi
   # refs/wb/ of the helper's repository: the job branch at C, the step's other branches, its
   # tags and its stash, as the harvest found them
   n fetch -q --no-tags --no-write-fetch-head --upload-pack "$UP" "$S" "+refs/wb/*:refs/*" \
@@ -208,9 +214,6 @@ else
   C=$(printf '%s\n' "$msg" | g commit-tree "$T" $parents) || exit 14
 fi
 echo "commit $C"
-current=
-sym=$(printf '%s\n' "$list" | sed -n 's|^ref: \(refs/[^	]*\)	HEAD$|\1|p')
-[ "$C" = "$H" ] && [ "$sym" = "refs/heads/$branch" ] && current=yes && echo "current yes"
 # 3. other branches, tags and the stash: kept under refs/logist/<ns>/. One awk over all the
 #    refs, lists in files, revisions on stdin: linear in the number of refs a step made, and no
 #    argument list that could outgrow the kernel's limit
@@ -257,10 +260,9 @@ if [ -s /tmp/logist-b ]; then
   fi
 fi
 cat /tmp/logist-r  # last: the host reads a bounded answer, the commit and bundle lines first
-# too many refs to keep: the workspace's repository is left as the step made it (a write-back
-# would leave only the kept ones there)
-if [ -s /tmp/logist-over ]; then echo "leave yes"; wb=no; fi
-if [ "$wb" = yes ] && [ -z "$current" ]; then
+# always, whatever the harvest found (a clean tree, the step's own commit, thousands of refs):
+# the next step must not meet this step's config or hooks
+if [ "$wb" = yes ]; then
   write_back "$branch" "$C" "$ns" || warn "the workspace's repository was not updated (exit $?)"
 fi
 exit 0
@@ -293,7 +295,7 @@ _BUNDLE = re.compile(r"[0-9a-f]{16}\.bundle")
 # what it reads from the marker logist wrote there (the token, or nothing), then it waits.
 VISIBLE = r"""printf 'visible %s\n' "$(cat "/out/$1" 2>/dev/null)"; exec sleep infinity"""
 
-_LINE = re.compile(r"(commit|bundle|ref|current|leave) (\S+)(?: (\S+))?")
+_LINE = re.compile(r"(commit|bundle|ref) (\S+)(?: (\S+))?")
 
 
 @dataclass
@@ -303,9 +305,7 @@ class HarvestOutput:
     commit: str | None = None
     bundle: str | None = None
     refs: dict[str, str] = field(default_factory=dict)
-    current: bool = False  # the workspace's repository already shows the harvest
     written_back: bool = False  # nothing left to do for the workspace's repository
-    leave: bool = False  # the workspace's repository is to be left as the step made it
     warnings: list[str] = field(default_factory=list)
 
 
@@ -321,10 +321,6 @@ def parse_output(stdout: bytes, stderr: bytes) -> HarvestOutput:
             out.commit = a
         elif kind == "bundle":
             out.bundle = a
-        elif kind == "current":
-            out.current = True
-        elif kind == "leave":
-            out.leave = True
         elif b is not None:
             out.refs[b] = a
     for raw in stderr[:MAX_OUTPUT].decode(errors="replace").splitlines():

@@ -1,0 +1,66 @@
+"""A step's repository config and hooks never survive a harvest, whatever the step did: it
+committed everything itself (a clean tree), or made more refs than a harvest keeps. The next
+step (another image, perhaps other secrets) starts with logist's config alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import create_job, git
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
+
+IDENTITY = ("--env", "GIT_AUTHOR_NAME=s", "--env", "GIT_AUTHOR_EMAIL=s@x", "--env",
+            "GIT_COMMITTER_NAME=s", "--env", "GIT_COMMITTER_EMAIL=s@x")  # fmt: skip
+
+# step 1: an fsmonitor and hooks that would run in step 2, then its own commit (a clean tree)
+PLANT = (
+    "printf '#!/bin/sh\\ntouch /tmp/pwned-fsmonitor\\n' > /tmp/m.sh && "
+    'git config core.fsmonitor "$(pwd)/.git/m.sh" && cp /tmp/m.sh .git/m.sh && '
+    "chmod +x .git/m.sh && mkdir -p .git/hooks && "
+    "printf '#!/bin/sh\\ntouch /tmp/pwned-hook\\n' > .git/hooks/pre-commit && "
+    "cp .git/hooks/pre-commit .git/hooks/post-commit && chmod +x .git/hooks/* && "
+    "git config alias.st '!touch /tmp/pwned-alias' && "
+    "echo one > one.txt && git add -A && git commit -q --no-verify -m mine"
+)
+# step 2: what an agent does in its repository; says what ran
+PROBE = (
+    "git status >/dev/null 2>&1; git commit -q --allow-empty -m two >/dev/null 2>&1; "
+    "git st >/dev/null 2>&1; "
+    "for f in fsmonitor hook alias; do [ -e /tmp/pwned-$f ] && echo PWNED-$f; done; "
+    "git config --get core.fsmonitor && echo PWNED-config; "
+    "ls .git/hooks 2>/dev/null | grep . && echo PWNED-hooks; echo probed"
+)
+
+
+def _run(logist, repo: Path, first: str, second: str) -> tuple[str, str]:
+    job = create_job(logist, repo, first, second, extra=IDENTITY)
+    out = logist("job", "run", job)
+    assert out.returncode == 0, out.stderr
+    return job, out.stdout
+
+
+def test_config_and_hooks_of_a_step_that_committed_its_own_work_do_not_reach_the_next(
+    logist, source_repo
+):
+    job, stdout = _run(logist, source_repo, PLANT, PROBE)
+    assert "probed" in stdout
+    assert "PWNED" not in stdout, stdout
+    assert git(source_repo, "show", f"logist/{job}:one.txt") == "one\n"
+    subjects = git(source_repo, "log", "--format=%s", f"logist/{job}").splitlines()
+    assert "mine" in subjects  # the step's own commit is kept
+
+
+@pytest.mark.slow
+def test_config_and_hooks_do_not_survive_a_step_that_made_more_refs_than_are_kept(
+    logist, source_repo
+):
+    many = (
+        'i=0; while [ $i -lt 5100 ]; do i=$((i+1)); echo "create refs/tags/t$i HEAD"; done '
+        "| git update-ref --stdin"
+    )
+    _job, stdout = _run(logist, source_repo, f"{PLANT} && {many}", f"git tag | wc -l; {PROBE}")
+    assert "PWNED" not in stdout, stdout
+    assert "5100" in stdout  # the step's refs stay in its workspace
