@@ -110,7 +110,7 @@ def engines_of(jobs) -> list[str | None]:
 
 
 def job_status(job_id: str, json_: bool = False) -> int:
-    from logist.progress import duration
+    from logist.progress import duration, printable
     from logist.views import containers_by_job, job_view
 
     st = store()
@@ -125,7 +125,7 @@ def job_status(job_id: str, json_: bool = False) -> int:
     for s in view["steps"]:
         code = "" if s["exit_code"] is None else f" exit {s['exit_code']}"
         took = "" if s["duration"] is None else f" in {duration(s['duration'])}"
-        print(f"  step {s['index']}: {s['state']}{code}{took}  {s['name'] or s['run']}")
+        print(f"  step {s['index']}: {s['state']}{code}{took}  {printable(s['name'] or s['run'])}")
     where = view["workspace"]["path"]
     if view["workspace"]["volume"]:
         where = f"volume {view['workspace']['volume']}"
@@ -137,7 +137,7 @@ def job_status(job_id: str, json_: bool = False) -> int:
         f"source branch {view['result']['branch'] or '-'}"
     )
     if view["error"]:
-        print(f"  error: {view['error']}")
+        print(f"  error: {printable(view['error'])}")
     return 0
 
 

@@ -201,6 +201,7 @@ def check_spec_file(spec: dict[str, Any], flags: dict[str, Any], config: Config,
             raise _refusal(path, f"cap_add {cap}", f"--cap-add {cap}", "cap_add", cap, config)
     _check_network(spec.get("network"), flags, config, path)
     _check_runtime(spec.get("runtime"), flags, config, path)
+    _check_resources(spec, flags, config, path)
     secrets = trusted("secrets", lambda v: _names("secrets", v))
     for name in _secrets(spec.get("secrets") or [], {}):
         if name not in secrets:
@@ -215,6 +216,51 @@ def _check_network(net: Any, flags: dict[str, Any], config: Config, path) -> Non
         return
     if _OPENNESS[net] > _OPENNESS.get(config.defaults.get("network"), _OPENNESS["bridge"]):
         raise _refusal(path, f"network: {net}", f"--network {net}", "network", net, config)
+
+
+def _check_resources(spec: dict[str, Any], flags: dict[str, Any], config: Config, path) -> None:
+    """A spec's memory, cpus, pids and timeouts no higher than the trusted side's: the command
+    line's (which then wins anyway), else the configuration's, else logist's default pids
+    limit. Values that do not parse are left to ``build_job`` to name."""
+    asked = dict(_fold_resources(spec).get("resources") or {})
+    if not isinstance(asked, dict):
+        return
+    steps = spec.get("steps") if isinstance(spec.get("steps"), list) else []
+    timeouts = [spec.get("timeout"), *(s.get("timeout") for s in steps if isinstance(s, dict))]
+    trusted_res = {
+        **(_fold_resources(config.defaults).get("resources") or {}),
+        **(_fold_resources(flags).get("resources") or {}),
+    }
+    if asked.get("pids") is not None and trusted_res.get("pids") is None:
+        from logist.containers import DEFAULT_PIDS
+
+        trusted_res["pids"] = DEFAULT_PIDS
+    ceiling_timeout = flags.get("timeout") or config.defaults.get("timeout")
+    checks = [(key, asked.get(key), trusted_res.get(key)) for key in ("memory", "cpus", "pids")]
+    checks += [("timeout", t, ceiling_timeout) for t in timeouts]
+    for key, value, ceiling in checks:
+        if value is None or ceiling is None:
+            continue
+        try:
+            over = _amount(key, value) > _amount(key, ceiling)
+        except (UsageError, TypeError, ValueError, OverflowError):
+            continue
+        if over:
+            raise UsageError(
+                f"spec file {path} asks for {key} {value}, over the trusted {ceiling}: a spec "
+                f"file may only lower it (give --{key} on the command line, or raise {key} in "
+                f"the configuration ({config.path or f'${CONFIG_ENV} or {DEFAULT_PATH}'}))"
+            )
+
+
+def _amount(key: str, value: Any) -> float:
+    from logist.bounds import parse_size
+
+    if key == "memory":
+        return parse_size(str(value), key)
+    if isinstance(value, bool):
+        raise TypeError(key)
+    return float(value)
 
 
 def _check_runtime(runtime: Any, flags: dict[str, Any], config: Config, path) -> None:
@@ -247,4 +293,4 @@ def _refusal(path, setting: str, flag: str, key: str, value: str, config: Config
 
 def host_caps(caps: list[str]) -> list[str]:
     """The capabilities among ``caps`` that open the host to a step."""
-    return [cap for cap in caps if cap in HOST_CAPS]
+    return [cap for cap in caps if cap in HOST_CAPS or cap == "ALL"]

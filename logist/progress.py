@@ -50,7 +50,7 @@ class Progress:
             self.stream.flush()
 
     def step_started(self, job: Job, step: Step) -> None:
-        self._say(job, f"[{step.index}/{len(job.steps)}] {step.name or step.run}")
+        self._say(job, f"[{step.index}/{len(job.steps)}] {printable(step.name or step.run)}")
 
     def step_finished(self, job: Job, step: Step) -> None:
         took = duration(seconds_between(step.started_at, step.finished_at))
@@ -67,3 +67,9 @@ class Progress:
         else:
             clean = "cleanup incomplete"
         self._say(job, f"job {job.id} {job.state} in {took}: branch {branch}, {clean}")
+
+
+def printable(text: object) -> str:
+    """``text`` for a terminal: control characters (escape sequences a spec file or a step
+    could use to drive the terminal) shown as ``?``."""
+    return "".join(c if c.isprintable() else "?" for c in str(text))

@@ -221,7 +221,7 @@ def _steps(value: Any) -> list[Step]:
             continue
         if not isinstance(item, dict):
             raise _bad(f"steps[{n}]", item, "a command string or a map with run:")
-        unknown = sorted(set(item) - STEP_KEYS)
+        unknown = sorted(map(str, set(item) - STEP_KEYS))
         if unknown:
             raise UsageError(
                 f"unknown key in steps[{n}]: {unknown[0]!r} (known: "
@@ -277,13 +277,15 @@ MAX_SPEC_EXPANDED = 4 << 20  # its values' size once YAML aliases are expanded
 def _read_spec(path: Path) -> str:
     """The text of a spec file: a regular file or a pipe (``<(...)``), at most
     ``MAX_SPEC_BYTES``; a device (``/dev/zero``) or a directory is refused (exit 2)."""
+    import fcntl
     import stat
 
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:  # not blocking on a FIFO nobody writes to: it reads as empty
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise UsageError(f"cannot read spec {path}: {exc.strerror}") from None
     try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         mode = os.fstat(fd).st_mode
         if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
             raise UsageError(f"cannot read spec {path}: not a regular file")
@@ -336,6 +338,8 @@ def load_yaml(path: Path) -> dict[str, Any]:
         raise UsageError(f"spec {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     except RecursionError:
         raise UsageError(f"spec {path} is nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise UsageError(f"spec {path} holds a value logist cannot read: {exc}"[:300]) from None
     if not isinstance(data, dict):
         raise UsageError(f"spec {path} must be a YAML map of keys")
     try:
@@ -352,13 +356,13 @@ def load_yaml(path: Path) -> dict[str, Any]:
 
 def build_job(raw: dict[str, Any], *, default_user: str) -> Job:
     """Validate a merged spec (YAML keys, overridden by flags) into a pending ``Job``."""
-    unknown = sorted(set(raw) - TOP_KEYS)
+    unknown = sorted(map(str, set(raw) - TOP_KEYS))
     if unknown:
         raise UsageError(f"unknown spec key {unknown[0]!r} (known: {', '.join(sorted(TOP_KEYS))})")
     resources = raw.get("resources") or {}
     if not isinstance(resources, dict):
         raise _bad("resources", resources, "a map with memory, cpus, pids")
-    bad_res = sorted(set(resources) - RESOURCE_KEYS)
+    bad_res = sorted(map(str, set(resources) - RESOURCE_KEYS))
     if bad_res:
         raise UsageError(f"unknown key in resources: {bad_res[0]!r} (known: memory, cpus, pids)")
     for key in RESOURCE_KEYS:
@@ -371,8 +375,10 @@ def build_job(raw: dict[str, Any], *, default_user: str) -> Job:
         raise UsageError("a job needs a repository: --repo SRC or repo: in the spec")
     repo = _argument("repo", raw["repo"])
     memory = resources.get("memory")
-    if memory is not None and not _MEMORY_RE.fullmatch(str(memory)):
-        raise _bad("memory", memory, "a size such as 512m or 2g")
+    if memory is not None and (
+        not _MEMORY_RE.fullmatch(str(memory)) or not re.search(r"[1-9]", str(memory))
+    ):  # 0 would mean "no limit" to the engine
+        raise _bad("memory", memory, "a size greater than 0, such as 512m or 2g")
     timeout = raw.get("timeout")
     env = _env(raw.get("env") or {})
     runtime = raw.get("runtime")

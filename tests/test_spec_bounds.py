@@ -4,7 +4,6 @@ its number of steps; a device or a directory given as a spec is refused, a pipe 
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 import pytest
@@ -64,19 +63,23 @@ def test_expanded_size_counts_shared_nodes_each_time_without_expanding_them():
     assert expanded_size({"a": "bc"}) == 1 + 2 + 3
 
 
-def test_a_spec_read_from_a_pipe_works(tmp_path: Path, source_repo: Path):
-    fifo = tmp_path / "spec.fifo"
+def test_a_spec_read_from_a_pipe_works(source_repo: Path):
+    """``--file <(make-spec)`` is a pipe: it is read."""
+    read, write = os.pipe()
+    try:
+        os.write(write, f"repo: {source_repo}\nsteps: [make]\n".encode())
+        os.close(write)
+        assert load_yaml(Path(f"/proc/self/fd/{read}"))["steps"] == ["make"]
+    finally:
+        os.close(read)
+
+
+def test_a_fifo_nobody_writes_to_is_refused_at_once(logist, tmp_path: Path):
+    fifo = tmp_path / "spec.yaml"
     os.mkfifo(fifo)
-    text = f"repo: {source_repo}\nsteps: [make]\n"
-
-    def write() -> None:
-        with open(fifo, "w") as fh:
-            fh.write(text)
-
-    writer = threading.Thread(target=write, daemon=True)
-    writer.start()
-    assert load_yaml(fifo)["steps"] == ["make"]
-    writer.join(10)
+    out = logist("job", "create", "--file", str(fifo), timeout=30)
+    assert out.returncode == 2
+    assert "must be a YAML map" in out.stderr
 
 
 def test_more_steps_than_the_bound_are_refused(logist, tmp_path: Path, source_repo: Path):
@@ -90,3 +93,30 @@ def test_more_steps_than_the_bound_are_refused(logist, tmp_path: Path, source_re
 def test_load_yaml_raises_usage_errors_only(tmp_path: Path):
     with pytest.raises(UsageError):
         load_yaml(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    ("asked", "code"),
+    [("timeout: 30", 0), ("timeout: 600", 2), ("cpus: 4", 2), ("memory: 4g", 2), ("memory: 1g", 0)],
+)
+def test_a_spec_may_lower_the_configured_resources_never_raise_them(
+    logist, tmp_path: Path, source_repo: Path, asked: str, code: int
+):
+    config = tmp_path / "config.yaml"
+    config.write_text("timeout: 60\ncpus: 1\nmemory: 2g\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"repo: {source_repo}\nsteps: [x]\n{asked}\n")
+    out = logist("job", "create", "--file", str(spec), env={"LOGIST_CONFIG": str(config)})
+    assert out.returncode == code, out.stderr
+    if code:
+        assert "a spec file may only lower it" in out.stderr
+
+
+def test_a_step_timeout_in_a_spec_may_not_exceed_the_command_line_timeout(
+    logist, tmp_path: Path, source_repo: Path
+):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"repo: {source_repo}\nsteps: [{{run: x, timeout: 900}}]\n")
+    out = logist("job", "create", "--file", str(spec), "--timeout", "60")
+    assert out.returncode == 2
+    assert "timeout 900, over the trusted 60" in out.stderr

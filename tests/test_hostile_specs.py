@@ -1,0 +1,155 @@
+"""Hostile spec files, found by a red team of the spec-file trust split (contract v3:
+"Trusted and untrusted inputs", "Bounds"). A spec file is untrusted: it may narrow, never
+widen, and must not exhaust the host."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+MiB = 1024 * 1024
+
+
+def _limited(jobs_root: Path, *args: str, timeout: float = 30, env: dict | None = None):
+    """Run the CLI with a 2 GiB address-space limit (so a hole cannot take the test host down)."""
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (2048 * MiB, 2048 * MiB))
+
+    return subprocess.run(
+        [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=limit,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _bomb(levels: int = 8) -> str:
+    """YAML list items: each level is 10 aliases of the previous one (10**levels leaves)."""
+    items = ["&a0 [xxxxxxxx,xxxxxxxx,xxxxxxxx,xxxxxxxx,xxxxxxxx,xxxxxxxx,xxxxxxxx,xxxxxxxx]"]
+    for i in range(1, levels + 1):
+        items.append(f"&a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]")
+    return "\n".join(f"  - {item}" for item in items) + "\n"
+
+
+# --- Bounds: a ~600-byte spec file (alias bomb) hangs create and eats memory ---------------
+@pytest.mark.parametrize("key", ["prompt", "image", "cap_add", "ref", "memory"])
+def test_alias_bomb_spec_is_refused_quickly(jobs_root, source_repo, tmp_path, key):
+    """``prompt`` is str()'d, ``ref``/``memory`` are str()'d, and ``image``/``cap_add`` are
+    repr()'d into the error message: every alias is expanded (10**8 leaves)."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"repo: {source_repo}\nsteps: ['true']\n{key}:\n" + _bomb())
+    assert spec.stat().st_size < 1024
+    try:
+        out = _limited(jobs_root, "job", "create", "--file", str(spec), timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"a {spec.stat().st_size}-byte spec ({key}: alias bomb) hung job create")
+    assert out.returncode == 2, out.stderr[-500:]
+    assert len(out.stderr) < 10_000
+
+
+# --- Bounds: the spec path is read whole, without a bound or a file-type check --------------
+def test_spec_symlink_to_dev_zero_is_refused(jobs_root, tmp_path):
+    """A repository under test can ship spec.yaml -> /dev/zero: read_text() reads forever."""
+    spec = tmp_path / "spec.yaml"
+    spec.symlink_to("/dev/zero")
+    try:
+        out = _limited(jobs_root, "job", "create", "--file", str(spec), timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("spec.yaml -> /dev/zero hung job create")
+    assert out.returncode == 2, out.stderr[-500:]
+
+
+def test_spec_fifo_is_refused(jobs_root, tmp_path):
+    """A FIFO as the spec file blocks job create forever (open() waits for a writer)."""
+    spec = tmp_path / "spec.yaml"
+    os.mkfifo(spec)
+    try:
+        out = _limited(jobs_root, "job", "create", "--file", str(spec), timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a FIFO spec file hung job create")
+    assert out.returncode == 2, out.stderr
+
+
+# --- Narrow, never widen: resource bounds --------------------------------------------------
+def test_spec_cannot_lift_config_memory_bound(jobs_root, source_repo, tmp_path, logist):
+    """The operator's configuration says memory: 2g; a spec's ``memory: 0`` (the engine reads 0
+    as "no limit") lifts it. Same for pids: 100 -> 100000000."""
+    config = tmp_path / "config.yaml"
+    config.write_text("memory: 2g\npids: 100\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"repo: {source_repo}\nsteps: ['true']\nresources: {{memory: 0, pids: 100000000}}\n"
+    )
+    out = logist("job", "create", "--file", str(spec), env={"LOGIST_CONFIG": str(config)})
+    if out.returncode == 0:
+        job = json.loads((jobs_root / out.stdout.strip() / "job.json").read_text())
+        pytest.fail(
+            f"spec widened the configuration's bounds: memory={job.get('memory')!r} "
+            f"pids={job.get('pids')!r}"
+        )
+    assert out.returncode == 2
+
+
+def test_spec_cannot_raise_default_pids_limit(jobs_root, source_repo, tmp_path, logist):
+    """Without any configuration, the default pids limit (4096) is the boundary; a spec file's
+    ``pids: 100000000`` removes it (a fork bomb then exhausts the host)."""
+    from logist.containers import DEFAULT_PIDS
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"repo: {source_repo}\nsteps: ['true']\npids: 100000000\n")
+    out = logist("job", "create", "--file", str(spec))
+    if out.returncode == 0:
+        job = json.loads((jobs_root / out.stdout.strip() / "job.json").read_text())
+        assert (job.get("pids") or DEFAULT_PIDS) <= DEFAULT_PIDS, f"pids={job.get('pids')}"
+    else:
+        assert out.returncode == 2
+
+
+# --- The host-capability warning --------------------------------------------------------
+def test_cap_add_all_warns(source_repo, logist):
+    """``--cap-add SYS_ADMIN`` warns; ``--cap-add ALL`` (every capability, SYS_ADMIN included)
+    is silent."""
+    out = logist("job", "create", "--repo", str(source_repo), "--step", "true", "--cap-add", "ALL")
+    assert out.returncode == 0, out.stderr
+    assert "warning" in out.stderr, "--cap-add ALL gives SYS_ADMIN & co. without a warning"
+
+
+# --- Bad specs must be exit 2 in one line, not a traceback --------------------------------
+def test_mixed_type_unknown_keys_exit_2(source_repo, tmp_path, logist):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"repo: {source_repo}\nsteps: ['true']\n1: a\nx: b\n")
+    out = logist("job", "create", "--file", str(spec))
+    assert out.returncode == 2, out.stderr[-300:]
+
+
+def test_huge_integer_exit_2(source_repo, tmp_path, logist):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"repo: {source_repo}\nsteps: ['true']\npids: {'1' * 5000}\n")
+    out = logist("job", "create", "--file", str(spec))
+    assert out.returncode == 2, out.stderr[-300:]
+
+
+# --- Untrusted text reaches the operator's terminal raw -----------------------------------
+def test_step_name_escape_sequences_not_printed_raw(source_repo, tmp_path, logist):
+    """A spec's step ``name`` (and ``prompt``) may hold ESC/BEL: ``job status`` prints them as
+    is, so a spec file drives the operator's terminal (OSC 8 links, title, screen clearing)."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"repo: {source_repo}\n"
+        'steps:\n  - name: "n\\e[2J\\e]8;;http://127.0.0.1/\\aclick\\e]8;;\\a"\n    run: "true"\n'
+    )
+    out = logist("job", "create", "--file", str(spec))
+    if out.returncode == 2:
+        return  # refused: fine
+    assert out.returncode == 0, out.stderr
+    status = logist("job", "status", out.stdout.strip())
+    assert "\x1b" not in status.stdout and "\x07" not in status.stdout, repr(status.stdout)
