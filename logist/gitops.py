@@ -351,55 +351,6 @@ def fetch_bundle_into(repo: Path, bundle: Path, refspecs: list[str]) -> None:
     )
 
 
-MAX_BUNDLE_HEADER = 1 << 20
-
-
-def index_bundle(repo: Path, bundle: Path) -> dict[str, str]:
-    """Take the objects of an UNTRUSTED bundle into the trusted ``repo``: its header is parsed
-    here (bounded), its pack goes through ``git index-pack --strict`` (every object fsck'd,
-    ``.gitmodules`` included, and every link must resolve; git 2.39's ``fetch`` from a bundle
-    checks none of that). Returns the bundle's refs as ``{name: oid}``; sets no ref."""
-    with open(bundle, "rb") as fh:
-        first = fh.readline(64)
-        if first not in (b"# v2 git bundle\n", b"# v3 git bundle\n"):
-            raise GitError(["bundle"], "not a git bundle (v2 or v3)")
-        refs: dict[str, str] = {}
-        read = len(first)
-        while True:
-            line = fh.readline(MAX_BUNDLE_HEADER)
-            read += len(line)
-            if not line.endswith(b"\n") or read > MAX_BUNDLE_HEADER:
-                raise GitError(["bundle"], "bundle header too long or cut short")
-            text = line[:-1].decode("ascii", errors="replace")
-            if text == "":
-                break
-            if text.startswith(("@", "-")):  # capabilities, prerequisites (checked by git)
-                if text.startswith("@") and text not in ("@object-format=sha1",):
-                    raise GitError(["bundle"], f"unexpected bundle capability {text[:60]!r}")
-                continue
-            oid, _, name = text.partition(" ")
-            if not is_oid(oid) or not (name == "HEAD" or name.startswith("refs/")):
-                raise GitError(["bundle"], "malformed bundle ref line")
-            refs[name] = oid
-        os.lseek(fh.fileno(), read, os.SEEK_SET)  # the fd at the pack (reads were buffered)
-        proc = subprocess.run(
-            [
-                "git",
-                f"--git-dir={repo}",
-                "index-pack",
-                "--strict",
-                "--fix-thin",
-                "--stdin",
-            ],
-            stdin=fh,
-            capture_output=True,
-            env=_env(isolated=True),
-        )
-    if proc.returncode != 0:
-        raise GitError(["index-pack", "--strict"], proc.stderr.decode(errors="replace"))
-    return refs
-
-
 def is_ancestor(repo: Path, older: str, newer: str) -> bool:
     code, _ = git(
         f"--git-dir={repo}",
@@ -460,9 +411,10 @@ def write_bundle(repo: Path, refnames: list[str], dest: Path) -> None:
 
 
 @retry_on_git_locks
-def publish_branch(source: Path, bundle: Path, branch: str) -> None:
-    """Set ``branch`` in the local ``source`` from logist's own ``bundle``, objects fsck'd;
-    HEAD, index and working tree untouched. The caller holds the per-source lock, and only
+def publish_branch(source: Path, job_repo: Path, branch: str) -> None:
+    """Set ``branch`` in the local ``source`` from logist's own repository of the job, objects
+    fsck'd; only what the branch reaches travels (kept refs stay in ``result.bundle``); HEAD,
+    index and working tree untouched. The caller holds the per-source lock, and only
     logist writes ``logist/*`` branches, so a lock file on that branch is a leftover of a
     killed logist and is removed."""
     gitdir = Path(git("rev-parse", "--absolute-git-dir", cwd=source, trust=source)[1].strip())
@@ -476,7 +428,7 @@ def publish_branch(source: Path, bundle: Path, branch: str) -> None:
         "--no-tags",
         "--no-write-fetch-head",
         "--",
-        str(bundle),
+        str(job_repo),
         f"+refs/heads/{branch}:refs/heads/{branch}",
         cwd=source,
         trust=source,

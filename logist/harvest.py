@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from logist import gitops
+from logist import gitops, intake
 from logist.errors import GitError, HarvestFailed, LogistError
 from logist.model import WS_REMOVING, Job
 from logist.sandbox import HarvestOutput, Sandbox
@@ -73,7 +73,7 @@ def accept(store: Store, job: Job, exchange: Path, out: HarvestOutput, previous:
     if out.bundle is not None:
         copy = _copy_out(exchange, out.bundle, store.job_dir(job.id))
         try:
-            gitops.index_bundle(repo, copy)
+            intake.index_bundle(repo, copy, job.limits)
         except GitError as exc:
             raise HarvestFailed(f"harvest refused (the bundle failed its checks): {exc}") from None
         finally:
@@ -163,7 +163,7 @@ def finish(store: Store, job: Job) -> None:
         try:
             lock = store.private_dir("locks") / f"source-{gitops.source_key(job.repo)}.lock"
             with gitops.file_lock(lock):
-                gitops.publish_branch(source, bundle, job.branch)
+                gitops.publish_branch(source, repo, job.branch)
             job.result_branch = job.branch
         except GitError as exc:
             job.error = f"could not set {job.branch} in {source}: {exc}"

@@ -153,12 +153,12 @@ def adapt(cli: DockerClient, kwargs: dict[str, Any]) -> dict[str, Any]:
         )
     from logist.containers import DEFAULT_PIDS, STEP
 
-    asked = [
+    step = (kwargs.get("labels") or {}).get(STEP)
+    asked = [  # the helper's own limits are logist's, not the user's: not said
         flag
         for flag, key in (("--memory", "mem_limit"), ("--cpus", "nano_cpus"))
-        if kwargs.get(key)
+        if kwargs.get(key) and step != "helper"
     ]
-    step = (kwargs.get("labels") or {}).get(STEP)
     if kwargs.get("pids_limit") not in (None, DEFAULT_PIDS) and step != "helper":
         asked.append("--pids")
     if info.limits_ignored and asked:

@@ -440,6 +440,8 @@ class Sandbox:
                 # open open_by_handle_at to it (a way out of the container); all else dropped
                 cap_add=["DAC_OVERRIDE"],
                 pids_limit=512,
+                mem_limit=self.job.limits.helper_memory,
+                memswap_limit=self.job.limits.helper_memory,
                 working_dir="/",
                 **extra,
             )
@@ -711,7 +713,13 @@ class Sandbox:
             from logist import volumes
 
             assert self._container is not None
-            volumes.fetch_file(self._container, f"/out/{out.bundle}", self.exchange, out.bundle)
+            volumes.fetch_file(
+                self._container,
+                f"/out/{out.bundle}",
+                self.exchange,
+                out.bundle,
+                limit=self.job.limits.max_result_size,
+            )
         out.written_back = together or not write_back
         return out
 

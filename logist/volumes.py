@@ -127,9 +127,11 @@ class _Chunks:
         return data
 
 
-def fetch_file(container: Container, path: str, dest_dir: Path, name: str) -> Path:
+def fetch_file(
+    container: Container, path: str, dest_dir: Path, name: str, limit: int = MAX_BUNDLE
+) -> Path:
     """Read the file ``path`` out of ``container`` into ``dest_dir/name``: the archive must
-    hold it as its one regular file, at most ``MAX_BUNDLE`` bytes; nothing else is written.
+    hold it as its one regular file, at most ``limit`` bytes; nothing else is written.
 
     Raises:
         HarvestFailed: anything else came back.
@@ -140,8 +142,11 @@ def fetch_file(container: Container, path: str, dest_dir: Path, name: str) -> Pa
             member = tar.next()
             if member is None or not member.isreg() or member.name != os.path.basename(path):
                 raise HarvestFailed("harvest refused: the helper's bundle is not a regular file")
-            if member.size > MAX_BUNDLE:
-                raise HarvestFailed("harvest refused: the helper's bundle is too large")
+            if member.size > limit:
+                raise HarvestFailed(
+                    f"harvest refused: the helper's bundle is {member.size} bytes, over "
+                    f"max_result_size {limit}"
+                )
             src = tar.extractfile(member)
             assert src is not None
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
