@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from logist import podman
+from logist import output, podman
 from logist.errors import (
     EngineRejected,
     EngineUnavailable,
@@ -579,12 +579,15 @@ def run_container(
                 next_ping = time.monotonic() + min(5.0, patience)
 
     watcher = threading.Thread(target=watch, daemon=True)
+    attached: output.Attached | None = None
     try:
         with engine_errors(f"running step container {container.short_id}"):
             try:
+                if output.attaches(container):  # before the start: nothing is missed
+                    attached = output.Attached(container)
                 container.start()
                 watcher.start()  # first: Podman answers the logs request at the first output
-                opened = _open_logs(container, lost)
+                opened = attached or _open_logs(container, lost)
                 if lost:  # the engine went before the stream was there to close
                     raise lost[0]
                 if opened is None:  # never answered, the container ended: its logs, at once
@@ -614,6 +617,8 @@ def run_container(
         raise
     finally:
         done.set()
+        if attached is not None:
+            attached.close()
         if watcher.is_alive():
             watcher.join(timeout=grace + 5)
         if not lost:  # a gone engine is not asked again: the sweep reaps the container

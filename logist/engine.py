@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from logist import containers, volumes
+from logist import containers, output, podman, volumes
 from logist.cleanup import Report, after_job, reap_orphans, recover_dead_owner
 from logist.engines import Placer, configured, uses_volumes
 from logist.errors import (
@@ -168,8 +168,8 @@ class _Output:
             lines.append(self.partial)
             self.partial = b""
         if lines:
-            with self.lock:
-                self.sink.write(b"".join(self.prefix + line + b"\n" for line in lines))
+            with self.lock:  # one join in C: a flood of short lines costs no Python loop
+                self.sink.write(self.prefix + (b"\n" + self.prefix).join(lines) + b"\n")
                 self.sink.flush()
 
     def close(self) -> None:
@@ -489,6 +489,9 @@ class Engine:
             kwargs["pids_limit"] = job.pids
         if job.runtime:
             kwargs["runtime"] = job.runtime
+        logs = output.log_config(cli, podman.is_podman(cli))
+        if logs is not None:  # no amplification of its output by the engine
+            kwargs["log_config"] = logs
         try:
             container = containers.create(
                 cli,
@@ -515,8 +518,9 @@ class Engine:
             return None
 
         prefix = f"[{job.id}] ".encode() if self.prefix else b""
-        with open(log_path, "wb", buffering=0) as log:
+        with open(log_path, "wb", buffering=0) as fh:
             mask = SecretMask(list(secrets.values()))
+            log = output.CappedLog(fh, job.limits.log_limit)
             out = _Output(log, self.sink, prefix, self._print_lock, mask)
             try:
                 outcome = containers.run_container(

@@ -1,0 +1,140 @@
+"""A step's output, bounded (contract v3, "Bounds"): no amplification by the engine, a capped
+stored log, and a reader that keeps up with a step printing as fast as it can.
+
+On Docker over ``unix://`` or ``tcp://`` a step's container has no log driver (``none``): the
+engine keeps nothing of its output, and logist reads it by attaching to the container before it
+starts (Docker's multiplexed frames, read in large chunks; no per-line work). Elsewhere (Podman,
+``ssh://``) the engine's log is read as before, bounded by the driver's rotation where it has one.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import socket
+import struct
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, BinaryIO
+
+from logist.channel import drivable
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+    from docker.models.containers import Container
+
+READ = 1 << 18  # bytes asked of the socket at once
+POLL = 0.5  # seconds a read waits before it looks whether it was closed
+ROTATED = {"max-size": "4m", "max-file": "2"}  # json-file where no attach is possible
+
+
+def log_config(cli: DockerClient, podman: bool):
+    """The step container's log settings: none where logist attaches (Docker, a plain socket),
+    else a rotated json-file (``ssh://``); Podman keeps its own (None)."""
+    from docker.types import LogConfig
+
+    if podman:
+        return None
+    if drivable(cli.api):
+        return LogConfig(type="none")
+    return LogConfig(type="json-file", config=ROTATED)
+
+
+def attaches(container: Container) -> bool:
+    """Whether ``container`` was made to be read by attaching (its log driver is ``none``)."""
+    log = (container.attrs.get("HostConfig") or {}).get("LogConfig") or {}
+    return log.get("Type") == "none"
+
+
+class Attached:
+    """The combined stdout and stderr of a container, attached before it starts: an iterator
+    of chunks that ends when the container's streams close; ``close`` ends it from another
+    thread."""
+
+    def __init__(self, container: Container) -> None:
+        raw = container.client.api.attach_socket(
+            container.id, params={"stdout": 1, "stderr": 1, "stream": 1}
+        )
+        self._keep = raw  # the response object: its collection would close the socket
+        self._sock: socket.socket = getattr(raw, "_sock", raw)
+        self._sock.settimeout(POLL)
+        self._closed = False
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    def __iter__(self) -> Iterator[bytes]:
+        buf = bytearray()
+        while not self._closed:
+            try:
+                chunk = self._sock.recv(READ)
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._closed:
+                    return
+                raise
+            if not chunk:
+                return
+            buf += chunk
+            payload = _frames(buf)
+            if payload:
+                yield payload
+
+
+def _frames(buf: bytearray) -> bytes:
+    """The payload of the complete frames at the start of ``buf`` (consumed from it)."""
+    parts, pos = [], 0
+    while len(buf) - pos >= 8:
+        _stream, size = struct.unpack_from(">BxxxL", buf, pos)
+        if len(buf) - pos - 8 < size:
+            break
+        parts.append(bytes(buf[pos + 8 : pos + 8 + size]))
+        pos += 8 + size
+    del buf[:pos]
+    return b"".join(parts)
+
+
+class CappedLog:
+    """A step's stored log: the first half of ``limit`` bytes written at once (``job logs
+    --follow`` sees them), the last half kept in memory and written by ``close`` after one line
+    that says how much was dropped between them."""
+
+    def __init__(self, fh: BinaryIO, limit: int) -> None:
+        self.fh = fh
+        self.head_left = limit - limit // 2
+        self.tail_cap = limit // 2
+        self.tail: collections.deque[bytes] = collections.deque()
+        self.tail_size = 0
+        self.dropped = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        n = len(data)
+        if self.head_left > 0:
+            head = bytes(data[: self.head_left])
+            view = memoryview(head)
+            while view:  # unbuffered: each chunk is in the file at once
+                view = view[self.fh.write(view) :]
+            self.head_left -= len(head)
+            data = data[len(head) :]
+        if data:
+            self.tail.append(bytes(data))
+            self.tail_size += len(data)
+            while self.tail and self.tail_size - len(self.tail[0]) >= self.tail_cap:
+                self.dropped += len(self.tail[0])
+                self.tail_size -= len(self.tail.popleft())
+        return n
+
+    def flush(self) -> None:
+        """Write what the tail keeps (after the drop line), once; then the file's own flush."""
+        if self.tail:
+            data = b"".join(self.tail)
+            excess = max(0, len(data) - self.tail_cap)
+            self.dropped += excess
+            if self.dropped:
+                self.fh.write(f"\n[logist: {self.dropped} bytes of output dropped]\n".encode())
+            self.fh.write(data[excess:])
+            self.tail.clear()
+            self.tail_size = 0
+        self.fh.flush()
