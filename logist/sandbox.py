@@ -193,15 +193,16 @@ rm -f /tmp/logist-flags
 cd "$W" || exit 12
 printf '.git.logist-hidden-%s\n' "$nonce" > /tmp/hidden-exclude
 # repositories nested in the workspace (a clone in a subdirectory): their files are work too, so
-# their .git is set aside while the files are added (and put back)
-: > /tmp/hidden
-find . -path ./.git -prune -o -name .git -prune -print 2>/dev/null | while IFS= read -r d; do
-  mv -T "$d" "$d.logist-hidden-$nonce" 2>/dev/null && printf '%s\n' "$d" >> /tmp/hidden
-done
+# their .git is set aside while the files are added (and put back). Names are NUL-separated data
+# (a name may hold a newline) and stay below the workspace (find follows no link)
+find . -path ./.git -prune -o -name .git -prune -exec sh -c \
+  'n=$1; shift; for d; do mv -T -- "$d" "$d.logist-hidden-$n" && printf "%s\0" "$d"; done' \
+  hide "$nonce" {} + > /tmp/hidden 2>/dev/null
 GIT_INDEX_FILE=$I g --work-tree="$W" -c core.excludesFile=/tmp/hidden-exclude \
   add -A --ignore-errors 2>/tmp/add.err || \
   warn "some files could not be read: $(tail -n 1 /tmp/add.err)"
-while IFS= read -r d; do mv -T "$d.logist-hidden-$nonce" "$d"; done < /tmp/hidden
+xargs -0 -r sh -c 'n=$1; shift; for d; do mv -T -- "$d.logist-hidden-$n" "$d"; done' \
+  unhide "$nonce" < /tmp/hidden
 T=$(GIT_INDEX_FILE=$I g --work-tree="$W" write-tree) || exit 13
 cd /
 if [ -z "$H" ]; then set -- "$P"

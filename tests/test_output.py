@@ -96,7 +96,7 @@ def test_the_stored_log_is_capped_with_head_tail_and_a_masked_secret(
     env = {**_config(tmp_path, "log_limit: 64k\n"), "TOKEN": "hunter2-secret-value"}
     step = (
         'echo "FIRST $TOKEN"; sleep 0.3; echo "ERR $TOKEN" >&2; sleep 0.3; i=0; '
-        'while [ $i -lt 10000 ]; do i=$((i+1)); '
+        "while [ $i -lt 10000 ]; do i=$((i+1)); "
         'echo "line $i $TOKEN"; done; sleep 0.3; printf "LAST %s" "$TOKEN"'
     )
     out = logist(

@@ -4,6 +4,7 @@ step (another image, perhaps other secrets) starts with logist's config alone.""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,26 @@ def test_config_and_hooks_do_not_survive_a_step_that_made_more_refs_than_are_kep
     _job, stdout = _run(logist, source_repo, f"{PLANT} && {many}", f"git tag | wc -l; {PROBE}")
     assert "PWNED" not in stdout, stdout
     assert "5100" in stdout  # the step's refs stay in its workspace
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["x\n/workspace/victim\ny", "x\n./victim\ny", "tab\there", "cr\rhere", "-n", "sp ace"],
+)
+def test_names_with_newlines_steer_nothing_when_nested_repositories_are_harvested(
+    logist, source_repo, name
+):
+    """A nested repository's ``.git`` is set aside while its files are added: its name is data
+    (NUL-separated), so a name holding a newline and a path renames nothing else."""
+    step = 'echo victim > victim && mkdir -p "./$N" && git init -q "./$N" && echo n > "./$N/f.txt"'
+    job = create_job(logist, source_repo, step, extra=(*IDENTITY, "--env", f"N={name}"))
+    out = logist("job", "run", job)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert git(source_repo, "show", f"logist/{job}:victim") == "victim\n"
+    listed = subprocess.run(
+        ["git", "-C", str(source_repo), "ls-tree", "-r", "-z", "--name-only", f"logist/{job}"],
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    assert f"{name}/f.txt".encode() in listed
+    assert not any(b"logist-hidden" in p for p in listed)
