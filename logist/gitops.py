@@ -284,13 +284,22 @@ def make_job_repo(origin: Path, dest: Path) -> None:
 
 
 def clone_workspace(job_repo: Path, dest: Path, branch: str, commit: str, origin: str) -> None:
-    """A fresh workspace at ``dest``: a copy (no hardlinks, no alternates) of the job's
-    repository with ``branch`` checked out at ``commit``. Runs before any step has seen
+    """A fresh workspace at ``dest``: a new repository holding only what ``commit`` reaches
+    (fetched from the job's repository: no hardlink, no alternates, no other branch, tag or
+    stash of the source), with ``branch`` checked out at it. Runs before any step has seen
     ``dest``; ``origin`` becomes its ``origin`` remote (as data: nothing is fetched)."""
-    args = ("--quiet", "--no-hardlinks", "--no-checkout", "--", str(job_repo), str(dest))
-    git("clone", *args, isolated=True)
-    _dissolve_alternates(dest / ".git")
-    git("remote", "remove", "origin", cwd=dest, isolated=True)  # and its refs
+    git("init", "--quiet", "--", str(dest), isolated=True)
+    git(
+        "fetch",
+        "--quiet",
+        "--no-tags",
+        "--no-write-fetch-head",
+        "--",
+        str(job_repo),
+        f"+{commit}:refs/heads/{branch}",
+        cwd=dest,
+        isolated=True,
+    )
     git("remote", "add", "--", "origin", origin, cwd=dest, isolated=True)
     git(
         "checkout",
@@ -302,10 +311,6 @@ def clone_workspace(job_repo: Path, dest: Path, branch: str, commit: str, origin
         cwd=dest,
         isolated=True,
     )
-    # the step sees its job branch (and the source's tags), not the source's other branches nor
-    # other jobs' logist/* results
-    others = [r for r in refs(dest / ".git", "refs/heads/") if r != f"refs/heads/{branch}"]
-    update_refs(dest / ".git", dict.fromkeys(others))
 
 
 def _dissolve_alternates(gitdir: Path) -> None:
