@@ -520,7 +520,7 @@ class Engine:
         prefix = f"[{job.id}] ".encode() if self.prefix else b""
         with open(log_path, "wb", buffering=0) as fh:
             mask = SecretMask(list(secrets.values()))
-            log = output.CappedLog(fh, job.limits.log_limit)
+            log = output.CappedLog(fh, job.limits.log_limit, spill_dir=str(log_path.parent))
             out = _Output(log, self.sink, prefix, self._print_lock, mask)
             try:
                 outcome = containers.run_container(

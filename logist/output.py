@@ -9,10 +9,11 @@ starts (Docker's multiplexed frames, read in large chunks; no per-line work). El
 
 from __future__ import annotations
 
-import collections
 import contextlib
+import os
 import socket
 import struct
+import tempfile
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -98,43 +99,60 @@ def _frames(buf: bytearray) -> bytes:
 
 class CappedLog:
     """A step's stored log: the first half of ``limit`` bytes written at once (``job logs
-    --follow`` sees them), the last half kept in memory and written by ``close`` after one line
-    that says how much was dropped between them."""
+    --follow`` sees them); past that, the latest bytes kept in two unlinked spill files beside
+    it (memory stays flat), and ``close`` appends the last half of ``limit`` after one line that
+    says how much was dropped."""
 
-    def __init__(self, fh: BinaryIO, limit: int) -> None:
+    def __init__(self, fh: BinaryIO, limit: int, spill_dir: str | None = None) -> None:
         self.fh = fh
         self.head_left = limit - limit // 2
         self.tail_cap = limit // 2
-        self.tail: collections.deque[bytes] = collections.deque()
-        self.tail_size = 0
+        self.spill_dir = spill_dir
+        self.segments: list[BinaryIO] = []  # the older, then the current spill file
+        self.current = 0  # bytes in the current one
         self.dropped = 0
 
     def write(self, data: bytes | memoryview) -> int:
         n = len(data)
         if self.head_left > 0:
-            head = bytes(data[: self.head_left])
-            view = memoryview(head)
-            while view:  # unbuffered: each chunk is in the file at once
-                view = view[self.fh.write(view) :]
-            self.head_left -= len(head)
-            data = data[len(head) :]
+            _write_all(self.fh, data[: self.head_left])
+            taken = min(n, self.head_left)
+            self.head_left -= taken
+            data = data[taken:]
         if data:
-            self.tail.append(bytes(data))
-            self.tail_size += len(data)
-            while self.tail and self.tail_size - len(self.tail[0]) >= self.tail_cap:
-                self.dropped += len(self.tail[0])
-                self.tail_size -= len(self.tail.popleft())
+            if not self.segments or self.current >= self.tail_cap:
+                self._next_segment()
+            _write_all(self.segments[-1], data)
+            self.current += len(data)
         return n
+
+    def _next_segment(self) -> None:
+        if len(self.segments) == 2:  # the older holds nothing the tail can still need
+            old = self.segments.pop(0)
+            self.dropped += old.seek(0, os.SEEK_END)
+            old.close()
+        self.segments.append(tempfile.TemporaryFile(dir=self.spill_dir))  # noqa: SIM115 (closed by flush)
+        self.current = 0
 
     def flush(self) -> None:
         """Write what the tail keeps (after the drop line), once; then the file's own flush."""
-        if self.tail:
-            data = b"".join(self.tail)
-            excess = max(0, len(data) - self.tail_cap)
-            self.dropped += excess
+        if self.segments:
+            sizes = [seg.seek(0, os.SEEK_END) for seg in self.segments]
+            skip = max(0, sum(sizes) - self.tail_cap)
+            self.dropped += skip
             if self.dropped:
                 self.fh.write(f"\n[logist: {self.dropped} bytes of output dropped]\n".encode())
-            self.fh.write(data[excess:])
-            self.tail.clear()
-            self.tail_size = 0
+            for seg, size in zip(self.segments, sizes, strict=True):
+                seg.seek(min(skip, size))
+                skip -= min(skip, size)
+                while chunk := seg.read(1 << 20):
+                    _write_all(self.fh, chunk)
+                seg.close()
+            self.segments = []
         self.fh.flush()
+
+
+def _write_all(fh: BinaryIO, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:  # unbuffered files may take part of it
+        view = view[fh.write(view) :]
