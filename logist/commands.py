@@ -147,6 +147,8 @@ def finish_runs(results) -> int:
     from logist.model import State
 
     for r in results:
+        for note in r.job.notes if r.job is not None and r.job.terminal else ():
+            print(f"logist: {r.job.id}: note: {note}", file=sys.stderr)  # before a checkout
         if r.error is not None:
             print(f"logist: {r.job.id if r.job else '?'}: {r.error}", file=sys.stderr)
         elif r.job is not None and r.job.state not in (State.SUCCEEDED, State.PENDING):

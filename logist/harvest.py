@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from logist import gitops, intake
+from logist import gitops, intake, notes
 from logist.errors import GitError, HarvestFailed, LogistError
 from logist.model import WS_REMOVING, Job
 from logist.sandbox import HarvestOutput, Sandbox
@@ -154,6 +154,8 @@ def finish(store: Store, job: Job) -> None:
         text = "\n".join(f"{k} {v}" for k, v in sorted(kept.items()))
         state += "+" + hashlib.sha1(text.encode()).hexdigest()[:12]
     if not bundle.is_file() or job.bundled_commit != state:
+        if job.base_commit is not None:
+            job.notes = notes.scan(repo, job.base_commit, job.harvested_commit)
         gitops.write_bundle(repo, names, bundle)
         job.bundled_commit = state
         job.result_bundle = str(bundle)

@@ -128,6 +128,7 @@ class Job:
     result_branch: str | None = None
     leftovers: list[str] = field(default_factory=list)
     error: str | None = None
+    notes: list[str] = field(default_factory=list)  # what the branch adds that a user should know
     # the bounds this job was created under (logist.bounds.Bounds as a dict; {}: the defaults)
     bounds: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION

@@ -83,6 +83,7 @@ def job_view(
         "harvested_commit": job.harvested_commit,
         "cleanup": job.cleanup,
         "left_behind": job.leftovers,
+        "notes": job.notes,
         "error": job.error,
     }
 

@@ -1,0 +1,82 @@
+"""Before a user checks the job branch out, the summary says when it adds symlinks pointing
+outside the repository, ``.gitattributes`` naming filters, or submodules (contract v3,
+"Bounds"), one line each, on the terminal and in ``status --json``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from logist.notes import _escapes, _names_filter
+from tests.helpers import create_job
+
+IDENTITY = ("--env", "GIT_AUTHOR_NAME=s", "--env", "GIT_AUTHOR_EMAIL=s@x", "--env",
+            "GIT_COMMITTER_NAME=s", "--env", "GIT_COMMITTER_EMAIL=s@x")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("path", "target", "out"),
+    [
+        ("a", "/etc/passwd", True),
+        ("a", "../x", True),
+        ("d/e/a", "../../../x", True),
+        ("d/e/a", "../../x", False),
+        ("a", "b/c", False),
+        ("a", "", True),
+    ],
+)
+def test_a_link_escapes_when_its_target_leaves_the_repository(path, target, out):
+    assert _escapes(path, target.encode()) is out
+
+
+def test_gitattributes_naming_a_filter_are_told_apart():
+    assert _names_filter(b"*.bin filter=lfs diff=lfs\n")
+    assert _names_filter(b"  * text filter\n")
+    assert not _names_filter(b"*.txt text eol=lf\n# filter=x\n")
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+def test_the_summary_names_links_out_filters_and_submodules(
+    logist, source_repo: Path, jobs_root: Path
+):
+    step = (
+        "ln -s /etc/passwd passwd-link && ln -s ../../outside up-link && ln -s README.md ok-link "
+        "&& echo '* filter=x' > .gitattributes "
+        "&& printf '[submodule \"sub\"]\\n\\tpath = sub\\n\\turl = ../x\\n' > .gitmodules"
+    )
+    job = create_job(logist, source_repo, step, extra=IDENTITY)
+    out = logist("job", "run", job)
+    assert out.returncode == 0, out.stderr
+    lines = [x for x in out.stderr.splitlines() if ": note: " in x]
+    assert len(lines) == 3, out.stderr
+    assert "symlinks pointing outside the repository: passwd-link, up-link" in lines[0]
+    assert "ok-link" not in lines[0]
+    assert ".gitattributes naming filters: .gitattributes" in lines[1]
+    assert "submodules: .gitmodules" in lines[2]
+    view = json.loads(logist("job", "status", job, "--json").stdout)
+    assert [f"logist: {job}: note: {n}" for n in view["notes"]] == lines
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+def test_a_harmless_branch_has_no_notes(logist, source_repo: Path):
+    job = create_job(logist, source_repo, "echo x > x.txt && ln -s x.txt inside")
+    out = logist("job", "run", job)
+    assert out.returncode == 0, out.stderr
+    assert ": note: " not in out.stderr
+    assert json.loads(logist("job", "status", job, "--json").stdout)["notes"] == []
+
+
+def test_a_gitlink_is_a_submodule_note(source_repo: Path):
+    from logist.notes import scan
+    from tests.helpers import git
+
+    base = git(source_repo, "rev-parse", "HEAD").strip()
+    git(source_repo, "update-index", "--add", "--cacheinfo", f"160000,{base},vendor/sub")
+    git(source_repo, "commit", "-qm", "gitlink")
+    tip = git(source_repo, "rev-parse", "HEAD").strip()
+    assert scan(source_repo / ".git", base, tip) == ["the branch adds submodules: vendor/sub"]
+    assert scan(source_repo / ".git", tip, tip) == []
