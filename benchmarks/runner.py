@@ -12,7 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import measures_cli, measures_fs, measures_jobs, measures_nodes, report
+from benchmarks import (
+    measures_cli,
+    measures_fs,
+    measures_jobs,
+    measures_nodes,
+    measures_output,
+    report,
+)
 from benchmarks.core import (
     BENCH_LABEL,
     BUSYBOX,
@@ -145,6 +152,22 @@ MEASURES = (
         measures_jobs.parallel,
     ),
     Measure("help", "logist --help", "limit", 0.1, "", measures_cli.help_),
+    Measure(
+        "output-newlines",
+        "a step printing 100 MiB of newlines (logist run)",
+        "ratio",
+        1.5,
+        "docker run --rm --init IMAGE sh -c CMD > /dev/null",
+        measures_output.newlines,
+    ),
+    Measure(
+        "output-random",
+        "a step printing 100 MiB of random text (logist run)",
+        "ratio",
+        1.5,
+        "docker run --rm --init IMAGE sh -c CMD > /dev/null",
+        measures_output.random_text,
+    ),
     Measure(
         "remote",
         "whole job on a remote node (volume workspace) vs local engine",

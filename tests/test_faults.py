@@ -85,8 +85,10 @@ TWO_STEPS = ("echo one > one.txt", "echo two > two.txt")
         ("POST", r"/containers/create$", "hang", 3, 2),
         ("POST", CID + r"/start$", "500", 3, 2),
         ("POST", CID + r"/start$", "reset", 3, 2),
-        ("GET", CID + r"/logs$", "reset", 3, 2),  # the helper's first line, the first step's
-        ("GET", CID + r"/logs$", "hang", 3, 2),
+        # a step's output is read by attaching to it before it starts: the first step's and the
+        # helper's (its harvest requests) pass
+        ("POST", CID + r"/attach$", "reset", 3, 2),
+        ("POST", CID + r"/attach$", "hang", 3, 2),
         ("POST", CID + r"/wait$", "500", 3, 1),
         ("POST", CID + r"/wait$", "reset", 3, 1),
         ("POST", CID + r"/wait$", "hang", 3, 1),
@@ -271,9 +273,9 @@ def test_a_fault_in_the_harvest_helper_interrupts_the_job_and_the_sweep_keeps_th
     that carries the harvest requests): the job is interrupted, the sweep (on the real engine)
     harvests what the step left, and a resume finishes."""
     job = create(logist, source_repo, *TWO_STEPS)
-    # the first attach is the first step's harvest (the helper proves the engine sees the job
-    # directory by its first log line; the step's output is read from its logs)
-    rule = proxy.fail("POST", CID + r"/attach$", action, times=1)
+    # the second attach is the first step's harvest (the first reads that step's output; the
+    # helper proves the engine sees the job directory by its first log line)
+    rule = proxy.fail("POST", CID + r"/attach$", action, skip=1, times=1)
     out = via("job", "run", job)
     assert rule.fired, proxy.seen
     assert status(logist, job)["state"] == "interrupted"
