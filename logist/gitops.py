@@ -289,17 +289,7 @@ def clone_workspace(job_repo: Path, dest: Path, branch: str, commit: str, origin
     stash of the source), with ``branch`` checked out at it. Runs before any step has seen
     ``dest``; ``origin`` becomes its ``origin`` remote (as data: nothing is fetched)."""
     git("init", "--quiet", "--", str(dest), isolated=True)
-    git(
-        "fetch",
-        "--quiet",
-        "--no-tags",
-        "--no-write-fetch-head",
-        "--",
-        str(job_repo),
-        f"+{commit}:refs/heads/{branch}",
-        cwd=dest,
-        isolated=True,
-    )
+    fetch_one(dest, job_repo, f"+{commit}:refs/heads/{branch}", isolated=True)
     git("remote", "add", "--", "origin", origin, cwd=dest, isolated=True)
     git(
         "checkout",
@@ -311,6 +301,13 @@ def clone_workspace(job_repo: Path, dest: Path, branch: str, commit: str, origin
         cwd=dest,
         isolated=True,
     )
+
+
+def fetch_one(dest: Path, origin: Path, refspec: str, *options: str, **kw) -> None:
+    """Fetch ``refspec`` (no tags) from the trusted repository ``origin`` into the one at
+    ``dest``; only what it reaches travels. ``options`` go before ``fetch`` (e.g. ``FSCK``)."""
+    args = ("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--", str(origin), refspec)
+    git(*options, *args, cwd=dest, **kw)
 
 
 def _dissolve_alternates(gitdir: Path) -> None:
@@ -426,15 +423,4 @@ def publish_branch(source: Path, job_repo: Path, branch: str) -> None:
     stale = gitdir / "refs" / "heads" / f"{branch}.lock"
     if branch.startswith("logist/") and stale.is_file() and not stale.is_symlink():
         stale.unlink()
-    git(
-        *FSCK,
-        "fetch",
-        "--quiet",
-        "--no-tags",
-        "--no-write-fetch-head",
-        "--",
-        str(job_repo),
-        f"+refs/heads/{branch}:refs/heads/{branch}",
-        cwd=source,
-        trust=source,
-    )
+    fetch_one(source, job_repo, f"+refs/heads/{branch}:refs/heads/{branch}", *FSCK, trust=source)
