@@ -53,6 +53,16 @@ def drivable(api) -> bool:
     return api.base_url.startswith(("http+docker://localhost", "http://", "https://"))
 
 
+def attach_socket(container: Container, params: dict, timeout: float):
+    """The docker SDK's ``attach_socket`` with a deadline on the engine's answer (the SDK's
+    own has none: an engine that never answers would hang the caller)."""
+    api = container.client.api
+    url = api._url("/containers/{0}/attach", container.id)
+    headers = {"Connection": "Upgrade", "Upgrade": "tcp"}
+    res = api.post(url, None, params=params, stream=True, headers=headers, timeout=timeout)
+    return api._get_raw_response_socket(res)
+
+
 class ChannelLost(Exception):
     """The connection ended before the answer (the helper or the engine went away)."""
 
@@ -76,9 +86,10 @@ class Channel:
         api = container.client.api
         if not drivable(api):
             return None
-        raw = api.attach_socket(
-            container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
-        )
+        from logist.containers import request_timeout
+
+        params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+        raw = attach_socket(container, params, request_timeout())
         sock = getattr(raw, "_sock", raw)
         if not isinstance(sock, socket.socket):
             with contextlib.suppress(Exception):

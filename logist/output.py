@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, BinaryIO
 
-from logist.channel import drivable
+from logist.channel import attach_socket, drivable
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -52,9 +52,10 @@ class Attached:
     thread."""
 
     def __init__(self, container: Container) -> None:
-        raw = container.client.api.attach_socket(
-            container.id, params={"stdout": 1, "stderr": 1, "stream": 1}
-        )
+        from logist.containers import request_timeout
+
+        params = {"stdout": 1, "stderr": 1, "stream": 1}
+        raw = attach_socket(container, params, request_timeout())
         self._keep = raw  # the response object: its collection would close the socket
         self._sock: socket.socket = getattr(raw, "_sock", raw)
         self._sock.settimeout(POLL)
