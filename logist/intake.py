@@ -126,7 +126,8 @@ def check(repo: Path, quarantine: Path, bounds: Bounds) -> None:
     fmt = "--batch-check=%(objectname) %(objecttype) %(objectsize)"
     argv = ["git", f"--git-dir={repo}", "cat-file", "--batch-all-objects", fmt]
     proc = _run(argv, bounds, own)
-    commits = []
+    commits: list[str] = []
+    trees: list[str] = []
     for line in proc.stdout.decode("ascii", errors="replace").splitlines():
         oid, kind, size = line.split(" ")
         if int(size) > bounds.max_object_size:
@@ -137,20 +138,22 @@ def check(repo: Path, quarantine: Path, bounds: Bounds) -> None:
             )
         if kind == "commit":
             commits.append(oid)
+        elif kind == "tree":  # a tree may be a ref's or a tag's target too, not a commit's
+            trees.append(oid)
     if proc.returncode != 0:
         raise GitError(["cat-file"], proc.stderr.decode(errors="replace"))
-    if commits:
-        env = {**own, "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(repo / "objects")}
-        with _Objects(repo, env, bounds) as objects:
-            counter = PathCounter(objects.tree_entries, bounds.max_tree_paths)
-            for commit in commits:
-                paths = counter.count(objects.commit_tree(commit))
-                if paths > bounds.max_tree_paths:
-                    raise GitError(
-                        ["bundle"],
-                        f"commit {commit} has over {bounds.max_tree_paths:,} paths in its tree "
-                        f"(max_tree_paths)",
-                    )
+    if not (commits or trees):
+        return
+    env = {**own, "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(repo / "objects")}
+    with _Objects(repo, env, bounds) as objects:
+        counter = PathCounter(objects.tree_entries, bounds.max_tree_paths)
+        roots = [(f"commit {c}", objects.commit_tree(c)) for c in commits]
+        for what, tree in [*roots, *((f"tree {t}", t) for t in trees)]:
+            if counter.count(tree) > bounds.max_tree_paths:
+                raise GitError(
+                    ["bundle"],
+                    f"{what} has over {bounds.max_tree_paths:,} paths in its tree (max_tree_paths)",
+                )
 
 
 class PathCounter:

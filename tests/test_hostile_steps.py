@@ -1,0 +1,118 @@
+"""Hostile steps, found by a red team, against the contract's "Trust boundary", "Bounds
+(v3)" and "Harvest".
+
+Each test fails on the code it was written against when the hole is real."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import create_job
+
+
+def _notes(logist, job: str) -> list[str]:
+    return json.loads(logist("job", "status", job, "--json").stdout)["notes"]
+
+
+def _branch_has(repo: Path, job: str, path: str) -> bool:
+    out = subprocess.run(
+        ["git", "-C", str(repo), "ls-tree", f"logist/{job}", "--", path],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    return out.stdout.startswith("120000 ")
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+def test_link_escaping_through_a_link_inside_is_noted(logist, source_repo: Path):
+    """``a/b -> ..`` points at the repository's root (inside); ``x -> a/b/../../etc/passwd``
+    reads lexically as ``etc/passwd`` (inside) but resolves, through a/b, to the directory
+    above the checkout's parent. notes._escapes normalises the target text without looking
+    at the links it passes through, so the summary says nothing."""
+    step = "mkdir a && ln -s .. a/b && ln -s a/b/../../etc/passwd x && ln -s . c && ln -s c/.. up"
+    job = create_job(logist, source_repo, step)
+    out = logist("job", "run", job)
+    assert out.returncode == 0, out.stderr
+    assert _branch_has(source_repo, job, "x") and _branch_has(source_repo, job, "up")
+    notes = _notes(logist, job)
+    assert any("symlinks pointing outside" in n for n in notes), (notes, out.stderr)
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(300)
+def test_link_out_after_100000_paths_is_noted(logist, source_repo: Path):
+    """notes.MAX_ENTRIES stops looking after 100,000 changed paths (sorted by name): a step
+    that adds 100,000 empty files under ``a/`` and then ``zz -> /etc/passwd`` gets no note,
+    although the branch (well under max_tree_paths) is published with the link in it."""
+    step = "mkdir a && cd a && seq 100000 | xargs touch && cd .. && ln -s /etc/passwd zz"
+    job = create_job(logist, source_repo, step)
+    out = logist("job", "run", job)
+    assert out.returncode == 0, out.stderr
+    assert _branch_has(source_repo, job, "zz")
+    notes = _notes(logist, job)
+    assert any("symlinks pointing outside" in n for n in notes), (notes, out.stderr)
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+def test_large_gitattributes_naming_a_filter_is_noted(logist, source_repo: Path):
+    """notes._blob reads at most 64 KiB of a .gitattributes and returns "/" past that, which
+    names no filter: 20,000 comment lines then ``* filter=evil`` (git reads attribute files up
+    to 100 MB, and every one of these lines is short) is published with no note."""
+    step = "yes '# pad' | head -n 20000 > .gitattributes && echo '* filter=evil' >> .gitattributes"
+    job = create_job(logist, source_repo, step)
+    out = logist("job", "run", job)
+    assert out.returncode == 0, out.stderr
+    shown = subprocess.run(
+        ["git", "-C", str(source_repo), "show", f"logist/{job}:.gitattributes"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert shown.stdout.endswith("* filter=evil\n")
+    view = source_repo.parent / "attr-view"
+    subprocess.run(["git", "init", "-q", str(view)], check=True)
+    (view / ".gitattributes").write_text(shown.stdout)
+    check = subprocess.run(
+        ["git", "-C", str(view), "check-attr", "filter", "--", "x"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert "filter: evil" in check.stdout, check  # git itself sees the filter
+    notes = _notes(logist, job)
+    assert any(".gitattributes naming filters" in n for n in notes), (notes, out.stderr)
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+def test_tag_to_a_tree_over_max_tree_paths_is_refused(
+    logist, source_repo: Path, jobs_root: Path, tmp_path: Path
+):
+    """intake.check counts paths only for commits: a step that tags a TREE of 4,096 paths
+    (``git tag bomb <tree>``, a repeated subtree 12 levels deep) with max_tree_paths 100
+    passes, and the tree lands in result.bundle under refs/logist/<id>/tags/bomb (exit 0).
+    At 2^40 paths (a few hundred bytes of objects) anyone who reads that ref recursively
+    (ls-tree -r, checkout, archive) is exhausted. Contract: over a bound, exit 4 and nothing
+    of it in the result."""
+    config = tmp_path / "logist.yaml"
+    config.write_text("max_tree_paths: 100\n")
+    step = (
+        "b=$(echo x | git hash-object -w --stdin);"
+        " t=$(printf '100644 blob %s\\tf\\n' $b | git mktree);"
+        " for i in $(seq 12); do t=$(printf '040000 tree %s\\ta\\n040000 tree %s\\tb\\n' $t $t"
+        " | git mktree); done; git tag bomb $t"
+    )
+    env = {"LOGIST_CONFIG": str(config)}
+    create_job_env = logist("job", "create", "--repo", str(source_repo), "--step", step, env=env)
+    assert create_job_env.returncode == 0, create_job_env.stderr
+    job = create_job_env.stdout.strip()
+    out = logist("job", "run", job, env=env)
+    bundle = jobs_root / job / "result.bundle"
+    heads = ""
+    if bundle.exists():
+        heads = subprocess.run(
+            ["git", "bundle", "list-heads", str(bundle)], capture_output=True, text=True
+        ).stdout
+    assert "tags/bomb" not in heads, heads
+    assert out.returncode == 4, (out.returncode, out.stderr)
