@@ -1,10 +1,10 @@
 """A step's output, bounded (contract v3, "Bounds"): no amplification by the engine, a capped
 stored log, and a reader that keeps up with a step printing as fast as it can.
 
-On Docker over ``unix://`` or ``tcp://`` a step's container has no log driver (``none``): the
-engine keeps nothing of its output, and logist reads it by attaching to the container before it
-starts (Docker's multiplexed frames, read in large chunks; no per-line work). Elsewhere (Podman,
-``ssh://``) the engine's log is read as before, bounded by the driver's rotation where it has one.
+Over ``unix://`` or ``tcp://`` (Docker and Podman) a step's container has no log driver
+(``none``): the engine keeps nothing of its output, and logist reads it by attaching to the
+container before it starts (the multiplexed frames, read in large chunks; no per-line work).
+Over ``ssh://`` the engine's log is read as before, bounded by the driver's rotation on Docker.
 """
 
 from __future__ import annotations
@@ -29,14 +29,15 @@ ROTATED = {"max-size": "4m", "max-file": "2"}  # json-file where no attach is po
 
 
 def log_config(cli: DockerClient, podman: bool):
-    """The step container's log settings: none where logist attaches (Docker, a plain socket),
-    else a rotated json-file (``ssh://``); Podman keeps its own (None)."""
+    """The step container's log settings: none where logist attaches (a plain socket, Docker
+    or Podman), else a rotated json-file (Docker over ``ssh://``); Podman over ``ssh://``
+    keeps its own (None)."""
     from docker.types import LogConfig
 
-    if podman:
-        return None
     if drivable(cli.api):
         return LogConfig(type="none")
+    if podman:
+        return None
     return LogConfig(type="json-file", config=ROTATED)
 
 
