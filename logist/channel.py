@@ -80,16 +80,14 @@ class Channel:
         self._buf = b""
 
     @classmethod
-    def open(cls, container: Container) -> Channel | None:
+    def open(cls, container: Container, timeout: float) -> Channel | None:
         """Attach to ``container``'s standard streams; None where this engine or transport is
         not driven so (the caller uses ``exec``)."""
         api = container.client.api
         if not drivable(api):
             return None
-        from logist.containers import request_timeout
-
         params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
-        raw = attach_socket(container, params, request_timeout())
+        raw = attach_socket(container, params, timeout)
         sock = getattr(raw, "_sock", raw)
         if not isinstance(sock, socket.socket):
             with contextlib.suppress(Exception):

@@ -584,7 +584,7 @@ def run_container(
         with engine_errors(f"running step container {container.short_id}"):
             try:
                 if output.attaches(container):  # before the start: nothing is missed
-                    attached = output.Attached(container)
+                    attached = output.Attached(container, patience)
                 container.start()
                 watcher.start()  # first: Podman answers the logs request at the first output
                 opened = attached or _open_logs(container, lost)

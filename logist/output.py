@@ -52,11 +52,9 @@ class Attached:
     of chunks that ends when the container's streams close; ``close`` ends it from another
     thread."""
 
-    def __init__(self, container: Container) -> None:
-        from logist.containers import request_timeout
-
+    def __init__(self, container: Container, timeout: float) -> None:
         params = {"stdout": 1, "stderr": 1, "stream": 1}
-        raw = attach_socket(container, params, request_timeout())
+        raw = attach_socket(container, params, timeout)
         self._keep = raw  # the response object: its collection would close the socket
         self._sock: socket.socket = getattr(raw, "_sock", raw)
         self._sock.settimeout(POLL)

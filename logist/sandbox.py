@@ -662,7 +662,7 @@ class Sandbox:
                     if not self._alive():  # an attach to a stopped one would wait in silence
                         raise ChannelLost("the helper is not running")
                     with containers.engine_errors("attaching to the harvest helper"):
-                        self._channel = Channel.open(self._container)
+                        self._channel = Channel.open(self._container, containers.request_timeout())
                     if self._channel is None:  # this transport is not driven so
                         self._serving = False
                         continue
