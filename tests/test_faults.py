@@ -164,7 +164,10 @@ def test_a_cleanup_whose_container_removal_fails_says_so_and_the_next_one_finish
     # more patience than PATIENCE: on a loaded machine the stray's stop alone took longer than
     # 3 s, and the cleanup gave up before its DELETE (the fault under test) was ever sent
     env = {"DOCKER_HOST": proxy.host, "LOGIST_DOCKER_TIMEOUT": "20"}
-    out = run_logist(jobs_root, "job", "cleanup", job, env=env)
+    for _ in range(3):  # a proxied connection lost before the DELETE (seen once): nothing done
+        out = run_logist(jobs_root, "job", "cleanup", job, env=env)
+        if rule.fired:
+            break
     assert rule.fired, (out.returncode, out.stderr, proxy.seen)
     assert (jobs_root / job / "workspace").is_dir()  # kept: its containers are not gone
     stray.reload()  # still there for the next cleanup
