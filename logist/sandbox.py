@@ -73,10 +73,11 @@ write_back() (
         -c gc.auto=0 -c maintenance.auto=false -c fetch.writeCommitGraph=false "$@"; }
   if [ -d .git/objects ] && [ ! -L .git ] && [ ! -L .git/objects ]; then
     rm -rf "$new/objects" && mv .git/objects "$new/objects" || exit 21
+    # the step's links first (find follows none): no removal by name below may follow one
+    find "$new/objects" ! -type f ! -type d -exec rm -f {} + 2>/dev/null
     rm -rf "$new/objects/info/alternates" "$new/objects/info/http-alternates" \
            "$new/objects/info/commit-graph" "$new/objects/info/commit-graphs" \
            "$new/objects/pack/multi-pack-index"
-    find "$new/objects" ! -type f ! -type d -exec rm -f {} + 2>/dev/null
     mkdir -p "$new/objects/info" "$new/objects/pack"
   fi
   n config core.bare false && n config core.logAllRefUpdates true || exit 21

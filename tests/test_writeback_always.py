@@ -88,3 +88,17 @@ def test_names_with_newlines_steer_nothing_when_nested_repositories_are_harveste
     ).stdout.split(b"\0")
     assert f"{name}/f.txt".encode() in listed
     assert not any(b"logist-hidden" in p for p in listed)
+
+
+def test_the_write_back_follows_no_link_the_step_left_in_its_objects(logist, source_repo):
+    """``.git/objects/info`` made a link to a directory elsewhere: the write-back removes the
+    step's links before it removes anything by name, so nothing there is deleted."""
+    plant = (
+        "mkdir victim && echo keep > victim/alternates && echo keep > victim/commit-graph && "
+        "rm -rf .git/objects/info && ln -s /workspace/victim .git/objects/info"
+    )
+    job = create_job(logist, source_repo, plant, "cat victim/alternates victim/commit-graph")
+    out = logist("job", "run", job)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("keep") == 2
+    assert git(source_repo, "show", f"logist/{job}:victim/alternates") == "keep\n"
