@@ -63,6 +63,21 @@ def attach_socket(container: Container, params: dict, timeout: float):
     return api._get_raw_response_socket(res)
 
 
+def frames(buf: bytearray, streams: tuple[int, ...] = (1, 2)) -> bytes:
+    """The payload, of ``streams`` (1 stdout, 2 stderr), of the complete frames of Docker's
+    multiplexed stream at the start of ``buf``; those frames are consumed from it."""
+    parts, pos = [], 0
+    while len(buf) - pos >= 8:
+        stream, size = struct.unpack_from(">BxxxL", buf, pos)
+        if len(buf) - pos - 8 < size:
+            break
+        if stream in streams:
+            parts.append(bytes(buf[pos + 8 : pos + 8 + size]))
+        pos += 8 + size
+    del buf[:pos]
+    return b"".join(parts)
+
+
 class ChannelLost(Exception):
     """The connection ended before the answer (the helper or the engine went away)."""
 
@@ -77,7 +92,7 @@ class Channel:
     def __init__(self, sock: socket.socket, keep: object) -> None:
         self._sock = sock
         self._keep = keep  # the response object: its collection would close the socket
-        self._buf = b""
+        self._buf = bytearray()
 
     @classmethod
     def open(cls, container: Container, timeout: float) -> Channel | None:
@@ -166,15 +181,7 @@ class Channel:
     def _stdout(self, chunk: bytes) -> bytes:
         """The standard-output payload of the complete frames received so far."""
         self._buf += chunk
-        data = b""
-        while len(self._buf) >= 8:
-            stream, size = struct.unpack(">BxxxL", self._buf[:8])
-            if len(self._buf) < 8 + size:
-                break
-            if stream == 1:
-                data += self._buf[8 : 8 + size]
-            self._buf = self._buf[8 + size :]
-        return data
+        return frames(self._buf, streams=(1,))
 
 
 def _answer(body: bytes, code: bytes) -> tuple[int, bytes, bytes]:

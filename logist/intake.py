@@ -120,8 +120,9 @@ def index_bundle(repo: Path, bundle: Path, bounds: Bounds | None = None) -> dict
 
 
 def check(repo: Path, quarantine: Path, bounds: Bounds) -> None:
-    """Every object in ``quarantine``: at most ``max_object_size`` expanded; every commit
-    there: a tree of at most ``max_tree_paths`` paths. Raises ``GitError`` naming the bound."""
+    """Every object in ``quarantine``: at most ``max_object_size`` expanded; every commit's
+    tree there, and every tree there (a ref's or a tag's target), at most ``max_tree_paths``
+    paths. Raises ``GitError`` naming the bound."""
     own = {**_env(isolated=True), "GIT_OBJECT_DIRECTORY": str(quarantine)}
     fmt = "--batch-check=%(objectname) %(objecttype) %(objectsize)"
     argv = ["git", f"--git-dir={repo}", "cat-file", "--batch-all-objects", fmt]

@@ -70,10 +70,9 @@ def _few(paths: list[str]) -> str:
     return shown + (f" and {len(paths) - SHOWN} more" if len(paths) > SHOWN else "")
 
 
-def _git(repo: Path, *args: str, input: bytes | None = None) -> bytes:
+def _git(repo: Path, *args: str) -> bytes:
     proc = subprocess.run(
         ["git", "-c", "core.hooksPath=/dev/null", f"--git-dir={repo}", *args],
-        input=input,
         capture_output=True,
         env=_env(isolated=True),
         timeout=120,

@@ -12,12 +12,11 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import struct
 import tempfile
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, BinaryIO
 
-from logist.channel import attach_socket, drivable
+from logist.channel import attach_socket, drivable, frames
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -79,22 +78,9 @@ class Attached:
             if not chunk:
                 return
             buf += chunk
-            payload = _frames(buf)
+            payload = frames(buf)
             if payload:
                 yield payload
-
-
-def _frames(buf: bytearray) -> bytes:
-    """The payload of the complete frames at the start of ``buf`` (consumed from it)."""
-    parts, pos = [], 0
-    while len(buf) - pos >= 8:
-        _stream, size = struct.unpack_from(">BxxxL", buf, pos)
-        if len(buf) - pos - 8 < size:
-            break
-        parts.append(bytes(buf[pos + 8 : pos + 8 + size]))
-        pos += 8 + size
-    del buf[:pos]
-    return b"".join(parts)
 
 
 class CappedLog:

@@ -50,8 +50,10 @@ def run_logist(
     timeout: float = 120,
     env: dict | None = None,
     input: str | None = None,
+    **popen,
 ) -> subprocess.CompletedProcess:
-    """Run ``python -m logist --jobs-dir ROOT ARGS`` and capture its output as text."""
+    """Run ``python -m logist --jobs-dir ROOT ARGS`` and capture its output as text
+    (``popen``: more of ``subprocess.run``'s options, e.g. ``preexec_fn``)."""
     return subprocess.run(
         [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), *args],
         capture_output=True,
@@ -59,6 +61,7 @@ def run_logist(
         timeout=timeout,
         input=input,
         env={**os.environ, **(env or {})},
+        **popen,
     )
 
 

@@ -8,10 +8,11 @@ import json
 import os
 import resource
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import run_logist
 
 MiB = 1024 * 1024
 
@@ -22,14 +23,7 @@ def _limited(jobs_root: Path, *args: str, timeout: float = 30, env: dict | None 
     def limit():
         resource.setrlimit(resource.RLIMIT_AS, (2048 * MiB, 2048 * MiB))
 
-    return subprocess.run(
-        [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        preexec_fn=limit,
-        env={**os.environ, **(env or {})},
-    )
+    return run_logist(jobs_root, *args, timeout=timeout, env=env, preexec_fn=limit)
 
 
 def _bomb(levels: int = 8) -> str:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from logist.output import CappedLog, _frames
+from logist.channel import frames
+from logist.output import CappedLog
 from tests.helpers import create_job, wait_for
 
 DROP = b"bytes of output dropped]"
@@ -50,15 +51,15 @@ def test_the_capped_log_below_its_limit_is_the_output_itself():
 
 
 def test_docker_frames_split_anywhere_are_joined_in_order():
-    frames = b"".join(
-        bytes([stream, 0, 0, 0]) + len(p).to_bytes(4, "big") + p
-        for stream, p in ((1, b"out1 "), (2, b"err "), (1, b"out2"))
+    stream = b"".join(
+        bytes([kind, 0, 0, 0]) + len(p).to_bytes(4, "big") + p
+        for kind, p in ((1, b"out1 "), (2, b"err "), (1, b"out2"))
     )
-    for cut in range(len(frames) + 1):
-        buf = bytearray(frames[:cut])
-        got = _frames(buf)
-        buf += frames[cut:]
-        got += _frames(buf)
+    for cut in range(len(stream) + 1):
+        buf = bytearray(stream[:cut])
+        got = frames(buf)
+        buf += stream[cut:]
+        got += frames(buf)
         assert got == b"out1 err out2" and not buf
 
 
