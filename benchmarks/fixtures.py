@@ -46,21 +46,11 @@ def kept_job(store, repo: Path, image: str, job_id: str) -> Path:
     """A job that ran one ``true`` step with ``cleanup: never``: its workspace is kept, its
     work harvested, bundled and landed in the source, as a user finds it before
     ``logist job cleanup``. Made in-process with logist's own engine. Returns the workspace."""
-    from logist.engine import Engine
-    from logist.jobs import create_job
+    from logist import Runtime
 
-    create_job(
-        store,
-        {
-            "id": job_id,
-            "repo": str(repo),
-            "image": image,
-            "steps": ["true"],
-            "cleanup": "never",
-            "network": "none",
-        },
-    )
-    result = Engine(store, sink=None, notify=lambda msg: None).run_job(job_id)
+    rt = Runtime(store.root, notify=lambda msg: None)
+    rt.create(job_id, repo=str(repo), image=image, steps=["true"], cleanup="never", network="none")
+    [result] = rt.run_jobs([job_id])
     if result.exit_code != 0 or result.job.state != "succeeded":
         raise BenchError(f"setting up kept job {job_id} failed: {result.error or result.job.state}")
     ws = store.workspace(job_id)

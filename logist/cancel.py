@@ -14,7 +14,7 @@ from logist.errors import CancelPending, InvalidTransition, JobActive, LogistErr
 from logist.store import Store, drop_cancel_request, read_owner, request_cancel
 
 if TYPE_CHECKING:
-    from logist.engine import JobResult
+    from logist.runner import JobResult
 
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL (the contract's default)
 LOCK_WAIT = 1.0  # seconds to wait for a job's lock before calling it active
@@ -34,18 +34,11 @@ def cancel(store: Store, job_id: str, wait: float = 60.0, grace: float = STOP_GR
         raise InvalidTransition(f"job {job_id} is {job.state}; there is nothing to cancel")
     try:
         with store.lock(job_id, timeout=0):  # a probe: an owner holds it for the whole run
-            return _with_engine(job.engine, _cancel_locked, store, job_id, grace)
+            return _cancel_locked(store, job_id, grace)
     except JobActive:
         pass
     request_cancel(store.job_dir(job_id))  # first: the owner acts on it at once
-    return _with_engine(job.engine, _owned, store, job_id, wait, grace)
-
-
-def _with_engine(engine: str | None, func, *args):
-    from logist import containers
-
-    with containers.use(engine):
-        return func(*args)
+    return _owned(store, job_id, wait, grace)
 
 
 def _owned(store: Store, job_id: str, wait: float, grace: float) -> JobResult:
@@ -53,7 +46,7 @@ def _owned(store: Store, job_id: str, wait: float, grace: float) -> JobResult:
     then finish whatever it left (e.g. `job step` ended before it saw the request)."""
     from logist import containers
     from logist.cleanup import step_containers
-    from logist.engine import JobResult
+    from logist.runner import JobResult
 
     containers.stop_and_remove(step_containers(store, job_id), grace=grace)
     deadline = time.monotonic() + wait
@@ -68,23 +61,24 @@ def _owned(store: Store, job_id: str, wait: float, grace: float) -> JobResult:
     with store.lock(job_id, timeout=LOCK_WAIT):  # the owner is gone: finish what it left
         if not store.load(job_id).terminal:
             return _cancel_locked(store, job_id, 0)
-    cli = containers.client()
+    job = store.load(job_id)
+    cli = store.docks.get(job.engine).client()
     containers.stop_and_remove(containers.find(cli, store.root, job_id), grace=0)
-    return JobResult(job=store.load(job_id))
+    return JobResult(job=job)
 
 
 def _cancel_locked(store: Store, job_id: str, grace: float) -> JobResult:
     """Cancel a job nobody runs, under its lock: containers, state, leftover harvest, cleanup."""
     from logist import containers
     from logist.cleanup import after_job, recover_dead_owner
-    from logist.engine import JobResult
     from logist.harvest import harvest_leftover
+    from logist.runner import JobResult
 
     job = store.load(job_id)
     recover_dead_owner(store, job)
     if job.terminal:
         raise InvalidTransition(f"job {job_id} is {job.state}; there is nothing to cancel")
-    cli = containers.client()
+    cli = store.docks.get(job.engine).client()
     containers.stop_and_remove(containers.find(cli, store.root, job_id), grace=grace)
     job.cancel()
     store.save(job)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from logist import containers
-from logist.engines import configured, normal, reachable
+from logist.engines import normal
 from logist.errors import EngineUnavailable, JobActive, LogistError
 from logist.harvest import harvest_leftover
 from logist.model import (
@@ -115,20 +115,12 @@ def remove_workspace(
     job_dir = store.job_dir(job.id)
     ws = job_dir / "workspace"
     try:
-        with containers.use(job.engine):
-            if job.volume is not None:
-                _remove_volume(store, job, job_dir, report, dry_run=dry_run, harvested=harvested)
-            else:
-                _remove(
-                    store,
-                    job,
-                    ws,
-                    job_dir,
-                    report,
-                    force=force,
-                    dry_run=dry_run,
-                    harvested=harvested,
-                )
+        if job.volume is not None:
+            _remove_volume(store, job, job_dir, report, dry_run=dry_run, harvested=harvested)
+        else:
+            _remove(
+                store, job, ws, job_dir, report, force=force, dry_run=dry_run, harvested=harvested
+            )
     except LogistError as exc:
         if exc.exit_code == 3:
             raise
@@ -156,7 +148,7 @@ def _remove(
     leftovers = _remove_setup_leftovers(job_dir, report, dry_run)
     exists = os.path.lexists(ws)
     # 1. containers: labelled with the job, or with the workspace mounted
-    cli = containers.client()
+    cli = store.docks.get(job.engine).client()
     found = {c.id: c for c in containers.find(cli, store.root, job.id)}
     if exists:
         found.update({c.id: c for c in containers.mounting(cli, ws)})
@@ -230,7 +222,8 @@ def _remove_volume(
     harvest, then the volume (retried while the engine still calls it in use)."""
     assert job.volume is not None
     leftovers = _remove_setup_leftovers(job_dir, report, dry_run)
-    cli = containers.client()
+    dock = store.docks.get(job.engine)
+    cli = dock.client()
     found = {c.id: c for c in containers.find(cli, store.root, job.id)}
     exists = containers.volume_exists(cli, job.volume)
     if exists:
@@ -252,7 +245,7 @@ def _remove_volume(
     containers.stop_and_remove(containers.using_volume(cli, job.volume), grace=0)
     report.workspace_removed = containers.remove_volume(cli, job.volume)
     if not report.workspace_removed:
-        report.left_behind.append(f"volume {job.volume} on {containers.engine_location()}")
+        report.left_behind.append(f"volume {job.volume} on {dock.url}")
     still = containers.find(cli, store.root, job.id)
     report.left_behind += [f"container {c.short_id}" for c in still]
     if report.workspace_removed:
@@ -303,20 +296,19 @@ def orphan_predicate(store: Store):
     return is_orphan
 
 
-def reap_orphans(store: Store, dry_run: bool = False, engines: list[str] | None = None) -> int:
+def reap_orphans(store: Store, engines: list[str], dry_run: bool = False) -> int:
     """Remove the orphaned containers (and workspace volumes) of ``store``'s jobs root on each
-    of ``engines`` (default: the configured ones); how many (would) go. An engine that does not
-    answer is skipped when there are several (its orphans wait for the next sweep)."""
-    engines = engines or configured()
+    of ``engines``; how many (would) go. An engine that does not answer is skipped when there
+    are several (its orphans wait for the next sweep)."""
     total = 0
     for engine in engines:
-        if len(engines) > 1 and not _answers(engine):
+        dock = store.docks.get(engine)
+        if len(engines) > 1 and not dock.answers():
             continue
         try:
-            with containers.use(engine):
-                cli = containers.client()
-                total += containers.reap_orphans(cli, store.root, orphan_predicate(store), dry_run)
-                total += _reap_orphan_volumes(cli, store, engine, dry_run)
+            cli = dock.client()
+            total += containers.reap_orphans(cli, store.root, orphan_predicate(store), dry_run)
+            total += _reap_orphan_volumes(cli, store, engine, dry_run)
         except EngineUnavailable:
             if len(engines) == 1:
                 raise
@@ -357,12 +349,13 @@ def recover_dead_owner(store: Store, job: Job) -> bool:
     return True
 
 
-def sweep(store: Store, older_than: float, *, dry_run: bool = False) -> dict:
+def sweep(store: Store, older_than: float, *, engines: list[str], dry_run: bool = False) -> dict:
     """The stale sweep: workspaces of inactive jobs idle longer than ``older_than`` seconds and
-    of jobs whose owner died, and orphaned containers of this jobs root."""
+    of jobs whose owner died, and orphaned containers of this jobs root on ``engines`` (and on
+    those its jobs were placed on)."""
     out: dict = {"cleaned": [], "skipped": [], "failed": [], "orphans_removed": 0}
     now = time.time()
-    engines = configured()
+    engines = list(engines)
     for job_id in store.ids():
         job_dir = store.job_dir(job_id)
         if is_active(job_dir):
@@ -378,7 +371,7 @@ def sweep(store: Store, older_than: float, *, dry_run: bool = False) -> dict:
             out["failed"].append({"job": job_id, "error": str(exc)})
         except Exception as exc:  # one job's unexpected error never stops the sweep
             out["failed"].append({"job": job_id, "error": f"{type(exc).__name__}: {exc}"})
-    out["orphans_removed"] = reap_orphans(store, dry_run, engines)
+    out["orphans_removed"] = reap_orphans(store, engines, dry_run)
     return out
 
 
@@ -396,7 +389,7 @@ def _sweep_job(
         engines.append(normal(peek.engine))  # its engine's orphans are swept too
     if not _has_workspace(store, peek) and peek.state != RUNNING:
         return
-    if len(engines) > 1 and peek.volume is not None and not _answers(normal(peek.engine)):
+    if len(engines) > 1 and peek.volume is not None and not store.docks.get(peek.engine).answers():
         raise EngineUnavailable(f"the engine at {peek.engine} does not answer")
     idle = now - parse_time(peek.updated_at).timestamp() >= older_than
     # a cleanup that left something behind is retried by the next sweep, whatever its age
@@ -430,18 +423,6 @@ def _sweep_one(store: Store, job_id: str, dry_run: bool, out: dict) -> None:
     record(out, remove_workspace(store, job, dry_run=dry_run))
 
 
-_PROBES: dict[str, tuple[float, bool]] = {}
-
-
-def _answers(engine: str) -> bool:
-    """Whether ``engine`` answers (probed with a short deadline, remembered for 10 s), so a
-    sweep does not wait on a lost engine for every job placed there."""
-    seen = _PROBES.get(engine)
-    if seen is None or time.monotonic() - seen[0] > 10:
-        seen = _PROBES[engine] = (time.monotonic(), reachable(engine))
-    return seen[1]
-
-
 def _has_workspace(store: Store, job: Job) -> bool:
     """Whether the job may have a workspace: in its directory, or a volume it names that no
     cleanup has removed yet (only the engine can tell for sure)."""
@@ -453,7 +434,8 @@ def _has_workspace(store: Store, job: Job) -> bool:
 def step_containers(store: Store, job_id: str) -> list:
     """The job's containers but its harvest helper: what a canceller stops while the job's
     owner lives (the owner harvests with its helper next, then removes it)."""
-    found = containers.find(containers.client(), store.root, job_id)
+    cli = store.docks.get(store.load(job_id).engine).client()
+    found = containers.find(cli, store.root, job_id)
     return [c for c in found if (c.attrs.get("Labels") or {}).get(containers.STEP) != "helper"]
 
 
@@ -462,8 +444,7 @@ def cleanup_one(
 ) -> dict:
     """``job cleanup JOB_ID``: refuse an active job unless ``force``, which cancels its run
     (stopping its containers) and waits for the lock. Same report shape as the sweep."""
-    with containers.use(store.load(job_id).engine):
-        return _cleanup_one(store, job_id, force=force, dry_run=dry_run, wait=wait)
+    return _cleanup_one(store, job_id, force=force, dry_run=dry_run, wait=wait)
 
 
 def _cleanup_one(store: Store, job_id: str, *, force: bool, dry_run: bool, wait: float) -> dict:

@@ -35,8 +35,15 @@ image_app = typer.Typer(
 app.add_typer(image_app, name="image")
 
 
-def _store():
-    return commands.store()
+def _rt(ctx: typer.Context):
+    """The command's ``Runtime``, from the global options (made once per command)."""
+    root = ctx.find_root()
+    if not isinstance(root.obj, dict):
+        root.obj = {}
+    if "runtime" not in root.obj:
+        options = root.obj.get("options", {})
+        root.obj["runtime"] = commands.runtime(options.get("jobs_dir"), options.get("engines"))
+    return root.obj["runtime"]
 
 
 def _print_json(data: Any) -> None:
@@ -57,6 +64,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_options(
+    ctx: typer.Context,
     jobs_dir: Annotated[
         str | None,
         typer.Option(
@@ -79,11 +87,9 @@ def main_options(
         ),
     ] = False,
 ) -> None:
-    commands.STATE["jobs_dir"] = jobs_dir
-    if engine:
-        from logist.engines import parse
+    from logist.engines import parse
 
-        os.environ["LOGIST_ENGINES"] = ",".join(parse(engine))
+    ctx.obj = {"options": {"jobs_dir": jobs_dir, "engines": parse(engine) if engine else None}}
 
 
 # --- job create / list / status / logs ----------------------------------------------------
@@ -140,6 +146,7 @@ QuietOpt = Annotated[
 
 @job_app.command("create")
 def job_create(
+    ctx: typer.Context,
     job_id: IdArg = None,
     file: FileOpt = None,
     repo: RepoOpt = None,
@@ -166,12 +173,13 @@ def job_create(
 
     Defaults, grants and bounds for every job: $LOGIST_CONFIG, else /etc/logist/config.yaml.
     """
-    options = {k: v for k, v in locals().items() if k not in ("job_id", "file")}
-    print(commands.create(file, id=job_id, **options).id)
+    options = {k: v for k, v in locals().items() if k not in ("ctx", "job_id", "file")}
+    print(commands.create(_rt(ctx), file, id=job_id, **options).id)
 
 
 @app.command("run")
 def run(
+    ctx: typer.Context,
     job_id: IdArg = None,
     file: FileOpt = None,
     repo: RepoOpt = None,
@@ -198,58 +206,63 @@ def run(
 
     Example: logist run --repo . --image logist/step:latest --step 'make test'
     """
-    _exit(commands.run(**locals()))
+    options = {k: v for k, v in locals().items() if k != "ctx"}
+    _exit(commands.run(_rt(ctx), **options))
 
 
 @job_app.command("list")
-def job_list(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+def job_list(
+    ctx: typer.Context, json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
+) -> None:
     """List the jobs of the jobs root."""
-    _exit(commands.job_list(json_))
+    _exit(commands.job_list(_rt(ctx), json_))
 
 
 @job_app.command("status")
 def job_status(
+    ctx: typer.Context,
     job_id: str,
     json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show one job: its state, steps, workspace, result and containers."""
-    _exit(commands.job_status(job_id, json_))
+    _exit(commands.job_status(_rt(ctx), job_id, json_))
 
 
 @job_app.command("logs")
 def job_logs(
+    ctx: typer.Context,
     job_id: str,
     step: Annotated[int | None, typer.Option(help="Step number (default: the latest).")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream a running step.")] = False,
 ) -> None:
     """Print a step's stored log."""
-    from logist.jobs import follow_log
-
-    follow_log(_store(), job_id, step, sys.stdout.buffer, poll=0.2 if follow else 0)
+    _rt(ctx).follow(job_id, step, sys.stdout.buffer, poll=0.2 if follow else 0)
 
 
 # --- running ---------------------------------------------------------------------------------
 
 
 @job_app.command("step")
-def job_step(job_id: str) -> None:
+def job_step(ctx: typer.Context, job_id: str) -> None:
     """Run the next pending step of a job (setting its workspace up if needed)."""
-    _exit(commands.job_step(job_id))
+    _exit(commands.job_step(_rt(ctx), job_id))
 
 
 @job_app.command("run")
 def job_run(
+    ctx: typer.Context,
     job_ids: Annotated[list[str] | None, typer.Argument(help="Jobs to run.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every pending or interrupted job.")] = False,
     parallel: Annotated[int, typer.Option(min=1, help="Jobs at a time.")] = 1,
     quiet: QuietOpt = False,
 ) -> None:
     """Run jobs to a terminal state: steps in order, harvest, cleanup."""
-    _exit(commands.job_run(job_ids, all_, parallel, quiet))
+    _exit(commands.job_run(_rt(ctx), job_ids, all_, parallel, quiet))
 
 
 @job_app.command("cancel")
 def job_cancel(
+    ctx: typer.Context,
     job_id: str,
     grace: Annotated[
         int,
@@ -263,7 +276,7 @@ def job_cancel(
     ] = 60.0,
 ) -> None:
     """Cancel a job (also one running in another terminal)."""
-    _exit(commands.job_cancel(job_id, grace, wait))
+    _exit(commands.job_cancel(_rt(ctx), job_id, grace, wait))
 
 
 # --- cleanup -------------------------------------------------------------------------------
@@ -271,6 +284,7 @@ def job_cancel(
 
 @job_app.command("cleanup")
 def job_cleanup(
+    ctx: typer.Context,
     job_id: Annotated[str | None, typer.Argument(help="The job whose workspace goes.")] = None,
     stale: Annotated[bool, typer.Option("--stale", help="Sweep every stale job (cron).")] = False,
     older_than: Annotated[
@@ -286,7 +300,7 @@ def job_cleanup(
     json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Remove a job's workspace and containers, or (--stale) sweep what crashed jobs left."""
-    _exit(commands.job_cleanup(job_id, stale, older_than, force, dry_run, json_))
+    _exit(commands.job_cleanup(_rt(ctx), job_id, stale, older_than, force, dry_run, json_))
 
 
 # --- image push ----------------------------------------------------------------------------
@@ -294,6 +308,7 @@ def job_cleanup(
 
 @image_app.command("push")
 def image_push(
+    ctx: typer.Context,
     image: Annotated[str, typer.Argument(help="The image to copy (name:tag or id).")],
     engine: Annotated[
         list[str] | None,
@@ -317,7 +332,8 @@ def image_push(
     from logist.engines import parse
     from logist.images import push
 
-    targets = parse(engine) if engine else parse(os.environ.get("LOGIST_ENGINES"))
+    given = ctx.find_root().obj["options"]["engines"]
+    targets = parse(engine) if engine else given or parse(os.environ.get("LOGIST_ENGINES"))
     if not targets:
         raise UsageError("name the engines to push to: --engine URL (repeat) or LOGIST_ENGINES")
     if from_ is not None:
@@ -335,11 +351,11 @@ def image_push(
 
 
 @app.command("doctor")
-def doctor(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+def doctor(
+    ctx: typer.Context, json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
+) -> None:
     """Check the engine, the jobs root and the default images."""
-    from logist.doctor import report
-
-    out = report(_store())
+    out = _rt(ctx).doctor()
     if json_:
         _print_json(out)
     else:
@@ -347,10 +363,3 @@ def doctor(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = 
             print(f"{'ok  ' if c['ok'] else 'FAIL'} {c['name']}: {c['detail']}")
     if not out["ok"]:
         raise typer.Exit(3)
-
-
-def main() -> None:
-    """Entry point (see ``logist.entry``)."""
-    from logist.entry import main as entry_main
-
-    entry_main()

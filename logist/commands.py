@@ -12,26 +12,33 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from logist.errors import UsageError
 
-STATE: dict[str, Any] = {"jobs_dir": None}  # the global --jobs-dir
-
-
-def store():
-    from logist.store import Store, default_root
-
-    return Store(default_root(STATE["jobs_dir"]))
+if TYPE_CHECKING:
+    from logist.model import Job
+    from logist.runtime import Runtime
 
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
-def create(file: Path | None, **options: Any):
+def runtime(jobs_dir: str | None = None, engines: list[str] | None = None) -> Runtime:
+    """The runtime of one command: ``--jobs-dir`` and ``--engine`` (else the environment's);
+    its messages on stderr."""
+    from logist.runtime import Runtime
+
+    return Runtime(jobs_dir, engines, notify=say)
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def create(rt: Runtime, file: Path | None, **options: Any) -> Job:
     """Create a job from the spec options (``env`` as K=V items) and an optional YAML file."""
-    from logist.jobs import create_job
     from logist.spec import parse_env
 
     env = options.pop("env")
@@ -39,25 +46,11 @@ def create(file: Path | None, **options: Any):
     raw = {**options, "steps": steps or None, "cap_add": caps or None, "secrets": secrets or None}
     if env:
         raw["env"] = parse_env(env)
-    job = create_job(store(), raw, file)
-    warn_host_caps(job)
-    return job
-
-
-def warn_host_caps(job) -> None:
-    """One line on stderr when the job gets capabilities that open the host."""
-    from logist.config import host_caps
-
-    opening = host_caps(job.cap_add)
-    if opening:
-        print(
-            f"logist: warning: job {job.id} gets {', '.join(opening)}: a step can reach the "
-            "host (its files, kernel or processes) with it",
-            file=sys.stderr,
-        )
+    return rt.create_job(raw, file)
 
 
 def run(
+    rt: Runtime,
     job_id: str | None = None,
     file: Path | None = None,
     repo: str | None = None,
@@ -80,21 +73,16 @@ def run(
     quiet: bool = False,
 ) -> int:
     """``logist run``: create the job, say its id on stderr, run it."""
-    options = {k: v for k, v in locals().items() if k not in ("job_id", "file", "quiet")}
-    job = create(file, id=job_id, **options)
+    options = {k: v for k, v in locals().items() if k not in ("rt", "job_id", "file", "quiet")}
+    job = create(rt, file, id=job_id, **options)
     print(f"logist: job {job.id}", file=sys.stderr, flush=True)
-    return run_ids(store(), [job.id], 1, quiet)
+    return run_ids(rt, [job.id], 1, quiet)
 
 
-def job_list(json_: bool = False) -> int:
-    from logist.jobs import load_all
-    from logist.views import containers_by_job, job_view, table
+def job_list(rt: Runtime, json_: bool = False) -> int:
+    from logist.views import table
 
-    st = store()
-    jobs = list(load_all(st))
-    engines = engines_of(jobs)
-    by_job, unknown = containers_by_job(st, engines) if json_ and jobs else ({}, None)
-    rows = [job_view(st, j, by_job.get(j.id), containers_error=unknown) for j in jobs]
+    rows = rt.list(containers=json_)
     if json_:
         print_json(rows)
     else:
@@ -102,21 +90,10 @@ def job_list(json_: bool = False) -> int:
     return 0
 
 
-def engines_of(jobs) -> list[str | None]:
-    """The configured engines, and those the jobs were placed on."""
-    from logist.engines import configured, normal
-
-    return list(dict.fromkeys([*configured(), *(normal(j.engine) for j in jobs if j.engine)]))
-
-
-def job_status(job_id: str, json_: bool = False) -> int:
+def job_status(rt: Runtime, job_id: str, json_: bool = False) -> int:
     from logist.progress import duration, printable
-    from logist.views import containers_by_job, job_view
 
-    st = store()
-    job = st.load(job_id)
-    by_job, unknown = containers_by_job(st, [job.engine])
-    view = job_view(st, job, by_job.get(job_id), containers_error=unknown)
+    view = rt.status(job_id)
     if json_:
         print_json(view)
         return 0
@@ -143,8 +120,8 @@ def job_status(job_id: str, json_: bool = False) -> int:
 
 def finish_runs(results) -> int:
     """Say how each job that did not succeed ended; the contract's exit code."""
-    from logist.engine import combine
     from logist.model import State
+    from logist.runner import combine
 
     for r in results:
         for note in r.job.notes if r.job is not None and r.job.terminal else ():
@@ -160,59 +137,50 @@ def finish_runs(results) -> int:
     return combine(results)
 
 
-def job_step(job_id: str) -> int:
-    from logist.engine import Engine, signals_interrupt
+def job_step(rt: Runtime, job_id: str) -> int:
+    from logist.streams import terminal
 
-    st = store()
-    st.load(job_id)
-    with signals_interrupt():
-        result = Engine(st, sys.stdout.buffer).run_job(job_id, max_steps=1)
+    with rt.signals():
+        result = rt.run_step(job_id, listen=terminal(sys.stdout.buffer, prefixed=False))
     return finish_runs([result])
 
 
 def job_run(
-    job_ids: list[str] | None = None, all_: bool = False, parallel: int = 1, quiet: bool = False
+    rt: Runtime,
+    job_ids: list[str] | None = None,
+    all_: bool = False,
+    parallel: int = 1,
+    quiet: bool = False,
 ) -> int:
-    from logist.jobs import load_all
-    from logist.model import RUNNABLE
-    from logist.views import job_view
-
-    st = store()
     ids = list(job_ids or [])
     for job_id in ids:
-        st.load(job_id)
+        rt.store.load(job_id)
     if all_:
-        for j in load_all(st):
-            view = job_view(st, j)
-            runnable = view["state"] in RUNNABLE and not view["active"]
-            if runnable and j.id not in ids:
-                ids.append(j.id)
+        ids += [i for i in rt.runnable() if i not in ids]
     if not ids:
         if not all_:
             raise UsageError("name jobs to run, or use --all")
         print("no pending or interrupted jobs", file=sys.stderr)
         return 0
-    return run_ids(st, ids, parallel, quiet)
+    return run_ids(rt, ids, parallel, quiet)
 
 
-def run_ids(st, ids: list[str], parallel: int, quiet: bool) -> int:
+def run_ids(rt: Runtime, ids: list[str], parallel: int, quiet: bool) -> int:
     """Run jobs with the steps' output on stdout and, for a person at a terminal, progress
     lines on stderr; the contract's exit code."""
-    from logist.engine import Engine, signals_interrupt
     from logist.progress import Progress
+    from logist.streams import terminal
 
     several = len(ids) > 1
     progress = None if quiet or not sys.stderr.isatty() else Progress(sys.stderr, several)
-    with signals_interrupt():
-        engine = Engine(st, sys.stdout.buffer, prefix=several, progress=progress)
-        results = engine.run_many(ids, parallel)
+    listen = terminal(sys.stdout.buffer, prefixed=several)
+    with rt.signals():
+        results = rt.run_jobs(ids, parallel, listen=listen, progress=progress)
     return finish_runs(results)
 
 
-def job_cancel(job_id: str, grace: int = 5, wait: float = 60.0) -> int:
-    from logist.cancel import cancel
-
-    result = cancel(store(), job_id, wait=wait, grace=grace)
+def job_cancel(rt: Runtime, job_id: str, grace: int = 5, wait: float = 60.0) -> int:
+    result = rt.cancel_job(job_id, grace=grace, wait=wait)
     print(f"job {job_id}: {result.job.state}", file=sys.stderr)
     if result.error is not None:
         raise result.error
@@ -220,6 +188,7 @@ def job_cancel(job_id: str, grace: int = 5, wait: float = 60.0) -> int:
 
 
 def job_cleanup(
+    rt: Runtime,
     job_id: str | None = None,
     stale: bool = False,
     older_than: str = "24h",
@@ -227,17 +196,19 @@ def job_cleanup(
     dry_run: bool = False,
     json_: bool = False,
 ) -> int:
-    from logist import cleanup as service
-    from logist.spec import parse_duration
+    from logist.errors import CleanupIncomplete
 
-    st = store()
     if stale == (job_id is not None):
         raise UsageError("name one job, or use --stale (not both)")
-    out = (
-        service.sweep(st, parse_duration(older_than), dry_run=dry_run)
-        if stale
-        else service.cleanup_one(st, job_id, force=force, dry_run=dry_run)
-    )
+    try:
+        if stale:
+            out = rt.sweep(older_than, dry_run=dry_run)
+        else:
+            out = rt.cleanup(job_id, force=force, dry_run=dry_run)  # type: ignore[arg-type]
+    except CleanupIncomplete as exc:
+        if exc.report is None:
+            raise
+        out = exc.report
     if json_:
         print_json(out)
     else:

@@ -9,7 +9,7 @@ the bounds of ``logist/bounds.py``::
     network: none
     resources: {memory: 2g}
     allow:
-      cap_add: [NET_ADMIN]      # capabilities beyond containers.DEFAULT_CAPS
+      cap_add: [NET_ADMIN]      # capabilities beyond container_spec.DEFAULT_CAPS
       network: [host]           # network: host
       secrets: [API_TOKEN]      # secrets: names
       runtime: [runc]           # a runtime other than the configuration's default runtime
@@ -193,7 +193,7 @@ def check_spec_file(spec: dict[str, Any], flags: dict[str, Any], config: Config,
 
     asked = _caps(spec.get("cap_add") or [])
     if asked:  # logist.containers is a large import: only when there is something to check
-        from logist.containers import DEFAULT_CAPS
+        from logist.container_spec import DEFAULT_CAPS
 
         caps = trusted("cap_add", _caps) | set(DEFAULT_CAPS)
     for cap in asked:
@@ -232,7 +232,7 @@ def _check_resources(spec: dict[str, Any], flags: dict[str, Any], config: Config
         **(_fold_resources(flags).get("resources") or {}),
     }
     if asked.get("pids") is not None and trusted_res.get("pids") is None:
-        from logist.containers import DEFAULT_PIDS
+        from logist.container_spec import DEFAULT_PIDS
 
         trusted_res["pids"] = DEFAULT_PIDS
     ceiling_timeout = flags.get("timeout") or config.defaults.get("timeout")

@@ -13,141 +13,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from logist import output, podman
+from logist import dock, output, podman
+from logist.container_spec import JOB, MANAGED, OWNER, ROOT, STEP, ContainerSpec, labels
+from logist.dock import dock_of, one_line, reason
 from logist.errors import (
     EngineRejected,
     EngineUnavailable,
     EnvironmentProblem,
     ImageMissing,
     LogistError,
-    UsageError,
 )
 
 if TYPE_CHECKING:
     from docker import DockerClient
     from docker.models.containers import Container
 
-MANAGED, JOB, STEP, ROOT, OWNER = (
-    "logist.managed",
-    "logist.job",
-    "logist.step",
-    "logist.jobs-dir",
-    "logist.owner",
-)
+__all__ = ["JOB", "MANAGED", "OWNER", "ROOT", "STEP", "ContainerSpec", "create", "labels"]
 STOP_GRACE = 5.0
 WATCH_POLL = 0.025  # seconds between a running step's should_stop() polls (a cancel's latency)
-DOCKER_TIMEOUT = 30.0  # seconds any engine call but a step's own wait may take (env overrides)
 BUSYBOX = "logist/busybox:latest"
-
-_local = threading.local()
-_API_VERSIONS: dict[str, str] = {}  # engine URL -> the API version it said it speaks
-DEFAULT = "default"  # an engine name: the one the SDK finds (DOCKER_HOST, else the socket)
-
-
-def default_engine() -> str:
-    """The engine the docker SDK finds: ``DOCKER_HOST``, else the default socket."""
-    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-
-
-def engine_location() -> str:
-    """The URL of the engine this thread talks to (``use``), else of the default one."""
-    return getattr(_local, "engine", None) or default_engine()
-
-
-def current() -> str | None:
-    """The engine ``use`` set for this thread (None: the default)."""
-    return getattr(_local, "engine", None)
+DEFAULT = dock.DEFAULT
 
 
 @contextlib.contextmanager
-def use(engine: str | None) -> Iterator[None]:
-    """Inside: this thread's ``client()`` talks to ``engine`` (None: the default engine)."""
-    before = getattr(_local, "engine", None)
-    _local.engine = None if engine in (None, "", DEFAULT) else engine
-    try:
-        yield
-    finally:
-        _local.engine = before
-
-
-def request_timeout() -> float:
-    """``LOGIST_DOCKER_TIMEOUT`` (default 30 s): the deadline of every engine call that is not
-    a step's own wait; an engine silent for longer counts as gone (exit 3)."""
-    return float(os.environ.get("LOGIST_DOCKER_TIMEOUT") or DOCKER_TIMEOUT)
-
-
-def client(engine: str | None = None, timeout: float | None = None) -> DockerClient:
-    """A Docker client of this thread for ``engine`` (default: the one ``use`` set, else the one
-    the SDK finds: ``DOCKER_HOST``, socket); each of its calls has the ``request_timeout()``
-    deadline (or ``timeout``; such a client is not cached)."""
-    url = engine if engine not in (None, "", DEFAULT) else None
-    if engine is None:
-        url = getattr(_local, "engine", None)
-    if url is not None and url.rstrip("/") == default_engine().rstrip("/"):
-        url = None
-    cache: dict = _local.__dict__.setdefault("clients", {})
-    key = url or ""
-    if timeout is None and key in cache:
-        return cache[key]
-    import docker
-
-    deadline = request_timeout() if timeout is None else timeout
-    where = url or default_engine()
-    # the API version is asked of each engine once a process, not once a thread (~8 ms each)
-    version = _API_VERSIONS.get(where, "auto")
-    try:
-        if url is None:
-            made = docker.from_env(timeout=deadline, version=version)
-        else:  # DOCKER_TLS_VERIFY / DOCKER_CERT_PATH apply to every tcp:// engine
-            made = docker.from_env(
-                timeout=deadline,
-                version=version,
-                environment={**os.environ, "DOCKER_HOST": url},
-                use_ssh_client=url.startswith("ssh://"),
-            )
-    except docker.errors.DockerException as exc:
-        raise EngineUnavailable(
-            f"Docker engine unreachable at {url or default_engine()}: {_reason(exc)}"
-        ) from None
-    _API_VERSIONS.setdefault(where, made.api.api_version)
-    made._logist_where = where  # type: ignore[attr-defined]
-    if timeout is None:
-        cache[key] = made
-    return made
-
-
-_REASONS = (
-    ("FileNotFoundError", "no socket there (is the engine running?)"),
-    ("No such file", "no socket there (is the engine running?)"),
-    ("ConnectionRefusedError", "connection refused"),
-    ("Connection refused", "connection refused"),
-    ("Connection aborted", "the connection was lost (engine stopped?)"),
-    ("RemoteDisconnected", "the connection was lost (engine stopped?)"),
-    ("No route to host", "no route to its host (is it down?)"),
-    ("Read timed out", "the engine did not answer in time"),
-    ("timed out", "the engine did not answer in time"),
-)
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc)
-    for marker, reason in _REASONS:
-        if marker in text:
-            return reason
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
-def _one_line(text: object) -> str:
-    lines = str(text or "").strip().splitlines()
-    return lines[0][:300] if lines else "no explanation"
-
-
-@contextlib.contextmanager
-def engine_errors(what: str) -> Iterator[None]:
-    """Map the SDK's failures to the contract, by type and status code: a 4xx is
-    ``EngineRejected`` (exit 2, the engine's explanation in one line), another API error
-    ``EnvironmentProblem``, and no answer (refused, lost, or none within ``request_timeout()``)
-    ``EngineUnavailable`` (both exit 3).
+def engine_errors(what: str, cli: Any) -> Iterator[None]:
+    """Map the SDK's failures of calls to ``cli``'s engine to the contract, by type and status
+    code: a 4xx is ``EngineRejected`` (exit 2, the engine's explanation in one line), another
+    API error ``EnvironmentProblem``, and no answer (refused, lost, or none within the
+    deadline) ``EngineUnavailable`` (both exit 3; the engine is then marked lost).
 
     Raises:
         EngineRejected, EnvironmentProblem, EngineUnavailable: as above.
@@ -160,41 +53,25 @@ def engine_errors(what: str) -> Iterator[None]:
     except docker.errors.APIError as exc:
         if exc.response is not None and exc.is_client_error():
             raise EngineRejected(
-                f"{what}: the engine refused it: {_one_line(exc.explanation)}"
+                f"{what}: the engine refused it: {one_line(exc.explanation)}"
             ) from None
         raise EnvironmentProblem(
             f"{what}: Docker engine error: "
-            f"{podman.explain(str(exc.explanation)) or _one_line(exc.explanation)}"
+            f"{podman.explain(str(exc.explanation)) or one_line(exc.explanation)}"
         ) from None
     except (requests.exceptions.RequestException, docker.errors.DockerException, OSError) as exc:
-        _LOST[engine_location()] = time.monotonic()
+        where = dock_of(cli)
+        where.mark_lost()
         raise EngineUnavailable(
-            f"{what}: Docker engine unreachable at {engine_location()}: {_reason(exc)}"
+            f"{what}: Docker engine unreachable at {where.url}: {reason(exc)}"
         ) from None
-
-
-_LOST: dict[str, float] = {}  # engine -> when a call to it last found it unreachable
-LOST_FOR = 30.0
-
-
-def lost(engine: str | None = None) -> bool:
-    """Whether a call to ``engine`` (default: this thread's) found it unreachable in the last
-    ``LOST_FOR`` seconds: best-effort calls (removing a helper) then skip it, rather than wait
-    for the deadline again; the sweep reaps what is left."""
-    seen = _LOST.get(engine or engine_location())
-    return seen is not None and time.monotonic() - seen < LOST_FOR
-
-
-def labels(job_id: str, step: int | str, jobs_root: Path, owner: str) -> dict[str, str]:
-    """The contract's labels; every container logist creates carries them."""
-    return {MANAGED: "true", JOB: job_id, STEP: str(step), ROOT: str(jobs_root), OWNER: owner}
 
 
 def ensure_image(cli: DockerClient, image: str, pull: str = "missing") -> None:
     """Apply the pull policy; an image absent and not pullable is ``ImageMissing`` (exit 3)."""
     import docker
 
-    with engine_errors(f"checking image {image}"):
+    with engine_errors(f"checking image {image}", cli):
         present = True
         try:
             cli.images.get(image)
@@ -202,95 +79,20 @@ def ensure_image(cli: DockerClient, image: str, pull: str = "missing") -> None:
             present = False
         if pull == "never" or (pull == "missing" and present):
             if not present:
-                raise ImageMissing(image, "pull policy is never", engine_location())
+                raise ImageMissing(image, "pull policy is never", dock_of(cli).url)
             return
         try:
             cli.images.pull(image)
         except docker.errors.APIError as exc:
             if not present:
                 raise ImageMissing(
-                    image, _one_line(exc.explanation or exc), engine_location()
+                    image, one_line(exc.explanation or exc), dock_of(cli).url
                 ) from None
 
 
-# Capabilities a step (or helper) running as root keeps; every other one is dropped. Measured
-# with apt-get update/install (through apt's ``_apt`` sandbox) and pip install in
-# logist/step:latest; why each is needed is in docs/security.md ("Hardened steps").
-DEFAULT_CAPS = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID")
-DEFAULT_PIDS = 4096
-_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock", "/run/podman/podman.sock")
-
-
-def _engine_sockets() -> set[str]:
-    """Paths of the engine's socket (the one logist talks to, and the usual ones), resolved."""
-    paths = list(_SOCKETS)
-    host = engine_location()
-    if host.startswith("unix://"):
-        paths.append(host[len("unix://") :])
-    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime_dir:
-        paths += [f"{runtime_dir}/docker.sock", f"{runtime_dir}/podman/podman.sock"]
-    return {os.path.realpath(p) for p in paths}
-
-
-def _mount_sources(kwargs: dict[str, Any]) -> list[str]:
-    volumes = kwargs.get("volumes") or {}
-    sources = (
-        [str(v).split(":", 1)[0] for v in volumes]
-        if isinstance(volumes, list | tuple)
-        else [str(k) for k in volumes]
-    )
-    for mount in kwargs.get("mounts") or []:
-        source = mount.get("Source") if isinstance(mount, dict) else None
-        if source and (mount.get("Type") or "volume") == "bind":
-            sources.append(str(source))
-    return sources
-
-
-def _refuse_engine_socket(kwargs: dict[str, Any]) -> None:
-    """The engine's socket (or a directory holding it) is never mounted into a container."""
-    sockets = _engine_sockets()
-    for source in _mount_sources(kwargs):
-        if not source.startswith("/"):
-            continue  # a named volume
-        real = os.path.realpath(source)
-        if any(s == real or s.startswith(real.rstrip("/") + "/") for s in sockets):
-            raise UsageError(f"refusing to mount {source} into a container: it exposes the engine")
-
-
-def _hardened(kwargs: dict[str, Any], cap_add: list[str] | None) -> dict[str, Any]:
-    """``kwargs`` with logist's hardened defaults: no new privileges, every capability dropped
-    but ``cap_add`` (``DEFAULT_CAPS`` when None), a pids limit, never privileged."""
-    _refuse_engine_socket(kwargs)
-    security = [o for o in kwargs.get("security_opt") or [] if not o.startswith("no-new-priv")]
-    kwargs["security_opt"] = [*security, "no-new-privileges"]
-    kwargs["cap_drop"] = ["ALL"]
-    caps = DEFAULT_CAPS if cap_add is None else cap_add
-    kwargs["cap_add"] = list(dict.fromkeys(c.upper().removeprefix("CAP_") for c in caps))
-    if kwargs.get("pids_limit") is None:
-        kwargs["pids_limit"] = DEFAULT_PIDS
-    kwargs["privileged"] = False
-    return kwargs
-
-
-def create(
-    cli: DockerClient,
-    *,
-    image: str,
-    command: list[str],
-    job_id: str,
-    step: int | str,
-    jobs_root: Path,
-    owner: str,
-    cap_add: list[str] | None = None,
-    **kwargs: Any,
-) -> Container:
-    """Create (not start) a labelled, hardened container with an init process; ``owner``
-    identifies the process responsible for it (the caller's ``host:pid:start``).
-
-    Hardened: ``no-new-privileges``, all capabilities dropped and only ``cap_add`` added back
-    (``DEFAULT_CAPS`` when None; pass ``[]`` for none), a pids limit (``DEFAULT_PIDS`` unless
-    ``pids_limit`` is given), never privileged, the engine's socket never mounted.
+def create(cli: DockerClient, spec: ContainerSpec) -> Container:
+    """Create (not start) the container ``spec`` describes: labelled, hardened (see
+    ``ContainerSpec.create_kwargs``), adapted to the engine (``podman.adapt``).
 
     Raises:
         EngineRejected: the engine refused a setting (a 4xx answer; its explanation in one line).
@@ -300,15 +102,14 @@ def create(
     """
     import docker
 
-    kwargs.setdefault("init", True)
-    kwargs["labels"] = {**kwargs.get("labels", {}), **labels(job_id, step, jobs_root, owner)}
-    kwargs = podman.adapt(cli, _hardened(kwargs, cap_add))
-    with engine_errors(f"creating a container of {image}"), podman.create_guard(cli):
+    kwargs = podman.adapt(cli, spec.create_kwargs(dock_of(cli).url))
+    image = spec.image
+    with engine_errors(f"creating a container of {image}", cli), podman.create_guard(cli):
         for attempt in range(3):
             try:
-                return cli.containers.create(image, command, **kwargs)
+                return cli.containers.create(image, spec.command, **kwargs)
             except docker.errors.ImageNotFound as exc:
-                raise ImageMissing(image, _one_line(exc.explanation), engine_location()) from None
+                raise ImageMissing(image, one_line(exc.explanation), dock_of(cli).url) from None
             except docker.errors.APIError as exc:
                 if attempt == 2 or not podman.retry_create(cli, exc.explanation):
                     raise
@@ -385,7 +186,7 @@ def stop_and_remove(containers: Iterable[Container], grace: float = STOP_GRACE) 
 
     def one(c: Container) -> None:
         try:
-            with engine_errors(f"removing container {c.short_id}"):
+            with engine_errors(f"removing container {c.short_id}", c.client):
                 try:
                     stop_for_sure(c, grace, give_up=lambda: not answers(c.client))
                     c.remove(force=True)
@@ -418,7 +219,7 @@ def find(cli: DockerClient, jobs_root: Path, job_id: str | None = None) -> list[
     filters = [f"{MANAGED}=true", f"{ROOT}={jobs_root}"]
     if job_id:
         filters.append(f"{JOB}={job_id}")
-    with engine_errors("listing containers"):
+    with engine_errors("listing containers", cli):
         return cli.containers.list(all=True, sparse=True, filters={"label": filters})
 
 
@@ -426,7 +227,7 @@ def mounting(cli: DockerClient, path: Path) -> list[Container]:
     """Every container (labelled or not) with ``path`` or something inside it mounted."""
     target = os.path.realpath(path)
     out = []
-    with engine_errors("listing containers"):
+    with engine_errors("listing containers", cli):
         for c in cli.containers.list(all=True, sparse=True):
             sources = [m.get("Source") or "" for m in c.attrs.get("Mounts") or []]
             if any(s == target or s.startswith(target + "/") for s in sources):
@@ -444,7 +245,7 @@ def reap_orphans(
     orphans = [c for c in find(cli, jobs_root) if is_orphan(c.attrs.get("Labels") or {})]
     if dry_run:
         return len(orphans)
-    with engine_errors("removing orphan containers"):
+    with engine_errors("removing orphan containers", cli):
         return stop_and_remove(orphans, grace=1)
 
 
@@ -455,14 +256,14 @@ def create_volume(
     cli: DockerClient, name: str, *, job_id: str, jobs_root: Path, owner: str
 ) -> None:
     """Create the named volume ``name``, labelled like the job's containers (idempotent)."""
-    with engine_errors(f"creating volume {name}"):
+    with engine_errors(f"creating volume {name}", cli):
         cli.volumes.create(name, labels=labels(job_id, "workspace", jobs_root, owner))
 
 
 def volume_exists(cli: DockerClient, name: str) -> bool:
     import docker
 
-    with engine_errors(f"inspecting volume {name}"):
+    with engine_errors(f"inspecting volume {name}", cli):
         try:
             cli.volumes.get(name)
         except docker.errors.NotFound:
@@ -482,7 +283,7 @@ def remove_volume(cli: DockerClient, name: str, attempts: int = 8) -> bool:
     import docker
 
     for n in range(attempts):
-        with engine_errors(f"removing volume {name}"):
+        with engine_errors(f"removing volume {name}", cli):
             try:
                 cli.api.remove_volume(name)
                 return True
@@ -500,13 +301,13 @@ def find_volumes(cli: DockerClient, jobs_root: Path, job_id: str | None = None) 
     filters = [f"{MANAGED}=true", f"{ROOT}={jobs_root}"]
     if job_id:
         filters.append(f"{JOB}={job_id}")
-    with engine_errors("listing volumes"):
+    with engine_errors("listing volumes", cli):
         return cli.volumes.list(filters={"label": filters})
 
 
 def using_volume(cli: DockerClient, name: str) -> list[Container]:
     """Every container (labelled or not) that mounts the volume ``name``."""
-    with engine_errors("listing containers"):
+    with engine_errors("listing containers", cli):
         return cli.containers.list(all=True, sparse=True, filters={"volume": name})
 
 
@@ -541,7 +342,7 @@ def run_container(
     outcome = Outcome(exit_code=None)
     done = threading.Event()
     deadline = time.monotonic() + timeout if timeout else None
-    patience = request_timeout()
+    patience = dock_of(container.client).timeout
     stream: list[Any] = []
     lost: list[BaseException] = []
 
@@ -581,7 +382,7 @@ def run_container(
     watcher = threading.Thread(target=watch, daemon=True)
     attached: output.Attached | None = None
     try:
-        with engine_errors(f"running step container {container.short_id}"):
+        with engine_errors(f"running step container {container.short_id}", container.client):
             try:
                 if output.attaches(container):  # before the start: nothing is missed
                     attached = output.Attached(container, patience)
@@ -694,18 +495,19 @@ def run_helper(
     ]
     container = create(
         cli,
-        image=image,
-        command=command,
-        job_id=job_id,
-        step="helper",
-        jobs_root=jobs_root,
-        owner=owner,
-        mounts=mounts,
-        user=user,
-        network_mode="none",
+        ContainerSpec(
+            image=image,
+            command=command,
+            job_id=job_id,
+            step="helper",
+            jobs_root=jobs_root,
+            owner=owner,
+            mounts=mounts,
+            user=user,
+        ),
     )
     try:
-        with engine_errors(f"running helper {image}"):
+        with engine_errors(f"running helper {image}", cli):
             container.start()
             status = container.wait(timeout=timeout)
             logs = container.logs(stdout=True, stderr=True).decode(errors="replace")
@@ -737,7 +539,7 @@ def run_as_root(
 
     for image in images:
         try:
-            with engine_errors(f"checking image {image}"):
+            with engine_errors(f"checking image {image}", cli):
                 try:
                     cli.images.get(image)
                 except docker.errors.ImageNotFound:

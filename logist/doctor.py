@@ -21,14 +21,11 @@ class Check:
     detail: str
 
 
-def run_checks(store: Store) -> list[Check]:
-    """The checks, for every configured engine (``--engine`` / ``LOGIST_ENGINES``)."""
-    from logist.engines import configured
-
+def run_checks(store: Store, engines: list[str]) -> list[Check]:
+    """The checks, for each of ``engines``."""
     checks: list[Check] = []
-    for n, engine in enumerate(configured()):
-        with containers.use(engine):
-            checks += _engine_checks(store, engine, first=n == 0)
+    for n, engine in enumerate(engines):
+        checks += _engine_checks(store, engine, first=n == 0)
     return checks
 
 
@@ -38,11 +35,12 @@ def _engine_checks(store: Store, engine: str, first: bool) -> list[Check]:
     checks = []
     cli = None
     info = None
+    where = store.docks.get(engine).url
     try:
-        cli = containers.client()
-        with containers.engine_errors("asking the engine its version"):
+        cli = store.docks.get(engine).client()
+        with containers.engine_errors("asking the engine its version", cli):
             info = podman.engine_info(cli)
-        checks.append(Check("engine", True, f"{info.label} at {containers.engine_location()}"))
+        checks.append(Check("engine", True, f"{info.label} at {where}"))
     except LogistError as exc:
         checks.append(Check("engine", False, str(exc)))
     if first:
@@ -59,7 +57,6 @@ def _engine_checks(store: Store, engine: str, first: bool) -> list[Check]:
             present.append(image)
         except Exception:
             missing.append(image)
-    where = containers.engine_location()
     if uses_volumes(engine):
         checks.append(
             Check("jobs-root-visible", True, f"not needed: workspaces are volumes on {where}")
@@ -147,7 +144,7 @@ def _rootless_podman(cli, store: Store, info: podman.EngineInfo, images: list[st
     """What a rootless Podman does differently: whether a step as the invoking user can write
     its workspace (``userns = "keep-id"``), which network steps get, resource limits."""
     checks = [_user_writes(cli, store, images)]
-    if podman.bridge_possible():
+    if podman.bridge_possible(cli):
         checks.append(Check("network", True, "bridge networking works (slirp4netns)"))
     else:
         checks.append(
@@ -205,6 +202,6 @@ def _user_writes(cli, store: Store, images: list[str]) -> Check:
             probe.rmdir()
 
 
-def report(store: Store) -> dict:
-    checks = run_checks(store)
+def report(store: Store, engines: list[str]) -> dict:
+    checks = run_checks(store, engines)
     return {"ok": all(c.ok for c in checks), "checks": [asdict(c) for c in checks]}

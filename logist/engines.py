@@ -16,11 +16,10 @@ import os
 import threading
 import time
 
-from logist import containers
+from logist.dock import DEFAULT, Dock
 from logist.errors import EngineUnavailable, UsageError
 
 SCHEMES = ("unix://", "tcp://", "ssh://", "npipe://", "http://", "https://")
-DEFAULT = containers.DEFAULT  # "default": the engine the SDK finds (DOCKER_HOST, the socket)
 PROBE_TIMEOUT = 3.0  # seconds a reachability probe may take
 
 
@@ -46,12 +45,6 @@ def parse(urls: list[str] | str | None) -> list[str]:
     return out
 
 
-def configured() -> list[str]:
-    """The engines of this run: ``LOGIST_ENGINES`` (set by ``--engine``), else ``default``
-    (whatever ``DOCKER_HOST`` names when a command runs)."""
-    return parse(os.environ.get("LOGIST_ENGINES")) or [DEFAULT]
-
-
 def normal(url: str | None) -> str:
     """``url`` as recorded in a manifest (None or ``default``: the default engine)."""
     return DEFAULT if url in (None, "", DEFAULT) else url.rstrip("/")
@@ -66,21 +59,12 @@ def uses_volumes(url: str | None) -> bool:
     if mode == "bind":
         return False
     url = normal(url)
-    return not (containers.default_engine() if url == DEFAULT else url).startswith("unix://")
+    return not Dock(url).url.startswith("unix://")
 
 
 def reachable(url: str, timeout: float = PROBE_TIMEOUT) -> bool:
-    """Whether the engine at ``url`` answers a ping within ``timeout`` seconds."""
-    try:
-        cli = containers.client(url, timeout=timeout)
-    except EngineUnavailable:
-        return False
-    try:
-        return bool(cli.ping())
-    except Exception:
-        return False
-    finally:
-        cli.close()
+    """Whether the engine at ``url`` answers a ping within ``timeout`` seconds (asked now)."""
+    return Dock(url).ping(timeout)
 
 
 class Placer:
@@ -88,8 +72,8 @@ class Placer:
     it is placed on, or (not placed yet, or its engine gone) the reachable engine with the most
     free slots. Blocks while the wanted engine is full."""
 
-    def __init__(self, engines: list[str] | None = None, parallel: int = 1) -> None:
-        self.engines = engines or configured()
+    def __init__(self, engines: list[str], parallel: int = 1) -> None:
+        self.engines = engines
         self.parallel = max(1, parallel)
         self.used = dict.fromkeys(self.engines, 0)
         self._cond = threading.Condition()

@@ -27,9 +27,8 @@ def _fast_path(argv: list[str]) -> int | None:
     from logist import commands
 
     command, jobs_dir, kwargs = parsed
-    commands.STATE["jobs_dir"] = jobs_dir
     try:
-        return commands.HOT[command](**kwargs)
+        return commands.HOT[command](commands.runtime(jobs_dir), **kwargs)
     except KeyboardInterrupt:  # as Typer does
         return 130
     except BrokenPipeError:

@@ -91,9 +91,14 @@ class HarvestFailed(LogistError):
 
 
 class CleanupIncomplete(LogistError):
-    """Something was left behind (exit 4); the message names it."""
+    """Something was left behind (exit 4); the message names it, ``report`` (when a cleanup
+    or sweep raised it) is its report."""
 
     exit_code = 4
+
+    def __init__(self, message: str, *, report: dict | None = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class GitError(LogistError):

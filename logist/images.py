@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from logist import containers
+from logist.dock import Dock, default_engine, dock_of, one_line
+from logist.dock import reason as dock_reason
 from logist.errors import EngineUnavailable, EnvironmentProblem, LogistError
 
 if TYPE_CHECKING:
@@ -58,9 +60,11 @@ class _SourceFailed(Exception):
     Deliberately not an ``OSError``: the HTTP layer sending the body lets it through as is."""
 
 
-def _engine(url: str | None, timeout: float | None = None) -> DockerClient:
-    """A client (not cached) of the engine at ``url`` (None: the one the SDK finds)."""
-    return containers.client(url or containers.default_engine(), timeout=timeout)
+def _engine(url: str | None) -> DockerClient:
+    """A client of its own (the caller closes it) of the engine at ``url`` (None: the one the
+    SDK finds)."""
+    dock = Dock(url)
+    return dock.new_client(dock.timeout)
 
 
 def image_id(cli: DockerClient, image: str) -> str | None:
@@ -71,7 +75,7 @@ def image_id(cli: DockerClient, image: str) -> str | None:
     """
     import docker
 
-    with containers.engine_errors(f"looking up image {image}"):
+    with containers.engine_errors(f"looking up image {image}", cli):
         try:
             return cli.images.get(image).id
         except docker.errors.ImageNotFound:
@@ -88,7 +92,7 @@ def save_stream(cli: DockerClient, image: str, sent: list[int]) -> Iterator[byte
     except Exception as exc:  # the source's failure, whatever its type
         broken = any(m in str(exc) for m in ("Connection broken", "IncompleteRead"))
         reason = "the connection was lost mid-way (engine stopped?)" if broken else None
-        raise _SourceFailed(reason or containers._reason(exc)) from exc
+        raise _SourceFailed(reason or dock_reason(exc)) from exc
 
 
 def copy_image(src: DockerClient, dst: DockerClient, image: str) -> int:
@@ -103,8 +107,7 @@ def copy_image(src: DockerClient, dst: DockerClient, image: str) -> int:
     for message in dst.api.load_image(save_stream(src, image, sent), quiet=False):
         if isinstance(message, dict) and message.get("error"):
             raise EnvironmentProblem(
-                f"loading {image} on {containers.engine_location()}: "
-                f"{containers._one_line(message['error'])}"
+                f"loading {image} on {dock_of(dst).url}: {one_line(message['error'])}"
             )
     return sent[0]
 
@@ -123,21 +126,20 @@ def push(
         EnvironmentProblem: the image is not on the source engine (exit 3).
         EngineUnavailable: the source engine is unreachable, or failed mid-way (exit 3).
     """
-    source_url = (source or containers.default_engine()).rstrip("/")
-    with containers.use(source_url):
-        src = _engine(source_url)
-        try:
-            found = image_id(src, image)
-            if found is None:
-                raise EnvironmentProblem(
-                    f"image {image!r} is not on the source engine at {source_url}: "
-                    "build or load it there first"
-                )
-            report = PushReport(image, found, source_url)
-            for url in targets:
-                _push_one(report, src, url, say)
-        finally:
-            src.close()
+    source_url = (source or default_engine()).rstrip("/")
+    src = _engine(source_url)
+    try:
+        found = image_id(src, image)
+        if found is None:
+            raise EnvironmentProblem(
+                f"image {image!r} is not on the source engine at {source_url}: "
+                "build or load it there first"
+            )
+        report = PushReport(image, found, source_url)
+        for url in targets:
+            _push_one(report, src, url, say)
+    finally:
+        src.close()
     return report
 
 
@@ -147,23 +149,22 @@ def _push_one(
     image, started = report.image, time.monotonic()
     dst: DockerClient | None = None
     try:
-        with containers.use(url):
-            dst = _engine(url)
-            if image_id(dst, image) == report.image_id:
-                report.skipped.append(url)
-                if say:
-                    say(f"{url}: already has {image} ({report.image_id[:19]}), skipped")
-                return
+        dst = _engine(url)
+        if image_id(dst, image) == report.image_id:
+            report.skipped.append(url)
             if say:
-                say(f"{url}: pushing {image} ...")
-            with containers.engine_errors(f"pushing {image}"):
-                sent = copy_image(src, dst, image)
-            landed = image_id(dst, image)
-            if landed != report.image_id:
-                raise EnvironmentProblem(
-                    f"pushing {image} to {url}: the engine has {landed or 'no such image'} "
-                    f"after loading {report.image_id}"
-                )
+                say(f"{url}: already has {image} ({report.image_id[:19]}), skipped")
+            return
+        if say:
+            say(f"{url}: pushing {image} ...")
+        with containers.engine_errors(f"pushing {image}", dst):
+            sent = copy_image(src, dst, image)
+        landed = image_id(dst, image)
+        if landed != report.image_id:
+            raise EnvironmentProblem(
+                f"pushing {image} to {url}: the engine has {landed or 'no such image'} "
+                f"after loading {report.image_id}"
+            )
         report.pushed.append(url)
         report.sent[url] = sent
         report.seconds[url] = time.monotonic() - started

@@ -109,7 +109,7 @@ class Job:
     cpus: float | None = None
     pids: int | None = None
     network: str = "bridge"
-    cap_add: list[str] = field(default_factory=list)  # on top of containers.DEFAULT_CAPS
+    cap_add: list[str] = field(default_factory=list)  # on top of container_spec.DEFAULT_CAPS
     runtime: str | None = None
     secrets: list[str] = field(default_factory=list)  # names only: values are never stored
     user: str = "0:0"

@@ -18,6 +18,9 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from logist.container_spec import DEFAULT_PIDS, STEP
+from logist.dock import dock_of
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -27,7 +30,6 @@ if TYPE_CHECKING:
 TUN = "/dev/net/tun"
 FALLBACK_NETWORK = "none"
 
-_said: set[str] = set()
 _lock = threading.Lock()
 
 
@@ -77,19 +79,12 @@ def engine_info(cli: DockerClient) -> EngineInfo:
     return found
 
 
-_VERSIONS: dict[str, dict] = {}  # engine URL -> its /version, asked once a process
-
-
 def _version(cli: DockerClient) -> dict:
-    where = getattr(cli, "_logist_where", None)  # the engine URL of a ``containers.client``
-    cached = _VERSIONS.get(where) if where else getattr(cli, "_logist_version", None)
-    if cached is None:
-        cached = cli.version()
-        if where:
-            _VERSIONS[where] = cached
-        else:
-            cli._logist_version = cached  # type: ignore[attr-defined]
-    return cached
+    """The engine's ``/version``, asked once per engine (its ``Dock``)."""
+    dock = dock_of(cli)
+    if dock.version is None:
+        dock.version = cli.version()
+    return dock.version
 
 
 def is_podman(cli: DockerClient) -> bool:
@@ -100,33 +95,30 @@ def is_podman(cli: DockerClient) -> bool:
 
 
 def _podman_host(cli: DockerClient, api_version: str) -> tuple[bool, str]:
-    from logist.containers import request_timeout
-
     url = f"{cli.api.base_url}/v{api_version}/libpod/info"  # (unversioned: 404)
-    resp = cli.api.get(url, timeout=request_timeout())
+    resp = cli.api.get(url, timeout=dock_of(cli).timeout)
     resp.raise_for_status()
     host = resp.json().get("host") or {}
     rootless = bool((host.get("security") or {}).get("rootless"))
     return rootless, str(host.get("cgroupVersion") or "").removeprefix("v")
 
 
-def bridge_possible() -> bool:
-    """Whether a rootless Podman on this machine can give a container a bridge network:
+def bridge_possible(cli: DockerClient) -> bool:
+    """Whether a rootless Podman at ``cli`` can give a container a bridge network:
     slirp4netns opens ``/dev/net/tun`` as the user who runs it (the user running logist, for
     a local socket). For an engine elsewhere we cannot tell, and assume it can."""
-    from logist.containers import engine_location
-
-    if not engine_location().startswith("unix://"):
+    if not dock_of(cli).url.startswith("unix://"):
         return True
     return os.access(TUN, os.R_OK | os.W_OK)
 
 
-def say_once(key: str, message: str) -> None:
-    """Print ``message`` on stderr, once per process."""
+def say_once(cli: DockerClient, key: str, message: str) -> None:
+    """Print ``message`` on stderr, once per engine (its ``Dock``)."""
+    said = dock_of(cli).said
     with _lock:
-        if key in _said:
+        if key in said:
             return
-        _said.add(key)
+        said.add(key)
     print(f"logist: {message}", file=sys.stderr, flush=True)
 
 
@@ -143,16 +135,15 @@ def adapt(cli: DockerClient, kwargs: dict[str, Any]) -> dict[str, Any]:
         return kwargs
     if info is None or not info.rootless:
         return kwargs
-    if kwargs.get("network_mode", "bridge") in ("bridge", "default") and not bridge_possible():
+    if kwargs.get("network_mode", "bridge") in ("bridge", "default") and not bridge_possible(cli):
         kwargs["network_mode"] = FALLBACK_NETWORK
         say_once(
+            cli,
             "network",
             f"rootless Podman cannot give containers a bridge network here ({TUN} is not "
             f"usable by this user): steps run with --network {FALLBACK_NETWORK}; pass "
             "--network host for network access (the host's network, not isolated)",
         )
-    from logist.containers import DEFAULT_PIDS, STEP
-
     step = (kwargs.get("labels") or {}).get(STEP)
     asked = [  # the helper's own limits are logist's, not the user's: not said
         flag
@@ -163,6 +154,7 @@ def adapt(cli: DockerClient, kwargs: dict[str, Any]) -> dict[str, Any]:
         asked.append("--pids")
     if info.limits_ignored and asked:
         say_once(
+            cli,
             "limits",
             f"rootless Podman on cgroup v1 ignores resource limits: {'/'.join(asked)} will "
             "not be enforced (nor the default pids limit); use rootful Podman, Docker, or a "
@@ -181,13 +173,12 @@ def follow_logs(container: Container) -> Any:
         return container.logs(stream=True, follow=True, stdout=True, stderr=True)
     from docker.types.daemon import CancellableStream
 
-    from logist.containers import request_timeout
-
     api = container.client.api
     # the SDK's own logs request (APIClient.logs), with (connect, read) deadlines of our own
     params = {"stdout": 1, "stderr": 1, "timestamps": 0, "follow": 1, "tail": "all"}
     url = api._url("/containers/{0}/logs", container.id)
-    res = api._get(url, params=params, stream=True, timeout=(request_timeout(), None))
+    deadline = (dock_of(container.client).timeout, None)
+    res = api._get(url, params=params, stream=True, timeout=deadline)
     return CancellableStream(api._get_result(container.id, True, res), res)
 
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from logist import containers
 from logist.channel import SERVE, Channel, ChannelLost, Stopped, drivable
+from logist.container_spec import ContainerSpec
 from logist.errors import (
     EnvironmentProblem,
     HarvestFailed,
@@ -352,7 +353,7 @@ class Sandbox:
         self.job_dir = store.job_dir(job.id)
         self.exchange = self.job_dir / EXCHANGE
         self.volume = job.volume  # the workspace is this named volume (None: a bind mount)
-        self.engine = containers.current()
+        self.dock = store.docks.get(job.engine)  # the job's engine
         self._container: Container | None = None
         self._channel: Channel | None = None
         self._serving = False  # the helper runs SERVE: harvests are requests, not execs
@@ -374,8 +375,7 @@ class Sandbox:
 
         def go() -> None:
             try:
-                with containers.use(self.engine):
-                    self.start(check=False)
+                self.start(check=False)
             except BaseException as exc:  # handed to the first use, in the caller's thread
                 self._start_error = exc
 
@@ -400,18 +400,18 @@ class Sandbox:
         import docker
 
         self._prepare_exchange()
-        cli = containers.client()
+        cli = self.dock.client()
         image = helper_image()
         containers.ensure_image(cli, image, "missing")
         token = secrets.token_hex(8) if check and self.volume is None else None
         if token is not None:  # the check is the helper's first act: no exec (~55 ms) for it
             (self.exchange / f"visible-{token}").write_text(token)
         self._serving = _can_serve(cli)
-        extra: dict = {}
+        stdin_open = None
         if self._serving:  # harvests through its standard input (see logist/channel.py)
             marker = f"visible-{token}" if token is not None else ""
             command = ["sh", "-c", SERVE, "serve", marker, HARVEST, str(int(_harvest_timeout()))]
-            extra["stdin_open"] = True
+            stdin_open = True
         elif token is not None:
             command = ["sh", "-c", VISIBLE, "visible", f"visible-{token}"]
         else:
@@ -427,8 +427,7 @@ class Sandbox:
                 docker.types.Mount("/out", str(self.exchange), type="bind"),
             ]
         try:
-            self._container = containers.create(
-                cli,
+            spec = ContainerSpec(
                 image=image,
                 command=command,
                 job_id=self.job.id,
@@ -437,16 +436,16 @@ class Sandbox:
                 owner=owner_id(),
                 mounts=mounts,
                 user="0:0",
-                network_mode="none",
                 # to read what a root step left unreadable; never DAC_READ_SEARCH, which would
                 # open open_by_handle_at to it (a way out of the container); all else dropped
                 cap_add=["DAC_OVERRIDE"],
-                pids_limit=512,
-                mem_limit=self.job.limits.helper_memory,
-                memswap_limit=self.job.limits.helper_memory,
-                working_dir="/",
-                **extra,
+                pids=512,
+                memory=self.job.limits.helper_memory,
+                memory_swap=self.job.limits.helper_memory,
+                workdir="/",
+                stdin_open=stdin_open,
             )
+            self._container = containers.create(cli, spec)
         except Rejected as exc:  # our own settings: a 4xx here is a path the engine lacks
             self._drop_marker(token)
             if self.volume is not None:
@@ -455,7 +454,7 @@ class Sandbox:
         if self.volume is not None:
             self._send_trusted()
         try:
-            with containers.engine_errors("starting the harvest helper"):
+            with containers.engine_errors("starting the harvest helper", cli):
                 self._container.start()
             if token is not None:
                 self._check_visible(token)
@@ -500,16 +499,13 @@ class Sandbox:
             self._started()
         self._drop_channel()
         container, self._container = self._container, None
-        with containers.use(self.engine):
-            gone = containers.lost()
-        if container is None or gone:
+        if container is None or self.dock.lost():
             return
 
         def remove() -> None:
             with (
                 contextlib.suppress(LogistError, docker.errors.APIError),
-                containers.use(self.engine),
-                containers.engine_errors("removing the harvest helper"),
+                containers.engine_errors("removing the harvest helper", container.client),
             ):
                 container.remove(force=True)  # SIGKILL and remove in one call
 
@@ -547,7 +543,9 @@ class Sandbox:
         following ``logs`` request, read up to that line (no polling)."""
         assert self._container is not None
         data = b""
-        with containers.engine_errors("reading the harvest helper's first line"):
+        with containers.engine_errors(
+            "reading the harvest helper's first line", self._container.client
+        ):
             stream = self._container.logs(stream=True, follow=True, stdout=True, stderr=False)
             try:
                 for chunk in stream:
@@ -566,7 +564,7 @@ class Sandbox:
 
     def _unseen(self, detail: str) -> WorkspaceUnseen:
         return WorkspaceUnseen(
-            f"the engine at {containers.engine_location()} does not see {self.job_dir} "
+            f"the engine at {self.dock.url} does not see {self.job_dir} "
             f"at the same path ({detail.splitlines()[0][:200] if detail else 'no detail'}); "
             "nothing ran: see `logist doctor`"
         )
@@ -587,7 +585,7 @@ class Sandbox:
             self.start()
             assert self._container is not None
             try:
-                with containers.engine_errors("running the harvest helper"):
+                with containers.engine_errors("running the harvest helper", self.dock):
                     result = self._run_exec(wrapped, user)
             except LogistError:
                 if attempt == 2 or self._alive():
@@ -609,7 +607,7 @@ class Sandbox:
         if self._container is None:
             return False
         try:
-            with containers.engine_errors("inspecting the harvest helper"):
+            with containers.engine_errors("inspecting the harvest helper", self.dock):
                 try:
                     self._container.reload()
                 except docker.errors.NotFound:
@@ -662,8 +660,8 @@ class Sandbox:
                 if self._channel is None:
                     if not self._alive():  # an attach to a stopped one would wait in silence
                         raise ChannelLost("the helper is not running")
-                    with containers.engine_errors("attaching to the harvest helper"):
-                        self._channel = Channel.open(self._container, containers.request_timeout())
+                    with containers.engine_errors("attaching to the harvest helper", self.dock):
+                        self._channel = Channel.open(self._container, self.dock.timeout)
                     if self._channel is None:  # this transport is not driven so
                         self._serving = False
                         continue

@@ -15,10 +15,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from logist.errors import JobActive, JobNotFound, UsageError
 from logist.model import Job
 from logist.spec import validate_id
+
+if TYPE_CHECKING:
+    from logist.dock import Docks
 
 MANIFEST = "job.json"
 LOCK = "lock"
@@ -237,10 +241,14 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 class Store:
-    """One jobs root."""
+    """One jobs root, and the engines its jobs run on (``docks``: made by its ``Runtime``,
+    one connection per engine, passed on with the store)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, docks: Docks | None = None) -> None:
+        from logist.dock import Docks
+
         self.root = Path(root)
+        self.docks = docks if docks is not None else Docks()
 
     def job_dir(self, job_id: str) -> Path:
         return self.root / validate_id(job_id)

@@ -89,27 +89,26 @@ def job_view(
 
 
 def containers_by_job(
-    store: Store, engines: list[str | None] | None = None
+    store: Store, engines: list[str | None]
 ) -> tuple[dict[str, list[str]], str | None]:
-    """Ids of the containers labelled for this jobs root on ``engines`` (default: the configured
-    ones), by job, and None; or, when an engine does not answer, what the others gave and the
+    """Ids of the containers labelled for this jobs root on ``engines`` (None: the default
+    engine), by job, and None; or, when an engine does not answer, what the others gave and the
     reason (the lists are then incomplete: unknown, not empty)."""
     from logist import containers
-    from logist.engines import DEFAULT, configured, normal, reachable
+    from logist.engines import DEFAULT, normal, reachable
     from logist.errors import LogistError
 
     out: dict[str, list[str]] = {}
     problems = []
-    wanted = list(dict.fromkeys(normal(e) for e in engines)) if engines else configured()
+    wanted = list(dict.fromkeys(normal(e) for e in engines))
     for engine in wanted:
         if engine != DEFAULT and not reachable(engine):  # not the request deadline per engine
             problems.append(f"the engine at {engine} does not answer")
             continue
         try:
-            with containers.use(engine):
-                for c in containers.find(containers.client(), store.root):
-                    job = (c.attrs.get("Labels") or {}).get(containers.JOB, "")
-                    out.setdefault(job, []).append(c.id)
+            for c in containers.find(store.docks.get(engine).client(), store.root):
+                job = (c.attrs.get("Labels") or {}).get(containers.JOB, "")
+                out.setdefault(job, []).append(c.id)
         except LogistError as exc:
             problems.append(str(exc))
     return (out, "; ".join(problems)) if problems else (out, None)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from logist import containers
+from logist.container_spec import ContainerSpec
 from logist.errors import HarvestFailed, LogistError
 from logist.model import Job
 from logist.store import Store, owner_id
@@ -61,19 +62,20 @@ def put_tree(
             pack_tree(src, fh, uid=uid, gid=gid)
         box = containers.create(
             cli,
-            image=image,
-            command=["true"],
-            job_id=job.id,
-            step="setup",
-            jobs_root=store.root,
-            owner=owner_id(),
-            mounts=[docker.types.Mount("/workspace", volume, type="volume")],
-            network_mode="none",
-            cap_add=[],
+            ContainerSpec(
+                image=image,
+                command=["true"],
+                job_id=job.id,
+                step="setup",
+                jobs_root=store.root,
+                owner=owner_id(),
+                mounts=[docker.types.Mount("/workspace", volume, type="volume")],
+                cap_add=[],
+            ),
         )
         try:
             with (
-                containers.engine_errors(f"copying the workspace into volume {volume}"),
+                containers.engine_errors(f"copying the workspace into volume {volume}", cli),
                 open(archive, "rb") as fh,
             ):
                 if not box.put_archive("/", fh):
@@ -98,7 +100,7 @@ def put_file(container: Container, path: str, data_path: Path) -> None:
             with open(data_path, "rb") as fh:
                 tar.addfile(info, fh)
         with (
-            containers.engine_errors("copying a file into the harvest helper"),
+            containers.engine_errors("copying a file into the harvest helper", container.client),
             open(archive, "rb") as fh,
         ):
             if not container.put_archive(path, fh):
@@ -136,7 +138,7 @@ def fetch_file(
     Raises:
         HarvestFailed: anything else came back.
     """
-    with containers.engine_errors("reading the harvest bundle"):
+    with containers.engine_errors("reading the harvest bundle", container.client):
         stream, _stat = container.get_archive(path)
         with tarfile.open(fileobj=_Chunks(stream), mode="r|") as tar:  # type: ignore[arg-type]
             member = tar.next()

@@ -79,7 +79,7 @@ def _setup_volume(store: Store, job: Job, repo: Path) -> None:
     from logist import containers, volumes
     from logist.sandbox import helper_image
 
-    cli = containers.client()
+    cli = store.docks.get(job.engine).client()
     if job.workspace_state == WS_READY and containers.volume_exists(cli, job.volume):
         return
     job_dir = store.job_dir(job.id)
@@ -113,7 +113,7 @@ def present(store: Store, job: Job) -> bool:
         return is_real_dir(store.job_dir(job.id) / "workspace")
     from logist import containers
 
-    return containers.volume_exists(containers.client(), job.volume)
+    return containers.volume_exists(store.docks.get(job.engine).client(), job.volume)
 
 
 def ensure_job_repo(store: Store, job: Job) -> Path:
@@ -250,7 +250,7 @@ def make_writable_for(store: Store, job: Job, ws: Path) -> None:
     from logist import containers
 
     done = containers.run_as_root(
-        containers.client(),
+        store.docks.get(job.engine).client(),
         images=(containers.BUSYBOX, "logist/step:latest"),
         command=["chown", "-hR", f"{uid}:{gid}", "/workspace"],
         job_id=job.id,

@@ -879,30 +879,19 @@ def test_sweep_removes_orphan_containers_of_its_jobs_root_only(
     logist, jobs_root, source_repo, docker_client, tmp_path
 ):
     from logist import containers
+    from logist.container_spec import ContainerSpec
+    from logist.dock import Dock
 
     other_root = tmp_path / "other-jobs"
     other_root.mkdir()
-    cli = containers.client()
-    orphan = containers.create(
-        cli,
-        image=BUSYBOX,
-        command=["sleep", "307"],
-        job_id="ghost",
-        step=1,
-        jobs_root=jobs_root,
-        owner="nohost:1:1",
-        network_mode="none",
-    )
-    theirs = containers.create(
-        cli,
-        image=BUSYBOX,
-        command=["sleep", "307"],
-        job_id="ghost",
-        step=1,
-        jobs_root=other_root,
-        owner="nohost:1:1",
-        network_mode="none",
-    )
+    cli = Dock().client()
+
+    def ghost(root):
+        spec = ContainerSpec(BUSYBOX, ["sleep", "307"], "ghost", 1, root, owner="nohost:1:1")
+        return containers.create(cli, spec)
+
+    orphan = ghost(jobs_root)
+    theirs = ghost(other_root)
     try:
         orphan.start()
         theirs.start()

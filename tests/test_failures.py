@@ -233,19 +233,19 @@ def test_a_cancel_request_made_just_after_the_runner_took_the_lock_is_honoured(
 ):
     """The request lands between the runner's lock and its start: it must not be dropped as a
     request of an earlier run (the step would then run to its end)."""
-    from logist import engine
-    from logist.store import Store, request_cancel
+    from logist import Runtime, runner
+    from logist.store import request_cancel
 
     job = create(logist, source_repo, "echo ran > ran.txt")
-    store = Store(jobs_root)
-    recover = engine.recover_dead_owner
+    rt = Runtime(jobs_root)
+    recover = runner.recover_dead_owner
 
     def cancel_arrives(store_, job_):
         request_cancel(store_.job_dir(job_.id))
         return recover(store_, job_)
 
-    monkeypatch.setattr(engine, "recover_dead_owner", cancel_arrives)
-    result = engine.Engine(store).run_job(job)
+    monkeypatch.setattr(runner, "recover_dead_owner", cancel_arrives)
+    [result] = rt.run_jobs([job])
     assert result.job.state == "canceled"
     assert [s["state"] for s in status(logist, job)["steps"]] == ["canceled"]
     assert not (jobs_root / job / "logs" / "step-1.log").exists()  # no container ran
@@ -270,11 +270,12 @@ def test_a_step_whose_container_the_canceling_process_stopped_is_canceled_not_fa
 ):
     """The canceling process stops the container itself; even when the runner's own watcher
     never sees the request first, the step is canceled."""
-    from logist import engine
-    from logist.store import Store, request_cancel
+    from logist import Runtime, runner
+    from logist.store import request_cancel
 
     job = create(logist, source_repo, "echo started > started.txt; sleep 300", "echo never")
-    store = Store(jobs_root)
+    rt = Runtime(jobs_root)
+    store = rt.store
 
     def stopped_by_another_process() -> None:
         ws = jobs_root / job / "workspace"
@@ -285,16 +286,16 @@ def test_a_step_whose_container_the_canceling_process_stopped_is_canceled_not_fa
             c.stop(timeout=0)
 
     helper = threading.Thread(target=stopped_by_another_process)
-    real = engine.containers.run_container
+    real = runner.containers.run_container
 
     def run_container(container, **kw):  # the runner's watcher never stops it itself
         kw["should_stop"] = lambda: None
         return real(container, **kw)
 
-    monkeypatch.setattr(engine.containers, "run_container", run_container)
+    monkeypatch.setattr(runner.containers, "run_container", run_container)
     helper.start()
     try:
-        result = engine.Engine(store).run_job(job)
+        [result] = rt.run_jobs([job])
     finally:
         helper.join(timeout=60)
     assert result.job.state == "canceled", (result.error, result.job.steps)

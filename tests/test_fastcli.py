@@ -40,7 +40,8 @@ def typer_params(argv: list[str]) -> tuple[str, str | None, dict]:
         cmd = cmd.get_command(parent, name)
         parent = cmd.make_context(name, list(rest), parent=parent)
         rest = [*getattr(parent, "_protected_args", []), *parent.args]
-    return " ".join(words), jobs_dir, {k: _plain(v) for k, v in parent.params.items()}
+    params = {k: _plain(v) for k, v in parent.params.items() if k != "ctx"}
+    return " ".join(words), jobs_dir, params
 
 
 def _plain(value):
@@ -52,7 +53,7 @@ def _plain(value):
 
 def with_defaults(command: str, kwargs: dict) -> dict:
     sig = inspect.signature(FUNCS[command])
-    return {n: kwargs.get(n, p.default) for n, p in sig.parameters.items()}
+    return {n: kwargs.get(n, p.default) for n, p in sig.parameters.items() if n != "rt"}
 
 
 PLAIN = [
@@ -148,7 +149,8 @@ def test_the_fast_path_runs_the_command_and_keeps_its_exit_code(tmp_path: Path):
 @pytest.mark.parametrize("command", sorted(TYPER_FUNCS))
 def test_each_hot_command_has_the_parameters_and_defaults_of_its_typer_command(command):
     def plain(func):
-        return [(n, p.default) for n, p in inspect.signature(func).parameters.items()]
+        params = inspect.signature(func).parameters.items()
+        return [(n, p.default) for n, p in params if n not in ("rt", "ctx")]
 
     assert plain(FUNCS[command]) == plain(TYPER_FUNCS[command])
 

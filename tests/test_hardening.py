@@ -18,13 +18,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import docker
 import pytest
 
-from logist import containers
-from logist.engine import SecretMask, _Output
+from logist import container_spec, containers
 from logist.errors import UsageError
 from logist.spec import build_job
 from logist.store import Store, default_root
+from logist.streams import SecretMask, StepOutput, TerminalLines
 from tests.helpers import create_job as create
 from tests.helpers import git, make_repo, run_logist, wait_for
 from tests.helpers import job_status as status
@@ -88,7 +89,7 @@ def test_mask_joins_a_secret_split_across_two_chunks_and_emits_the_rest_at_once(
 
 def test_output_writes_masked_chunks_to_the_log_and_the_prefixed_terminal():
     log, term = io.BytesIO(), io.BytesIO()
-    out = _Output(log, term, b"[j] ", threading.Lock(), SecretMask(["s3cr3t"]))
+    out = StepOutput(log, TerminalLines(term, b"[j] ", threading.Lock()), SecretMask(["s3cr3t"]))
     out(b"token s3")
     assert log.getvalue() == b"token "  # the log gets what is safe at once
     out(b"cr3t!\nnext s3cr3t")
@@ -168,7 +169,7 @@ def test_root_step_has_no_new_privileges_and_none_of_the_dangerous_capabilities(
     st = proc_status(out.stdout)
     assert st["NoNewPrivs"] == "1"
     for field in ("CapEff", "CapBnd", "CapPrm"):
-        assert caps_of(st[field]) == set(containers.DEFAULT_CAPS), field
+        assert caps_of(st[field]) == set(container_spec.DEFAULT_CAPS), field
         assert not caps_of(st[field]) & DANGEROUS
 
 
@@ -187,7 +188,7 @@ def test_cap_add_gives_that_capability_back_and_pids_overrides_the_default(logis
     assert out.returncode == 0, out.stderr
     st = proc_status(out.stdout)
     caps = caps_of(st["CapEff"])
-    assert caps == {*containers.DEFAULT_CAPS, "NET_RAW"}
+    assert caps == {*container_spec.DEFAULT_CAPS, "NET_RAW"}
     assert st["NoNewPrivs"] == "1"
     assert st["PidsMax"] == "64"
     assert status(logist, job)["cap_add"] == ["NET_RAW"]
@@ -226,10 +227,10 @@ def test_step_container_is_hardened_and_its_secret_is_in_no_label_or_name(
     value = "hs-" + os.urandom(8).hex()
     with running_container(docker_client, jobs_root, job, {"HARD_SECRET": value}) as c:
         host = c.attrs["HostConfig"]
-        assert host["PidsLimit"] == containers.DEFAULT_PIDS
+        assert host["PidsLimit"] == container_spec.DEFAULT_PIDS
         assert host["Privileged"] is False
         assert host["CapDrop"] == ["ALL"]
-        assert {c.removeprefix("CAP_") for c in host["CapAdd"]} == set(containers.DEFAULT_CAPS)
+        assert {c.removeprefix("CAP_") for c in host["CapAdd"]} == set(container_spec.DEFAULT_CAPS)
         assert "no-new-privileges" in host["SecurityOpt"]
         assert not any("docker.sock" in m["Source"] for m in c.attrs["Mounts"])
         assert f"HARD_SECRET={value}" in c.attrs["Config"]["Env"]  # the step's environment
@@ -242,16 +243,16 @@ def test_step_container_is_hardened_and_its_secret_is_in_no_label_or_name(
 def test_a_mount_of_the_engine_socket_is_refused(docker_client, jobs_root):
     for source in ("/var/run/docker.sock", "/var/run"):
         with pytest.raises(UsageError, match="exposes the engine"):
-            containers.create(
-                docker_client,
+            spec = container_spec.ContainerSpec(
                 image=STEP_IMAGE,
                 command=["true"],
                 job_id="x",
                 step=1,
                 jobs_root=jobs_root,
                 owner="test:1:1",
-                volumes={source: {"bind": "/s", "mode": "rw"}},
+                mounts=[docker.types.Mount("/s", source, type="bind")],
             )
+            containers.create(docker_client, spec)
 
 
 @pytest.mark.docker

@@ -96,7 +96,7 @@ def test_spec_cannot_lift_config_memory_bound(jobs_root, source_repo, tmp_path, 
 def test_spec_cannot_raise_default_pids_limit(jobs_root, source_repo, tmp_path, logist):
     """Without any configuration, the default pids limit (4096) is the boundary; a spec file's
     ``pids: 100000000`` removes it (a fork bomb then exhausts the host)."""
-    from logist.containers import DEFAULT_PIDS
+    from logist.container_spec import DEFAULT_PIDS
 
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"repo: {source_repo}\nsteps: ['true']\npids: 100000000\n")

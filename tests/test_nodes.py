@@ -15,7 +15,7 @@ import time
 import docker
 import pytest
 
-from logist import containers
+from logist import container_spec, containers
 from logist.store import owner_id
 from tests.faultproxy import FaultProxy
 from tests.nodes import IMAGES, NODE_LABEL, OWNER_LABEL, reap_stale_nodes
@@ -242,21 +242,20 @@ def test_a_named_volume_on_a_node_round_trips_archives_through_a_container(
     a, _ = running_nodes
     cli = a.client()
     volume = f"logist-roundtrip-{secrets.token_hex(4)}"
-    labels = containers.labels("roundtrip", "h", jobs_root, owner_id())
+    labels = container_spec.labels("roundtrip", "h", jobs_root, owner_id())
     try:
         started = time.monotonic()
         cli.volumes.create(volume, labels=labels)
-        container = containers.create(
-            cli,
+        spec = container_spec.ContainerSpec(
             image=BUSYBOX,
             command=["sh", "-c", "tr a-z A-Z < /workspace/in.txt > /workspace/out.txt"],
             job_id="roundtrip",
             step="h",
             jobs_root=jobs_root,
             owner=owner_id(),
-            volumes={volume: {"bind": "/workspace", "mode": "rw"}},
-            network_mode="none",
+            mounts=[docker.types.Mount("/workspace", volume, type="volume")],
         )
+        container = containers.create(cli, spec)
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
             data = b"hello from the host\n"

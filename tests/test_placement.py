@@ -24,12 +24,15 @@ def test_an_engine_without_a_known_scheme_is_refused_with_the_rule(bad):
         engines.parse(bad)
 
 
-def test_configured_engines_default_to_the_one_the_sdk_finds(monkeypatch):
+def test_a_runtimes_engines_default_to_the_one_the_sdk_finds(monkeypatch, tmp_path):
+    from logist import Runtime
+
     monkeypatch.delenv("LOGIST_ENGINES", raising=False)
-    assert engines.configured() == ["default"]
+    assert Runtime(tmp_path).engines == ["default"]
     assert engines.parse("default, tcp://h:1") == ["default", "tcp://h:1"]
     monkeypatch.setenv("LOGIST_ENGINES", f"{A},{B}")
-    assert engines.configured() == [A, B]
+    assert Runtime(tmp_path).engines == [A, B]
+    assert Runtime(tmp_path, engines=[B]).engines == [B]  # given: the environment's unread
 
 
 def test_workspaces_are_volumes_where_the_engine_does_not_share_our_files(monkeypatch):

@@ -100,9 +100,8 @@ def test_a_helper_that_does_not_see_the_marker_written_for_it_runs_no_step(
     """The engine mounts another directory than logist's at the same path (here: the exchange
     directory replaced between the helper's create and its start): the helper's first line
     names no token, the job stays pending, no step ran, nothing is left."""
-    from logist import containers, engine
+    from logist import Runtime, containers
     from logist.errors import WorkspaceUnseen
-    from logist.store import Store
     from tests.helpers import create_job
     from tests.helpers import job_status as status
 
@@ -110,15 +109,15 @@ def test_a_helper_that_does_not_see_the_marker_written_for_it_runs_no_step(
     exchange = jobs_root / job / ".exchange"
     real = containers.create
 
-    def create(cli, **kw):
-        made = real(cli, **kw)
-        if kw.get("step") == "helper":  # the engine will mount what is at the path at start
+    def create(cli, spec):
+        made = real(cli, spec)
+        if spec.step == "helper":  # the engine will mount what is at the path at start
             exchange.rename(exchange.with_name(".exchange-logist-wrote"))
             exchange.mkdir()
         return made
 
     monkeypatch.setattr(containers, "create", create)
-    result = engine.Engine(Store(jobs_root)).run_job(job)
+    [result] = Runtime(jobs_root).run_jobs([job])
     assert isinstance(result.error, WorkspaceUnseen)
     assert "not visible inside containers" in str(result.error)
     view = status(logist, job)

@@ -824,23 +824,23 @@ EVIDENCE_STEPS = [
 def test_engine_sets_the_workspace_up_once_before_the_first_of_two_steps(
     store, source_repo, clones, monkeypatch
 ):
-    from logist import containers, engine
+    from logist import Runtime, containers, runner
 
     events: list[str] = []
-    real_setup, real_create = engine.setup_workspace, containers.create
+    real_setup, real_create = runner.setup_workspace, containers.create
 
     def counting_setup(*args, **kwargs):
         events.append("setup")
         return real_setup(*args, **kwargs)
 
     def counting_create(*args, **kwargs):
-        events.append("helper" if kwargs.get("step") == "helper" else "container")
+        events.append("helper" if args[1].step == "helper" else "container")
         return real_create(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "setup_workspace", counting_setup)
+    monkeypatch.setattr(runner, "setup_workspace", counting_setup)
     monkeypatch.setattr(containers, "create", counting_create)
     job_id = new_job(store, source_repo, "engine-once", steps=EVIDENCE_STEPS, cleanup="never")
-    result = engine.Engine(store, sink=None).run_job(job_id)
+    [result] = Runtime(store.root).run_jobs([job_id])
     assert result.error is None and result.exit_code == 0, result.error
     assert events == ["setup", "helper", "container", "container"]
     assert len(clones) == 1

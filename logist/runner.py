@@ -1,4 +1,5 @@
-"""Running jobs: one step, whole jobs (N at a time), cancel, and interruption by signals."""
+"""Running jobs of one jobs root: one step, whole jobs (N at a time), and interruption (a
+``Runtime``'s own event, set by its signals or by ``Runtime.interrupt``)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from logist import containers, output, podman, volumes
 from logist.cleanup import Report, after_job, reap_orphans, recover_dead_owner
-from logist.engines import Placer, configured, uses_volumes
+from logist.container_spec import DEFAULT_CAPS, ContainerSpec
+from logist.engines import Placer, uses_volumes
 from logist.errors import (
     HarvestFailed,
     ImageMissing,
@@ -50,9 +51,9 @@ from logist.store import (
     drop_cancel_request,
     owner_id,
 )
+from logist.streams import ListenerFactory, SecretMask, StepOutput
 from logist.workspace import make_writable_for, setup_workspace
 
-INTERRUPT = threading.Event()
 LOCK_WAIT = 1.0  # seconds to wait for a job's lock before calling it active
 
 
@@ -84,103 +85,6 @@ def combine(results: list[JobResult]) -> int:
     return 0
 
 
-MASK = b"***"
-
-
-class SecretMask:
-    """Replaces every occurrence of the secrets' values in a stream of chunks by ``***``, also
-    when one is split across chunks: ``feed`` holds back only a tail that could be the start of
-    a secret (never more than the longest secret minus one byte); ``flush`` releases it."""
-
-    def __init__(self, values: list[str]) -> None:
-        import re
-
-        secrets = sorted({v.encode() for v in values if v}, key=len, reverse=True)
-        self.pattern = re.compile(b"|".join(re.escape(s) for s in secrets)) if secrets else None
-        self.starts = {s[:i] for s in secrets for i in range(1, len(s))}
-        self.longest = len(secrets[0]) if secrets else 0
-        self.held = b""
-
-    def feed(self, chunk: bytes) -> bytes:
-        if self.pattern is None:
-            return chunk
-        data, out, pos = self.held + chunk, [], 0
-        while True:
-            hold = self._hold_from(data, pos)
-            m = self.pattern.search(data, pos)
-            if m is None or m.start() >= hold:
-                out.append(data[pos:hold])
-                self.held = data[hold:]
-                return b"".join(out)
-            out += [data[pos : m.start()], MASK]
-            pos = m.end()
-
-    def flush(self) -> bytes:
-        if self.pattern is None:
-            return b""
-        data, self.held = self.held, b""
-        return self.pattern.sub(MASK, data)
-
-    def _hold_from(self, data: bytes, pos: int) -> int:
-        """The first index from which the rest of ``data`` may be a secret's beginning."""
-        for k in range(max(pos, len(data) - self.longest + 1), len(data)):
-            if data[k:] in self.starts:
-                return k
-        return len(data)
-
-
-class _Output:
-    """Writes a step's output, secrets masked, to its log file and, line-prefixed when asked,
-    to the terminal."""
-
-    def __init__(
-        self,
-        log: BinaryIO,
-        sink: BinaryIO | None,
-        prefix: bytes,
-        lock: threading.Lock,
-        mask: SecretMask | None = None,
-    ):
-        self.log, self.sink, self.prefix, self.lock = log, sink, prefix, lock
-        self.mask = mask or SecretMask([])
-        self.partial = b""
-
-    def __call__(self, chunk: bytes) -> None:
-        self._write(self.mask.feed(chunk))
-
-    def _write(self, chunk: bytes) -> None:
-        if not chunk:
-            return
-        view = memoryview(chunk)
-        while view:  # the log is unbuffered: each chunk is in the file at once
-            view = view[self.log.write(view) :]
-        if self.sink is None:
-            return
-        if not self.prefix:
-            with self.lock:
-                self.sink.write(chunk)
-                self.sink.flush()
-            return
-        data = self.partial + chunk
-        lines = data.split(b"\n")
-        self.partial = lines.pop()
-        if len(self.partial) > 65536:
-            lines.append(self.partial)
-            self.partial = b""
-        if lines:
-            with self.lock:  # one join in C: a flood of short lines costs no Python loop
-                self.sink.write(self.prefix + (b"\n" + self.prefix).join(lines) + b"\n")
-                self.sink.flush()
-
-    def close(self) -> None:
-        self._write(self.mask.flush())
-        if self.partial and self.sink is not None:
-            with self.lock:
-                self.sink.write(self.prefix + self.partial + b"\n")
-                self.sink.flush()
-        self.log.flush()
-
-
 def read_secrets(names: list[str]) -> dict[str, str]:
     """The values of the job's secrets, from logist's own environment, now.
 
@@ -196,24 +100,27 @@ def read_secrets(names: list[str]) -> dict[str, str]:
     return {n: os.environ[n] for n in names}
 
 
-class Engine:
-    """Runs jobs of one jobs root. ``sink`` receives the steps' output (None: logs only)."""
+class Runner:
+    """Runs jobs of one jobs root on ``engines``. ``interrupt`` stops every step of this runner
+    (jobs become ``interrupted``); ``listen`` gives each step's output a listener besides its
+    log (None: logs only); ``notify`` receives one-line messages for a person."""
 
     def __init__(
         self,
         store: Store,
-        sink: BinaryIO | None = None,
-        prefix: bool = False,
+        engines: list[str],
+        interrupt: threading.Event,
+        listen: ListenerFactory | None = None,
         notify: Callable[[str], None] | None = None,
         progress: Progress | None = None,
     ) -> None:
         self.store = store
-        self.sink = sink
-        self.prefix = prefix
+        self.engines = engines
+        self.interrupt = interrupt
+        self.listen = listen
         self.notify = notify or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.progress = progress
-        self._print_lock = threading.Lock()
-        self.placer = Placer(configured(), 1)
+        self.placer = Placer(engines, 1)
 
     # --- one job ---------------------------------------------------------------------------
 
@@ -241,9 +148,8 @@ class Engine:
             )
         engine = self.placer.acquire(job.engine)
         try:
-            with containers.use(engine):
-                self._place(job, engine)
-                return self._run_placed(job, max_steps, asked_from)
+            self._place(job, engine)
+            return self._run_placed(job, max_steps, asked_from)
         finally:
             self.placer.release(engine)
 
@@ -287,7 +193,7 @@ class Engine:
             ws = setup_workspace(store, job.id)
             job = store.load(job.id)
             make_writable_for(store, job, ws)
-            with Sandbox(store, job, should_stop=INTERRUPT.is_set) as sandbox:
+            with Sandbox(store, job, should_stop=self.interrupt.is_set) as sandbox:
                 if seen:
                     sandbox.start_in_background()
                 else:
@@ -295,7 +201,7 @@ class Engine:
                 while (step := job.next_step()) is not None:
                     if max_steps is not None and ran >= max_steps:
                         break
-                    if INTERRUPT.is_set():
+                    if self.interrupt.is_set():
                         job.move(INTERRUPTED)
                         break
                     if cancel_requested(job_dir, since=asked_from):
@@ -350,7 +256,7 @@ class Engine:
             if exc.exit_code == 3:  # the engine (or the disk) went away: resumable
                 self._back_to_pending(job, INTERRUPTED, str(exc))
                 if ws is not None:
-                    if not containers.lost():  # an engine just found gone is not waited on
+                    if not store.docks.get(job.engine).lost():  # found gone: not waited on
                         with contextlib.suppress(LogistError):
                             harvest_leftover(store, job, ws)  # needs the engine: may fail
                     with contextlib.suppress(LogistError):
@@ -453,7 +359,7 @@ class Engine:
             secrets = read_secrets(job.secrets)  # now, and before any container exists
         except Rejected as exc:
             raise self._not_started(job, step, exc) from None
-        cli = containers.client()
+        cli = store.docks.get(job.engine).client()
         image = step.image or job.image
         containers.ensure_image(cli, image, job.pull)
         env = {
@@ -468,42 +374,34 @@ class Engine:
             env["LOGIST_PROMPT"] = job.prompt
         env.update(job.env)
         env.update(secrets)  # in the container's environment only: see docs/security.md
-        kwargs: dict = {
-            "working_dir": "/workspace",
-            "environment": env,
-            "user": job.user,
-            "network_mode": job.network,
+        spec = ContainerSpec(
+            image=image,
+            command=["/bin/sh", "-c", step.run],
+            job_id=job.id,
+            step=step.index,
+            jobs_root=store.root,
+            owner=owner_id(),
+            user=job.user,
+            env=env,
+            workdir="/workspace",
             # a bind mount the engine refuses when it does not have the path (never an empty
             # directory made on the engine's host, as ``volumes`` would), or the job's volume
-            "mounts": [
+            mounts=[
                 docker.types.Mount("/workspace", job.volume, type="volume")
                 if job.volume is not None
                 else docker.types.Mount("/workspace", str(ws), type="bind")
             ],
-        }
-        if job.memory:
-            kwargs["mem_limit"] = job.memory
-        if job.cpus:
-            kwargs["nano_cpus"] = int(job.cpus * 1e9)
-        if job.pids:
-            kwargs["pids_limit"] = job.pids
-        if job.runtime:
-            kwargs["runtime"] = job.runtime
-        logs = output.log_config(cli, podman.is_podman(cli))
-        if logs is not None:  # no amplification of its output by the engine
-            kwargs["log_config"] = logs
+            network=job.network,
+            memory=job.memory or None,
+            cpus=job.cpus or None,
+            pids=job.pids or None,
+            runtime=job.runtime or None,
+            cap_add=[*DEFAULT_CAPS, *job.cap_add],
+            # no amplification of its output by the engine
+            log_config=output.log_config(cli, podman.is_podman(cli)),
+        )
         try:
-            container = containers.create(
-                cli,
-                image=image,
-                command=["/bin/sh", "-c", step.run],
-                job_id=job.id,
-                step=step.index,
-                jobs_root=store.root,
-                owner=owner_id(),
-                cap_add=[*containers.DEFAULT_CAPS, *job.cap_add],
-                **kwargs,
-            )
+            container = containers.create(cli, spec)
         except Rejected as exc:  # a setting the engine refused (4xx)
             raise self._not_started(job, step, exc) from None
 
@@ -511,17 +409,17 @@ class Engine:
             return cancel_requested(job_dir, since=asked_from)
 
         def should_stop() -> str | None:
-            if INTERRUPT.is_set():
+            if self.interrupt.is_set():
                 return "interrupt"
             if canceled():
                 return "cancel"
             return None
 
-        prefix = f"[{job.id}] ".encode() if self.prefix else b""
         with open(log_path, "wb", buffering=0) as fh:
             mask = SecretMask(list(secrets.values()))
             log = output.CappedLog(fh, job.limits.log_limit, spill_dir=str(log_path.parent))
-            out = _Output(log, self.sink, prefix, self._print_lock, mask)
+            listener = self.listen(job.id, step.index) if self.listen else None
+            out = StepOutput(log, listener, mask)
             try:
                 outcome = containers.run_container(
                     container,
@@ -557,9 +455,9 @@ class Engine:
         """Run jobs to a terminal state, ``parallel`` at a time; the calling (main) thread
         supervises, so SIGINT/SIGTERM are handled at once."""
         with contextlib.suppress(LogistError):
-            reap_orphans(self.store)
+            reap_orphans(self.store, self.engines)
         results: list[JobResult] = []
-        self.placer = Placer(configured(), parallel)
+        self.placer = Placer(self.engines, parallel)
         with ThreadPoolExecutor(
             max_workers=self.placer.slots, thread_name_prefix="logist-job"
         ) as pool:
@@ -574,7 +472,7 @@ class Engine:
         return results
 
     def _guarded(self, job_id: str) -> JobResult:
-        if INTERRUPT.is_set():
+        if self.interrupt.is_set():
             return JobResult(job=self.store.load(job_id), error=_interrupted())
         return self.run_job(job_id)
 
@@ -584,15 +482,16 @@ def _interrupted() -> LogistError:
 
 
 @contextlib.contextmanager
-def signals_interrupt():
-    """While inside: SIGINT/SIGTERM set ``INTERRUPT``; running steps then stop their containers
-    (grace, then kill) and their jobs are marked interrupted."""
+def signals_interrupt(interrupt: Callable[[], None]):
+    """While inside: SIGINT/SIGTERM call ``interrupt``; running steps then stop their
+    containers (grace, then kill) and their jobs are marked interrupted. Only in the main
+    thread (elsewhere Python delivers no signals)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
-        INTERRUPT.set()
+        interrupt()
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -602,13 +501,9 @@ def signals_interrupt():
             signal.signal(s, h)
 
 
-# --- cancel --------------------------------------------------------------------------------
-
-
 __all__ = [
-    "INTERRUPT",
-    "Engine",
     "JobResult",
+    "Runner",
     "combine",
     "signals_interrupt",
 ]

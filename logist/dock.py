@@ -1,0 +1,174 @@
+"""Engines as logist talks to them: a ``Dock`` is one engine (its URL, a client per thread,
+what it said of itself once, when it was last found gone); ``Docks`` are a jobs root's, made
+by its ``Runtime`` and passed on explicitly (``Store.docks``). Nothing here is global.
+
+The SDK's failures become the contract's errors in one place, ``containers.engine_errors``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from logist.errors import EngineUnavailable
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+
+DEFAULT = "default"  # an engine name: the one the SDK finds (DOCKER_HOST, else the socket)
+DOCKER_TIMEOUT = 30.0  # seconds any engine call but a step's own wait may take
+LOST_FOR = 30.0  # seconds an engine found gone is not waited on again by best-effort calls
+PROBE_FOR = 10.0  # seconds a reachability probe's answer is remembered
+
+
+def default_engine() -> str:
+    """The engine the docker SDK finds: ``DOCKER_HOST``, else the default socket."""
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def request_timeout() -> float:
+    """``LOGIST_DOCKER_TIMEOUT`` (default 30 s): the deadline of every engine call that is not
+    a step's own wait; an engine silent for longer counts as gone (exit 3)."""
+    return float(os.environ.get("LOGIST_DOCKER_TIMEOUT") or DOCKER_TIMEOUT)
+
+
+class Dock:
+    """One engine: ``url`` (``default``: what ``DOCKER_HOST`` names, else the socket)."""
+
+    def __init__(self, url: str | None = None, timeout: float | None = None) -> None:
+        self.name = DEFAULT if url in (None, "", DEFAULT) else str(url).rstrip("/")
+        self.url = default_engine() if self.name == DEFAULT else self.name
+        self.timeout = request_timeout() if timeout is None else timeout
+        self.version: dict | None = None  # its /version, asked once
+        self.api_version: str | None = None
+        self.said: set[str] = set()  # what ``podman.say_once`` said of this engine
+        self._local = threading.local()
+        self._lost_at: float | None = None
+        self._probed: tuple[float, bool] | None = None
+
+    def client(self) -> DockerClient:
+        """This thread's client of the engine; each call has the ``timeout`` deadline.
+
+        Raises:
+            EngineUnavailable: the SDK cannot make a client for the URL.
+        """
+        made = getattr(self._local, "client", None)
+        if made is None:
+            made = self._local.client = self.new_client(self.timeout)
+        return made
+
+    def new_client(self, timeout: float) -> DockerClient:
+        """A client of its own (the caller closes it), with ``timeout``."""
+        import docker
+
+        try:
+            if self.name == DEFAULT:
+                made = docker.from_env(timeout=timeout, version=self.api_version or "auto")
+            else:  # DOCKER_TLS_VERIFY / DOCKER_CERT_PATH apply to every tcp:// engine
+                made = docker.from_env(
+                    timeout=timeout,
+                    version=self.api_version or "auto",
+                    environment={**os.environ, "DOCKER_HOST": self.url},
+                    use_ssh_client=self.url.startswith("ssh://"),
+                )
+        except docker.errors.DockerException as exc:
+            raise EngineUnavailable(
+                f"Docker engine unreachable at {self.url}: {reason(exc)}"
+            ) from None
+        self.api_version = self.api_version or made.api.api_version  # asked once (~8 ms)
+        made._logist_dock = self  # type: ignore[attr-defined]
+        return made
+
+    def lost(self) -> bool:
+        """Whether a call found the engine unreachable in the last ``LOST_FOR`` seconds:
+        best-effort calls (removing a helper) then skip it rather than wait for the deadline
+        again; the sweep reaps what is left."""
+        seen = self._lost_at
+        return seen is not None and time.monotonic() - seen < LOST_FOR
+
+    def mark_lost(self) -> None:
+        self._lost_at = time.monotonic()
+
+    def answers(self, timeout: float = 3.0) -> bool:
+        """Whether the engine answers a ping within ``timeout`` (remembered ``PROBE_FOR`` s)."""
+        seen = self._probed
+        if seen is None or time.monotonic() - seen[0] > PROBE_FOR:
+            seen = self._probed = (time.monotonic(), self.ping(timeout))
+        return seen[1]
+
+    def ping(self, timeout: float = 3.0) -> bool:
+        """Whether the engine answers a ping within ``timeout`` (asked now, on a new client)."""
+        try:
+            cli = self.new_client(timeout)
+        except EngineUnavailable:
+            return False
+        try:
+            return bool(cli.ping())
+        except Exception:
+            return False
+        finally:
+            cli.close()
+
+    def __repr__(self) -> str:
+        return f"Dock({self.name!r})"
+
+
+class Docks:
+    """The engines of one runtime, each made once (thread-safe)."""
+
+    def __init__(self, timeout: float | None = None) -> None:
+        self.timeout = timeout
+        self._made: dict[str, Dock] = {}
+        self._lock = threading.Lock()
+
+    def get(self, url: str | None) -> Dock:
+        name = DEFAULT if url in (None, "", DEFAULT) else str(url).rstrip("/")
+        with self._lock:
+            dock = self._made.get(name)
+            if dock is None:
+                dock = self._made[name] = Dock(name, self.timeout)
+        return dock
+
+
+def dock_of(cli: Any) -> Dock:
+    """The ``Dock`` a client was made by (a client made elsewhere, e.g. a test's: a ``Dock``
+    of its own, made once)."""
+    if isinstance(cli, Dock):
+        return cli
+    dock = getattr(cli, "_logist_dock", None)
+    if dock is None:
+        base = str(getattr(getattr(cli, "api", None), "base_url", "") or "")
+        dock = Dock(base if base.startswith(("tcp://", "ssh://")) else None)
+        with contextlib.suppress(AttributeError):
+            cli._logist_dock = dock
+    return dock
+
+
+_REASONS = (
+    ("FileNotFoundError", "no socket there (is the engine running?)"),
+    ("No such file", "no socket there (is the engine running?)"),
+    ("ConnectionRefusedError", "connection refused"),
+    ("Connection refused", "connection refused"),
+    ("Connection aborted", "the connection was lost (engine stopped?)"),
+    ("RemoteDisconnected", "the connection was lost (engine stopped?)"),
+    ("No route to host", "no route to its host (is it down?)"),
+    ("Read timed out", "the engine did not answer in time"),
+    ("timed out", "the engine did not answer in time"),
+)
+
+
+def reason(exc: BaseException) -> str:
+    """Why a call found no engine, in a few words."""
+    text = str(exc)
+    for marker, why in _REASONS:
+        if marker in text:
+            return why
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def one_line(text: object) -> str:
+    lines = str(text or "").strip().splitlines()
+    return lines[0][:300] if lines else "no explanation"

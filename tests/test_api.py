@@ -1,0 +1,183 @@
+"""The Python API (contract v3, "Python API"): ``logist.Runtime`` in-process, errors carrying the
+CLI's exit codes, ``on_output``, several runtimes side by side in threads, and docs/api.md's
+example run as written."""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+
+import pytest
+
+import logist
+from tests.helpers import git, make_repo, wait_for
+
+STEP_IMAGE = "logist/step:latest"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def rt(jobs_root: Path) -> logist.Runtime:
+    return logist.Runtime(jobs_dir=jobs_root, notify=lambda msg: None)
+
+
+# --- no engine -----------------------------------------------------------------------------
+
+
+def test_usage_errors_raise_logist_errors_with_exit_code_2(rt, source_repo):
+    with pytest.raises(logist.UsageError) as bad_id:
+        rt.create("../x", repo=str(source_repo), image=STEP_IMAGE, steps=["true"])
+    assert bad_id.value.exit_code == 2 and "job id" in str(bad_id.value)
+    with pytest.raises(logist.UsageError, match="unknown spec key 'colour'"):
+        rt.create(repo=str(source_repo), image=STEP_IMAGE, steps=["true"], colour="red")
+    with pytest.raises(logist.JobNotFound) as missing:
+        rt.status("nope")
+    assert missing.value.exit_code == 2
+    with pytest.raises(logist.UsageError):
+        logist.Runtime(jobs_dir=rt.jobs_dir, engines=["ftp://x"])
+    assert rt.list() == []  # nothing was stored by the refused creations
+
+
+def test_create_takes_the_yaml_specs_keys_and_returns_the_id(rt, source_repo):
+    job_id = rt.create(
+        "api-keys",
+        repo=str(source_repo),
+        image=STEP_IMAGE,
+        steps=["true", {"name": "two", "run": "echo 2", "timeout": 5}],
+        env={"A": "1"},
+        resources={"memory": "256m", "pids": 64},
+        cleanup="never",
+    )
+    assert job_id == "api-keys"
+    view = rt.status(job_id)
+    assert view["state"] == "pending"
+    assert [s["name"] for s in view["steps"]] == [None, "two"]
+    assert rt.logs(job_id) == b""  # no step ran yet
+    assert [v["id"] for v in rt.list(containers=False)] == ["api-keys"]
+
+
+def test_runtimes_keep_their_own_roots_and_engines(tmp_path, monkeypatch):
+    monkeypatch.delenv("LOGIST_ENGINES", raising=False)
+    a = logist.Runtime(tmp_path / "a", engines=["tcp://127.0.0.1:1"])
+    b = logist.Runtime(tmp_path / "b")
+    assert (a.jobs_dir, b.jobs_dir) == (tmp_path / "a", tmp_path / "b")
+    assert a.engines == ["tcp://127.0.0.1:1"] and b.engines == ["default"]
+
+
+# --- the engine ----------------------------------------------------------------------------
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+def test_run_returns_the_status_dict_and_streams_masked_output(rt, source_repo, monkeypatch):
+    monkeypatch.setenv("API_TOKEN", "s3cr3t-value")
+    chunks: list[tuple[int, bytes]] = []
+    job_id = rt.create(
+        repo=str(source_repo),
+        image=STEP_IMAGE,
+        steps=["echo one; echo $API_TOKEN", "echo two > two.txt"],
+        secrets=["API_TOKEN"],
+        network="none",
+    )
+    view = rt.run(job_id, on_output=lambda step, chunk: chunks.append((step, chunk)))
+    assert view["state"] == "succeeded"
+    assert [s["state"] for s in view["steps"]] == ["succeeded", "succeeded"]
+    assert view["result"]["branch"] == f"logist/{job_id}"
+    assert git(source_repo, "show", f"logist/{job_id}:two.txt").strip() == "two"
+    said = b"".join(c for step, c in chunks if step == 1)
+    assert said == b"one\n***\n"
+    assert rt.logs(job_id, step=1) == b"one\n***\n"
+    assert view == rt.status(job_id)
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+def test_a_failed_step_is_a_result_and_an_environment_problem_raises_exit_3(rt, source_repo):
+    failing = rt.create(repo=str(source_repo), image=STEP_IMAGE, steps=["exit 7", "true"])
+    view = rt.run(failing)
+    assert view["state"] == "failed"
+    assert [(s["state"], s["exit_code"]) for s in view["steps"]] == [
+        ("failed", 7),
+        ("pending", None),
+    ]
+    missing = rt.create(
+        repo=str(source_repo), image="logist/absent:nope", steps=["true"], pull="never"
+    )
+    with pytest.raises(logist.EnvironmentProblem) as problem:
+        rt.run(missing)
+    assert problem.value.exit_code == 3
+    assert isinstance(problem.value, logist.ImageMissing)
+    assert rt.status(missing)["state"] == "pending"  # nothing ran: it can run later
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+def test_step_runs_one_step_and_cancel_cleanup_and_sweep_return_reports(rt, source_repo):
+    job_id = rt.create(
+        repo=str(source_repo), image=STEP_IMAGE, steps=["echo a > a.txt", "true"], cleanup="never"
+    )
+    view = rt.step(job_id)
+    assert view["state"] == "pending"
+    assert [s["state"] for s in view["steps"]] == ["succeeded", "pending"]
+    assert view["workspace"]["state"] == "ready"
+    canceled = rt.cancel(job_id, grace=0)
+    assert canceled["state"] == "canceled"
+    report = rt.cleanup(job_id)
+    assert [c["job"] for c in report["cleaned"]] == [job_id]
+    assert rt.status(job_id)["workspace"]["state"] == "removed"
+    swept = rt.sweep(older_than="0s")
+    assert swept["failed"] == [] and swept["cleaned"] == []
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(240)
+def test_two_runtimes_in_threads_interrupting_one_leaves_the_other_running(tmp_path):
+    """Nothing is global: each runtime has its own root and its own interruption."""
+    src = make_repo(tmp_path / "src")
+    roots = [tmp_path / "jobs-a", tmp_path / "jobs-b"]
+    a, b = (logist.Runtime(r, notify=lambda msg: None) for r in roots)
+    step = (  # a run after the interruption finds `started` harvested, and is done at once
+        "[ -e started ] && exit 0; touch started; i=0; "
+        "while [ $i -lt 100 ]; do [ -e /workspace/go ] && exit 0; i=$((i+1)); sleep 0.1; done"
+    )
+    ids = [
+        rt.create(repo=str(src), image=STEP_IMAGE, steps=[step], network="none") for rt in (a, b)
+    ]
+    views: dict[str, dict] = {}
+    errors: list[BaseException] = []
+
+    def run(rt, job_id):
+        try:
+            views[job_id] = rt.run(job_id)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=pair) for pair in zip((a, b), ids, strict=True)]
+    for t in threads:
+        t.start()
+    for root, job_id in zip(roots, ids, strict=True):
+        wait_for(lambda r=root, j=job_id: (r / j / "workspace" / "started").exists(), 60, "starts")
+    a.interrupt()
+    threads[0].join(timeout=60)
+    assert views[ids[0]]["state"] == "interrupted"
+    (roots[1] / ids[1] / "workspace" / "go").touch()
+    threads[1].join(timeout=60)
+    assert not errors, errors
+    assert views[ids[1]]["state"] == "succeeded"
+    assert [v["id"] for v in a.list()] == [ids[0]] and [v["id"] for v in b.list()] == [ids[1]]
+    assert a.run(ids[0])["state"] == "succeeded"  # resumes: a later run is not interrupted
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+def test_the_example_of_docs_api_md_runs_as_written(tmp_path, capsys):
+    text = (REPO_ROOT / "docs" / "api.md").read_text()
+    example = re.search(r"```python\n(.*?)```", text, re.S)
+    assert example is not None, "docs/api.md has no python example"
+    src = make_repo(tmp_path / "src", {"README.md": "teh typo\n"})
+    code = example.group(1).replace("/srv/src", str(src)).replace("/srv/jobs", str(tmp_path / "j"))
+    exec(compile(code, "docs/api.md", "exec"), {"__name__": "example"})
+    out = capsys.readouterr().out
+    assert "succeeded" in out
+    assert git(src, "show", "logist/fix-typo:README.md") == "the typo\n"
