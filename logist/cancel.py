@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 from logist.errors import CancelPending, InvalidTransition, JobActive, LogistError
+from logist.jobrun import JobRun
 from logist.store import Store, drop_cancel_request, read_owner, request_cancel
 
 if TYPE_CHECKING:
@@ -33,8 +34,8 @@ def cancel(store: Store, job_id: str, wait: float = 60.0, grace: float = STOP_GR
     if job.terminal:
         raise InvalidTransition(f"job {job_id} is {job.state}; there is nothing to cancel")
     try:
-        with store.lock(job_id, timeout=0):  # a probe: an owner holds it for the whole run
-            return _cancel_locked(store, job_id, grace)
+        with JobRun.open(store, job_id, timeout=0) as run:  # a probe: an owner holds it
+            return _cancel_owned(run, grace)
     except JobActive:
         pass
     request_cancel(store.job_dir(job_id))  # first: the owner acts on it at once
@@ -58,38 +59,38 @@ def _owned(store: Store, job_id: str, wait: float, grace: float) -> JobResult:
             f"({read_owner(store.job_dir(job_id)) or 'unknown'}) still runs after {wait:g}s; "
             "it stops at its next step"
         )
-    with store.lock(job_id, timeout=LOCK_WAIT):  # the owner is gone: finish what it left
-        if not store.load(job_id).terminal:
-            return _cancel_locked(store, job_id, 0)
+    with JobRun.open(store, job_id, timeout=LOCK_WAIT) as run:  # the owner is gone
+        if not run.job.terminal:  # finish what it left
+            return _cancel_owned(run, 0)
     job = store.load(job_id)
     cli = store.docks.get(job.engine).client()
     containers.stop_and_remove(containers.find(cli, store.root, job_id), grace=0)
     return JobResult(job=job)
 
 
-def _cancel_locked(store: Store, job_id: str, grace: float) -> JobResult:
-    """Cancel a job nobody runs, under its lock: containers, state, leftover harvest, cleanup."""
+def _cancel_owned(run: JobRun, grace: float) -> JobResult:
+    """Cancel a job nobody else runs (we hold its lock): containers, state, leftover harvest,
+    cleanup."""
     from logist import containers
-    from logist.cleanup import after_job, recover_dead_owner
+    from logist.cleanup import after_job
     from logist.harvest import harvest_leftover
     from logist.runner import JobResult
 
-    job = store.load(job_id)
-    recover_dead_owner(store, job)
+    job = run.job
     if job.terminal:
-        raise InvalidTransition(f"job {job_id} is {job.state}; there is nothing to cancel")
-    cli = store.docks.get(job.engine).client()
-    containers.stop_and_remove(containers.find(cli, store.root, job_id), grace=grace)
+        raise InvalidTransition(f"job {job.id} is {job.state}; there is nothing to cancel")
+    cli = run.dock.client()
+    containers.stop_and_remove(containers.find(cli, run.store.root, job.id), grace=grace)
     job.cancel()
-    store.save(job)
-    ws = store.workspace(job_id)
+    run.save()
+    ws = run.dir.workspace
     harvested = False
     if job.volume is not None or (ws.is_dir() and not ws.is_symlink()):
         try:
-            harvest_leftover(store, job, ws)
+            harvest_leftover(run)
             harvested = True
         except LogistError as exc:
             return JobResult(job=job, error=exc)
-    drop_cancel_request(store.job_dir(job_id))
-    report = after_job(store, job, harvested=harvested)  # nothing ran since that harvest
+    drop_cancel_request(run.dir.path)
+    report = after_job(run, harvested=harvested)  # nothing ran since that harvest
     return JobResult(job=job, cleanup=report)

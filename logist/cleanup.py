@@ -14,25 +14,18 @@ from logist import containers
 from logist.engines import normal
 from logist.errors import EngineUnavailable, JobActive, LogistError
 from logist.harvest import harvest_leftover
+from logist.jobrun import JobRun
+from logist.layout import EXCHANGE, JOB_REPO, MANIFEST, JobDir
 from logist.model import (
-    INTERRUPTED,
     RUNNING,
     SUCCEEDED,
     WS_ABSENT,
     WS_REMOVED,
     WS_REMOVING,
-    Job,
     parse_time,
 )
 from logist.store import Store, is_active, owner_alive, owner_id
-from logist.workspace import (
-    JOB_REPO,
-    delete_tree,
-    has_workspace,
-    is_real_dir,
-    setup_leftovers,
-    tree_size,
-)
+from logist.workspace import delete_tree, has_workspace, is_real_dir, tree_size
 
 
 @dataclass
@@ -106,21 +99,18 @@ def _alive(pid: int) -> bool:
 
 
 def remove_workspace(
-    store: Store, job: Job, *, force: bool = False, dry_run: bool = False, harvested: bool = False
+    run: JobRun, *, force: bool = False, dry_run: bool = False, harvested: bool = False
 ) -> Report:
     """Remove ``$JOBS_DIR/<id>/workspace`` in the contract's order; the caller holds the job's
     lock. Never raises for what is left behind: the report names it (``ok`` is False)."""
     start = time.monotonic()
+    job = run.job
     report = Report(job=job.id)
-    job_dir = store.job_dir(job.id)
-    ws = job_dir / "workspace"
     try:
         if job.volume is not None:
-            _remove_volume(store, job, job_dir, report, dry_run=dry_run, harvested=harvested)
+            _remove_volume(run, report, dry_run=dry_run, harvested=harvested)
         else:
-            _remove(
-                store, job, ws, job_dir, report, force=force, dry_run=dry_run, harvested=harvested
-            )
+            _remove(run, report, force=force, dry_run=dry_run, harvested=harvested)
     except LogistError as exc:
         if exc.exit_code == 3:
             raise
@@ -130,25 +120,19 @@ def remove_workspace(
         job.leftovers = report.left_behind + ([report.error] if report.error else [])
         if report.workspace_removed or report.nothing_to_clean:
             job.workspace_state = WS_REMOVED if job.workspace_state != WS_ABSENT else WS_ABSENT
-        store.save(job)
+        run.save()
     return report
 
 
 def _remove(
-    store: Store,
-    job: Job,
-    ws: Path,
-    job_dir: Path,
-    report: Report,
-    *,
-    force: bool,
-    dry_run: bool,
-    harvested: bool = False,
+    run: JobRun, report: Report, *, force: bool, dry_run: bool, harvested: bool = False
 ) -> None:
-    leftovers = _remove_setup_leftovers(job_dir, report, dry_run)
+    job, store = run.job, run.store
+    job_dir, ws = run.dir.path, run.dir.workspace
+    leftovers = _remove_setup_leftovers(run.dir, report, dry_run)
     exists = os.path.lexists(ws)
     # 1. containers: labelled with the job, or with the workspace mounted
-    cli = store.docks.get(job.engine).client()
+    cli = run.dock.client()
     found = {c.id: c for c in containers.find(cli, store.root, job.id)}
     if exists:
         found.update({c.id: c for c in containers.mounting(cli, ws)})
@@ -184,14 +168,14 @@ def _remove(
         return
     # 3. harvest what is not yet in the job branch (raises: the workspace is kept)
     if not harvested:
-        harvest_leftover(store, job, ws)
+        harvest_leftover(run)
     job.workspace_state = WS_REMOVING  # from here on, the manifest's record is the work
-    store.save(job)
+    run.save()
     # 4. delete, through a root helper container for files of another uid
     result = delete_tree(ws, job_dir)
     report.bytes_freed = result.bytes_freed
     if result.foreign:
-        report.bytes_freed += _delete_as_root(cli, store, job, job_dir)
+        report.bytes_freed += _delete_as_root(cli, run)
         result = delete_tree(ws, job_dir)
         report.bytes_freed += result.bytes_freed
     # 5. what is still there is named
@@ -203,26 +187,25 @@ def _remove(
         _remove_job_repo(job_dir, report)
 
 
-def _remove_setup_leftovers(job_dir: Path, report: Report, dry_run: bool) -> list[Path]:
+def _remove_setup_leftovers(paths: JobDir, report: Report, dry_run: bool) -> list[Path]:
     """Half-made clones (and archives) of a killed setup, on this host: nothing to harvest.
     Removed (unless ``dry_run``) into ``report``; returned either way."""
-    leftovers = setup_leftovers(job_dir)
+    leftovers = paths.setup_leftovers()
     if not dry_run:
         for tmp in leftovers:
-            result = delete_tree(tmp, job_dir, allow_tmp=True)
+            result = delete_tree(tmp, paths.path, allow_tmp=True)
             report.bytes_freed += result.bytes_freed
             report.left_behind += result.foreign + result.stuck
     return leftovers
 
 
-def _remove_volume(
-    store: Store, job: Job, job_dir: Path, report: Report, *, dry_run: bool, harvested: bool
-) -> None:
+def _remove_volume(run: JobRun, report: Report, *, dry_run: bool, harvested: bool) -> None:
     """``_remove`` for a workspace that is a named volume on the job's engine: containers, the
     harvest, then the volume (retried while the engine still calls it in use)."""
+    job, store, job_dir = run.job, run.store, run.dir.path
     assert job.volume is not None
-    leftovers = _remove_setup_leftovers(job_dir, report, dry_run)
-    dock = store.docks.get(job.engine)
+    leftovers = _remove_setup_leftovers(run.dir, report, dry_run)
+    dock = run.dock
     cli = dock.client()
     found = {c.id: c for c in containers.find(cli, store.root, job.id)}
     exists = containers.volume_exists(cli, job.volume)
@@ -238,9 +221,9 @@ def _remove_volume(
         report.workspace_removed = bool(leftovers) and not report.left_behind
         return
     if not harvested:
-        harvest_leftover(store, job, job_dir / "workspace")
+        harvest_leftover(run)
     job.workspace_state = WS_REMOVING
-    store.save(job)
+    run.save()
     # a container of the job started meanwhile (never by logist: the lock is ours) goes too
     containers.stop_and_remove(containers.using_volume(cli, job.volume), grace=0)
     report.workspace_removed = containers.remove_volume(cli, job.volume)
@@ -255,34 +238,36 @@ def _remove_volume(
 def _remove_job_repo(job_dir: Path, report: Report) -> None:
     """logist's repository of the job and the helper's exchange directory go with the
     workspace: ``result.bundle`` holds the work (a resume rebuilds the repository from it)."""
-    for name in (JOB_REPO, ".exchange"):
-        if os.path.lexists(job_dir / name):
-            result = delete_tree(job_dir / name, job_dir)
+    for path in (job_dir / JOB_REPO, job_dir / EXCHANGE):
+        if os.path.lexists(path):
+            result = delete_tree(path, job_dir)
             report.left_behind += result.foreign + result.stuck
 
 
-def _delete_as_root(cli, store: Store, job: Job, job_dir: Path) -> int:
+def _delete_as_root(cli, run: JobRun) -> int:
     """Remove the workspace from a short-lived root container that mounts the job directory."""
-    before = tree_size(job_dir / "workspace")
+    job, job_dir = run.job, run.dir.path
+    before = tree_size(run.dir.workspace)
     containers.run_as_root(
         cli,
         images=(containers.BUSYBOX, job.image),
         command=["rm", "-rf", "/job/workspace"],
         job_id=job.id,
-        jobs_root=store.root,
+        jobs_root=run.store.root,
         owner=owner_id(),
         host_path=job_dir,
         mount_at="/job",
     )
-    return max(before - tree_size(job_dir / "workspace"), 0)
+    return max(before - tree_size(run.dir.workspace), 0)
 
 
-def after_job(store: Store, job: Job, *, harvested: bool = False) -> Report | None:
+def after_job(run: JobRun, *, harvested: bool = False) -> Report | None:
     """Apply the job's cleanup policy once it has stopped running; None when it keeps all.
     ``harvested``: the caller harvested after the last step, under the lock it still holds."""
+    job = run.job
     if job.cleanup == "never" or (job.cleanup == "on-success" and job.state != SUCCEEDED):
         return None
-    return remove_workspace(store, job, harvested=harvested)
+    return remove_workspace(run, harvested=harvested)
 
 
 def orphan_predicate(store: Store):
@@ -291,7 +276,7 @@ def orphan_predicate(store: Store):
 
     def is_orphan(labels: dict[str, str]) -> bool:
         job_dir = store.root / labels.get(containers.JOB, "")
-        return not (job_dir / "job.json").is_file() or not owner_alive(labels.get(containers.OWNER))
+        return not (job_dir / MANIFEST).is_file() or not owner_alive(labels.get(containers.OWNER))
 
     return is_orphan
 
@@ -323,7 +308,7 @@ def _reap_orphan_volumes(cli, store: Store, engine: str, dry_run: bool) -> int:
     for volume in containers.find_volumes(cli, store.root):
         job_id = (volume.attrs.get("Labels") or {}).get(containers.JOB, "")
         job_dir = store.root / job_id
-        if job_id and (job_dir / "job.json").is_file():
+        if job_id and (job_dir / MANIFEST).is_file():
             if is_active(job_dir):
                 continue
             try:
@@ -337,16 +322,6 @@ def _reap_orphan_volumes(cli, store: Store, engine: str, dry_run: bool) -> int:
             containers.stop_and_remove(containers.using_volume(cli, volume.name), grace=0)
             containers.remove_volume(cli, volume.name)
     return count
-
-
-def recover_dead_owner(store: Store, job: Job) -> bool:
-    """A job recorded running while we hold its lock has lost its owner: mark it interrupted
-    and its running step pending again. The caller holds the job's lock."""
-    if job.state != RUNNING:
-        return False
-    job.stop_running(INTERRUPTED, "the logist process that ran this job died")
-    store.save(job)
-    return True
 
 
 def sweep(store: Store, older_than: float, *, engines: list[str], dry_run: bool = False) -> dict:
@@ -387,7 +362,7 @@ def _sweep_job(
     peek = store.load(job_id)
     if peek.engine is not None and normal(peek.engine) not in engines:
         engines.append(normal(peek.engine))  # its engine's orphans are swept too
-    if not _has_workspace(store, peek) and peek.state != RUNNING:
+    if not _has_workspace(JobRun(store, peek)) and peek.state != RUNNING:
         return
     if len(engines) > 1 and peek.volume is not None and not store.docks.get(peek.engine).answers():
         raise EngineUnavailable(f"the engine at {peek.engine} does not answer")
@@ -396,8 +371,10 @@ def _sweep_job(
     if not idle and peek.state != RUNNING and not peek.leftovers:
         out["skipped"].append({"job": job_id, "reason": "recent"})
         return
-    with store.lock(job_id, timeout=0.2):
-        _sweep_one(store, job_id, dry_run, out)
+    with JobRun.open(store, job_id, timeout=0.2, recover=not dry_run) as run:
+        # loaded again, under the lock: another sweep may have been first
+        if _has_workspace(run):
+            record(out, remove_workspace(run, dry_run=dry_run))
 
 
 CLEANED_FIELDS = ("job", "workspace_removed", "containers_removed", "bytes_freed", "seconds")
@@ -413,22 +390,12 @@ def record(out: dict, report: Report, containers_count: bool = False) -> None:
         out["cleaned"].append({k: getattr(report, k) for k in CLEANED_FIELDS})
 
 
-def _sweep_one(store: Store, job_id: str, dry_run: bool, out: dict) -> None:
-    job = store.load(job_id)  # again, under the lock: another sweep may have been first
-    ws_there = _has_workspace(store, job)
-    if not dry_run:
-        recover_dead_owner(store, job)
-    if not ws_there:
-        return
-    record(out, remove_workspace(store, job, dry_run=dry_run))
-
-
-def _has_workspace(store: Store, job: Job) -> bool:
+def _has_workspace(run: JobRun) -> bool:
     """Whether the job may have a workspace: in its directory, or a volume it names that no
     cleanup has removed yet (only the engine can tell for sure)."""
-    if has_workspace(store.job_dir(job.id)):
+    if has_workspace(run.dir):
         return True
-    return job.volume is not None and job.workspace_state != WS_REMOVED
+    return run.job.volume is not None and run.job.workspace_state != WS_REMOVED
 
 
 def step_containers(store: Store, job_id: str) -> list:
@@ -463,14 +430,10 @@ def _cleanup_one(store: Store, job_id: str, *, force: bool, dry_run: bool, wait:
             containers.stop_and_remove(step_containers(store, job_id))
             timeout = wait
     out: dict = {"cleaned": [], "skipped": [], "failed": [], "orphans_removed": 0}
-    if dry_run and is_active(job_dir):
-        job = store.load(job_id)
-        report = remove_workspace(store, job, dry_run=True)
+    if dry_run and is_active(job_dir):  # a look at a job another process owns: no writes
+        report = remove_workspace(JobRun(store, store.load(job_id)), dry_run=True)
     else:
-        with store.lock(job_id, timeout=timeout):
-            job = store.load(job_id)
-            if not dry_run:
-                recover_dead_owner(store, job)
-            report = remove_workspace(store, job, force=force, dry_run=dry_run)
+        with JobRun.open(store, job_id, timeout=timeout, recover=not dry_run) as run:
+            report = remove_workspace(run, force=force, dry_run=dry_run)
     record(out, report, containers_count=True)
     return out

@@ -17,11 +17,12 @@ from pathlib import Path
 
 from logist import gitops, intake, notes
 from logist.errors import GitError, HarvestFailed, LogistError
+from logist.jobrun import JobRun
+from logist.layout import JobDir
 from logist.model import WS_REMOVING, Job
 from logist.sandbox import HarvestOutput, Sandbox
 from logist.spec import is_url
-from logist.store import Store
-from logist.workspace import JOB_REPO, is_real_dir
+from logist.workspace import is_real_dir
 
 _BUNDLE_NAME = re.compile(r"[0-9a-f]{16}\.bundle")
 _REF_PART = re.compile(r"[A-Za-z0-9_+=@,-][A-Za-z0-9_.+=@,-]*")
@@ -34,8 +35,7 @@ def _stderr(msg: str) -> None:
 
 
 def harvest(
-    store: Store,
-    job: Job,
+    run: JobRun,
     sandbox: Sandbox,
     label: str,
     notify: Notify = _stderr,
@@ -46,6 +46,7 @@ def harvest(
     it into logist's repository and record it; return the job branch's commit. ``last``: no
     step follows, so the helper's removal starts as soon as it has answered.
     Raises ``HarvestFailed`` (exit 4: the workspace must be kept)."""
+    job = run.job
     previous = job.harvested_commit or job.base_commit
     assert previous is not None
     message = f"logist: {job.id} {label}"
@@ -55,23 +56,23 @@ def harvest(
         sandbox.release()
     for warning in out.warnings:
         notify(f"logist: {job.id}: warning: {warning}")
-    commit = accept(store, job, sandbox.exchange, out, previous)
+    commit = accept(run, out, previous)
     job.harvested_commit = commit
-    store.save(job)  # the commit, and the step's end the caller recorded
+    run.save()  # the commit, and the step's end the caller recorded
     if not done:
         for warning in sandbox.write_back(commit):
             notify(f"logist: {job.id}: {warning}")
     return commit
 
 
-def accept(store: Store, job: Job, exchange: Path, out: HarvestOutput, previous: str) -> str:
+def accept(run: JobRun, out: HarvestOutput, previous: str) -> str:
     """Check what a helper handed back and take it into the job's repository."""
-    repo = store.job_dir(job.id) / JOB_REPO
+    job, repo = run.job, run.dir.repo
     commit = out.commit or ""
     if not gitops.is_oid(commit):
         raise HarvestFailed("harvest refused: the helper named no commit")
     if out.bundle is not None:
-        copy = _copy_out(exchange, out.bundle, store.job_dir(job.id))
+        copy = _copy_out(run.dir, out.bundle)
         try:
             intake.index_bundle(repo, copy, job.limits)
         except GitError as exc:
@@ -114,11 +115,11 @@ def _kept_ref_ok(name: str, prefix: str) -> bool:
     )
 
 
-def _copy_out(exchange: Path, name: str, job_dir: Path) -> Path:
+def _copy_out(job_dir: JobDir, name: str) -> Path:
     """Copy a bundle out of the exchange directory: no symlink followed, a regular file only."""
     if not _BUNDLE_NAME.fullmatch(name):
         raise HarvestFailed("harvest refused: the helper named a strange bundle")
-    dir_fd = os.open(exchange, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    dir_fd = os.open(job_dir.exchange, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         try:
             src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
@@ -127,7 +128,7 @@ def _copy_out(exchange: Path, name: str, job_dir: Path) -> Path:
         try:
             if not stat.S_ISREG(os.fstat(src).st_mode):
                 raise HarvestFailed("harvest refused: the bundle is not a regular file")
-            dest = job_dir / f".incoming-{name}"
+            dest = job_dir.incoming(name)
             with open(dest, "wb") as fh:
                 while chunk := os.read(src, 1 << 20):
                     fh.write(chunk)
@@ -139,14 +140,13 @@ def _copy_out(exchange: Path, name: str, job_dir: Path) -> Path:
     return dest
 
 
-def finish(store: Store, job: Job) -> None:
+def finish(run: JobRun) -> None:
     """Write ``result.bundle`` from logist's repository and, for a local source, set the
     source's ``logist/<id>`` (under a per-source lock, retried on git's lock files; objects
     fsck'd on the way in). Idempotent."""
-    repo = store.job_dir(job.id) / JOB_REPO
+    job, repo, bundle = run.job, run.dir.repo, run.dir.result
     if not is_real_dir(repo) or job.harvested_commit is None:
         return
-    bundle = store.job_dir(job.id) / "result.bundle"
     kept = gitops.refs(repo, f"refs/logist/{job.id}/")
     names = [f"refs/heads/{job.branch}", *sorted(kept)]
     state = job.harvested_commit
@@ -163,13 +163,13 @@ def finish(store: Store, job: Job) -> None:
     if not is_url(job.repo) and job.result_branch is None:
         source = Path(job.repo)
         try:
-            lock = store.private_dir("locks") / f"source-{gitops.source_key(job.repo)}.lock"
+            lock = run.store.private_dir("locks") / f"source-{gitops.source_key(job.repo)}.lock"
             with gitops.file_lock(lock):
                 gitops.publish_branch(source, repo, job.branch)
             job.result_branch = job.branch
         except GitError as exc:
             job.error = f"could not set {job.branch} in {source}: {exc}"
-    store.save(job)
+    run.save()
 
 
 def last_started_step(job: Job) -> int | None:
@@ -177,27 +177,25 @@ def last_started_step(job: Job) -> int | None:
     return max(started) if started else None
 
 
-def harvest_leftover(store: Store, job: Job, ws: Path, notify: Notify = _stderr) -> None:
+def harvest_leftover(run: JobRun, notify: Notify = _stderr) -> None:
     """Before a workspace goes: commit what is not yet in the job branch (in a helper of its
     own), then ``finish``. Raises ``LogistError`` (exit 4: the workspace must be kept) when
     that fails."""
+    job = run.job
     if job.workspace_state == WS_REMOVING:
         return  # an earlier cleanup harvested, then began deleting: the record is the work
     if (job.harvested_commit or job.base_commit) is None:
         return
     from logist.workspace import ensure_job_repo, present
 
-    if job.volume is None and not is_real_dir(ws):
+    if not present(run):
         return
-    if job.volume is not None and not present(store, job):
-        return
-
     try:
-        ensure_job_repo(store, job)
+        ensure_job_repo(run)
         n = last_started_step(job)
-        with Sandbox(store, job) as sandbox:
+        with Sandbox(run) as sandbox:
             label = f"step {n}" if n else "setup"
-            harvest(store, job, sandbox, label, notify, write_back=False)
-        finish(store, job)
+            harvest(run, sandbox, label, notify, write_back=False)
+        finish(run)
     except (GitError, HarvestFailed) as exc:
         raise LogistError(f"harvest failed, workspace kept: {exc}", exit_code=4) from None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from logist import containers, output, podman, volumes
-from logist.cleanup import Report, after_job, reap_orphans, recover_dead_owner
+from logist.cleanup import Report, after_job, reap_orphans
 from logist.container_spec import DEFAULT_CAPS, ContainerSpec
 from logist.engines import Placer, uses_volumes
 from logist.errors import (
@@ -27,6 +27,7 @@ from logist.errors import (
     WorkspaceUnseen,
 )
 from logist.harvest import finish, harvest, harvest_leftover
+from logist.jobrun import JobRun
 from logist.model import (
     CANCELED,
     FAILED,
@@ -52,7 +53,7 @@ from logist.store import (
     owner_id,
 )
 from logist.streams import ListenerFactory, SecretMask, StepOutput
-from logist.workspace import make_writable_for, setup_workspace
+from logist.workspace import make_writable_for, prepare_workspace
 
 LOCK_WAIT = 1.0  # seconds to wait for a job's lock before calling it active
 
@@ -130,33 +131,33 @@ class Runner:
         store = self.store
         asked_from = time.time()  # cancel requests older than this were for an earlier run
         try:
-            with store.lock(job_id, timeout=LOCK_WAIT):
-                job = store.load(job_id)
+            with JobRun.open(store, job_id, timeout=LOCK_WAIT) as run:
                 try:
-                    return self._run_locked(job, max_steps, asked_from)
+                    return self._run_locked(run, max_steps, asked_from)
                 except LogistError as exc:
-                    return JobResult(job=job, error=exc)
+                    return JobResult(job=run.job, error=exc)
         except LogistError as exc:
             job = store.load(job_id) if store.exists(job_id) else None
             return JobResult(job=job, error=exc)  # type: ignore[arg-type]
 
-    def _run_locked(self, job: Job, max_steps: int | None, asked_from: float) -> JobResult:
-        recover_dead_owner(self.store, job)
+    def _run_locked(self, run: JobRun, max_steps: int | None, asked_from: float) -> JobResult:
+        job = run.job
         if job.state not in RUNNABLE:
             raise InvalidTransition(
                 f"job {job.id} is {job.state}; only pending or interrupted jobs can run"
             )
         engine = self.placer.acquire(job.engine)
         try:
-            self._place(job, engine)
-            return self._run_placed(job, max_steps, asked_from)
+            self._place(run, engine)
+            return self._run_placed(run, max_steps, asked_from)
         finally:
             self.placer.release(engine)
 
-    def _place(self, job: Job, engine: str) -> None:
+    def _place(self, run: JobRun, engine: str) -> None:
         """Record the job's engine (and, where the engine does not share our file system, its
         workspace volume). A job whose engine stopped answering resumes elsewhere from its last
         harvest: its old workspace is left to the sweep."""
+        job = run.job
         if job.engine == engine:
             return
         if job.engine is not None:
@@ -168,32 +169,31 @@ class Runner:
                 job.workspace_state = WS_ABSENT
         job.engine = engine
         job.volume = volumes.new_name(job.id) if uses_volumes(engine) else None
-        self.store.save(job)
+        run.save()
 
-    def _run_placed(self, job: Job, max_steps: int | None, asked_from: float) -> JobResult:
-        store = self.store
+    def _run_placed(self, run: JobRun, max_steps: int | None, asked_from: float) -> JobResult:
+        job = run.job
         # a ready workspace a step of this job already ran in (not a resume): the engine was
         # shown to see it then, so the helper may start while the next step runs
         seen = (
             job.state == PENDING and job.workspace_state == WS_READY and bool(job.harvested_commit)
         )
-        job_dir = store.job_dir(job.id)
+        job_dir = run.dir.path
         drop_cancel_request(job_dir, before=asked_from)  # a request for an earlier run
         job.move(RUNNING)
         job.error = None
-        store.save(job)
+        run.save()
         ws: Path | None = None
         ran = 0
         rejected: Rejected | None = None
         finished = False  # result.bundle and the source's branch written (while the helper goes)
         try:
-            rejected = self._check_secrets(job)  # before any container, the helper's included
+            rejected = self._check_secrets(run)  # before any container, the helper's included
             if rejected is not None:
-                return self._concluded(job, None, rejected)
-            ws = setup_workspace(store, job.id)
-            job = store.load(job.id)
-            make_writable_for(store, job, ws)
-            with Sandbox(store, job, should_stop=self.interrupt.is_set) as sandbox:
+                return self._concluded(run, None, rejected)
+            ws = prepare_workspace(run)
+            make_writable_for(run, ws)
+            with Sandbox(run, should_stop=self.interrupt.is_set) as sandbox:
                 if seen:
                     sandbox.start_in_background()
                 else:
@@ -211,7 +211,7 @@ class Runner:
                     if self.progress:
                         self.progress.step_started(job, step)
                     try:
-                        self._run_step(job, step, ws, asked_from)
+                        self._run_step(run, step, ws, asked_from)
                     except Rejected as exc:  # the user's input, not the environment: job failed
                         job.move(FAILED)
                         job.error, rejected = str(exc), exc
@@ -224,7 +224,7 @@ class Runner:
                         or job.next_step() is None
                         or (max_steps is not None and ran >= max_steps)
                     )
-                    harvest(store, job, sandbox, f"step {step.index}", self.notify, last=last)
+                    harvest(run, sandbox, f"step {step.index}", self.notify, last=last)
                     if step.state == SUCCEEDED:
                         continue
                     if step.state in (FAILED, TIMED_OUT):
@@ -236,50 +236,51 @@ class Runner:
                     break
                 if job.state == RUNNING:
                     job.move(SUCCEEDED if job.next_step() is None else PENDING)
-                store.save(job)
+                run.save()
                 if job.terminal:  # while the helper is being removed; else after, below
                     with contextlib.suppress(LogistError):
-                        finish(store, job)
+                        finish(run)
                         finished = True
         except HarvestFailed as exc:  # refused work: kept in its workspace, never cleaned up
             if job.state == RUNNING:
                 job.move(FAILED)
             job.error = str(exc)
-            store.save(job)
-            finish(store, job)  # what was accepted before lands
+            run.save()
+            finish(run)  # what was accepted before lands
             self.notify(f"logist: {job.id}: {exc}; workspace kept: {ws}")
             return JobResult(job=job, error=exc)
         except (ImageMissing, WorkspaceUnseen) as exc:  # nothing ran: try again later
-            self._back_to_pending(job, PENDING, str(exc))
+            self._back_to_pending(run, PENDING, str(exc))
             raise
         except LogistError as exc:
             if exc.exit_code == 3:  # the engine (or the disk) went away: resumable
-                self._back_to_pending(job, INTERRUPTED, str(exc))
+                self._back_to_pending(run, INTERRUPTED, str(exc))
                 if ws is not None:
-                    if not store.docks.get(job.engine).lost():  # found gone: not waited on
+                    if not run.dock.lost():  # an engine just found gone is not waited on
                         with contextlib.suppress(LogistError):
-                            harvest_leftover(store, job, ws)  # needs the engine: may fail
+                            harvest_leftover(run)  # needs the engine: may fail
                     with contextlib.suppress(LogistError):
-                        finish(store, job)  # host only: what was harvested lands
+                        finish(run)  # host only: what was harvested lands
                 raise
-            return self._failed(job, ws, exc)  # permanent: a refused setting, a bad ref, git
+            return self._failed(run, ws, exc)  # permanent: a refused setting, a bad ref, git
         except BaseException as exc:
             if job.state == RUNNING:
-                self._back_to_pending(job, INTERRUPTED, f"{type(exc).__name__}: {exc}")
+                self._back_to_pending(run, INTERRUPTED, f"{type(exc).__name__}: {exc}")
             raise
-        return self._concluded(job, ws, rejected, finished)
+        return self._concluded(run, ws, rejected, finished)
 
     def _concluded(
-        self, job: Job, ws: Path | None, rejected: Rejected | None, finished: bool = False
+        self, run: JobRun, ws: Path | None, rejected: Rejected | None, finished: bool = False
     ) -> JobResult:
         # the last harvest was made under this same lock, after the last step: nothing new
-        result = self._conclude(job, ws, harvested=ws is not None, finished=finished)
+        result = self._conclude(run, ws, harvested=ws is not None, finished=finished)
         result.error = rejected
         return result
 
-    def _check_secrets(self, job: Job) -> Rejected | None:
+    def _check_secrets(self, run: JobRun) -> Rejected | None:
         """A secret missing from logist's environment fails the next step and the job before
         anything starts (read again, for real, when each step starts)."""
+        job = run.job
         step = job.next_step()
         try:
             read_secrets(job.secrets)
@@ -288,25 +289,26 @@ class Runner:
                 raise
             step.move(RUNNING)
             step.started_at = now()
-            self._not_started(job, step, exc)
+            self._not_started(run, step, exc)
             job.move(FAILED)
             job.error = str(exc)
-            self.store.save(job)
+            run.save()
             return exc
         return None
 
     def _conclude(
-        self, job: Job, ws: Path | None, harvested: bool = False, finished: bool = False
+        self, run: JobRun, ws: Path | None, harvested: bool = False, finished: bool = False
     ) -> JobResult:
         """After the steps: bundle and land the branch (unless ``finished`` did), then clean up
         per policy. ``harvested``: the last step's work was harvested (nothing new to harvest
         first)."""
+        job = run.job
         if job.state == PENDING:  # `job step` with steps left: workspace stays ready
             return JobResult(job=job)
         if ws is not None and not finished:
-            finish(self.store, job)
-        drop_cancel_request(self.store.job_dir(job.id))
-        report = after_job(self.store, job, harvested=harvested)
+            finish(run)
+        drop_cancel_request(run.dir.path)
+        report = after_job(run, harvested=harvested)
         if report is not None and not report.ok:
             self.notify(
                 f"logist: cleanup of {job.id} incomplete: "
@@ -316,9 +318,10 @@ class Runner:
             self.progress.job_finished(job, report)
         return JobResult(job=job, cleanup=report)
 
-    def _failed(self, job: Job, ws: Path | None, exc: LogistError) -> JobResult:
+    def _failed(self, run: JobRun, ws: Path | None, exc: LogistError) -> JobResult:
         """A permanent error (retrying cannot help): the running step and the job are failed,
         the work harvested so far lands, cleanup per policy; the error is the result's."""
+        job = run.job
         for step in job.steps:
             if step.state == RUNNING:
                 step.move(FAILED)
@@ -326,40 +329,40 @@ class Runner:
         if job.state == RUNNING:
             job.move(FAILED)
         job.error = str(exc)
-        self.store.save(job)
+        run.save()
         try:
-            result = self._conclude(job, ws)
+            result = self._conclude(run, ws)
         except LogistError:
             result = JobResult(job=job)
         result.error = exc
         return result
 
-    def _back_to_pending(self, job: Job, state: str, error: str) -> None:
-        job.stop_running(state, error)
-        self.store.save(job)
+    def _back_to_pending(self, run: JobRun, state: str, error: str) -> None:
+        run.job.stop_running(state, error)
+        run.save()
 
-    def _not_started(self, job: Job, step: Step, exc: Rejected) -> Rejected:
+    def _not_started(self, run: JobRun, step: Step, exc: Rejected) -> Rejected:
         """A step that could not start for the user's input is failed (so will be the job)."""
         step.move(FAILED)
         step.error, step.finished_at = str(exc), now()
-        self.store.save(job)
+        run.save()
         return exc
 
-    def _run_step(self, job: Job, step: Step, ws: Path, asked_from: float | None = None) -> None:
+    def _run_step(self, run: JobRun, step: Step, ws: Path, asked_from: float | None = None) -> None:
         import docker
 
-        store = self.store
-        job_dir = store.job_dir(job.id)
-        log_path = job_dir / "logs" / f"step-{step.index}.log"
+        store, job = self.store, run.job
+        job_dir = run.dir.path
+        log_path = run.dir.step_log(step.index)
         step.move(RUNNING)
         step.started_at, step.finished_at, step.exit_code, step.error = now(), None, None, None
         step.log = str(log_path)
-        store.save(job)
+        run.save()
         try:
             secrets = read_secrets(job.secrets)  # now, and before any container exists
         except Rejected as exc:
-            raise self._not_started(job, step, exc) from None
-        cli = store.docks.get(job.engine).client()
+            raise self._not_started(run, step, exc) from None
+        cli = run.dock.client()
         image = step.image or job.image
         containers.ensure_image(cli, image, job.pull)
         env = {
@@ -403,7 +406,7 @@ class Runner:
         try:
             container = containers.create(cli, spec)
         except Rejected as exc:  # a setting the engine refused (4xx)
-            raise self._not_started(job, step, exc) from None
+            raise self._not_started(run, step, exc) from None
 
         def canceled() -> bool:
             return cancel_requested(job_dir, since=asked_from)

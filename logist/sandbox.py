@@ -37,14 +37,14 @@ from logist.errors import (
     Rejected,
     WorkspaceUnseen,
 )
-from logist.model import Job
-from logist.store import Store, owner_id
+from logist.jobrun import JobRun
+from logist.store import owner_id
 
 if TYPE_CHECKING:
     from docker.models.containers import Container
 
 HELPER_IMAGE = "logist/step:latest"
-EXCHANGE = ".exchange"
+
 HELPER_TIMEOUT = 300  # seconds one harvest may take (LOGIST_HARVEST_TIMEOUT), then it is killed
 STOP_GRACE = 10.0  # seconds a harvest may go on after SIGINT/SIGTERM before it is killed
 MAX_OUTPUT = 1 << 20  # bytes of a helper's stdout we read; the rest is ignored
@@ -344,16 +344,15 @@ class Sandbox:
     """A job's helper container: started on first use, removed by ``close`` (a context
     manager). Labelled like the job's steps, so cleanup and the orphan sweep find it."""
 
-    def __init__(
-        self, store: Store, job: Job, should_stop: Callable[[], bool] | None = None
-    ) -> None:
-        self.store = store
-        self.job = job
+    def __init__(self, run: JobRun, should_stop: Callable[[], bool] | None = None) -> None:
+        self.store = run.store
+        self.job = run.job
         self.should_stop = should_stop  # polled while a harvest runs (SIGINT/SIGTERM)
-        self.job_dir = store.job_dir(job.id)
-        self.exchange = self.job_dir / EXCHANGE
-        self.volume = job.volume  # the workspace is this named volume (None: a bind mount)
-        self.dock = store.docks.get(job.engine)  # the job's engine
+        self.paths = run.dir
+        self.job_dir = run.dir.path
+        self.exchange = run.dir.exchange
+        self.volume = run.job.volume  # the workspace is this named volume (None: a bind mount)
+        self.dock = run.dock  # the job's engine
         self._container: Container | None = None
         self._channel: Channel | None = None
         self._serving = False  # the helper runs SERVE: harvests are requests, not execs
@@ -420,10 +419,8 @@ class Sandbox:
             mounts = [docker.types.Mount("/workspace", self.volume, type="volume")]
         else:
             mounts = [
-                docker.types.Mount("/workspace", str(self.job_dir / "workspace"), type="bind"),
-                docker.types.Mount(
-                    "/trusted", str(self.job_dir / "repo.git"), type="bind", read_only=True
-                ),
+                docker.types.Mount("/workspace", str(self.paths.workspace), type="bind"),
+                docker.types.Mount("/trusted", str(self.paths.repo), type="bind", read_only=True),
                 docker.types.Mount("/out", str(self.exchange), type="bind"),
             ]
         try:
@@ -470,7 +467,7 @@ class Sandbox:
         goes into the helper, not yet started, as ``/tmp/logist-trusted.bundle``."""
         from logist import gitops, volumes
 
-        repo = self.job_dir / "repo.git"
+        repo = self.paths.repo
         names = [f"refs/heads/{self.job.branch}", *gitops.refs(repo, f"refs/logist/{self.job.id}/")]
         bundle = self.exchange / "logist-trusted.bundle"
         try:

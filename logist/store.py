@@ -18,15 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from logist.errors import JobActive, JobNotFound, UsageError
+from logist.layout import CANCEL, LOCK, LOGS, MANIFEST, WORKSPACE, JobDir
 from logist.model import Job
 from logist.spec import validate_id
 
 if TYPE_CHECKING:
     from logist.dock import Docks
-
-MANIFEST = "job.json"
-LOCK = "lock"
-CANCEL = "cancel-requested"
 
 
 def default_root(option: str | None = None) -> Path:
@@ -253,8 +250,12 @@ class Store:
     def job_dir(self, job_id: str) -> Path:
         return self.root / validate_id(job_id)
 
+    def dir(self, job_id: str) -> JobDir:
+        """The job directory's paths (``logist/layout.py``)."""
+        return JobDir(self.job_dir(job_id))
+
     def workspace(self, job_id: str) -> Path:
-        return self.job_dir(job_id) / "workspace"
+        return self.job_dir(job_id) / WORKSPACE
 
     def exists(self, job_id: str) -> bool:
         return (self.job_dir(job_id) / MANIFEST).is_file()
@@ -268,7 +269,7 @@ class Store:
             raise UsageError(f"job {job.id!r} already exists in {self.root}")
         tmp = Path(tempfile.mkdtemp(prefix=f".create-{job.id}-", dir=self.root))
         try:
-            (tmp / "logs").mkdir()
+            (tmp / LOGS).mkdir()
             job.updated_at = job.created_at
             data = json.dumps(job.to_dict(), indent=2, sort_keys=True).encode() + b"\n"
             write_atomic(tmp / MANIFEST, data)

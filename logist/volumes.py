@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, BinaryIO
 from logist import containers
 from logist.container_spec import ContainerSpec
 from logist.errors import HarvestFailed, LogistError
-from logist.model import Job
-from logist.store import Store, owner_id
+from logist.jobrun import JobRun
+from logist.store import owner_id
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -47,16 +47,17 @@ def pack_tree(src: Path, dest: BinaryIO, *, uid: int, gid: int, root: str = "wor
         tar.add(str(src), arcname=root, recursive=True, filter=owned)
 
 
-def put_tree(
-    cli: DockerClient, store: Store, job: Job, volume: str, src: Path, *, image: str
-) -> None:
-    """Copy the clone at ``src`` into the (empty) volume as the job's user, through a
+def put_tree(cli: DockerClient, run: JobRun, src: Path, *, image: str) -> None:
+    """Copy the clone at ``src`` into the job's (empty) volume as the job's user, through a
     container that is created but never started."""
     import docker
 
+    job = run.job
+    volume = job.volume
+    assert volume is not None
     uid, gid = (int(x) for x in job.user.split(":"))
     # named like a setup's temp clone: a killed setup's archive is removed with them
-    archive = store.job_dir(job.id) / f".workspace.tmp-{os.getpid()}.tar"
+    archive = run.dir.setup_tmp(f"{os.getpid()}.tar")
     try:
         with open(archive, "wb") as fh:
             pack_tree(src, fh, uid=uid, gid=gid)
@@ -67,7 +68,7 @@ def put_tree(
                 command=["true"],
                 job_id=job.id,
                 step="setup",
-                jobs_root=store.root,
+                jobs_root=run.store.root,
                 owner=owner_id(),
                 mounts=[docker.types.Mount("/workspace", volume, type="volume")],
                 cap_add=[],

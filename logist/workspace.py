@@ -14,15 +14,14 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponen
 
 from logist import gitops, safefs
 from logist.errors import GitError, LogistError, UsageError
+from logist.jobrun import JobRun
+from logist.layout import DELETABLE, REPO_TMP, SETUP_TMP, JobDir
 from logist.model import WS_READY, Job
 from logist.safefs import Removal as DeleteResult
 from logist.spec import is_url
-from logist.store import Store, job_lock, owner_id
+from logist.store import Store, owner_id
 
-TMP_PREFIX = ".workspace.tmp-"
-JOB_REPO = "repo.git"
-# what deletion may remove in a job directory, besides setup temp dirs
-DELETABLE = ("workspace", JOB_REPO, ".exchange")
+TMP_PREFIX = SETUP_TMP
 
 
 def is_real_dir(path: Path) -> bool:
@@ -34,109 +33,115 @@ def is_real_dir(path: Path) -> bool:
 
 
 def setup_workspace(store: Store, job_id: str) -> Path:
+    """``prepare_workspace`` of ``job_id``, under its lock (for callers that own no run)."""
+    with JobRun.open(store, job_id) as run:
+        return prepare_workspace(run)
+
+
+def prepare_workspace(run: JobRun) -> Path:
     """Make ``$JOB_DIR/workspace`` a clone of the job's work on branch ``logist/<id>``.
 
-    Idempotent and safe under concurrency: it runs under the job's lock and reuses a ready
-    workspace without reading it (no git on the host in a tree a step has seen). Anything else
+    Idempotent and safe under concurrency: the caller holds the job's lock; a ready workspace
+    is reused without reading it (no git on the host in a tree a step has seen). Anything else
     there (half-made, half-deleted) is discarded. The clone is made in a temp directory and
     renamed into place, so a crash never leaves a workspace that looks ready but is not. Never
     writes to the source. A resumed job gets the job branch at its last harvest, never ``ref``.
     """
-    job_dir = store.job_dir(job_id)
-    with job_lock(job_dir):
-        job = store.load(job_id)
-        ws = job_dir / "workspace"
-        repo = ensure_job_repo(store, job)
-        if job.volume is not None:
-            _setup_volume(store, job, repo)
-            return ws
-        if job.workspace_state == WS_READY and is_real_dir(ws):
-            return ws
-        for leftover in setup_leftovers(job_dir):
-            delete_tree(leftover, job_dir, allow_tmp=True)
-        if os.path.lexists(ws):
-            delete_tree(ws, job_dir)
-        tmp = job_dir / f"{TMP_PREFIX}{os.getpid()}"
-        commit = job.harvested_commit or job.base_commit
-        assert commit is not None
-        try:
-            gitops.clone_workspace(repo, tmp, job.branch, commit, job.repo)
-        except GitError as exc:
-            _discard(tmp, job_dir)
-            raise _disk_full(exc) or exc from None
-        except BaseException:
-            _discard(tmp, job_dir)
-            raise
-        os.replace(tmp, ws)
-        job.workspace_state = WS_READY
-        store.save(job)
+    job, paths = run.job, run.dir
+    ws = paths.workspace
+    repo = ensure_job_repo(run)
+    if job.volume is not None:
+        _setup_volume(run, repo)
         return ws
+    if job.workspace_state == WS_READY and is_real_dir(ws):
+        return ws
+    for leftover in paths.setup_leftovers():
+        delete_tree(leftover, paths.path, allow_tmp=True)
+    if os.path.lexists(ws):
+        delete_tree(ws, paths.path)
+    tmp = paths.setup_tmp(os.getpid())
+    commit = job.harvested_commit or job.base_commit
+    assert commit is not None
+    try:
+        gitops.clone_workspace(repo, tmp, job.branch, commit, job.repo)
+    except GitError as exc:
+        _discard(tmp, paths.path)
+        raise _disk_full(exc) or exc from None
+    except BaseException:
+        _discard(tmp, paths.path)
+        raise
+    os.replace(tmp, ws)
+    job.workspace_state = WS_READY
+    run.save()
+    return ws
 
 
-def _setup_volume(store: Store, job: Job, repo: Path) -> None:
-    """The workspace as the named volume ``job.volume`` on the engine in use: a clone made
+def _setup_volume(run: JobRun, repo: Path) -> None:
+    """The workspace as the named volume ``job.volume`` on the job's engine: a clone made
     here (as for a bind mount) and sent into the volume, owned by the step's user."""
     from logist import containers, volumes
     from logist.sandbox import helper_image
 
-    cli = store.docks.get(job.engine).client()
+    job, paths = run.job, run.dir
+    cli = run.dock.client()
     if job.workspace_state == WS_READY and containers.volume_exists(cli, job.volume):
         return
-    job_dir = store.job_dir(job.id)
+    job_dir = paths.path
     assert job.volume is not None
-    for leftover in setup_leftovers(job_dir):
+    for leftover in paths.setup_leftovers():
         delete_tree(leftover, job_dir, allow_tmp=True)
     if containers.volume_exists(cli, job.volume):  # half-made: a killed setup's
         containers.stop_and_remove(containers.using_volume(cli, job.volume), grace=0)
         containers.remove_volume(cli, job.volume)
     image = helper_image()
     containers.ensure_image(cli, image, "missing")
-    containers.create_volume(cli, job.volume, job_id=job.id, jobs_root=store.root, owner=owner_id())
-    tmp = job_dir / f"{TMP_PREFIX}{os.getpid()}"
+    root = run.store.root
+    containers.create_volume(cli, job.volume, job_id=job.id, jobs_root=root, owner=owner_id())
+    tmp = paths.setup_tmp(os.getpid())
     commit = job.harvested_commit or job.base_commit
     assert commit is not None
     try:
         gitops.clone_workspace(repo, tmp, job.branch, commit, job.repo)
-        volumes.put_tree(cli, store, job, job.volume, tmp, image=image)
+        volumes.put_tree(cli, run, tmp, image=image)
     except GitError as exc:
         raise _disk_full(exc) or exc from None
     finally:
         _discard(tmp, job_dir)
     job.workspace_state = WS_READY
-    store.save(job)
+    run.save()
 
 
-def present(store: Store, job: Job) -> bool:
-    """Whether the job's workspace is there: its directory, or its volume on the engine in
-    use (asked of the engine)."""
-    if job.volume is None:
-        return is_real_dir(store.job_dir(job.id) / "workspace")
+def present(run: JobRun) -> bool:
+    """Whether the job's workspace is there: its directory, or its volume on the job's engine
+    (asked of the engine)."""
+    if run.job.volume is None:
+        return is_real_dir(run.dir.workspace)
     from logist import containers
 
-    return containers.volume_exists(store.docks.get(job.engine).client(), job.volume)
+    return containers.volume_exists(run.dock.client(), run.job.volume)
 
 
-def ensure_job_repo(store: Store, job: Job) -> Path:
+def ensure_job_repo(run: JobRun) -> Path:
     """logist's own repository of the job (``$JOB_DIR/repo.git``), holding the base commit and
     every harvest; made from the source (or its mirror), plus ``result.bundle`` or the source's
     job branch when a job resumes after its repository was removed. The caller holds the lock."""
-    job_dir = store.job_dir(job.id)
-    repo = job_dir / JOB_REPO
+    job, paths = run.job, run.dir
+    job_dir, repo = paths.path, paths.repo
     wanted = job.harvested_commit or job.base_commit
     ready = is_real_dir(repo) and (repo / "HEAD").is_file()
     if ready and wanted and gitops.commit_of(repo, wanted) == wanted:
         return repo
-    origin = _origin(store, job)
-    for leftover in job_dir.glob(f".{JOB_REPO}.tmp-*"):  # a killed setup's (we hold the lock)
+    origin = _origin(run.store, job)
+    for leftover in paths.repo_leftovers():  # a killed setup's (we hold the lock)
         shutil.rmtree(leftover, ignore_errors=True)
-    tmp = job_dir / f".{JOB_REPO}.tmp-{os.getpid()}"
+    tmp = paths.repo_tmp(os.getpid())
     try:
         gitops.make_job_repo(origin, tmp)
         if job.base_commit is None:
             job.base_commit = gitops.resolve_ref(origin, job.ref)
-            store.save(job)
+            run.save()
         if job.harvested_commit:
-            _restore_harvest(store, job, tmp, origin)
+            _restore_harvest(run, tmp, origin)
         else:
             gitops.set_ref(tmp, f"refs/heads/{job.branch}", job.base_commit)
     except GitError as exc:
@@ -153,10 +158,10 @@ def ensure_job_repo(store: Store, job: Job) -> Path:
     return repo
 
 
-def _restore_harvest(store: Store, job: Job, repo: Path, origin: Path) -> None:
+def _restore_harvest(run: JobRun, repo: Path, origin: Path) -> None:
     """Bring the job branch (and kept refs) back into a remade repository: from
     ``result.bundle`` (logist's own, fsck'd again) or else the source's ``logist/<id>``."""
-    bundle = store.job_dir(job.id) / "result.bundle"
+    job, bundle = run.job, run.dir.result
     specs = [f"+refs/heads/{job.branch}:refs/heads/{job.branch}"]
     if bundle.is_file() and not bundle.is_symlink():
         specs.append(f"+refs/logist/{job.id}/*:refs/logist/{job.id}/*")
@@ -176,7 +181,7 @@ def _restore_harvest(store: Store, job: Job, repo: Path, origin: Path) -> None:
     if gitops.commit_of(repo, f"refs/heads/{job.branch}") is None:
         raise LogistError(f"job branch {job.branch} not found to resume from")
     job.harvested_commit = gitops.commit_of(repo, f"refs/heads/{job.branch}")
-    store.save(job)
+    run.save()
 
 
 def _origin(store: Store, job: Job) -> Path:
@@ -200,14 +205,9 @@ def _origin(store: Store, job: Job) -> Path:
     return mirror
 
 
-def setup_leftovers(job_dir: Path) -> list[Path]:
-    """Temp clones a killed setup left in the job directory."""
-    return sorted(job_dir.glob(TMP_PREFIX + "*"))
-
-
-def has_workspace(job_dir: Path) -> bool:
+def has_workspace(paths: JobDir) -> bool:
     """Whether anything of a workspace (or a half-made one) is in the job directory."""
-    return os.path.lexists(job_dir / "workspace") or bool(setup_leftovers(job_dir))
+    return os.path.lexists(paths.workspace) or bool(paths.setup_leftovers())
 
 
 def _discard(tmp: Path, job_dir: Path) -> None:
@@ -234,10 +234,11 @@ def _disk_full(exc: GitError) -> LogistError | None:
     return None
 
 
-def make_writable_for(store: Store, job: Job, ws: Path) -> None:
+def make_writable_for(run: JobRun, ws: Path) -> None:
     """Let the step's ``UID:GID`` write the workspace. As root: ownership, walked fd-based
     without following a symlink. Not root: a short-lived root helper changes the owner (never
     a world-writable workspace); nothing to do when the step runs as us."""
+    job = run.job
     if job.volume is not None:
         return  # the volume's files were written as the step's user
     uid, gid = (int(x) for x in job.user.split(":"))
@@ -250,11 +251,11 @@ def make_writable_for(store: Store, job: Job, ws: Path) -> None:
     from logist import containers
 
     done = containers.run_as_root(
-        store.docks.get(job.engine).client(),
+        run.dock.client(),
         images=(containers.BUSYBOX, "logist/step:latest"),
         command=["chown", "-hR", f"{uid}:{gid}", "/workspace"],
         job_id=job.id,
-        jobs_root=store.root,
+        jobs_root=run.store.root,
         owner=owner_id(),
         host_path=ws,
         mount_at="/workspace",
@@ -275,9 +276,7 @@ def check_inside(path: Path, job_dir: Path, *, allow_tmp: bool = False) -> Path:
     directory, or a setup temp dir) itself."""
     job_dir = Path(os.path.realpath(job_dir))
     parent = Path(os.path.realpath(path.parent))
-    ok_name = path.name in DELETABLE or (
-        allow_tmp and path.name.startswith((TMP_PREFIX, f".{JOB_REPO}.tmp-"))
-    )
+    ok_name = path.name in DELETABLE or (allow_tmp and path.name.startswith((SETUP_TMP, REPO_TMP)))
     if parent != job_dir or not ok_name:
         raise UsageError(f"refusing to delete {path}: not {job_dir}/workspace")
     return parent / path.name
@@ -330,6 +329,7 @@ __all__ = [
     "delete_tree",
     "ensure_job_repo",
     "make_writable_for",
+    "prepare_workspace",
     "setup_workspace",
     "tree_size",
 ]

@@ -17,6 +17,7 @@ import yaml
 
 from logist import gitops
 from logist.errors import LogistError, UsageError
+from logist.jobrun import JobRun
 from logist.jobs import create_job
 from logist.store import Store
 from logist.workspace import ensure_job_repo
@@ -100,7 +101,7 @@ def test_a_source_whose_path_holds_shell_syntax_is_cloned_as_data(
     store = Store(jobs_root)
     job = store.load(out.stdout.strip())
     monkeypatch.chdir(tmp_path)  # where git runs, and a relative touch would write
-    made = ensure_job_repo(store, job)
+    made = ensure_job_repo(JobRun(store, job))
     assert gitops.commit_of(made, job.base_commit) == job.base_commit
     assert not _marks(tmp_path)
 
@@ -140,7 +141,7 @@ def test_a_transport_helper_address_as_repo_runs_nothing(jobs_root, tmp_path, mo
         job = store.load(out.stdout.strip())
         assert job.repo == str(tmp_path / name)
         monkeypatch.chdir(tmp_path)
-        ensure_job_repo(store, job)
+        ensure_job_repo(JobRun(store, job))
     assert not _marks(tmp_path)
 
 
@@ -196,7 +197,7 @@ def test_a_source_owned_by_another_uid_is_cloned_by_its_exact_path(jobs_root, tm
     assert out.returncode == 0, out.stderr
     store = Store(jobs_root)
     job = store.load(out.stdout.strip())
-    made = ensure_job_repo(store, job)
+    made = ensure_job_repo(JobRun(store, job))
     assert job.base_commit == git(source, "rev-parse", "main").strip()
     assert gitops.commit_of(made, job.base_commit) == job.base_commit
 

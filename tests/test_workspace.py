@@ -22,6 +22,7 @@ import pytest
 
 from logist import gitops
 from logist.errors import LogistError, UsageError
+from logist.jobrun import JobRun
 from logist.jobs import create_job
 from logist.model import WS_ABSENT, WS_READY
 from logist.store import Store, job_lock
@@ -404,7 +405,7 @@ def test_making_the_workspace_writable_for_a_step_user_leaves_the_source_files_a
     before = source_state(source_repo)
     job_id = new_job(store, source_repo, "chown", user="4242:4242")
     ws = setup_workspace(store, job_id)
-    make_writable_for(store, store.load(job_id), ws)
+    make_writable_for(JobRun(store, store.load(job_id)), ws)
     assert source_state(source_repo) == before
     for dirpath, _, filenames in os.walk(ws / ".git" / "objects"):
         for name in filenames:
