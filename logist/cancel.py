@@ -15,7 +15,7 @@ from logist.jobrun import JobRun
 from logist.store import Store, drop_cancel_request, read_owner, request_cancel
 
 if TYPE_CHECKING:
-    from logist.runner import JobResult
+    from logist.results import JobResult
 
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL (the contract's default)
 LOCK_WAIT = 1.0  # seconds to wait for a job's lock before calling it active
@@ -47,7 +47,7 @@ def _owned(store: Store, job_id: str, wait: float, grace: float) -> JobResult:
     then finish whatever it left (e.g. `job step` ended before it saw the request)."""
     from logist import containers
     from logist.cleanup import step_containers
-    from logist.runner import JobResult
+    from logist.results import JobResult
 
     containers.stop_and_remove(step_containers(store, job_id), grace=grace)
     deadline = time.monotonic() + wait
@@ -74,7 +74,7 @@ def _cancel_owned(run: JobRun, grace: float) -> JobResult:
     from logist import containers
     from logist.cleanup import after_job
     from logist.harvest import harvest_leftover
-    from logist.runner import JobResult
+    from logist.results import JobResult
 
     job = run.job
     if job.terminal:

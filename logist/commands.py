@@ -121,7 +121,7 @@ def job_status(rt: Runtime, job_id: str, json_: bool = False) -> int:
 def finish_runs(results) -> int:
     """Say how each job that did not succeed ended; the contract's exit code."""
     from logist.model import State
-    from logist.runner import combine
+    from logist.results import combine
 
     for r in results:
         for note in r.job.notes if r.job is not None and r.job.terminal else ():

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
-from logist import containers, output, podman, volumes
-from logist.cleanup import Report, after_job, reap_orphans
+from logist import containers, output, podman, step_run, volumes
+from logist.cleanup import after_job, reap_orphans
 from logist.container_spec import DEFAULT_CAPS, ContainerSpec
 from logist.engines import Placer, uses_volumes
 from logist.errors import (
@@ -40,11 +38,11 @@ from logist.model import (
     WS_ABSENT,
     WS_READY,
     WS_REMOVING,
-    Job,
     Step,
     now,
 )
 from logist.progress import Progress
+from logist.results import JobResult, combine
 from logist.sandbox import Sandbox
 from logist.store import (
     Store,
@@ -56,34 +54,6 @@ from logist.streams import ListenerFactory, SecretMask, StepOutput
 from logist.workspace import make_writable_for, prepare_workspace
 
 LOCK_WAIT = 1.0  # seconds to wait for a job's lock before calling it active
-
-
-@dataclass
-class JobResult:
-    job: Job
-    cleanup: Report | None = None
-    error: LogistError | None = None
-
-    @property
-    def exit_code(self) -> int:
-        if self.error is not None:
-            return self.error.exit_code
-        if self.job.state == INTERRUPTED:
-            return 130
-        if self.job.state in (FAILED, CANCELED):
-            return 1
-        if self.cleanup is not None and not self.cleanup.ok:
-            return 4
-        return 0
-
-
-def combine(results: list[JobResult]) -> int:
-    """One exit code for many jobs: 130, then 3, then 1, then 4, then 0."""
-    codes = {r.exit_code for r in results}
-    for code in (130, 3, 2, 1, 4):
-        if code in codes:
-            return code
-    return 0
 
 
 def read_secrets(names: list[str]) -> dict[str, str]:
@@ -424,7 +394,7 @@ class Runner:
             listener = self.listen(job.id, step.index) if self.listen else None
             out = StepOutput(log, listener, mask)
             try:
-                outcome = containers.run_container(
+                outcome = step_run.run_container(
                     container,
                     on_output=out,
                     should_stop=should_stop,
@@ -484,29 +454,4 @@ def _interrupted() -> LogistError:
     return LogistError("interrupted before it started", exit_code=130)
 
 
-@contextlib.contextmanager
-def signals_interrupt(interrupt: Callable[[], None]):
-    """While inside: SIGINT/SIGTERM call ``interrupt``; running steps then stop their
-    containers (grace, then kill) and their jobs are marked interrupted. Only in the main
-    thread (elsewhere Python delivers no signals)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        interrupt()
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-__all__ = [
-    "JobResult",
-    "Runner",
-    "combine",
-    "signals_interrupt",
-]
+__all__ = ["JobResult", "Runner", "combine"]

@@ -14,6 +14,7 @@ import functools
 import io
 import logging
 import os
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +25,8 @@ from logist.errors import CleanupIncomplete
 if TYPE_CHECKING:
     from logist.model import Job
     from logist.progress import Progress
-    from logist.runner import JobResult, Runner
+    from logist.results import JobResult
+    from logist.runner import Runner
     from logist.streams import ListenerFactory
 
 OnOutput = Callable[[int, bytes], object]
@@ -276,9 +278,7 @@ class Runtime:
     @contextlib.contextmanager
     def signals(self) -> Iterator[None]:
         """While inside (main thread only): SIGINT/SIGTERM interrupt this runtime."""
-        from logist.runner import signals_interrupt
-
-        with signals_interrupt(self.interrupt):
+        with _signals_call(self.interrupt):
             yield
 
     def __repr__(self) -> str:
@@ -299,3 +299,23 @@ def _complete(report: dict[str, Any]) -> dict[str, Any]:
         failed = "; ".join(f"{f['job']}: {f['error']}" for f in report["failed"])
         raise CleanupIncomplete(failed, report=report)
     return report
+
+
+@contextlib.contextmanager
+def _signals_call(interrupt: Callable[[], None]):
+    """While inside: SIGINT/SIGTERM call ``interrupt``; running steps then stop their
+    containers (grace, then kill) and their jobs are marked interrupted. Only in the main
+    thread (elsewhere Python delivers no signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        interrupt()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

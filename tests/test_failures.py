@@ -286,13 +286,13 @@ def test_a_step_whose_container_the_canceling_process_stopped_is_canceled_not_fa
             c.stop(timeout=0)
 
     helper = threading.Thread(target=stopped_by_another_process)
-    real = runner.containers.run_container
+    real = runner.step_run.run_container
 
     def run_container(container, **kw):  # the runner's watcher never stops it itself
         kw["should_stop"] = lambda: None
         return real(container, **kw)
 
-    monkeypatch.setattr(runner.containers, "run_container", run_container)
+    monkeypatch.setattr(runner.step_run, "run_container", run_container)
     helper.start()
     try:
         [result] = rt.run_jobs([job])
