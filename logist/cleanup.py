@@ -3,11 +3,8 @@ a job, and the stale sweep for cron."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from logist import containers
@@ -24,93 +21,23 @@ from logist.model import (
     WS_REMOVING,
     parse_time,
 )
-from logist.store import Store, is_active, owner_alive, owner_id
-from logist.workspace import delete_tree, has_workspace, is_real_dir, tree_size
-
-
-@dataclass
-class Report:
-    """What one cleanup of one job did (or, with ``dry_run``, would do)."""
-
-    job: str
-    workspace_removed: bool = False
-    containers_removed: int = 0
-    bytes_freed: int = 0
-    seconds: float = 0.0
-    nothing_to_clean: bool = False
-    processes: list[str] = field(default_factory=list)
-    left_behind: list[str] = field(default_factory=list)
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and not self.left_behind
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def processes_using(path: Path) -> list[tuple[int, str]]:
-    """Host processes whose working directory or an open file is inside ``path``."""
-    target = os.path.realpath(path)
-    prefix = target + "/"
-    me = os.getpid()
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == me:
-            continue
-        pid = int(entry.name)
-        links = [f"/proc/{pid}/cwd", f"/proc/{pid}/root"]
-        with contextlib.suppress(OSError):
-            links += [f"/proc/{pid}/fd/{fd}" for fd in os.listdir(f"/proc/{pid}/fd")]
-        for link in links:
-            try:
-                dest = os.readlink(link)
-            except OSError:
-                continue
-            if dest == target or dest.startswith(prefix):
-                try:
-                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").strip()
-                except OSError:
-                    cmd = b"?"
-                found.append((pid, cmd.decode(errors="replace")[:120]))
-                break
-    return found
-
-
-def _terminate(pids: list[int], grace: float = 2.0) -> None:
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.05)
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
+from logist.results import Report
+from logist.store import Store, is_active, owner_alive
+from logist.workspace import delete_tree, has_workspace
+from logist.workspaces import Workspace, workspace_of
 
 
 def remove_workspace(
     run: JobRun, *, force: bool = False, dry_run: bool = False, harvested: bool = False
 ) -> Report:
-    """Remove ``$JOBS_DIR/<id>/workspace`` in the contract's order; the caller holds the job's
-    lock. Never raises for what is left behind: the report names it (``ok`` is False)."""
+    """Remove the job's workspace in the contract's order (either kind: ``workspace_of``);
+    the caller holds the job's lock. Never raises for what is left behind: the report names
+    it (``ok`` is False). ``harvested``: the caller harvested after the last step."""
     start = time.monotonic()
     job = run.job
     report = Report(job=job.id)
     try:
-        if job.volume is not None:
-            _remove_volume(run, report, dry_run=dry_run, harvested=harvested)
-        else:
-            _remove(run, report, force=force, dry_run=dry_run, harvested=harvested)
+        _remove(run, workspace_of(run), report, force=force, dry_run=dry_run, harvested=harvested)
     except LogistError as exc:
         if exc.exit_code == 3:
             raise
@@ -125,45 +52,29 @@ def remove_workspace(
 
 
 def _remove(
-    run: JobRun, report: Report, *, force: bool, dry_run: bool, harvested: bool = False
+    run: JobRun, ws: Workspace, report: Report, *, force: bool, dry_run: bool, harvested: bool
 ) -> None:
-    job, store = run.job, run.store
-    job_dir, ws = run.dir.path, run.dir.workspace
+    job, root = run.job, run.store.root
     leftovers = _remove_setup_leftovers(run.dir, report, dry_run)
-    exists = os.path.lexists(ws)
     # 1. containers: labelled with the job, or with the workspace mounted
     cli = run.dock.client()
-    found = {c.id: c for c in containers.find(cli, store.root, job.id)}
+    exists = ws.exists(cli)
+    found = {c.id: c for c in containers.find(cli, root, job.id)}
     if exists:
-        found.update({c.id: c for c in containers.mounting(cli, ws)})
+        found.update({c.id: c for c in ws.users(cli)})
     if dry_run:
         report.containers_removed = len(found)
     else:
         report.containers_removed = containers.stop_and_remove(found.values(), grace=2)
-        still = containers.find(cli, store.root, job.id)
-        if still:
-            report.left_behind += [f"container {c.short_id}" for c in still]
     if not exists:
         report.nothing_to_clean = report.containers_removed == 0 and not leftovers
         report.workspace_removed = bool(leftovers) and not report.left_behind
         return
-    if not is_real_dir(ws):  # a symlink (or file) there: never followed, only it goes
-        if not dry_run:
-            delete_tree(ws, job_dir)
-        report.workspace_removed = True
+    # 2. what keeps it (host processes in a bind workspace), or a link in its place
+    if not ws.check_removable(report, force=force, dry_run=dry_run):
         return
-    # 2. host processes inside the workspace
-    procs = processes_using(ws)
-    report.processes = [f"{pid} {cmd}" for pid, cmd in procs]
-    if procs and not dry_run:
-        if not force:
-            report.error = "processes use the workspace (--force terminates them): " + ", ".join(
-                report.processes
-            )
-            return
-        _terminate([pid for pid, _ in procs])
     if dry_run:
-        report.bytes_freed = tree_size(ws)
+        report.bytes_freed = ws.size()
         report.workspace_removed = True
         return
     # 3. harvest what is not yet in the job branch (raises: the workspace is kept)
@@ -171,20 +82,12 @@ def _remove(
         harvest_leftover(run)
     job.workspace_state = WS_REMOVING  # from here on, the manifest's record is the work
     run.save()
-    # 4. delete, through a root helper container for files of another uid
-    result = delete_tree(ws, job_dir)
-    report.bytes_freed = result.bytes_freed
-    if result.foreign:
-        report.bytes_freed += _delete_as_root(cli, run)
-        result = delete_tree(ws, job_dir)
-        report.bytes_freed += result.bytes_freed
+    # 4. delete (files of another uid through a root helper container)
+    ws.delete(cli, report)
     # 5. what is still there is named
-    report.left_behind += result.foreign + result.stuck
-    report.workspace_removed = not os.path.lexists(ws)
-    if not report.workspace_removed and not report.left_behind:
-        report.left_behind.append(str(ws))
+    report.left_behind += [f"container {c.short_id}" for c in containers.find(cli, root, job.id)]
     if report.workspace_removed:
-        _remove_job_repo(job_dir, report)
+        _remove_job_repo(run.dir.path, report)
 
 
 def _remove_setup_leftovers(paths: JobDir, report: Report, dry_run: bool) -> list[Path]:
@@ -199,42 +102,6 @@ def _remove_setup_leftovers(paths: JobDir, report: Report, dry_run: bool) -> lis
     return leftovers
 
 
-def _remove_volume(run: JobRun, report: Report, *, dry_run: bool, harvested: bool) -> None:
-    """``_remove`` for a workspace that is a named volume on the job's engine: containers, the
-    harvest, then the volume (retried while the engine still calls it in use)."""
-    job, store, job_dir = run.job, run.store, run.dir.path
-    assert job.volume is not None
-    leftovers = _remove_setup_leftovers(run.dir, report, dry_run)
-    dock = run.dock
-    cli = dock.client()
-    found = {c.id: c for c in containers.find(cli, store.root, job.id)}
-    exists = containers.volume_exists(cli, job.volume)
-    if exists:
-        found.update({c.id: c for c in containers.using_volume(cli, job.volume)})
-    if dry_run:
-        report.containers_removed = len(found)
-        report.workspace_removed = exists
-        return
-    report.containers_removed = containers.stop_and_remove(found.values(), grace=2)
-    if not exists:
-        report.nothing_to_clean = report.containers_removed == 0 and not leftovers
-        report.workspace_removed = bool(leftovers) and not report.left_behind
-        return
-    if not harvested:
-        harvest_leftover(run)
-    job.workspace_state = WS_REMOVING
-    run.save()
-    # a container of the job started meanwhile (never by logist: the lock is ours) goes too
-    containers.stop_and_remove(containers.using_volume(cli, job.volume), grace=0)
-    report.workspace_removed = containers.remove_volume(cli, job.volume)
-    if not report.workspace_removed:
-        report.left_behind.append(f"volume {job.volume} on {dock.url}")
-    still = containers.find(cli, store.root, job.id)
-    report.left_behind += [f"container {c.short_id}" for c in still]
-    if report.workspace_removed:
-        _remove_job_repo(job_dir, report)
-
-
 def _remove_job_repo(job_dir: Path, report: Report) -> None:
     """logist's repository of the job and the helper's exchange directory go with the
     workspace: ``result.bundle`` holds the work (a resume rebuilds the repository from it)."""
@@ -242,23 +109,6 @@ def _remove_job_repo(job_dir: Path, report: Report) -> None:
         if os.path.lexists(path):
             result = delete_tree(path, job_dir)
             report.left_behind += result.foreign + result.stuck
-
-
-def _delete_as_root(cli, run: JobRun) -> int:
-    """Remove the workspace from a short-lived root container that mounts the job directory."""
-    job, job_dir = run.job, run.dir.path
-    before = tree_size(run.dir.workspace)
-    containers.run_as_root(
-        cli,
-        images=(containers.BUSYBOX, job.image),
-        command=["rm", "-rf", "/job/workspace"],
-        job_id=job.id,
-        jobs_root=run.store.root,
-        owner=owner_id(),
-        host_path=job_dir,
-        mount_at="/job",
-    )
-    return max(before - tree_size(run.dir.workspace), 0)
 
 
 def after_job(run: JobRun, *, harvested: bool = False) -> Report | None:

@@ -27,6 +27,7 @@ MANAGED, JOB, STEP, ROOT, OWNER = (
 # logist/step:latest; why each is needed is in docs/security.md ("Hardened steps").
 DEFAULT_CAPS = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID")
 DEFAULT_PIDS = 4096
+HELPER_IMAGE = "logist/step:latest"  # the harvest helper's (never the step's own image)
 _SOCKETS = ("/var/run/docker.sock", "/run/docker.sock", "/run/podman/podman.sock")
 
 # ContainerSpec field -> the SDK's ``containers.create`` keyword (None values are left out)
@@ -44,6 +45,11 @@ CREATE_KWARGS = {
     "stdin_open": "stdin_open",
     "init": "init",
 }
+
+
+def helper_image() -> str:
+    """The harvest helper's image: ``LOGIST_HELPER_IMAGE``, else ``HELPER_IMAGE``."""
+    return os.environ.get("LOGIST_HELPER_IMAGE") or HELPER_IMAGE
 
 
 def labels(job_id: str, step: int | str, jobs_root: Path, owner: str) -> dict[str, str]:

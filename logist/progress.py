@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, TextIO
 from logist.model import parse_time
 
 if TYPE_CHECKING:
-    from logist.cleanup import Report
     from logist.model import Job, Step
+    from logist.results import Report
 
 
 def seconds_between(start: str | None, end: str | None) -> float | None:

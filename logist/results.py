@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass, field
 
 from logist.errors import LogistError
 from logist.model import CANCELED, FAILED, INTERRUPTED, Job
 
-if TYPE_CHECKING:
-    from logist.cleanup import Report
+
+@dataclass
+class Report:
+    """What one cleanup of one job did (or, with ``dry_run``, would do)."""
+
+    job: str
+    workspace_removed: bool = False
+    containers_removed: int = 0
+    bytes_freed: int = 0
+    seconds: float = 0.0
+    nothing_to_clean: bool = False
+    processes: list[str] = field(default_factory=list)
+    left_behind: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.left_behind
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass

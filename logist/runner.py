@@ -51,7 +51,7 @@ from logist.store import (
     owner_id,
 )
 from logist.streams import ListenerFactory, SecretMask, StepOutput
-from logist.workspace import make_writable_for, prepare_workspace
+from logist.workspaces import Workspace, workspace_of
 
 LOCK_WAIT = 1.0  # seconds to wait for a job's lock before calling it active
 
@@ -161,8 +161,9 @@ class Runner:
             rejected = self._check_secrets(run)  # before any container, the helper's included
             if rejected is not None:
                 return self._concluded(run, None, rejected)
-            ws = prepare_workspace(run)
-            make_writable_for(run, ws)
+            workspace = workspace_of(run)
+            workspace.prepare()
+            ws = run.dir.workspace
             with Sandbox(run, should_stop=self.interrupt.is_set) as sandbox:
                 if seen:
                     sandbox.start_in_background()
@@ -181,7 +182,7 @@ class Runner:
                     if self.progress:
                         self.progress.step_started(job, step)
                     try:
-                        self._run_step(run, step, ws, asked_from)
+                        self._run_step(run, step, workspace, asked_from)
                     except Rejected as exc:  # the user's input, not the environment: job failed
                         job.move(FAILED)
                         job.error, rejected = str(exc), exc
@@ -318,9 +319,9 @@ class Runner:
         run.save()
         return exc
 
-    def _run_step(self, run: JobRun, step: Step, ws: Path, asked_from: float | None = None) -> None:
-        import docker
-
+    def _run_step(
+        self, run: JobRun, step: Step, workspace: Workspace, asked_from: float | None = None
+    ) -> None:
         store, job = self.store, run.job
         job_dir = run.dir.path
         log_path = run.dir.step_log(step.index)
@@ -357,13 +358,7 @@ class Runner:
             user=job.user,
             env=env,
             workdir="/workspace",
-            # a bind mount the engine refuses when it does not have the path (never an empty
-            # directory made on the engine's host, as ``volumes`` would), or the job's volume
-            mounts=[
-                docker.types.Mount("/workspace", job.volume, type="volume")
-                if job.volume is not None
-                else docker.types.Mount("/workspace", str(ws), type="bind")
-            ],
+            mounts=[workspace.mount()],
             network=job.network,
             memory=job.memory or None,
             cpus=job.cpus or None,

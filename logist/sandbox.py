@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from logist import containers
 from logist.channel import SERVE, Channel, ChannelLost, Stopped, drivable
-from logist.container_spec import ContainerSpec
+from logist.container_spec import ContainerSpec, helper_image
 from logist.errors import (
     EnvironmentProblem,
     HarvestFailed,
@@ -39,11 +39,11 @@ from logist.errors import (
 )
 from logist.jobrun import JobRun
 from logist.store import owner_id
+from logist.workspaces import workspace_of
 
 if TYPE_CHECKING:
     from docker.models.containers import Container
 
-HELPER_IMAGE = "logist/step:latest"
 
 HELPER_TIMEOUT = 300  # seconds one harvest may take (LOGIST_HARVEST_TIMEOUT), then it is killed
 STOP_GRACE = 10.0  # seconds a harvest may go on after SIGINT/SIGTERM before it is killed
@@ -336,10 +336,6 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
-def helper_image() -> str:
-    return os.environ.get("LOGIST_HELPER_IMAGE") or HELPER_IMAGE
-
-
 class Sandbox:
     """A job's helper container: started on first use, removed by ``close`` (a context
     manager). Labelled like the job's steps, so cleanup and the orphan sweep find it."""
@@ -353,6 +349,7 @@ class Sandbox:
         self.exchange = run.dir.exchange
         self.volume = run.job.volume  # the workspace is this named volume (None: a bind mount)
         self.dock = run.dock  # the job's engine
+        self.workspace = workspace_of(run)
         self._container: Container | None = None
         self._channel: Channel | None = None
         self._serving = False  # the helper runs SERVE: harvests are requests, not execs
@@ -415,11 +412,9 @@ class Sandbox:
             command = ["sh", "-c", VISIBLE, "visible", f"visible-{token}"]
         else:
             command = ["sleep", "infinity"]
-        if self.volume is not None:  # on the engine: nothing of this host's to see
-            mounts = [docker.types.Mount("/workspace", self.volume, type="volume")]
-        else:
-            mounts = [
-                docker.types.Mount("/workspace", str(self.paths.workspace), type="bind"),
+        mounts = [self.workspace.mount()]
+        if self.volume is None:  # on this host: logist's repository and the exchange too
+            mounts += [
                 docker.types.Mount("/trusted", str(self.paths.repo), type="bind", read_only=True),
                 docker.types.Mount("/out", str(self.exchange), type="bind"),
             ]

@@ -5,9 +5,12 @@ step has run, its repository is read only by the helper container (``logist/sand
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import stat
+import time
 from pathlib import Path
 
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
@@ -80,7 +83,7 @@ def _setup_volume(run: JobRun, repo: Path) -> None:
     """The workspace as the named volume ``job.volume`` on the job's engine: a clone made
     here (as for a bind mount) and sent into the volume, owned by the step's user."""
     from logist import containers, volumes
-    from logist.sandbox import helper_image
+    from logist.container_spec import helper_image
 
     job, paths = run.job, run.dir
     cli = run.dock.client()
@@ -266,6 +269,54 @@ def make_writable_for(run: JobRun, ws: Path) -> None:
             "scripts/build-images.sh)",
             exit_code=3,
         )
+
+
+def processes_using(path: Path) -> list[tuple[int, str]]:
+    """Host processes whose working directory or an open file is inside ``path``."""
+    target = os.path.realpath(path)
+    prefix = target + "/"
+    me = os.getpid()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        pid = int(entry.name)
+        links = [f"/proc/{pid}/cwd", f"/proc/{pid}/root"]
+        with contextlib.suppress(OSError):
+            links += [f"/proc/{pid}/fd/{fd}" for fd in os.listdir(f"/proc/{pid}/fd")]
+        for link in links:
+            try:
+                dest = os.readlink(link)
+            except OSError:
+                continue
+            if dest == target or dest.startswith(prefix):
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").strip()
+                except OSError:
+                    cmd = b"?"
+                found.append((pid, cmd.decode(errors="replace")[:120]))
+                break
+    return found
+
+
+def terminate(pids: list[int], grace: float = 2.0) -> None:
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
 
 
 # --- deletion ----------------------------------------------------------------------------------
