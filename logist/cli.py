@@ -12,6 +12,7 @@ import typer
 
 from logist import __version__, commands
 from logist.errors import UsageError
+from logist.options import JobOption, with_job_options
 
 app = typer.Typer(
     help="logist: run jobs on a git repository, each step in a container, "
@@ -106,66 +107,24 @@ FileOpt = Annotated[
         "need --cap-add, --network host, --secret or the configuration's allow:).",
     ),
 ]
-RepoOpt = Annotated[str | None, typer.Option(help="Local git repository or git URL.")]
-ImageOpt = Annotated[str | None, typer.Option(help="Image of the steps.")]
-StepOpt = Annotated[list[str] | None, typer.Option(help="A step's command (repeat).")]
-RefOpt = Annotated[str | None, typer.Option(help="Start from this ref (default: HEAD).")]
-PromptOpt = Annotated[str | None, typer.Option(help="Given to steps as $LOGIST_PROMPT.")]
-EnvOpt = Annotated[list[str] | None, typer.Option(help="K=V for the steps (repeat).")]
-TimeoutOpt = Annotated[str | None, typer.Option(help="Per-step timeout, seconds.")]
-MemoryOpt = Annotated[str | None, typer.Option(help="Memory limit, e.g. 512m.")]
-CpusOpt = Annotated[str | None, typer.Option(help="CPU limit, e.g. 1.5.")]
-PidsOpt = Annotated[str | None, typer.Option(help="Process limit (default 4096).")]
-NetworkOpt = Annotated[str | None, typer.Option(help="bridge, none or host.")]
-CapAddOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--cap-add",
-        help="Give the steps this capability, e.g. NET_RAW (repeat; grants it to a --file spec).",
-    ),
-]
-RuntimeOpt = Annotated[
-    str | None, typer.Option(help="OCI runtime the engine knows, e.g. runsc (gVisor).")
-]
-SecretOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--secret",
-        help="Pass this variable of logist's environment to the steps, read when each step "
-        "starts, never stored, masked as *** in their output (repeat; grants a --file "
-        "spec's secrets: name).",
-    ),
-]
-UserOpt = Annotated[str | None, typer.Option(help="UID:GID or root (default: yours).")]
-PullOpt = Annotated[str | None, typer.Option(help="missing, always or never.")]
-CleanupOpt = Annotated[str | None, typer.Option(help="always, on-success or never.")]
+
+
+def _typer_option(option: JobOption) -> Any:
+    """A job option (``logist/options.py``) as Typer declares it."""
+    kind = list[str] | None if option.many else str | None
+    return Annotated[kind, typer.Option(option.flag, help=option.help)]
+
+
+spec_options = with_job_options(_typer_option)  # the options of a job spec, declared once
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="Only the steps' output (no progress lines).")
 ]
 
 
 @job_app.command("create")
+@spec_options
 def job_create(
-    ctx: typer.Context,
-    job_id: IdArg = None,
-    file: FileOpt = None,
-    repo: RepoOpt = None,
-    image: ImageOpt = None,
-    step: StepOpt = None,
-    ref: RefOpt = None,
-    prompt: PromptOpt = None,
-    env: EnvOpt = None,
-    timeout: TimeoutOpt = None,
-    memory: MemoryOpt = None,
-    cpus: CpusOpt = None,
-    pids: PidsOpt = None,
-    network: NetworkOpt = None,
-    cap_add: CapAddOpt = None,
-    runtime: RuntimeOpt = None,
-    secret: SecretOpt = None,
-    user: UserOpt = None,
-    pull: PullOpt = None,
-    cleanup: CleanupOpt = None,
+    ctx: typer.Context, job_id: IdArg = None, file: FileOpt = None, **options: Any
 ) -> None:
     """Create a job; print its id alone on stdout.
 
@@ -173,41 +132,24 @@ def job_create(
 
     Defaults, grants and bounds for every job: $LOGIST_CONFIG, else /etc/logist/config.yaml.
     """
-    options = {k: v for k, v in locals().items() if k not in ("ctx", "job_id", "file")}
     print(commands.create(_rt(ctx), file, id=job_id, **options).id)
 
 
 @app.command("run")
+@spec_options
 def run(
     ctx: typer.Context,
     job_id: IdArg = None,
     file: FileOpt = None,
-    repo: RepoOpt = None,
-    image: ImageOpt = None,
-    step: StepOpt = None,
-    ref: RefOpt = None,
-    prompt: PromptOpt = None,
-    env: EnvOpt = None,
-    timeout: TimeoutOpt = None,
-    memory: MemoryOpt = None,
-    cpus: CpusOpt = None,
-    pids: PidsOpt = None,
-    network: NetworkOpt = None,
-    cap_add: CapAddOpt = None,
-    runtime: RuntimeOpt = None,
-    secret: SecretOpt = None,
-    user: UserOpt = None,
-    pull: PullOpt = None,
-    cleanup: CleanupOpt = None,
     quiet: QuietOpt = False,
+    **options: Any,
 ) -> None:
     """Create a job and run it, in one command (as `job create` then `job run`); the job's id
     is printed on stderr first.
 
     Example: logist run --repo . --image logist/step:latest --step 'make test'
     """
-    options = {k: v for k, v in locals().items() if k != "ctx"}
-    _exit(commands.run(_rt(ctx), **options))
+    _exit(commands.run(_rt(ctx), job_id, file, quiet, **options))
 
 
 @job_app.command("list")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from logist.errors import UsageError
+from logist.options import with_job_options
 
 if TYPE_CHECKING:
     from logist.model import Job
@@ -37,43 +38,22 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def create(rt: Runtime, file: Path | None, **options: Any) -> Job:
-    """Create a job from the spec options (``env`` as K=V items) and an optional YAML file."""
-    from logist.spec import parse_env
+def create(rt: Runtime, file: Path | None, id: str | None = None, **options: Any) -> Job:
+    """Create a job from the command line's spec options and an optional YAML file."""
+    from logist.options import spec_of
 
-    env = options.pop("env")
-    steps, caps, secrets = options.pop("step"), options.pop("cap_add"), options.pop("secret")
-    raw = {**options, "steps": steps or None, "cap_add": caps or None, "secrets": secrets or None}
-    if env:
-        raw["env"] = parse_env(env)
-    return rt.create_job(raw, file)
+    return rt.create_job({"id": id, **spec_of(options)}, file)
 
 
+@with_job_options()
 def run(
     rt: Runtime,
     job_id: str | None = None,
     file: Path | None = None,
-    repo: str | None = None,
-    image: str | None = None,
-    step: list[str] | None = None,
-    ref: str | None = None,
-    prompt: str | None = None,
-    env: list[str] | None = None,
-    timeout: str | None = None,
-    memory: str | None = None,
-    cpus: str | None = None,
-    pids: str | None = None,
-    network: str | None = None,
-    cap_add: list[str] | None = None,
-    runtime: str | None = None,
-    secret: list[str] | None = None,
-    user: str | None = None,
-    pull: str | None = None,
-    cleanup: str | None = None,
     quiet: bool = False,
+    **options: Any,
 ) -> int:
     """``logist run``: create the job, say its id on stderr, run it."""
-    options = {k: v for k, v in locals().items() if k not in ("rt", "job_id", "file", "quiet")}
     job = create(rt, file, id=job_id, **options)
     print(f"logist: job {job.id}", file=sys.stderr, flush=True)
     return run_ids(rt, [job.id], 1, quiet)

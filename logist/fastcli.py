@@ -16,6 +16,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from logist.options import JOB_OPTIONS
+
 _INT = re.compile(r"[0-9]{1,9}")
 _FLOAT = re.compile(r"[0-9]{1,9}(\.[0-9]{0,9})?")
 
@@ -31,25 +33,8 @@ def _non_negative_float(text: str) -> float | None:
     return float(text) if _FLOAT.fullmatch(text) else None
 
 
-_SPEC_VALUES = {
-    f"--{name}": name.replace("-", "_")
-    for name in (
-        "repo",
-        "image",
-        "ref",
-        "prompt",
-        "timeout",
-        "memory",
-        "cpus",
-        "pids",
-        "network",
-        "runtime",
-        "user",
-        "pull",
-        "cleanup",
-    )
-}
-_SPEC_LISTS = {"--step": "step", "--env": "env", "--cap-add": "cap_add", "--secret": "secret"}
+_SPEC_VALUES = {o.flag: o.param for o in JOB_OPTIONS if not o.many}
+_SPEC_LISTS = {o.flag: o.param for o in JOB_OPTIONS if o.many}
 
 # command -> (positional: "none" | "one" | "many" | "optional", value options, list options,
 # flags)

@@ -11,6 +11,7 @@ from typing import Any
 
 from logist.errors import UsageError
 from logist.model import Job, Step
+from logist.options import SPEC_KEYS
 
 ID_RULE = "^[a-z0-9][a-z0-9_.-]{0,63}$"
 _ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
@@ -26,29 +27,7 @@ URL_PREFIXES = ("file://", "git://", "https://", "http://", "ssh://")
 NETWORKS = ("bridge", "none", "host")
 PULLS = ("missing", "always", "never")
 CLEANUPS = ("always", "on-success", "never")
-TOP_KEYS = frozenset(
-    {
-        "id",
-        "repo",
-        "ref",
-        "image",
-        "prompt",
-        "env",
-        "timeout",
-        "resources",
-        "memory",
-        "cpus",
-        "pids",
-        "network",
-        "cap_add",
-        "runtime",
-        "secrets",
-        "user",
-        "pull",
-        "cleanup",
-        "steps",
-    }
-)
+TOP_KEYS = SPEC_KEYS  # logist/options.py declares them
 RESOURCE_KEYS = frozenset({"memory", "cpus", "pids"})
 STEP_KEYS = frozenset({"name", "run", "image", "timeout"})
 DEFAULT_IMAGE = "logist/step:latest"
