@@ -825,10 +825,10 @@ EVIDENCE_STEPS = [
 def test_engine_sets_the_workspace_up_once_before_the_first_of_two_steps(
     store, source_repo, clones, monkeypatch
 ):
-    from logist import Runtime, containers, runner
+    from logist import Runtime, containers, workspaces
 
     events: list[str] = []
-    real_setup, real_create = runner.setup_workspace, containers.create
+    real_setup, real_create = workspaces.prepare_workspace, containers.create
 
     def counting_setup(*args, **kwargs):
         events.append("setup")
@@ -838,7 +838,7 @@ def test_engine_sets_the_workspace_up_once_before_the_first_of_two_steps(
         events.append("helper" if args[1].step == "helper" else "container")
         return real_create(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "setup_workspace", counting_setup)
+    monkeypatch.setattr(workspaces, "prepare_workspace", counting_setup)
     monkeypatch.setattr(containers, "create", counting_create)
     job_id = new_job(store, source_repo, "engine-once", steps=EVIDENCE_STEPS, cleanup="never")
     [result] = Runtime(store.root).run_jobs([job_id])
