@@ -81,12 +81,55 @@ def ensure_image(cli: DockerClient, image: str, pull: str = "missing") -> None:
                 raise ImageMissing(image, "pull policy is never", dock_of(cli).url)
             return
         try:
-            cli.images.pull(image)
+            _pull(cli, image)
         except docker.errors.APIError as exc:
             if not present:
                 raise ImageMissing(
                     image, one_line(exc.explanation or exc), dock_of(cli).url
                 ) from None
+        except _PullTimedOut as exc:
+            if not present:
+                raise ImageMissing(image, str(exc), dock_of(cli).url) from None
+
+
+class _PullTimedOut(Exception):
+    pass
+
+
+def _pull(cli: DockerClient, image: str) -> None:
+    """Pull ``image`` within the engine's ``pull_timeout`` on a client of its own: the SDK
+    reads a pull's stream without a deadline, so it is read in a thread, and a registry that
+    stops answering is given up (the engine's pull ends with its own request).
+
+    Raises:
+        docker.errors.APIError: the engine or the registry refused it.
+        _PullTimedOut: it did not finish in time.
+    """
+    import docker
+
+    dock = dock_of(cli)
+    repo, tag = docker.utils.parse_repository_tag(image)
+    puller = dock.new_client(dock.timeout)
+    outcome: list[BaseException | None] = []
+
+    def pull() -> None:
+        try:
+            for event in puller.api.pull(repo, tag=tag or "latest", stream=True, decode=True):
+                if isinstance(event, dict) and event.get("error"):
+                    raise docker.errors.APIError(str(event["error"]))
+            outcome.append(None)
+        except BaseException as exc:  # handed to the caller's thread
+            outcome.append(exc)
+
+    pulling = threading.Thread(target=pull, name="logist-pull", daemon=True)
+    pulling.start()
+    pulling.join(dock.pull_timeout)
+    if pulling.is_alive():
+        puller.close()
+        raise _PullTimedOut(f"the pull did not finish within {dock.pull_timeout:g}s")
+    puller.close()
+    if outcome and outcome[0] is not None:
+        raise outcome[0]
 
 
 def create(cli: DockerClient, spec: ContainerSpec) -> Container:

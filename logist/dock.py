@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 
 DEFAULT = "default"  # an engine name: the one the SDK finds (DOCKER_HOST, else the socket)
 DOCKER_TIMEOUT = 30.0  # seconds any engine call but a step's own wait may take
+PULL_TIMEOUT = 600.0  # seconds an image pull may take (LOGIST_PULL_TIMEOUT)
 LOST_FOR = 30.0  # seconds an engine found gone is not waited on again by best-effort calls
-PROBE_FOR = 10.0  # seconds a reachability probe's answer is remembered
+PROBE_FOR = 5.0  # seconds a reachability probe's answer is remembered
 
 
 def default_engine() -> str:
@@ -42,6 +43,7 @@ class Dock:
         self.name = DEFAULT if url in (None, "", DEFAULT) else str(url).rstrip("/")
         self.url = default_engine() if self.name == DEFAULT else self.name
         self.timeout = request_timeout() if timeout is None else timeout
+        self.pull_timeout = float(os.environ.get("LOGIST_PULL_TIMEOUT") or PULL_TIMEOUT)
         self.version: dict | None = None  # its /version, asked once
         self.api_version: str | None = None
         self.said: set[str] = set()  # what ``podman.say_once`` said of this engine

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
-import time
+from collections.abc import Callable
 
 from logist.dock import DEFAULT, Dock
 from logist.errors import EngineUnavailable, UsageError
@@ -70,14 +70,15 @@ def reachable(url: str, timeout: float = PROBE_TIMEOUT) -> bool:
 class Placer:
     """Free slots per engine (``parallel`` each); ``acquire`` gives a job its engine: the one
     it is placed on, or (not placed yet, or its engine gone) the reachable engine with the most
-    free slots. Blocks while the wanted engine is full."""
+    free slots. Blocks while the wanted engine is full. ``up(url)`` says whether an engine
+    answers (the runtime's ``Dock.answers``: one probe cache per engine)."""
 
-    def __init__(self, engines: list[str], parallel: int = 1) -> None:
+    def __init__(self, engines: list[str], parallel: int, up: Callable[[str], bool]) -> None:
         self.engines = engines
         self.parallel = max(1, parallel)
         self.used = dict.fromkeys(self.engines, 0)
         self._cond = threading.Condition()
-        self._probed: dict[str, tuple[float, bool]] = {}
+        self._answers = up
 
     @property
     def slots(self) -> int:
@@ -86,14 +87,7 @@ class Placer:
     def _up(self, url: str) -> bool:
         if len(self.engines) == 1 and url == self.engines[0]:
             return True  # one engine: its errors are the run's own (exit 3), no probe
-        with self._cond:
-            seen = self._probed.get(url)
-        if seen and time.monotonic() - seen[0] < 5:
-            return seen[1]
-        up = reachable(url)
-        with self._cond:
-            self._probed[url] = (time.monotonic(), up)
-        return up
+        return self._answers(url)
 
     def acquire(self, placed: str | None) -> str:
         """Take a slot for a job recorded on ``placed`` (None: not placed yet): that engine

@@ -91,7 +91,10 @@ class Runner:
         self.listen = listen
         self.notify = notify or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.progress = progress
-        self.placer = Placer(engines, 1)
+        self.placer = Placer(engines, 1, self._answers)
+
+    def _answers(self, url: str) -> bool:
+        return self.store.docks.get(url).answers()
 
     # --- one job ---------------------------------------------------------------------------
 
@@ -425,7 +428,7 @@ class Runner:
         with contextlib.suppress(LogistError):
             reap_orphans(self.store, self.engines)
         results: list[JobResult] = []
-        self.placer = Placer(self.engines, parallel)
+        self.placer = Placer(self.engines, parallel, self._answers)
         with ThreadPoolExecutor(
             max_workers=self.placer.slots, thread_name_prefix="logist-job"
         ) as pool:

@@ -181,3 +181,48 @@ def test_the_example_of_docs_api_md_runs_as_written(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "succeeded" in out
     assert git(src, "show", "logist/fix-typo:README.md") == "the typo\n"
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(120)
+def test_an_image_pull_that_never_finishes_is_given_up_at_its_deadline(
+    jobs_root, source_repo, monkeypatch
+):
+    """A registry of the test's own on loopback that takes the connection and never answers:
+    the pull ends at ``LOGIST_PULL_TIMEOUT`` with exit 3, nothing ran, the job can run later."""
+    import socket
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.2)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        monkeypatch.setenv("LOGIST_PULL_TIMEOUT", "3")
+        rt = logist.Runtime(jobs_root, notify=lambda msg: None)
+        image = f"127.0.0.1:{server.getsockname()[1]}/logist-never:1"
+        job_id = rt.create(repo=str(source_repo), image=image, steps=["true"], network="none")
+        started = time.monotonic()
+        with pytest.raises(logist.ImageMissing, match="did not finish within 3s") as missing:
+            rt.run(job_id)
+        assert missing.value.exit_code == 3
+        assert time.monotonic() - started < 30
+        assert rt.status(job_id)["state"] == "pending"
+    finally:
+        stop.set()
+        acceptor.join(timeout=5)
+        for conn in held:
+            conn.close()
+        server.close()

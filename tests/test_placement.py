@@ -51,13 +51,11 @@ def test_workspaces_are_volumes_where_the_engine_does_not_share_our_files(monkey
 
 @pytest.fixture
 def up(monkeypatch):
-    alive = {A: True, B: True, C: True}
-    monkeypatch.setattr(engines, "reachable", lambda url, timeout=3.0: alive[url])
-    return alive
+    return {A: True, B: True, C: True}
 
 
 def test_new_jobs_go_to_the_engine_with_the_most_free_slots(up):
-    placer = engines.Placer([A, B], parallel=2)
+    placer = engines.Placer([A, B], 2, up.__getitem__)
     assert placer.slots == 4
     got = [placer.acquire(None) for _ in range(4)]
     assert sorted(got) == [A, A, B, B]
@@ -66,7 +64,7 @@ def test_new_jobs_go_to_the_engine_with_the_most_free_slots(up):
 
 
 def test_a_placed_job_stays_on_its_engine_and_waits_for_a_slot_there(up):
-    placer = engines.Placer([A, B], parallel=1)
+    placer = engines.Placer([A, B], 1, up.__getitem__)
     assert placer.acquire(A) == A
     got: list[str] = []
     waiter = threading.Thread(target=lambda: got.append(placer.acquire(A)))
@@ -80,16 +78,15 @@ def test_a_placed_job_stays_on_its_engine_and_waits_for_a_slot_there(up):
 
 def test_a_job_whose_engine_is_lost_is_placed_on_another_that_answers(up):
     up[A] = False
-    placer = engines.Placer([A, B, C], parallel=1)
+    placer = engines.Placer([A, B, C], 1, up.__getitem__)
     assert placer.acquire(A) in (B, C)
     up[B] = up[C] = False
     with pytest.raises(EngineUnavailable, match="no engine answers"):
-        engines.Placer([A, B, C], parallel=1).acquire(A)
+        engines.Placer([A, B, C], 1, up.__getitem__).acquire(A)
 
 
-def test_one_engine_is_never_probed(monkeypatch):
-    def probe(url, timeout=3.0):
+def test_one_engine_is_never_probed():
+    def probe(url):
         raise AssertionError("probed")
 
-    monkeypatch.setattr(engines, "reachable", probe)
-    assert engines.Placer([A], parallel=1).acquire(None) == A
+    assert engines.Placer([A], 1, probe).acquire(None) == A
