@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from logist import helper
+
 if TYPE_CHECKING:
     from docker.models.containers import Container
 
@@ -27,20 +29,7 @@ if TYPE_CHECKING:
 # script a "run" request runs; $3: its time limit in seconds. Requests are lines: the nonce, the
 # number of arguments, then one argument a line. When its input ends, it idles (as before:
 # ``exec`` still works) until it is removed.
-SERVE = r"""
-if [ -n "$1" ]; then printf 'visible %s\n' "$(cat "/out/$1" 2>/dev/null)"; fi
-S=$2 T=$3
-while IFS= read -r nonce && IFS= read -r n; do
-  set --
-  while [ "$n" -gt 0 ]; do IFS= read -r a || exit 0; set -- "$@" "$a"; n=$((n - 1)); done
-  timeout -s KILL "$T" sh -c "$S" run "$@" </dev/null >/tmp/logist-o 2>/tmp/logist-e
-  rc=$?
-  sed 's/^/o /' /tmp/logist-o
-  if [ -s /tmp/logist-e ]; then head -c 1048576 /tmp/logist-e | sed 's/^/e /'; fi
-  printf '\nend %s %s\n' "$nonce" "$rc"  # on a line of its own, whatever came before
-done
-exec sleep infinity
-"""
+SERVE = helper.script("serve.sh")
 
 MAX_ANSWER = 4 << 20  # bytes of an answer kept; the rest is read and dropped
 POLL = 0.1  # seconds between looks at ``should_stop`` while waiting

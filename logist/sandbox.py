@@ -23,10 +23,9 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from logist import containers
+from logist import containers, helper
 from logist.channel import SERVE, Channel, ChannelLost, Stopped, drivable
 from logist.container_spec import ContainerSpec, helper_image
 from logist.errors import (
@@ -37,6 +36,7 @@ from logist.errors import (
     Rejected,
     WorkspaceUnseen,
 )
+from logist.helper import HarvestOutput, parse_output, printable
 from logist.jobrun import JobRun
 from logist.store import owner_id
 from logist.workspaces import workspace_of
@@ -47,293 +47,21 @@ if TYPE_CHECKING:
 
 HELPER_TIMEOUT = 300  # seconds one harvest may take (LOGIST_HARVEST_TIMEOUT), then it is killed
 STOP_GRACE = 10.0  # seconds a harvest may go on after SIGINT/SIGTERM before it is killed
-MAX_OUTPUT = 1 << 20  # bytes of a helper's stdout we read; the rest is ignored
 
-# Shared by the helper's scripts: a clean git environment and the write-back.
-PRELUDE = r"""
-set -u
-export HOME=/tmp GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null GIT_TERMINAL_PROMPT=0 LC_ALL=C
-export GIT_AUTHOR_NAME=logist GIT_AUTHOR_EMAIL=logist@localhost
-export GIT_COMMITTER_NAME=logist GIT_COMMITTER_EMAIL=logist@localhost
-unset GIT_DIR GIT_WORK_TREE GIT_INDEX_FILE GIT_OBJECT_DIRECTORY GIT_ALTERNATE_OBJECT_DIRECTORIES
-S=/tmp/logist-scratch W=/workspace
-UP="git -c safe.directory=* -c core.hooksPath=/dev/null upload-pack"
-warn() { printf 'warning: %s\n' "$*" >&2; }
-# The workspace's own repository shows the harvest (HEAD on the job branch at the harvest
-# commit, its branches, tags and stash as harvested, the index matching the commit), so the next
-# step starts clean. No git command ever runs with the step's repository (its config, hooks,
-# refs) as its own: a new repository is made with logist's config only, the step's object files
-# are moved into it as data, the refs come from the helper's repository, and it replaces .git.
-write_back() (
-  branch=$1 C=$2 ns=$3
-  cd "$W" || exit 20
-  new="$W/.git.logist-new" old="$W/.git.logist-old"
-  rm -rf "$new" "$old"
-  git init -q --bare --template= "$new" >/dev/null || exit 21
-  n() { git --git-dir="$new" -c safe.directory='*' -c core.hooksPath=/dev/null \
-        -c gc.auto=0 -c maintenance.auto=false -c fetch.writeCommitGraph=false "$@"; }
-  if [ -d .git/objects ] && [ ! -L .git ] && [ ! -L .git/objects ]; then
-    rm -rf "$new/objects" && mv .git/objects "$new/objects" || exit 21
-    # the step's links first (find follows none): no removal by name below may follow one
-    find "$new/objects" ! -type f ! -type d -exec rm -f {} + 2>/dev/null
-    rm -rf "$new/objects/info/alternates" "$new/objects/info/http-alternates" \
-           "$new/objects/info/commit-graph" "$new/objects/info/commit-graphs" \
-           "$new/objects/pack/multi-pack-index"
-    mkdir -p "$new/objects/info" "$new/objects/pack"
-  fi
-  n config core.bare false && n config core.logAllRefUpdates true || exit 21
-  # more refs than a harvest keeps: the step's own (copied as data into the view) stay
-  if [ -s /tmp/logist-over ] && [ -d /tmp/logist-view/refs ]; then
-    cp -RP /tmp/logist-view/refs/. "$new/refs/" 2>/dev/null
-    if [ -f /tmp/logist-view/packed-refs ]; then cp /tmp/logist-view/packed-refs "$new/"; fi
-    find "$new/refs" ! -type f ! -type d -exec rm -f {} + 2>/dev/null
-  fi
-  # refs/wb/ of the helper's repository: the job branch at C, the step's other branches, its
-  # tags and its stash, as the harvest found them
-  n fetch -q --no-tags --no-write-fetch-head --upload-pack "$UP" "$S" "+refs/wb/*:refs/*" \
-    || exit 22
-  n symbolic-ref HEAD "refs/heads/$branch" || exit 23
-  cp /tmp/logist-index "$new/index" || exit 24
-  if [ -e .git ] || [ -L .git ]; then mv .git "$old" || exit 25; fi
-  mv "$new" .git || exit 25
-  rm -rf "$old"
-  exit 0
-)
-"""
 
-# Runs as root in the helper with DAC_OVERRIDE only. Arguments: branch, previous harvest
-# commit, message, nonce, ref namespace, and "yes" to write the harvest back in the same run
-# (when the step runs as root too). Prints "commit C", "current yes", "bundle NAME",
-# "ref OID NAME" lines; every one is checked by the host.
-HARVEST = (
-    PRELUDE
-    + r"""
-branch=$1 P=$2 msg=$3 nonce=$4 ns=$5 wb=${6:-no}
-I=/tmp/logist-index
-for f in /out/*.bundle; do [ -f "$f" ] && [ ! -L "$f" ] && rm -f "$f"; done  # no process: none
-g() { git --git-dir="$S" -c core.hooksPath=/dev/null -c safe.directory='*' \
-      -c gc.auto=0 -c maintenance.auto=false -c core.fsmonitor=false \
-      -c core.untrackedCache=false -c core.splitIndex=false -c core.sparseCheckout=false "$@"; }
-gw() { g --work-tree="$W" "$@"; }
-if [ ! -f "$S/HEAD" ]; then
-  git init -q --bare "$S" || exit 10
-  echo /trusted/objects > "$S/objects/info/alternates"
-fi
-rm -rf "$S/refs/logist" "$S/refs/wb" "$S/shallow"
-# 1. the workspace repository's refs and objects, as data: read through a view of logist's own
-#    making (logist's config, copies of HEAD and the refs, the step's objects as an alternate),
-#    so no git command reads the step's config; objects logist has not seen are fetched (by
-#    id); a ref whose objects cannot be had is skipped
-V=/tmp/logist-view list=
-rm -rf "$V"
-if [ -d "$W/.git" ] && [ ! -L "$W/.git" ] && [ -d "$W/.git/objects" ] \
-   && [ ! -L "$W/.git/objects" ] \
-   && [ -z "$(find "$W/.git/objects" ! -type f ! -type d | head -n 1)" ]; then
-  mkdir -p "$V/refs" "$V/objects/info"
-  printf '[core]\n\trepositoryformatversion = 0\n\tbare = true\n' > "$V/config"
-  echo "$W/.git/objects" > "$V/objects/info/alternates"
-  for f in HEAD packed-refs; do
-    if [ -f "$W/.git/$f" ] && [ ! -L "$W/.git/$f" ]; then cp "$W/.git/$f" "$V/$f"; fi
-  done
-  if [ -d "$W/.git/refs" ] && [ ! -L "$W/.git/refs" ]; then
-    cp -RP "$W/.git/refs/." "$V/refs/" 2>/dev/null
-  fi
-  find "$V" ! -type f ! -type d -exec rm -f {} + 2>/dev/null  # links, FIFOs, devices
-  [ -f "$V/HEAD" ] || echo "ref: refs/logist-no-head" > "$V/HEAD"
-  list=$(cd / && g ls-remote --symref "$V" 2>/dev/null) || list=
-fi
-[ -n "$list" ] || \
-  warn "the workspace's repository cannot be read; committing its files on the last harvest"
-refs=$(printf '%s\n' "$list" | grep -v '^ref: ' \
-       | grep -E '	(HEAD|refs/heads/.+|refs/tags/.+|refs/stash)$')
-have() { printf '%s\n' "$refs" | cut -f1 | sort -u \
-         | g cat-file --batch-check='%(objectname) %(objecttype)'; }
-types=$(have)
-missing=$(printf '%s\n' "$types" | awk '$2 == "missing" {print $1}')
-if [ -n "$missing" ]; then
-  UPA="git -c core.hooksPath=/dev/null -c uploadpack.allowAnySHA1InWant=true upload-pack"
-  fetch() { g fetch -q --no-tags --no-write-fetch-head --upload-pack "$UPA" "$V" \
-            "$@" 2>/dev/null; }
-  fetch $missing || for oid in $missing; do fetch "$oid" || true; done
-  if [ -f "$S/shallow" ]; then
-    warn "the workspace's repository is shallow: its history is not taken"; rm -f "$S/shallow"
-    refs=
-  fi
-  types=$(have)
-fi
-kind() { printf '%s\n' "$types" | awk -v o="$1" '$1 == o {print $2; exit}'; }
-H=$(printf '%s\n' "$refs" | awk -F'	' '$2 == "HEAD" {print $1; exit}')
-[ -n "$H" ] && [ "$(kind "$H")" != commit ] && { warn "skipped HEAD: its objects are missing"; H=; }
-# 2. the files, as they are, on top of the step's HEAD (or the last harvest); the index is
-#    kept between harvests so unchanged files are not read again
-start=${H:-$P}
-# A fresh helper borrows the stat data of the workspace's own index (a regular file, read as
-# data): one-way read-tree -m keeps the tree's object ids, and stat data only where they match;
-# the flags that would make git skip a file (assume-unchanged, skip-worktree) are cleared and
-# caches (untracked, split, fsmonitor) are off, so every change is still seen. ls-files -v tags
-# a plain entry "H " (a flagged one h, S or s): the two clearing passes (an index rewrite each)
-# run only when some entry is not plain, and the borrowed index, already read from "$start",
-# is not read again.
-unflag() {
-  GIT_INDEX_FILE=$I gw ls-files -v > /tmp/logist-flags || return 1
-  if grep -q -v '^H ' /tmp/logist-flags; then
-    GIT_INDEX_FILE=$I gw ls-files -z | GIT_INDEX_FILE=$I gw update-index -z \
-      --no-assume-unchanged --stdin 2>/dev/null \
-    && GIT_INDEX_FILE=$I gw ls-files -z | GIT_INDEX_FILE=$I gw update-index -z \
-      --no-skip-worktree --stdin 2>/dev/null
-  fi
-}
-borrowed=
-if [ ! -f "$I" ] && [ -f "$W/.git/index" ] && [ ! -L "$W/.git/index" ] && [ ! -L "$W/.git" ]; then
-  cp "$W/.git/index" "$I" 2>/dev/null && GIT_INDEX_FILE=$I gw read-tree -m "$start" 2>/dev/null \
-  && unflag && borrowed=yes || rm -f "$I"
-fi
-rm -f /tmp/logist-flags
-[ -n "$borrowed" ] || GIT_INDEX_FILE=$I gw read-tree -m "$start" 2>/dev/null \
-  || { rm -f "$I"; GIT_INDEX_FILE=$I g read-tree "$start" 2>/dev/null; } \
-  || GIT_INDEX_FILE=$I g read-tree "$P" || exit 11
-cd "$W" || exit 12
-printf '.git.logist-hidden-%s\n' "$nonce" > /tmp/hidden-exclude
-# repositories nested in the workspace (a clone in a subdirectory): their files are work too, so
-# their .git is set aside while the files are added (and put back). Names are NUL-separated data
-# (a name may hold a newline) and stay below the workspace (find follows no link)
-find . -path ./.git -prune -o -name .git -prune -exec sh -c \
-  'n=$1; shift; for d; do mv -T -- "$d" "$d.logist-hidden-$n" && printf "%s\0" "$d"; done' \
-  hide "$nonce" {} + > /tmp/hidden 2>/dev/null
-GIT_INDEX_FILE=$I g --work-tree="$W" -c core.excludesFile=/tmp/hidden-exclude \
-  add -A --ignore-errors 2>/tmp/add.err || \
-  warn "some files could not be read: $(tail -n 1 /tmp/add.err)"
-xargs -0 -r sh -c 'n=$1; shift; for d; do mv -T -- "$d.logist-hidden-$n" "$d"; done' \
-  unhide "$nonce" < /tmp/hidden
-T=$(GIT_INDEX_FILE=$I g --work-tree="$W" write-tree) || exit 13
-cd /
-if [ -z "$H" ]; then set -- "$P"
-elif [ "$H" = "$P" ] || g merge-base --is-ancestor "$P" "$H" 2>/dev/null; then set -- "$H"
-elif g merge-base --is-ancestor "$H" "$P" 2>/dev/null; then set -- "$P"
-else set -- "$P" "$H"; fi
-if [ $# -eq 1 ] && [ "$(g rev-parse "$1^{tree}")" = "$T" ]; then C=$1
-else
-  parents=; for p in "$@"; do parents="$parents -p $p"; done
-  C=$(printf '%s\n' "$msg" | g commit-tree "$T" $parents) || exit 14
-fi
-echo "commit $C"
-# 3. other branches, tags and the stash: kept under refs/logist/<ns>/. One awk over all the
-#    refs, lists in files, revisions on stdin: linear in the number of refs a step made, and no
-#    argument list that could outgrow the kernel's limit
-git --git-dir=/trusted -c safe.directory='*' for-each-ref \
-  --format='%(objectname) %(refname)' "refs/logist/$ns/" > /tmp/logist-kept 2>/dev/null
-printf '%s\n' "$types" > /tmp/logist-types
-: > /tmp/logist-w; : > /tmp/logist-r; rm -f /tmp/logist-over
-# the bundle's refs: the job branch when it moved, then what logist does not have
-mine() { : > /tmp/logist-b; [ "$C" = "$P" ] || echo "refs/heads/$branch" > /tmp/logist-b; }
-mine
-{ printf 'update refs/heads/%s %s\nupdate refs/wb/heads/%s %s\n' "$branch" "$C" "$branch" "$C"
-  printf '%s\n' "$refs" | awk -F'\t' -v ns="$ns" -v branch="$branch" -v max=5000 '
-    FILENAME == "/tmp/logist-types" { split($0, p, " "); kind[p[1]] = p[2]; next }
-    FILENAME == "/tmp/logist-kept" { have[$0] = 1; next }
-    $2 == "" || $2 == "HEAD" { next }
-    { k = ($1 in kind) ? kind[$1] : ""
-      if (k == "" || k == "missing") {
-        print "skipped " $2 ": its objects are missing" > "/tmp/logist-w"; next }
-      if (++n > max) { over++; next }  # the bundle header and the answer stay bounded
-      short = substr($2, 6); dest = "refs/logist/" ns "/" short
-      print "ref " $1 " " dest > "/tmp/logist-r"
-      print "update " dest " " $1
-      if ($2 != "refs/heads/" branch) print "update refs/wb/" short " " $1
-      if (!(($1 " " dest) in have)) print dest >> "/tmp/logist-b" }
-    END { if (over) print "only the first " max " branches, tags and stashes are kept; " \
-            over " more are not (the workspace keeps them all)" > "/tmp/logist-w"
-          if (over) print "yes" > "/tmp/logist-over" }
-  ' /tmp/logist-types /tmp/logist-kept -
-} > /tmp/logist-updates
-while IFS= read -r w; do warn "$w"; done < /tmp/logist-w
-g update-ref --stdin < /tmp/logist-updates 2>/dev/null || {
-  warn "some kept refs clash (a/b and a): only the job branch is kept this time"
-  rm -rf "$S/refs/logist" "$S/refs/wb"
-  g update-ref "refs/heads/$branch" "$C" && g update-ref "refs/wb/heads/$branch" "$C" || exit 16
-  mine; : > /tmp/logist-r
-}
-# 4. the bundle: what logist's repository does not have yet
-if [ -s /tmp/logist-b ]; then
-  { cat /tmp/logist-b; echo "^$P"; awk '{print "^" $1}' /tmp/logist-kept; } > /tmp/logist-revs
-  if g bundle create -q "/out/$nonce.bundle" --stdin < /tmp/logist-revs 2>/tmp/bundle.err; then
-    echo "bundle $nonce.bundle"
-  elif [ -n "$(g rev-list --objects -n 1 --stdin < /tmp/logist-revs 2>/dev/null)" ]; then
-    cat /tmp/bundle.err >&2; exit 15
-  fi
-fi
-cat /tmp/logist-r  # last: the host reads a bounded answer, the commit and bundle lines first
-# always, whatever the harvest found (a clean tree, the step's own commit, thousands of refs):
-# the next step must not meet this step's config or hooks
-if [ "$wb" = yes ]; then
-  write_back "$branch" "$C" "$ns" || warn "the workspace's repository was not updated (exit $?)"
-fi
-exit 0
-"""
-)
-
-# Volume workspaces: the helper's own repository of what logist has (/trusted), made from a
-# bundle of logist's repository of the job put into the helper.
-TRUSTED_INIT = r"""
-set -eu
-export HOME=/tmp GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null LC_ALL=C
-mkdir -p /out && chmod 700 /out
-rm -rf /trusted
-git init -q --bare --template= /trusted
-git --git-dir=/trusted -c core.hooksPath=/dev/null fetch -q --no-tags --no-write-fetch-head \
-  /tmp/logist-trusted.bundle '+refs/*:refs/*'
-rm -f /tmp/logist-trusted.bundle
-"""
-
-# Runs as the step's user. Arguments: branch, harvest commit.
-WRITE_BACK = (
-    PRELUDE
-    + r"""
-write_back "$1" "$2" "$3"
-"""
-)
-
+# The helper's scripts (logist/helper/*.sh). HARVEST runs as root in the helper with
+# DAC_OVERRIDE only; arguments: branch, previous harvest commit, message, nonce, ref namespace,
+# and "yes" to write the harvest back in the same run (when the step runs as root too); it
+# prints "commit C", "bundle NAME", "ref OID NAME" lines, every one checked by the host.
+# WRITE_BACK runs as the step's user (branch, harvest commit, namespace). TRUSTED_INIT makes a
+# volume workspace's helper its own repository of what logist has (/trusted) from a bundle.
+HARVEST = helper.script("prelude.sh", "harvest.sh")
+WRITE_BACK = helper.script("prelude.sh", "write-back.sh")
+TRUSTED_INIT = helper.script("trusted-init.sh")
 _BUNDLE = re.compile(r"[0-9a-f]{16}\.bundle")
 # The helper's command when it proves the engine sees the job directory: its first line is
 # what it reads from the marker logist wrote there (the token, or nothing), then it waits.
-VISIBLE = r"""printf 'visible %s\n' "$(cat "/out/$1" 2>/dev/null)"; exec sleep infinity"""
-
-_LINE = re.compile(r"(commit|bundle|ref) (\S+)(?: (\S+))?")
-
-
-@dataclass
-class HarvestOutput:
-    """What a harvest helper said (untrusted: the host checks every item)."""
-
-    commit: str | None = None
-    bundle: str | None = None
-    refs: dict[str, str] = field(default_factory=dict)
-    written_back: bool = False  # nothing left to do for the workspace's repository
-    warnings: list[str] = field(default_factory=list)
-
-
-def parse_output(stdout: bytes, stderr: bytes) -> HarvestOutput:
-    """Read a helper's answer as data: only well-formed lines count."""
-    out = HarvestOutput()
-    for raw in stdout[:MAX_OUTPUT].decode("ascii", errors="replace").splitlines():
-        m = _LINE.fullmatch(raw.strip())
-        if not m:
-            continue
-        kind, a, b = m.groups()
-        if kind == "commit":
-            out.commit = a
-        elif kind == "bundle":
-            out.bundle = a
-        elif b is not None:
-            out.refs[b] = a
-    for raw in stderr[:MAX_OUTPUT].decode(errors="replace").splitlines():
-        if raw.startswith("warning: "):
-            out.warnings.append(_printable(raw[len("warning: ") :])[:300])
-    return out
-
-
-def _printable(text: str) -> str:
-    return "".join(c if c.isprintable() else "?" for c in text)
+VISIBLE = helper.script("visible.sh")
 
 
 class Sandbox:
@@ -743,4 +471,4 @@ def _can_serve(cli) -> bool:
 
 def _last_line(stderr: bytes, code: int) -> str:
     lines = stderr.decode(errors="replace").strip().splitlines()
-    return _printable(lines[-1])[:300] if lines else f"exit {code}"
+    return printable(lines[-1])[:300] if lines else f"exit {code}"

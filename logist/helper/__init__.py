@@ -1,0 +1,57 @@
+"""The helper container's shell scripts, as files: ``prelude.sh`` (a clean git environment and
+``write_back``), ``harvest.sh``, ``write-back.sh``, ``trusted-init.sh``, ``visible.sh`` and
+``serve.sh``. logist passes their text to ``sh -c`` in the helper; their paths default to the
+container's (``LOGIST_ROOT`` unset), so tests run them with ``sh`` on temporary repositories
+(tests/test_helper_scripts.py). And the reading of a harvest's answer, as data."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from importlib.resources import files
+
+MAX_OUTPUT = 1 << 20  # bytes of a helper's answer read; the rest is ignored
+
+
+def script(*names: str) -> str:
+    """The text of the named scripts, one after the other."""
+    return "".join(files(__name__).joinpath(name).read_text() for name in names)
+
+
+_LINE = re.compile(r"(commit|bundle|ref) (\S+)(?: (\S+))?")
+
+
+@dataclass
+class HarvestOutput:
+    """What a harvest helper said (untrusted: the host checks every item)."""
+
+    commit: str | None = None
+    bundle: str | None = None
+    refs: dict[str, str] = field(default_factory=dict)
+    written_back: bool = False  # nothing left to do for the workspace's repository
+    warnings: list[str] = field(default_factory=list)
+
+
+def parse_output(stdout: bytes, stderr: bytes) -> HarvestOutput:
+    """Read a helper's answer as data: only well-formed lines count."""
+    out = HarvestOutput()
+    for raw in stdout[:MAX_OUTPUT].decode("ascii", errors="replace").splitlines():
+        m = _LINE.fullmatch(raw.strip())
+        if not m:
+            continue
+        kind, a, b = m.groups()
+        if kind == "commit":
+            out.commit = a
+        elif kind == "bundle":
+            out.bundle = a
+        elif b is not None:
+            out.refs[b] = a
+    for raw in stderr[:MAX_OUTPUT].decode(errors="replace").splitlines():
+        if raw.startswith("warning: "):
+            out.warnings.append(printable(raw[len("warning: ") :])[:300])
+    return out
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable as ``?``."""
+    return "".join(c if c.isprintable() else "?" for c in text)

@@ -1,0 +1,163 @@
+branch=$1 P=$2 msg=$3 nonce=$4 ns=$5 wb=${6:-no}
+I="$TM/logist-index"
+for f in "$R/out/"*.bundle; do [ -f "$f" ] && [ ! -L "$f" ] && rm -f "$f"; done  # no process: none
+g() { git --git-dir="$S" -c core.hooksPath=/dev/null -c safe.directory='*' \
+      -c gc.auto=0 -c maintenance.auto=false -c core.fsmonitor=false \
+      -c core.untrackedCache=false -c core.splitIndex=false -c core.sparseCheckout=false "$@"; }
+gw() { g --work-tree="$W" "$@"; }
+if [ ! -f "$S/HEAD" ]; then
+  git init -q --bare "$S" || exit 10
+  echo "$R/trusted/objects" > "$S/objects/info/alternates"
+fi
+rm -rf "$S/refs/logist" "$S/refs/wb" "$S/shallow"
+# 1. the workspace repository's refs and objects, as data: read through a view of logist's own
+#    making (logist's config, copies of HEAD and the refs, the step's objects as an alternate),
+#    so no git command reads the step's config; objects logist has not seen are fetched (by
+#    id); a ref whose objects cannot be had is skipped
+V="$TM/logist-view" list=
+rm -rf "$V"
+if [ -d "$W/.git" ] && [ ! -L "$W/.git" ] && [ -d "$W/.git/objects" ] \
+   && [ ! -L "$W/.git/objects" ] \
+   && [ -z "$(find "$W/.git/objects" ! -type f ! -type d | head -n 1)" ]; then
+  mkdir -p "$V/refs" "$V/objects/info"
+  printf '[core]\n\trepositoryformatversion = 0\n\tbare = true\n' > "$V/config"
+  echo "$W/.git/objects" > "$V/objects/info/alternates"
+  for f in HEAD packed-refs; do
+    if [ -f "$W/.git/$f" ] && [ ! -L "$W/.git/$f" ]; then cp "$W/.git/$f" "$V/$f"; fi
+  done
+  if [ -d "$W/.git/refs" ] && [ ! -L "$W/.git/refs" ]; then
+    cp -RP "$W/.git/refs/." "$V/refs/" 2>/dev/null
+  fi
+  find "$V" ! -type f ! -type d -exec rm -f {} + 2>/dev/null  # links, FIFOs, devices
+  [ -f "$V/HEAD" ] || echo "ref: refs/logist-no-head" > "$V/HEAD"
+  list=$(cd / && g ls-remote --symref "$V" 2>/dev/null) || list=
+fi
+[ -n "$list" ] || \
+  warn "the workspace's repository cannot be read; committing its files on the last harvest"
+refs=$(printf '%s\n' "$list" | grep -v '^ref: ' \
+       | grep -E '	(HEAD|refs/heads/.+|refs/tags/.+|refs/stash)$')
+have() { printf '%s\n' "$refs" | cut -f1 | sort -u \
+         | g cat-file --batch-check='%(objectname) %(objecttype)'; }
+types=$(have)
+missing=$(printf '%s\n' "$types" | awk '$2 == "missing" {print $1}')
+if [ -n "$missing" ]; then
+  UPA="git -c core.hooksPath=/dev/null -c uploadpack.allowAnySHA1InWant=true upload-pack"
+  fetch() { g fetch -q --no-tags --no-write-fetch-head --upload-pack "$UPA" "$V" \
+            "$@" 2>/dev/null; }
+  fetch $missing || for oid in $missing; do fetch "$oid" || true; done
+  if [ -f "$S/shallow" ]; then
+    warn "the workspace's repository is shallow: its history is not taken"; rm -f "$S/shallow"
+    refs=
+  fi
+  types=$(have)
+fi
+kind() { printf '%s\n' "$types" | awk -v o="$1" '$1 == o {print $2; exit}'; }
+H=$(printf '%s\n' "$refs" | awk -F'	' '$2 == "HEAD" {print $1; exit}')
+[ -n "$H" ] && [ "$(kind "$H")" != commit ] && { warn "skipped HEAD: its objects are missing"; H=; }
+# 2. the files, as they are, on top of the step's HEAD (or the last harvest); the index is
+#    kept between harvests so unchanged files are not read again
+start=${H:-$P}
+# A fresh helper borrows the stat data of the workspace's own index (a regular file, read as
+# data): one-way read-tree -m keeps the tree's object ids, and stat data only where they match;
+# the flags that would make git skip a file (assume-unchanged, skip-worktree) are cleared and
+# caches (untracked, split, fsmonitor) are off, so every change is still seen. ls-files -v tags
+# a plain entry "H " (a flagged one h, S or s): the two clearing passes (an index rewrite each)
+# run only when some entry is not plain, and the borrowed index, already read from "$start",
+# is not read again.
+unflag() {
+  GIT_INDEX_FILE=$I gw ls-files -v > "$TM/logist-flags" || return 1
+  if grep -q -v '^H ' "$TM/logist-flags"; then
+    GIT_INDEX_FILE=$I gw ls-files -z | GIT_INDEX_FILE=$I gw update-index -z \
+      --no-assume-unchanged --stdin 2>/dev/null \
+    && GIT_INDEX_FILE=$I gw ls-files -z | GIT_INDEX_FILE=$I gw update-index -z \
+      --no-skip-worktree --stdin 2>/dev/null
+  fi
+}
+borrowed=
+if [ ! -f "$I" ] && [ -f "$W/.git/index" ] && [ ! -L "$W/.git/index" ] && [ ! -L "$W/.git" ]; then
+  cp "$W/.git/index" "$I" 2>/dev/null && GIT_INDEX_FILE=$I gw read-tree -m "$start" 2>/dev/null \
+  && unflag && borrowed=yes || rm -f "$I"
+fi
+rm -f "$TM/logist-flags"
+[ -n "$borrowed" ] || GIT_INDEX_FILE=$I gw read-tree -m "$start" 2>/dev/null \
+  || { rm -f "$I"; GIT_INDEX_FILE=$I g read-tree "$start" 2>/dev/null; } \
+  || GIT_INDEX_FILE=$I g read-tree "$P" || exit 11
+cd "$W" || exit 12
+printf '.git.logist-hidden-%s\n' "$nonce" > "$TM/hidden-exclude"
+# repositories nested in the workspace (a clone in a subdirectory): their files are work too, so
+# their .git is set aside while the files are added (and put back). Names are NUL-separated data
+# (a name may hold a newline) and stay below the workspace (find follows no link)
+find . -path ./.git -prune -o -name .git -prune -exec sh -c \
+  'n=$1; shift; for d; do mv -T -- "$d" "$d.logist-hidden-$n" && printf "%s\0" "$d"; done' \
+  hide "$nonce" {} + > "$TM/hidden" 2>/dev/null
+GIT_INDEX_FILE=$I g --work-tree="$W" -c core.excludesFile="$TM/hidden-exclude" \
+  add -A --ignore-errors 2>"$TM/add.err" || \
+  warn "some files could not be read: $(tail -n 1 "$TM/add.err")"
+xargs -0 -r sh -c 'n=$1; shift; for d; do mv -T -- "$d.logist-hidden-$n" "$d"; done' \
+  unhide "$nonce" < "$TM/hidden"
+T=$(GIT_INDEX_FILE=$I g --work-tree="$W" write-tree) || exit 13
+cd /
+if [ -z "$H" ]; then set -- "$P"
+elif [ "$H" = "$P" ] || g merge-base --is-ancestor "$P" "$H" 2>/dev/null; then set -- "$H"
+elif g merge-base --is-ancestor "$H" "$P" 2>/dev/null; then set -- "$P"
+else set -- "$P" "$H"; fi
+if [ $# -eq 1 ] && [ "$(g rev-parse "$1^{tree}")" = "$T" ]; then C=$1
+else
+  parents=; for p in "$@"; do parents="$parents -p $p"; done
+  C=$(printf '%s\n' "$msg" | g commit-tree "$T" $parents) || exit 14
+fi
+echo "commit $C"
+# 3. other branches, tags and the stash: kept under refs/logist/<ns>/. One awk over all the
+#    refs, lists in files, revisions on stdin: linear in the number of refs a step made, and no
+#    argument list that could outgrow the kernel's limit
+git --git-dir="$R/trusted" -c safe.directory='*' for-each-ref \
+  --format='%(objectname) %(refname)' "refs/logist/$ns/" > "$TM/logist-kept" 2>/dev/null
+printf '%s\n' "$types" > "$TM/logist-types"
+: > "$TM/logist-w"; : > "$TM/logist-r"; rm -f "$TM/logist-over"
+# the bundle's refs: the job branch when it moved, then what logist does not have
+mine() { : > "$TM/logist-b"; [ "$C" = "$P" ] || echo "refs/heads/$branch" > "$TM/logist-b"; }
+mine
+{ printf 'update refs/heads/%s %s\nupdate refs/wb/heads/%s %s\n' "$branch" "$C" "$branch" "$C"
+  printf '%s\n' "$refs" | awk -F'\t' -v ns="$ns" -v branch="$branch" -v max=5000 \
+      -v tf="$TM/logist-types" -v kf="$TM/logist-kept" -v wf="$TM/logist-w" \
+      -v rf="$TM/logist-r" -v bf="$TM/logist-b" -v of="$TM/logist-over" '
+    FILENAME == tf { split($0, p, " "); kind[p[1]] = p[2]; next }
+    FILENAME == kf { have[$0] = 1; next }
+    $2 == "" || $2 == "HEAD" { next }
+    { k = ($1 in kind) ? kind[$1] : ""
+      if (k == "" || k == "missing") {
+        print "skipped " $2 ": its objects are missing" > wf; next }
+      if (++n > max) { over++; next }  # the bundle header and the answer stay bounded
+      short = substr($2, 6); dest = "refs/logist/" ns "/" short
+      print "ref " $1 " " dest > rf
+      print "update " dest " " $1
+      if ($2 != "refs/heads/" branch) print "update refs/wb/" short " " $1
+      if (!(($1 " " dest) in have)) print dest >> bf }
+    END { if (over) print "only the first " max " branches, tags and stashes are kept; " \
+            over " more are not (the workspace keeps them all)" > wf
+          if (over) print "yes" > of }
+  ' "$TM/logist-types" "$TM/logist-kept" -
+} > "$TM/logist-updates"
+while IFS= read -r w; do warn "$w"; done < "$TM/logist-w"
+g update-ref --stdin < "$TM/logist-updates" 2>/dev/null || {
+  warn "some kept refs clash (a/b and a): only the job branch is kept this time"
+  rm -rf "$S/refs/logist" "$S/refs/wb"
+  g update-ref "refs/heads/$branch" "$C" && g update-ref "refs/wb/heads/$branch" "$C" || exit 16
+  mine; : > "$TM/logist-r"
+}
+# 4. the bundle: what logist's repository does not have yet
+if [ -s "$TM/logist-b" ]; then
+  { cat "$TM/logist-b"; echo "^$P"; awk '{print "^" $1}' "$TM/logist-kept"; } > "$TM/logist-revs"
+  if g bundle create -q "$R/out/$nonce.bundle" --stdin < "$TM/logist-revs" 2>"$TM/bundle.err"; then
+    echo "bundle $nonce.bundle"
+  elif [ -n "$(g rev-list --objects -n 1 --stdin < "$TM/logist-revs" 2>/dev/null)" ]; then
+    cat "$TM/bundle.err" >&2; exit 15
+  fi
+fi
+cat "$TM/logist-r"  # last: the host reads a bounded answer, the commit and bundle lines first
+# always, whatever the harvest found (a clean tree, the step's own commit, thousands of refs):
+# the next step must not meet this step's config or hooks
+if [ "$wb" = yes ]; then
+  write_back "$branch" "$C" "$ns" || warn "the workspace's repository was not updated (exit $?)"
+fi
+exit 0
