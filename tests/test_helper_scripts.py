@@ -1,0 +1,219 @@
+"""The helper's scripts (logist/helper/*.sh), run with ``sh`` on temporary repositories under a
+root of the test's own (``LOGIST_ROOT``: the container's /workspace, /trusted, /out and /tmp
+there), with real git and no Docker. The same text runs in the helper container."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from logist.channel import SERVE
+from logist.helper import parse_output
+from logist.sandbox import HARVEST, TRUSTED_INIT, VISIBLE, WRITE_BACK
+from tests.helpers import git, make_repo
+
+BRANCH = "logist/j1"
+NONCE = "0123456789abcdef"
+
+
+class Root:
+    """A helper's file system in a temp directory: the step's workspace (a clone), logist's
+    repository of the job (/trusted, the job branch at the base commit), /out and /tmp."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.path = tmp_path / "root"
+        src = make_repo(tmp_path / "src", {"README.md": "hello\n", "lib/a.txt": "a\n"})
+        self.base = git(src, "rev-parse", "HEAD").strip()
+        for d in ("tmp", "out"):
+            (self.path / d).mkdir(parents=True)
+        self.trusted = self.path / "trusted"
+        subprocess.run(["git", "clone", "-q", "--bare", str(src), str(self.trusted)], check=True)
+        git(self.trusted, "update-ref", f"refs/heads/{BRANCH}", self.base)
+        self.ws = self.path / "workspace"
+        subprocess.run(["git", "clone", "-q", str(src), str(self.ws)], check=True)
+        git(self.ws, "checkout", "-q", "-b", BRANCH)
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "LOGIST_ROOT": str(self.path)}
+
+    def run(self, script: str, *args: str, name: str = "harvest") -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["sh", "-c", script, name, *args],
+            capture_output=True,
+            env=self.env(),
+            timeout=60,
+        )
+
+    def harvest(self, *, write_back: bool = False, message: str = "logist: j1 step 1"):
+        done = self.run(
+            HARVEST, BRANCH, self.base, message, NONCE, "j1", "yes" if write_back else ""
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        return parse_output(done.stdout, done.stderr)
+
+    def fetched(self, out) -> Path:
+        """logist's side: the bundle fetched into a copy of /trusted (checked by git)."""
+        copy = self.path.parent / "accepted.git"
+        subprocess.run(["git", "clone", "-q", "--bare", str(self.trusted), str(copy)], check=True)
+        bundle = self.path / "out" / out.bundle
+        git(copy, "bundle", "verify", str(bundle))
+        git(copy, "fetch", "-q", str(bundle), f"+refs/heads/{BRANCH}:refs/heads/{BRANCH}")
+        return copy
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Root:
+    return Root(tmp_path)
+
+
+def files_of(repo: Path, commit: str) -> dict[str, str]:
+    names = git(repo, "ls-tree", "-r", "-z", "--name-only", commit).split("\0")
+    return {n: git(repo, "show", f"{commit}:{n}") for n in names if n}
+
+
+def test_a_changed_tree_becomes_a_commit_on_the_last_harvest_and_a_bundle(root):
+    (root.ws / "README.md").write_text("changed\n")
+    (root.ws / "new.txt").write_text("new\n")
+    (root.ws / "lib" / "a.txt").unlink()
+    out = root.harvest()
+    assert out.commit and out.bundle == f"{NONCE}.bundle"
+    repo = root.fetched(out)
+    assert git(repo, "rev-parse", f"refs/heads/{BRANCH}").strip() == out.commit
+    assert git(repo, "rev-parse", f"{out.commit}^").strip() == root.base
+    assert files_of(repo, out.commit) == {"README.md": "changed\n", "new.txt": "new\n"}
+    assert git(repo, "log", "-1", "--format=%s", out.commit).strip() == "logist: j1 step 1"
+
+
+def test_a_clean_tree_after_the_steps_own_commit_keeps_that_commit(root):
+    (root.ws / "made.txt").write_text("by the step\n")
+    git(root.ws, "add", "made.txt")
+    git(root.ws, "commit", "-q", "-m", "the step's own")
+    own = git(root.ws, "rev-parse", "HEAD").strip()
+    out = root.harvest()
+    assert out.commit == own
+    assert files_of(root.fetched(out), own)["made.txt"] == "by the step\n"
+
+
+def test_nothing_changed_names_the_last_harvest_and_sends_no_bundle(root):
+    out = root.harvest()
+    assert out.commit == root.base and out.bundle is None
+
+
+def test_the_write_back_leaves_logists_config_alone_whatever_the_step_planted(root):
+    (root.ws / "work.txt").write_text("work\n")
+    git_dir = root.ws / ".git"
+    (git_dir / "hooks" / "post-checkout").write_text("#!/bin/sh\ntouch /tmp/pwned\n")
+    (git_dir / "hooks" / "post-checkout").chmod(0o755)
+    git(root.ws, "config", "core.fsmonitor", "touch /tmp/pwned-fsmonitor")
+    git(root.ws, "config", "alias.st", "!touch /tmp/pwned-alias")
+    out = root.harvest(write_back=True)
+    config = (git_dir / "config").read_text()
+    assert "fsmonitor" not in config and "alias" not in config
+    assert not (git_dir / "hooks" / "post-checkout").exists()
+    assert (git_dir / "HEAD").read_text().strip() == f"ref: refs/heads/{BRANCH}"
+    assert git(root.ws, "rev-parse", "HEAD").strip() == out.commit
+    assert git(root.ws, "status", "--porcelain").strip() == ""  # the index is the commit's
+
+
+def test_the_write_back_alone_replaces_the_repository_as_the_steps_user_would(root):
+    (root.ws / "work.txt").write_text("work\n")
+    out = root.harvest()
+    git(root.ws, "config", "core.fsmonitor", "touch /tmp/pwned-fsmonitor")
+    done = root.run(WRITE_BACK, BRANCH, out.commit, "j1", name="write-back")
+    assert done.returncode == 0, done.stderr.decode()
+    assert "fsmonitor" not in (root.ws / ".git" / "config").read_text()
+    assert git(root.ws, "rev-parse", "HEAD").strip() == out.commit
+
+
+def test_a_linked_objects_info_is_not_followed_by_the_write_back(root, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "alternates").write_text("keep me\n")
+    (outside / "commit-graph").write_text("keep me too\n")
+    info = root.ws / ".git" / "objects" / "info"
+    for f in info.iterdir():
+        f.unlink()
+    info.rmdir()
+    info.symlink_to(outside)
+    (root.ws / "work.txt").write_text("work\n")
+    root.harvest(write_back=True)
+    assert (outside / "alternates").read_text() == "keep me\n"
+    assert (outside / "commit-graph").read_text() == "keep me too\n"
+
+
+@pytest.mark.parametrize("name", ["nested", "-n", "new\nline"], ids=["plain", "dash", "newline"])
+def test_a_nested_repository_is_harvested_as_files_and_its_git_dir_put_back(root, name):
+    nested = make_repo(root.ws / name, {"inner.txt": "inner\n"})
+    out = root.harvest()
+    files = files_of(root.fetched(out), out.commit)
+    assert files[f"{name}/inner.txt"] == "inner\n"
+    assert not any("/.git" in f or f.startswith(".git") for f in files)
+    assert (nested / ".git" / "HEAD").is_file()  # set aside while adding, then put back
+    assert not list(root.ws.glob("**/*.logist-hidden-*"))
+
+
+def test_other_branches_and_tags_are_kept_under_the_jobs_namespace(root):
+    git(root.ws, "branch", "side")
+    git(root.ws, "tag", "v1")
+    out = root.harvest()
+    assert out.refs["refs/logist/j1/heads/side"] == root.base
+    assert out.refs["refs/logist/j1/tags/v1"] == root.base
+    assert all(name.startswith("refs/logist/j1/") for name in out.refs)
+
+
+def test_trusted_init_makes_the_helpers_repository_from_a_bundle(root):
+    bundle = root.path / "tmp" / "logist-trusted.bundle"
+    git(root.trusted, "bundle", "create", str(bundle), f"refs/heads/{BRANCH}")
+    for child in root.trusted.iterdir():  # the helper's /trusted is made anew
+        subprocess.run(["rm", "-rf", str(child)], check=True)
+    done = root.run(TRUSTED_INIT, name="trusted-init")
+    assert done.returncode == 0, done.stderr.decode()
+    assert git(root.trusted, "rev-parse", f"refs/heads/{BRANCH}").strip() == root.base
+    assert not bundle.exists()
+    assert oct((root.path / "out").stat().st_mode & 0o777) == "0o700"
+
+
+def _first_line(root: Root, script: str, *args: str) -> bytes:
+    proc = subprocess.Popen(
+        ["sh", "-c", script, "helper", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=root.env(),
+    )
+    try:
+        assert proc.stdout is not None
+        return proc.stdout.readline()
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_visible_says_what_it_reads_from_the_marker(root):
+    (root.path / "out" / "visible-t1").write_text("t0ken")
+    assert _first_line(root, VISIBLE, "visible-t1") == b"visible t0ken\n"
+    assert _first_line(root, VISIBLE, "visible-none") == b"visible \n"
+
+
+def test_serve_answers_each_request_with_tagged_lines_and_the_nonce(root):
+    script = 'printf "%s|%s\\n" "$1" "$2"; echo oops >&2; exit 3'
+    proc = subprocess.Popen(
+        ["sh", "-c", SERVE, "serve", "", script, "10"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=root.env(),
+    )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"n1\n2\na b\n-c\n")
+        proc.stdin.flush()
+        lines = []
+        while not (line := proc.stdout.readline()).startswith(b"end "):
+            lines.append(line)
+        assert line == b"end n1 3\n"
+        assert lines == [b"o a b|-c\n", b"e oops\n", b"\n"]
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
