@@ -233,18 +233,19 @@ def test_a_cancel_request_made_just_after_the_runner_took_the_lock_is_honoured(
 ):
     """The request lands between the runner's lock and its start: it must not be dropped as a
     request of an earlier run (the step would then run to its end)."""
-    from logist import Runtime, runner
+    from logist import Runtime
+    from logist.jobrun import JobRun
     from logist.store import request_cancel
 
     job = create(logist, source_repo, "echo ran > ran.txt")
     rt = Runtime(jobs_root)
-    recover = runner.recover_dead_owner
+    recover = JobRun.recover_dead_owner
 
-    def cancel_arrives(store_, job_):
-        request_cancel(store_.job_dir(job_.id))
-        return recover(store_, job_)
+    def cancel_arrives(run):
+        request_cancel(run.dir.path)
+        return recover(run)
 
-    monkeypatch.setattr(runner, "recover_dead_owner", cancel_arrives)
+    monkeypatch.setattr(JobRun, "recover_dead_owner", cancel_arrives)
     [result] = rt.run_jobs([job])
     assert result.job.state == "canceled"
     assert [s["state"] for s in status(logist, job)["steps"]] == ["canceled"]
