@@ -6,7 +6,7 @@ PY=${PYTHON:-$(command -v python3)}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import logist, pytest, pytest_timeout, testcontainers, docker, tenacity, yaml, typer" 2>/dev/null \
+if ! .venv/bin/python -c "import logist, pytest, pytest_timeout, xdist, testcontainers, docker, tenacity, yaml, typer" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.installed ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 |
     grep -v "is ignored: it is neither a file nor a directory" >&2 || true

@@ -32,9 +32,26 @@ def _engine_problem() -> str | None:
     return None
 
 
+# Tests that share one machine-wide resource run in one xdist worker each (``--dist
+# loadgroup``): the test nodes and the second engine (fixed bridges and subnets), the non-root
+# user (one account, one venv).
+GROUPS = {
+    "running_nodes": "engines",
+    "nodes": "engines",
+    "node_factory": "engines",
+    "engine2": "engines",
+    "nonroot_user": "nonroot",
+}
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests about rootless Podman run only when asked for (``-m rootless_podman``, as
+    """Group the tests of a shared resource (``GROUPS``) into one xdist worker. Tests about
+    rootless Podman run only when asked for (``-m rootless_podman``, as
     scripts/test-podman.sh's rootless run does); elsewhere they are deselected, never skipped."""
+    for item in items:
+        group = next((GROUPS[f] for f in getattr(item, "fixturenames", ()) if f in GROUPS), None)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
     if "rootless_podman" in (config.getoption("-m") or ""):
         return
     keep = [i for i in items if i.get_closest_marker("rootless_podman") is None]
