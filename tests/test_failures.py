@@ -59,7 +59,7 @@ def test_a_setting_the_engine_refuses_is_exit_2_in_one_line_and_the_job_failed(l
 
 @pytest.mark.docker
 @pytest.mark.timeout(120)
-def test_a_ref_gone_at_run_time_fails_the_job_with_exit_2(logist, source_repo):
+def test_a_ref_gone_at_run_time_fails_the_job_with_exit_2(logist, source_repo, jobs_root):
     git(source_repo, "branch", "feature")
     job = create(logist, source_repo, "true", extra=("--ref", "feature"))
     git(source_repo, "branch", "-D", "feature")
@@ -68,7 +68,10 @@ def test_a_ref_gone_at_run_time_fails_the_job_with_exit_2(logist, source_repo):
     assert "feature" in one_line(out.stderr)
     st = status(logist, job)
     assert st["state"] == "failed"
-    assert st["steps"][0]["state"] == "pending"  # it never ran
+    step = st["steps"][0]
+    assert (step["state"], step["started_at"], step["exit_code"]) == ("pending", None, None)
+    assert not (jobs_root / job / "logs" / "step-1.log").exists()  # no container ever ran
+    assert st["workspace"]["state"] != "ready" and st["result"]["branch"] is None
 
 
 # --- the container list when the engine does not answer --------------------------------------

@@ -243,16 +243,18 @@ def test_step_printing_200_mb_keeps_logist_memory_flat(jobs_root, source_repo, l
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    peak = 0
+    peak, samples = 0, 0
     while proc.poll() is None:
         try:
-            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    peak = max(peak, int(line.split()[1]) * 1024)
-        except OSError:
-            pass
+            status_text = Path(f"/proc/{proc.pid}/status").read_text()
+        except FileNotFoundError:  # it ended between poll() and the read
+            break
+        for line in status_text.splitlines():
+            if line.startswith("VmRSS:"):
+                peak, samples = max(peak, int(line.split()[1]) * 1024), samples + 1
         time.sleep(0.05)
     assert proc.returncode == 0, proc.stderr.read()
+    assert samples >= 10 and peak > 10 * 1024 * 1024, f"only {samples} samples of its memory"
     log = jobs_root / job / "logs" / "step-1.log"
     data = log.read_bytes()  # capped at log_limit (64 MiB): head and tail, the drop said
     dropped = 200_000_000 + 200_000_000 // 4096 - (64 << 20)
@@ -400,10 +402,48 @@ def test_pull_never_with_a_missing_image_is_exit_3_and_nothing_runs(logist, sour
     assert st["steps"][0]["state"] == "pending" and st["steps"][0]["exit_code"] is None
 
 
-def test_pull_always_of_a_local_only_image_still_runs(logist, source_repo):
-    job = create(logist, source_repo, "true", extra=("--pull", "always"))
-    out = logist("job", "run", job)
-    assert out.returncode == 0, out.stderr
+def test_pull_always_asks_the_registry_and_a_local_only_image_still_runs(
+    logist, source_repo, docker_client
+):
+    """The image is tagged for a registry of the test's own on loopback that refuses every
+    request: ``--pull always`` asks it (a connection arrives) and, the pull failing, the local
+    image runs; ``--pull missing`` (the default) never asks."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.2)
+    asked = []
+    stop = threading.Event()
+
+    def refuse() -> None:
+        while not stop.is_set():
+            try:
+                conn = server.accept()[0]
+            except OSError:
+                continue
+            asked.append(1)
+            conn.close()
+
+    image = f"127.0.0.1:{server.getsockname()[1]}/logist-step:local"
+    docker_client.images.get("logist/step:latest").tag(image)
+    acceptor = threading.Thread(target=refuse, daemon=True)
+    acceptor.start()
+    try:
+        missing = create(logist, source_repo, "true", extra=("--image", image))
+        assert logist("job", "run", missing).returncode == 0
+        assert asked == []  # present: not pulled
+        always = create(logist, source_repo, "true", extra=("--image", image, "--pull", "always"))
+        out = logist("job", "run", always)
+        assert out.returncode == 0, out.stderr
+        assert asked, "--pull always did not ask the registry"
+    finally:
+        stop.set()
+        acceptor.join(timeout=5)
+        server.close()
+        docker_client.images.remove(image)
 
 
 def test_step_as_another_user_can_commit_after_logist_harvested(logist, source_repo):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 
@@ -82,7 +83,9 @@ def test_a_kept_volume_workspace_is_removed_by_cleanup_and_counted(
     )  # fmt: skip
     out = vlogist("job", "cleanup", job, "--json")
     assert out.returncode == 0, out.stderr
-    assert '"workspace_removed": true' in out.stdout
+    report = json.loads(out.stdout)
+    assert [(c["job"], c["workspace_removed"]) for c in report["cleaned"]] == [(job, True)]
+    assert report["failed"] == []
     assert volumes_of(docker_client, jobs_root) == []
     assert git(source_repo, "show", f"logist/{job}:late.txt") == "late\n"
     assert status(vlogist, job)["workspace"]["state"] == "removed"
@@ -109,8 +112,10 @@ def test_the_stale_sweep_removes_idle_volumes_and_orphan_volumes(
     time.sleep(1.1)
     out = vlogist("job", "cleanup", "--stale", "--older-than", "1s", "--json")
     assert out.returncode == 0, out.stderr
-    assert f'"job": "{kept}"' in out.stdout
-    assert '"orphans_removed": 1' in out.stdout
+    report = json.loads(out.stdout)
+    assert [c["job"] for c in report["cleaned"]] == [kept]
+    assert report["cleaned"][0]["workspace_removed"] is True
+    assert report["orphans_removed"] == 1 and report["failed"] == []
     assert volumes_of(docker_client, jobs_root) == []
 
 
