@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -645,19 +646,45 @@ def git_daemon(served: Path):
         container.stop()
 
 
-@pytest.fixture
-def remote(tmp_path, monkeypatch):
-    """A repository served by ``git daemon`` from a container: (url, host path of the repo)."""
-    monkeypatch.setenv("TESTCONTAINERS_RYUK_DISABLED", "true")
-    served = tmp_path / "served"
-    repo = make_repo(served / "project.git-src", {"README.md": "remote\n"})
-    for i in range(30):  # some history, so a re-download would be a real one
+def _served_repo(served: Path, name: str) -> Path:
+    """A bare repository with some history under ``served`` (so a re-download is a real one)."""
+    repo = make_repo(served / f"{name}-src", {"README.md": "remote\n"})
+    for i in range(30):
         commit_file(repo, f"f{i}.txt", f"{i}\n" * 100, f"commit {i}")
-    bare = served / "project.git"
+    bare = served / name
     subprocess.run(["git", "clone", "-q", "--bare", str(repo), str(bare)], check=True)
     shutil.rmtree(repo)
+    return bare
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    """One ``git daemon`` container for the module's remote tests (each serves a repository of
+    its own from it): (served directory, base URL)."""
+    served = tmp_path_factory.mktemp("served")
+    _served_repo(served, "probe.git")
+    with git_daemon(served) as (base, _container):
+        yield served, base
+
+
+@pytest.fixture
+def remote(daemon):
+    """A repository of this test's own, served by the module's ``git daemon``: (url, host path
+    of the repo)."""
+    served, base = daemon
+    name = f"project-{secrets.token_hex(4)}.git"
+    bare = _served_repo(served, name)
+    yield f"{base}/{name}", bare
+
+
+@pytest.fixture
+def lone_remote(tmp_path):
+    """A repository served by a ``git daemon`` of this test's own, which the test may stop:
+    (url, container)."""
+    served = tmp_path / "served"
+    _served_repo(served, "project.git")
     with git_daemon(served) as (base, container):
-        yield f"{base}/project.git", bare, container
+        yield f"{base}/project.git", container
 
 
 @pytest.fixture
@@ -698,7 +725,7 @@ def push_to_bare(bare: Path, tmp_path: Path, name: str) -> str:
 def test_remote_source_is_cloned_through_a_mirror_made_once(
     store, remote, tmp_path, clones, mirror_git_calls
 ):
-    url, bare, _ = remote
+    url, bare = remote
     head = git(bare, "rev-parse", "HEAD").strip()
     first = new_job(store, url, "remote-1")
     ws1 = setup_workspace(store, first)
@@ -735,7 +762,7 @@ def test_remote_source_is_cloned_through_a_mirror_made_once(
 def test_jobs_of_one_remote_set_up_at_once_share_one_mirror_clone(
     store, remote, clones, mirror_git_calls
 ):
-    url, bare, _ = remote
+    url, bare = remote
     head = git(bare, "rev-parse", "HEAD").strip()
     job_ids = [new_job(store, url, f"remote-many-{i}") for i in range(6)]
     paths = run_threads(6, lambda i: setup_workspace(store, job_ids[i]), timeout=100)
@@ -768,7 +795,7 @@ def test_file_url_source_goes_through_one_mirror_and_origin_is_the_url(
 @pytest.mark.docker
 @pytest.mark.timeout(120)
 def test_half_made_mirror_left_by_a_crash_is_discarded_and_made_again(store, remote, clones):
-    url, bare, _ = remote
+    url, bare = remote
     mirrors = store.private_dir("mirrors")
     key = gitops.source_key(url)
     for pid in (os.getpid(), 999999):  # one this process would reuse, one of a dead process
@@ -785,9 +812,9 @@ def test_half_made_mirror_left_by_a_crash_is_discarded_and_made_again(store, rem
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_remote_errors_unknown_ref_at_create_and_unreachable_source_at_setup(
-    store, jobs_root, remote
+    store, jobs_root, lone_remote
 ):
-    url, _, container = remote
+    url, container = lone_remote
     out = run_logist(
         jobs_root,
         "job",
