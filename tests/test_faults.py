@@ -41,10 +41,19 @@ def via(proxy, jobs_root):
     return run
 
 
-def assert_recovered(
+@pytest.fixture
+def recovered(logist, jobs_root, docker_client, source_repo):
+    """``recovered(out, code, job, kept)``: the checks every fault ends with."""
+
+    def check(out: subprocess.CompletedProcess, code: int, job: str, kept: dict[str, str]):
+        _assert_recovered(out, code, logist, jobs_root, docker_client, source_repo, job, kept)
+
+    return check
+
+
+def _assert_recovered(
     out: subprocess.CompletedProcess,
     code: int,
-    *,
     logist,
     jobs_root: Path,
     docker_client,
@@ -52,7 +61,6 @@ def assert_recovered(
     job: str,
     kept: dict[str, str],
 ) -> None:
-    """The checks every fault ends with."""
     assert out.returncode == code, out.stderr
     assert "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
@@ -95,7 +103,18 @@ TWO_STEPS = ("echo one > one.txt", "echo two > two.txt")
     ],
 )
 def test_a_fault_in_the_second_step_interrupts_the_job_and_keeps_the_first_steps_work(
-    proxy, via, logist, jobs_root, docker_client, source_repo, method, path, action, code, skip
+    proxy,
+    via,
+    logist,
+    jobs_root,
+    docker_client,
+    source_repo,
+    method,
+    path,
+    action,
+    code,
+    skip,
+    recovered,
 ):
     job = create(logist, source_repo, *TWO_STEPS)
     rule = proxy.fail(method, path, action, skip=skip)  # the first step's calls pass
@@ -104,23 +123,14 @@ def test_a_fault_in_the_second_step_interrupts_the_job_and_keeps_the_first_steps
     st = status(logist, job)
     assert st["state"] == "interrupted", st
     assert [s["state"] for s in st["steps"]] == ["succeeded", "pending"]
-    assert_recovered(
-        out,
-        code,
-        logist=logist,
-        jobs_root=jobs_root,
-        docker_client=docker_client,
-        source_repo=source_repo,
-        job=job,
-        kept={"one.txt": "one\n"},
-    )
+    recovered(out, code, job, {"one.txt": "one\n"})
     resumed = logist("job", "run", job)  # an interrupted job resumes from its last harvest
     assert resumed.returncode == 0, resumed.stderr
     assert git(source_repo, "show", f"logist/{job}:two.txt") == "two\n"
 
 
 def test_a_container_the_engine_will_not_remove_after_a_step_is_reaped_by_the_sweep(
-    proxy, via, logist, jobs_root, docker_client, source_repo
+    proxy, via, logist, jobs_root, docker_client, source_repo, recovered
 ):
     job = create(logist, source_repo, *TWO_STEPS)
     rule = proxy.fail("DELETE", CID + "$", "500")
@@ -128,21 +138,12 @@ def test_a_container_the_engine_will_not_remove_after_a_step_is_reaped_by_the_sw
     assert rule.fired
     st = status(logist, job)
     assert st["state"] == "succeeded"  # the steps ran; only their containers stay
-    assert_recovered(
-        out,
-        3,
-        logist=logist,
-        jobs_root=jobs_root,
-        docker_client=docker_client,
-        source_repo=source_repo,
-        job=job,
-        kept={"one.txt": "one\n", "two.txt": "two\n"},
-    )
+    recovered(out, 3, job, {"one.txt": "one\n", "two.txt": "two\n"})
 
 
 @pytest.mark.parametrize("action", ["500", "reset"])
 def test_a_cleanup_whose_container_removal_fails_says_so_and_the_next_one_finishes(
-    proxy, logist, jobs_root, docker_client, source_repo, action
+    proxy, logist, jobs_root, docker_client, source_repo, action, recovered
 ):
     job = create(logist, source_repo, "echo one > one.txt", extra=("--cleanup", "never"))
     assert logist("job", "run", job).returncode == 0
@@ -171,22 +172,13 @@ def test_a_cleanup_whose_container_removal_fails_says_so_and_the_next_one_finish
     assert rule.fired, (out.returncode, out.stderr, proxy.seen)
     assert (jobs_root / job / "workspace").is_dir()  # kept: its containers are not gone
     stray.reload()  # still there for the next cleanup
-    assert_recovered(
-        out,
-        3,
-        logist=logist,
-        jobs_root=jobs_root,
-        docker_client=docker_client,
-        source_repo=source_repo,
-        job=job,
-        kept={"one.txt": "one\n"},
-    )
+    recovered(out, 3, job, {"one.txt": "one\n"})
     assert not (jobs_root / job / "workspace").exists()
 
 
 @pytest.mark.parametrize(("stop_fault", "kill_fails"), [("500", 0), ("500", 2), ("hang", 0)])
 def test_a_timeout_is_enforced_when_the_engine_fails_to_stop_the_container(
-    proxy, via, logist, jobs_root, docker_client, source_repo, stop_fault, kill_fails
+    proxy, via, logist, jobs_root, docker_client, source_repo, stop_fault, kill_fails, recovered
 ):
     job = create(logist, source_repo, "echo one > one.txt; sleep 300", extra=("--timeout", "2"))
     stop = proxy.fail("POST", CID + r"/stop$", stop_fault)
@@ -196,20 +188,11 @@ def test_a_timeout_is_enforced_when_the_engine_fails_to_stop_the_container(
     assert stop.fired
     st = status(logist, job)
     assert st["state"] == "failed" and st["steps"][0]["state"] == "timed_out"
-    assert_recovered(
-        out,
-        1,
-        logist=logist,
-        jobs_root=jobs_root,
-        docker_client=docker_client,
-        source_repo=source_repo,
-        job=job,
-        kept={"one.txt": "one\n"},
-    )
+    recovered(out, 1, job, {"one.txt": "one\n"})
 
 
 def test_an_engine_that_stops_answering_mid_step_is_exit_3_and_the_job_interrupted(
-    proxy, logist, jobs_root, docker_client, source_repo
+    proxy, logist, jobs_root, docker_client, source_repo, recovered
 ):
     """A hung engine (a SIGSTOPped dockerd): a run notices within LOGIST_DOCKER_TIMEOUT plus
     the ping interval (at most 5 s), marks the job interrupted and exits 3."""
@@ -238,20 +221,11 @@ def test_an_engine_that_stops_answering_mid_step_is_exit_3_and_the_job_interrupt
     st = status(logist, job)
     assert st["state"] == "interrupted" and st["active"] is False
     assert "unreachable" in err
-    assert_recovered(
-        out,
-        3,
-        logist=logist,
-        jobs_root=jobs_root,
-        docker_client=docker_client,
-        source_repo=source_repo,
-        job=job,
-        kept={"one.txt": "one\n", "two.txt": "two\n"},
-    )
+    recovered(out, 3, job, {"one.txt": "one\n", "two.txt": "two\n"})
 
 
 def test_an_engine_that_accepts_and_never_answers_fails_a_run_within_the_deadline(
-    proxy, via, logist, jobs_root, docker_client, source_repo
+    proxy, via, logist, jobs_root, docker_client, source_repo, recovered
 ):
     job = create(logist, source_repo, "echo one > one.txt")
     proxy.freeze()  # from the start: every request hangs
@@ -259,21 +233,12 @@ def test_an_engine_that_accepts_and_never_answers_fails_a_run_within_the_deadlin
     proxy.thaw()
     assert "unreachable" in out.stderr
     assert status(logist, job)["state"] in ("pending", "interrupted")
-    assert_recovered(
-        out,
-        3,
-        logist=logist,
-        jobs_root=jobs_root,
-        docker_client=docker_client,
-        source_repo=source_repo,
-        job=job,
-        kept={},
-    )
+    recovered(out, 3, job, {})
 
 
 @pytest.mark.parametrize("action", ["500", "reset"])
 def test_a_fault_in_the_harvest_helper_interrupts_the_job_and_the_sweep_keeps_the_work(
-    proxy, via, logist, jobs_root, docker_client, source_repo, action
+    proxy, via, logist, jobs_root, docker_client, source_repo, action, recovered
 ):
     """The harvest of the first step fails in the engine (the attach to the helper's input
     that carries the harvest requests): the job is interrupted, the sweep (on the real engine)
@@ -285,16 +250,7 @@ def test_a_fault_in_the_harvest_helper_interrupts_the_job_and_the_sweep_keeps_th
     out = via("job", "run", job)
     assert rule.fired, proxy.seen
     assert status(logist, job)["state"] == "interrupted"
-    assert_recovered(
-        out,
-        3,
-        logist=logist,
-        jobs_root=jobs_root,
-        docker_client=docker_client,
-        source_repo=source_repo,
-        job=job,
-        kept={"one.txt": "one\n"},
-    )
+    recovered(out, 3, job, {"one.txt": "one\n"})
     resumed = logist("job", "run", job)
     assert resumed.returncode == 0, resumed.stderr
     assert git(source_repo, "show", f"logist/{job}:two.txt") == "two\n"
