@@ -1,8 +1,9 @@
 """git on TRUSTED repositories only: the user's source, logist's mirrors and its per-job repository.
 
 Never a workspace: whatever a step wrote is read by git inside a helper container
-(``logist/sandbox.py``) and crosses back only as a bundle, which ``accept_bundle`` checks
-(``fsck``) before it enters logist's repository. Host git runs with a sanitised environment
+(``logist/sandbox.py``) and crosses back only as a bundle, which ``harvest.accept`` checks
+(``intake.index_bundle``: ``index-pack --strict`` into a quarantine, bounded) before it enters
+logist's repository. Host git runs with a sanitised environment
 (no inherited ``GIT_*``, no system config, hooks off) and never with ``safe.directory=*``: a
 source owned by another user is trusted by its exact path only.
 
