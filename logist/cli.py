@@ -43,7 +43,8 @@ def _rt(ctx: typer.Context):
         root.obj = {}
     if "runtime" not in root.obj:
         options = root.obj.get("options", {})
-        root.obj["runtime"] = commands.runtime(options.get("jobs_dir"), options.get("engines"))
+        rt = root.obj["runtime"] = commands.runtime(options.get("jobs_dir"), options.get("engines"))
+        root.call_on_close(rt.close)
     return root.obj["runtime"]
 
 

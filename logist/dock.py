@@ -48,6 +48,7 @@ class Dock:
         self.api_version: str | None = None
         self.said: set[str] = set()  # what ``podman.say_once`` said of this engine
         self._local = threading.local()
+        self._clients: list[DockerClient] = []  # every thread's, closed by ``close``
         self._lost_at: float | None = None
         self._probed: tuple[float, bool] | None = None
 
@@ -60,7 +61,16 @@ class Dock:
         made = getattr(self._local, "client", None)
         if made is None:
             made = self._local.client = self.new_client(self.timeout)
+            self._clients.append(made)
         return made
+
+    def close(self) -> None:
+        """Close every thread's client (their connections); a later ``client`` makes anew."""
+        clients, self._clients = self._clients, []
+        self._local = threading.local()
+        for made in clients:
+            with contextlib.suppress(Exception):
+                made.close()
 
     def new_client(self, timeout: float) -> DockerClient:
         """A client of its own (the caller closes it), with ``timeout``."""
@@ -125,6 +135,12 @@ class Docks:
         self.timeout = timeout
         self._made: dict[str, Dock] = {}
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            made = list(self._made.values())
+        for dock in made:
+            dock.close()
 
     def get(self, url: str | None) -> Dock:
         name = DEFAULT if url in (None, "", DEFAULT) else str(url).rstrip("/")

@@ -28,7 +28,8 @@ def _fast_path(argv: list[str]) -> int | None:
 
     command, jobs_dir, kwargs = parsed
     try:
-        return commands.HOT[command](commands.runtime(jobs_dir), **kwargs)
+        with commands.runtime(jobs_dir) as rt:
+            return commands.HOT[command](rt, **kwargs)
     except KeyboardInterrupt:  # as Typer does
         return 130
     except BrokenPipeError:
@@ -39,36 +40,42 @@ def main() -> None:
     """Run the command line; exit with the contract's code."""
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
+    _leave(run(sys.argv[1:]))
+
+
+def run(argv: list[str]) -> int:
+    """The program on ``argv`` (no signal handlers of its own, no exit): its exit code. Every
+    ``LogistError`` and every usage error of the parser is one line on stderr."""
     from logist.errors import Interrupted, LogistError
 
     debug = os.environ.get("LOGIST_DEBUG") == "1"
     try:
-        code = _fast_path(sys.argv[1:])
+        code = _fast_path(argv)
         if code is None:
             from logist.cli import app
 
-            code = app(prog_name="logist", standalone_mode=False)
+            code = app(args=argv, prog_name="logist", standalone_mode=False)
     except (LogistError, Interrupted) as exc:
         if debug:
             import traceback
 
             traceback.print_exc()
         print(f"logist: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except Exception as exc:
         if type(exc).__name__ == "Abort":  # click's, on Ctrl-C at a prompt
             print("logist: interrupted", file=sys.stderr)
-            sys.exit(130)
+            return 130
         # the parser's own errors (unknown option, missing argument, bad choice): one line
         if type(exc).__name__ == "NoArgsIsHelpError":  # a group without a command: its help
             print(exc.format_message(), file=sys.stderr)
-            sys.exit(2)
+            return 2
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             hint = " (see --help)" if getattr(exc, "exit_code", 1) == 2 else ""
             print(f"logist: error: {exc.format_message()}{hint}", file=sys.stderr)
-            sys.exit(exc.exit_code)
+            return exc.exit_code
         raise
-    _leave(code if isinstance(code, int) else 0)
+    return code if isinstance(code, int) else 0
 
 
 def _leave(code: int) -> None:

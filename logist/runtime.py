@@ -281,6 +281,16 @@ class Runtime:
         with _signals_call(self.interrupt):
             yield
 
+    def close(self) -> None:
+        """Close the runtime's connections to its engines (a later call opens them again)."""
+        self.store.docks.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def __repr__(self) -> str:
         return f"Runtime(jobs_dir={str(self.store.root)!r}, engines={self.engines!r})"
 

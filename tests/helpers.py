@@ -52,8 +52,13 @@ def run_logist(
     input: str | None = None,
     **popen,
 ) -> subprocess.CompletedProcess:
-    """Run ``python -m logist --jobs-dir ROOT ARGS`` and capture its output as text
-    (``popen``: more of ``subprocess.run``'s options, e.g. ``preexec_fn``)."""
+    """``logist --jobs-dir ROOT ARGS``, its output captured as text: in this process (the
+    program's own ``entry.run``: the same parsing, exit codes and output, without an
+    interpreter's start), or as ``python -m logist`` when a process of its own is what the test
+    needs (``input``, ``popen``: more of ``subprocess.run``'s options, e.g. ``preexec_fn``) or
+    when ``LOGIST_TEST_SUBPROCESS=1``."""
+    if not popen and input is None and os.environ.get("LOGIST_TEST_SUBPROCESS") != "1":
+        return _in_process(["--jobs-dir", str(jobs_root), *args], env or {})
     return subprocess.run(
         [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), *args],
         capture_output=True,
@@ -63,6 +68,28 @@ def run_logist(
         env={**os.environ, **(env or {})},
         **popen,
     )
+
+
+def _in_process(argv: list[str], env: dict) -> subprocess.CompletedProcess:
+    """``entry.run(argv)`` with ``env`` over this process's environment and its stdout and
+    stderr captured (bytes, as the program writes them)."""
+    import io
+
+    from logist import entry
+
+    streams = [io.BytesIO(), io.BytesIO()]
+    out, err = (io.TextIOWrapper(b, encoding="utf-8", write_through=True) for b in streams)
+    saved_env, saved_streams = dict(os.environ), (sys.stdout, sys.stderr)
+    os.environ.update({k: str(v) for k, v in env.items()})
+    sys.stdout, sys.stderr = out, err
+    try:
+        code = entry.run(argv)
+    finally:
+        sys.stdout, sys.stderr = saved_streams
+        os.environ.clear()
+        os.environ.update(saved_env)
+    text = [b.getvalue().decode(errors="replace") for b in streams]
+    return subprocess.CompletedProcess(["logist", *argv], code, text[0], text[1])
 
 
 def create_job(logist, repo: Path, *steps: str, extra: tuple[str, ...] = ()) -> str:
