@@ -29,6 +29,14 @@ COMMANDS = [
     ["image", "push"],
     ["doctor"],
 ]
+
+
+@pytest.fixture(autouse=True)
+def _the_real_program(monkeypatch):
+    """Every command here is a process of its own: the program is what these check."""
+    monkeypatch.setenv("LOGIST_TEST_SUBPROCESS", "1")
+
+
 STATUS_KEYS = {
     "id", "state", "repo", "ref", "branch", "image", "created_at", "updated_at", "active",
     "steps", "workspace", "result", "containers",
