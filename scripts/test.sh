@@ -22,14 +22,32 @@ if [ "$(id -u)" = 0 ] && [ $# -eq 0 ] && [ "${LOGIST_SKIP_PODMAN:-0}" != 1 ]; th
   scripts/test-podman.sh >"$podman_log" 2>&1 &
   podman_pid=$!
 fi
-# The Docker suite in parallel workers (tests of one machine-wide resource share a worker:
-# tests/conftest.py, GROUPS); LOGIST_TEST_WORKERS=0 runs it in one process.
-workers=${LOGIST_TEST_WORKERS:-3}
-parallel=()
-[ "$workers" = 0 ] || parallel=(-n "$workers" --dist loadgroup)
+# The Docker suite in two lanes at once: the tests of the machine-wide test engines (the
+# nodes, the second engine) and the heaviest concurrency tests in one process, the rest in
+# LOGIST_TEST_WORKERS parallel workers (0: everything in one process). With arguments, one
+# pytest run of just those.
+workers=${LOGIST_TEST_WORKERS:-2}
+SERIAL=(tests/test_engines.py tests/test_nodes.py tests/test_concurrency.py)
 set +e
-.venv/bin/python -m pytest "${parallel[@]}" "$@"
-rc=$?
+if [ $# -gt 0 ] || [ "$workers" = 0 ]; then
+  .venv/bin/python -m pytest "$@"
+  rc=$?
+else
+  base=$(mktemp -d)
+  serial_log="$base/serial.log"
+  .venv/bin/python -m pytest -p no:cacheprovider "${SERIAL[@]}" >"$serial_log" 2>&1 &
+  serial_pid=$!
+  ignore=()
+  for f in "${SERIAL[@]}"; do ignore+=(--ignore "$f"); done
+  .venv/bin/python -m pytest -p no:cacheprovider -n "$workers" "${ignore[@]}"
+  rc=$?
+  wait "$serial_pid"
+  rc_serial=$?
+  echo "test.sh: the engines lane (${SERIAL[*]}):" >&2
+  cat "$serial_log" >&2
+  [ "$rc" != 0 ] || rc=$rc_serial
+  rm -rf "$base"
+fi
 set -e
 echo "test.sh: pytest exit $rc after $(( $(date +%s) - start ))s" >&2
 if [ -n "$podman_pid" ]; then

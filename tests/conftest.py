@@ -6,6 +6,7 @@ no container labelled for that test's jobs root may remain.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -32,26 +33,9 @@ def _engine_problem() -> str | None:
     return None
 
 
-# Tests that share one machine-wide resource run in one xdist worker each (``--dist
-# loadgroup``): the test nodes and the second engine (fixed bridges and subnets), the non-root
-# user (one account, one venv).
-GROUPS = {
-    "running_nodes": "engines",
-    "nodes": "engines",
-    "node_factory": "engines",
-    "engine2": "engines",
-    "nonroot_user": "nonroot",
-}
-
-
 def pytest_collection_modifyitems(config, items):
-    """Group the tests of a shared resource (``GROUPS``) into one xdist worker. Tests about
-    rootless Podman run only when asked for (``-m rootless_podman``, as
+    """Tests about rootless Podman run only when asked for (``-m rootless_podman``, as
     scripts/test-podman.sh's rootless run does); elsewhere they are deselected, never skipped."""
-    for item in items:
-        group = next((GROUPS[f] for f in getattr(item, "fixturenames", ()) if f in GROUPS), None)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
     if "rootless_podman" in (config.getoption("-m") or ""):
         return
     keep = [i for i in items if i.get_closest_marker("rootless_podman") is None]
@@ -154,15 +138,37 @@ def nonroot_user(tmp_path_factory) -> dict:
     if os.geteuid() != 0:
         pytest.fail("the non-root tests need to start as root to create their user")
     name = "logist-test"
-    if subprocess.run(["id", name], capture_output=True).returncode != 0:
-        subprocess.run(["useradd", "--create-home", "--groups", "docker", name], check=True)
-    else:
-        subprocess.run(["usermod", "-aG", "docker", name], check=True)
+    with _machine_lock("nonroot-user"):
+        if subprocess.run(["id", name], capture_output=True).returncode != 0:
+            subprocess.run(["useradd", "--create-home", "--groups", "docker", name], check=True)
+        else:
+            subprocess.run(["usermod", "-aG", "docker", name], check=True)
     # one venv per checkout, so two checkouts testing at once never rebuild each other's
     tag = hashlib.sha256(str(REPO_ROOT).encode()).hexdigest()[:8]
     venv = Path(f"/tmp/logist-nonroot-venv-{tag}")
+    with _machine_lock(f"nonroot-venv-{tag}"):  # parallel workers make it once
+        _nonroot_venv(venv, tmp_path_factory)
+    uid = int(subprocess.check_output(["id", "-u", name]).strip())
+    gid = int(subprocess.check_output(["id", "-g", name]).strip())
+    return {"name": name, "uid": uid, "gid": gid, "logist": str(venv / "bin/logist")}
+
+
+@contextlib.contextmanager
+def _machine_lock(name: str):
+    """An exclusive lock of this machine's, shared by parallel test workers."""
+    import fcntl
+
+    fd = os.open(f"/tmp/logist-test-{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _nonroot_venv(venv: Path, tmp_path_factory) -> None:
     stamp = venv / ".stamp"
-    src_stamp = max(p.stat().st_mtime for p in (REPO_ROOT / "logist").glob("*.py"))
+    src_stamp = max(p.stat().st_mtime for p in (REPO_ROOT / "logist").rglob("*.py"))
     if not stamp.exists() or stamp.stat().st_mtime < src_stamp:
         subprocess.run(["rm", "-rf", str(venv)], check=True)
         subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True)
@@ -184,9 +190,6 @@ def nonroot_user(tmp_path_factory) -> dict:
             capture_output=True,
         )
         stamp.touch()
-    uid = int(subprocess.check_output(["id", "-u", name]).strip())
-    gid = int(subprocess.check_output(["id", "-g", name]).strip())
-    return {"name": name, "uid": uid, "gid": gid, "logist": str(venv / "bin/logist")}
 
 
 __all__ = ["commit_file", "node_factory", "nodes", "running_nodes", "sys"]
