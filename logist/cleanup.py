@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from logist import containers
+from logist.container_spec import SESSION
 from logist.engines import normal
 from logist.errors import EngineUnavailable, JobActive, LogistError
 from logist.harvest import harvest_leftover
@@ -25,6 +27,9 @@ from logist.results import Report
 from logist.store import Store, is_active, owner_alive
 from logist.workspace import delete_tree, has_workspace
 from logist.workspaces import Workspace, workspace_of
+
+SessionSweep = Callable[[JobRun, bool, dict], None]
+"""What the sweep does with a running session (under its lock): (run, dry_run, report)."""
 
 
 def remove_workspace(
@@ -126,9 +131,21 @@ def orphan_predicate(store: Store):
 
     def is_orphan(labels: dict[str, str]) -> bool:
         job_dir = store.root / labels.get(containers.JOB, "")
-        return not (job_dir / MANIFEST).is_file() or not owner_alive(labels.get(containers.OWNER))
+        if not (job_dir / MANIFEST).is_file():
+            return True
+        if labels.get(containers.STEP) == SESSION:  # alive while its session runs
+            return not _running_session(store, job_dir.name)
+        return not owner_alive(labels.get(containers.OWNER))
 
     return is_orphan
+
+
+def _running_session(store: Store, job_id: str) -> bool:
+    try:
+        job = store.load(job_id)
+    except LogistError:
+        return False
+    return job.session is not None and job.state == RUNNING
 
 
 def reap_orphans(store: Store, engines: list[str], dry_run: bool = False) -> int:
@@ -174,7 +191,14 @@ def _reap_orphan_volumes(cli, store: Store, engine: str, dry_run: bool) -> int:
     return count
 
 
-def sweep(store: Store, older_than: float, *, engines: list[str], dry_run: bool = False) -> dict:
+def sweep(
+    store: Store,
+    older_than: float,
+    *,
+    engines: list[str],
+    dry_run: bool = False,
+    sessions: SessionSweep | None = None,
+) -> dict:
     """The stale sweep: workspaces of inactive jobs idle longer than ``older_than`` seconds and
     of jobs whose owner died, and orphaned containers of this jobs root on ``engines`` (and on
     those its jobs were placed on)."""
@@ -187,7 +211,7 @@ def sweep(store: Store, older_than: float, *, engines: list[str], dry_run: bool 
             out["skipped"].append({"job": job_id, "reason": "active"})
             continue
         try:
-            _sweep_job(store, job_id, now, older_than, dry_run, out, engines)
+            _sweep_job(store, job_id, now, older_than, dry_run, out, engines, sessions)
         except JobActive:
             out["skipped"].append({"job": job_id, "reason": "active"})
         except LogistError as exc:
@@ -208,6 +232,7 @@ def _sweep_job(
     dry_run: bool,
     out: dict,
     engines: list[str],
+    sessions: SessionSweep | None,
 ) -> None:
     peek = store.load(job_id)
     if peek.engine is not None and normal(peek.engine) not in engines:
@@ -216,6 +241,11 @@ def _sweep_job(
         return
     if len(engines) > 1 and peek.volume is not None and not store.docks.get(peek.engine).answers():
         raise EngineUnavailable(f"the engine at {peek.engine} does not answer")
+    if peek.session is not None and peek.state == RUNNING:
+        if sessions is not None:  # the runtime's: stopped when idle, interrupted when gone
+            with JobRun.open(store, job_id, timeout=0.2) as run:
+                sessions(run, dry_run, out)
+        return
     idle = now - parse_time(peek.updated_at).timestamp() >= older_than
     # a cleanup that left something behind is retried by the next sweep, whatever its age
     if not idle and peek.state != RUNNING and not peek.leftovers:

@@ -28,6 +28,12 @@ job_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(job_app, name="job")
+session_app = typer.Typer(
+    help="A live job container that an agent loop drives one command at a time.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(session_app, name="session")
 image_app = typer.Typer(
     help="Images on engines without a registry.",
     no_args_is_help=True,
@@ -244,6 +250,96 @@ def job_cleanup(
 ) -> None:
     """Remove a job's workspace and containers, or (--stale) sweep what crashed jobs left."""
     _exit(commands.job_cleanup(_rt(ctx), job_id, stale, older_than, force, dry_run, json_))
+
+
+# --- sessions --------------------------------------------------------------------------------
+
+
+@session_app.command("start")
+@spec_options
+def session_start(
+    ctx: typer.Context,
+    job_id: IdArg = None,
+    file: FileOpt = None,
+    idle_timeout: Annotated[
+        str,
+        typer.Option(
+            help="Stopped (harvested, cleaned) by `job cleanup --stale` when idle longer."
+        ),
+    ] = "1h",
+    **options: Any,
+) -> None:
+    """Start a session: a job whose one container lives between commands; print its id.
+
+    Example: id=$(logist session start --repo . --image logist/step:latest)
+    """
+    from logist import session
+    from logist.options import spec_of
+    from logist.spec import parse_duration
+
+    seconds = parse_duration(idle_timeout)
+    spec = {"id": job_id, **spec_of(options)}
+    print(session.start(_rt(ctx), spec, file, idle_timeout=seconds))
+
+
+@session_app.command(
+    "exec", context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True}
+)
+def session_exec(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(help="The session.")],
+    command: Annotated[list[str], typer.Argument(help="The command and its arguments.")],
+    timeout: Annotated[
+        float | None, typer.Option(min=0, help="Stop this command after this many seconds.")
+    ] = None,
+    env: Annotated[list[str] | None, typer.Option(help="K=V for this command (repeat).")] = None,
+    workdir: Annotated[str | None, typer.Option(help="Its directory (default /workspace).")] = None,
+) -> None:
+    """Run one command in a session; its output streamed (and stored as logs/exec-<n>.log);
+    exit with its exit code.
+
+    Example: logist session exec $id -- sh -c 'pytest -q'
+    """
+    from logist import session
+    from logist.options import parse_env
+    from logist.streams import terminal
+
+    argv = command[1:] if command[:1] == ["--"] else command
+    listen = terminal(sys.stdout.buffer, prefixed=False)
+    result = session.execute(
+        _rt(ctx),
+        job_id,
+        argv,
+        timeout=timeout,
+        env=parse_env(env or []),
+        workdir=workdir,
+        listener=listen(job_id, 0),
+    )
+    if result.timed_out:
+        print(f"logist: {job_id}: the command timed out after {timeout:g}s", file=sys.stderr)
+    _exit(result.exit_code if result.exit_code is not None else 1)
+
+
+@session_app.command("harvest")
+def session_harvest(
+    ctx: typer.Context, job_id: Annotated[str, typer.Argument(help="The session.")]
+) -> None:
+    """Checkpoint: commit the session's work on logist/<id> now; print the commit."""
+    from logist import session
+
+    print(session.checkpoint(_rt(ctx), job_id))
+
+
+@session_app.command("stop")
+def session_stop(
+    ctx: typer.Context, job_id: Annotated[str, typer.Argument(help="The session.")]
+) -> None:
+    """Harvest, finish (branch, result.bundle) and clean up: like a job's end."""
+    from logist import session
+
+    result = session.stop(_rt(ctx), job_id)
+    print(f"session {job_id}: {result.job.state}", file=sys.stderr)
+    _exit(commands.finish_runs([result]))
 
 
 # --- image push ----------------------------------------------------------------------------

@@ -27,6 +27,7 @@ MANAGED, JOB, STEP, ROOT, OWNER = (
 # logist/step:latest; why each is needed is in docs/security.md ("Hardened steps").
 DEFAULT_CAPS = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID")
 DEFAULT_PIDS = 4096
+SESSION = "session"  # the logist.step label of a session's container
 HELPER_IMAGE = "logist/step:latest"  # the harvest helper's (never the step's own image)
 _SOCKETS = ("/var/run/docker.sock", "/run/docker.sock", "/run/podman/podman.sock")
 

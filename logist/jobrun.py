@@ -57,8 +57,9 @@ class JobRun:
 
     def recover_dead_owner(self) -> bool:
         """A job recorded running while we hold its lock has lost its owner: it is
-        interrupted and its running step pending again."""
-        if self.job.state != RUNNING:
+        interrupted and its running step pending again. A session is owned by its container,
+        not by a process: its own commands and the sweep look at that."""
+        if self.job.state != RUNNING or self.job.session is not None:
             return False
         self.job.stop_running(INTERRUPTED, "the logist process that ran this job died")
         self.save()

@@ -21,7 +21,12 @@ def invoking_user() -> str:
 
 
 def create_job(
-    store: Store, raw: dict[str, Any], spec_file: Path | None = None, config: Config | None = None
+    store: Store,
+    raw: dict[str, Any],
+    spec_file: Path | None = None,
+    config: Config | None = None,
+    *,
+    session: dict[str, Any] | None = None,
 ) -> Job:
     """Validate a spec, check the source, store the job. ``raw`` (the command line) overrides
     the YAML file, which overrides the operator's configuration (read now unless given). The
@@ -31,7 +36,11 @@ def create_job(
     spec: dict[str, Any] = load_yaml(spec_file) if spec_file else {}
     check_spec_file(spec, raw, config, spec_file)
     merged = merge_layers(config.defaults, spec, raw)
-    job = build_job(merged, default_user=invoking_user())
+    job = build_job(merged, default_user=invoking_user(), session=session is not None)
+    if session is not None:
+        if job.steps:
+            raise UsageError("a session takes no steps: its commands come with `session exec`")
+        job.session = session
     job.bounds = config.job_bounds()
     if is_url(job.repo):
         gitops.check_remote_source(job.repo, job.ref)

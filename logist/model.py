@@ -131,6 +131,8 @@ class Job:
     notes: list[str] = field(default_factory=list)  # what the branch adds that a user should know
     # the bounds this job was created under (logist.bounds.Bounds as a dict; {}: the defaults)
     bounds: dict[str, Any] = field(default_factory=dict)
+    # a session's (docs/sessions.md): idle_timeout, container, execs, harvests, last_active
+    session: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property

@@ -60,8 +60,6 @@ SPEC_KEYS = frozenset({"id", "resources", *(o.key for o in JOB_OPTIONS)})
 
 def spec_of(values: dict[str, Any]) -> dict[str, Any]:
     """The spec keys of the command functions' option values (``--env`` items parsed)."""
-    from logist.spec import parse_env
-
     spec: dict[str, Any] = {}
     for o in JOB_OPTIONS:
         value = values.get(o.param)
@@ -71,6 +69,23 @@ def spec_of(values: dict[str, Any]) -> dict[str, Any]:
                 value = parse_env(value)
         spec[o.key] = value
     return spec
+
+
+def parse_env(items: list[str]) -> dict[str, str]:
+    """``--env K=V`` items as a map (the keys are checked with the spec).
+
+    Raises:
+        UsageError: an item without ``=``.
+    """
+    from logist.errors import UsageError
+
+    env: dict[str, str] = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        if not sep:
+            raise UsageError(f"invalid value for env: {item!r} (KEY=VALUE)")
+        env[key] = val
+    return env
 
 
 def with_job_options(annotate: Callable[[JobOption], Any] | None = None):

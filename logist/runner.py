@@ -56,6 +56,54 @@ from logist.workspaces import Workspace, workspace_of
 LOCK_WAIT = 1.0  # seconds to wait for a job's lock before calling it active
 
 
+def job_container(
+    run: JobRun,
+    workspace: Workspace,
+    cli,
+    image: str,
+    command: list[str],
+    label: int | str,
+    secrets: dict[str, str],
+) -> ContainerSpec:
+    """A container of the job's own (a step's, a session's): its user, environment, the
+    workspace at /workspace, its network, resources, runtime and capabilities; labelled
+    ``label`` (the step's index, ``session``)."""
+    job = run.job
+    env = {
+        "LOGIST_JOB_ID": job.id,
+        # git inside the step trusts the workspace whoever owns it
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "safe.directory",
+        "GIT_CONFIG_VALUE_0": "*",
+    }
+    if isinstance(label, int):
+        env["LOGIST_STEP"] = str(label)
+    if job.prompt is not None:
+        env["LOGIST_PROMPT"] = job.prompt
+    env.update(job.env)
+    env.update(secrets)  # in the container's environment only: see docs/security.md
+    return ContainerSpec(
+        image=image,
+        command=command,
+        job_id=job.id,
+        step=label,
+        jobs_root=run.store.root,
+        owner=owner_id(),
+        user=job.user,
+        env=env,
+        workdir="/workspace",
+        mounts=[workspace.mount()],
+        network=job.network,
+        memory=job.memory or None,
+        cpus=job.cpus or None,
+        pids=job.pids or None,
+        runtime=job.runtime or None,
+        cap_add=[*DEFAULT_CAPS, *job.cap_add],
+        # no amplification of its output by the engine
+        log_config=output.log_config(cli, podman.is_podman(cli)),
+    )
+
+
 def read_secrets(names: list[str]) -> dict[str, str]:
     """The values of the job's secrets, from logist's own environment, now.
 
@@ -115,6 +163,10 @@ class Runner:
 
     def _run_locked(self, run: JobRun, max_steps: int | None, asked_from: float) -> JobResult:
         job = run.job
+        if job.session is not None:
+            raise InvalidTransition(
+                f"job {job.id} is a session: its commands come with `logist session exec`"
+            )
         if job.state not in RUNNABLE:
             raise InvalidTransition(
                 f"job {job.id} is {job.state}; only pending or interrupted jobs can run"
@@ -325,7 +377,7 @@ class Runner:
     def _run_step(
         self, run: JobRun, step: Step, workspace: Workspace, asked_from: float | None = None
     ) -> None:
-        store, job = self.store, run.job
+        job = run.job
         job_dir = run.dir.path
         log_path = run.dir.step_log(step.index)
         step.move(RUNNING)
@@ -339,37 +391,8 @@ class Runner:
         cli = run.dock.client()
         image = step.image or job.image
         containers.ensure_image(cli, image, job.pull)
-        env = {
-            "LOGIST_JOB_ID": job.id,
-            "LOGIST_STEP": str(step.index),
-            # git inside the step trusts the workspace whoever owns it
-            "GIT_CONFIG_COUNT": "1",
-            "GIT_CONFIG_KEY_0": "safe.directory",
-            "GIT_CONFIG_VALUE_0": "*",
-        }
-        if job.prompt is not None:
-            env["LOGIST_PROMPT"] = job.prompt
-        env.update(job.env)
-        env.update(secrets)  # in the container's environment only: see docs/security.md
-        spec = ContainerSpec(
-            image=image,
-            command=["/bin/sh", "-c", step.run],
-            job_id=job.id,
-            step=step.index,
-            jobs_root=store.root,
-            owner=owner_id(),
-            user=job.user,
-            env=env,
-            workdir="/workspace",
-            mounts=[workspace.mount()],
-            network=job.network,
-            memory=job.memory or None,
-            cpus=job.cpus or None,
-            pids=job.pids or None,
-            runtime=job.runtime or None,
-            cap_add=[*DEFAULT_CAPS, *job.cap_add],
-            # no amplification of its output by the engine
-            log_config=output.log_config(cli, podman.is_podman(cli)),
+        spec = job_container(
+            run, workspace, cli, image, ["/bin/sh", "-c", step.run], step.index, secrets
         )
         try:
             container = containers.create(cli, spec)

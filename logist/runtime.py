@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from logist.progress import Progress
     from logist.results import JobResult
     from logist.runner import Runner
+    from logist.session import Session
     from logist.streams import ListenerFactory
 
 OnOutput = Callable[[int, bytes], object]
@@ -91,12 +92,20 @@ class Runtime:
         """
         return self.create_job({"id": id, **spec}, file).id
 
-    def create_job(self, spec: dict[str, Any], file: str | os.PathLike | None = None) -> Job:
-        """``create``, returning the stored job."""
+    def create_job(
+        self,
+        spec: dict[str, Any],
+        file: str | os.PathLike | None = None,
+        *,
+        session: dict[str, Any] | None = None,
+    ) -> Job:
+        """``create``, returning the stored job (``session``: a session's record)."""
         from logist.config import host_caps
         from logist.jobs import create_job
 
-        job = create_job(self.store, spec, Path(file) if file is not None else None)
+        job = create_job(
+            self.store, spec, Path(file) if file is not None else None, session=session
+        )
         opening = host_caps(job.cap_add)
         if opening:
             self.notify(
@@ -148,7 +157,9 @@ class Runtime:
         return [
             j.id
             for j in load_all(self.store)
-            if (v := job_view(self.store, j))["state"] in RUNNABLE and not v["active"]
+            if j.session is None
+            and (v := job_view(self.store, j))["state"] in RUNNABLE
+            and not v["active"]
         ]
 
     @contextlib.contextmanager
@@ -190,7 +201,7 @@ class Runtime:
 
         job = self.store.load(job_id)
         by_job, unknown = containers_by_job(self.store, [job.engine])
-        return job_view(self.store, job, by_job.get(job_id), containers_error=unknown)
+        return job_view(self.store, job, by_job.get(job_id, []), containers_error=unknown)
 
     def list(self, containers: bool = True) -> list[dict[str, Any]]:
         """Every job of the root, as ``job list --json`` prints them (``containers``: ask the
@@ -205,7 +216,15 @@ class Runtime:
         if containers and jobs:
             engines = [*self.engines, *(normal(j.engine) for j in jobs if j.engine)]
             by_job, unknown = containers_by_job(self.store, list(dict.fromkeys(engines)))
-        return [job_view(self.store, j, by_job.get(j.id), containers_error=unknown) for j in jobs]
+        return [
+            job_view(
+                self.store,
+                j,
+                by_job.get(j.id, []) if containers else None,
+                containers_error=unknown,
+            )
+            for j in jobs
+        ]
 
     def logs(self, job_id: str, step: int | None = None) -> bytes:
         """A step's stored log (default: the latest step that ran; b"" before any)."""
@@ -254,17 +273,56 @@ class Runtime:
         Raises:
             CleanupIncomplete: a job's cleanup failed (exit 4; ``.report`` is the report).
         """
-        from logist import cleanup
+        from logist import cleanup, session
         from logist.spec import parse_duration
 
+        def sessions(run, dry: bool, out: dict) -> None:
+            session.sweep_one(run, dry, out, self.notify)
+
         seconds = older_than if isinstance(older_than, int | float) else parse_duration(older_than)
-        return _complete(cleanup.sweep(self.store, seconds, dry_run=dry_run, engines=self.engines))
+        report = cleanup.sweep(
+            self.store, seconds, dry_run=dry_run, engines=self.engines, sessions=sessions
+        )
+        return _complete(report)
 
     def doctor(self) -> dict[str, Any]:
         """``logist doctor --json``: the checks of this root on each engine."""
         from logist.doctor import report
 
         return report(self.store, self.engines)
+
+    # --- sessions --------------------------------------------------------------------------
+
+    def session(
+        self,
+        id: str | None = None,
+        *,
+        file: str | os.PathLike | None = None,
+        idle_timeout: str | float = "1h",
+        on_output: OnOutput | None = None,
+        **spec: Any,
+    ) -> Session:
+        """Start a session (docs/sessions.md): a job whose one container lives between the
+        commands sent to it; a context manager that stops it on leaving.
+
+        Raises:
+            UsageError: bad input (exit 2). EnvironmentProblem: the engine or image (exit 3).
+        """
+        from logist import session
+
+        seconds = _seconds(idle_timeout)
+        job_id = session.start(self, {"id": id, **spec}, file, idle_timeout=seconds)
+        return session.Session(self, job_id, on_output)
+
+    def session_of(self, job_id: str, on_output: OnOutput | None = None) -> Session:
+        """A handle on a running session (started by another process, say)."""
+        from logist import session
+
+        if not session.is_session(self.store.load(job_id)):
+            from logist.errors import UsageError
+
+            raise UsageError(f"job {job_id} is not a session")
+        return session.Session(self, job_id, on_output)
 
     # --- interruption ----------------------------------------------------------------------
 
@@ -293,6 +351,12 @@ class Runtime:
 
     def __repr__(self) -> str:
         return f"Runtime(jobs_dir={str(self.store.root)!r}, engines={self.engines!r})"
+
+
+def _seconds(value: str | float) -> float:
+    from logist.spec import parse_duration
+
+    return float(value) if isinstance(value, int | float) else parse_duration(value)
 
 
 def _callback(on_output: OnOutput | None) -> ListenerFactory | None:

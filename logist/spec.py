@@ -136,16 +136,6 @@ def normalize_user(value: Any) -> str:
     return value if ":" in value else f"{value}:{value}"
 
 
-def parse_env(items: list[str]) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for item in items:
-        key, sep, val = item.partition("=")
-        if not sep:
-            raise _bad("env", item, "KEY=VALUE")
-        env[key] = val
-    return env
-
-
 def _env(value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
         raise _bad("env", value, "a map of NAME: value")
@@ -333,8 +323,9 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def build_job(raw: dict[str, Any], *, default_user: str) -> Job:
-    """Validate a merged spec (YAML keys, overridden by flags) into a pending ``Job``."""
+def build_job(raw: dict[str, Any], *, default_user: str, session: bool = False) -> Job:
+    """Validate a merged spec (YAML keys, overridden by flags) into a pending ``Job`` (a
+    ``session``'s has no steps: its commands come one by one)."""
     unknown = sorted(map(str, set(raw) - TOP_KEYS))
     if unknown:
         raise UsageError(f"unknown spec key {unknown[0]!r} (known: {', '.join(sorted(TOP_KEYS))})")
@@ -383,5 +374,5 @@ def build_job(raw: dict[str, Any], *, default_user: str) -> Job:
         user=normalize_user(raw["user"]) if raw.get("user") is not None else default_user,
         pull=_choice("pull", raw.get("pull", "missing"), PULLS),
         cleanup=_choice("cleanup", raw.get("cleanup", "always"), CLEANUPS),
-        steps=_steps(raw.get("steps")),
+        steps=[] if session and not raw.get("steps") else _steps(raw.get("steps")),
     )

@@ -31,7 +31,8 @@ def job_view(
     ``containers_error`` (the engine did not answer) ``containers`` is null: unknown."""
     job_dir = store.job_dir(job.id)
     active = is_active(job_dir) if active is None else active
-    if job.state == RUNNING and not active:  # what the next lock taker will record
+    lives = job.session is not None and containers_error is None and containers != []
+    if job.state == RUNNING and not active and not lives:  # what the next lock taker records
         job = copy.deepcopy(job)
         job.stop_running(INTERRUPTED, job.error)
     steps = [
@@ -84,8 +85,17 @@ def job_view(
         "cleanup": job.cleanup,
         "left_behind": job.leftovers,
         "notes": job.notes,
+        "session": _session_view(job),
         "error": job.error,
     }
+
+
+def _session_view(job: Job) -> dict[str, Any] | None:
+    """A session's record (``idle_timeout`` in seconds; ``last_active``), None for a job."""
+    if job.session is None:
+        return None
+    keys = ("idle_timeout", "execs", "harvests", "last_active")
+    return {k: job.session.get(k) for k in keys}
 
 
 def containers_by_job(

@@ -1,0 +1,208 @@
+"""Sessions (contract v3, "Sessions"): one live container an agent loop drives, harvested like a
+job, and nothing left behind; through the command line and through ``Runtime.session``."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import logist
+from tests.helpers import git, wait_for
+
+STEP_IMAGE = "logist/step:latest"
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]
+
+
+@pytest.fixture
+def rt(jobs_root) -> logist.Runtime:
+    return logist.Runtime(jobs_root, notify=lambda msg: None)
+
+
+# how many processes of the session's container run `sleep 60` (no ps in the image)
+SLEEPERS = (
+    "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done"
+    " | grep -c '^sleep 60 $' || true"
+)
+
+
+def left(docker_client, jobs_root) -> list[str]:
+    found = docker_client.containers.list(
+        all=True, filters={"label": f"logist.jobs-dir={jobs_root}"}
+    )
+    return [c.name for c in found]
+
+
+def start(logist_, source_repo, *extra: str) -> str:
+    out = logist_(
+        "session", "start", "--repo", str(source_repo), "--image", STEP_IMAGE,
+        "--network", "none", *extra,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_a_session_runs_commands_in_one_container_and_stop_lands_its_work(
+    logist, source_repo, jobs_root, docker_client
+):
+    sid = start(logist, source_repo)
+    one = logist(
+        "session", "exec", sid, "--", "sh", "-c", "echo hi > a.txt; echo $$ > pid; cat a.txt"
+    )
+    assert (one.returncode, one.stdout) == (0, "hi\n"), one.stderr
+    two = logist("session", "exec", sid, "--", "sh", "-c", "echo oops >&2; exit 7")
+    assert two.returncode == 7 and "oops" in two.stdout  # its exit code is the command's
+    assert (jobs_root / sid / "logs" / "exec-1.log").read_text() == "hi\n"
+    commit = logist("session", "harvest", sid).stdout.strip()
+    assert git(jobs_root / sid / "repo.git", "show", f"{commit}:a.txt") == "hi\n"
+    view = json.loads(logist("job", "status", sid, "--json").stdout)
+    assert view["state"] == "running" and len(view["containers"]) == 1
+    assert view["session"]["execs"] == 2
+    three = logist("session", "exec", sid, "--", "sh", "-c", "echo more > b.txt")
+    assert three.returncode == 0
+    stopped = logist("session", "stop", sid)
+    assert stopped.returncode == 0, stopped.stderr
+    view = json.loads(logist("job", "status", sid, "--json").stdout)
+    assert view["state"] == "succeeded" and view["result"]["branch"] == f"logist/{sid}"
+    assert git(source_repo, "show", f"logist/{sid}:b.txt") == "more\n"
+    assert (jobs_root / sid / "result.bundle").is_file()
+    assert not (jobs_root / sid / "workspace").exists()
+    assert left(docker_client, jobs_root) == []
+    again = logist("session", "exec", sid, "--", "true")
+    assert again.returncode == 2 and "succeeded" in again.stderr
+
+
+def test_the_python_session_execs_masks_reads_writes_and_stops_on_leaving(
+    rt, source_repo, jobs_root, docker_client, monkeypatch
+):
+    monkeypatch.setenv("SESSION_TOKEN", "t0k3n-value")
+    seen: list[bytes] = []
+    with rt.session(
+        repo=str(source_repo), image=STEP_IMAGE, network="none", secrets=["SESSION_TOKEN"],
+        on_output=lambda i, chunk: seen.append(chunk),
+    ) as s:  # fmt: skip
+        r = s.exec(["sh", "-c", "echo token=$SESSION_TOKEN; exit 4"])
+        assert (r.exit_code, r.output) == (4, "token=***\n")
+        assert b"".join(seen) == b"token=***\n"
+        s.write_file("notes/todo.md", b"# todo\n")
+        assert s.exec(["cat", "notes/todo.md"]).output == "# todo\n"
+        assert s.read_file("notes/todo.md") == b"# todo\n"
+        with pytest.raises(logist.UsageError):
+            s.read_file("../../etc/passwd")
+        commit = s.harvest()
+        assert git(jobs_root / s.id / "repo.git", "show", f"{commit}:notes/todo.md") == "# todo\n"
+        sid = s.id
+    assert rt.status(sid)["state"] == "succeeded"
+    assert git(source_repo, "show", f"logist/{sid}:notes/todo.md") == "# todo\n"
+    assert left(docker_client, jobs_root) == []
+
+
+def test_an_exception_in_the_block_still_harvests_and_stops(rt, source_repo, docker_client):
+    s = rt.session(repo=str(source_repo), image=STEP_IMAGE, network="none")
+    with pytest.raises(RuntimeError, match="agent crashed"), s:
+        s.exec(["sh", "-c", "echo work > w.txt"])
+        raise RuntimeError("agent crashed")
+    assert rt.status(s.id)["state"] == "succeeded"
+    assert git(source_repo, "show", f"logist/{s.id}:w.txt") == "work\n"
+    assert left(docker_client, rt.jobs_dir) == []
+
+
+def test_a_timeout_stops_that_command_not_the_session(rt, source_repo):
+    with rt.session(repo=str(source_repo), image=STEP_IMAGE, network="none") as s:
+        started = time.monotonic()
+        r = s.exec(["sh", "-c", "echo begun; sleep 60"], timeout=1)
+        assert r.timed_out and r.exit_code != 0 and r.output == "begun\n"
+        assert time.monotonic() - started < 20
+        assert s.exec(["sh", "-c", SLEEPERS]).output == "0\n"
+        assert s.exec(["true"]).exit_code == 0
+
+
+def test_ctrl_c_during_session_exec_stops_that_command_only(logist, source_repo, jobs_root):
+    sid = start(logist, source_repo)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), "session", "exec", sid,
+         "--", "sh", "-c", "echo go; exec sleep 60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"go\n"
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        assert proc.returncode == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    still = logist("session", "exec", sid, "--", "sh", "-c", SLEEPERS)
+    assert (still.returncode, still.stdout) == (0, "0\n")
+    assert logist("session", "stop", sid).returncode == 0
+
+
+def test_bad_input_is_exit_2_and_a_vanished_container_exit_3_naming_it(
+    logist, source_repo, jobs_root, docker_client
+):
+    assert logist("session", "exec", "nope", "--", "true").returncode == 2
+    job = logist("job", "create", "--repo", str(source_repo), "--step", "true").stdout.strip()
+    not_one = logist("session", "exec", job, "--", "true")
+    assert not_one.returncode == 2 and "not a session" in not_one.stderr
+    sid = start(logist, source_repo)
+    (box,) = docker_client.containers.list(filters={"label": f"logist.job={sid}"})
+    box.remove(force=True)
+    gone = logist("session", "exec", sid, "--", "true")
+    assert gone.returncode == 3 and box.id[:12] in gone.stderr
+    assert json.loads(logist("job", "status", sid, "--json").stdout)["state"] == "interrupted"
+    assert logist("job", "cleanup", sid).returncode == 0
+    assert left(docker_client, jobs_root) == []
+
+
+def test_the_harvest_pauses_the_container_while_it_reads(rt, source_repo, docker_client):
+    with rt.session(repo=str(source_repo), image=STEP_IMAGE, network="none") as s:
+        (box,) = docker_client.containers.list(filters={"label": f"logist.job={s.id}"})
+        since = int(time.time()) - 1
+        s.exec(["sh", "-c", "echo x > x.txt"])
+        s.harvest()
+        until = int(time.time()) + 1
+        time.sleep(1.1)  # `until` must have passed for the events call to return
+        actions = [
+            e["Action"]
+            for e in docker_client.events(
+                since=since, until=until, decode=True, filters={"container": box.id}
+            )
+        ]
+        assert "pause" in actions and "unpause" in actions
+        assert actions.index("pause") < actions.index("unpause")
+
+
+def test_the_sweep_stops_an_idle_session_with_its_work_and_spares_a_busy_one(
+    logist, source_repo, jobs_root, docker_client
+):
+    idle = start(logist, source_repo, "--idle-timeout", "1s")
+    busy = start(logist, source_repo)
+    assert logist("session", "exec", idle, "--", "sh", "-c", "echo late > late.txt").returncode == 0
+    wait_for(
+        lambda: time.time() - 1.5 > 0 and _idle_for(jobs_root, idle) > 1.2,
+        timeout=10,
+        what="the session to be idle",
+    )
+    swept = logist("job", "cleanup", "--stale", "--json")
+    assert swept.returncode == 0, swept.stderr
+    report = json.loads(swept.stdout)
+    assert {"job": busy, "reason": "session"} in report["skipped"]
+    assert report["orphans_removed"] == 0  # a live session's container is no orphan
+    assert json.loads(logist("job", "status", idle, "--json").stdout)["state"] == "succeeded"
+    assert git(source_repo, "show", f"logist/{idle}:late.txt") == "late\n"
+    assert logist("session", "exec", busy, "--", "true").returncode == 0
+    canceled = logist("job", "cancel", busy)
+    assert canceled.returncode == 0, canceled.stderr
+    assert json.loads(logist("job", "status", busy, "--json").stdout)["state"] == "canceled"
+    assert left(docker_client, jobs_root) == []
+
+
+def _idle_for(jobs_root, sid: str) -> float:
+    from logist.model import parse_time
+
+    data = json.loads((jobs_root / sid / "job.json").read_text())
+    return time.time() - parse_time(data["session"]["last_active"]).timestamp()
