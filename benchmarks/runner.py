@@ -18,6 +18,7 @@ from benchmarks import (
     measures_jobs,
     measures_nodes,
     measures_output,
+    measures_sessions,
     report,
 )
 from benchmarks.core import (
@@ -167,6 +168,14 @@ MEASURES = (
         1.5,
         "docker run --rm --init IMAGE sh -c CMD > /dev/null",
         measures_output.random_text,
+    ),
+    Measure(
+        "session-exec",
+        "one s.exec(['true']) round trip of a running session (Python API)",
+        "delta",
+        0.030,
+        "the docker SDK's container.exec_run(['true']) in the same container",
+        measures_sessions.exec_round_trip,
     ),
     Measure(
         "remote",

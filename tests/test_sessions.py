@@ -206,3 +206,22 @@ def _idle_for(jobs_root, sid: str) -> float:
 
     data = json.loads((jobs_root / sid / "job.json").read_text())
     return time.time() - parse_time(data["session"]["last_active"]).timestamp()
+
+
+def test_the_example_of_docs_sessions_md_runs_as_written(tmp_path, capsys):
+    import re
+    from pathlib import Path
+
+    from tests.helpers import make_repo
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "sessions.md").read_text()
+    example = re.search(r"```python\n(.*?)```", text, re.S)
+    assert example is not None
+    src = make_repo(tmp_path / "src")
+    code = example.group(1).replace("/srv/src", str(src)).replace("/srv/jobs", str(tmp_path / "j"))
+    exec(compile(code, "docs/sessions.md", "exec"), {"__name__": "example"})
+    out = capsys.readouterr().out
+    assert "$ sh -c 'cat FIX.md' -> exit 0\nfixed\n" in out and out.rstrip().endswith("succeeded")
+    (branch,) = [b for b in git(src, "branch", "--format=%(refname:short)").split() if "/" in b]
+    assert git(src, "show", f"{branch}:FIX.md") == "fixed\n"
+    assert git(src, "show", f"{branch}:notes.md") == "what the agent learnt\n"
