@@ -71,14 +71,20 @@ def load_all(store: Store) -> Iterator[Job]:
 def follow_log(store: Store, job_id: str, step: int | None, out, poll: float = 0.2) -> None:
     """Print a step's stored log; with ``poll`` > 0 keep printing while the step runs."""
     job = store.load(job_id)
-    index = step if step is not None else _latest_step(job)
+    if job.session is not None:  # a session's logs are its commands': exec-<n>.log
+        count = int(job.session.get("execs") or 0)
+        index = step if step is not None else (count or None)
+        kind, have = "exec", count
+    else:
+        index = step if step is not None else _latest_step(job)
+        kind, have = "step", len(job.steps)
     if index is None:
         return
     from logist.errors import UsageError
 
-    if not 1 <= index <= len(job.steps):
-        raise UsageError(f"job {job_id} has no step {index} (it has {len(job.steps)})")
-    path = store.job_dir(job_id) / "logs" / f"step-{index}.log"
+    if not 1 <= index <= have:
+        raise UsageError(f"job {job_id} has no {kind} {index} (it has {have})")
+    path = store.dir(job_id).logs / f"{kind}-{index}.log"
     pos = 0
     last_round = poll <= 0
     while True:

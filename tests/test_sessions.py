@@ -225,3 +225,13 @@ def test_the_example_of_docs_sessions_md_runs_as_written(tmp_path, capsys):
     (branch,) = [b for b in git(src, "branch", "--format=%(refname:short)").split() if "/" in b]
     assert git(src, "show", f"{branch}:FIX.md") == "fixed\n"
     assert git(src, "show", f"{branch}:notes.md") == "what the agent learnt\n"
+
+
+def test_job_logs_of_a_session_shows_its_commands_output(logist, source_repo):
+    sid = start(logist, source_repo)
+    logist("session", "exec", sid, "--", "echo", "first")
+    logist("session", "exec", sid, "--", "echo", "second")
+    assert logist("job", "logs", sid).stdout == "second\n"
+    assert logist("job", "logs", sid, "--step", "1").stdout == "first\n"
+    assert logist("job", "logs", sid, "--step", "3").returncode == 2
+    assert logist("session", "stop", sid).returncode == 0
