@@ -16,6 +16,7 @@ from logist.harvest import harvest_leftover
 from logist.jobrun import JobRun
 from logist.layout import EXCHANGE, JOB_REPO, MANIFEST, JobDir
 from logist.model import (
+    INTERRUPTED,
     RUNNING,
     SUCCEEDED,
     WS_ABSENT,
@@ -314,6 +315,15 @@ def _cleanup_one(store: Store, job_id: str, *, force: bool, dry_run: bool, wait:
         report = remove_workspace(JobRun(store, store.load(job_id)), dry_run=True)
     else:
         with JobRun.open(store, job_id, timeout=timeout, recover=not dry_run) as run:
+            session = run.job.session is not None and run.job.state == RUNNING
+            if session and not force:  # alive while its container is: like an active job
+                raise JobActive(
+                    f"job {job_id} is a running session: `logist session stop {job_id}` ends "
+                    "it with its work landed; --force removes it now (its work harvested)"
+                )
             report = remove_workspace(run, force=force, dry_run=dry_run)
+            if session and not dry_run:
+                run.job.stop_running(INTERRUPTED, "removed by job cleanup --force")
+                run.save()
     record(out, report, containers_count=True)
     return out

@@ -235,3 +235,17 @@ def test_job_logs_of_a_session_shows_its_commands_output(logist, source_repo):
     assert logist("job", "logs", sid, "--step", "1").stdout == "first\n"
     assert logist("job", "logs", sid, "--step", "3").returncode == 2
     assert logist("session", "stop", sid).returncode == 0
+
+
+def test_job_cleanup_of_a_running_session_needs_force_and_keeps_its_work(
+    logist, source_repo, jobs_root, docker_client
+):
+    sid = start(logist, source_repo)
+    logist("session", "exec", sid, "--", "sh", "-c", "echo kept > kept.txt")
+    refused = logist("job", "cleanup", sid)
+    assert refused.returncode == 2 and "session stop" in refused.stderr
+    forced = logist("job", "cleanup", sid, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert json.loads(logist("job", "status", sid, "--json").stdout)["state"] == "interrupted"
+    assert git(source_repo, "show", f"logist/{sid}:kept.txt") == "kept\n"
+    assert left(docker_client, jobs_root) == []
