@@ -300,13 +300,13 @@ def session_exec(
 
     Example: logist session exec $id -- sh -c 'pytest -q'
     """
-    from logist import session
+    from logist import session_exec
     from logist.options import parse_env
     from logist.streams import terminal
 
     argv = command[1:] if command[:1] == ["--"] else command
     listen = terminal(sys.stdout.buffer, prefixed=False)
-    result = session.execute(
+    result = session_exec.execute(
         _rt(ctx),
         job_id,
         argv,

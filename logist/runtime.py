@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from logist.progress import Progress
     from logist.results import JobResult
     from logist.runner import Runner
-    from logist.session import Session
+    from logist.session_exec import Session
     from logist.streams import ListenerFactory
 
 OnOutput = Callable[[int, bytes], object]
@@ -308,21 +308,21 @@ class Runtime:
         Raises:
             UsageError: bad input (exit 2). EnvironmentProblem: the engine or image (exit 3).
         """
-        from logist import session
+        from logist import session, session_exec
 
         seconds = _seconds(idle_timeout)
         job_id = session.start(self, {"id": id, **spec}, file, idle_timeout=seconds)
-        return session.Session(self, job_id, on_output)
+        return session_exec.Session(self, job_id, on_output)
 
     def session_of(self, job_id: str, on_output: OnOutput | None = None) -> Session:
         """A handle on a running session (started by another process, say)."""
-        from logist import session
+        from logist import session, session_exec
 
         if not session.is_session(self.store.load(job_id)):
             from logist.errors import UsageError
 
             raise UsageError(f"job {job_id} is not a session")
-        return session.Session(self, job_id, on_output)
+        return session_exec.Session(self, job_id, on_output)
 
     # --- interruption ----------------------------------------------------------------------
 

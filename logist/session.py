@@ -10,19 +10,15 @@ own time (``JobRun.open``), so commands of one session run one after the other.
 from __future__ import annotations
 
 import contextlib
-import shlex
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from logist import containers, output
+from logist import containers
 from logist.container_spec import SESSION
 from logist.errors import EnvironmentProblem, InvalidTransition, LogistError, UsageError
 from logist.jobrun import JobRun
 from logist.model import FAILED, INTERRUPTED, RUNNING, SUCCEEDED, now, parse_time
-from logist.streams import Listener, SecretMask, StepOutput
 
 if TYPE_CHECKING:
     from logist.results import JobResult
@@ -35,18 +31,6 @@ LOCK_WAIT = 60.0  # seconds a command waits for the one before it
 STOP_GRACE = 2.0
 # The container's command: alive until removed, whatever the image (sh and sleep only).
 KEEP_ALIVE = ["/bin/sh", "-c", "while :; do sleep 3600; done"]
-# A command run in the session: its pid noted first (to stop it alone), then the command itself.
-WRAP = 'echo $$ > "$0" 2>/dev/null; exec "$@"'
-
-
-@dataclass
-class ExecResult:
-    """One command's end: its exit code (None: stopped before it ended) and output (masked)."""
-
-    exit_code: int | None
-    output: str
-    log: str
-    timed_out: bool = False
 
 
 def is_session(job: Any) -> bool:
@@ -159,127 +143,6 @@ def container_of(run: JobRun) -> Any:
     return None
 
 
-def execute(
-    rt: Runtime,
-    job_id: str,
-    argv: list[str],
-    *,
-    timeout: float | None = None,
-    env: dict[str, str] | None = None,
-    workdir: str | None = None,
-    listener: Listener | None = None,
-    collect: bool = False,
-) -> ExecResult:
-    """Run ``argv`` in the session's container (as its user, in /workspace unless ``workdir``);
-    its output streamed to ``listener`` (masked), stored as ``logs/exec-<n>.log``. A timeout,
-    or an interruption of the caller (Ctrl-C), stops this command only.
-
-    Raises:
-        UsageError: bad input, a stopped or unknown session (exit 2).
-        EnvironmentProblem: the session's container or its engine is gone (exit 3).
-    """
-    from logist.runner import read_secrets
-    from logist.spec import _ENV_KEY_RE
-
-    if not argv:
-        raise UsageError("name the command to run: session exec ID -- CMD [ARG ...]")
-    for key in env or {}:
-        if not _ENV_KEY_RE.fullmatch(key):
-            raise UsageError(f"--env {key!r}: not a variable name")
-    with _live(rt, job_id) as (run, box):
-        job = run.job
-        n = int(job.session.get("execs") or 0) + 1
-        job.session["execs"] = n
-        _touch(run)
-        log_path = run.dir.logs / f"exec-{n}.log"
-        mask = SecretMask(list(read_secrets(job.secrets).values()))
-        pidfile = f"/tmp/.logist-exec-{n}.pid"
-        api = box.client.api
-        with containers.engine_errors(f"running a command in session {job_id}", box.client):
-            made = api.exec_create(
-                box.id,
-                ["/bin/sh", "-c", WRAP, pidfile, *argv],
-                stdout=True,
-                stderr=True,
-                environment=env or None,
-                workdir=workdir or "/workspace",
-                user=job.user,
-            )
-        collected = _Collected(listener, limit=job.limits.log_limit if collect else 0)
-        log_limit = job.limits.log_limit
-        timed_out = _run_exec(
-            api, made["Id"], box, pidfile, (log_path, log_limit), mask, collected, timeout
-        )
-        with containers.engine_errors(f"running a command in session {job_id}", box.client):
-            code = api.exec_inspect(made["Id"]).get("ExitCode")
-        _touch(run)
-        return ExecResult(code, collected.text(), str(log_path), timed_out)
-
-
-class _Collected:
-    """A listener that keeps what it is given (up to ``limit`` bytes) and passes it on."""
-
-    def __init__(self, inner: Listener | None, limit: int) -> None:
-        self.inner, self.limit, self.parts, self.size = inner, limit, [], 0
-
-    def __call__(self, chunk: bytes) -> None:
-        if self.size < self.limit:
-            self.parts.append(chunk[: self.limit - self.size])
-            self.size += len(self.parts[-1])
-        if self.inner is not None:
-            self.inner(chunk)
-
-    def close(self) -> None:
-        if self.inner is not None:
-            self.inner.close()
-
-    def text(self) -> str:
-        return b"".join(self.parts).decode(errors="replace")
-
-
-def _run_exec(api, exec_id, box, pidfile, log, mask, listener, timeout) -> bool:
-    """Stream one command's output into its log and the listener; stop it (SIGTERM, then
-    SIGKILL) at its timeout or when the caller is interrupted. True when it timed out."""
-    done = threading.Event()
-    timed_out = threading.Event()
-
-    def watch() -> None:
-        if timeout and not done.wait(timeout):
-            timed_out.set()
-            _stop_command(box, pidfile)
-
-    watcher = threading.Thread(target=watch, name="logist-exec-timeout", daemon=True)
-    watcher.start()
-    log_path, limit = log
-    with open(log_path, "wb", buffering=0) as fh:
-        capped = output.CappedLog(fh, limit, spill_dir=str(log_path.parent))
-        out = StepOutput(capped, listener, mask)
-        try:
-            with containers.engine_errors("streaming a session command's output", box.client):
-                for chunk in api.exec_start(exec_id, stream=True):
-                    out(chunk)
-        except BaseException:  # the caller interrupted (Ctrl-C): this command stops, alone
-            _stop_command(box, pidfile)
-            raise
-        finally:
-            done.set()
-            out.close()
-    return timed_out.is_set()
-
-
-def _stop_command(box: Any, pidfile: str) -> None:
-    """SIGTERM to the session's command and every process it started (its process group: an
-    ``exec``'d process leads one), SIGKILL after a grace."""
-    kill = (
-        f'p=$(cat {shlex.quote(pidfile)} 2>/dev/null) && [ -n "$p" ] || exit 0; '
-        'kill -TERM "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null; i=0; '
-        f'while kill -0 "-$p" 2>/dev/null && [ $i -lt {int(STOP_GRACE * 10)} ]; do '
-        'sleep 0.1; i=$((i+1)); done; kill -KILL "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null'
-    )
-    with contextlib.suppress(Exception):
-        box.exec_run(["/bin/sh", "-c", kill], user="0:0")
-
-
 def checkpoint(rt: Runtime, job_id: str) -> str:
     """Harvest now: the container paused while its workspace is read (one consistent tree),
     the work committed on the job branch; its commit.
@@ -387,159 +250,9 @@ def stop_idle(run: JobRun, notify=None) -> JobResult:
     return JobResult(job=job, cleanup=after_job(run, harvested=job.state == SUCCEEDED))
 
 
-# --- files -----------------------------------------------------------------------------------
-
-
-def _path(path: str) -> str:
-    """A path under /workspace, from one relative to it (no way out of it)."""
-    parts = [p for p in str(path).split("/") if p not in ("", ".")]
-    if not parts or ".." in parts or "\0" in str(path):
-        raise UsageError(f"{path!r}: a path relative to /workspace, without '..'")
-    return "/workspace/" + "/".join(parts)
-
-
-def read_file(rt: Runtime, job_id: str, path: str) -> bytes:
-    """The bytes of the regular file ``path`` (relative to /workspace) in the session (at most
-    the job's ``max_result_size``).
-
-    Raises:
-        UsageError: no such regular file there, or too large (exit 2).
-    """
-    import io
-    import tarfile
-
-    import docker
-
-    with _live(rt, job_id) as (run, box):
-        limit = run.job.limits.max_result_size
-        full = _path(path)
-        try:
-            with containers.engine_errors(f"reading {path} in session {job_id}", box.client):
-                stream, _stat = box.get_archive(full)
-                data = b"".join(stream)
-        except LogistError as exc:
-            raise UsageError(f"session {job_id}: cannot read {path!r}: {exc}") from None
-        except docker.errors.NotFound:
-            raise UsageError(f"session {job_id}: no file {path!r}") from None
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            member = tar.next()
-            if member is None or not member.isreg():
-                raise UsageError(f"session {job_id}: {path!r} is not a regular file")
-            if member.size > limit:
-                raise UsageError(f"session {job_id}: {path!r} is over {limit} bytes")
-            extracted = tar.extractfile(member)
-            assert extracted is not None
-            content = extracted.read(limit)
-        _touch(run)
-        return content
-
-
-def write_file(rt: Runtime, job_id: str, path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` (relative to /workspace) in the session, owned by its user
-    (missing directories made as the user).
-
-    Raises:
-        UsageError: a bad path, or the engine refused the write (exit 2).
-    """
-    import io
-    import posixpath
-    import tarfile
-
-    full = _path(path)
-    parent, name = posixpath.split(full)
-    with _live(rt, job_id) as (run, box):
-        uid, gid = (int(x) for x in run.job.user.split(":"))
-        made = box.exec_run(["mkdir", "-p", "--", parent], user=run.job.user)
-        if made.exit_code != 0:
-            raise UsageError(f"session {job_id}: cannot make {parent}")
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.uid, info.gid = len(data), 0o644, uid, gid
-            info.mtime = int(time.time())
-            tar.addfile(info, io.BytesIO(data))
-        with containers.engine_errors(f"writing {path} in session {job_id}", box.client):
-            if not box.put_archive(parent, buf.getvalue()):
-                raise UsageError(f"session {job_id}: the engine did not take {path!r}")
-        _touch(run)
-
-
 def _touch(run: JobRun) -> None:
     run.job.session["last_active"] = now()
     run.save()
 
 
-__all__ = [
-    "ExecResult",
-    "Session",
-    "checkpoint",
-    "execute",
-    "read_file",
-    "start",
-    "stop",
-    "write_file",
-]
-
-
-class Session:
-    """A live session of a runtime (``Runtime.session``): ``exec``, ``read_file``,
-    ``write_file``, ``harvest``; leaving the ``with`` block (also by an exception) stops it as
-    ``logist session stop`` does."""
-
-    def __init__(self, rt: Runtime, job_id: str, on_output=None) -> None:
-        self.rt, self.id, self.on_output = rt, job_id, on_output
-
-    def exec(
-        self,
-        argv: list[str],
-        timeout: float | None = None,
-        env: dict[str, str] | None = None,
-        workdir: str | None = None,
-    ) -> ExecResult:
-        """Run ``argv`` in the session; its exit code and output (``r.exit_code``,
-        ``r.output``). A failing command is a result; a timeout stops that command only."""
-        from logist.streams import Callback
-
-        listener = None
-        if self.on_output is not None:
-            listener = Callback(self.on_output, 0)
-        return execute(
-            self.rt,
-            self.id,
-            list(argv),
-            timeout=timeout,
-            env=env,
-            workdir=workdir,
-            listener=listener,
-            collect=True,
-        )
-
-    def read_file(self, path: str) -> bytes:
-        return read_file(self.rt, self.id, path)
-
-    def write_file(self, path: str, data: bytes | str) -> None:
-        write_file(self.rt, self.id, path, data.encode() if isinstance(data, str) else data)
-
-    def harvest(self) -> str:
-        """A checkpoint: the work committed on ``logist/<id>`` now; the commit."""
-        return checkpoint(self.rt, self.id)
-
-    def stop(self) -> dict[str, Any]:
-        """Harvest, finish and clean up; the session's status dict."""
-        return self.rt._outcome(stop(self.rt, self.id))
-
-    def status(self) -> dict[str, Any]:
-        return self.rt.status(self.id)
-
-    def __enter__(self) -> Session:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            self.stop()
-        except InvalidTransition:  # canceled or stopped from elsewhere: nothing to stop
-            if exc is None:
-                raise
-
-    def __repr__(self) -> str:
-        return f"Session({self.id!r})"
+__all__ = ["checkpoint", "container_of", "idle", "is_session", "start", "stop", "sweep_one"]
