@@ -23,11 +23,12 @@ if [ "$(id -u)" = 0 ] && [ $# -eq 0 ] && [ "${LOGIST_SKIP_PODMAN:-0}" != 1 ]; th
   podman_pid=$!
 fi
 # The Docker suite in two lanes at once: the tests of the machine-wide test engines (the
-# nodes, the second engine) and the heaviest concurrency tests in one process, the rest in
+# nodes, the second engine), the heaviest concurrency tests and the fault-injection tests (their
+# deadlines are seconds) in one process, the rest in
 # LOGIST_TEST_WORKERS parallel workers (0: everything in one process). With arguments, one
 # pytest run of just those.
 workers=${LOGIST_TEST_WORKERS:-2}
-SERIAL=(tests/test_engines.py tests/test_nodes.py tests/test_concurrency.py)
+SERIAL=(tests/test_engines.py tests/test_nodes.py tests/test_concurrency.py tests/test_faults.py)
 set +e
 if [ $# -gt 0 ] || [ "$workers" = 0 ]; then
   .venv/bin/python -m pytest "$@"

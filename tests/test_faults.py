@@ -30,6 +30,13 @@ def proxy():
         yield p
 
 
+@pytest.fixture(autouse=True)
+def _a_process_per_command(monkeypatch):
+    """Each command a process of its own, as a user runs it, so a fault the proxy injects
+    meets a fresh program every time."""
+    monkeypatch.setenv("LOGIST_TEST_SUBPROCESS", "1")
+
+
 @pytest.fixture
 def via(proxy, jobs_root):
     """Run the CLI with the engine behind the proxy."""
