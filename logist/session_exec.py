@@ -143,7 +143,7 @@ def _stop_command(box: Any, pidfile: str) -> None:
     """SIGTERM to the session's command and every process it started (its process group: an
     ``exec``'d process leads one), SIGKILL after a grace."""
     kill = (
-        f'p=$(cat {shlex.quote(pidfile)} 2>/dev/null) && [ -n "$p" ] || exit 0; '
+        f'p=$(cat {shlex.quote(pidfile)} 2>/dev/null); case "$p" in ""|*[!0-9]*) exit 0;; esac; '
         'kill -TERM "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null; i=0; '
         f'while kill -0 "-$p" 2>/dev/null && [ $i -lt {int(STOP_GRACE * 10)} ]; do '
         'sleep 0.1; i=$((i+1)); done; kill -KILL "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null'
@@ -164,37 +164,28 @@ def _path(path: str) -> str:
 
 
 def read_file(rt: Runtime, job_id: str, path: str) -> bytes:
-    """The bytes of the regular file ``path`` (relative to /workspace) in the session (at most
-    the job's ``max_result_size``).
+    """The bytes of the regular file ``path`` (relative to /workspace) in the session, read
+    through the engine's archive as one bounded regular file (at most the job's
+    ``max_result_size``; never more in memory or on disk).
 
     Raises:
         UsageError: no such regular file there, or too large (exit 2).
     """
-    import io
-    import tarfile
+    import secrets
 
-    import docker
+    from logist.volumes import fetch_file
 
     with _live(rt, job_id) as (run, box):
         limit = run.job.limits.max_result_size
-        full = _path(path)
+        name = f".read-{secrets.token_hex(8)}"
         try:
-            with containers.engine_errors(f"reading {path} in session {job_id}", box.client):
-                stream, _stat = box.get_archive(full)
-                data = b"".join(stream)
+            copy = fetch_file(box, _path(path), run.dir.path, name, limit=limit)
         except LogistError as exc:
             raise UsageError(f"session {job_id}: cannot read {path!r}: {exc}") from None
-        except docker.errors.NotFound:
-            raise UsageError(f"session {job_id}: no file {path!r}") from None
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            member = tar.next()
-            if member is None or not member.isreg():
-                raise UsageError(f"session {job_id}: {path!r} is not a regular file")
-            if member.size > limit:
-                raise UsageError(f"session {job_id}: {path!r} is over {limit} bytes")
-            extracted = tar.extractfile(member)
-            assert extracted is not None
-            content = extracted.read(limit)
+        try:
+            content = copy.read_bytes()
+        finally:
+            copy.unlink(missing_ok=True)
         _touch(run)
         return content
 

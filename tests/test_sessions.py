@@ -249,3 +249,12 @@ def test_job_cleanup_of_a_running_session_needs_force_and_keeps_its_work(
     assert json.loads(logist("job", "status", sid, "--json").stdout)["state"] == "interrupted"
     assert git(source_repo, "show", f"logist/{sid}:kept.txt") == "kept\n"
     assert left(docker_client, jobs_root) == []
+
+
+def test_read_file_takes_a_regular_file_only(rt, source_repo):
+    with rt.session(repo=str(source_repo), image=STEP_IMAGE, network="none") as s:
+        s.exec(["sh", "-c", "mkdir d; ln -s /etc/passwd link; echo ok > f"])
+        assert s.read_file("f") == b"ok\n"
+        for bad in ("d", "missing", "link"):
+            with pytest.raises(logist.UsageError, match=bad):
+                s.read_file(bad)
