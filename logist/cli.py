@@ -282,9 +282,7 @@ def session_start(
     print(session.start(_rt(ctx), spec, file, idle_timeout=seconds))
 
 
-@session_app.command(
-    "exec", context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True}
-)
+@session_app.command("exec", context_settings={"ignore_unknown_options": True})
 def session_exec(
     ctx: typer.Context,
     job_id: Annotated[str, typer.Argument(help="The session.")],

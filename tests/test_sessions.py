@@ -258,3 +258,19 @@ def test_read_file_takes_a_regular_file_only(rt, source_repo):
         for bad in ("d", "missing", "link"):
             with pytest.raises(logist.UsageError, match=bad):
                 s.read_file(bad)
+
+
+def test_session_exec_takes_its_options_before_the_double_dash_and_the_command_after(
+    logist, source_repo
+):
+    sid = start(logist, source_repo)
+    out = logist(
+        "session", "exec", sid, "--env", "FOO=bar", "--workdir", "/tmp", "--",
+        "sh", "-c", 'echo "$FOO $(pwd)"; echo --env x',
+    )  # fmt: skip
+    assert (out.returncode, out.stdout) == (0, "bar /tmp\n--env x\n"), out.stderr
+    timed = logist("session", "exec", sid, "--timeout", "1", "--", "sleep", "30")
+    assert timed.returncode != 0 and "timed out after 1s" in timed.stderr
+    bad = logist("session", "exec", sid, "--env", "NOT-A-NAME=x", "--", "true")
+    assert bad.returncode == 2
+    assert logist("session", "stop", sid).returncode == 0
