@@ -263,8 +263,9 @@ def test_step_printing_200_mb_keeps_logist_memory_flat(jobs_root, source_repo, l
 
 
 def test_cancel_from_another_process_stops_a_step_that_ignores_sigterm(
-    logist, source_repo, jobs_root, docker_client
+    logist, source_repo, jobs_root, docker_client, monkeypatch
 ):
+    monkeypatch.setenv("LOGIST_TEST_SUBPROCESS", "1")  # the canceller: a process of its own
     job = create(
         logist,
         source_repo,
