@@ -47,6 +47,7 @@ def _owned(store: Store, job_id: str, wait: float, grace: float) -> JobResult:
     then finish whatever it left (e.g. `job step` ended before it saw the request)."""
     from logist import containers
     from logist.cleanup import step_containers
+    from logist.networks import remove_job
     from logist.results import JobResult
 
     containers.stop_and_remove(step_containers(store, job_id), grace=grace)
@@ -63,24 +64,22 @@ def _owned(store: Store, job_id: str, wait: float, grace: float) -> JobResult:
         if not run.job.terminal:  # finish what it left
             return _cancel_owned(run, 0)
     job = store.load(job_id)
-    cli = store.docks.get(job.engine).client()
-    containers.stop_and_remove(containers.find(cli, store.root, job_id), grace=0)
+    remove_job(store.docks.get(job.engine).client(), store.root, job_id, grace=0)
     return JobResult(job=job)
 
 
 def _cancel_owned(run: JobRun, grace: float) -> JobResult:
     """Cancel a job nobody else runs (we hold its lock): containers, state, leftover harvest,
     cleanup."""
-    from logist import containers
     from logist.cleanup import after_job
     from logist.harvest import harvest_leftover
+    from logist.networks import remove_job
     from logist.results import JobResult
 
     job = run.job
     if job.terminal:
         raise InvalidTransition(f"job {job.id} is {job.state}; there is nothing to cancel")
-    cli = run.dock.client()
-    containers.stop_and_remove(containers.find(cli, run.store.root, job.id), grace=grace)
+    remove_job(run.dock.client(), run.store.root, job.id, grace=grace)
     job.cancel()
     run.save()
     ws = run.dir.workspace

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from logist import containers
-from logist.container_spec import SESSION
+from logist.container_spec import NETWORK, PROXY, SESSION
 from logist.engines import normal
 from logist.errors import EngineUnavailable, JobActive, LogistError
 from logist.harvest import harvest_leftover
@@ -24,6 +24,7 @@ from logist.model import (
     WS_REMOVING,
     parse_time,
 )
+from logist.networks import reap_orphan_networks, remove_networks
 from logist.results import Report
 from logist.store import Store, is_active, owner_alive
 from logist.workspace import delete_tree, has_workspace
@@ -72,6 +73,7 @@ def _remove(
         report.containers_removed = len(found)
     else:
         report.containers_removed = containers.stop_and_remove(found.values(), grace=2)
+        remove_networks(cli, root, job.id)  # the job's own, once nothing sits on them
     if not exists:
         report.nothing_to_clean = report.containers_removed == 0 and not leftovers
         report.workspace_removed = bool(leftovers) and not report.left_behind
@@ -134,7 +136,7 @@ def orphan_predicate(store: Store):
         job_dir = store.root / labels.get(containers.JOB, "")
         if not (job_dir / MANIFEST).is_file():
             return True
-        if labels.get(containers.STEP) == SESSION:  # alive while its session runs
+        if labels.get(containers.STEP) in (SESSION, PROXY, NETWORK):  # a session's: while it runs
             return not _running_session(store, job_dir.name)
         return not owner_alive(labels.get(containers.OWNER))
 
@@ -160,7 +162,9 @@ def reap_orphans(store: Store, engines: list[str], dry_run: bool = False) -> int
             continue
         try:
             cli = dock.client()
-            total += containers.reap_orphans(cli, store.root, orphan_predicate(store), dry_run)
+            is_orphan = orphan_predicate(store)
+            total += containers.reap_orphans(cli, store.root, is_orphan, dry_run)
+            reap_orphan_networks(cli, store.root, is_orphan, dry_run)  # after their containers
             total += _reap_orphan_volumes(cli, store, engine, dry_run)
         except EngineUnavailable:
             if len(engines) == 1:
@@ -280,11 +284,12 @@ def _has_workspace(run: JobRun) -> bool:
 
 
 def step_containers(store: Store, job_id: str) -> list:
-    """The job's containers but its harvest helper: what a canceller stops while the job's
-    owner lives (the owner harvests with its helper next, then removes it)."""
+    """The job's containers but its harvest helper and proxy: what a canceller stops while
+    the job's owner lives (the owner harvests with its helper next, then removes both)."""
     cli = store.docks.get(store.load(job_id).engine).client()
     found = containers.find(cli, store.root, job_id)
-    return [c for c in found if (c.attrs.get("Labels") or {}).get(containers.STEP) != "helper"]
+    owners = ("helper", PROXY)
+    return [c for c in found if (c.attrs.get("Labels") or {}).get(containers.STEP) not in owners]
 
 
 def cleanup_one(

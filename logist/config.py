@@ -200,6 +200,7 @@ def check_spec_file(spec: dict[str, Any], flags: dict[str, Any], config: Config,
         if cap not in caps:
             raise _refusal(path, f"cap_add {cap}", f"--cap-add {cap}", "cap_add", cap, config)
     _check_network(spec.get("network"), flags, config, path)
+    _check_egress(spec, flags, config, path)
     _check_runtime(spec.get("runtime"), flags, config, path)
     _check_resources(spec, flags, config, path)
     secrets = trusted("secrets", lambda v: _names("secrets", v))
@@ -216,6 +217,35 @@ def _check_network(net: Any, flags: dict[str, Any], config: Config, path) -> Non
         return
     if _OPENNESS[net] > _OPENNESS.get(config.defaults.get("network"), _OPENNESS["bridge"]):
         raise _refusal(path, f"network: {net}", f"--network {net}", "network", net, config)
+
+
+def _check_egress(spec: dict[str, Any], flags: dict[str, Any], config: Config, path) -> None:
+    """A spec's ``allow_hosts`` only narrows: each of its patterns within the trusted side's
+    (the command line's, else the configuration's), if that has any; ``allow_private`` is a
+    grant, never a spec file's."""
+    if spec.get("allow_private") is not None:
+        raise UsageError(
+            f"spec file {path} asks for allow_private, which a spec file cannot grant: give "
+            "--allow-private on the command line"
+        )
+    if "allow_hosts" not in spec or flags.get("allow_hosts"):
+        return  # the command line's list wins
+    trusted = config.defaults.get("allow_hosts")
+    if not trusted:
+        return  # the spec's list narrows the job's network to those hosts
+    from logist.egress import parse_patterns
+
+    try:
+        asked, allowed = parse_patterns(spec["allow_hosts"]), parse_patterns(trusted)
+    except UsageError:
+        return  # build_job names the bad value
+    wider = [p for p in asked if not any(t.covers(p) for t in allowed)]
+    if not asked or wider:
+        what = f"allow_hosts {wider[0]}" if wider else "allow_hosts: [] (every host)"
+        raise UsageError(
+            f"spec file {path} asks for {what}, beyond the configuration's allow_hosts: a spec "
+            "file may only narrow it (give --allow-host on the command line)"
+        )
 
 
 def _check_resources(spec: dict[str, Any], flags: dict[str, Any], config: Config, path) -> None:

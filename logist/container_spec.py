@@ -28,6 +28,7 @@ MANAGED, JOB, STEP, ROOT, OWNER = (
 DEFAULT_CAPS = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID")
 DEFAULT_PIDS = 4096
 SESSION = "session"  # the logist.step label of a session's container
+PROXY, NETWORK = "proxy", "network"  # the logist.step labels of a job's proxy and network
 HELPER_IMAGE = "logist/step:latest"  # the harvest helper's (never the step's own image)
 _SOCKETS = ("/var/run/docker.sock", "/run/docker.sock", "/run/podman/podman.sock")
 
@@ -38,6 +39,8 @@ CREATE_KWARGS = {
     "workdir": "working_dir",
     "mounts": "mounts",
     "network": "network_mode",
+    "dns": "dns",
+    "dns_opt": "dns_opt",
     "memory": "mem_limit",
     "memory_swap": "memswap_limit",
     "pids": "pids_limit",
@@ -45,6 +48,8 @@ CREATE_KWARGS = {
     "log_config": "log_config",
     "stdin_open": "stdin_open",
     "init": "init",
+    "read_only": "read_only",
+    "tmpfs": "tmpfs",
 }
 
 
@@ -75,6 +80,8 @@ class ContainerSpec:
     workdir: str | None = None
     mounts: list[Any] = field(default_factory=list)
     network: str = "none"
+    dns: list[str] | None = None
+    dns_opt: list[str] | None = None
     memory: int | str | None = None
     memory_swap: int | str | None = None
     cpus: float | None = None
@@ -84,6 +91,8 @@ class ContainerSpec:
     log_config: Any = None
     stdin_open: bool | None = None
     init: bool = True
+    read_only: bool | None = None
+    tmpfs: dict[str, str] | None = None
 
     def create_kwargs(self, engine_url: str) -> dict[str, Any]:
         """The SDK's ``containers.create`` keywords (but image and command): labelled and

@@ -18,14 +18,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_exponential
@@ -126,6 +129,24 @@ def git(
         return _run_git(list(args), cwd, env, timeout, ok_codes, usage)
 
 
+@functools.cache
+def dies_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel kill the child when the process (the thread) that
+    started it dies (Linux' ``PR_SET_PDEATHSIG``): a runner killed mid-clone leaves no git
+    behind, writing on after the sweep. None elsewhere. (libc's ``prctl``, looked up once.)"""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    kill = int(signal.SIGKILL)
+
+    def child() -> None:
+        prctl(1, kill, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+    return child
+
+
 def _run_git(
     args: list[str],
     cwd: Path | str | None,
@@ -144,6 +165,7 @@ def _run_git(
             timeout=timeout,
             env=env,
             stdin=subprocess.DEVNULL,
+            preexec_fn=dies_with_parent(),  # one libc call in the child
         )
     except FileNotFoundError:
         raise GitError(args, "git is not installed", exit_code=3) from None

@@ -88,6 +88,7 @@ class Step:
     finished_at: str | None = None
     log: str | None = None
     error: str | None = None
+    egress: dict[str, Any] | None = None  # what the job's proxy refused: {"denied": {...}}
 
     def move(self, new: str) -> None:
         if new != self.state and new not in STEP_TRANSITIONS[self.state]:
@@ -109,6 +110,8 @@ class Job:
     cpus: float | None = None
     pids: int | None = None
     network: str = "bridge"
+    allow_hosts: list[str] = field(default_factory=list)  # egress by name (logist/egress.py)
+    allow_private: list[str] = field(default_factory=list)  # ranges granted past the proxy
     cap_add: list[str] = field(default_factory=list)  # on top of container_spec.DEFAULT_CAPS
     runtime: str | None = None
     secrets: list[str] = field(default_factory=list)  # names only: values are never stored

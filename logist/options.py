@@ -36,6 +36,20 @@ JOB_OPTIONS = (
     JobOption("pids", "--pids", "Process limit (default 4096)."),
     JobOption("network", "--network", "bridge, none or host."),
     JobOption(
+        "allow_hosts",
+        "--allow-host",
+        "Reach only this host through the job's proxy: HOST (ports 80, 443), HOST:PORT or "
+        "'*.DOMAIN' (repeat).",
+        many=True,
+    ),
+    JobOption(
+        "allow_private",
+        "--allow-private",
+        "Let the proxy reach this loopback, private or link-local range, e.g. 10.20.0.0/16 "
+        "(repeat; never from a --file spec).",
+        many=True,
+    ),
+    JobOption(
         "cap_add",
         "--cap-add",
         "Give the steps this capability, e.g. NET_RAW (repeat; grants it to a --file spec).",

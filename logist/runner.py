@@ -15,6 +15,7 @@ from pathlib import Path
 from logist import containers, output, podman, step_run, volumes
 from logist.cleanup import after_job, reap_orphans
 from logist.container_spec import DEFAULT_CAPS, ContainerSpec
+from logist.egress import denied_lines
 from logist.engines import Placer, uses_volumes
 from logist.errors import (
     HarvestFailed,
@@ -41,6 +42,7 @@ from logist.model import (
     Step,
     now,
 )
+from logist.networks import Attachment, JobNetwork
 from logist.progress import Progress
 from logist.results import JobResult, combine
 from logist.sandbox import Sandbox
@@ -64,11 +66,13 @@ def job_container(
     command: list[str],
     label: int | str,
     secrets: dict[str, str],
+    net: Attachment | None = None,
 ) -> ContainerSpec:
     """A container of the job's own (a step's, a session's): its user, environment, the
-    workspace at /workspace, its network, resources, runtime and capabilities; labelled
-    ``label`` (the step's index, ``session``)."""
+    workspace at /workspace, its network (``net``: the job's, else ``job.network``), resources,
+    runtime and capabilities; labelled ``label`` (the step's index, ``session``)."""
     job = run.job
+    net = net or Attachment(job.network)
     env = {
         "LOGIST_JOB_ID": job.id,
         # git inside the step trusts the workspace whoever owns it
@@ -80,7 +84,8 @@ def job_container(
         env["LOGIST_STEP"] = str(label)
     if job.prompt is not None:
         env["LOGIST_PROMPT"] = job.prompt
-    env.update(job.env)
+    env.update(net.env)  # the proxy's address: the job's own values may not replace it
+    env.update({k: v for k, v in job.env.items() if k not in net.env})
     env.update(secrets)  # in the container's environment only: see docs/security.md
     return ContainerSpec(
         image=image,
@@ -93,7 +98,9 @@ def job_container(
         env=env,
         workdir="/workspace",
         mounts=[workspace.mount()],
-        network=job.network,
+        network=net.network,
+        dns=net.dns,
+        dns_opt=net.dns_opt,
         memory=job.memory or None,
         cpus=job.cpus or None,
         pids=job.pids or None,
@@ -209,6 +216,7 @@ class Runner:
         job.error = None
         run.save()
         ws: Path | None = None
+        net: JobNetwork | None = None
         ran = 0
         rejected: Rejected | None = None
         finished = False  # result.bundle and the source's branch written (while the helper goes)
@@ -219,6 +227,7 @@ class Runner:
             workspace = workspace_of(run)
             workspace.prepare()
             ws = run.dir.workspace
+            net = JobNetwork.open(run)
             with Sandbox(run, should_stop=self.interrupt.is_set) as sandbox:
                 if seen:
                     sandbox.start_in_background()
@@ -237,7 +246,7 @@ class Runner:
                     if self.progress:
                         self.progress.step_started(job, step)
                     try:
-                        self._run_step(run, step, workspace, asked_from)
+                        self._run_step(run, step, workspace, net, asked_from)
                     except Rejected as exc:  # the user's input, not the environment: job failed
                         job.move(FAILED)
                         job.error, rejected = str(exc), exc
@@ -293,6 +302,9 @@ class Runner:
             if job.state == RUNNING:
                 self._back_to_pending(run, INTERRUPTED, f"{type(exc).__name__}: {exc}")
             raise
+        finally:
+            if net is not None:
+                net.close()
         return self._concluded(run, ws, rejected, finished)
 
     def _concluded(
@@ -375,7 +387,12 @@ class Runner:
         return exc
 
     def _run_step(
-        self, run: JobRun, step: Step, workspace: Workspace, asked_from: float | None = None
+        self,
+        run: JobRun,
+        step: Step,
+        workspace: Workspace,
+        net: JobNetwork,
+        asked_from: float | None = None,
     ) -> None:
         job = run.job
         job_dir = run.dir.path
@@ -391,8 +408,9 @@ class Runner:
         cli = run.dock.client()
         image = step.image or job.image
         containers.ensure_image(cli, image, job.pull)
+        command = ["/bin/sh", "-c", step.run]
         spec = job_container(
-            run, workspace, cli, image, ["/bin/sh", "-c", step.run], step.index, secrets
+            run, workspace, cli, image, command, step.index, secrets, net.attachment
         )
         try:
             container = containers.create(cli, spec)
@@ -424,6 +442,9 @@ class Runner:
             finally:
                 out.close()
         step.finished_at = now()
+        step.egress = net.denied()
+        for line in denied_lines(job.id, step.index, step.egress or {}):
+            self.notify(line)
         step.exit_code = outcome.exit_code
         step.oom_killed = outcome.oom_killed
         if outcome.stopped_for == "timeout":

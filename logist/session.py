@@ -19,6 +19,7 @@ from logist.container_spec import SESSION
 from logist.errors import EnvironmentProblem, InvalidTransition, LogistError, UsageError
 from logist.jobrun import JobRun
 from logist.model import FAILED, INTERRUPTED, RUNNING, SUCCEEDED, now, parse_time
+from logist.networks import JobNetwork, remove_job
 
 if TYPE_CHECKING:
     from logist.results import JobResult
@@ -75,7 +76,10 @@ def start(
             workspace.prepare()
             cli = run.dock.client()
             containers.ensure_image(cli, run.job.image, run.job.pull)
-            spec_ = job_container(run, workspace, cli, run.job.image, KEEP_ALIVE, LABEL, secrets)
+            net = JobNetwork.open(run)  # lives while the session does
+            spec_ = job_container(
+                run, workspace, cli, run.job.image, KEEP_ALIVE, LABEL, secrets, net.attachment
+            )
             spec_.log_config = None  # nothing is read from its log: each command is attached
             box = containers.create(cli, spec_)
             run.job.session["container"] = box.id
@@ -93,8 +97,7 @@ def _abandon(run: JobRun, exc: BaseException) -> None:
     from logist.cleanup import after_job
 
     with contextlib.suppress(LogistError):
-        cli = run.dock.client()
-        containers.stop_and_remove(containers.find(cli, run.store.root, run.job.id), grace=0)
+        remove_job(run.dock.client(), run.store.root, run.job.id, grace=0)
     run.job.stop_running(FAILED, str(exc) or type(exc).__name__)
     run.save()
     with contextlib.suppress(LogistError):
@@ -196,6 +199,7 @@ def stop(rt: Runtime, job_id: str) -> JobResult:
     with _live(rt, job_id) as (run, box):
         _harvest(run, box, rt.notify)
         containers.stop_and_remove([box], grace=STOP_GRACE)
+        remove_job(run.dock.client(), run.store.root, job_id, grace=0)  # its proxy, network
         run.job.move(SUCCEEDED)
         run.job.session["container"] = None
         run.save()
@@ -244,6 +248,8 @@ def stop_idle(run: JobRun, notify=None) -> JobResult:
         job.move(SUCCEEDED)
     else:
         job.stop_running(INTERRUPTED, "the session's container is gone")
+    with contextlib.suppress(LogistError):  # its proxy and network; else the sweep's next time
+        remove_job(run.dock.client(), run.store.root, job.id, grace=0)
     job.session["container"] = None
     run.save()
     finish(run)

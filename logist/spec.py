@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from logist.egress import parse_grants, parse_patterns
 from logist.errors import UsageError
 from logist.model import Job, Step
 from logist.options import SPEC_KEYS
@@ -351,6 +352,15 @@ def build_job(raw: dict[str, Any], *, default_user: str, session: bool = False) 
         raise _bad("memory", memory, "a size greater than 0, such as 512m or 2g")
     timeout = raw.get("timeout")
     env = _env(raw.get("env") or {})
+    network = _choice("network", raw.get("network", "bridge"), NETWORKS)
+    allow_hosts = [str(p) for p in parse_patterns(raw.get("allow_hosts"))]
+    allow_private = parse_grants(raw.get("allow_private"))
+    if allow_hosts and network != "bridge":
+        raise UsageError(
+            f"allow_hosts (--allow-host) needs the job's own network: not network {network}"
+        )
+    if allow_private and not allow_hosts:
+        raise UsageError("allow_private (--allow-private) only opens the proxy of --allow-host")
     runtime = raw.get("runtime")
     if runtime is not None and not (isinstance(runtime, str) and _RUNTIME_RE.fullmatch(runtime)):
         raise _bad("runtime", runtime, "the name of a runtime the engine knows, e.g. runsc")
@@ -367,7 +377,9 @@ def build_job(raw: dict[str, Any], *, default_user: str, session: bool = False) 
         pids=_positive("pids", resources["pids"], int)
         if resources.get("pids") is not None
         else None,
-        network=_choice("network", raw.get("network", "bridge"), NETWORKS),
+        network=network,
+        allow_hosts=allow_hosts,
+        allow_private=allow_private,
         cap_add=_caps(raw.get("cap_add") or []),
         runtime=runtime,
         secrets=_secrets(raw.get("secrets") or [], env),

@@ -49,6 +49,7 @@ def job_view(
             "duration": seconds_between(s.started_at, s.finished_at),
             "log": s.log,
             "error": s.error,
+            "egress": s.egress or {"denied": {}},
         }
         for s in job.steps
     ]
@@ -65,6 +66,9 @@ def job_view(
         "image": job.image,
         "secrets": job.secrets,  # names only
         "cap_add": job.cap_add,
+        "network": job.network,
+        "allow_hosts": job.allow_hosts,
+        "allow_private": job.allow_private,
         "runtime": job.runtime,
         "created_at": job.created_at,
         "updated_at": job.updated_at,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build logist's images: logist/busybox:latest, logist/step:latest, logist/logist:latest and
-# logist/node:latest (a Docker engine in a container: the multi-engine tests' nodes).
+# Build logist's images: logist/busybox:latest, logist/step:latest, logist/logist:latest,
+# logist/proxy:latest (a job's egress proxy: Squid) and logist/node:latest (a Docker engine in
+# a container: the multi-engine tests' nodes).
 # Idempotent: an image that exists and was built from the same inputs (a hash of its Dockerfile
 # and sources, kept in its label logist.source) is skipped unless --rebuild is given.
 # The base of the Debian images is $BASE_IMAGE (default debian:bookworm-slim). When it is not
@@ -86,6 +87,7 @@ dpkg -s busybox-static >/dev/null 2>&1 || apt_install busybox-static
 BUSYBOX_SRC=$(inputs images/busybox/Dockerfile /bin/busybox)
 STEP_SRC=$(inputs images/step/Dockerfile)
 NODE_SRC=$(inputs images/node/Dockerfile images/node/entrypoint.sh)
+PROXY_SRC=$(inputs images/proxy/Dockerfile images/proxy/entrypoint.sh)
 LOGIST_SRC=$(inputs Dockerfile pyproject.toml logist/*.py)
 
 if wanted logist/busybox:latest "$BUSYBOX_SRC"; then
@@ -96,7 +98,7 @@ if wanted logist/busybox:latest "$BUSYBOX_SRC"; then
 fi
 
 if wanted logist/step:latest "$STEP_SRC" || wanted logist/logist:latest "$LOGIST_SRC" ||
-   wanted logist/node:latest "$NODE_SRC"; then
+   wanted logist/node:latest "$NODE_SRC" || wanted logist/proxy:latest "$PROXY_SRC"; then
   base=$(resolve_base)
   if wanted logist/step:latest "$STEP_SRC"; then
     build logist/step:latest images/step --build-arg "BASE_IMAGE=$base" \
@@ -109,6 +111,10 @@ if wanted logist/step:latest "$STEP_SRC" || wanted logist/logist:latest "$LOGIST
     ls build/wheels/logist-*.whl >/dev/null
     build logist/logist:latest . --build-arg "BASE_IMAGE=$base" \
       --label "logist.source=$LOGIST_SRC"
+  fi
+  if wanted logist/proxy:latest "$PROXY_SRC"; then  # apt-get installs squid from the mirror
+    build logist/proxy:latest images/proxy --build-arg "BASE_IMAGE=$base" \
+      --label "logist.source=$PROXY_SRC"
   fi
   if wanted logist/node:latest "$NODE_SRC"; then  # apt-get installs docker.io from the mirror
     build logist/node:latest images/node --build-arg "BASE_IMAGE=$base" \

@@ -13,7 +13,7 @@ start=$(date +%s)
 USER_NAME=${LOGIST_PODMAN_USER:-logist-podman}
 WORK=${LOGIST_PODMAN_WORK:-/tmp/logist-podman-ci}
 ROOTFUL=unix:///run/podman/podman.sock
-IMAGES=(logist/busybox:latest logist/step:latest)
+IMAGES=(logist/busybox:latest logist/step:latest logist/proxy:latest)
 
 say() { echo "test-podman: $*" >&2; }
 

@@ -52,7 +52,7 @@ def docker_client():
     import docker
 
     cli = docker.from_env(timeout=120)
-    for image in (STEP_IMAGE, BUSYBOX):
+    for image in (STEP_IMAGE, BUSYBOX, "logist/proxy:latest"):
         try:
             cli.images.get(image)
         except docker.errors.ImageNotFound:
@@ -62,7 +62,8 @@ def docker_client():
 
 @pytest.fixture(autouse=True)
 def _docker_guard(request):
-    """Docker tests need the engine (fail otherwise) and must leave no container behind."""
+    """Docker tests need the engine (fail otherwise) and must leave no container, volume or
+    network behind."""
     if request.node.get_closest_marker("docker") is None:
         yield
         return
@@ -77,8 +78,12 @@ def _docker_guard(request):
     volumes = cli.volumes.list(filters={"label": f"logist.jobs-dir={root}"})
     for v in volumes:
         v.remove(force=True)
+    networks = cli.networks.list(filters={"label": f"logist.jobs-dir={root}"})
+    for n in networks:
+        n.remove()
     assert not left, f"containers left behind: {[c.name for c in left]}"
     assert not volumes, f"volumes left behind: {[v.name for v in volumes]}"
+    assert not networks, f"networks left behind: {[n.name for n in networks]}"
 
 
 def _is_logist(args) -> bool:

@@ -1,0 +1,293 @@
+"""A job's networks (contract v3, "Networks and egress by name").
+
+``network: bridge`` is a network of the job's own (``logist-<id>``), so no step of another job
+reaches its steps. With ``allow_hosts`` that network is internal (no route out) and the job's
+proxy (``logist/proxy:latest``: Squid, configured by ``logist/egress.py``) is its only way
+out: the proxy sits on it and on the egress network (the engine's default bridge, or
+``LOGIST_EGRESS_NETWORK``). Networks and proxies are labelled like every container; they live
+while the process that runs the job runs (a session's, while the session runs), and whatever a
+killed runner leaves is reaped as an orphan by the sweep (``reap_orphan_networks``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from logist import containers, output, podman
+from logist.container_spec import JOB, MANAGED, NETWORK, PROXY, ROOT, STEP, ContainerSpec, labels
+from logist.egress import PROXY_PORT, DeniedLog, parse_patterns, squid_config
+from logist.errors import EnvironmentProblem, LogistError, Rejected
+from logist.store import owner_id
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+    from docker.models.containers import Container
+
+    from logist.jobrun import JobRun
+
+PROXY_IMAGE = "logist/proxy:latest"
+READY_TIMEOUT = 30.0  # seconds for the proxy to listen
+DRAIN_QUIET = 0.05  # after a step: the proxy's log is read until quiet this long...
+DRAIN_MAX = 0.3  # ...or this long at most
+PROXY_LIMITS = {"memory": "256m", "pids": 256, "cpus": 1.0}
+
+
+def network_name(job_id: str) -> str:
+    return f"logist-{job_id}"
+
+
+def proxy_image() -> str:
+    """The proxy's image: ``LOGIST_PROXY_IMAGE``, else ``PROXY_IMAGE``."""
+    return os.environ.get("LOGIST_PROXY_IMAGE") or PROXY_IMAGE
+
+
+def egress_network() -> str:
+    """The network the proxy reaches the outside on: ``LOGIST_EGRESS_NETWORK``, else the
+    engine's default bridge."""
+    return os.environ.get("LOGIST_EGRESS_NETWORK") or "bridge"
+
+
+@dataclass
+class Attachment:
+    """What a container of the job gets: its network, environment and DNS servers."""
+
+    network: str
+    env: dict[str, str] = field(default_factory=dict)
+    dns: list[str] | None = None
+
+    @property
+    def dns_opt(self) -> list[str] | None:
+        """A name that cannot resolve fails in a second, not twenty."""
+        return ["timeout:1", "attempts:1"] if self.dns else None
+
+
+class JobNetwork:
+    """The networks (and proxy) of one job while this process runs it: ``open`` makes them,
+    ``attachment`` is what each of its containers gets, ``denied`` hands over what the proxy
+    refused since the last call, ``close`` removes them (idempotent)."""
+
+    def __init__(self, run: JobRun) -> None:
+        self.run = run
+        self.cli = run.dock.client()
+        self.name: str | None = None
+        self.proxy: Container | None = None
+        self.attachment = Attachment(run.job.network)
+        self.log = DeniedLog()
+        self._stream: Any = None
+        self._reader: threading.Thread | None = None
+        self._fed = 0.0  # when the proxy last said something (monotonic)
+
+    @classmethod
+    def open(cls, run: JobRun) -> JobNetwork:
+        """Make the job's network (and proxy) on its engine; nothing for ``none`` and ``host``.
+
+        Raises:
+            Rejected: the engine cannot make them, or refused them (exit 2).
+            ImageMissing: no proxy image (exit 3). EnvironmentProblem: the engine failed.
+        """
+        net = cls(run)
+        job = run.job
+        if job.network != "bridge":
+            return net
+        if not _bridges(net.cli):
+            if job.allow_hosts:
+                raise Rejected(
+                    f"--allow-host needs networks of the job's own, which rootless Podman cannot "
+                    f"make here ({podman.TUN} is not usable by this user): use rootful Podman or "
+                    "Docker"
+                )
+            return net  # the default bridge, which podman.adapt makes `none` (said once)
+        try:
+            net._create(internal=bool(job.allow_hosts))
+            if job.allow_hosts:
+                net._start_proxy()
+        except BaseException:
+            net.close()
+            raise
+        return net
+
+    # --- making ---------------------------------------------------------------------------
+
+    def _create(self, internal: bool) -> None:
+        import docker
+
+        job, name = self.run.job, network_name(self.run.job.id)
+        tags = labels(job.id, NETWORK, self.run.store.root, owner_id())
+        what = f"creating the network {name}"
+        with containers.engine_errors(what, self.cli):
+            for attempt in range(2):
+                try:
+                    self.cli.networks.create(
+                        name, driver="bridge", internal=internal, labels=tags, check_duplicate=True
+                    )
+                    break
+                except docker.errors.APIError as exc:
+                    if attempt or exc.status_code != 409:
+                        raise
+                    # left by a killed run of this job (we hold its lock): its proxy, then it
+                    remove_job(self.cli, self.run.store.root, job.id, grace=0)
+        self.name = name
+        self.attachment = Attachment(name)
+
+    def _start_proxy(self) -> None:
+        job, cli, root = self.run.job, self.cli, self.run.store.root
+        image = proxy_image()
+        containers.ensure_image(cli, image, "missing")
+        conf = squid_config(parse_patterns(job.allow_hosts), list(job.allow_private))
+        spec = ContainerSpec(
+            image=image,
+            command=[],
+            job_id=job.id,
+            step=PROXY,
+            jobs_root=root,
+            owner=owner_id(),
+            env={"LOGIST_PROXY_CONF": conf},
+            network=egress_network(),
+            memory=PROXY_LIMITS["memory"],
+            pids=PROXY_LIMITS["pids"],
+            cpus=PROXY_LIMITS["cpus"],
+            cap_add=[],
+            read_only=True,
+            tmpfs={"/tmp": "size=16m,mode=1777"},
+            log_config=output.log_config(cli, podman.is_podman(cli)),
+        )
+        self.proxy = box = containers.create(cli, spec)
+        with containers.engine_errors("starting the job's proxy", cli):
+            cli.networks.get(self.name).connect(box)
+            if output.attaches(box):  # before the start: its first lines are not missed
+                self._stream = output.Attached(box, self.run.dock.timeout)
+            box.start()
+            if self._stream is None:
+                self._stream = box.logs(stream=True, follow=True, stdout=True, stderr=True)
+        self._reader = threading.Thread(target=self._read, daemon=True, name="logist-proxy")
+        self._reader.start()
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not self.log.ready:
+            if not self._reader.is_alive() or time.monotonic() > deadline:
+                tail = " | ".join(x.decode("utf-8", "replace") for x in self.log.tail[-2:])
+                raise EnvironmentProblem(
+                    f"the job's proxy ({image}) did not start listening: {tail or 'no output'}"
+                )
+            time.sleep(0.01)
+        with containers.engine_errors("inspecting the job's proxy", cli):
+            box.reload()
+        ip = ((box.attrs.get("NetworkSettings") or {}).get("Networks") or {}).get(self.name, {})
+        address = ip.get("IPAddress")
+        if not address:
+            raise EnvironmentProblem(f"the job's proxy has no address on {self.name}")
+        url = f"http://{address}:{PROXY_PORT}"
+        env = {k: url for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")}
+        env.update(NO_PROXY="localhost,127.0.0.1", no_proxy="localhost,127.0.0.1")
+        # names resolve nowhere: the proxy resolves them (it answers no DNS)
+        self.attachment = Attachment(self.name, env, dns=[address])
+
+    def _read(self) -> None:
+        with contextlib.suppress(Exception):
+            for chunk in self._stream:
+                if isinstance(chunk, str):
+                    chunk = chunk.encode()
+                self._fed = time.monotonic()
+                self.log.feed(chunk)
+
+    # --- while steps run ------------------------------------------------------------------
+
+    def denied(self) -> dict[str, Any] | None:
+        """What the proxy refused since the last call (``{"denied": {HOST:PORT: n}}``); None
+        without a proxy. Waits (briefly) for the proxy's log to go quiet first."""
+        if self.proxy is None:
+            return None
+        start = time.monotonic()
+        while time.monotonic() - self._fed < DRAIN_QUIET and time.monotonic() - start < DRAIN_MAX:
+            time.sleep(0.01)
+        return self.log.take()
+
+    # --- removal --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Remove the proxy and the network. What the engine keeps is left to the sweep."""
+        if self._stream is not None:
+            with contextlib.suppress(Exception):
+                self._stream.close()
+        with contextlib.suppress(LogistError):
+            if self.proxy is not None:
+                containers.stop_and_remove([self.proxy], grace=0)
+            if self.name is not None:
+                remove_networks(self.cli, self.run.store.root, self.run.job.id)
+        self.proxy = None
+
+
+def _bridges(cli: DockerClient) -> bool:
+    """Whether the engine can give a container a network of the job's own (not: a rootless
+    Podman without ``/dev/net/tun``)."""
+    try:
+        info = podman.engine_info(cli) if podman.is_podman(cli) else None
+    except Exception:
+        return True  # what follows reports an engine that fails
+    return info is None or not info.rootless or podman.bridge_possible(cli)
+
+
+# --- finding and removing, for cleanup, cancel and the sweep --------------------------------
+
+
+def find_networks(cli: DockerClient, jobs_root: Path, job_id: str | None = None) -> list:
+    """Networks labelled for ``jobs_root`` (and ``job_id``)."""
+    filters = [f"{MANAGED}=true", f"{ROOT}={jobs_root}"]
+    if job_id:
+        filters.append(f"{JOB}={job_id}")
+    with containers.engine_errors("listing networks", cli):
+        return cli.networks.list(filters={"label": filters})
+
+
+def remove_networks(
+    cli: DockerClient, jobs_root: Path, job_id: str | None = None, nets: list | None = None
+) -> int:
+    """Remove the job's networks (or ``nets``), retried while a removed container's endpoint
+    goes; how many went.
+
+    Raises:
+        EngineRejected, EnvironmentProblem, EngineUnavailable: one could not be removed.
+    """
+    import docker
+
+    removed = 0
+    for net in find_networks(cli, jobs_root, job_id) if nets is None else nets:
+        for attempt in range(6):
+            try:
+                what = f"removing the network {net.name}"
+                with (
+                    containers.engine_errors(what, cli),
+                    contextlib.suppress(docker.errors.NotFound),
+                ):
+                    net.remove()
+                removed += 1
+                break
+            except LogistError:
+                if attempt == 5:
+                    raise
+                time.sleep(0.1 * 2**attempt)
+    return removed
+
+
+def remove_job(cli: DockerClient, jobs_root: Path, job_id: str, grace: float) -> int:
+    """Stop and remove every container of the job, then its networks; containers removed."""
+    count = containers.stop_and_remove(containers.find(cli, jobs_root, job_id), grace=grace)
+    remove_networks(cli, jobs_root, job_id)
+    return count
+
+
+def reap_orphan_networks(cli: DockerClient, jobs_root: Path, is_orphan, dry_run: bool) -> int:
+    """Remove the networks of ``jobs_root`` whose labels ``is_orphan`` says are orphans (after
+    the orphan containers, which may sit on them)."""
+    orphans = [n for n in find_networks(cli, jobs_root) if is_orphan(n.attrs.get("Labels") or {})]
+    if dry_run or not orphans:
+        return len(orphans)
+    return remove_networks(cli, jobs_root, nets=orphans)
+
+
+__all__ = ["STEP", "Attachment", "JobNetwork", "network_name", "remove_job"]

@@ -1,0 +1,457 @@
+"""A job's own network, and egress by name through the job's proxy (contract v3), against the
+real engine. "The internet" is a network of the test's own in 198.18.0.0/15 (the benchmarking
+range, not a private one) with web servers under several names; "an internal service" is one
+on a private network of the test's own. No traffic goes anywhere else."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BUSYBOX, STEP_IMAGE
+from tests.helpers import commit_file, run_logist, wait_for
+
+pytestmark = pytest.mark.docker
+
+
+def _cmd(jobs_root: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), *args]
+
+
+NAMES = ("web.example.test", "other.example.test", "x.sub.example.test", "sub.example.test")
+SERVE = (
+    "mkdir -p /www && echo hello-web > /www/index.html && httpd -p 80 -h /www && "
+    "httpd -p 8443 -h /www && exec httpd -f -p 443 -h /www"
+)
+# the step's side: each check prints one line "CHECK -> RESULT"
+CLIENT = r"""
+import os, socket, sys, urllib.request
+proxy = os.environ.get("HTTP_PROXY", "")
+for check in sys.argv[1:]:
+    kind, _, arg = check.partition(" ")
+    try:
+        if kind == "GET":
+            with urllib.request.urlopen(arg, timeout=10) as r:
+                result = f"{r.status} {r.read().decode().strip()}"
+        elif kind in ("CONNECT", "VIA"):  # straight to the proxy (VIA: whatever NO_PROXY says)
+            host = proxy.split("//")[1].rsplit(":", 1)[0]
+            s = socket.create_connection((host, 3128), timeout=10)
+            line = f"CONNECT {arg}" if kind == "CONNECT" else f"GET {arg}"
+            s.sendall(f"{line} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            result = s.recv(200).split(b"\r\n")[0].decode().split(" ", 2)[1]
+        elif kind == "DIRECT":
+            host, port = arg.rsplit(":", 1)
+            socket.create_connection((host, int(port)), timeout=3).close()
+            result = "connected"
+        elif kind == "DNS":
+            result = socket.gethostbyname(arg)
+    except urllib.error.HTTPError as exc:
+        result = str(exc.code)
+    except Exception as exc:
+        result = f"failed {type(exc).__name__}"
+    print(f"{check} -> {result}", flush=True)
+"""
+
+
+def _network_with_server(cli, prefix: str, subnets: list[str], aliases: tuple[str, ...]):
+    import docker
+
+    last: Exception | None = None
+    for subnet in subnets:
+        name = f"logist-test-{prefix}-{os.getpid()}-{random.randrange(1 << 20)}"
+        ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)])
+        try:
+            net = cli.networks.create(name, driver="bridge", ipam=ipam, check_duplicate=True)
+        except docker.errors.APIError as exc:  # another worker's subnet
+            last = exc
+            continue
+        server = cli.containers.run(
+            BUSYBOX, ["sh", "-c", SERVE], detach=True, network=name, name=f"{name}-web"
+        )
+        net.disconnect(server)
+        net.connect(server, aliases=list(aliases))
+        server.reload()
+        ip = server.attrs["NetworkSettings"]["Networks"][name]["IPAddress"]
+        return net, server, ip
+    raise AssertionError(f"no free subnet among {subnets[:3]}...: {last}")
+
+
+@pytest.fixture(scope="module")
+def outside(docker_client):
+    """The stand-in internet: (network name, the web server's address)."""
+    subnets = [f"198.18.{n}.0/24" for n in random.sample(range(256), 12)]
+    net, server, ip = _network_with_server(docker_client, "out", subnets, NAMES)
+    yield net.name, ip
+    server.remove(force=True)
+    net.remove()
+
+
+@pytest.fixture(scope="module")
+def internal(docker_client):
+    """An internal service on a private range: (network name, subnet, address)."""
+    picks = random.sample(range(256), 12)
+    subnets = [f"10.{n}.{random.randrange(256)}.0/24" for n in picks]
+    net, server, ip = _network_with_server(docker_client, "in", subnets, ("inside.example.test",))
+    net.reload()
+    subnet = net.attrs["IPAM"]["Config"][0]["Subnet"]
+    yield net.name, subnet, ip
+    server.remove(force=True)
+    net.remove()
+
+
+@pytest.fixture
+def repo(source_repo: Path) -> Path:
+    commit_file(source_repo, "client.py", CLIENT, "the test's client")
+    return source_repo
+
+
+def _run(jobs_root, egress: str, *args: str, checks: list[str] = (), **kw):
+    step = "python3 client.py " + " ".join(f"'{c}'" for c in checks)
+    env = {"LOGIST_EGRESS_NETWORK": egress, **kw.pop("env", {})}
+    return run_logist(jobs_root, "run", *args, "--step", step, env=env, **kw)
+
+
+def _results(out) -> dict[str, str]:
+    lines = [line for line in out.stdout.splitlines() if " -> " in line]
+    return dict(line.split(" -> ", 1) for line in lines)
+
+
+def _status(jobs_root, job_id: str) -> dict:
+    out = run_logist(jobs_root, "job", "status", job_id, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def _left(cli, jobs_root) -> tuple[list, list]:
+    label = {"label": f"logist.jobs-dir={jobs_root}"}
+    return cli.containers.list(all=True, filters=label), cli.networks.list(filters=label)
+
+
+def test_allowed_hosts_pass_through_the_proxy_and_everything_else_is_refused(
+    jobs_root, repo, outside, docker_client
+):
+    egress, web_ip = outside
+    checks = [
+        "GET http://web.example.test/",
+        "GET http://other.example.test/",
+        "GET http://x.sub.example.test:8443/",
+        "GET http://sub.example.test:8443/",
+        f"GET http://{web_ip}/",
+        "CONNECT web.example.test:443",
+        "CONNECT other.example.test:443",
+        "CONNECT web.example.test:22",
+        f"DIRECT {web_ip}:80",
+        "DNS web.example.test",
+    ]
+    out = _run(
+        jobs_root,
+        egress,
+        "eg1",
+        "--repo",
+        str(repo),
+        "--allow-host",
+        "web.example.test",
+        "--allow-host",
+        "*.sub.example.test:8443",
+        checks=checks,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    got = _results(out)
+    assert got == {
+        "GET http://web.example.test/": "200 hello-web",
+        "GET http://other.example.test/": "403",
+        "GET http://x.sub.example.test:8443/": "200 hello-web",
+        "GET http://sub.example.test:8443/": "403",  # a wildcard is not its apex
+        f"GET http://{web_ip}/": "403",  # an address is no allowed name
+        "CONNECT web.example.test:443": "200",
+        "CONNECT other.example.test:443": "403",
+        "CONNECT web.example.test:22": "403",
+        f"DIRECT {web_ip}:80": got[f"DIRECT {web_ip}:80"],
+        "DNS web.example.test": got["DNS web.example.test"],
+    }, out.stdout
+    assert got[f"DIRECT {web_ip}:80"].startswith("failed")  # no route but the proxy
+    assert got["DNS web.example.test"].startswith("failed")  # no name resolves in the step
+    view = _status(jobs_root, "eg1")
+    assert view["allow_hosts"] == ["web.example.test", "*.sub.example.test:8443"]
+    assert view["steps"][0]["egress"] == {
+        "denied": {
+            "other.example.test:80": 1,
+            "sub.example.test:8443": 1,
+            f"{web_ip}:80": 1,
+            "other.example.test:443": 1,
+            "web.example.test:22": 1,
+        }
+    }
+    assert "eg1: step 1: egress refused: web.example.test:22 (1 request)" in out.stderr
+    assert _left(docker_client, jobs_root) == ([], [])
+
+
+def test_the_step_sits_on_the_jobs_internal_network_and_the_proxy_is_hardened(
+    jobs_root, repo, outside, docker_client
+):
+    egress, _ = outside
+    proc = subprocess.Popen(
+        _cmd(
+            jobs_root,
+            "run",
+            "eg2",
+            "--repo",
+            str(repo),
+            "--allow-host",
+            "web.example.test",
+            "--step",
+            "sleep 30",
+        ),
+        env={**os.environ, "LOGIST_EGRESS_NETWORK": egress},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        label = {"label": [f"logist.jobs-dir={jobs_root}", "logist.step=1"]}
+        [step] = wait_for(
+            lambda: docker_client.containers.list(filters=label), 60, "the step to run"
+        )
+        [proxy] = docker_client.containers.list(
+            filters={"label": [f"logist.jobs-dir={jobs_root}", "logist.step=proxy"]}
+        )
+        [net] = docker_client.networks.list(filters={"label": f"logist.jobs-dir={jobs_root}"})
+        net.reload()
+        assert net.name == "logist-eg2" and net.attrs["Internal"] is True
+        assert net.attrs["Labels"]["logist.job"] == "eg2"
+        assert net.attrs["Labels"]["logist.managed"] == "true"
+        assert list(step.attrs["NetworkSettings"]["Networks"]) == ["logist-eg2"]
+        assert set(proxy.attrs["NetworkSettings"]["Networks"]) == {"logist-eg2", egress}
+        host = proxy.attrs["HostConfig"]
+        assert host["ReadonlyRootfs"] is True and host["CapDrop"] == ["ALL"]
+        assert not host["CapAdd"] and "no-new-privileges" in host["SecurityOpt"]
+        assert host["Memory"] > 0 and host["PidsLimit"] > 0
+        assert proxy.attrs["Config"]["User"] == "proxy"
+        env = dict(e.split("=", 1) for e in step.attrs["Config"]["Env"])
+        address = proxy.attrs["NetworkSettings"]["Networks"]["logist-eg2"]["IPAddress"]
+        for key in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+            assert env[key] == f"http://{address}:3128"
+        assert env["NO_PROXY"] == "localhost,127.0.0.1"
+    finally:
+        subprocess.run(
+            _cmd(jobs_root, "job", "cancel", "eg2"),
+            capture_output=True,
+            timeout=60,
+        )
+        proc.communicate(timeout=60)
+    assert _status(jobs_root, "eg2")["state"] == "canceled"
+    assert _left(docker_client, jobs_root) == ([], [])
+
+
+def test_a_name_that_resolves_to_a_private_address_is_refused_unless_granted(
+    jobs_root, repo, internal, docker_client
+):
+    egress, subnet, _ = internal
+    checks = ["GET http://inside.example.test/", "VIA http://localhost:80/"]
+    allow = ["--allow-host", "inside.example.test", "--allow-host", "localhost"]
+    out = _run(jobs_root, egress, "eg3", "--repo", str(repo), *allow, checks=checks)
+    assert out.returncode == 0, out.stderr
+    assert _results(out) == {
+        "GET http://inside.example.test/": "403",
+        "VIA http://localhost:80/": "403",
+    }
+    granted = ["--allow-private", subnet]
+    out = _run(jobs_root, egress, "eg4", "--repo", str(repo), *allow, *granted, checks=checks)
+    assert out.returncode == 0, out.stderr
+    assert _results(out) == {
+        "GET http://inside.example.test/": "200 hello-web",
+        "VIA http://localhost:80/": "403",  # loopback is not in the granted range
+    }
+    assert _status(jobs_root, "eg4")["allow_private"] == [subnet]
+
+
+def test_a_spec_file_narrows_egress_and_cannot_grant_private_ranges(
+    jobs_root, repo, outside, tmp_path
+):
+    egress, _ = outside
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"repo: {repo}\nallow_hosts: [web.example.test]\n")
+    checks = ["GET http://web.example.test/", "GET http://other.example.test/"]
+    out = _run(jobs_root, egress, "eg5", "--file", str(spec), checks=checks)
+    assert out.returncode == 0, out.stderr
+    assert _results(out) == {
+        "GET http://web.example.test/": "200 hello-web",
+        "GET http://other.example.test/": "403",
+    }
+    spec.write_text(f"repo: {repo}\nallow_hosts: [web.example.test]\nallow_private: [10.0.0.0/8]\n")
+    out = _run(jobs_root, egress, "eg6", "--file", str(spec), checks=checks)
+    assert out.returncode == 2 and "allow_private" in out.stderr
+    assert "cannot grant" in out.stderr and not (jobs_root / "eg6").exists()
+
+
+def test_jobs_on_their_own_networks_cannot_reach_each_other(
+    jobs_root, repo, docker_client, tmp_path
+):
+    server = subprocess.Popen(
+        _cmd(
+            jobs_root,
+            "run",
+            "serves",
+            "--repo",
+            str(repo),
+            "--step",
+            "exec python3 -m http.server 8080",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        label = {"label": [f"logist.jobs-dir={jobs_root}", "logist.step=1"]}
+        [box] = wait_for(
+            lambda: docker_client.containers.list(filters=label), 60, "the server's step"
+        )
+        assert list(box.attrs["NetworkSettings"]["Networks"]) == ["logist-serves"]
+        ip = box.attrs["NetworkSettings"]["Networks"]["logist-serves"]["IPAddress"]
+        fetch = (
+            "import sys, time, urllib.request\n"
+            "for _ in range(40):\n"
+            "    try:\n"
+            f"        print(urllib.request.urlopen('http://{ip}:8080/', timeout=3).status)\n"
+            "        break\n"
+            "    except Exception as exc:\n"
+            "        time.sleep(0.25)\n"
+            "else:\n"
+            "    print('unreachable')\n"
+        )
+        # a container on the serving job's network reaches it: the server is up
+        seen = docker_client.containers.run(
+            STEP_IMAGE, ["python3", "-c", fetch], network="logist-serves", remove=True
+        )
+        assert seen.strip() == b"200"
+        # another job's step does not
+        commit_file(repo, "fetch.py", fetch.replace("range(40)", "range(2)"))
+        out = run_logist(
+            jobs_root, "run", "other", "--repo", str(repo), "--step", "python3 fetch.py"
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "unreachable"
+    finally:
+        run_logist(jobs_root, "job", "cancel", "serves", timeout=60)
+        server.communicate(timeout=60)
+    assert _left(docker_client, jobs_root) == ([], [])
+
+
+def test_a_failing_step_leaves_no_proxy_or_network(jobs_root, repo, outside, docker_client):
+    egress, _ = outside
+    out = run_logist(
+        jobs_root,
+        "run",
+        "--repo",
+        str(repo),
+        "--allow-host",
+        "web.example.test",
+        "--step",
+        "exit 3",
+        env={"LOGIST_EGRESS_NETWORK": egress},
+    )
+    assert out.returncode == 1, out.stderr
+    assert _left(docker_client, jobs_root) == ([], [])
+
+
+@pytest.mark.timeout(180)
+def test_the_sweep_removes_the_proxy_and_network_a_killed_runner_left(
+    jobs_root, repo, outside, docker_client
+):
+    egress, _ = outside
+    runner = subprocess.Popen(
+        _cmd(
+            jobs_root,
+            "run",
+            "killed",
+            "--repo",
+            str(repo),
+            "--allow-host",
+            "web.example.test",
+            "--step",
+            "sleep 60",
+        ),
+        env={**os.environ, "LOGIST_EGRESS_NETWORK": egress},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        label = {"label": [f"logist.jobs-dir={jobs_root}", "logist.step=1"]}
+        wait_for(lambda: docker_client.containers.list(filters=label), 60, "the step to run")
+    finally:
+        os.killpg(runner.pid, signal.SIGKILL)
+        runner.communicate(timeout=30)
+    boxes, nets = _left(docker_client, jobs_root)
+    assert len(nets) == 1 and {c.labels["logist.step"] for c in boxes} >= {"1", "proxy"}
+
+    out = run_logist(jobs_root, "job", "cleanup", "--stale", "--older-than", "0s", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert _left(docker_client, jobs_root) == ([], [])
+
+
+def test_a_missing_proxy_image_exits_3_and_leaves_nothing(jobs_root, repo, outside, docker_client):
+    egress, _ = outside
+    out = run_logist(
+        jobs_root,
+        "run",
+        "noproxy",
+        "--repo",
+        str(repo),
+        "--allow-host",
+        "web.example.test",
+        "--step",
+        "true",
+        env={"LOGIST_EGRESS_NETWORK": egress, "LOGIST_PROXY_IMAGE": "logist/absent:none"},
+    )
+    assert out.returncode == 3, out.stderr
+    assert "logist/absent:none" in out.stderr
+    assert _status(jobs_root, "noproxy")["steps"][0]["state"] == "pending"
+    assert _left(docker_client, jobs_root) == ([], [])
+
+
+def test_a_session_gets_the_proxy_and_leaves_nothing_when_it_stops(
+    jobs_root, repo, outside, docker_client
+):
+    import logist
+
+    egress, _ = outside
+    env_before = dict(os.environ)
+    os.environ["LOGIST_EGRESS_NETWORK"] = egress  # the operator's setting, as a CLI's would be
+    try:
+        rt = logist.Runtime(jobs_dir=jobs_root)
+        with rt.session(repo=str(repo), allow_hosts=["web.example.test"]) as s:
+            checks = ["GET http://web.example.test/", "GET http://other.example.test/"]
+            r = s.exec(["python3", "client.py", *checks], timeout=60)
+            assert r.exit_code == 0
+            assert "GET http://web.example.test/ -> 200 hello-web" in r.output
+            assert "GET http://other.example.test/ -> 403" in r.output
+            assert len(_left(docker_client, jobs_root)[1]) == 1
+        rt.close()
+    finally:
+        os.environ.clear()
+        os.environ.update(env_before)
+    assert _left(docker_client, jobs_root) == ([], [])
+
+
+def test_default_bridge_jobs_get_a_network_of_their_own_removed_after(
+    jobs_root, repo, docker_client
+):
+    started = time.time()
+    out = run_logist(
+        jobs_root, "run", "own", "--repo", str(repo), "--step", "cat /sys/class/net/eth0/address"
+    )
+    assert out.returncode == 0, out.stderr
+    events = docker_client.events(
+        since=int(started), until=int(time.time()) + 1, decode=True, filters={"type": "network"}
+    )
+    created = {e["Actor"]["Attributes"].get("name") for e in events if e["Action"] == "create"}
+    assert "logist-own" in created
+    assert _left(docker_client, jobs_root) == ([], [])
