@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import statistics
 from pathlib import Path
 
 from benchmarks.core import BENCH_LABEL, BUSYBOX, BenchError, Context, Result, alternate, run
@@ -19,22 +20,59 @@ SERVE = (
     "mkdir -p /www && head -c {size} /dev/zero > /www/blob && echo ok > /www/index.html && "
     "exec httpd -f -p 80 -h /www"
 )
-FETCH = (
-    "import sys, time, urllib.request\n"
-    "t = time.monotonic()\n"
-    "with urllib.request.urlopen(sys.argv[1], timeout=120) as r:\n"
-    "    n = 0\n"
-    "    while chunk := r.read(1 << 20):\n"
-    "        n += len(chunk)\n"
-    "print(f'{n} {time.monotonic() - t:.4f}')\n"
-)
+# the stand-in internet's server: /paced at RATE bytes/s (an internet link), /fast as fast as it can
+PACED = r"""
+import http.server, os, time
+SIZE, RATE = int(os.environ["SIZE"]), float(os.environ["RATE"])
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", str(SIZE)); self.end_headers()
+        chunk, sent, t = bytes(1 << 20), 0, time.monotonic()
+        while sent < SIZE:
+            n = min(len(chunk), SIZE - sent); self.wfile.write(chunk[:n]); sent += n
+            ahead = sent / RATE - (time.monotonic() - t) if self.path == "/paced" else 0
+            if ahead > 0: time.sleep(ahead)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("", 80), H).serve_forever()
+"""
+# the step's side: GET URL (through $HTTP_PROXY when set), or CONNECT to the host through it
+# (what an HTTPS download does) and GET in the tunnel; prints BYTES SECONDS
+FETCH = r"""
+import os, socket, sys, time, urllib.request
+url, mode = sys.argv[1], sys.argv[2]
+t, n = time.monotonic(), 0
+if mode == "connect":
+    host = url.split("/")[2]
+    proxy = os.environ["HTTP_PROXY"].split("//")[1].rsplit(":", 1)
+    s = socket.create_connection((proxy[0], int(proxy[1])), timeout=120)
+    s.sendall(f"CONNECT {host}:80 HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += s.recv(4096)
+    path = "/" + url.split("/", 3)[3]
+    s.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += s.recv(1 << 16)
+    n = len(buf.split(b"\r\n\r\n", 1)[1])
+    while chunk := s.recv(1 << 20):
+        n += len(chunk)
+else:
+    with urllib.request.urlopen(url, timeout=120) as r:
+        while chunk := r.read(1 << 20):
+            n += len(chunk)
+print(f"{n} {time.monotonic() - t:.4f}")
+"""
+LINK = 125_000_000  # bytes/s of the paced server: a 1 Gbit/s internet link
 MB = 1 << 20
+STEP_IMAGE = "logist/step:latest"  # python3 for the download, on both sides
 
 
 class Outside:
     """A network of the run's own with a web server (``web.bench.test``) serving a blob."""
 
-    def __init__(self, ctx: Context, size: int) -> None:
+    def __init__(self, ctx: Context, size: int, paced: bool = False) -> None:
         import docker
 
         self.cli = docker.from_env()
@@ -52,8 +90,13 @@ class Outside:
                 continue
         else:
             raise BenchError("no free 198.19.x.0/24 subnet for the outside network")
+        if paced:
+            env = {"SIZE": str(size), "RATE": str(LINK)}
+            cmd, image = ["python3", "-c", PACED], STEP_IMAGE
+        else:
+            env, cmd, image = {}, ["sh", "-c", SERVE.format(size=size)], BUSYBOX
         self.server = self.cli.containers.create(
-            BUSYBOX, ["sh", "-c", SERVE.format(size=size)], labels=label, network=self.net.name
+            image, cmd, labels=label, network=self.net.name, environment=env
         )
         self.net.disconnect(self.server)
         self.net.connect(self.server, aliases=["web.bench.test"])
@@ -111,34 +154,59 @@ def allow_host(ctx: Context, scratch: Path, res: Result) -> None:
 
 def download(ctx: Context, scratch: Path, res: Result) -> None:
     """A 100 MB download in a step through the job's proxy vs the same download in a container
-    on the outside network (no proxy); the download's own time, measured inside each."""
+    on the outside network (no proxy), from a server paced like a 1 Gbit/s internet link; the
+    download's own time, measured inside each. Noted beside: the same through a CONNECT
+    tunnel (HTTPS), and both unpaced (the proxy's own ceiling on this machine)."""
     size = ctx.pick(100, 20) * MB
     repo = make_repo(scratch / "src", 3)
     (repo / "fetch.py").write_text(FETCH)
     run(["git", "-C", str(repo), "add", "fetch.py"])
     run(["git", "-C", str(repo), "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "f"])
     root = scratch / "jobs"
-    outside = Outside(ctx, size)
+    outside = Outside(ctx, size, paced=True)
     env = {**os.environ, "LOGIST_EGRESS_NETWORK": outside.net.name}
-    url = "http://web.bench.test/blob"
-    res.title = f"a {size // MB} MB download: through the job's proxy vs direct"
+    base = "http://web.bench.test"
+    res.title = f"a {size // MB} MB download (1 Gbit/s link): through the job's proxy vs direct"
     reps = ctx.reps(5, 2)
+    cases = [("paced", "http"), ("paced", "connect"), ("fast", "http"), ("fast", "connect")]
     try:
-        # one job, one step per download: the proxy's start is not in the figure
-        steps = [a for _ in range(reps) for a in ("--step", f"python3 fetch.py {url}")]
-        cmd = ctx.lg(root, "run", "dl", "--repo", str(repo), "--image", ctx.image)
+        # one job, one step per download: the proxy's start is not in the figures
+        steps = [
+            a
+            for path, mode in cases
+            for _ in range(reps)
+            for a in ("--step", f"python3 fetch.py {base}/{path} {mode}")
+        ]
+        cmd = ctx.lg(root, "run", "dl", "--repo", str(repo), "--image", STEP_IMAGE)
         done = run([*cmd, "--allow-host", "web.bench.test", *steps], env=env)
         proxied = _parse(done.stdout, size)
 
-        def direct_one() -> float:
+        def direct(path: str) -> float:
             out = run(
                 ["docker", "run", "--rm", "--network", outside.net.name, "--label",
-                 f"{BENCH_LABEL}={ctx.run_id}", ctx.image, "python3", "-c", FETCH, url]
+                 f"{BENCH_LABEL}={ctx.run_id}", STEP_IMAGE, "python3", "-c", FETCH,
+                 f"{base}/{path}", "http"]
             )  # fmt: skip
             return _parse(out.stdout, size)[0]
 
-        direct = [direct_one() for _ in range(reps)]
-        res.logist, res.baseline = proxied, direct
+        paced = [direct("paced") for _ in range(reps)]
+        fast = [direct("fast") for _ in range(reps)]
+        res.logist, res.baseline = proxied[:reps], paced
+        med = statistics.median
+        connect, fast_http, fast_connect = (
+            proxied[reps : 2 * reps],
+            proxied[2 * reps : 3 * reps],
+            proxied[3 * reps :],
+        )
+        res.notes.append(
+            f"through a CONNECT tunnel (HTTPS), same link: {med(connect):.3f} s "
+            f"({med(connect) / med(paced):.2f}x)"
+        )
+        res.notes.append(
+            f"unpaced (this machine's bridge, the proxy's ceiling): direct {med(fast):.3f} s, "
+            f"proxy {med(fast_http):.3f} s ({size / MB / med(fast_http):.0f} MB/s), "
+            f"CONNECT {med(fast_connect):.3f} s ({size / MB / med(fast_connect):.0f} MB/s)"
+        )
     finally:
         outside.close()
 

@@ -180,6 +180,7 @@ def squid_config(patterns: list[Pattern], grants: list[str]) -> str:
         "httpd_suppress_version_string on",
         "shutdown_lifetime 0 seconds",
         "max_filedescriptors 4096",
+        "read_ahead_gap 4 MB",  # throughput: reads ahead of a slow client (16 KB by default)
     ]
     lines.append("acl blocked dst " + " ".join(BLOCKED))
     if grants:

@@ -68,9 +68,11 @@ class Attachment:
 
 
 class JobNetwork:
-    """The networks (and proxy) of one job while this process runs it: ``open`` makes them,
+    """The networks (and proxy) of one job while this process runs it: ``open`` makes them
+    (``begin`` in the background, while the workspace is made; ``ready`` waits for them),
     ``attachment`` is what each of its containers gets, ``denied`` hands over what the proxy
-    refused since the last call, ``close`` removes them (idempotent)."""
+    refused since the last call, ``close`` removes them (idempotent; ``close_soon`` in the
+    background, while the last harvest runs)."""
 
     def __init__(self, run: JobRun) -> None:
         self.run = run
@@ -82,6 +84,36 @@ class JobNetwork:
         self._stream: Any = None
         self._reader: threading.Thread | None = None
         self._fed = 0.0  # when the proxy last said something (monotonic)
+        self._opening: threading.Thread | None = None
+        self._closing: threading.Thread | None = None
+        self._failed: BaseException | None = None
+
+    @classmethod
+    def begin(cls, run: JobRun) -> JobNetwork:
+        """``open``, in a thread of its own; ``ready`` waits for it."""
+        net = cls(run)
+
+        def opening() -> None:
+            try:
+                net._make()
+            except BaseException as exc:  # handed to ready()
+                net._failed = exc
+
+        net._opening = threading.Thread(target=opening, daemon=True, name="logist-network")
+        net._opening.start()
+        return net
+
+    def ready(self) -> Attachment:
+        """What the job's containers get, once the network (and proxy) are there.
+
+        Raises:
+            what ``open`` raises.
+        """
+        if self._opening is not None:
+            self._opening.join()
+        if self._failed is not None:
+            raise self._failed
+        return self.attachment
 
     @classmethod
     def open(cls, run: JobRun) -> JobNetwork:
@@ -92,25 +124,28 @@ class JobNetwork:
             ImageMissing: no proxy image (exit 3). EnvironmentProblem: the engine failed.
         """
         net = cls(run)
-        job = run.job
+        net._make()
+        return net
+
+    def _make(self) -> None:
+        job = self.run.job
         if job.network != "bridge":
-            return net
-        if not _bridges(net.cli):
+            return
+        if not _bridges(self.cli):
             if job.allow_hosts:
                 raise Rejected(
                     f"--allow-host needs networks of the job's own, which rootless Podman cannot "
                     f"make here ({podman.TUN} is not usable by this user): use rootful Podman or "
                     "Docker"
                 )
-            return net  # the default bridge, which podman.adapt makes `none` (said once)
+            return  # the default bridge, which podman.adapt makes `none` (said once)
         try:
-            net._create(internal=bool(job.allow_hosts))
+            self._create(internal=bool(job.allow_hosts))
             if job.allow_hosts:
-                net._start_proxy()
+                self._start_proxy()
         except BaseException:
-            net.close()
+            self._remove()
             raise
-        return net
 
     # --- making ---------------------------------------------------------------------------
 
@@ -119,12 +154,18 @@ class JobNetwork:
 
         job, name = self.run.job, network_name(self.run.job.id)
         tags = labels(job.id, NETWORK, self.run.store.root, owner_id())
+        options = _network_options(self.cli, internal)
         what = f"creating the network {name}"
         with containers.engine_errors(what, self.cli):
             for attempt in range(2):
                 try:
                     self.cli.networks.create(
-                        name, driver="bridge", internal=internal, labels=tags, check_duplicate=True
+                        name,
+                        driver="bridge",
+                        internal=internal,
+                        labels=tags,
+                        options=options,
+                        check_duplicate=True,
                     )
                     break
                 except docker.errors.APIError as exc:
@@ -209,17 +250,52 @@ class JobNetwork:
 
     # --- removal --------------------------------------------------------------------------
 
+    def close_soon(self) -> None:
+        """Start ``close`` in the background (the job's containers are done with them)."""
+        if self._closing is None:
+            self._closing = threading.Thread(target=self.close, daemon=True, name="logist-unnet")
+            self._closing.start()
+
     def close(self) -> None:
-        """Remove the proxy and the network. What the engine keeps is left to the sweep."""
+        """Remove the proxy and the network (after an ``open`` under way, or a ``close_soon``).
+        What the engine keeps is left to the sweep."""
+        if self._opening is not None:
+            self._opening.join()
+        closing = self._closing
+        if closing is not None and closing is not threading.current_thread():
+            closing.join()
+            return
+        self._remove()
+
+    def _remove(self) -> None:
         if self._stream is not None:
             with contextlib.suppress(Exception):
                 self._stream.close()
+        import docker
+
         with contextlib.suppress(LogistError):
             if self.proxy is not None:
-                containers.stop_and_remove([self.proxy], grace=0)
+                what = "removing the job's proxy"
+                with (
+                    containers.engine_errors(what, self.cli),
+                    contextlib.suppress(docker.errors.NotFound),
+                ):
+                    self.proxy.remove(force=True)  # it keeps nothing: killed at once
+                self.proxy = None
             if self.name is not None:
-                remove_networks(self.cli, self.run.store.root, self.run.job.id)
-        self.proxy = None
+                net = self.cli.networks.prepare_model({"Id": self.name, "Name": self.name})
+                remove_networks(self.cli, self.run.store.root, nets=[net])
+                self.name = None
+
+
+def _network_options(cli: DockerClient, internal: bool) -> dict[str, str] | None:
+    """Driver options of a job's network. Podman: ``isolate`` (netavark otherwise routes
+    between its networks: one job's steps would reach another's). Docker, internal: no address
+    of the host's on its bridge (an internal network's gateway is otherwise the host itself,
+    every service it listens on reachable from the steps); Docker isolates networks itself."""
+    if podman.is_podman(cli):
+        return {"isolate": "true"}
+    return {"com.docker.network.bridge.inhibit_ipv4": "true"} if internal else None
 
 
 def _bridges(cli: DockerClient) -> bool:

@@ -224,15 +224,16 @@ class Runner:
             rejected = self._check_secrets(run)  # before any container, the helper's included
             if rejected is not None:
                 return self._concluded(run, None, rejected)
+            net = JobNetwork.begin(run)  # while the workspace is made and the helper starts
             workspace = workspace_of(run)
             workspace.prepare()
             ws = run.dir.workspace
-            net = JobNetwork.open(run)
             with Sandbox(run, should_stop=self.interrupt.is_set) as sandbox:
                 if seen:
                     sandbox.start_in_background()
                 else:
                     sandbox.start()  # proves the engine sees the job directory: no step yet
+                net.ready()
                 while (step := job.next_step()) is not None:
                     if max_steps is not None and ran >= max_steps:
                         break
@@ -259,6 +260,8 @@ class Runner:
                         or job.next_step() is None
                         or (max_steps is not None and ran >= max_steps)
                     )
+                    if last:
+                        net.close_soon()  # while the last harvest runs
                     harvest(run, sandbox, f"step {step.index}", self.notify, last=last)
                     if step.state == SUCCEEDED:
                         continue

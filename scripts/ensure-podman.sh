@@ -6,6 +6,10 @@
 #   - writes /etc/containers/containers.conf (marked as logist's; a file of someone else's is
 #     left alone) with default_ulimits this host allows: Podman's default nofile=1048576 fails
 #     "error setting rlimit" where the hard limit is lower;
+#   - where the FORWARD policy drops (Docker sets DROP) and bridged frames go through iptables
+#     (br_netfilter), lets frames switched within one Podman bridge through: else containers on
+#     a Podman *internal* network (a job's with --allow-host) cannot reach each other. Frames
+#     between two bridges are routed, not bridged: networks stay apart;
 #   - starts the rootful API service on unix:///run/podman/podman.sock (log:
 #     $LOGIST_PODMAN_LOG, default /var/log/logist-podman.log), clearing a stale socket, and
 #     waits until /version answers.
@@ -156,7 +160,19 @@ start_service() {
   exit 1
 }
 
+# Docker's FORWARD policy DROP also drops frames within a Podman bridge that has no rule of
+# netavark's (its internal networks): accept frames bridged within one Podman bridge.
+allow_bridged() {
+  command -v iptables >/dev/null 2>&1 || return 0
+  [ "$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null || echo 0)" = 1 ] || return 0
+  local rule=(FORWARD -m physdev --physdev-is-bridged -i podman+ -o podman+ -j ACCEPT)
+  if ! iptables -C "${rule[@]}" 2>/dev/null; then
+    iptables -I "${rule[@]}" && say "iptables: frames within one Podman bridge are forwarded"
+  fi
+}
+
 write_conf /etc/containers/containers.conf root
+allow_bridged
 start_service "$SOCK" "$LOG"
 URL="unix://$SOCK"
 say "rootful Podman $(podman version --format '{{.Server.Version}}' 2>/dev/null) ready at $URL"

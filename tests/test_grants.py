@@ -291,7 +291,10 @@ def test_bounds_from_the_configuration_land_in_job_json(logist, jobs_root, sourc
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ("nosuch: 1\n", "unknown key 'nosuch' (known: allow, allow_hosts, allow_private, cap_add, "),
+        (
+            "nosuch: 1\n",
+            "unknown key 'nosuch' (known: allow, allow_hosts, allow_private, cap_add, ",
+        ),
         ("repo: /src\n", "unknown key 'repo' (a per-job key: give it in the spec or on the"),
         ("network: moon\n", "invalid value for network: 'moon' (one of bridge, none, host)"),
         ("max_object_size: lots\n", "invalid value for max_object_size: 'lots'"),

@@ -455,3 +455,64 @@ def test_default_bridge_jobs_get_a_network_of_their_own_removed_after(
     created = {e["Actor"]["Attributes"].get("name") for e in events if e["Action"] == "create"}
     assert "logist-own" in created
     assert _left(docker_client, jobs_root) == ([], [])
+
+
+PROBE = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()
+    print("reached")
+except Exception as exc:
+    print("refused", type(exc).__name__)
+"""
+
+
+def _probe_gateway(jobs_root, repo, docker_client, job_id: str, port: int, *extra: str) -> str:
+    """Run a job whose step connects to its own network's gateway (the host's address on it,
+    which the test writes into the workspace once the network exists) at ``port``."""
+    step = f"while [ ! -s gw ]; do sleep 0.05; done; python3 probe.py $(cat gw) {port}"
+    runner = subprocess.Popen(
+        _cmd(jobs_root, "run", job_id, "--repo", str(repo), *extra, "--step", step),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        net = wait_for(
+            lambda: docker_client.networks.list(names=[f"logist-{job_id}"]), 60, "the network"
+        )[0]
+        net.reload()
+        gateway = net.attrs["IPAM"]["Config"][0]["Gateway"]
+        ws = jobs_root / job_id / "workspace"
+        wait_for(ws.is_dir, 60, "the workspace")
+        (ws / "gw").write_text(gateway)
+        out, err = runner.communicate(timeout=120)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.communicate()
+    assert runner.returncode == 0, err
+    return out.strip()
+
+
+def test_the_host_is_not_reachable_through_an_internal_networks_gateway(
+    jobs_root, repo, outside, docker_client
+):
+    import socket
+
+    egress, _ = outside
+    commit_file(repo, "probe.py", PROBE)
+    server = socket.create_server(("0.0.0.0", 0))  # the test's own, on the host
+    port = server.getsockname()[1]
+    try:
+        # on a job's own bridge network the host answers at the gateway (docs/security.md)
+        assert _probe_gateway(jobs_root, repo, docker_client, "gw1", port) == "reached"
+        os.environ["LOGIST_EGRESS_NETWORK"] = egress
+        try:
+            allow = ("--allow-host", "web.example.test")
+            got = _probe_gateway(jobs_root, repo, docker_client, "gw2", port, *allow)
+        finally:
+            del os.environ["LOGIST_EGRESS_NETWORK"]
+        assert got.startswith("refused"), got
+    finally:
+        server.close()

@@ -129,6 +129,24 @@ def test_rootless_podman_without_a_bridge_runs_steps_on_network_none_and_says_so
     assert len(git(source_repo, "show", f"logist/{job}:nets").split()) > 1
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.rootless_podman
+def test_rootless_podman_without_a_bridge_refuses_allow_host_with_exit_2_naming_why(
+    logist, source_repo, docker_client
+):
+    _rootless_podman(docker_client)
+    if os.access("/dev/net/tun", os.R_OK | os.W_OK):
+        pytest.skip("this user can open /dev/net/tun: bridge networking works here")
+    job = create_job(logist, source_repo, "true", extra=("--allow-host", "example.test"))
+    out = logist("job", "run", job)
+    assert out.returncode == 2, out.stderr
+    assert "--allow-host needs networks of the job's own" in out.stderr
+    assert "/dev/net/tun" in out.stderr
+    view = json.loads(logist("job", "status", job, "--json").stdout)
+    assert view["state"] == "failed"
+    assert not docker_client.networks.list(filters={"label": f"logist.job={job}"})
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.rootless_podman
 def test_rootless_podman_on_cgroup_v1_warns_once_that_limits_are_ignored(
