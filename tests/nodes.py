@@ -155,13 +155,14 @@ class Node:
         return int(stats.get("usage", 0)) - int(cache)
 
     def leftovers(self, jobs_root: Path | str) -> list[str]:
-        """``container <name>`` / ``volume <name>`` on this node labelled
+        """``container <name>`` / ``volume <name>`` / ``network <name>`` on this node labelled
         ``logist.jobs-dir=<jobs_root>`` (empty: the jobs left nothing here)."""
         label = {"label": f"logist.jobs-dir={jobs_root}"}
         cli = self.client(timeout=30)
         try:
             found = [f"container {c.name}" for c in cli.containers.list(all=True, filters=label)]
             found += [f"volume {v.name}" for v in cli.volumes.list(filters=label)]
+            found += [f"network {n.name}" for n in cli.networks.list(filters=label)]
         finally:
             cli.close()
         return found
@@ -175,6 +176,8 @@ class Node:
                 c.remove(force=True)
             for v in cli.volumes.list(filters=label):
                 v.remove(force=True)
+            for n in cli.networks.list(filters=label):
+                n.remove()
         finally:
             cli.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import secrets
 import socket
 import subprocess
@@ -293,3 +294,49 @@ def test_stale_test_nodes_of_a_dead_session_are_reaped_and_live_ones_kept(
     assert f"container {name}" in reaped and f"volume {name}" in reaped
     for node in running_nodes:
         assert node.container().status == "running" and node.answers()
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(300)
+def test_allow_host_on_a_remote_engine_runs_the_proxy_there(
+    running_nodes, logist, jobs_root, source_repo
+):
+    """The job's network and proxy are made on the job's engine (here a node over tcp://, its
+    workspace a volume); the proxy image goes there like any image (``image push``)."""
+    from tests.helpers import commit_file
+    from tests.test_networks import CLIENT, NAMES, SERVE
+
+    node = running_nodes[0]
+    pushed = logist("image", "push", "logist/proxy:latest", "--engine", node.url)
+    assert pushed.returncode == 0, pushed.stderr
+    cli = node.client()
+    ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet="198.18.42.0/24")])
+    net = cli.networks.create(f"logist-test-out-{os.getpid()}", driver="bridge", ipam=ipam)
+    server = cli.containers.create("logist/busybox:latest", ["sh", "-c", SERVE], network=net.name)
+    try:
+        net.disconnect(server)
+        net.connect(server, aliases=list(NAMES))
+        server.start()
+        commit_file(source_repo, "client.py", CLIENT)
+        checks = ["GET http://web.example.test/", "GET http://other.example.test/"]
+        out = logist(
+            "--engine",
+            node.url,
+            "run",
+            "remote-egress",
+            "--repo",
+            str(source_repo),
+            "--allow-host",
+            "web.example.test",
+            "--step",
+            "python3 client.py " + " ".join(f"'{c}'" for c in checks),
+            env={"LOGIST_EGRESS_NETWORK": net.name},
+        )
+        assert out.returncode == 0, out.stderr
+        assert "GET http://web.example.test/ -> 200 hello-web" in out.stdout
+        assert "GET http://other.example.test/ -> 403" in out.stdout
+        assert node.leftovers(jobs_root) == []
+    finally:
+        server.remove(force=True)
+        net.remove()
+        cli.close()
