@@ -140,9 +140,26 @@ class JobNetwork:
                 )
             return  # the default bridge, which podman.adapt makes `none` (said once)
         try:
-            self._create(internal=bool(job.allow_hosts))
-            if job.allow_hosts:
-                self._start_proxy()
+            if not job.allow_hosts:
+                self._create(internal=False)
+                return
+            failed: list[BaseException] = []
+
+            def create() -> None:
+                try:
+                    self._create(internal=True)
+                except BaseException as exc:  # raised below
+                    failed.append(exc)
+
+            making = threading.Thread(target=create, daemon=True, name="logist-network-create")
+            making.start()
+            try:
+                self._create_proxy()  # meanwhile
+            finally:
+                making.join()
+            if failed:
+                raise failed[0]
+            self._start_proxy()
         except BaseException:
             self._remove()
             raise
@@ -171,12 +188,12 @@ class JobNetwork:
                 except docker.errors.APIError as exc:
                     if attempt or exc.status_code != 409:
                         raise
-                    # left by a killed run of this job (we hold its lock): its proxy, then it
-                    remove_job(self.cli, self.run.store.root, job.id, grace=0)
+                    _remove_stale(self.cli, name, job.id)  # a killed run's (we hold its lock)
         self.name = name
         self.attachment = Attachment(name)
 
-    def _start_proxy(self) -> None:
+    def _create_proxy(self) -> None:
+        """The proxy's container, on the egress network (not yet on the job's)."""
         job, cli, root = self.run.job, self.cli, self.run.store.root
         image = proxy_image()
         containers.ensure_image(cli, image, "missing")
@@ -198,9 +215,14 @@ class JobNetwork:
             tmpfs={"/tmp": "size=16m,mode=1777"},
             log_config=output.log_config(cli, podman.is_podman(cli)),
         )
-        self.proxy = box = containers.create(cli, spec)
+        self.proxy = containers.create(cli, spec)
+
+    def _start_proxy(self) -> None:
+        """On the job's network, started, listening: its address is the steps' proxy."""
+        cli, box, image = self.cli, self.proxy, proxy_image()
+        assert box is not None and self.name is not None
         with containers.engine_errors("starting the job's proxy", cli):
-            cli.networks.get(self.name).connect(box)
+            cli.api.connect_container_to_network(box.id, self.name)
             if output.attaches(box):  # before the start: its first lines are not missed
                 self._stream = output.Attached(box, self.run.dock.timeout)
             box.start()
@@ -286,6 +308,24 @@ class JobNetwork:
                 net = self.cli.networks.prepare_model({"Id": self.name, "Name": self.name})
                 remove_networks(self.cli, self.run.store.root, nets=[net])
                 self.name = None
+
+
+def _remove_stale(cli: DockerClient, name: str, job_id: str) -> None:
+    """The network ``name`` a killed run left, and the job's containers still on it (another
+    container on it keeps it: the create then fails, naming the network)."""
+    import docker
+
+    with containers.engine_errors(f"removing the stale network {name}", cli):
+        try:
+            net = cli.networks.get(name)
+        except docker.errors.NotFound:
+            return
+        for box in net.containers:
+            if (box.labels or {}).get(JOB) == job_id and (box.labels or {}).get(MANAGED):
+                with contextlib.suppress(docker.errors.NotFound):
+                    box.remove(force=True)
+        with contextlib.suppress(docker.errors.NotFound):
+            net.remove()
 
 
 def _network_options(cli: DockerClient, internal: bool) -> dict[str, str] | None:

@@ -5,6 +5,7 @@ on a private network of the test's own. No traffic goes anywhere else."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -516,3 +517,25 @@ def test_the_host_is_not_reachable_through_an_internal_networks_gateway(
         assert got.startswith("refused"), got
     finally:
         server.close()
+
+
+def test_a_network_a_killed_run_left_is_replaced_when_the_job_runs_again(
+    jobs_root, repo, outside, docker_client
+):
+    egress, _ = outside
+    stale = docker_client.networks.create("logist-again", driver="bridge", check_duplicate=True)
+    squatter = docker_client.containers.run(
+        BUSYBOX, ["sleep", "60"], detach=True, network=stale.name
+    )
+    try:
+        checks = ["GET http://web.example.test/"]
+        allow = ("--allow-host", "web.example.test")
+        out = _run(jobs_root, egress, "again", "--repo", str(repo), *allow, checks=checks)
+        assert out.returncode == 0, out.stderr
+        assert _results(out) == {"GET http://web.example.test/": "200 hello-web"}
+        assert not docker_client.networks.list(names=["logist-again"])
+    finally:
+        with contextlib.suppress(Exception):
+            squatter.remove(force=True)
+        with contextlib.suppress(Exception):
+            stale.remove()
