@@ -524,8 +524,9 @@ def test_a_network_a_killed_run_left_is_replaced_when_the_job_runs_again(
 ):
     egress, _ = outside
     stale = docker_client.networks.create("logist-again", driver="bridge", check_duplicate=True)
+    labels = {"logist.managed": "true", "logist.job": "again", "logist.step": "proxy"}
     squatter = docker_client.containers.run(
-        BUSYBOX, ["sleep", "60"], detach=True, network=stale.name
+        BUSYBOX, ["sleep", "60"], detach=True, network=stale.name, labels=labels
     )
     try:
         checks = ["GET http://web.example.test/"]
