@@ -130,6 +130,24 @@ def job_network(ctx: Context, scratch: Path, res: Result) -> None:
         return _job(ctx, root, repo, f"none-{i}", "--network", "none")
 
     res.logist, res.baseline = alternate(ctx.reps(10, 3), own, none, ctx.say)
+    res.notes.append(_bridge_cost(ctx))
+
+
+def _bridge_cost(ctx: Context) -> str:
+    """What any container on a bridge network pays over ``none`` (its veth, the engine's
+    rules), whoever made the network: ``docker run --rm`` on the default bridge vs none."""
+    from benchmarks.core import timed_run
+
+    label = f"{BENCH_LABEL}={ctx.run_id}"
+
+    def on(network: str):
+        return lambda i: timed_run(
+            ["docker", "run", "--rm", "--label", label, "--network", network, BUSYBOX, "true"]
+        )
+
+    bridge, none = alternate(ctx.reps(10, 3), on("bridge"), on("none"), ctx.say)
+    delta = statistics.median(bridge) - statistics.median(none)
+    return f"docker run --rm true on the default bridge vs none (any bridge's cost): {delta:+.3f} s"
 
 
 def allow_host(ctx: Context, scratch: Path, res: Result) -> None:
