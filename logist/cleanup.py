@@ -25,6 +25,7 @@ from logist.model import (
     parse_time,
 )
 from logist.results import Report
+from logist.sandbox import Sandbox
 from logist.store import Store, is_active, owner_alive
 from logist.workspace import delete_tree, has_workspace
 from logist.workspaces import Workspace, workspace_of
@@ -85,7 +86,8 @@ def _remove(
         return
     # 3. harvest what is not yet in the job branch (raises: the workspace is kept)
     if not harvested:
-        harvest_leftover(run)
+        with Sandbox(run) as sandbox:
+            harvest_leftover(run, sandbox)
     job.workspace_state = WS_REMOVING  # from here on, the manifest's record is the work
     run.save()
     # 4. delete (files of another uid through a root helper container)

@@ -22,7 +22,7 @@ from logist.layout import JobDir
 from logist.model import WS_REMOVING, Job
 from logist.sandbox import HarvestOutput, Sandbox
 from logist.spec import is_url
-from logist.workspace import is_real_dir
+from logist.workspace import ensure_job_repo, is_real_dir
 
 _BUNDLE_NAME = re.compile(r"[0-9a-f]{16}\.bundle")
 _REF_PART = re.compile(r"[A-Za-z0-9_+=@,-][A-Za-z0-9_.+=@,-]*")
@@ -177,25 +177,22 @@ def last_started_step(job: Job) -> int | None:
     return max(started) if started else None
 
 
-def harvest_leftover(run: JobRun, notify: Notify = _stderr) -> None:
-    """Before a workspace goes: commit what is not yet in the job branch (in a helper of its
-    own), then ``finish``. Raises ``LogistError`` (exit 4: the workspace must be kept) when
-    that fails."""
+def harvest_leftover(run: JobRun, sandbox: Sandbox, notify: Notify = _stderr) -> None:
+    """Before a workspace goes: commit what is not yet in the job branch (in ``sandbox``, a
+    helper of its own that the caller made; it is closed once the harvest is in), then
+    ``finish``. Raises ``LogistError`` (exit 4: the workspace must be kept) when that fails."""
     job = run.job
     if job.workspace_state == WS_REMOVING:
         return  # an earlier cleanup harvested, then began deleting: the record is the work
     if (job.harvested_commit or job.base_commit) is None:
         return
-    from logist.workspace import ensure_job_repo, present
-
-    if not present(run):
+    if not sandbox.workspace_present():
         return
+    n = last_started_step(job)
     try:
         ensure_job_repo(run)
-        n = last_started_step(job)
-        with Sandbox(run) as sandbox:
-            label = f"step {n}" if n else "setup"
-            harvest(run, sandbox, label, notify, write_back=False)
+        harvest(run, sandbox, f"step {n}" if n else "setup", notify, write_back=False)
+        sandbox.close()  # the helper holds no work now: it goes before the host's own steps
         finish(run)
     except (GitError, HarvestFailed) as exc:
         raise LogistError(f"harvest failed, workspace kept: {exc}", exit_code=4) from None

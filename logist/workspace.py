@@ -114,16 +114,6 @@ def _setup_volume(run: JobRun, repo: Path) -> None:
     run.save()
 
 
-def present(run: JobRun) -> bool:
-    """Whether the job's workspace is there: its directory, or its volume on the job's engine
-    (asked of the engine)."""
-    if run.job.volume is None:
-        return is_real_dir(run.dir.workspace)
-    from logist import containers
-
-    return containers.volume_exists(run.dock.client(), run.job.volume)
-
-
 def ensure_job_repo(run: JobRun) -> Path:
     """logist's own repository of the job (``$JOB_DIR/repo.git``), holding the base commit and
     every harvest; made from the source (or its mirror), plus ``result.bundle`` or the source's

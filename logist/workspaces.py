@@ -16,7 +16,6 @@ from logist.workspace import (
     is_real_dir,
     make_writable_for,
     prepare_workspace,
-    present,
     processes_using,
     terminate,
     tree_size,
@@ -165,7 +164,7 @@ class VolumeWorkspace:
         prepare_workspace(self.run)  # its files are written as the step's user
 
     def present(self) -> bool:
-        return present(self.run)
+        return containers.volume_exists(self.run.dock.client(), self.name)
 
     def exists(self, cli: DockerClient) -> bool:
         return containers.volume_exists(cli, self.name)
