@@ -25,9 +25,10 @@ from logist.model import (
     parse_time,
 )
 from logist.results import Report
+from logist.safefs import delete_tree
 from logist.sandbox import Sandbox
 from logist.store import Store, is_active, owner_alive
-from logist.workspace import delete_tree, has_workspace
+from logist.workspace import has_workspace
 from logist.workspaces import Workspace, workspace_of
 
 SessionSweep = Callable[[JobRun, bool, dict], None]

@@ -20,9 +20,10 @@ from logist.errors import GitError, HarvestFailed, LogistError
 from logist.jobrun import JobRun
 from logist.layout import JobDir
 from logist.model import WS_REMOVING, Job
+from logist.safefs import is_real_dir
 from logist.sandbox import HarvestOutput, Sandbox
 from logist.spec import is_url
-from logist.workspace import ensure_job_repo, is_real_dir
+from logist.workspace import ensure_job_repo
 
 _BUNDLE_NAME = re.compile(r"[0-9a-f]{16}\.bundle")
 _REF_PART = re.compile(r"[A-Za-z0-9_+=@,-][A-Za-z0-9_.+=@,-]*")

@@ -1,6 +1,6 @@
 """The job's workspace: ``setup_workspace`` (one fresh clone per job, sharing no file with the
-source), logist's own repository of the job (``repo.git``), the hand-over to the step's user,
-and ``delete_tree`` (the paranoid deletion). No git command runs in a workspace here: once a
+source), logist's own repository of the job (``repo.git``) and the hand-over to the step's
+user; its deletion is ``safefs.delete_tree``. No git command runs in a workspace here: once a
 step has run, its repository is read only by the helper container (``logist/sandbox.py``)."""
 
 from __future__ import annotations
@@ -9,30 +9,19 @@ import contextlib
 import os
 import shutil
 import signal
-import stat
 import time
 from pathlib import Path
-
-from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from logist import gitops, safefs
 from logist.errors import GitError, LogistError, UsageError
 from logist.jobrun import JobRun
-from logist.layout import DELETABLE, REPO_TMP, SETUP_TMP, JobDir
+from logist.layout import SETUP_TMP, JobDir
 from logist.model import WS_READY, Job
-from logist.safefs import Removal as DeleteResult
+from logist.safefs import delete_tree, is_real_dir
 from logist.spec import is_url
 from logist.store import Store, owner_id
 
 TMP_PREFIX = SETUP_TMP
-
-
-def is_real_dir(path: Path) -> bool:
-    """A directory that is not a symlink (checked with ``lstat``)."""
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 def setup_workspace(store: Store, job_id: str) -> Path:
@@ -309,68 +298,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-# --- deletion ----------------------------------------------------------------------------------
-
-
-def check_inside(path: Path, job_dir: Path, *, allow_tmp: bool = False) -> Path:
-    """Refuse any path but ``<job_dir>/workspace`` (logist's own ``repo.git`` and exchange
-    directory, or a setup temp dir) itself."""
-    job_dir = Path(os.path.realpath(job_dir))
-    parent = Path(os.path.realpath(path.parent))
-    ok_name = path.name in DELETABLE or (allow_tmp and path.name.startswith((SETUP_TMP, REPO_TMP)))
-    if parent != job_dir or not ok_name:
-        raise UsageError(f"refusing to delete {path}: not {job_dir}/workspace")
-    return parent / path.name
-
-
-def delete_tree(path: Path, job_dir: Path, *, allow_tmp: bool = False) -> DeleteResult:
-    """Delete the workspace at ``path`` without following symlinks, fixing the modes of
-    directories we own and retrying transient errors. A symlink in its place is unlinked, its
-    target untouched. What cannot be removed is reported, not raised."""
-    path = check_inside(path, job_dir, allow_tmp=allow_tmp)
-    return _delete_with_retries(path)
-
-
-class _Busy(Exception):
-    def __init__(self, result: DeleteResult) -> None:
-        super().__init__(", ".join(result.busy))
-        self.result = result
-
-
-@retry(
-    retry=retry_if_exception(lambda exc: isinstance(exc, _Busy)),
-    stop=stop_after_attempt(6),
-    wait=wait_exponential(multiplier=0.05, max=1),
-    reraise=True,
-)
-def _delete_once(path: Path) -> DeleteResult:
-    result = safefs.remove_tree(path.parent, path.name)
-    if result.busy and not (result.foreign or result.stuck):
-        raise _Busy(result)
-    return result
-
-
-def _delete_with_retries(path: Path) -> DeleteResult:
-    try:
-        result = _delete_once(path)
-    except _Busy as exc:  # still busy after the retries
-        result = exc.result
-        result.stuck += [f"{p} (busy)" for p in result.busy]
-    result.busy.clear()
-    return result
-
-
-def tree_size(path: Path) -> int:
-    """Bytes used by the tree at ``path`` (no symlinks followed); 0 if absent."""
-    return safefs.tree_size(path)
-
-
 __all__ = [
-    "DeleteResult",
-    "delete_tree",
     "ensure_job_repo",
     "make_writable_for",
     "prepare_workspace",
     "setup_workspace",
-    "tree_size",
 ]

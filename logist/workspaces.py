@@ -10,16 +10,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from logist import containers
 from logist.jobrun import JobRun
+from logist.safefs import delete_tree, is_real_dir, tree_size
 from logist.store import owner_id
-from logist.workspace import (
-    delete_tree,
-    is_real_dir,
-    make_writable_for,
-    prepare_workspace,
-    processes_using,
-    terminate,
-    tree_size,
-)
+from logist.workspace import make_writable_for, prepare_workspace, processes_using, terminate
 
 if TYPE_CHECKING:
     from docker import DockerClient
