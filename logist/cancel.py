@@ -75,6 +75,7 @@ def _cancel_owned(run: JobRun, grace: float) -> JobResult:
     from logist.harvest import harvest_leftover
     from logist.networks import remove_job
     from logist.results import JobResult
+    from logist.sandbox import Sandbox
 
     job = run.job
     if job.terminal:
@@ -86,7 +87,8 @@ def _cancel_owned(run: JobRun, grace: float) -> JobResult:
     harvested = False
     if job.volume is not None or (ws.is_dir() and not ws.is_symlink()):
         try:
-            harvest_leftover(run)
+            with Sandbox(run) as sandbox:
+                harvest_leftover(run, sandbox)
             harvested = True
         except LogistError as exc:
             return JobResult(job=job, error=exc)

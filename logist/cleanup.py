@@ -26,8 +26,10 @@ from logist.model import (
 )
 from logist.networks import reap_orphan_networks, remove_networks
 from logist.results import Report
+from logist.safefs import delete_tree
+from logist.sandbox import Sandbox
 from logist.store import Store, is_active, owner_alive
-from logist.workspace import delete_tree, has_workspace
+from logist.workspace import has_workspace
 from logist.workspaces import Workspace, workspace_of
 
 SessionSweep = Callable[[JobRun, bool, dict], None]
@@ -87,7 +89,8 @@ def _remove(
         return
     # 3. harvest what is not yet in the job branch (raises: the workspace is kept)
     if not harvested:
-        harvest_leftover(run)
+        with Sandbox(run) as sandbox:
+            harvest_leftover(run, sandbox)
     job.workspace_state = WS_REMOVING  # from here on, the manifest's record is the work
     run.save()
     # 4. delete (files of another uid through a root helper container)

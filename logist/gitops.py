@@ -33,7 +33,7 @@ from pathlib import Path
 
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from logist.errors import GitError, UsageError
+from logist.errors import GitError, LogistError, UsageError
 
 _NETWORK_PREFIXES = ("git://", "http://", "https://", "ssh://")
 _IDENTITY = {
@@ -253,6 +253,20 @@ def check_remote_source(url: str, ref: str | None) -> None:
             raise UsageError(f"unknown ref {ref!r} in {url}")
 
 
+def source_answers(source: str, *, url: bool) -> bool:
+    """Whether a job's source still answers as a git repository (asked after a failed clone or
+    fetch): a URL (``url``) to ``ls-remote``; a path by its ``.git``, or its ``HEAD`` and
+    ``objects``."""
+    if url:
+        try:
+            check_remote_source(source, None)
+        except UsageError:
+            return False
+        return True
+    path = Path(source)
+    return (path / ".git").exists() or ((path / "HEAD").is_file() and (path / "objects").is_dir())
+
+
 def _local_path(url: str) -> str | None:
     if url.startswith("file://"):
         return url[len("file://") :]
@@ -324,6 +338,40 @@ def clone_workspace(job_repo: Path, dest: Path, branch: str, commit: str, origin
         cwd=dest,
         isolated=True,
     )
+
+
+def restore_branch(
+    repo: Path, branch: str, kept: str, bundle: Path, source: Path | None
+) -> str | None:
+    """Bring ``branch`` back into logist's remade ``repo``: with the kept refs under ``kept``
+    from logist's own ``bundle`` (fsck'd again) when that is a regular file, else the branch
+    alone from the local ``source`` (None: a URL's, not asked). The commit the branch then
+    names, or None."""
+    specs = [f"+refs/heads/{branch}:refs/heads/{branch}"]
+    if bundle.is_file() and not bundle.is_symlink():
+        specs.append(f"+{kept}*:{kept}*")
+        fetch_bundle_into(repo, bundle, specs)
+    elif source is not None:
+        git(
+            f"--git-dir={repo}",
+            *FSCK,
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--",
+            str(source),
+            *specs,
+            trust=source,
+        )
+    return commit_of(repo, f"refs/heads/{branch}")
+
+
+def disk_full(exc: GitError) -> LogistError | None:
+    """A git failure for want of disk space, as an environment error (exit 3); else None."""
+    text = exc.stderr.lower()
+    if "no space left" in text or "disk quota" in text:
+        return LogistError(f"disk full while setting up the workspace: {exc}", exit_code=3)
+    return None
 
 
 def fetch_one(dest: Path, origin: Path, refspec: str, *options: str, **kw) -> None:

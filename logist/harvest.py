@@ -1,28 +1,35 @@
-"""Harvest: a step's work, made into a commit by the helper container, checked and accepted
-into logist's repository of the job; then ``result.bundle`` and the source's ``logist/<id>``.
+"""logist's own repository of the job (``repo.git``) and the harvests into it: made from the
+source or its mirror (``ensure_job_repo``); a step's work, made into a commit by the helper
+container, checked and accepted into it (``harvest``, ``accept``); then ``result.bundle`` and
+the source's ``logist/<id>`` written from it (``finish``).
 
-What the helper hands back is untrusted: the bundle is copied out of the exchange directory
-without following a link, fetched with every object fsck'd, and the new commit must be a
-commit that descends from the last harvest, so nothing harvested before can be lost."""
+The helper is handed in by the caller (``Helper``: a ``logist.sandbox.Sandbox``): nothing here
+runs a container, nor git in a workspace. What the helper hands back is untrusted: the bundle is
+copied out of the exchange directory without following a link, fetched with every object
+fsck'd, and the new commit must be a commit that descends from the last harvest, so nothing
+harvested before can be lost."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import re
+import shutil
 import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from logist import gitops, intake, notes
-from logist.errors import GitError, HarvestFailed, LogistError
+from logist.errors import GitError, HarvestFailed, LogistError, UsageError
+from logist.helper import HarvestOutput
 from logist.jobrun import JobRun
 from logist.layout import JobDir
 from logist.model import WS_REMOVING, Job
-from logist.sandbox import HarvestOutput, Sandbox
+from logist.safefs import delete_tree, is_real_dir
 from logist.spec import is_url
-from logist.workspace import is_real_dir
+from logist.store import Store
 
 _BUNDLE_NAME = re.compile(r"[0-9a-f]{16}\.bundle")
 _REF_PART = re.compile(r"[A-Za-z0-9_+=@,-][A-Za-z0-9_.+=@,-]*")
@@ -34,9 +41,99 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+class Helper(Protocol):
+    """The job's helper container as a harvest asks it (``logist.sandbox.Sandbox``), made and
+    closed by the caller: every git command over the workspace runs there, none here."""
+
+    def workspace_present(self) -> bool:
+        """Whether the workspace it mounts is there."""
+
+    def harvest(self, *, previous: str, message: str, write_back: bool = True) -> HarvestOutput:
+        """Commit the workspace's work on top of ``previous``; what it hands back is data."""
+
+    def write_back(self, commit: str) -> list[str]:
+        """Make the workspace's repository show ``commit``; warnings."""
+
+    def release(self) -> None:
+        """Start removing the helper (its last harvest is in)."""
+
+    def close(self) -> None:
+        """Remove the helper, or wait for ``release`` to have removed it."""
+
+
+# --- logist's repository of the job ---------------------------------------------------------------
+
+
+def ensure_job_repo(run: JobRun) -> Path:
+    """logist's own repository of the job (``$JOB_DIR/repo.git``), holding the base commit and
+    every harvest; made from the source (or its mirror), plus ``result.bundle`` or the source's
+    job branch when a job resumes after its repository was removed. The caller holds the lock."""
+    job, paths = run.job, run.dir
+    job_dir, repo = paths.path, paths.repo
+    wanted = job.harvested_commit or job.base_commit
+    ready = is_real_dir(repo) and (repo / "HEAD").is_file()
+    if ready and wanted and gitops.commit_of(repo, wanted) == wanted:
+        return repo
+    origin = _origin(run.store, job)
+    for leftover in paths.repo_leftovers():  # a killed setup's (we hold the lock)
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp = paths.repo_tmp(os.getpid())
+    try:
+        gitops.make_job_repo(origin, tmp)
+        if job.base_commit is None:
+            job.base_commit = gitops.resolve_ref(origin, job.ref)
+            run.save()
+        if job.harvested_commit:  # a resume: the job branch, from result.bundle or the source
+            source = None if is_url(job.repo) else origin
+            kept = f"refs/logist/{job.id}/"
+            restored = gitops.restore_branch(tmp, job.branch, kept, paths.result, source)
+            if restored is None:
+                raise LogistError(f"job branch {job.branch} not found to resume from")
+            job.harvested_commit = restored
+            run.save()
+        else:
+            gitops.set_ref(tmp, f"refs/heads/{job.branch}", job.base_commit)
+    except GitError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not gitops.source_answers(job.repo, url=is_url(job.repo)):
+            raise UsageError(f"source {job.repo} has vanished since the job was created") from None
+        raise gitops.disk_full(exc) or exc from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.lexists(repo):
+        delete_tree(repo, job_dir)
+    os.replace(tmp, repo)
+    return repo
+
+
+def _origin(store: Store, job: Job) -> Path:
+    """The trusted repository the job's code comes from: the source, or its mirror."""
+    if not is_url(job.repo):
+        origin = Path(job.repo)
+        if not origin.is_dir():
+            raise UsageError(f"source {job.repo} has vanished since the job was created")
+        return origin
+    key = gitops.source_key(job.repo)
+    mirror = store.private_dir("mirrors") / f"{key}.git"
+    with gitops.file_lock(store.private_dir("locks") / f"mirror-{key}.lock"):
+        try:
+            gitops.update_mirror(job.repo, mirror)
+        except GitError:
+            if not gitops.source_answers(job.repo, url=True):
+                raise UsageError(
+                    f"source {job.repo} has vanished since the job was created"
+                ) from None
+            raise
+    return mirror
+
+
+# --- harvests -------------------------------------------------------------------------------------
+
+
 def harvest(
     run: JobRun,
-    sandbox: Sandbox,
+    sandbox: Helper,
     label: str,
     notify: Notify = _stderr,
     write_back: bool = True,
@@ -177,25 +274,22 @@ def last_started_step(job: Job) -> int | None:
     return max(started) if started else None
 
 
-def harvest_leftover(run: JobRun, notify: Notify = _stderr) -> None:
-    """Before a workspace goes: commit what is not yet in the job branch (in a helper of its
-    own), then ``finish``. Raises ``LogistError`` (exit 4: the workspace must be kept) when
-    that fails."""
+def harvest_leftover(run: JobRun, sandbox: Helper, notify: Notify = _stderr) -> None:
+    """Before a workspace goes: commit what is not yet in the job branch (in ``sandbox``, a
+    helper of its own that the caller made; it is closed once the harvest is in), then
+    ``finish``. Raises ``LogistError`` (exit 4: the workspace must be kept) when that fails."""
     job = run.job
     if job.workspace_state == WS_REMOVING:
         return  # an earlier cleanup harvested, then began deleting: the record is the work
     if (job.harvested_commit or job.base_commit) is None:
         return
-    from logist.workspace import ensure_job_repo, present
-
-    if not present(run):
+    if not sandbox.workspace_present():
         return
+    n = last_started_step(job)
     try:
         ensure_job_repo(run)
-        n = last_started_step(job)
-        with Sandbox(run) as sandbox:
-            label = f"step {n}" if n else "setup"
-            harvest(run, sandbox, label, notify, write_back=False)
+        harvest(run, sandbox, f"step {n}" if n else "setup", notify, write_back=False)
+        sandbox.close()  # the helper holds no work now: it goes before the host's own steps
         finish(run)
     except (GitError, HarvestFailed) as exc:
         raise LogistError(f"harvest failed, workspace kept: {exc}", exit_code=4) from None

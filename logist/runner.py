@@ -295,8 +295,8 @@ class Runner:
                 self._back_to_pending(run, INTERRUPTED, str(exc))
                 if ws is not None:
                     if not run.dock.lost():  # an engine just found gone is not waited on
-                        with contextlib.suppress(LogistError):
-                            harvest_leftover(run)  # needs the engine: may fail
+                        with contextlib.suppress(LogistError), Sandbox(run) as sandbox:
+                            harvest_leftover(run, sandbox)  # needs the engine: may fail
                     with contextlib.suppress(LogistError):
                         finish(run)  # host only: what was harvested lands
                 raise

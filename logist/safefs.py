@@ -3,7 +3,8 @@
 ``walk`` visits a tree holding two directory fds at most, whatever its depth: it descends with
 ``openat(O_NOFOLLOW)`` and climbs back with ``openat("..")``, checking that ``..`` is the
 directory it came from (device and inode). No recursion, so a 100,000-deep tree is no
-``RecursionError`` and no fd exhaustion.
+``RecursionError`` and no fd exhaustion. ``delete_tree`` is the paranoid deletion of a job
+directory's own entries (the workspace, ``repo.git``, the exchange, setup temp names) on it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,12 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
+
+from logist.errors import UsageError
+from logist.layout import DELETABLE, REPO_TMP, SETUP_TMP
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -234,3 +241,62 @@ def _writable(e: Entry) -> bool:
     return os.access(
         e.name, os.W_OK | os.X_OK, dir_fd=e.dir_fd, effective_ids=True, follow_symlinks=False
     )
+
+
+def is_real_dir(path: str | os.PathLike) -> bool:
+    """A directory that is not a symlink (checked with ``lstat``)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+# --- a job directory's own entries ----------------------------------------------------------------
+
+
+def check_inside(path: Path, job_dir: Path, *, allow_tmp: bool = False) -> Path:
+    """Refuse any path but ``<job_dir>/workspace`` (logist's own ``repo.git`` and exchange
+    directory, or a setup temp dir) itself."""
+    job_dir = Path(os.path.realpath(job_dir))
+    parent = Path(os.path.realpath(path.parent))
+    ok_name = path.name in DELETABLE or (allow_tmp and path.name.startswith((SETUP_TMP, REPO_TMP)))
+    if parent != job_dir or not ok_name:
+        raise UsageError(f"refusing to delete {path}: not {job_dir}/workspace")
+    return parent / path.name
+
+
+def delete_tree(path: Path, job_dir: Path, *, allow_tmp: bool = False) -> Removal:
+    """Delete the workspace at ``path`` without following symlinks, fixing the modes of
+    directories we own and retrying transient errors. A symlink in its place is unlinked, its
+    target untouched. What cannot be removed is reported, not raised."""
+    path = check_inside(path, job_dir, allow_tmp=allow_tmp)
+    return _delete_with_retries(path)
+
+
+class _Busy(Exception):
+    def __init__(self, result: Removal) -> None:
+        super().__init__(", ".join(result.busy))
+        self.result = result
+
+
+@retry(
+    retry=retry_if_exception(lambda exc: isinstance(exc, _Busy)),
+    stop=stop_after_attempt(6),
+    wait=wait_exponential(multiplier=0.05, max=1),
+    reraise=True,
+)
+def _delete_once(path: Path) -> Removal:
+    result = remove_tree(path.parent, path.name)
+    if result.busy and not (result.foreign or result.stuck):
+        raise _Busy(result)
+    return result
+
+
+def _delete_with_retries(path: Path) -> Removal:
+    try:
+        result = _delete_once(path)
+    except _Busy as exc:  # still busy after the retries
+        result = exc.result
+        result.stuck += [f"{p} (busy)" for p in result.busy]
+    result.busy.clear()
+    return result

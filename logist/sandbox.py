@@ -291,6 +291,10 @@ class Sandbox:
 
     # --- work --------------------------------------------------------------------------------
 
+    def workspace_present(self) -> bool:
+        """Whether the workspace it mounts is there (a volume: asked of the engine)."""
+        return self.workspace.present()
+
     def _exec(
         self, command: list[str], *, user: str = "0:0", timeout: float | None = None
     ) -> tuple[int, bytes, bytes]:

@@ -1,38 +1,26 @@
-"""The job's workspace: ``setup_workspace`` (one fresh clone per job, sharing no file with the
-source), logist's own repository of the job (``repo.git``), the hand-over to the step's user,
-and ``delete_tree`` (the paranoid deletion). No git command runs in a workspace here: once a
-step has run, its repository is read only by the helper container (``logist/sandbox.py``)."""
+"""The job's workspace: ``setup_workspace`` (one fresh clone per job of logist's own repository
+of the job, ``harvest.ensure_job_repo``; it shares no file with the source) and the hand-over to
+the step's user; its deletion is ``safefs.delete_tree``. No git command runs in a workspace here:
+once a step has run, its repository is read only by the helper container (``logist/sandbox.py``)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import stat
 import time
 from pathlib import Path
 
-from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
-
 from logist import gitops, safefs
-from logist.errors import GitError, LogistError, UsageError
+from logist.errors import GitError, LogistError
+from logist.harvest import ensure_job_repo
 from logist.jobrun import JobRun
-from logist.layout import DELETABLE, REPO_TMP, SETUP_TMP, JobDir
-from logist.model import WS_READY, Job
-from logist.safefs import Removal as DeleteResult
-from logist.spec import is_url
+from logist.layout import SETUP_TMP, JobDir
+from logist.model import WS_READY
+from logist.safefs import delete_tree, is_real_dir
 from logist.store import Store, owner_id
 
 TMP_PREFIX = SETUP_TMP
-
-
-def is_real_dir(path: Path) -> bool:
-    """A directory that is not a symlink (checked with ``lstat``)."""
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 def setup_workspace(store: Store, job_id: str) -> Path:
@@ -69,7 +57,7 @@ def prepare_workspace(run: JobRun) -> Path:
         gitops.clone_workspace(repo, tmp, job.branch, commit, job.repo)
     except GitError as exc:
         _discard(tmp, paths.path)
-        raise _disk_full(exc) or exc from None
+        raise gitops.disk_full(exc) or exc from None
     except BaseException:
         _discard(tmp, paths.path)
         raise
@@ -107,105 +95,11 @@ def _setup_volume(run: JobRun, repo: Path) -> None:
         gitops.clone_workspace(repo, tmp, job.branch, commit, job.repo)
         volumes.put_tree(cli, run, tmp, image=image)
     except GitError as exc:
-        raise _disk_full(exc) or exc from None
+        raise gitops.disk_full(exc) or exc from None
     finally:
         _discard(tmp, job_dir)
     job.workspace_state = WS_READY
     run.save()
-
-
-def present(run: JobRun) -> bool:
-    """Whether the job's workspace is there: its directory, or its volume on the job's engine
-    (asked of the engine)."""
-    if run.job.volume is None:
-        return is_real_dir(run.dir.workspace)
-    from logist import containers
-
-    return containers.volume_exists(run.dock.client(), run.job.volume)
-
-
-def ensure_job_repo(run: JobRun) -> Path:
-    """logist's own repository of the job (``$JOB_DIR/repo.git``), holding the base commit and
-    every harvest; made from the source (or its mirror), plus ``result.bundle`` or the source's
-    job branch when a job resumes after its repository was removed. The caller holds the lock."""
-    job, paths = run.job, run.dir
-    job_dir, repo = paths.path, paths.repo
-    wanted = job.harvested_commit or job.base_commit
-    ready = is_real_dir(repo) and (repo / "HEAD").is_file()
-    if ready and wanted and gitops.commit_of(repo, wanted) == wanted:
-        return repo
-    origin = _origin(run.store, job)
-    for leftover in paths.repo_leftovers():  # a killed setup's (we hold the lock)
-        shutil.rmtree(leftover, ignore_errors=True)
-    tmp = paths.repo_tmp(os.getpid())
-    try:
-        gitops.make_job_repo(origin, tmp)
-        if job.base_commit is None:
-            job.base_commit = gitops.resolve_ref(origin, job.ref)
-            run.save()
-        if job.harvested_commit:
-            _restore_harvest(run, tmp, origin)
-        else:
-            gitops.set_ref(tmp, f"refs/heads/{job.branch}", job.base_commit)
-    except GitError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not _source_exists(job):
-            raise UsageError(f"source {job.repo} has vanished since the job was created") from None
-        raise _disk_full(exc) or exc from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if os.path.lexists(repo):
-        delete_tree(repo, job_dir)
-    os.replace(tmp, repo)
-    return repo
-
-
-def _restore_harvest(run: JobRun, repo: Path, origin: Path) -> None:
-    """Bring the job branch (and kept refs) back into a remade repository: from
-    ``result.bundle`` (logist's own, fsck'd again) or else the source's ``logist/<id>``."""
-    job, bundle = run.job, run.dir.result
-    specs = [f"+refs/heads/{job.branch}:refs/heads/{job.branch}"]
-    if bundle.is_file() and not bundle.is_symlink():
-        specs.append(f"+refs/logist/{job.id}/*:refs/logist/{job.id}/*")
-        gitops.fetch_bundle_into(repo, bundle, specs)
-    elif not is_url(job.repo):
-        gitops.git(
-            f"--git-dir={repo}",
-            *gitops.FSCK,
-            "fetch",
-            "--quiet",
-            "--no-tags",
-            "--",
-            str(origin),
-            *specs,
-            trust=origin,
-        )
-    if gitops.commit_of(repo, f"refs/heads/{job.branch}") is None:
-        raise LogistError(f"job branch {job.branch} not found to resume from")
-    job.harvested_commit = gitops.commit_of(repo, f"refs/heads/{job.branch}")
-    run.save()
-
-
-def _origin(store: Store, job: Job) -> Path:
-    """The trusted repository the job's code comes from: the source, or its mirror."""
-    if not is_url(job.repo):
-        origin = Path(job.repo)
-        if not origin.is_dir():
-            raise UsageError(f"source {job.repo} has vanished since the job was created")
-        return origin
-    key = gitops.source_key(job.repo)
-    mirror = store.private_dir("mirrors") / f"{key}.git"
-    with gitops.file_lock(store.private_dir("locks") / f"mirror-{key}.lock"):
-        try:
-            gitops.update_mirror(job.repo, mirror)
-        except GitError:
-            if not _source_exists(job):
-                raise UsageError(
-                    f"source {job.repo} has vanished since the job was created"
-                ) from None
-            raise
-    return mirror
 
 
 def has_workspace(paths: JobDir) -> bool:
@@ -216,25 +110,6 @@ def has_workspace(paths: JobDir) -> bool:
 def _discard(tmp: Path, job_dir: Path) -> None:
     if os.path.lexists(tmp):
         delete_tree(tmp, job_dir, allow_tmp=True)
-
-
-def _source_exists(job: Job) -> bool:
-    """Whether the source still answers as a git repository (asked after a failed clone)."""
-    if is_url(job.repo):
-        try:
-            gitops.check_remote_source(job.repo, None)
-        except UsageError:
-            return False
-        return True
-    path = Path(job.repo)
-    return (path / ".git").exists() or ((path / "HEAD").is_file() and (path / "objects").is_dir())
-
-
-def _disk_full(exc: GitError) -> LogistError | None:
-    text = exc.stderr.lower()
-    if "no space left" in text or "disk quota" in text:
-        return LogistError(f"disk full while setting up the workspace: {exc}", exit_code=3)
-    return None
 
 
 def make_writable_for(run: JobRun, ws: Path) -> None:
@@ -319,68 +194,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-# --- deletion ----------------------------------------------------------------------------------
-
-
-def check_inside(path: Path, job_dir: Path, *, allow_tmp: bool = False) -> Path:
-    """Refuse any path but ``<job_dir>/workspace`` (logist's own ``repo.git`` and exchange
-    directory, or a setup temp dir) itself."""
-    job_dir = Path(os.path.realpath(job_dir))
-    parent = Path(os.path.realpath(path.parent))
-    ok_name = path.name in DELETABLE or (allow_tmp and path.name.startswith((SETUP_TMP, REPO_TMP)))
-    if parent != job_dir or not ok_name:
-        raise UsageError(f"refusing to delete {path}: not {job_dir}/workspace")
-    return parent / path.name
-
-
-def delete_tree(path: Path, job_dir: Path, *, allow_tmp: bool = False) -> DeleteResult:
-    """Delete the workspace at ``path`` without following symlinks, fixing the modes of
-    directories we own and retrying transient errors. A symlink in its place is unlinked, its
-    target untouched. What cannot be removed is reported, not raised."""
-    path = check_inside(path, job_dir, allow_tmp=allow_tmp)
-    return _delete_with_retries(path)
-
-
-class _Busy(Exception):
-    def __init__(self, result: DeleteResult) -> None:
-        super().__init__(", ".join(result.busy))
-        self.result = result
-
-
-@retry(
-    retry=retry_if_exception(lambda exc: isinstance(exc, _Busy)),
-    stop=stop_after_attempt(6),
-    wait=wait_exponential(multiplier=0.05, max=1),
-    reraise=True,
-)
-def _delete_once(path: Path) -> DeleteResult:
-    result = safefs.remove_tree(path.parent, path.name)
-    if result.busy and not (result.foreign or result.stuck):
-        raise _Busy(result)
-    return result
-
-
-def _delete_with_retries(path: Path) -> DeleteResult:
-    try:
-        result = _delete_once(path)
-    except _Busy as exc:  # still busy after the retries
-        result = exc.result
-        result.stuck += [f"{p} (busy)" for p in result.busy]
-    result.busy.clear()
-    return result
-
-
-def tree_size(path: Path) -> int:
-    """Bytes used by the tree at ``path`` (no symlinks followed); 0 if absent."""
-    return safefs.tree_size(path)
-
-
 __all__ = [
-    "DeleteResult",
-    "delete_tree",
-    "ensure_job_repo",
     "make_writable_for",
     "prepare_workspace",
     "setup_workspace",
-    "tree_size",
 ]

@@ -10,17 +10,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from logist import containers
 from logist.jobrun import JobRun
+from logist.safefs import delete_tree, is_real_dir, tree_size
 from logist.store import owner_id
-from logist.workspace import (
-    delete_tree,
-    is_real_dir,
-    make_writable_for,
-    prepare_workspace,
-    present,
-    processes_using,
-    terminate,
-    tree_size,
-)
+from logist.workspace import make_writable_for, prepare_workspace, processes_using, terminate
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -165,7 +157,7 @@ class VolumeWorkspace:
         prepare_workspace(self.run)  # its files are written as the step's user
 
     def present(self) -> bool:
-        return present(self.run)
+        return containers.volume_exists(self.run.dock.client(), self.name)
 
     def exists(self, cli: DockerClient) -> bool:
         return containers.volume_exists(cli, self.name)

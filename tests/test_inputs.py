@@ -17,10 +17,10 @@ import yaml
 
 from logist import gitops
 from logist.errors import LogistError, UsageError
+from logist.harvest import ensure_job_repo
 from logist.jobrun import JobRun
 from logist.jobs import create_job
 from logist.store import Store
-from logist.workspace import ensure_job_repo
 from tests.helpers import git, make_repo
 
 MARK = "PWNED"
