@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import threading
 import time
@@ -12,9 +11,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from logist import containers, output, podman, step_run, volumes
+from logist import containers, output, step_run, volumes
 from logist.cleanup import after_job, reap_orphans
-from logist.container_spec import DEFAULT_CAPS, ContainerSpec
 from logist.egress import denied_lines
 from logist.engines import Placer, uses_volumes
 from logist.errors import (
@@ -26,6 +24,7 @@ from logist.errors import (
     WorkspaceUnseen,
 )
 from logist.harvest import finish, harvest, harvest_leftover
+from logist.job_container import job_container, read_secrets
 from logist.jobrun import JobRun
 from logist.model import (
     CANCELED,
@@ -42,7 +41,7 @@ from logist.model import (
     Step,
     now,
 )
-from logist.networks import Attachment, JobNetwork
+from logist.networks import JobNetwork
 from logist.progress import Progress
 from logist.results import JobResult, combine
 from logist.sandbox import Sandbox
@@ -50,80 +49,11 @@ from logist.store import (
     Store,
     cancel_requested,
     drop_cancel_request,
-    owner_id,
 )
 from logist.streams import ListenerFactory, SecretMask, StepOutput
 from logist.workspaces import Workspace, workspace_of
 
 LOCK_WAIT = 1.0  # seconds to wait for a job's lock before calling it active
-
-
-def job_container(
-    run: JobRun,
-    workspace: Workspace,
-    cli,
-    image: str,
-    command: list[str],
-    label: int | str,
-    secrets: dict[str, str],
-    net: Attachment | None = None,
-) -> ContainerSpec:
-    """A container of the job's own (a step's, a session's): its user, environment, the
-    workspace at /workspace, its network (``net``: the job's, else ``job.network``), resources,
-    runtime and capabilities; labelled ``label`` (the step's index, ``session``)."""
-    job = run.job
-    net = net or Attachment(job.network)
-    env = {
-        "LOGIST_JOB_ID": job.id,
-        # git inside the step trusts the workspace whoever owns it
-        "GIT_CONFIG_COUNT": "1",
-        "GIT_CONFIG_KEY_0": "safe.directory",
-        "GIT_CONFIG_VALUE_0": "*",
-    }
-    if isinstance(label, int):
-        env["LOGIST_STEP"] = str(label)
-    if job.prompt is not None:
-        env["LOGIST_PROMPT"] = job.prompt
-    env.update(net.env)  # the proxy's address: the job's own values may not replace it
-    env.update({k: v for k, v in job.env.items() if k not in net.env})
-    env.update(secrets)  # in the container's environment only: see docs/security.md
-    return ContainerSpec(
-        image=image,
-        command=command,
-        job_id=job.id,
-        step=label,
-        jobs_root=run.store.root,
-        owner=owner_id(),
-        user=job.user,
-        env=env,
-        workdir="/workspace",
-        mounts=[workspace.mount()],
-        network=net.network,
-        dns=net.dns,
-        dns_opt=net.dns_opt,
-        memory=job.memory or None,
-        cpus=job.cpus or None,
-        pids=job.pids or None,
-        runtime=job.runtime or None,
-        cap_add=[*DEFAULT_CAPS, *job.cap_add],
-        # no amplification of its output by the engine
-        log_config=output.log_config(cli, podman.is_podman(cli)),
-    )
-
-
-def read_secrets(names: list[str]) -> dict[str, str]:
-    """The values of the job's secrets, from logist's own environment, now.
-
-    Raises:
-        Rejected: one is not set (named in the message).
-    """
-    missing = [n for n in names if n not in os.environ]
-    if missing:
-        raise Rejected(
-            f"secret {', '.join(missing)} is not set in logist's environment "
-            "(export it in the shell that runs the job)"
-        )
-    return {n: os.environ[n] for n in names}
 
 
 class Runner:

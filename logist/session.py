@@ -58,7 +58,7 @@ def start(
         UsageError: bad input (exit 2). EnvironmentProblem: the engine or image (exit 3).
     """
     from logist.engines import Placer, uses_volumes
-    from logist.runner import job_container, read_secrets
+    from logist.job_container import job_container, read_secrets
     from logist.volumes import new_name
     from logist.workspaces import workspace_of
 

@@ -50,7 +50,7 @@ def execute(
         UsageError: bad input, a stopped or unknown session (exit 2).
         EnvironmentProblem: the session's container or its engine is gone (exit 3).
     """
-    from logist.runner import read_secrets
+    from logist.job_container import read_secrets
     from logist.spec import _ENV_KEY_RE
 
     if not argv:
