@@ -183,7 +183,7 @@ MEASURES = (
         "one-step job on a network of its own (the default)",
         "delta",
         0.100,
-        "the same job with --network none",
+        "the same job without a network of its own (--network none + a bridge's cost)",
         measures_networks.job_network,
     ),
     Measure(
@@ -191,7 +191,7 @@ MEASURES = (
         "one-step job with --allow-host (internal network + proxy)",
         "delta",
         0.300,
-        "the same job with --network none",
+        "the same job without --allow-host, on a shared bridge (--network none + a bridge's cost)",
         measures_networks.allow_host,
     ),
     Measure(
