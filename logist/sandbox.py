@@ -130,7 +130,8 @@ class Sandbox:
         token = secrets.token_hex(8) if check and self.volume is None else None
         if token is not None:  # the check is the helper's first act: no exec (~55 ms) for it
             (self.exchange / f"visible-{token}").write_text(token)
-        self._serving = _can_serve(cli)
+        with containers.engine_errors("asking the engine what it is", cli):
+            self._serving = _can_serve(cli)
         stdin_open = None
         if self._serving:  # harvests through its standard input (see logist/channel.py)
             marker = f"visible-{token}" if token is not None else ""

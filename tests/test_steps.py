@@ -465,7 +465,8 @@ def test_step_as_another_user_can_commit_after_logist_harvested(logist, source_r
 def test_a_step_silent_longer_than_the_engine_request_timeout_is_not_an_engine_error(
     jobs_root, source_repo, logist
 ):
-    job = create(logist, source_repo, "sleep 5; echo woke")
-    out = run_logist(jobs_root, "job", "run", job, env={"LOGIST_DOCKER_TIMEOUT": "2"})
+    # 4 s: Podman's first /version runs conmon and the OCI runtime; 2 s was missed under load
+    job = create(logist, source_repo, "sleep 7; echo woke")
+    out = run_logist(jobs_root, "job", "run", job, env={"LOGIST_DOCKER_TIMEOUT": "4"})
     assert out.returncode == 0, out.stderr
     assert "woke" in out.stdout
