@@ -171,9 +171,9 @@ class JobNetwork:
 
         job, name = self.run.job, network_name(self.run.job.id)
         tags = labels(job.id, NETWORK, self.run.store.root, owner_id())
-        options = _network_options(self.cli, internal)
         what = f"creating the network {name}"
         with containers.engine_errors(what, self.cli):
+            options = _network_options(self.cli, internal)
             for attempt in range(2):
                 try:
                     self.cli.networks.create(
@@ -198,6 +198,8 @@ class JobNetwork:
         image = proxy_image()
         containers.ensure_image(cli, image, "missing")
         conf = squid_config(parse_patterns(job.allow_hosts), list(job.allow_private))
+        with containers.engine_errors("asking the engine what it is", cli):
+            log_config = output.log_config(cli, podman.is_podman(cli))
         spec = ContainerSpec(
             image=image,
             command=[],
@@ -213,7 +215,7 @@ class JobNetwork:
             cap_add=[],
             read_only=True,
             tmpfs={"/tmp": "size=16m,mode=1777"},
-            log_config=output.log_config(cli, podman.is_podman(cli)),
+            log_config=log_config,
         )
         self.proxy = containers.create(cli, spec)
 
