@@ -120,6 +120,24 @@ def _run(jobs_root, egress: str, *args: str, checks: list[str] = (), **kw):
     return run_logist(jobs_root, "run", *args, "--step", step, env=env, **kw)
 
 
+def _allowed(jobs_root, egress: str, *args: str, env: dict | None = None):
+    """``logist run ARGS --allow-host web.example.test`` with the test's egress network."""
+    env = {"LOGIST_EGRESS_NETWORK": egress, **(env or {})}
+    return run_logist(jobs_root, "run", *args, "--allow-host", "web.example.test", env=env)
+
+
+def _started(jobs_root, egress: str, job_id: str, repo: Path, step: str, **popen):
+    """``logist run JOB --allow-host web.example.test --step STEP``, a process of its own."""
+    args = ["run", job_id, "--repo", str(repo), "--allow-host", "web.example.test"]
+    return subprocess.Popen(
+        _cmd(jobs_root, *args, "--step", step),
+        env={**os.environ, "LOGIST_EGRESS_NETWORK": egress},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **popen,
+    )
+
+
 def _results(out) -> dict[str, str]:
     lines = [line for line in out.stdout.splitlines() if " -> " in line]
     return dict(line.split(" -> ", 1) for line in lines)
@@ -200,22 +218,7 @@ def test_the_step_sits_on_the_jobs_internal_network_and_the_proxy_is_hardened(
     jobs_root, repo, outside, docker_client
 ):
     egress, _ = outside
-    proc = subprocess.Popen(
-        _cmd(
-            jobs_root,
-            "run",
-            "eg2",
-            "--repo",
-            str(repo),
-            "--allow-host",
-            "web.example.test",
-            "--step",
-            "sleep 30",
-        ),
-        env={**os.environ, "LOGIST_EGRESS_NETWORK": egress},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = _started(jobs_root, egress, "eg2", repo, "sleep 30")
     try:
         label = {"label": [f"logist.jobs-dir={jobs_root}", "logist.step=1"]}
         [step] = wait_for(
@@ -347,17 +350,7 @@ def test_jobs_on_their_own_networks_cannot_reach_each_other(
 
 def test_a_failing_step_leaves_no_proxy_or_network(jobs_root, repo, outside, docker_client):
     egress, _ = outside
-    out = run_logist(
-        jobs_root,
-        "run",
-        "--repo",
-        str(repo),
-        "--allow-host",
-        "web.example.test",
-        "--step",
-        "exit 3",
-        env={"LOGIST_EGRESS_NETWORK": egress},
-    )
+    out = _allowed(jobs_root, egress, "--repo", str(repo), "--step", "exit 3")
     assert out.returncode == 1, out.stderr
     assert _left(docker_client, jobs_root) == ([], [])
 
@@ -367,23 +360,7 @@ def test_the_sweep_removes_the_proxy_and_network_a_killed_runner_left(
     jobs_root, repo, outside, docker_client
 ):
     egress, _ = outside
-    runner = subprocess.Popen(
-        _cmd(
-            jobs_root,
-            "run",
-            "killed",
-            "--repo",
-            str(repo),
-            "--allow-host",
-            "web.example.test",
-            "--step",
-            "sleep 60",
-        ),
-        env={**os.environ, "LOGIST_EGRESS_NETWORK": egress},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    runner = _started(jobs_root, egress, "killed", repo, "sleep 60", start_new_session=True)
     try:
         label = {"label": [f"logist.jobs-dir={jobs_root}", "logist.step=1"]}
         wait_for(lambda: docker_client.containers.list(filters=label), 60, "the step to run")
@@ -400,18 +377,8 @@ def test_the_sweep_removes_the_proxy_and_network_a_killed_runner_left(
 
 def test_a_missing_proxy_image_exits_3_and_leaves_nothing(jobs_root, repo, outside, docker_client):
     egress, _ = outside
-    out = run_logist(
-        jobs_root,
-        "run",
-        "noproxy",
-        "--repo",
-        str(repo),
-        "--allow-host",
-        "web.example.test",
-        "--step",
-        "true",
-        env={"LOGIST_EGRESS_NETWORK": egress, "LOGIST_PROXY_IMAGE": "logist/absent:none"},
-    )
+    missing = {"LOGIST_PROXY_IMAGE": "logist/absent:none"}
+    out = _allowed(jobs_root, egress, "noproxy", "--repo", str(repo), "--step", "true", env=missing)
     assert out.returncode == 3, out.stderr
     assert "logist/absent:none" in out.stderr
     assert _status(jobs_root, "noproxy")["steps"][0]["state"] == "pending"
