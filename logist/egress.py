@@ -95,9 +95,10 @@ def parse_pattern(text: Any) -> Pattern:
     bare = name[2:] if name.startswith("*.") else name
     if len(bare) > 253 or not bare.isascii() or not _NAME_RE.fullmatch(bare):
         raise _bad(text)
-    if _is_ip(bare) and name.startswith("*."):
+    address = _is_ip(bare)
+    if address and name.startswith("*."):
         raise _bad(text)
-    if not _is_ip(bare) and bare.replace(".", "").isdigit():
+    if not address and bare.replace(".", "").isdigit():
         raise _bad(text)  # digits and dots that are no address: a typo, never a name
     return Pattern(name, ports)
 

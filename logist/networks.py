@@ -15,6 +15,7 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,23 +85,14 @@ class JobNetwork:
         self._stream: Any = None
         self._reader: threading.Thread | None = None
         self._fed = 0.0  # when the proxy last said something (monotonic)
-        self._opening: threading.Thread | None = None
+        self._opening: _Background | None = None
         self._closing: threading.Thread | None = None
-        self._failed: BaseException | None = None
 
     @classmethod
     def begin(cls, run: JobRun) -> JobNetwork:
         """``open``, in a thread of its own; ``ready`` waits for it."""
         net = cls(run)
-
-        def opening() -> None:
-            try:
-                net._make()
-            except BaseException as exc:  # handed to ready()
-                net._failed = exc
-
-        net._opening = threading.Thread(target=opening, daemon=True, name="logist-network")
-        net._opening.start()
+        net._opening = _Background(net._make, "logist-network")
         return net
 
     def ready(self) -> Attachment:
@@ -110,9 +102,7 @@ class JobNetwork:
             what ``open`` raises.
         """
         if self._opening is not None:
-            self._opening.join()
-        if self._failed is not None:
-            raise self._failed
+            self._opening.wait()
         return self.attachment
 
     @classmethod
@@ -143,22 +133,12 @@ class JobNetwork:
             if not job.allow_hosts:
                 self._create(internal=False)
                 return
-            failed: list[BaseException] = []
-
-            def create() -> None:
-                try:
-                    self._create(internal=True)
-                except BaseException as exc:  # raised below
-                    failed.append(exc)
-
-            making = threading.Thread(target=create, daemon=True, name="logist-network-create")
-            making.start()
+            making = _Background(lambda: self._create(internal=True), "logist-network-create")
             try:
                 self._create_proxy()  # meanwhile
             finally:
                 making.join()
-            if failed:
-                raise failed[0]
+            making.wait()
             self._start_proxy()
         except BaseException:
             self._remove()
@@ -310,6 +290,30 @@ class JobNetwork:
                 net = self.cli.networks.prepare_model({"Id": self.name, "Name": self.name})
                 remove_networks(self.cli, self.run.store.root, nets=[net])
                 self.name = None
+
+
+class _Background:
+    """``fn()`` in a thread of its own; ``wait`` joins it and raises what it raised."""
+
+    def __init__(self, fn: Callable[[], None], name: str) -> None:
+        self._fn = fn
+        self._failed: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name=name)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._fn()
+        except BaseException as exc:  # handed to wait()
+            self._failed = exc
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def wait(self) -> None:
+        self.join()
+        if self._failed is not None:
+            raise self._failed
 
 
 def _remove_stale(cli: DockerClient, name: str, job_id: str) -> None:
