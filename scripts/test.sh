@@ -36,11 +36,11 @@ if [ $# -gt 0 ] || [ "$workers" = 0 ]; then
 else
   base=$(mktemp -d)
   serial_log="$base/serial.log"
-  .venv/bin/python -m pytest -p no:cacheprovider "${SERIAL[@]}" >"$serial_log" 2>&1 &
+  .venv/bin/python -m pytest -p no:cacheprovider --durations=15 "${SERIAL[@]}" >"$serial_log" 2>&1 &
   serial_pid=$!
   ignore=()
   for f in "${SERIAL[@]}"; do ignore+=(--ignore "$f"); done
-  .venv/bin/python -m pytest -p no:cacheprovider -n "$workers" "${ignore[@]}"
+  .venv/bin/python -m pytest -p no:cacheprovider --durations=30 -n "$workers" "${ignore[@]}"
   rc=$?
   wait "$serial_pid"
   rc_serial=$?
