@@ -90,9 +90,27 @@ def test_status_says_the_container_list_is_unknown_when_the_engine_is_down(logis
 
 
 @pytest.mark.docker
-def test_status_lists_containers_and_no_error_when_the_engine_answers(logist, source_repo):
-    view = status(logist, create(logist, source_repo, "true"))
-    assert view["containers"] == [] and view["containers_error"] is None
+def test_status_lists_containers_and_no_error_when_the_engine_answers(
+    logist, source_repo, jobs_root, docker_client
+):
+    """A job's own containers, by id: not another job's, not another jobs root's."""
+    job = create(logist, source_repo, "true")
+    other = create(logist, source_repo, "true")
+    view = status(logist, job)
+    assert view["containers"] == [] and view["containers_error"] is None  # none: known empty
+    mine = _stubborn_container(docker_client, jobs_root, job)
+    theirs = _stubborn_container(docker_client, jobs_root, other)
+    elsewhere = _stubborn_container(docker_client, jobs_root.parent / "other-root", job)
+    try:
+        view = status(logist, job)
+        assert view["containers"] == [mine.id] and view["containers_error"] is None
+        out = logist("job", "list", "--json")
+        assert out.returncode == 0, out.stderr
+        listed = {row["id"]: row["containers"] for row in json.loads(out.stdout)}
+        assert listed == {job: [mine.id], other: [theirs.id]}
+    finally:
+        for container in (mine, theirs, elsewhere):
+            container.remove(force=True)
 
 
 # --- signals during cleanup and the stale sweep ----------------------------------------------
