@@ -26,6 +26,7 @@ import pytest
 
 from tests.helpers import git, make_repo, run_logist, wait_for
 from tests.helpers import job_status as status
+from tests.support_wait import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STEP_IMAGE = "logist/step:latest"
@@ -69,9 +70,8 @@ def _no_sleep_left_behind():
     """After every test: no ``sleep`` it started is left on the host."""
     since = _boot_ticks() - 1
     yield
-    deadline = time.monotonic() + 10
-    while (left := _our_sleeps(since)) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until(lambda: not _our_sleeps(since), timeout=10, interval=0.2)
+    left = _our_sleeps(since)
     for pid, _ in left:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)

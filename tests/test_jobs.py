@@ -18,7 +18,7 @@ import pytest
 from logist.errors import InvalidTransition
 from logist.model import Job, Step
 from logist.store import Store
-from tests.helpers import git, make_repo, run_logist
+from tests.helpers import git, make_repo, run_logist, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -829,7 +829,11 @@ def test_logs_follow_streams_a_running_step_until_it_finishes(logist, jobs_root,
     try:
         ws = jobs_root / "live" / "workspace"
         log = jobs_root / "live" / "logs" / "step-1.log"
-        _wait(lambda: log.exists() and log.read_bytes() == b"first line\n", "the first line")
+        wait_for(
+            lambda: log.exists() and log.read_bytes() == b"first line\n",
+            timeout=60,
+            what="the first line",
+        )
         follower = _spawn_logist(jobs_root, "job", "logs", "live", "--follow")
         assert follower.stdout.readline() == "first line\n"
         (ws / ".release").touch()  # only now can the step print its second line
@@ -850,13 +854,6 @@ def _spawn_logist(jobs_root: Path, *args: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def _wait(predicate, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 # --- errors --------------------------------------------------------------------------------
