@@ -18,6 +18,8 @@ import pytest
 from tests.helpers import create_job as create
 from tests.helpers import git, wait_for
 from tests.helpers import job_status as status
+from tests.support_cli import popen_logist
+from tests.support_containers import labelled_container
 
 NO_ENGINE = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
 
@@ -27,15 +29,6 @@ def one_line(stderr: str) -> str:
     assert len(lines) == 1, f"not one line: {stderr!r}"
     assert "Traceback" not in stderr
     return lines[0]
-
-
-def popen_logist(jobs_root: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 # --- the engine refuses a setting; a permanent setup error -----------------------------------
@@ -98,9 +91,9 @@ def test_status_lists_containers_and_no_error_when_the_engine_answers(
     other = create(logist, source_repo, "true")
     view = status(logist, job)
     assert view["containers"] == [] and view["containers_error"] is None  # none: known empty
-    mine = _stubborn_container(docker_client, jobs_root, job)
-    theirs = _stubborn_container(docker_client, jobs_root, other)
-    elsewhere = _stubborn_container(docker_client, jobs_root.parent / "other-root", job)
+    mine = labelled_container(docker_client, jobs_root, job)
+    theirs = labelled_container(docker_client, jobs_root, other)
+    elsewhere = labelled_container(docker_client, jobs_root.parent / "other-root", job)
     try:
         view = status(logist, job)
         assert view["containers"] == [mine.id] and view["containers_error"] is None
@@ -114,23 +107,6 @@ def test_status_lists_containers_and_no_error_when_the_engine_answers(
 
 
 # --- signals during cleanup and the stale sweep ----------------------------------------------
-
-
-def _stubborn_container(docker_client, jobs_root: Path, job: str):
-    """A container labelled for ``job`` whose PID 1 ignores SIGTERM (a stop waits the grace)."""
-    return docker_client.containers.run(
-        "logist/busybox:latest",
-        ["sleep", "3600"],
-        detach=True,
-        network_mode="none",
-        labels={
-            "logist.managed": "true",
-            "logist.jobs-dir": str(jobs_root),
-            "logist.job": job,
-            "logist.step": "1",
-            "logist.owner": "nohost:1:1",
-        },
-    )
 
 
 @pytest.mark.docker
@@ -148,7 +124,7 @@ def test_a_signal_during_a_stale_sweep_ends_it_with_130_and_the_next_sweep_finis
         assert out.returncode == 0, out.stderr
         assert logist("job", "run", name).returncode == 0
         jobs.append(name)
-    stubborn = _stubborn_container(docker_client, jobs_root, "a-first")
+    stubborn = labelled_container(docker_client, jobs_root, "a-first")
     events = docker_client.events(decode=True, filters={"container": stubborn.id, "event": "kill"})
     try:
         sweep = popen_logist(jobs_root, "job", "cleanup", "--stale", "--older-than", "0s")
@@ -180,7 +156,7 @@ def test_a_signal_during_job_cleanup_ends_it_with_130(
 ):
     job = create(logist, source_repo, "echo x > x.txt", extra=("--cleanup", "never"))
     assert logist("job", "run", job).returncode == 0
-    stubborn = _stubborn_container(docker_client, jobs_root, job)
+    stubborn = labelled_container(docker_client, jobs_root, job)
     events = docker_client.events(decode=True, filters={"container": stubborn.id, "event": "kill"})
     try:
         cleanup = popen_logist(jobs_root, "job", "cleanup", job)
@@ -407,12 +383,7 @@ def test_a_line_a_running_step_printed_is_in_its_log_file_and_follow_within_a_se
         source_repo,
         "echo first-line; touch .printed; while [ ! -e .release ]; do sleep 0.1; done",
     )
-    runner = subprocess.Popen(
-        [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), "job", "run", job],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    runner = popen_logist(jobs_root, "job", "run", job, stdout=subprocess.DEVNULL)
     ws = jobs_root / job / "workspace"
     log = jobs_root / job / "logs" / "step-1.log"
     follow = None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,20 +14,12 @@ import pytest
 from tests.helpers import create_job as create
 from tests.helpers import git, run_logist, wait_for
 from tests.helpers import job_status as status
+from tests.support_cli import popen_logist, run_failing_at_step_2
 from tests.support_registry import Registry, image_with_files
 
 pytestmark = pytest.mark.docker
 
 BUSYBOX = "logist/busybox:latest"
-
-
-def popen_logist(jobs_root: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def _signals_until_death(events) -> list[str]:
@@ -118,19 +109,7 @@ def test_three_step_job_sees_env_passes_files_and_lands_its_branch(
 
 
 def test_failing_step_exits_1_keeps_later_steps_pending_and_its_work(logist, source_repo):
-    job = create(
-        logist,
-        source_repo,
-        "echo one > one.txt",
-        "echo partial > two.txt; exit 7",
-        "echo never > three.txt",
-    )
-    out = logist("job", "run", job)
-    assert out.returncode == 1
-    st = status(logist, job)
-    assert st["state"] == "failed"
-    assert [s["state"] for s in st["steps"]] == ["succeeded", "failed", "pending"]
-    assert st["steps"][1]["exit_code"] == 7
+    job, _ = run_failing_at_step_2(logist, source_repo, code=7)
     assert git(source_repo, "show", f"logist/{job}:two.txt") == "partial\n"
     assert "three.txt" not in git(source_repo, "ls-tree", "--name-only", f"logist/{job}")
 
@@ -242,11 +221,7 @@ def test_step_printing_200_mb_keeps_logist_memory_flat(jobs_root, source_repo, l
     job = create(
         logist, source_repo, "head -c 150000000 /dev/zero | base64 -w 4096"
     )  # ~200 MB of text
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), "job", "run", job],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = popen_logist(jobs_root, "job", "run", job, stdout=subprocess.DEVNULL)
     peak, samples = 0, 0
     while proc.poll() is None:
         try:
@@ -367,11 +342,7 @@ def test_step_output_reaches_the_terminal_while_the_step_still_runs(jobs_root, s
         source_repo,
         "echo first; while [ ! -e .release ]; do sleep 0.1; done; echo second",
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), "job", "run", job],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    proc = popen_logist(jobs_root, "job", "run", job, stderr=None)
     try:
         assert proc.stdout.readline() == "first\n"  # the step is blocked until released
         (jobs_root / job / "workspace" / ".release").touch()
