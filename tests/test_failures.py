@@ -4,6 +4,7 @@ step logs that are in the file at once."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -301,29 +303,37 @@ def test_a_step_whose_container_the_canceling_process_stopped_is_canceled_not_fa
     assert git(source_repo, "show", f"logist/{job}:started.txt") == "started\n"
 
 
-@pytest.mark.docker
-@pytest.mark.timeout(60)
-def test_cancel_exits_1_when_the_owner_still_runs_after_the_wait(logist, source_repo, jobs_root):
-    job = create(logist, source_repo, "true")
+@contextlib.contextmanager
+def owner_of(job_dir: Path, holds: str) -> Iterator[subprocess.Popen]:
+    """Another process that takes the job's lock and, holding it, runs ``holds`` (a line of
+    Python that sees ``job_dir``); yielded once it holds the lock, killed on the way out."""
+    script = (
+        "import sys, time; from pathlib import Path; from logist.store import job_lock\n"
+        "job_dir = Path(sys.argv[1])\n"
+        "with job_lock(job_dir):\n"
+        "    print('locked', flush=True)\n"
+        f"    {holds}\n"
+    )
     owner = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from pathlib import Path; from logist.store import job_lock\n"
-            "with job_lock(Path(sys.argv[1])):\n"
-            "    print('locked', flush=True); time.sleep(300)\n",
-            str(jobs_root / job),
-        ],
+        [sys.executable, "-c", script, str(job_dir)],
         stdout=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).resolve().parent.parent,
     )
     try:
         assert owner.stdout.readline().strip() == "locked"
-        out = logist("job", "cancel", job, "--wait", "1")
+        yield owner
     finally:
         owner.kill()
         owner.wait(timeout=10)
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(60)
+def test_cancel_exits_1_when_the_owner_still_runs_after_the_wait(logist, source_repo, jobs_root):
+    job = create(logist, source_repo, "true")
+    with owner_of(jobs_root / job, holds="time.sleep(300)"):
+        out = logist("job", "cancel", job, "--wait", "1")
     assert out.returncode == 1, out.stderr
     assert "still runs" in one_line(out.stderr)
     assert status(logist, job)["state"] == "pending"  # the owner decides; nothing was faked
@@ -337,27 +347,9 @@ def test_cancel_finishes_the_cancel_itself_when_the_owner_stops_without_honourin
     """An owner that releases the job (``job step`` ending) without seeing the request: the
     canceling process takes the lock and cancels the job itself."""
     job = create(logist, source_repo, "true")
-    owner = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from pathlib import Path; from logist.store import job_lock\n"
-            "job_dir = Path(sys.argv[1])\n"
-            "with job_lock(job_dir):\n"
-            "    print('locked', flush=True)\n"
-            "    while not (job_dir / 'cancel-requested').exists(): time.sleep(0.05)\n",
-            str(jobs_root / job),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-    try:
-        assert owner.stdout.readline().strip() == "locked"
+    released = "while not (job_dir / 'cancel-requested').exists(): time.sleep(0.05)"
+    with owner_of(jobs_root / job, holds=released):
         out = logist("job", "cancel", job, "--wait", "30")
-    finally:
-        owner.kill()
-        owner.wait(timeout=10)
     assert out.returncode == 0, out.stderr
     assert status(logist, job)["state"] == "canceled"
 
