@@ -26,6 +26,8 @@ import pytest
 
 from tests.helpers import git, make_repo, run_logist, wait_for
 from tests.helpers import job_status as status
+from tests.support_cli import run_failing_at_step_2
+from tests.support_wait import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STEP_IMAGE = "logist/step:latest"
@@ -69,9 +71,8 @@ def _no_sleep_left_behind():
     """After every test: no ``sleep`` it started is left on the host."""
     since = _boot_ticks() - 1
     yield
-    deadline = time.monotonic() + 10
-    while (left := _our_sleeps(since)) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until(lambda: not _our_sleeps(since), timeout=10, interval=0.2)
+    left = _our_sleeps(since)
     for pid, _ in left:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
@@ -506,21 +507,8 @@ def test_cleanup_harvests_unharvested_work_into_the_branch_and_the_bundle_first(
 def test_a_job_failing_at_step_2_of_3_is_cleaned_up_with_its_partial_work_in_the_branch(
     logist, jobs_root, source_repo, tmp_path
 ):
-    job_id = create(
-        logist,
-        source_repo,
-        "echo one > one.txt",
-        "echo two > two.txt && exit 3",
-        "echo three > three.txt",
-    )
+    job_id, view = run_failing_at_step_2(logist, source_repo, code=3)
 
-    out = logist("job", "run", job_id)
-
-    assert out.returncode == 1
-    view = status(logist, job_id)
-    assert view["state"] == "failed"
-    assert [s["state"] for s in view["steps"]] == ["succeeded", "failed", "pending"]
-    assert view["steps"][1]["exit_code"] == 3
     assert view["workspace"]["state"] == "removed"
     assert not os.path.lexists(workspace(jobs_root, job_id))
     files = branch_files(source_repo, f"logist/{job_id}")

@@ -18,6 +18,7 @@ from tests.engine2 import Engine2
 from tests.helpers import create_job as create
 from tests.helpers import git, run_logist, wait_for
 from tests.helpers import job_status as status
+from tests.support_containers import labelled_container
 
 pytestmark = pytest.mark.docker
 
@@ -160,27 +161,11 @@ def test_sigkilled_run_is_inactive_at_once_swept_then_resumed_to_success(
 def test_job_run_first_reaps_containers_of_dead_owners(
     logist, source_repo, jobs_root, docker_client
 ):
-
-    dead = {
-        "logist.managed": "true",
-        "logist.job": "ghost",
-        "logist.step": "1",
-        "logist.jobs-dir": str(jobs_root),
-        "logist.owner": "nohost-x:1:1",
-    }
     import socket
 
-    dead["logist.owner"] = f"{socket.gethostname()}:999999:1"
-    orphan = docker_client.containers.run(
-        "logist/busybox:latest", ["sleep", "300"], labels=dead, detach=True, init=True
-    )
-    other_root = docker_client.containers.run(
-        "logist/busybox:latest",
-        ["sleep", "300"],
-        detach=True,
-        init=True,
-        labels={**dead, "logist.jobs-dir": "/some/other/root"},
-    )
+    dead = f"{socket.gethostname()}:999999:1"  # this host, a pid that is not alive
+    orphan = labelled_container(docker_client, jobs_root, "ghost", dead, init=True)
+    other_root = labelled_container(docker_client, "/some/other/root", "ghost", dead, init=True)
     try:
         job = create(logist, source_repo, "true")
         assert logist("job", "run", job).returncode == 0

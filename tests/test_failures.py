@@ -4,6 +4,7 @@ step logs that are in the file at once."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,8 @@ import pytest
 from tests.helpers import create_job as create
 from tests.helpers import git, wait_for
 from tests.helpers import job_status as status
+from tests.support_cli import popen_logist
+from tests.support_containers import labelled_container
 
 NO_ENGINE = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
 
@@ -27,15 +31,6 @@ def one_line(stderr: str) -> str:
     assert len(lines) == 1, f"not one line: {stderr!r}"
     assert "Traceback" not in stderr
     return lines[0]
-
-
-def popen_logist(jobs_root: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 # --- the engine refuses a setting; a permanent setup error -----------------------------------
@@ -90,29 +85,30 @@ def test_status_says_the_container_list_is_unknown_when_the_engine_is_down(logis
 
 
 @pytest.mark.docker
-def test_status_lists_containers_and_no_error_when_the_engine_answers(logist, source_repo):
-    view = status(logist, create(logist, source_repo, "true"))
-    assert view["containers"] == [] and view["containers_error"] is None
+def test_status_lists_containers_and_no_error_when_the_engine_answers(
+    logist, source_repo, jobs_root, docker_client
+):
+    """A job's own containers, by id: not another job's, not another jobs root's."""
+    job = create(logist, source_repo, "true")
+    other = create(logist, source_repo, "true")
+    view = status(logist, job)
+    assert view["containers"] == [] and view["containers_error"] is None  # none: known empty
+    mine = labelled_container(docker_client, jobs_root, job)
+    theirs = labelled_container(docker_client, jobs_root, other)
+    elsewhere = labelled_container(docker_client, jobs_root.parent / "other-root", job)
+    try:
+        view = status(logist, job)
+        assert view["containers"] == [mine.id] and view["containers_error"] is None
+        out = logist("job", "list", "--json")
+        assert out.returncode == 0, out.stderr
+        listed = {row["id"]: row["containers"] for row in json.loads(out.stdout)}
+        assert listed == {job: [mine.id], other: [theirs.id]}
+    finally:
+        for container in (mine, theirs, elsewhere):
+            container.remove(force=True)
 
 
 # --- signals during cleanup and the stale sweep ----------------------------------------------
-
-
-def _stubborn_container(docker_client, jobs_root: Path, job: str):
-    """A container labelled for ``job`` whose PID 1 ignores SIGTERM (a stop waits the grace)."""
-    return docker_client.containers.run(
-        "logist/busybox:latest",
-        ["sleep", "3600"],
-        detach=True,
-        network_mode="none",
-        labels={
-            "logist.managed": "true",
-            "logist.jobs-dir": str(jobs_root),
-            "logist.job": job,
-            "logist.step": "1",
-            "logist.owner": "nohost:1:1",
-        },
-    )
 
 
 @pytest.mark.docker
@@ -130,7 +126,7 @@ def test_a_signal_during_a_stale_sweep_ends_it_with_130_and_the_next_sweep_finis
         assert out.returncode == 0, out.stderr
         assert logist("job", "run", name).returncode == 0
         jobs.append(name)
-    stubborn = _stubborn_container(docker_client, jobs_root, "a-first")
+    stubborn = labelled_container(docker_client, jobs_root, "a-first")
     events = docker_client.events(decode=True, filters={"container": stubborn.id, "event": "kill"})
     try:
         sweep = popen_logist(jobs_root, "job", "cleanup", "--stale", "--older-than", "0s")
@@ -162,7 +158,7 @@ def test_a_signal_during_job_cleanup_ends_it_with_130(
 ):
     job = create(logist, source_repo, "echo x > x.txt", extra=("--cleanup", "never"))
     assert logist("job", "run", job).returncode == 0
-    stubborn = _stubborn_container(docker_client, jobs_root, job)
+    stubborn = labelled_container(docker_client, jobs_root, job)
     events = docker_client.events(decode=True, filters={"container": stubborn.id, "event": "kill"})
     try:
         cleanup = popen_logist(jobs_root, "job", "cleanup", job)
@@ -307,29 +303,37 @@ def test_a_step_whose_container_the_canceling_process_stopped_is_canceled_not_fa
     assert git(source_repo, "show", f"logist/{job}:started.txt") == "started\n"
 
 
-@pytest.mark.docker
-@pytest.mark.timeout(60)
-def test_cancel_exits_1_when_the_owner_still_runs_after_the_wait(logist, source_repo, jobs_root):
-    job = create(logist, source_repo, "true")
+@contextlib.contextmanager
+def owner_of(job_dir: Path, holds: str) -> Iterator[subprocess.Popen]:
+    """Another process that takes the job's lock and, holding it, runs ``holds`` (a line of
+    Python that sees ``job_dir``); yielded once it holds the lock, killed on the way out."""
+    script = (
+        "import sys, time; from pathlib import Path; from logist.store import job_lock\n"
+        "job_dir = Path(sys.argv[1])\n"
+        "with job_lock(job_dir):\n"
+        "    print('locked', flush=True)\n"
+        f"    {holds}\n"
+    )
     owner = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from pathlib import Path; from logist.store import job_lock\n"
-            "with job_lock(Path(sys.argv[1])):\n"
-            "    print('locked', flush=True); time.sleep(300)\n",
-            str(jobs_root / job),
-        ],
+        [sys.executable, "-c", script, str(job_dir)],
         stdout=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).resolve().parent.parent,
     )
     try:
         assert owner.stdout.readline().strip() == "locked"
-        out = logist("job", "cancel", job, "--wait", "1")
+        yield owner
     finally:
         owner.kill()
         owner.wait(timeout=10)
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(60)
+def test_cancel_exits_1_when_the_owner_still_runs_after_the_wait(logist, source_repo, jobs_root):
+    job = create(logist, source_repo, "true")
+    with owner_of(jobs_root / job, holds="time.sleep(300)"):
+        out = logist("job", "cancel", job, "--wait", "1")
     assert out.returncode == 1, out.stderr
     assert "still runs" in one_line(out.stderr)
     assert status(logist, job)["state"] == "pending"  # the owner decides; nothing was faked
@@ -343,27 +347,9 @@ def test_cancel_finishes_the_cancel_itself_when_the_owner_stops_without_honourin
     """An owner that releases the job (``job step`` ending) without seeing the request: the
     canceling process takes the lock and cancels the job itself."""
     job = create(logist, source_repo, "true")
-    owner = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from pathlib import Path; from logist.store import job_lock\n"
-            "job_dir = Path(sys.argv[1])\n"
-            "with job_lock(job_dir):\n"
-            "    print('locked', flush=True)\n"
-            "    while not (job_dir / 'cancel-requested').exists(): time.sleep(0.05)\n",
-            str(jobs_root / job),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-    try:
-        assert owner.stdout.readline().strip() == "locked"
+    released = "while not (job_dir / 'cancel-requested').exists(): time.sleep(0.05)"
+    with owner_of(jobs_root / job, holds=released):
         out = logist("job", "cancel", job, "--wait", "30")
-    finally:
-        owner.kill()
-        owner.wait(timeout=10)
     assert out.returncode == 0, out.stderr
     assert status(logist, job)["state"] == "canceled"
 
@@ -389,12 +375,7 @@ def test_a_line_a_running_step_printed_is_in_its_log_file_and_follow_within_a_se
         source_repo,
         "echo first-line; touch .printed; while [ ! -e .release ]; do sleep 0.1; done",
     )
-    runner = subprocess.Popen(
-        [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), "job", "run", job],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    runner = popen_logist(jobs_root, "job", "run", job, stdout=subprocess.DEVNULL)
     ws = jobs_root / job / "workspace"
     log = jobs_root / job / "logs" / "step-1.log"
     follow = None

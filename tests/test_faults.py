@@ -17,6 +17,7 @@ from tests.faultproxy import FaultProxy
 from tests.helpers import create_job as create
 from tests.helpers import git, run_logist, wait_for
 from tests.helpers import job_status as status
+from tests.support_containers import labelled_container
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(180)]
 
@@ -154,20 +155,7 @@ def test_a_cleanup_whose_container_removal_fails_says_so_and_the_next_one_finish
 ):
     job = create(logist, source_repo, "echo one > one.txt", extra=("--cleanup", "never"))
     assert logist("job", "run", job).returncode == 0
-    stray = docker_client.containers.run(
-        "logist/busybox:latest",
-        ["sleep", "300"],
-        detach=True,
-        init=True,
-        network_mode="none",
-        labels={
-            "logist.managed": "true",
-            "logist.jobs-dir": str(jobs_root),
-            "logist.job": job,
-            "logist.step": "1",
-            "logist.owner": "nohost:1:1",
-        },
-    )
+    stray = labelled_container(docker_client, jobs_root, job, init=True)
     rule = proxy.fail("DELETE", CID + "$", action)
     # more patience than PATIENCE: on a loaded machine the stray's stop alone took longer than
     # 3 s, and the cleanup gave up before its DELETE (the fault under test) was ever sent

@@ -18,7 +18,8 @@ import pytest
 from logist.errors import InvalidTransition
 from logist.model import Job, Step
 from logist.store import Store
-from tests.helpers import git, make_repo, run_logist
+from tests.helpers import git, make_repo, run_logist, wait_for
+from tests.support_cli import popen_logist
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -824,13 +825,17 @@ def test_logs_follow_streams_a_running_step_until_it_finishes(logist, jobs_root,
         "--step", "echo first line; while [ ! -e .release ]; do sleep 0.1; done; echo second line",
     )  # fmt: skip
     assert job.returncode == 0, job.stderr
-    runner = _spawn_logist(jobs_root, "job", "run", "live")
+    runner = popen_logist(jobs_root, "job", "run", "live")
     follower = None
     try:
         ws = jobs_root / "live" / "workspace"
         log = jobs_root / "live" / "logs" / "step-1.log"
-        _wait(lambda: log.exists() and log.read_bytes() == b"first line\n", "the first line")
-        follower = _spawn_logist(jobs_root, "job", "logs", "live", "--follow")
+        wait_for(
+            lambda: log.exists() and log.read_bytes() == b"first line\n",
+            timeout=60,
+            what="the first line",
+        )
+        follower = popen_logist(jobs_root, "job", "logs", "live", "--follow")
         assert follower.stdout.readline() == "first line\n"
         (ws / ".release").touch()  # only now can the step print its second line
         rest, err = follower.communicate(timeout=60)
@@ -841,22 +846,6 @@ def test_logs_follow_streams_a_running_step_until_it_finishes(logist, jobs_root,
         _kill(runner)
         if follower is not None:
             _kill(follower)
-
-
-def _spawn_logist(jobs_root: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _wait(predicate, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 # --- errors --------------------------------------------------------------------------------

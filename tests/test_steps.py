@@ -5,26 +5,21 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+import docker
 import pytest
 
 from tests.helpers import create_job as create
 from tests.helpers import git, run_logist, wait_for
 from tests.helpers import job_status as status
+from tests.support_cli import popen_logist, run_failing_at_step_2
+from tests.support_registry import Registry, image_with_files
 
 pytestmark = pytest.mark.docker
 
-
-def popen_logist(jobs_root: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+BUSYBOX = "logist/busybox:latest"
 
 
 def _signals_until_death(events) -> list[str]:
@@ -114,19 +109,7 @@ def test_three_step_job_sees_env_passes_files_and_lands_its_branch(
 
 
 def test_failing_step_exits_1_keeps_later_steps_pending_and_its_work(logist, source_repo):
-    job = create(
-        logist,
-        source_repo,
-        "echo one > one.txt",
-        "echo partial > two.txt; exit 7",
-        "echo never > three.txt",
-    )
-    out = logist("job", "run", job)
-    assert out.returncode == 1
-    st = status(logist, job)
-    assert st["state"] == "failed"
-    assert [s["state"] for s in st["steps"]] == ["succeeded", "failed", "pending"]
-    assert st["steps"][1]["exit_code"] == 7
+    job, _ = run_failing_at_step_2(logist, source_repo, code=7)
     assert git(source_repo, "show", f"logist/{job}:two.txt") == "partial\n"
     assert "three.txt" not in git(source_repo, "ls-tree", "--name-only", f"logist/{job}")
 
@@ -238,11 +221,7 @@ def test_step_printing_200_mb_keeps_logist_memory_flat(jobs_root, source_repo, l
     job = create(
         logist, source_repo, "head -c 150000000 /dev/zero | base64 -w 4096"
     )  # ~200 MB of text
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), "job", "run", job],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = popen_logist(jobs_root, "job", "run", job, stdout=subprocess.DEVNULL)
     peak, samples = 0, 0
     while proc.poll() is None:
         try:
@@ -364,11 +343,7 @@ def test_step_output_reaches_the_terminal_while_the_step_still_runs(jobs_root, s
         source_repo,
         "echo first; while [ ! -e .release ]; do sleep 0.1; done; echo second",
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), "job", "run", job],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    proc = popen_logist(jobs_root, "job", "run", job, stderr=None)
     try:
         assert proc.stdout.readline() == "first\n"  # the step is blocked until released
         (jobs_root / job / "workspace" / ".release").touch()
@@ -403,48 +378,61 @@ def test_pull_never_with_a_missing_image_is_exit_3_and_nothing_runs(logist, sour
     assert st["steps"][0]["state"] == "pending" and st["steps"][0]["exit_code"] is None
 
 
-def test_pull_always_asks_the_registry_and_a_local_only_image_still_runs(
-    logist, source_repo, docker_client
+PULLED = b"from the registry\n"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("pull", "local", "served", "code", "asked", "runs"),
+    [
+        # always: the registry is asked even though the image is here, and its image runs
+        ("always", True, True, 0, True, "pulled"),
+        # always, the registry lacks it: the pull was tried, failed, and the local image runs
+        ("always", True, False, 0, True, "local"),
+        # missing: an image that is here is used as it is; the registry is never asked
+        ("missing", True, True, 0, False, "local"),
+        ("missing", False, True, 0, True, "pulled"),
+        # not here and not pullable: exit 3, nothing runs
+        ("always", False, False, 3, True, None),
+    ],
+)
+def test_the_pull_policy_asks_the_registry_and_runs_what_it_pulled(
+    logist, source_repo, docker_client, pull, local, served, code, asked, runs
 ):
-    """The image is tagged for a registry of the test's own on loopback that refuses every
-    request: ``--pull always`` asks it (a connection arrives) and, the pull failing, the local
-    image runs; ``--pull missing`` (the default) never asks."""
-    import socket
-    import threading
-
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    server.settimeout(0.2)
-    asked = []
-    stop = threading.Event()
-
-    def refuse() -> None:
-        while not stop.is_set():
-            try:
-                conn = server.accept()[0]
-            except OSError:
-                continue
-            asked.append(1)
-            conn.close()
-
-    image = f"127.0.0.1:{server.getsockname()[1]}/logist-step:local"
-    docker_client.images.get("logist/step:latest").tag(image)
-    acceptor = threading.Thread(target=refuse, daemon=True)
-    acceptor.start()
-    try:
-        missing = create(logist, source_repo, "true", extra=("--image", image))
-        assert logist("job", "run", missing).returncode == 0
-        assert asked == []  # present: not pulled
-        always = create(logist, source_repo, "true", extra=("--image", image, "--pull", "always"))
-        out = logist("job", "run", always)
-        assert out.returncode == 0, out.stderr
-        assert asked, "--pull always did not ask the registry"
-    finally:
-        stop.set()
-        acceptor.join(timeout=5)
-        server.close()
-        docker_client.images.remove(image)
+    """The image's name is in a registry of the test's own: a local tag of it (when ``local``)
+    is logist/busybox:latest; the registry serves (when ``served``) that image plus a layer
+    with /pulled.txt, so the step's output says which of the two ran."""
+    with Registry() as registry:
+        name, tag = "logist-test/pull", f"t{time.time_ns()}"
+        image = f"{registry.host}/{name}:{tag}"
+        if served:
+            registry.serve(
+                name, tag, *image_with_files(docker_client, BUSYBOX, {"pulled.txt": PULLED})
+            )
+        if local:
+            docker_client.images.get(BUSYBOX).tag(image)
+        try:
+            job = create(
+                logist,
+                source_repo,
+                "cat /pulled.txt 2>/dev/null || echo local image",
+                extra=("--image", image, "--pull", pull),
+            )
+            out = logist("job", "run", job)
+            assert out.returncode == code, out.stderr
+            assert bool(registry.manifest_requests(name, tag)) is asked, registry.requests
+            step = status(logist, job)["steps"][0]
+            if runs is None:
+                assert image in out.stderr and step["exit_code"] is None
+            else:
+                assert step["state"] == "succeeded"
+                expected = PULLED.decode() if runs == "pulled" else "local image\n"
+                assert Path(step["log"]).read_text() == expected
+                local_id = docker_client.images.get(BUSYBOX).id
+                assert (docker_client.images.get(image).id == local_id) is (runs == "local")
+        finally:
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                docker_client.images.remove(image, force=True)
 
 
 def test_step_as_another_user_can_commit_after_logist_harvested(logist, source_repo):

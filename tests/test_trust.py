@@ -147,7 +147,8 @@ def test_hostile_git_config_hooks_and_attributes_never_run_on_the_host_through_r
 def test_hostile_repository_never_runs_on_the_host_through_cancel_sweep_and_resume(
     logist, source_repo, tmp_path, jobs_root, docker_client
 ):
-    from tests.test_steps import popen_logist, running_step
+    from tests.support_cli import popen_logist
+    from tests.test_steps import running_step
 
     marker = tmp_path / "pwned"
     # cancel from another process while a later step runs

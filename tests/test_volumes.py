@@ -31,6 +31,12 @@ def volumes_of(cli, jobs_root) -> list[str]:
     return [v.name for v in cli.volumes.list(filters={"label": f"logist.jobs-dir={jobs_root}"})]
 
 
+def kept_job(vlogist, source_repo, step: str) -> str:
+    """A job of one step in logist/busybox whose workspace cleanup keeps (``never``)."""
+    extra = ("--cleanup", "never", "--image", "logist/busybox:latest")
+    return create_job(vlogist, source_repo, step, extra=extra)
+
+
 def test_a_job_on_a_volume_workspace_lands_its_work_and_leaves_no_volume(
     vlogist, source_repo, jobs_root, docker_client
 ):
@@ -65,12 +71,7 @@ def test_a_non_root_step_owns_its_volume_workspace(vlogist, source_repo):
 def test_a_kept_volume_workspace_is_removed_by_cleanup_and_counted(
     vlogist, source_repo, jobs_root, docker_client
 ):
-    job = create_job(
-        vlogist,
-        source_repo,
-        "echo kept > k.txt",
-        extra=("--cleanup", "never", "--image", "logist/busybox:latest"),
-    )
+    job = kept_job(vlogist, source_repo, "echo kept > k.txt")
     assert vlogist("job", "run", job).returncode == 0
     st = status(vlogist, job)
     assert st["workspace"]["state"] == "ready"
@@ -93,18 +94,7 @@ def test_a_kept_volume_workspace_is_removed_by_cleanup_and_counted(
 def test_the_stale_sweep_removes_idle_volumes_and_orphan_volumes(
     vlogist, source_repo, jobs_root, docker_client
 ):
-    kept = create_job(
-        vlogist,
-        source_repo,
-        "true",
-        extra=("--cleanup", "never", "--image", "logist/busybox:latest"),
-    )
-    gone = create_job(
-        vlogist,
-        source_repo,
-        "true",
-        extra=("--cleanup", "never", "--image", "logist/busybox:latest"),
-    )
+    kept, gone = (kept_job(vlogist, source_repo, "true") for _ in range(2))
     assert vlogist("job", "run", kept, gone).returncode == 0
     assert len(volumes_of(docker_client, jobs_root)) == 2
     shutil.rmtree(jobs_root / gone)  # its job directory is gone: its volume is an orphan

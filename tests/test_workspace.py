@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from logist.model import WS_ABSENT, WS_READY
 from logist.store import Store, job_lock
 from logist.workspace import TMP_PREFIX, make_writable_for, setup_workspace
 from tests.helpers import commit_file, git, make_repo, run_logist
+from tests.support_wait import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STEP_IMAGE = "logist/step:latest"
@@ -628,19 +628,22 @@ def git_daemon(served: Path):
         if host == "localhost":
             host = "127.0.0.1"
         base = f"git://{host}:{container.get_exposed_port(9418)}"
-        deadline = time.monotonic() + 30
-        while True:  # until the daemon answers
-            probe = subprocess.run(
-                ["git", "ls-remote", f"{base}/{next(served.iterdir()).name}"],
-                capture_output=True,
-                text=True,
-                timeout=20,
+        probes = []
+
+        def answers() -> bool:
+            probes.append(
+                subprocess.run(
+                    ["git", "ls-remote", f"{base}/{next(served.iterdir()).name}"],
+                    capture_output=True,
+                    text=True,
+                    timeout=20,
+                )
             )
-            if probe.returncode == 0:
-                break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"git daemon did not answer: {probe.stderr}")
-            time.sleep(0.2)
+            return probes[-1].returncode == 0
+
+        assert wait_until(answers, timeout=30, interval=0.2), (
+            f"git daemon did not answer: {probes[-1].stderr}"
+        )
         yield base, container
     finally:
         container.stop()
