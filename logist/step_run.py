@@ -122,7 +122,11 @@ def run_container(
             except docker.errors.NotFound:  # removed by someone else (cancel)
                 outcome.exit_code = None
             except docker.errors.APIError as exc:
-                if exc.status_code != 409:  # 409: being removed by someone else (cancel)
+                # 409: being removed by someone else (cancel). Podman's wait racing a
+                # canceller's removal fails with a 500 ("no such exit code"): no engine fault
+                # when the container is gone or the step is being stopped anyway
+                stopping = outcome.stopped_for or should_stop()
+                if exc.status_code != 409 and not stopping and not _removed(container):
                     raise
                 outcome.exit_code = None
     except EngineUnavailable:
@@ -138,6 +142,19 @@ def run_container(
             with contextlib.suppress(Exception):
                 container.remove(force=True)
     return outcome
+
+
+def _removed(container: Container) -> bool:
+    """Whether the engine says ``container`` no longer exists (any other answer: no)."""
+    import docker
+
+    try:
+        container.reload()
+    except docker.errors.NotFound:
+        return True
+    except Exception:
+        return False
+    return False
 
 
 def _open_logs(container: Container, lost: list) -> Any:

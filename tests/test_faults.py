@@ -17,6 +17,7 @@ from tests.faultproxy import FaultProxy
 from tests.helpers import create_job as create
 from tests.helpers import git, run_logist, wait_for
 from tests.helpers import job_status as status
+from tests.support_cli import popen_logist
 from tests.support_containers import labelled_container
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(180)]
@@ -217,6 +218,35 @@ def test_an_engine_that_stops_answering_mid_step_is_exit_3_and_the_job_interrupt
     assert st["state"] == "interrupted" and st["active"] is False
     assert "unreachable" in err
     recovered(out, 3, job, {"one.txt": "one\n", "two.txt": "two\n"})
+
+
+def test_a_wait_that_fails_because_a_canceller_removed_the_step_is_a_cancel_not_exit_3(
+    proxy, logist, jobs_root, docker_client, source_repo
+):
+    """Podman's wait races the removal of its container by another process (``job cancel``)
+    and fails with a 500; the container is gone, so the step was canceled: exit 1, not 3."""
+    job = create(logist, source_repo, "echo one > one.txt", "echo two > two.txt; sleep 300")
+    runner = popen_logist(
+        jobs_root, "job", "run", job, env={**os.environ, "DOCKER_HOST": proxy.host}
+    )
+    try:
+        ws = jobs_root / job / "workspace"
+        wait_for(lambda: (ws / "two.txt").exists(), timeout=60, what="step 2 to run")
+        wait = proxy.fail("POST", CID + r"/wait$", "500")  # step 2's, once its output ends
+        cancel = logist("job", "cancel", job, "--grace", "1")  # the real engine, not the proxy
+        assert cancel.returncode == 0, cancel.stderr
+        _, err = runner.communicate(timeout=60)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert wait.fired, proxy.seen
+    assert runner.returncode == 1, err
+    st = status(logist, job)
+    assert st["state"] == "canceled" and [s["state"] for s in st["steps"]] == [
+        "succeeded",
+        "canceled",
+    ]
+    assert git(source_repo, "show", f"logist/{job}:one.txt") == "one\n"
 
 
 def test_an_engine_that_accepts_and_never_answers_fails_a_run_within_the_deadline(

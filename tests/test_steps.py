@@ -255,8 +255,8 @@ def test_cancel_from_another_process_stops_a_step_that_ignores_sigterm(
     with running_step(jobs_root, docker_client, job, 2) as runner:
         out = logist("job", "cancel", job)  # the step never ends by itself (timings: benchmarks)
         assert out.returncode == 0, out.stderr
-        runner.wait(timeout=30)
-    assert runner.returncode == 1
+        _, err = runner.communicate(timeout=30)
+    assert runner.returncode == 1, err
     st = status(logist, job)
     assert st["state"] == "canceled"
     assert [s["state"] for s in st["steps"]] == ["succeeded", "canceled", "canceled"]
