@@ -438,19 +438,6 @@ def is_ancestor(repo: Path, older: str, newer: str) -> bool:
     return code == 0
 
 
-def object_type(repo: Path, oid: str) -> str | None:
-    code, out = git(
-        f"--git-dir={repo}",
-        "cat-file",
-        "-t",
-        "--end-of-options",
-        oid,
-        ok_codes=(0, 1, 128),
-        isolated=True,
-    )
-    return out.strip() if code == 0 else None
-
-
 def refs(repo: Path, prefix: str) -> dict[str, str]:
     """``{refname: oid}`` of the trusted ``repo`` under ``prefix``."""
     fmt = "--format=%(refname) %(objectname)"

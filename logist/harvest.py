@@ -166,6 +166,7 @@ def accept(run: JobRun, out: HarvestOutput, previous: str) -> str:
     """Check what a helper handed back and take it into the job's repository."""
     job, repo = run.job, run.dir.repo
     commit = out.commit or ""
+    prefix = f"refs/logist/{job.id}/"
     if not gitops.is_oid(commit):
         raise HarvestFailed("harvest refused: the helper named no commit")
     if out.bundle is not None:
@@ -176,16 +177,15 @@ def accept(run: JobRun, out: HarvestOutput, previous: str) -> str:
             raise HarvestFailed(f"harvest refused (the bundle failed its checks): {exc}") from None
         finally:
             copy.unlink(missing_ok=True)
-    if gitops.object_type(repo, commit) != "commit":
+    named = [oid for name, oid in out.refs.items() if _kept_ref_ok(name, prefix)]
+    types = intake.object_types(repo, [commit, *named], job.limits)
+    if types.get(commit) != "commit":
         raise HarvestFailed(f"harvest refused: {commit} is not a commit logist has")
     if not gitops.is_ancestor(repo, previous, commit):
         raise HarvestFailed(f"harvest refused: {commit} does not contain the last harvest")
     gitops.update_refs(repo, {f"refs/heads/{job.branch}": commit})  # first, on its own
-    prefix = f"refs/logist/{job.id}/"
     kept = {
-        name: oid
-        for name, oid in out.refs.items()
-        if _kept_ref_ok(name, prefix) and gitops.is_oid(oid) and gitops.object_type(repo, oid)
+        name: oid for name, oid in out.refs.items() if _kept_ref_ok(name, prefix) and oid in types
     }
     # the kept refs mirror the workspace's: old ones go first, so a/b then a never clash
     old = gitops.refs(repo, prefix)

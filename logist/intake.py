@@ -50,6 +50,25 @@ def _run(argv: list[str], bounds: Bounds, env: dict[str, str], **kw) -> subproce
         raise GitError(argv[1:3], f"over git_deadline {bounds.git_deadline:g}s") from None
 
 
+def object_types(repo: Path, oids: list[str], bounds: Bounds) -> dict[str, str]:
+    """``{oid: type}`` of those of ``oids`` (each a full object name) the trusted ``repo``
+    has: one ``git cat-file --batch-check`` for all of them, not a process each (a step can
+    hand back thousands of refs)."""
+    wanted = sorted({oid for oid in oids if is_oid(oid)})
+    if not wanted:
+        return {}
+    argv = ["git", f"--git-dir={repo}", "cat-file", "--batch-check=%(objectname) %(objecttype)"]
+    proc = _run(argv, bounds, _env(isolated=True), input="".join(f"{o}\n" for o in wanted).encode())
+    if proc.returncode != 0:
+        raise GitError(["cat-file"], proc.stderr.decode(errors="replace"))
+    types: dict[str, str] = {}
+    for line in proc.stdout.decode("ascii", errors="replace").splitlines():
+        oid, _, kind = line.partition(" ")
+        if kind != "missing" and oid in wanted:  # "OID missing" for one it lacks
+            types[oid] = kind
+    return types
+
+
 def read_header(fh) -> tuple[dict[str, str], int]:
     """The refs of a v2/v3 bundle's header (``{name: oid}``) and its length in bytes."""
     first = fh.readline(64)
