@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -152,7 +153,7 @@ def nonroot_user(tmp_path_factory) -> dict:
     tag = hashlib.sha256(str(REPO_ROOT).encode()).hexdigest()[:8]
     venv = Path(f"/tmp/logist-nonroot-venv-{tag}")
     with _machine_lock(f"nonroot-venv-{tag}"):  # parallel workers make it once
-        _nonroot_venv(venv, tmp_path_factory)
+        _nonroot_venv(venv)
     uid = int(subprocess.check_output(["id", "-u", name]).strip())
     gid = int(subprocess.check_output(["id", "-g", name]).strip())
     return {"name": name, "uid": uid, "gid": gid, "logist": str(venv / "bin/logist")}
@@ -171,30 +172,69 @@ def _machine_lock(name: str):
         os.close(fd)
 
 
-def _nonroot_venv(venv: Path, tmp_path_factory) -> None:
+def _nonroot_venv(venv: Path) -> None:
+    """A venv of /usr/bin/python3 (a CPython 3.11 like this one) with logist's dependencies
+    copied from this venv (the files their metadata lists: no pip, no build, no index) and
+    this checkout's ``logist`` package, run by a ``logist`` script of its own."""
     stamp = venv / ".stamp"
     src_stamp = max(p.stat().st_mtime for p in (REPO_ROOT / "logist").rglob("*.py"))
-    if not stamp.exists() or stamp.stat().st_mtime < src_stamp:
-        subprocess.run(["rm", "-rf", str(venv)], check=True)
-        subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True)
-        build = tmp_path_factory.mktemp("nonroot-src")
-        subprocess.run(
+    if stamp.exists() and stamp.stat().st_mtime >= src_stamp:
+        return
+    subprocess.run(["rm", "-rf", str(venv)], check=True)
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = Path(
+        subprocess.check_output(
             [
-                "cp",
-                "-r",
-                str(REPO_ROOT / "logist"),
-                str(REPO_ROOT / "pyproject.toml"),
-                str(REPO_ROOT / "README.md"),
-                str(build),
+                str(venv / "bin/python"),
+                "-c",
+                "import sysconfig; print(sysconfig.get_paths()['purelib'])",
             ],
-            check=True,
-        )
-        subprocess.run(
-            [str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check", str(build)],
-            check=True,
-            capture_output=True,
-        )
-        stamp.touch()
+            text=True,
+        ).strip()
+    )
+    for dist in _runtime_dists("logist"):
+        base = Path(dist.locate_file(""))
+        for rel in dist.files or []:
+            src = base / rel
+            if src.is_file() and ".." not in rel.parts and "__pycache__" not in rel.parts:
+                dest = site / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest)
+    shutil.copytree(
+        REPO_ROOT / "logist", site / "logist", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    script = venv / "bin/logist"
+    script.write_text(
+        f"#!{venv}/bin/python\nimport sys\nfrom logist.entry import main\nsys.exit(main())\n"
+    )
+    script.chmod(0o755)
+    subprocess.run(["chmod", "-R", "a+rX", str(venv)], check=True)
+    stamp.touch()
+
+
+def _runtime_dists(name: str) -> list:
+    """The installed distributions ``name`` needs to run (its requirements, recursively,
+    extras and markers that do not apply left out)."""
+    import re
+    from importlib import metadata
+
+    seen: dict[str, metadata.Distribution] = {}
+    todo = [req for req in metadata.requires(name) or [] if "extra ==" not in req]
+    while todo:
+        req = todo.pop()
+        if ";" in req and "extra ==" in req.split(";", 1)[1]:
+            continue
+        dep = re.split(r"[\s<>=!~;\[(]", req.strip(), maxsplit=1)[0]
+        key = dep.lower().replace("_", "-")
+        if not dep or key in seen:
+            continue
+        try:
+            dist = metadata.distribution(dep)
+        except metadata.PackageNotFoundError:  # a marker for another platform or Python
+            continue
+        seen[key] = dist
+        todo.extend(dist.requires or [])
+    return list(seen.values())
 
 
 __all__ = ["commit_file", "node_factory", "nodes", "running_nodes", "sys"]
