@@ -40,7 +40,7 @@ else
   serial_pid=$!
   ignore=()
   for f in "${SERIAL[@]}"; do ignore+=(--ignore "$f"); done
-  .venv/bin/python -m pytest -p no:cacheprovider --durations="${LOGIST_TEST_DURATIONS:-30}" -n "$workers" "${ignore[@]}"
+  .venv/bin/python -m pytest -p no:cacheprovider --durations="${LOGIST_TEST_DURATIONS:-30}" -n "$workers" --dist worksteal "${ignore[@]}"
   rc=$?
   wait "$serial_pid"
   rc_serial=$?
