@@ -22,7 +22,8 @@ from tests.support_containers import labelled_container
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(180)]
 
-PATIENCE = "3"  # LOGIST_DOCKER_TIMEOUT for runs through the proxy: a hung engine costs seconds
+PATIENCE = "5"  # LOGIST_DOCKER_TIMEOUT through the proxy: a hung engine costs seconds (3 s was
+# too short on a loaded CI machine: an ordinary call outlasted it before the fault)
 CID = r"/containers/[0-9a-f]{12,}"
 
 
@@ -128,7 +129,7 @@ def test_a_fault_in_the_second_step_interrupts_the_job_and_keeps_the_first_steps
     job = create(logist, source_repo, *TWO_STEPS)
     rule = proxy.fail(method, path, action, skip=skip)  # the first step's calls pass
     out = via("job", "run", job)
-    assert rule.fired, proxy.seen
+    assert rule.fired, (out.returncode, out.stderr, proxy.seen)
     st = status(logist, job)
     assert st["state"] == "interrupted", st
     assert [s["state"] for s in st["steps"]] == ["succeeded", "pending"]
@@ -208,7 +209,7 @@ def test_an_engine_that_stops_answering_mid_step_is_exit_3_and_the_job_interrupt
         ws = jobs_root / job / "workspace"
         wait_for(lambda: (ws / "two.txt").exists(), timeout=60, what="step 2 to run")
         proxy.freeze()
-        _, err = runner.communicate(timeout=60)  # the bound: 3 s + 3 s ping interval + margin
+        _, err = runner.communicate(timeout=60)  # the bound: 5 s + 5 s ping interval + margin
     finally:
         if runner.poll() is None:
             runner.kill()
@@ -273,7 +274,7 @@ def test_a_fault_in_the_harvest_helper_interrupts_the_job_and_the_sweep_keeps_th
     # helper proves the engine sees the job directory by its first log line)
     rule = proxy.fail("POST", CID + r"/attach$", action, skip=1, times=1)
     out = via("job", "run", job)
-    assert rule.fired, proxy.seen
+    assert rule.fired, (out.returncode, out.stderr, proxy.seen)
     assert status(logist, job)["state"] == "interrupted"
     recovered(out, 3, job, {"one.txt": "one\n"})
     resumed = logist("job", "run", job)
