@@ -177,16 +177,14 @@ def accept(run: JobRun, out: HarvestOutput, previous: str) -> str:
             raise HarvestFailed(f"harvest refused (the bundle failed its checks): {exc}") from None
         finally:
             copy.unlink(missing_ok=True)
-    named = [oid for name, oid in out.refs.items() if _kept_ref_ok(name, prefix)]
-    types = intake.object_types(repo, [commit, *named], job.limits)
+    named = {name: oid for name, oid in out.refs.items() if _kept_ref_ok(name, prefix)}
+    types = intake.object_types(repo, [commit, *named.values()], job.limits)
     if types.get(commit) != "commit":
         raise HarvestFailed(f"harvest refused: {commit} is not a commit logist has")
     if not gitops.is_ancestor(repo, previous, commit):
         raise HarvestFailed(f"harvest refused: {commit} does not contain the last harvest")
     gitops.update_refs(repo, {f"refs/heads/{job.branch}": commit})  # first, on its own
-    kept = {
-        name: oid for name, oid in out.refs.items() if _kept_ref_ok(name, prefix) and oid in types
-    }
+    kept = {name: oid for name, oid in named.items() if oid in types}
     # the kept refs mirror the workspace's: old ones go first, so a/b then a never clash
     old = gitops.refs(repo, prefix)
     try:

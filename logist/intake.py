@@ -54,11 +54,12 @@ def object_types(repo: Path, oids: list[str], bounds: Bounds) -> dict[str, str]:
     """``{oid: type}`` of those of ``oids`` (each a full object name) the trusted ``repo``
     has: one ``git cat-file --batch-check`` for all of them, not a process each (a step can
     hand back thousands of refs)."""
-    wanted = sorted({oid for oid in oids if is_oid(oid)})
+    wanted = {oid for oid in oids if is_oid(oid)}
     if not wanted:
         return {}
     argv = ["git", f"--git-dir={repo}", "cat-file", "--batch-check=%(objectname) %(objecttype)"]
-    proc = _run(argv, bounds, _env(isolated=True), input="".join(f"{o}\n" for o in wanted).encode())
+    asked = "".join(f"{oid}\n" for oid in wanted).encode()
+    proc = _run(argv, bounds, _env(isolated=True), input=asked)
     if proc.returncode != 0:
         raise GitError(["cat-file"], proc.stderr.decode(errors="replace"))
     types: dict[str, str] = {}

@@ -219,7 +219,7 @@ def _runtime_dists(name: str) -> list:
     from importlib import metadata
 
     seen: dict[str, metadata.Distribution] = {}
-    todo = [req for req in metadata.requires(name) or [] if "extra ==" not in req]
+    todo = list(metadata.requires(name) or [])
     while todo:
         req = todo.pop()
         if ";" in req and "extra ==" in req.split(";", 1)[1]:
