@@ -23,6 +23,8 @@ from benchmarks.core import (
 )
 from benchmarks.fixtures import make_repo
 
+HELPER = "logist/step:latest"  # the careful script's git image (the helper's)
+
 
 def job_state(root: Path, job_id: str) -> str:
     return json.loads((root / job_id / "job.json").read_text())["state"]
@@ -47,22 +49,47 @@ def job_containers(root: Path, job_id: str, running_only: bool = False) -> list:
 # --- a whole job -------------------------------------------------------------------------------
 
 BASELINE_JOB = """set -e
-ws=$1 src=$2 image=$3 label=$4
+ws=$1 src=$2 image=$3 label=$4 step=$5
 git clone -q --local "$src" "$ws"
-for n in 1 2 3; do docker run --rm --init --label "$label" -v "$ws:/workspace" "$image" true; done
+for n in 1 2 3; do
+  docker run --rm --init --label "$label" -v "$ws:/workspace" -w /workspace "$image" sh -c "$step"
+done
 git -C "$ws" add -A
 git -C "$ws" {identity} commit -q --allow-empty -m "steps done"
 rm -rf "$ws"
 """
 
+# What a careful user writes for untrusted steps: the harvest's git runs in a container of a git
+# image (no network, only DAC_OVERRIDE), never on the host over the step's files; a bundle
+# comes out and is fetched into a repository of the user's after every step.
+CAREFUL_JOB = """set -e
+ws=$1 src=$2 image=$3 label=$4 step=$5 gitimage=$6 out=$7
+git clone -q --local "$src" "$ws"
+git clone -q --bare --local "$src" "$out/trusted.git"
+for n in 1 2 3; do
+  docker run --rm --init --label "$label" -v "$ws:/workspace" -w /workspace "$image" sh -c "$step"
+  docker run --rm --label "$label" --network none --cap-drop ALL --cap-add DAC_OVERRIDE \
+    -v "$ws:/workspace" -v "$out:/out" -w /workspace "$gitimage" sh -c \
+    'git add -A && git {identity} commit -q --allow-empty -m "step $1" &&
+     git bundle create -q /out/step.bundle main' harvest "$n"
+  git -C "$out/trusted.git" fetch -q "$out/step.bundle" "main:refs/heads/result"
+done
+rm -rf "$ws" "$out"
+"""
 
-def whole_job(ctx: Context, scratch: Path, res: Result) -> None:
-    """``logist run`` (one command: create + run) of 3 x ``true`` on a small repository, vs the
-    shell script a user would write for the same."""
-    repo = make_repo(scratch / "src", 20)
+TRUE = "true"
+# A step that changes the tree: one file edited, ten written
+WRITES = (
+    'echo "$RANDOM" >> f000001.txt; mkdir -p gen; '
+    'for i in 1 2 3 4 5 6 7 8 9 10; do echo "$i $RANDOM" > gen/f$i; done'
+)
+
+
+def _whole(ctx: Context, scratch: Path, res: Result, files: int, step: str, careful: bool) -> None:
+    repo = make_repo(scratch / "src", files)
     root = scratch / "jobs"
-    steps = [arg for _ in range(3) for arg in ("--step", "true")]
-    script = BASELINE_JOB.format(identity=" ".join(GIT_IDENTITY))
+    steps = [arg for _ in range(3) for arg in ("--step", step)]
+    script = (CAREFUL_JOB if careful else BASELINE_JOB).format(identity=" ".join(GIT_IDENTITY))
     label = f"{BENCH_LABEL}={ctx.run_id}"
 
     def logist(i: int) -> float:
@@ -73,13 +100,34 @@ def whole_job(ctx: Context, scratch: Path, res: Result) -> None:
         return seconds
 
     def baseline(i: int) -> float:
-        ws = scratch / f"baseline-{i}"
-        seconds = timed_run(["bash", "-c", script, "bench", ws, repo, ctx.image, label])
-        if ws.exists():
+        ws, out = scratch / f"baseline-{i}", scratch / f"out-{i}"
+        args = [ws, repo, ctx.image, label, step]
+        if careful:
+            out.mkdir()
+            args += [HELPER, out]
+        seconds = timed_run(["bash", "-c", script, "bench", *args])
+        if ws.exists() or out.exists():
             raise BenchError("the baseline script left its workspace")
         return seconds
 
     res.logist, res.baseline = alternate(ctx.reps(5, 2), logist, baseline, ctx.say)
+
+
+def whole_job(ctx: Context, scratch: Path, res: Result) -> None:
+    """``logist run`` (one command: create + run) of 3 x ``true`` on a small repository, vs the
+    shell script a user would write for the same."""
+    _whole(ctx, scratch, res, 20, TRUE, careful=False)
+
+
+def whole_job_writes(ctx: Context, scratch: Path, res: Result) -> None:
+    """``logist run`` of 3 steps that write files, 200-file repository, vs the plain script."""
+    _whole(ctx, scratch, res, 200, WRITES, careful=False)
+
+
+def whole_job_careful(ctx: Context, scratch: Path, res: Result) -> None:
+    """``logist run`` of 3 steps that write files, 200-file repository, vs the careful script
+    (each harvest's git in a container, a bundle fetched after every step)."""
+    _whole(ctx, scratch, res, 200, WRITES, careful=True)
 
 
 # --- one step on a ready workspace ---------------------------------------------------------------
@@ -146,6 +194,45 @@ def step_in_run(ctx: Context, scratch: Path, res: Result) -> None:
         return timed_run([*docker_run, "-v", f"{ws}:/workspace", ctx.image, "true"])
 
     res.logist, res.baseline = alternate(ctx.reps(5, 2), logist, baseline, ctx.say)
+
+
+def first_step(ctx: Context, scratch: Path, res: Result) -> None:
+    """From the job's creation (``created_at``, in ``logist run``) to its first step's command
+    running (the host's uptime read by the step: ``/proc/uptime`` is not namespaced),
+    200-file repository."""
+    repo = make_repo(scratch / "src", 200)
+    root = scratch / "jobs"
+
+    def logist(i: int) -> float:
+        job_id = f"first-{i}"
+        one = ctx.lg(root, "run", job_id, "--repo", str(repo), "--image", ctx.image)
+        run([*one, "--step", "cat /proc/uptime"])
+        with open("/proc/uptime") as fh:
+            booted = time.time() - float(fh.read().split()[0])
+        manifest = json.loads((root / job_id / "job.json").read_text())
+        created = parse_iso(manifest["created_at"])
+        log = run(ctx.lg(root, "job", "logs", job_id)).stdout.split()
+        return booted + float(log[0]) - created
+
+    def reference(i: int) -> float:
+        label = f"{BENCH_LABEL}={ctx.run_id}"
+        with open("/proc/uptime") as fh:
+            before = float(fh.read().split()[0])
+        docker_run = ["docker", "run", "--rm", "--init", "--label", label, ctx.image]
+        return float(run([*docker_run, "cat", "/proc/uptime"]).stdout.split()[0]) - before
+
+    res.logist, docker_alone = alternate(ctx.reps(5, 2), logist, reference, ctx.say, "docker")
+    res.notes.append(
+        "reference, not a baseline: `docker run --rm --init IMAGE cat /proc/uptime` from its "
+        f"start to the command running: median {statistics.median(docker_alone):.3f} s"
+    )
+
+
+def parse_iso(value: str) -> float:
+    """Seconds since the epoch of logist's ISO-8601 UTC time (``...Z``)."""
+    from datetime import datetime
+
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 # --- cancel --------------------------------------------------------------------------------------

@@ -139,7 +139,7 @@ def job_create(
 
     Defaults, grants and bounds for every job: $LOGIST_CONFIG, else /etc/logist/config.yaml.
     """
-    print(commands.create(_rt(ctx), file, id=job_id, **options).id)
+    commands.job_create(_rt(ctx), job_id, file, **options)
 
 
 @app.command("run")

@@ -59,6 +59,15 @@ def run(
     return run_ids(rt, [job.id], 1, quiet)
 
 
+@with_job_options()
+def job_create(
+    rt: Runtime, job_id: str | None = None, file: Path | None = None, **options: Any
+) -> int:
+    """``logist job create``: print the new job's id alone on stdout."""
+    print(create(rt, file, id=job_id, **options).id, flush=True)
+    return 0
+
+
 def job_list(rt: Runtime, json_: bool = False) -> int:
     from logist.views import table
 
@@ -210,6 +219,7 @@ def job_cleanup(
 
 
 HOT = {
+    "job create": job_create,
     "job step": job_step,
     "job run": job_run,
     "job cancel": job_cancel,

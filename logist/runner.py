@@ -159,10 +159,9 @@ class Runner:
             workspace.prepare()
             ws = run.dir.workspace
             with Sandbox(run, should_stop=self.interrupt.is_set) as sandbox:
-                if seen:
-                    sandbox.start_in_background()
-                else:
-                    sandbox.start()  # proves the engine sees the job directory: no step yet
+                # proves the engine sees the job directory before any step (unless ``seen``);
+                # the helper's start then overlaps the first step's
+                sandbox.start_in_background(check=not seen)
                 net.ready()
                 while (step := job.next_step()) is not None:
                     if max_steps is not None and ran >= max_steps:

@@ -25,11 +25,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from logist import containers, helper
+from logist import containers, helper, visibility
 from logist.channel import SERVE, Channel, ChannelLost, Stopped, drivable
 from logist.container_spec import ContainerSpec, helper_image
 from logist.errors import (
-    EnvironmentProblem,
     HarvestFailed,
     Interrupted,
     LogistError,
@@ -93,13 +92,24 @@ class Sandbox:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    def start_in_background(self) -> None:
-        """Start the helper while the caller goes on (a step of a workspace the engine has
-        already been shown to see); the first use waits for it, and raises what it raised."""
+    def start_in_background(self, check: bool = False) -> None:
+        """Start the helper while the caller goes on; the first use waits for it, and raises
+        what it raised. ``check``: first prove, here, that the engine sees the job directory
+        (the marker found through the created helper's mount), so no step runs before that;
+        an engine that cannot say so without the helper's start starts it here."""
+        if self._starting is not None or self._container is not None:
+            return
+        if check:
+            token = self._create(check=True)
+            if token is not None:  # the helper's first line decides: before any step
+                self._boot(token)
+                return
 
         def go() -> None:
             try:
-                self.start(check=False)
+                if self._container is None:
+                    self._create(check=False)
+                self._boot(None)
             except BaseException as exc:  # handed to the first use, in the caller's thread
                 self._start_error = exc
 
@@ -121,6 +131,12 @@ class Sandbox:
             self._started()
         if self._container is not None:
             return
+        self._boot(self._create(check))
+
+    def _create(self, check: bool) -> str | None:
+        """Create the helper, not started, and (``check``, a bind workspace) look for the
+        marker through it (``visibility.stat_says``). Returns the token the started helper's
+        first line must name when the engine could not say so now, else None."""
         import docker
 
         self._prepare_exchange()
@@ -128,17 +144,17 @@ class Sandbox:
         image = helper_image()
         containers.ensure_image(cli, image, "missing")
         token = secrets.token_hex(8) if check and self.volume is None else None
-        if token is not None:  # the check is the helper's first act: no exec (~55 ms) for it
-            (self.exchange / f"visible-{token}").write_text(token)
+        marker = visibility.marker_name(token) if token is not None else ""
+        if token is not None:
+            (self.exchange / marker).write_text(token)
         with containers.engine_errors("asking the engine what it is", cli):
             self._serving = _can_serve(cli)
         stdin_open = None
         if self._serving:  # harvests through its standard input (see logist/channel.py)
-            marker = f"visible-{token}" if token is not None else ""
             command = ["sh", "-c", SERVE, "serve", marker, HARVEST, str(int(_harvest_timeout()))]
             stdin_open = True
         elif token is not None:
-            command = ["sh", "-c", VISIBLE, "visible", f"visible-{token}"]
+            command = ["sh", "-c", VISIBLE, "visible", marker]
         else:
             command = ["sleep", "infinity"]
         mounts = [self.workspace.mount()]
@@ -167,18 +183,37 @@ class Sandbox:
                 stdin_open=stdin_open,
             )
             self._container = containers.create(cli, spec)
+            if token is None:
+                return None
+            seen = visibility.stat_says(self._container, token)
         except Rejected as exc:  # our own settings: a 4xx here is a path the engine lacks
             self._drop_marker(token)
             if self.volume is not None:
                 raise
             raise self._unseen(str(exc)) from None
+        except BaseException:
+            self._drop_marker(token)
+            raise
+        if seen is None:
+            return token
+        self._drop_marker(token)
+        if not seen:
+            raise self._unseen(visibility.NOT_VISIBLE)
+        return None
+
+    def _boot(self, token: str | None) -> None:
+        """Start the created helper; ``token``: its first line must name it (the check)."""
+        assert self._container is not None
+        cli = self.dock.client()
         if self.volume is not None:
             self._send_trusted()
         try:
             with containers.engine_errors("starting the harvest helper", cli):
                 self._container.start()
-            if token is not None:
-                self._check_visible(token)
+            if token is not None and not visibility.first_line_says(
+                self._container, token, helper_image()
+            ):
+                raise self._unseen(visibility.NOT_VISIBLE)
         finally:
             self._drop_marker(token)
         if self.volume is not None:
@@ -256,39 +291,10 @@ class Sandbox:
 
     def _drop_marker(self, token: str | None) -> None:
         if token is not None:
-            (self.exchange / f"visible-{token}").unlink(missing_ok=True)
-
-    def _check_visible(self, token: str) -> None:
-        """The helper's first line says what it read from the marker written here before it
-        was created: the token when the engine sees this job directory at the same path. One
-        following ``logs`` request, read up to that line (no polling)."""
-        assert self._container is not None
-        data = b""
-        with containers.engine_errors(
-            "reading the harvest helper's first line", self._container.client
-        ):
-            stream = self._container.logs(stream=True, follow=True, stdout=True, stderr=False)
-            try:
-                for chunk in stream:
-                    data += chunk
-                    if b"\n" in data or len(data) > 4096:
-                        break
-            finally:
-                stream.close()
-        if b"\n" not in data:  # the helper ended without a word (no sh, cat or sleep there)
-            raise EnvironmentProblem(
-                f"the harvest helper ({helper_image()}) did not say what it sees "
-                "(it needs sh, cat and sleep)"
-            )
-        if data.split(b"\n", 1)[0].decode(errors="replace") != f"visible {token}":
-            raise self._unseen("a file written there is not visible inside containers")
+            (self.exchange / visibility.marker_name(token)).unlink(missing_ok=True)
 
     def _unseen(self, detail: str) -> WorkspaceUnseen:
-        return WorkspaceUnseen(
-            f"the engine at {self.dock.url} does not see {self.job_dir} "
-            f"at the same path ({detail.splitlines()[0][:200] if detail else 'no detail'}); "
-            "nothing ran: see `logist doctor`"
-        )
+        return visibility.unseen(self.dock, self.job_dir, detail)
 
     # --- work --------------------------------------------------------------------------------
 

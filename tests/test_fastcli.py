@@ -16,6 +16,7 @@ from logist.fastcli import parse
 
 FUNCS = commands.HOT  # what the fast path calls, with only the options given
 TYPER_FUNCS = {
+    "job create": cli.job_create,
     "job step": cli.job_step,
     "job run": cli.job_run,
     "job cancel": cli.job_cancel,
@@ -75,6 +76,8 @@ PLAIN = [
     ["job", "cleanup", "--stale", "--older-than", "90s", "--dry-run"],
     ["run", "--repo", "/src", "--image", "img", "--step", "true", "--step", "make test"],
     ["run", "j2", "-f", "spec.yaml", "-q"],
+    ["job", "create", "--repo", "/src", "--step", "true", "--step", "make test"],
+    ["--jobs-dir", "/j", "job", "create", "j3", "-f", "spec.yaml", "--secret", "TOKEN"],
     [
         "run", "--repo", "/src", "--image", "img", "--step", "", "--env", "A=1", "--env", "B=2",
         "--cap-add", "NET_RAW", "--secret", "TOKEN", "--timeout", "30", "--memory", "512m",
@@ -108,10 +111,12 @@ OTHERS = [
     ["job", "status"],
     ["job", "list", "j1"],
     ["job", "logs", "j1"],
-    ["job", "create", "--repo", "."],
+    ["job", "create", "--repo", "-x"],
     ["run", "--step", "-x"],
     ["run", "--step"],
     ["run", "a", "b"],
+    ["job", "create", "a", "b"],
+    ["job", "create", "--quiet"],
     ["run", "--unknown", "v"],
     ["--jobs-dir"],
     ["--jobs-dir=/x", "job", "step", "j1"],

@@ -98,8 +98,8 @@ def test_a_helper_that_does_not_see_the_marker_written_for_it_runs_no_step(
     docker_client, jobs_root, source_repo, logist, monkeypatch
 ):
     """The engine mounts another directory than logist's at the same path (here: the exchange
-    directory replaced between the helper's create and its start): the helper's first line
-    names no token, the job stays pending, no step ran, nothing is left."""
+    directory replaced between the helper's create and its start): the engine does not find
+    the marker through the helper, the job stays pending, no step ran, nothing is left."""
     from logist import Runtime, containers
     from logist.errors import WorkspaceUnseen
     from tests.helpers import create_job
@@ -126,3 +126,80 @@ def test_a_helper_that_does_not_see_the_marker_written_for_it_runs_no_step(
     assert not (jobs_root / job / "workspace" / "ran.txt").exists()
     labels = [f"logist.job={job}", f"logist.jobs-dir={jobs_root}"]
     assert docker_client.containers.list(all=True, filters={"label": labels}) == []
+
+
+def _replace_exchange_after_helper_create(monkeypatch, exchange: Path) -> None:
+    """The engine will mount what is at the exchange's path, not what logist wrote there."""
+    from logist import containers
+
+    real = containers.create
+
+    def create(cli, spec):
+        made = real(cli, spec)
+        if spec.step == "helper":
+            exchange.rename(exchange.with_name(".exchange-logist-wrote"))
+            exchange.mkdir()
+        return made
+
+    monkeypatch.setattr(containers, "create", create)
+
+
+@pytest.mark.timeout(120)
+def test_an_engine_that_cannot_stat_the_marker_leaves_the_check_to_the_helpers_first_line(
+    docker_client, jobs_root, source_repo, logist, monkeypatch
+):
+    """Where the engine does not answer the archive stat, the started helper's first line
+    decides, still before any step: a replaced directory is caught, a real one runs."""
+    from logist import Runtime, visibility
+    from logist.errors import WorkspaceUnseen
+    from tests.helpers import create_job
+    from tests.helpers import job_status as status
+
+    asked: list[str] = []
+
+    def unanswered(container, token):
+        asked.append(token)
+        return None
+
+    monkeypatch.setattr(visibility, "stat_says", unanswered)
+    unseen = create_job(logist, source_repo, "echo ran > ran.txt")
+    with monkeypatch.context() as m:
+        _replace_exchange_after_helper_create(m, jobs_root / unseen / ".exchange")
+        [result] = Runtime(jobs_root).run_jobs([unseen])
+    assert isinstance(result.error, WorkspaceUnseen), result.error
+    assert "not visible inside containers" in str(result.error)
+    assert [s["state"] for s in status(logist, unseen)["steps"]] == ["pending"]
+    assert not (jobs_root / unseen / "workspace" / "ran.txt").exists()
+
+    seen = create_job(logist, source_repo, "echo ran > ran.txt")
+    [result] = Runtime(jobs_root).run_jobs([seen])
+    assert result.error is None, result.error
+    assert status(logist, seen)["state"] == "succeeded"
+    assert len(asked) == 2, "the stat was not asked first"
+
+
+def test_the_marker_is_found_by_the_engines_stat_of_the_created_helper(
+    docker_client, jobs_root, source_repo, logist
+):
+    """The stat the check relies on, on the real engine: the marker is found through the
+    created, never started, helper's mount, and a missing one is not."""
+    from logist import Runtime, visibility
+    from logist.jobrun import JobRun
+    from logist.sandbox import Sandbox
+    from tests.helpers import create_job
+
+    job = create_job(logist, source_repo, "true")
+    runtime = Runtime(jobs_root)
+    with JobRun.open(runtime.store, job) as run, Sandbox(run) as sandbox:
+        run.dir.repo.mkdir()
+        run.dir.workspace.mkdir()
+        assert sandbox._create(check=True) is None  # found: no first line needed
+        container = sandbox._container
+        container.reload()
+        assert container.status == "created"
+        token = "0123456789abcdef"
+        assert visibility.stat_says(container, token) is False
+        (run.dir.exchange / visibility.marker_name(token)).write_text(token)
+        assert visibility.stat_says(container, token) is True
+        (run.dir.exchange / visibility.marker_name(token)).write_text(token + "x")
+        assert visibility.stat_says(container, token) is False
