@@ -132,16 +132,20 @@ def after_job(run: JobRun, *, harvested: bool = False) -> Report | None:
 
 
 def orphan_predicate(store: Store):
-    """Labels of an orphan container of ``store``: its job directory is gone or the logist
-    process that started it (the owner label) is dead."""
+    """Labels of an orphan container (or network) of ``store``: its job directory is gone, or
+    the logist process that started it (the owner label) is dead, and for a job's proxy and
+    network also no session of the job runs (a session's outlive the command that made them)."""
 
     def is_orphan(labels: dict[str, str]) -> bool:
         job_dir = store.root / labels.get(containers.JOB, "")
         if not (job_dir / MANIFEST).is_file():
             return True
-        if labels.get(containers.STEP) in (SESSION, PROXY, NETWORK):  # a session's: while it runs
+        step = labels.get(containers.STEP)
+        if step == SESSION:  # owned by its container: while it runs
             return not _running_session(store, job_dir.name)
-        return not owner_alive(labels.get(containers.OWNER))
+        if owner_alive(labels.get(containers.OWNER)):
+            return False
+        return step not in (PROXY, NETWORK) or not _running_session(store, job_dir.name)
 
     return is_orphan
 

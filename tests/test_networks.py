@@ -375,6 +375,38 @@ def test_the_sweep_removes_the_proxy_and_network_a_killed_runner_left(
     assert _left(docker_client, jobs_root) == ([], [])
 
 
+@pytest.mark.timeout(180)
+def test_the_sweep_leaves_a_running_jobs_proxy_and_network_alone(
+    jobs_root, repo, outside, docker_client
+):
+    """``cleanup --stale`` from cron while a job runs: its proxy and network are its own
+    (their owner is alive), not orphans; the step still reaches the allowed host after."""
+    egress, _ = outside
+    step = "until [ -e go ]; do sleep 0.05; done; python3 client.py 'GET http://web.example.test/'"
+    runner = _started(jobs_root, egress, "alive", repo, step)
+    try:
+        label = {"label": [f"logist.jobs-dir={jobs_root}", "logist.step=1"]}
+        wait_for(lambda: docker_client.containers.list(filters=label), 60, "the step to run")
+        before = _left(docker_client, jobs_root)
+        out = run_logist(jobs_root, "job", "cleanup", "--stale", "--older-than", "0s", "--json")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert json.loads(out.stdout)["orphans_removed"] == 0
+        after = _left(docker_client, jobs_root)
+        assert [c.id for c in after[0]] == [c.id for c in before[0]]
+        assert [n.id for n in after[1]] == [n.id for n in before[1]]
+        (jobs_root / "alive" / "workspace" / "go").write_text("")
+        stdout, stderr = runner.communicate(timeout=120)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.communicate()
+    assert runner.returncode == 0, stderr
+    assert _results(subprocess.CompletedProcess([], 0, stdout.decode(), "")) == {
+        "GET http://web.example.test/": "200 hello-web"
+    }
+    assert _left(docker_client, jobs_root) == ([], [])
+
+
 def test_a_missing_proxy_image_exits_3_and_leaves_nothing(jobs_root, repo, outside, docker_client):
     egress, _ = outside
     missing = {"LOGIST_PROXY_IMAGE": "logist/absent:none"}
