@@ -77,7 +77,6 @@ class JobNetwork:
 
     def __init__(self, run: JobRun) -> None:
         self.run = run
-        self.cli = run.dock.client()
         self.name: str | None = None
         self.proxy: Container | None = None
         self.attachment = Attachment(run.job.network)
@@ -87,6 +86,12 @@ class JobNetwork:
         self._fed = 0.0  # when the proxy last said something (monotonic)
         self._opening: _Background | None = None
         self._closing: threading.Thread | None = None
+
+    @property
+    def cli(self) -> DockerClient:
+        """The calling thread's client of the job's engine (``begin`` makes the first one in
+        its own thread: the SDK's import overlaps the workspace's set-up)."""
+        return self.run.dock.client()
 
     @classmethod
     def begin(cls, run: JobRun) -> JobNetwork:

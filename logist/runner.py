@@ -53,6 +53,8 @@ from logist.store import (
 from logist.streams import ListenerFactory, SecretMask, StepOutput
 from logist.workspaces import Workspace, workspace_of
 
+REAP_WAIT = 300.0  # seconds a job waits for the orphan reap (each engine call has a deadline)
+
 LOCK_WAIT = 1.0  # seconds to wait for a job's lock before calling it active
 
 
@@ -77,6 +79,7 @@ class Runner:
         self.notify = notify or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.progress = progress
         self.placer = Placer(engines, 1, self._answers)
+        self._reaping = _Reaping(None, engines)
 
     def _answers(self, url: str) -> bool:
         return self.store.docks.get(url).answers()
@@ -157,6 +160,7 @@ class Runner:
             net = JobNetwork.begin(run)  # while the workspace is made and the helper starts
             workspace = workspace_of(run)
             workspace.prepare()
+            self._reaping.wait()  # a killed run's containers go before this run's start
             ws = run.dir.workspace
             with Sandbox(run, should_stop=self.interrupt.is_set) as sandbox:
                 # proves the engine sees the job directory before any step (unless ``seen``);
@@ -401,8 +405,7 @@ class Runner:
     def run_many(self, job_ids: list[str], parallel: int = 1) -> list[JobResult]:
         """Run jobs to a terminal state, ``parallel`` at a time; the calling (main) thread
         supervises, so SIGINT/SIGTERM are handled at once."""
-        with contextlib.suppress(LogistError):
-            reap_orphans(self.store, self.engines)
+        self._reaping = _Reaping(self.store, self.engines)  # beside the jobs' set-up
         results: list[JobResult] = []
         self.placer = Placer(self.engines, parallel, self._answers)
         with ThreadPoolExecutor(
@@ -422,6 +425,36 @@ class Runner:
         if self.interrupt.is_set():
             return JobResult(job=self.store.load(job_id), error=_interrupted())
         return self.run_job(job_id)
+
+
+class _Reaping:
+    """``reap_orphans`` of ``store`` in a thread of its own (None: nothing to reap), started at
+    once: it overlaps the import of the docker SDK and the clones of the jobs it runs for,
+    which ``wait`` for it before their first container. An engine that fails it is left to the
+    next sweep (as before); another error is raised in the waiting jobs."""
+
+    def __init__(self, store: Store | None, engines: list[str]) -> None:
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if store is not None:
+            self._thread = threading.Thread(
+                target=self._reap, args=(store, engines), name="logist-reap", daemon=True
+            )
+            self._thread.start()
+
+    def _reap(self, store: Store, engines: list[str]) -> None:
+        try:
+            reap_orphans(store, engines)
+        except LogistError:
+            pass
+        except BaseException as exc:  # handed to the jobs' threads
+            self._error = exc
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join(REAP_WAIT)
+        if self._error is not None:
+            raise self._error
 
 
 def _interrupted() -> LogistError:
