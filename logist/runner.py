@@ -11,7 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from logist import containers, output, step_run, volumes
+from logist import output, step_prep, step_run, volumes
 from logist.cleanup import after_job, reap_orphans
 from logist.egress import denied_lines
 from logist.engines import Placer, uses_volumes
@@ -24,7 +24,7 @@ from logist.errors import (
     WorkspaceUnseen,
 )
 from logist.harvest import finish, harvest, harvest_leftover
-from logist.job_container import job_container, read_secrets
+from logist.job_container import read_secrets
 from logist.jobrun import JobRun
 from logist.model import (
     CANCELED,
@@ -149,6 +149,7 @@ class Runner:
         job.error = None
         run.save()
         ws: Path | None = None
+        ahead: step_prep.Ahead | None = None  # the next step's container, made during a harvest
         net: JobNetwork | None = None
         ran = 0
         rejected: Rejected | None = None
@@ -179,8 +180,9 @@ class Runner:
                     ran += 1
                     if self.progress:
                         self.progress.step_started(job, step)
+                    made_ahead, ahead = ahead, None
                     try:
-                        self._run_step(run, step, workspace, net, asked_from)
+                        self._run_step(run, step, workspace, net, asked_from, made_ahead)
                     except Rejected as exc:  # the user's input, not the environment: job failed
                         job.move(FAILED)
                         job.error, rejected = str(exc), exc
@@ -195,6 +197,8 @@ class Runner:
                     )
                     if last:
                         net.close_soon()  # while the last harvest runs
+                    elif (following := job.next_step()) is not None:  # made while it runs
+                        ahead = step_prep.Ahead(run, following, workspace, net)
                     harvest(run, sandbox, f"step {step.index}", self.notify, last=last)
                     if step.state == SUCCEEDED:
                         continue
@@ -239,6 +243,8 @@ class Runner:
                 self._back_to_pending(run, INTERRUPTED, f"{type(exc).__name__}: {exc}")
             raise
         finally:
+            if ahead is not None:  # the job stopped before that step
+                ahead.discard()
             if net is not None:
                 net.close()
         return self._concluded(run, ws, rejected, finished)
@@ -329,6 +335,7 @@ class Runner:
         workspace: Workspace,
         net: JobNetwork,
         asked_from: float | None = None,
+        ahead: step_prep.Ahead | None = None,
     ) -> None:
         job = run.job
         job_dir = run.dir.path
@@ -337,21 +344,12 @@ class Runner:
         step.started_at, step.finished_at, step.exit_code, step.error = now(), None, None, None
         step.log = str(log_path)
         run.save()
-        try:
-            secrets = read_secrets(job.secrets)  # now, and before any container exists
+        try:  # a secret missing, a setting the engine refused (4xx): the step does not start
+            made = ahead.take(step) if ahead is not None else None
+            made = made or step_prep.make(run, step, workspace, net)
         except Rejected as exc:
             raise self._not_started(run, step, exc) from None
-        cli = run.dock.client()
-        image = step.image or job.image
-        containers.ensure_image(cli, image, job.pull)
-        command = ["/bin/sh", "-c", step.run]
-        spec = job_container(
-            run, workspace, cli, image, command, step.index, secrets, net.attachment
-        )
-        try:
-            container = containers.create(cli, spec)
-        except Rejected as exc:  # a setting the engine refused (4xx)
-            raise self._not_started(run, step, exc) from None
+        container, secrets = made.container, made.secrets
 
         def canceled() -> bool:
             return cancel_requested(job_dir, since=asked_from)

@@ -458,3 +458,41 @@ def test_a_step_silent_longer_than_the_engine_request_timeout_is_not_an_engine_e
     out = run_logist(jobs_root, "job", "run", job, env={"LOGIST_DOCKER_TIMEOUT": "4"})
     assert out.returncode == 0, out.stderr
     assert "woke" in out.stdout
+
+
+@pytest.mark.timeout(180)
+def test_the_next_steps_container_is_made_during_a_harvest_and_removed_when_the_job_stops(
+    docker_client, jobs_root, source_repo, logist, monkeypatch
+):
+    """While step 1's harvest runs, step 2's container already exists (created, not started);
+    a cancel that lands during that harvest stops the job before step 2, and the container
+    made for it goes too: nothing of the job is left."""
+    from logist import Runtime, runner
+    from logist.store import request_cancel
+    from tests.helpers import job_status
+
+    job = create(logist, source_repo, "echo one > one.txt", "echo two > two.txt")
+    labels = [f"logist.job={job}", f"logist.jobs-dir={jobs_root}", "logist.step=2"]
+    seen: list[list[str]] = []
+    real = runner.harvest
+
+    def harvest(run, sandbox, what, notify, last=False):
+        if what == "step 1":
+            made = wait_for(
+                lambda: docker_client.containers.list(all=True, filters={"label": labels}),
+                60,
+                "step 2's container made during the harvest",
+            )
+            seen.append([c.status for c in made])
+            request_cancel(run.dir.path)
+        return real(run, sandbox, what, notify, last=last)
+
+    monkeypatch.setattr(runner, "harvest", harvest)
+    [result] = Runtime(jobs_root).run_jobs([job])
+    assert seen == [["created"]]
+    view = job_status(logist, job)
+    assert view["state"] == "canceled", result.error
+    assert [s["state"] for s in view["steps"]] == ["succeeded", "canceled"]
+    assert view["steps"][1]["started_at"] is None, "step 2 ran"
+    everything = [f"logist.job={job}", f"logist.jobs-dir={jobs_root}"]
+    assert docker_client.containers.list(all=True, filters={"label": everything}) == []
