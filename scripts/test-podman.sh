@@ -95,6 +95,7 @@ if [ "$(cat "$WORK/venv/.stamp" 2>/dev/null)" != "$stamp" ]; then
   as_user "$WORK/venv/bin/pip" install -q --disable-pip-version-check -e "$WORK/src[test]"
   echo "$stamp" >"$WORK/venv/.stamp"
 fi
+as_user "$WORK/venv/bin/python" -m compileall -q "$WORK/src/logist" >/dev/null  # see setup-venv.sh
 say "rootless checkout and venv ready after $(( $(date +%s) - t ))s"
 set +e
 t=$(date +%s)

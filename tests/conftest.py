@@ -203,6 +203,13 @@ def _nonroot_venv(venv: Path) -> None:
     shutil.copytree(
         REPO_ROOT / "logist", site / "logist", ignore=shutil.ignore_patterns("__pycache__")
     )
+    # bytecode, as pip would have written it (PYTHONDONTWRITEBYTECODE: else every process of
+    # the user compiles logist and its dependencies from source)
+    subprocess.run(
+        [str(venv / "bin/python"), "-m", "compileall", "-q", str(site)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     script = venv / "bin/logist"
     script.write_text(
         f"#!{venv}/bin/python\nimport sys\nfrom logist.entry import main\nsys.exit(main())\n"
