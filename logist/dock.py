@@ -51,6 +51,7 @@ class Dock:
         self._clients: list[DockerClient] = []  # every thread's, closed by ``close``
         self._lost_at: float | None = None
         self._probed: tuple[float, bool] | None = None
+        self._asking = threading.Lock()  # the first client asks the API version
 
     def client(self) -> DockerClient:
         """This thread's client of the engine; each call has the ``timeout`` deadline.
@@ -73,7 +74,14 @@ class Dock:
                 made.close()
 
     def new_client(self, timeout: float) -> DockerClient:
-        """A client of its own (the caller closes it), with ``timeout``."""
+        """A client of its own (the caller closes it), with ``timeout``. The engine's API
+        version is asked once (``GET /version``): threads starting together wait for the first."""
+        if self.api_version is None:
+            with self._asking:
+                return self._new_client(timeout)
+        return self._new_client(timeout)
+
+    def _new_client(self, timeout: float) -> DockerClient:
         import docker
 
         try:

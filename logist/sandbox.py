@@ -205,6 +205,8 @@ class Sandbox:
         """Start the created helper; ``token``: its first line must name it (the check)."""
         assert self._container is not None
         cli = self.dock.client()
+        if self._container.client is not cli:  # created in another thread: never share a client
+            self._container = cli.containers.prepare_model(self._container.attrs)
         if self.volume is not None:
             self._send_trusted()
         try:
@@ -259,11 +261,10 @@ class Sandbox:
             return
 
         def remove() -> None:
-            with (
-                contextlib.suppress(LogistError, docker.errors.APIError),
-                containers.engine_errors("removing the harvest helper", container.client),
-            ):
-                container.remove(force=True)  # SIGKILL and remove in one call
+            with contextlib.suppress(LogistError, docker.errors.APIError):
+                cli = self.dock.client()  # this thread's: the caller goes on with its own
+                with containers.engine_errors("removing the harvest helper", cli):
+                    cli.api.remove_container(container.id, force=True)  # SIGKILL and remove
 
         previous = self._removing
         self._removing = threading.Thread(target=remove, name="logist-helper-rm")

@@ -129,7 +129,7 @@ def test_a_fault_in_the_second_step_interrupts_the_job_and_keeps_the_first_steps
     job = create(logist, source_repo, *TWO_STEPS)
     rule = proxy.fail(method, path, action, skip=skip)  # the first step's calls pass
     out = via("job", "run", job)
-    assert rule.fired, (out.returncode, out.stderr, proxy.seen)
+    assert rule.fired, f"exit {out.returncode}: {out.stderr}\nseen: {proxy.seen}"
     st = status(logist, job)
     assert st["state"] == "interrupted", st
     assert [s["state"] for s in st["steps"]] == ["succeeded", "pending"]
@@ -166,7 +166,7 @@ def test_a_cleanup_whose_container_removal_fails_says_so_and_the_next_one_finish
         out = run_logist(jobs_root, "job", "cleanup", job, env=env)
         if rule.fired:
             break
-    assert rule.fired, (out.returncode, out.stderr, proxy.seen)
+    assert rule.fired, f"exit {out.returncode}: {out.stderr}\nseen: {proxy.seen}"
     assert (jobs_root / job / "workspace").is_dir()  # kept: its containers are not gone
     stray.reload()  # still there for the next cleanup
     recovered(out, 3, job, {"one.txt": "one\n"})
@@ -274,7 +274,7 @@ def test_a_fault_in_the_harvest_helper_interrupts_the_job_and_the_sweep_keeps_th
     # helper proves the engine sees the job directory by its first log line)
     rule = proxy.fail("POST", CID + r"/attach$", action, skip=1, times=1)
     out = via("job", "run", job)
-    assert rule.fired, (out.returncode, out.stderr, proxy.seen)
+    assert rule.fired, f"exit {out.returncode}: {out.stderr}\nseen: {proxy.seen}"
     assert status(logist, job)["state"] == "interrupted"
     recovered(out, 3, job, {"one.txt": "one\n"})
     resumed = logist("job", "run", job)
