@@ -160,14 +160,13 @@ def test_a_helper_removed_between_two_harvests_is_started_again(
     import subprocess
     import sys
 
-    runner = subprocess.Popen(
-        [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), "job", "run", job],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    from tests.support_wait import ended
+
+    command = [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), "job", "run", job]
     labels = [f"logist.job={job}", f"logist.jobs-dir={jobs_root}", "logist.step=2"]
-    try:
+    with ended(
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ) as runner:
         wait_for(lambda: docker_client.containers.list(filters={"label": labels}), what="step 2")
         helpers = docker_client.containers.list(
             filters={"label": [f"logist.job={job}", "logist.step=helper"]}
@@ -176,10 +175,6 @@ def test_a_helper_removed_between_two_harvests_is_started_again(
         helpers[0].remove(force=True)
         (jobs_root / job / "workspace" / "go").write_text("")
         _out, err = runner.communicate(timeout=120)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-            runner.communicate()
     assert runner.returncode == 0, err
     assert git(source_repo, "show", f"logist/{job}:one.txt") == "one\n"
     assert git(source_repo, "show", f"logist/{job}:two.txt") == "two\n"

@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import BUSYBOX, STEP_IMAGE
 from tests.helpers import commit_file, run_logist, wait_for
+from tests.support_wait import ended
 
 pytestmark = pytest.mark.docker
 
@@ -383,8 +384,7 @@ def test_the_sweep_leaves_a_running_jobs_proxy_and_network_alone(
     (their owner is alive), not orphans; the step still reaches the allowed host after."""
     egress, _ = outside
     step = "until [ -e go ]; do sleep 0.05; done; python3 client.py 'GET http://web.example.test/'"
-    runner = _started(jobs_root, egress, "alive", repo, step)
-    try:
+    with ended(_started(jobs_root, egress, "alive", repo, step)) as runner:
         label = {"label": [f"logist.jobs-dir={jobs_root}", "logist.step=1"]}
         wait_for(lambda: docker_client.containers.list(filters=label), 60, "the step to run")
         before = _left(docker_client, jobs_root)
@@ -396,10 +396,6 @@ def test_the_sweep_leaves_a_running_jobs_proxy_and_network_alone(
         assert [n.id for n in after[1]] == [n.id for n in before[1]]
         (jobs_root / "alive" / "workspace" / "go").write_text("")
         stdout, stderr = runner.communicate(timeout=120)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-            runner.communicate()
     assert runner.returncode == 0, stderr
     assert _results(subprocess.CompletedProcess([], 0, stdout.decode(), "")) == {
         "GET http://web.example.test/": "200 hello-web"
@@ -471,13 +467,10 @@ def _probe_gateway(jobs_root, repo, docker_client, job_id: str, port: int, *extr
     """Run a job whose step connects to its own network's gateway (the host's address on it,
     which the test writes into the workspace once the network exists) at ``port``."""
     step = f"while [ ! -s gw ]; do sleep 0.05; done; python3 probe.py $(cat gw) {port}"
-    runner = subprocess.Popen(
-        _cmd(jobs_root, "run", job_id, "--repo", str(repo), *extra, "--step", step),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    command = _cmd(jobs_root, "run", job_id, "--repo", str(repo), *extra, "--step", step)
+    with ended(
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ) as runner:
         net = wait_for(
             lambda: docker_client.networks.list(names=[f"logist-{job_id}"]), 60, "the network"
         )[0]
@@ -487,10 +480,6 @@ def _probe_gateway(jobs_root, repo, docker_client, job_id: str, port: int, *extr
         wait_for(ws.is_dir, 60, "the workspace")
         (ws / "gw").write_text(gateway)
         out, err = runner.communicate(timeout=120)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-            runner.communicate()
     assert runner.returncode == 0, err
     return out.strip()
 
