@@ -153,7 +153,7 @@ def orphan_predicate(store: Store):
 def _running_session(store: Store, job_id: str) -> bool:
     try:
         job = store.load(job_id)
-    except LogistError:
+    except Exception:  # unreadable, or broken in a way the loader did not foresee: no session
         return False
     return job.session is not None and job.state == RUNNING
 

@@ -11,6 +11,7 @@ import contextlib
 import os
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from logist.errors import EngineUnavailable
@@ -48,10 +49,13 @@ class Dock:
         self.api_version: str | None = None
         self.said: set[str] = set()  # what ``podman.say_once`` said of this engine
         self._local = threading.local()
-        self._clients: list[DockerClient] = []  # every thread's, closed by ``close``
+        # every live thread's client, closed by ``close``; an ended thread's goes with it (a
+        # thread per step or helper would otherwise keep a connection each: descriptors)
+        self._clients: weakref.WeakSet[DockerClient] = weakref.WeakSet()
         self._lost_at: float | None = None
         self._probed: tuple[float, bool] | None = None
         self._asking = threading.Lock()  # the first client asks the API version
+        self._ask_failed: tuple[float, EngineUnavailable] | None = None  # when, and why
 
     def client(self) -> DockerClient:
         """This thread's client of the engine; each call has the ``timeout`` deadline.
@@ -62,12 +66,12 @@ class Dock:
         made = getattr(self._local, "client", None)
         if made is None:
             made = self._local.client = self.new_client(self.timeout)
-            self._clients.append(made)
+            self._clients.add(made)
         return made
 
     def close(self) -> None:
         """Close every thread's client (their connections); a later ``client`` makes anew."""
-        clients, self._clients = self._clients, []
+        clients, self._clients = list(self._clients), weakref.WeakSet()
         self._local = threading.local()
         for made in clients:
             with contextlib.suppress(Exception):
@@ -78,7 +82,14 @@ class Dock:
         version is asked once (``GET /version``): threads starting together wait for the first."""
         if self.api_version is None:
             with self._asking:
-                return self._new_client(timeout)
+                failed = self._ask_failed
+                if failed is not None and time.monotonic() - failed[0] < min(timeout, 5.0):
+                    raise EngineUnavailable(str(failed[1]))  # just failed: not a deadline more
+                try:
+                    return self._new_client(timeout)
+                except EngineUnavailable as exc:
+                    self._ask_failed = (time.monotonic(), exc)
+                    raise
         return self._new_client(timeout)
 
     def _new_client(self, timeout: float) -> DockerClient:

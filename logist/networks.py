@@ -39,8 +39,12 @@ DRAIN_MAX = 0.3  # ...or this long at most
 PROXY_LIMITS = {"memory": "256m", "pids": 256, "cpus": 1.0}
 
 
-def network_name(job_id: str) -> str:
-    return f"logist-{job_id}"
+def network_name(job_id: str, jobs_root: Path) -> str:
+    """``logist-<id>-<8 hex of the jobs root>``: names are engine-wide, and two jobs roots may
+    each have a job of the same id."""
+    import hashlib
+
+    return f"logist-{job_id}-{hashlib.sha256(str(jobs_root).encode()).hexdigest()[:8]}"
 
 
 def proxy_image() -> str:
@@ -94,10 +98,17 @@ class JobNetwork:
         return self.run.dock.client()
 
     @classmethod
-    def begin(cls, run: JobRun) -> JobNetwork:
-        """``open``, in a thread of its own; ``ready`` waits for it."""
+    def begin(cls, run: JobRun, after: Callable[[], None] | None = None) -> JobNetwork:
+        """``open``, in a thread of its own (once ``after`` returned: the orphan reap, which may
+        be removing a killed run's network of this job); ``ready`` waits for it."""
         net = cls(run)
-        net._opening = _Background(net._make, "logist-network")
+
+        def make() -> None:
+            if after is not None:
+                after()
+            net._make()
+
+        net._opening = _Background(make, "logist-network")
         return net
 
     def ready(self) -> Attachment:
@@ -154,7 +165,7 @@ class JobNetwork:
     def _create(self, internal: bool) -> None:
         import docker
 
-        job, name = self.run.job, network_name(self.run.job.id)
+        job, name = self.run.job, network_name(self.run.job.id, self.run.store.root)
         tags = labels(job.id, NETWORK, self.run.store.root, owner_id())
         what = f"creating the network {name}"
         with containers.engine_errors(what, self.cli):
@@ -173,7 +184,8 @@ class JobNetwork:
                 except docker.errors.APIError as exc:
                     if attempt or exc.status_code != 409:
                         raise
-                    _remove_stale(self.cli, name, job.id)  # a killed run's (we hold its lock)
+                    # a killed run's (we hold its lock)
+                    _remove_stale(self.cli, name, job.id, self.run.store.root)
         self.name = name
         self.attachment = Attachment(name)
 
@@ -321,24 +333,33 @@ class _Background:
             raise self._failed
 
 
-def _remove_stale(cli: DockerClient, name: str, job_id: str) -> None:
-    """The network ``name`` a killed run left, and the job's containers still on it (another
-    container on it keeps it: the create then fails, naming the network)."""
+def _remove_stale(cli: DockerClient, name: str, job_id: str, jobs_root: Path) -> None:
+    """The network ``name`` a killed run of this job left, and the job's containers still on
+    it (another container on it keeps it: the create then fails, naming the network). One of a
+    job of the same id in another jobs root is never touched: ``Rejected``."""
     import docker
 
-    with containers.engine_errors(f"removing the stale network {name}", cli):
+    what = f"removing the stale network {name}"
+    with containers.engine_errors(what, cli):
         try:
             net = cli.networks.get(name)
         except docker.errors.NotFound:
             return
+    tags = net.attrs.get("Labels") or {}
+    if tags.get(JOB) != job_id or tags.get(ROOT) != str(jobs_root):
+        raise Rejected(
+            f"the engine has a network {name} that is not this job's (another jobs root's job "
+            f"{tags.get(JOB) or '?'} at {tags.get(ROOT) or '?'}): job ids must differ between "
+            "the jobs roots of one engine"
+        )
+    with containers.engine_errors(what, cli):
         for box in net.containers:
-            if (box.labels or {}).get(JOB) == job_id and (box.labels or {}).get(MANAGED):
-                with contextlib.suppress(docker.errors.NotFound):
+            labels = box.labels or {}
+            if labels.get(JOB) == job_id and labels.get(ROOT) == str(jobs_root):
+                # gone, or a sweep removing it too ("removal already in progress"): its end
+                with contextlib.suppress(docker.errors.APIError):
                     box.remove(force=True)
-        with contextlib.suppress(docker.errors.NotFound):
-            net.remove()
-
-
+    remove_networks(cli, jobs_root, nets=[net])  # retried while the endpoints go
 def _network_options(cli: DockerClient, internal: bool) -> dict[str, str] | None:
     """Driver options of a job's network. Podman: ``isolate`` (netavark otherwise routes
     between its networks: one job's steps would reach another's). Docker, internal: no address

@@ -91,6 +91,8 @@ class Runner:
         clean up as the contract says. Errors are returned in the result, not raised."""
         store = self.store
         asked_from = time.time()  # cancel requests older than this were for an earlier run
+        if not self._reaping.started:  # one job alone (`job step`): its own reap
+            self._reaping = _Reaping(store, self.engines)
         try:
             with JobRun.open(store, job_id, timeout=LOCK_WAIT) as run:
                 try:
@@ -138,11 +140,6 @@ class Runner:
 
     def _run_placed(self, run: JobRun, max_steps: int | None, asked_from: float) -> JobResult:
         job = run.job
-        # a ready workspace a step of this job already ran in (not a resume): the engine was
-        # shown to see it then, so the helper may start while the next step runs
-        seen = (
-            job.state == PENDING and job.workspace_state == WS_READY and bool(job.harvested_commit)
-        )
         job_dir = run.dir.path
         drop_cancel_request(job_dir, before=asked_from)  # a request for an earlier run
         job.move(RUNNING)
@@ -158,15 +155,17 @@ class Runner:
             rejected = self._check_secrets(run)  # before any container, the helper's included
             if rejected is not None:
                 return self._concluded(run, None, rejected)
-            net = JobNetwork.begin(run)  # while the workspace is made and the helper starts
+            # while the workspace is made and the helper starts, after the orphan reap
+            net = JobNetwork.begin(run, after=self._reaping.wait)
             workspace = workspace_of(run)
             workspace.prepare()
             self._reaping.wait()  # a killed run's containers go before this run's start
             ws = run.dir.workspace
             with Sandbox(run, should_stop=self.interrupt.is_set) as sandbox:
-                # proves the engine sees the job directory before any step (unless ``seen``);
+                # proves the engine sees the job directory before any step, every run (the
+                # engine, or logist's view of the jobs root, may differ from the last run's);
                 # the helper's start then overlaps the first step's
-                sandbox.start_in_background(check=not seen)
+                sandbox.start_in_background(check=True)
                 net.ready()
                 while (step := job.next_step()) is not None:
                     if max_steps is not None and ran >= max_steps:
@@ -428,11 +427,10 @@ class Runner:
 class _Reaping:
     """``reap_orphans`` of ``store`` in a thread of its own (None: nothing to reap), started at
     once: it overlaps the import of the docker SDK and the clones of the jobs it runs for,
-    which ``wait`` for it before their first container. An engine that fails it is left to the
-    next sweep (as before); another error is raised in the waiting jobs."""
+    which ``wait`` for it before their network and first container. Whatever fails it (an
+    engine, another job's broken manifest) is left to the next sweep, which reports it."""
 
     def __init__(self, store: Store | None, engines: list[str]) -> None:
-        self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         if store is not None:
             self._thread = threading.Thread(
@@ -441,18 +439,16 @@ class _Reaping:
             self._thread.start()
 
     def _reap(self, store: Store, engines: list[str]) -> None:
-        try:
+        with contextlib.suppress(Exception):  # housekeeping: the sweep reports what it finds
             reap_orphans(store, engines)
-        except LogistError:
-            pass
-        except BaseException as exc:  # handed to the jobs' threads
-            self._error = exc
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
 
     def wait(self) -> None:
         if self._thread is not None:
             self._thread.join(REAP_WAIT)
-        if self._error is not None:
-            raise self._error
 
 
 def _interrupted() -> LogistError:

@@ -69,7 +69,9 @@ class Ahead:
 
     def take(self, step: Step) -> Made | None:
         """What was made for ``step`` (its container bound to this thread's client); None when
-        it was made for another step."""
+        it was made for another step, or is gone."""
+        import docker
+
         self._thread.join()
         if step is not self.step:
             self.discard()
@@ -81,6 +83,12 @@ class Ahead:
         assert made is not None
         cli = self.run.dock.client()
         made.container = cli.containers.prepare_model(made.container.attrs)
+        try:  # removed meanwhile (a `docker container prune` of created ones): made anew
+            made.container.reload()
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.APIError:
+            pass  # the start says what the engine thinks of it
         return made
 
     def discard(self) -> None:

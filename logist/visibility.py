@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from logist import containers
 from logist.errors import EnvironmentProblem, WorkspaceUnseen
@@ -37,21 +37,13 @@ def marker_name(token: str) -> str:
 
 def stat_says(container: Container, token: str) -> bool | None:
     """Whether the engine finds the marker of ``token`` through the created ``container``'s
-    ``/out`` mount: True or False, or None when the engine does not answer such a request (or
-    the container went meanwhile): the helper's first line decides then."""
-    import docker
-
-    api = container.client.api
-    url = api._url("/containers/{0}/archive", container.id)
+    ``/out`` mount: True or False, or None when the engine does not answer such a request (an
+    engine or socket proxy without the route answers 404 to ``/out`` itself too; or the
+    container went meanwhile): the helper's first line decides then."""
     name = marker_name(token)
-    with containers.engine_errors("asking the engine for the job's marker", container.client):
-        res = api.head(url, params={"path": f"/out/{name}"}, timeout=api.timeout)
-    if res.status_code == 404:
-        try:  # no such file, or no such container (removed by a canceller)
-            container.reload()
-        except docker.errors.NotFound:
-            return None
-        return False
+    res = _stat(container, f"/out/{name}")
+    if res.status_code == 404:  # no such file, no such route, or no such container
+        return None if _stat(container, "/out").status_code != 200 else False
     if res.status_code != 200:
         return None
     try:
@@ -61,6 +53,14 @@ def stat_says(container: Container, token: str) -> bool | None:
     if not isinstance(stat, dict):
         return None
     return stat.get("name") == name and stat.get("size") == len(token)
+
+
+def _stat(container: Container, path: str) -> Any:
+    """The engine's answer to ``HEAD /containers/ID/archive?path=PATH`` (not raised)."""
+    api = container.client.api
+    url = api._url("/containers/{0}/archive", container.id)
+    with containers.engine_errors("asking the engine for the job's marker", container.client):
+        return api.head(url, params={"path": path}, timeout=api.timeout)
 
 
 def first_line_says(container: Container, token: str, image: str) -> bool:

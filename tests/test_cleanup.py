@@ -22,9 +22,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import docker
 import pytest
 
-from tests.helpers import git, make_repo, run_logist, wait_for
+from tests.helpers import create_job, git, make_repo, run_logist, wait_for
 from tests.helpers import job_status as status
 from tests.support_cli import run_failing_at_step_2
 from tests.support_wait import wait_until
@@ -1099,3 +1100,56 @@ def test_demo_script_shows_the_workspace_lifecycle_and_passes(tmp_path, docker_c
         for c in leftovers
         if str(tmp_path) in (c.attrs.get("Labels") or {}).get("logist.jobs-dir", "")
     ]
+
+
+# --- what the orphan reap of `job run` / `job step` must and must not do (red team, 12-05) ---
+
+_APPENDS = (  # first run: appends to `trace` for ever; resumed: fails while `trace` still grows
+    "if [ -e trace ]; then a=$(wc -l < trace); sleep 2; b=$(wc -l < trace); "
+    '[ "$a" = "$b" ] || { echo old step still writing; exit 9; }; exit 0; fi; '
+    "trap '' TERM; while :; do echo x >> trace; sleep 0.1; done"
+)
+
+
+@pytest.mark.timeout(180)
+def test_job_step_after_a_killed_run_never_runs_beside_the_old_step(logist, jobs_root, source_repo):
+    """`job step` reaps the killed run's containers (its owner is dead) before its first."""
+    job = create_job(logist, source_repo, _APPENDS, "true", extra=("--network", "none"))
+    command = [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), "job", "run", job]
+    runner = subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_for(lambda: (jobs_root / job / "workspace" / "trace").exists(), 60, "the step")
+    os.killpg(runner.pid, signal.SIGKILL)
+    runner.wait()
+    out = logist("job", "step", job)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert logist("job", "cleanup", job).returncode == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_broken_manifest_of_another_job_does_not_break_job_run(
+    logist, jobs_root, source_repo, docker_client
+):
+    """The reap meets an orphan of a job whose manifest is JSON but no job: it is housekeeping,
+    the job that runs is not failed by it."""
+    import socket
+
+    bad = create_job(logist, source_repo, "true")
+    good = create_job(logist, source_repo, "true")
+    labels = {
+        "logist.managed": "true",
+        "logist.job": bad,
+        "logist.step": "proxy",
+        "logist.jobs-dir": str(jobs_root),
+        "logist.owner": f"{socket.gethostname()}:1:0",  # a killed run's proxy
+    }
+    fake = docker_client.containers.create(BUSYBOX, ["true"], labels=labels)
+    (jobs_root / bad / "job.json").write_text(f'{{"id": "{bad}"}}\n')
+    try:
+        out = logist("job", "run", good)
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):  # the reap's: an orphan
+            fake.remove(force=True)
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr

@@ -280,3 +280,48 @@ def test_a_fault_in_the_harvest_helper_interrupts_the_job_and_the_sweep_keeps_th
     resumed = logist("job", "run", job)
     assert resumed.returncode == 0, resumed.stderr
     assert git(source_repo, "show", f"logist/{job}:two.txt") == "two\n"
+
+
+@pytest.mark.timeout(120)
+def test_job_run_parallel_on_an_engine_that_never_answers_gives_up_in_about_one_deadline(
+    jobs_root, source_repo, logist
+):
+    """A listener of the test's own on loopback accepts and never answers (a hung daemon):
+    threads starting together ask the engine once, not one deadline each in turn."""
+    import contextlib
+    import os
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    patience = 2
+    hole = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(hole.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    ids = [create(logist, source_repo, "true") for _ in range(3)]
+    env = {
+        **os.environ,
+        "DOCKER_HOST": f"tcp://127.0.0.1:{hole.getsockname()[1]}",
+        "LOGIST_DOCKER_TIMEOUT": str(patience),
+    }
+    command = [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), "job", "run", *ids]
+    start = time.monotonic()
+    try:
+        out = subprocess.run(
+            [*command, "--parallel", "3"], capture_output=True, text=True, timeout=100, env=env
+        )
+    finally:
+        hole.close()
+        for s in held:
+            s.close()
+    took = time.monotonic() - start
+    assert out.returncode == 3, out.stderr
+    assert took < 3.5 * patience, f"{took:.1f} s to find the engine gone: {out.stderr}"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from logist.networks import network_name
 from tests.conftest import BUSYBOX, STEP_IMAGE
 from tests.helpers import commit_file, run_logist, wait_for
 from tests.support_wait import ended
@@ -230,18 +231,18 @@ def test_the_step_sits_on_the_jobs_internal_network_and_the_proxy_is_hardened(
         )
         [net] = docker_client.networks.list(filters={"label": f"logist.jobs-dir={jobs_root}"})
         net.reload()
-        assert net.name == "logist-eg2" and net.attrs["Internal"] is True
+        assert net.name == network_name("eg2", jobs_root) and net.attrs["Internal"] is True
         assert net.attrs["Labels"]["logist.job"] == "eg2"
         assert net.attrs["Labels"]["logist.managed"] == "true"
-        assert list(step.attrs["NetworkSettings"]["Networks"]) == ["logist-eg2"]
-        assert set(proxy.attrs["NetworkSettings"]["Networks"]) == {"logist-eg2", egress}
+        assert list(step.attrs["NetworkSettings"]["Networks"]) == [net.name]
+        assert set(proxy.attrs["NetworkSettings"]["Networks"]) == {net.name, egress}
         host = proxy.attrs["HostConfig"]
         assert host["ReadonlyRootfs"] is True and host["CapDrop"] == ["ALL"]
         assert not host["CapAdd"] and "no-new-privileges" in host["SecurityOpt"]
         assert host["Memory"] > 0 and host["PidsLimit"] > 0
         assert proxy.attrs["Config"]["User"] == "proxy"
         env = dict(e.split("=", 1) for e in step.attrs["Config"]["Env"])
-        address = proxy.attrs["NetworkSettings"]["Networks"]["logist-eg2"]["IPAddress"]
+        address = proxy.attrs["NetworkSettings"]["Networks"][net.name]["IPAddress"]
         for key in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
             assert env[key] == f"http://{address}:3128"
         assert env["NO_PROXY"] == "localhost,127.0.0.1"
@@ -318,8 +319,9 @@ def test_jobs_on_their_own_networks_cannot_reach_each_other(
         [box] = wait_for(
             lambda: docker_client.containers.list(filters=label), 60, "the server's step"
         )
-        assert list(box.attrs["NetworkSettings"]["Networks"]) == ["logist-serves"]
-        ip = box.attrs["NetworkSettings"]["Networks"]["logist-serves"]["IPAddress"]
+        own = network_name("serves", jobs_root)
+        assert list(box.attrs["NetworkSettings"]["Networks"]) == [own]
+        ip = box.attrs["NetworkSettings"]["Networks"][own]["IPAddress"]
         fetch = (
             "import sys, time, urllib.request\n"
             "for _ in range(40):\n"
@@ -333,7 +335,7 @@ def test_jobs_on_their_own_networks_cannot_reach_each_other(
         )
         # a container on the serving job's network reaches it: the server is up
         seen = docker_client.containers.run(
-            STEP_IMAGE, ["python3", "-c", fetch], network="logist-serves", remove=True
+            STEP_IMAGE, ["python3", "-c", fetch], network=own, remove=True
         )
         assert seen.strip() == b"200"
         # another job's step does not
@@ -449,7 +451,7 @@ def test_default_bridge_jobs_get_a_network_of_their_own_removed_after(
         since=int(started), until=int(time.time()) + 1, decode=True, filters={"type": "network"}
     )
     created = {e["Actor"]["Attributes"].get("name") for e in events if e["Action"] == "create"}
-    assert "logist-own" in created
+    assert network_name("own", jobs_root) in created
     assert _left(docker_client, jobs_root) == ([], [])
 
 
@@ -472,7 +474,9 @@ def _probe_gateway(jobs_root, repo, docker_client, job_id: str, port: int, *extr
         subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ) as runner:
         net = wait_for(
-            lambda: docker_client.networks.list(names=[f"logist-{job_id}"]), 60, "the network"
+            lambda: docker_client.networks.list(names=[network_name(job_id, jobs_root)]),
+            60,
+            "the network",
         )[0]
         net.reload()
         gateway = net.attrs["IPAM"]["Config"][0]["Gateway"]
@@ -511,8 +515,12 @@ def test_a_network_a_killed_run_left_is_replaced_when_the_job_runs_again(
     jobs_root, repo, outside, docker_client
 ):
     egress, _ = outside
-    stale = docker_client.networks.create("logist-again", driver="bridge", check_duplicate=True)
-    labels = {"logist.managed": "true", "logist.job": "again", "logist.step": "proxy"}
+    name = network_name("again", jobs_root)
+    labels = {"logist.managed": "true", "logist.job": "again", "logist.jobs-dir": str(jobs_root)}
+    stale = docker_client.networks.create(
+        name, driver="bridge", check_duplicate=True, labels={**labels, "logist.step": "network"}
+    )
+    labels["logist.step"] = "proxy"
     squatter = docker_client.containers.run(
         BUSYBOX, ["sleep", "60"], detach=True, network=stale.name, labels=labels
     )
@@ -522,9 +530,33 @@ def test_a_network_a_killed_run_left_is_replaced_when_the_job_runs_again(
         out = _run(jobs_root, egress, "again", "--repo", str(repo), *allow, checks=checks)
         assert out.returncode == 0, out.stderr
         assert _results(out) == {"GET http://web.example.test/": "200 hello-web"}
-        assert not docker_client.networks.list(names=["logist-again"])
+        assert not docker_client.networks.list(names=[name])
     finally:
         with contextlib.suppress(Exception):
             squatter.remove(force=True)
         with contextlib.suppress(Exception):
             stale.remove()
+
+
+@pytest.mark.timeout(180)
+def test_a_job_of_the_same_id_in_another_jobs_root_leaves_a_running_job_alone(
+    tmp_path, jobs_root, source_repo, docker_client
+):
+    """Network names are engine-wide: each jobs root's job `same` gets a network of its own
+    (the root's hash in the name), and the second never takes the first's for a stale one."""
+    other = tmp_path / "other-root"
+    other.mkdir()
+    for root, step in ((jobs_root, "until [ -e go ]; do sleep 0.05; done"), (other, "true")):
+        out = run_logist(root, "job", "create", "same", "--repo", str(source_repo), "--step", step)
+        assert out.returncode == 0, out.stderr
+    command = _cmd(jobs_root, "job", "run", "same")
+    with ended(
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ) as first:
+        label = {"label": [f"logist.jobs-dir={jobs_root}", "logist.step=1"]}
+        wait_for(lambda: docker_client.containers.list(filters=label), 60, "the first's step")
+        second = run_logist(other, "job", "run", "same")
+        assert second.returncode == 0, second.stderr
+        (jobs_root / "same" / "workspace" / "go").write_text("")
+        _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err

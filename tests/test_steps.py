@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import resource
 import signal
 import subprocess
 import time
@@ -496,3 +497,45 @@ def test_the_next_steps_container_is_made_during_a_harvest_and_removed_when_the_
     assert view["steps"][1]["started_at"] is None, "step 2 ran"
     everything = [f"logist.job={job}", f"logist.jobs-dir={jobs_root}"]
     assert docker_client.containers.list(all=True, filters={"label": everything}) == []
+
+
+# --- the container made ahead, in a long job and under a prune (red team, 12-05) ---------------
+
+SLOW = "for i in 1 2 3; do head -c 25000000 /dev/urandom > big$i.bin; done"  # harvest: seconds
+
+
+@pytest.mark.timeout(300)
+def test_a_long_job_keeps_no_engine_connection_per_step(jobs_root, source_repo, logist):
+    """A client made by a thread that ended (one a step: the next step's container is made
+    in a thread) is not kept with its connection: 40 steps under a 100-descriptor limit."""
+    job = create(logist, source_repo, *["true"] * 40)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    out = logist(
+        "job",
+        "run",
+        job,
+        timeout=280,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (100, hard)),
+    )
+    assert out.returncode == 0, out.stderr[-1500:]
+    assert status(logist, job)["state"] == "succeeded"
+
+
+def test_a_container_prune_during_the_harvest_does_not_fail_the_next_step(
+    docker_client, jobs_root, source_repo, logist
+):
+    """Step 2's container, created ahead, sits in ``created`` for the whole of step 1's
+    harvest: a `docker container prune` then (a cron's) removes it and step 2 fails with
+    "the step's container disappeared" (nothing ran; the job is failed for good)."""
+    job = create(logist, source_repo, SLOW, "echo two > two.txt")
+    proc = popen_logist(jobs_root, "job", "run", job)
+    labels = [f"logist.jobs-dir={jobs_root}", f"logist.job={job}", "logist.step=2"]
+    wait_for(
+        lambda: docker_client.containers.list(all=True, sparse=True, filters={"label": labels}),
+        120,
+        "step 2's container made ahead",
+    )
+    docker_client.containers.prune(filters={"label": f"logist.jobs-dir={jobs_root}"})
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    assert status(logist, job)["state"] == "succeeded"

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import create_job, run_logist
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]
 
@@ -102,7 +105,6 @@ def test_a_helper_that_does_not_see_the_marker_written_for_it_runs_no_step(
     the marker through the helper, the job stays pending, no step ran, nothing is left."""
     from logist import Runtime, containers
     from logist.errors import WorkspaceUnseen
-    from tests.helpers import create_job
     from tests.helpers import job_status as status
 
     job = create_job(logist, source_repo, "echo ran > ran.txt")
@@ -152,7 +154,6 @@ def test_an_engine_that_cannot_stat_the_marker_leaves_the_check_to_the_helpers_f
     decides, still before any step: a replaced directory is caught, a real one runs."""
     from logist import Runtime, visibility
     from logist.errors import WorkspaceUnseen
-    from tests.helpers import create_job
     from tests.helpers import job_status as status
 
     asked: list[str] = []
@@ -186,7 +187,6 @@ def test_the_marker_is_found_by_the_engines_stat_of_the_created_helper(
     from logist import Runtime, visibility
     from logist.jobrun import JobRun
     from logist.sandbox import Sandbox
-    from tests.helpers import create_job
 
     job = create_job(logist, source_repo, "true")
     runtime = Runtime(jobs_root)
@@ -203,3 +203,93 @@ def test_the_marker_is_found_by_the_engines_stat_of_the_created_helper(
         assert visibility.stat_says(container, token) is True
         (run.dir.exchange / visibility.marker_name(token)).write_text(token + "x")
         assert visibility.stat_says(container, token) is False
+
+
+# --- engines that answer the stat oddly, a jobs root seen elsewhere (red team, 12-05) ------------
+
+CID = r"/containers/[0-9a-f]{12,}"
+
+
+def _bodiless(code: int) -> bytes:
+    """An engine's error answer to a HEAD request: no body."""
+    return f"HTTP/1.1 {code} Error\r\nContent-Length: 0\r\n\r\n".encode()
+
+
+@pytest.fixture
+def proxy(monkeypatch):
+    import tests.faultproxy as fp
+
+    monkeypatch.setattr(fp, "_error_response", _bodiless)
+    monkeypatch.setenv("LOGIST_TEST_SUBPROCESS", "1")
+    with fp.FaultProxy() as p:
+        yield p
+
+
+def _via(proxy, jobs_root, *args):
+    env = {"DOCKER_HOST": proxy.host, "LOGIST_DOCKER_TIMEOUT": "5"}
+    return run_logist(jobs_root, *args, env=env)
+
+
+@pytest.mark.timeout(120)
+def test_an_engine_that_answers_the_stat_404_falls_back_to_the_first_line(
+    proxy, jobs_root, source_repo, logist
+):
+    """An engine (or socket proxy) without HEAD .../archive answers 404, like a missing file:
+    the job must not be called unseen when the helper's first line would prove it seen."""
+    proxy.fail("HEAD", r"/archive$", "status:404")
+    job = create_job(logist, source_repo, "echo ran > ran.txt")
+    out = _via(proxy, jobs_root, "job", "run", job)
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.timeout(120)
+def test_an_engine_fault_after_the_stat_is_exit_3_without_a_traceback(
+    proxy, jobs_root, source_repo, logist
+):
+    """HEAD 404, then the helper's inspect (``container.reload`` in ``stat_says``, outside
+    ``engine_errors``) fails with a 500: a raw APIError, traceback, exit 1."""
+    proxy.fail("HEAD", r"/archive$", "status:404")
+    proxy.fail("GET", CID + r"/json$", "500", skip=1, times=1)  # the 1st is create's own
+    job = create_job(logist, source_repo, "echo ran > ran.txt")
+    out = _via(proxy, jobs_root, "job", "run", job)  # conftest: no traceback allowed
+    assert out.returncode == 3, out.stderr
+
+
+LOGIST_PKG = Path(__file__).resolve().parent.parent / "logist"
+SITE = "/opt/logist/lib/python3.11/site-packages/logist"
+
+
+@pytest.mark.timeout(240)
+def test_a_job_continued_where_the_engine_sees_another_directory_runs_no_step(
+    docker_client, jobs_root, source_repo, logist, tmp_path
+):
+    """`job step` ran step 1 where the engine saw the jobs root. `job run` then comes from a
+    logist whose jobs root (here a copy, at the same path) the engine does not see: the job is
+    pending, ready and harvested, so ``seen`` skips the check and step 2 runs in the engine's
+    directory at that path. Promise: exit 3, nothing ran."""
+    job = create_job(logist, source_repo, "echo one > one.txt", "echo two > two.txt")
+    assert logist("job", "step", job).returncode == 0
+    copy = tmp_path / "jobs-copy"
+    shutil.copytree(jobs_root, copy, symlinks=True)
+    c = docker_client.containers.run(
+        "logist/logist:latest",
+        entrypoint=["sh", "-c", f"logist --jobs-dir {jobs_root} job run {job}; echo rc=$?"],
+        volumes={
+            "/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
+            str(copy): {"bind": str(jobs_root), "mode": "rw"},
+            str(source_repo): {"bind": str(source_repo), "mode": "rw"},
+            str(LOGIST_PKG): {"bind": SITE, "mode": "ro"},  # this checkout's code
+        },
+        detach=True,
+    )
+    try:
+        c.wait(timeout=180)
+        text = c.logs().decode()
+    finally:
+        c.remove(force=True)
+        for left in docker_client.containers.list(
+            all=True, filters={"label": f"logist.jobs-dir={jobs_root}"}
+        ):
+            left.remove(force=True)
+    assert not (jobs_root / job / "workspace" / "two.txt").exists(), text
+    assert "rc=3" in text, text
