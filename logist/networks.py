@@ -360,6 +360,8 @@ def _remove_stale(cli: DockerClient, name: str, job_id: str, jobs_root: Path) ->
                 with contextlib.suppress(docker.errors.APIError):
                     box.remove(force=True)
     remove_networks(cli, jobs_root, nets=[net])  # retried while the endpoints go
+
+
 def _network_options(cli: DockerClient, internal: bool) -> dict[str, str] | None:
     """Driver options of a job's network. Podman: ``isolate`` (netavark otherwise routes
     between its networks: one job's steps would reach another's). Docker, internal: no address

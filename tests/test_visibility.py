@@ -25,23 +25,29 @@ logist --jobs-dir {root} job status vis --json
 """
 
 
-def run_logist_in_container(docker_client, root: str, volumes: dict) -> tuple[int, str, dict]:
-    """Run a job with logist inside ``logist/logist:latest`` against the host's engine."""
+def in_logist_container(docker_client, script: str, root: str, volumes: dict) -> str:
+    """The output of ``script`` run in ``logist/logist:latest`` against the host's engine;
+    every container of the jobs root ``root`` is removed after."""
     container = docker_client.containers.run(
         LOGIST_IMAGE,
-        entrypoint=["sh", "-c", SCRIPT.format(root=root)],
+        entrypoint=["sh", "-c", script],
         volumes={"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"}, **volumes},
         detach=True,
     )
     try:
         container.wait(timeout=180)
-        out = container.logs().decode()
+        return container.logs().decode()
     finally:
         container.remove(force=True)
         for c in docker_client.containers.list(
             all=True, filters={"label": f"logist.jobs-dir={root}"}
         ):
             c.remove(force=True)
+
+
+def run_logist_in_container(docker_client, root: str, volumes: dict) -> tuple[int, str, dict]:
+    """Run a job with logist inside ``logist/logist:latest`` against the host's engine."""
+    out = in_logist_container(docker_client, SCRIPT.format(root=root), root, volumes)
     code = int(next(line for line in out.splitlines() if line.startswith("rc="))[3:])
     stderr = next(line for line in out.splitlines() if line.startswith("stderr="))[7:]
     status = json.loads(out[out.index("{") :])
@@ -271,25 +277,15 @@ def test_a_job_continued_where_the_engine_sees_another_directory_runs_no_step(
     assert logist("job", "step", job).returncode == 0
     copy = tmp_path / "jobs-copy"
     shutil.copytree(jobs_root, copy, symlinks=True)
-    c = docker_client.containers.run(
-        "logist/logist:latest",
-        entrypoint=["sh", "-c", f"logist --jobs-dir {jobs_root} job run {job}; echo rc=$?"],
-        volumes={
-            "/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
+    text = in_logist_container(
+        docker_client,
+        f"logist --jobs-dir {jobs_root} job run {job}; echo rc=$?",
+        str(jobs_root),
+        {
             str(copy): {"bind": str(jobs_root), "mode": "rw"},
             str(source_repo): {"bind": str(source_repo), "mode": "rw"},
             str(LOGIST_PKG): {"bind": SITE, "mode": "ro"},  # this checkout's code
         },
-        detach=True,
     )
-    try:
-        c.wait(timeout=180)
-        text = c.logs().decode()
-    finally:
-        c.remove(force=True)
-        for left in docker_client.containers.list(
-            all=True, filters={"label": f"logist.jobs-dir={jobs_root}"}
-        ):
-            left.remove(force=True)
     assert not (jobs_root / job / "workspace" / "two.txt").exists(), text
     assert "rc=3" in text, text
