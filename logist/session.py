@@ -138,10 +138,13 @@ def container_of(run: JobRun) -> Any:
     """The session's container while it runs (or is paused), else None."""
     import docker
 
+    cid = run.job.session.get("container")
+    if not cid:  # its start was killed before the container was recorded: none runs
+        return None
     cli = run.dock.client()
     what = f"looking up session {run.job.id}'s container"
     with containers.engine_errors(what, cli), contextlib.suppress(docker.errors.NotFound):
-        box = cli.containers.get(run.job.session.get("container") or "")
+        box = cli.containers.get(cid)
         return box if box.status in ("running", "paused") else None
     return None
 

@@ -3,6 +3,7 @@ job, and nothing left behind; through the command line and through ``Runtime.ses
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import time
 import pytest
 
 import logist
-from tests.helpers import git, wait_for
+from tests.helpers import git, run_logist, wait_for
 
 STEP_IMAGE = "logist/step:latest"
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]
@@ -272,3 +273,46 @@ def test_session_exec_takes_its_options_before_the_double_dash_and_the_command_a
     bad = logist("session", "exec", sid, "--env", "NOT-A-NAME=x", "--", "true")
     assert bad.returncode == 2
     assert logist("session", "stop", sid).returncode == 0
+
+
+def _killed_in_its_start(jobs_root, source_repo, job_id: str) -> bool:
+    """``session start`` SIGKILLed once the manifest says running; whether that was before
+    its container was recorded."""
+    import os
+
+    command = [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), "session", "start"]
+    start = subprocess.Popen(
+        [*command, job_id, "--repo", str(source_repo), "--image", "logist/step:latest"],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    manifest = jobs_root / job_id / "job.json"
+    try:
+        while start.poll() is None:  # `running` is recorded before the clone: kill in it
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                if json.loads(manifest.read_text())["state"] == "running":
+                    break
+    finally:
+        os.killpg(start.pid, signal.SIGKILL)
+        start.wait()
+    return json.loads(manifest.read_text())["session"]["container"] is None
+
+
+@pytest.mark.timeout(240)
+def test_a_session_whose_start_was_killed_before_its_container_breaks_no_sweep(
+    jobs_root, source_repo, docker_client
+):
+    """The sweep meets a running session with no container recorded: nothing runs for it;
+    the sweep goes on (it once exited 3 on it, and so reaped nothing of any job, ever)."""
+    hit = False
+    for i in range(5):  # a window of the start: tried until hit
+        hit = _killed_in_its_start(jobs_root, source_repo, f"s{i}")
+        out = run_logist(jobs_root, "job", "cleanup", "--stale", "--older-than", "0s", "--json")
+        assert out.returncode == 0, out.stderr
+        if hit:
+            break
+    assert hit, "the start was never killed before its container was recorded"
+    label = {"label": f"logist.jobs-dir={jobs_root}"}
+    assert docker_client.containers.list(all=True, filters=label) == []
+    assert docker_client.networks.list(filters=label) == []
