@@ -27,15 +27,17 @@ if TYPE_CHECKING:
 
 
 def default_root(option: str | None = None) -> Path:
-    """``--jobs-dir``, else ``$LOGIST_JOBS_DIR``, else ``~/.logist/jobs``; absolute, created
-    private (0700), and tightened to that when it holds only jobs (``doctor`` reports a jobs
-    root that others can still reach)."""
+    """``--jobs-dir``, else ``$LOGIST_JOBS_DIR``, else ``~/.logist/jobs``; absolute, without
+    symlinks (one name for it however it is given: labels and mount sources compare equal),
+    created private (0700), and tightened to that when it holds only jobs (``doctor`` reports
+    a jobs root that others can still reach)."""
     raw = option or os.environ.get("LOGIST_JOBS_DIR") or "~/.logist/jobs"
     root = Path(raw).expanduser().absolute()
     try:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create jobs root {root}: {exc.strerror}") from None
+    root = root.resolve()
     with contextlib.suppress(OSError):
         _tighten(root)
     return root

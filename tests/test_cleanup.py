@@ -1153,3 +1153,34 @@ def test_a_broken_manifest_of_another_job_does_not_break_job_run(
             fake.remove(force=True)
     assert out.returncode == 0, out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.timeout(180)
+def test_a_sweep_by_another_path_of_the_jobs_root_reaps_a_killed_runs_containers(
+    tmp_path, jobs_root, source_repo, docker_client
+):
+    """A job run through ``--jobs-dir LINK`` (a symlink to the jobs root) and SIGKILLed; cron
+    sweeps by the real path: the jobs root has one name (its real path) in labels and mount
+    sources, so the sweep finds the killed run's containers and network."""
+    link = tmp_path / "link"
+    link.symlink_to(jobs_root)
+    out = run_logist(link, "job", "create", "x", "--repo", str(source_repo), "--step", "sleep 300")
+    assert out.returncode == 0, out.stderr
+    command = [sys.executable, "-m", "logist", "--jobs-dir", str(link), "job", "run", "x"]
+    runner = subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    real = jobs_root.resolve()
+    try:
+        step = {"label": ["logist.job=x", "logist.step=1", f"logist.jobs-dir={real}"]}
+        wait_for(lambda: docker_client.containers.list(filters=step), 60, "the step")
+    finally:
+        os.killpg(runner.pid, signal.SIGKILL)
+        runner.wait()
+    out = run_logist(jobs_root, "job", "cleanup", "--stale", "--older-than", "0s")
+    assert out.returncode == 0, out.stderr
+    for root in (real, link):
+        mine = {"label": ["logist.job=x", f"logist.jobs-dir={root}"]}
+        assert docker_client.containers.list(all=True, filters=mine) == []
+        assert docker_client.networks.list(filters=mine) == []
+    assert not (jobs_root / "x" / "workspace").exists()
