@@ -124,6 +124,10 @@ def _live(rt: Runtime, job_id: str) -> Iterator[tuple[JobRun, Any]]:
             raise InvalidTransition(f"session {job_id} is {job.state}, not running")
         cid = job.session.get("container") or ""
         box = container_of(run)
+        if box is not None and box.status == "paused":  # a harvest killed while it held it
+            with contextlib.suppress(Exception):  # we hold the lock: no harvest runs now
+                box.unpause()
+                box.reload()
         if box is None:
             job.stop_running(INTERRUPTED, f"the session's container {cid[:12]} is gone")
             run.save()

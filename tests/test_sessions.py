@@ -316,3 +316,19 @@ def test_a_session_whose_start_was_killed_before_its_container_breaks_no_sweep(
     label = {"label": f"logist.jobs-dir={jobs_root}"}
     assert docker_client.containers.list(all=True, filters=label) == []
     assert docker_client.networks.list(filters=label) == []
+
+
+@pytest.mark.timeout(180)
+def test_a_session_left_paused_by_a_killed_harvest_runs_its_next_command(
+    logist, source_repo, jobs_root, docker_client
+):
+    """A harvest pauses the session's container; one killed then leaves it paused. The next
+    command (under the session's lock: no harvest runs) unpauses it and runs."""
+    sid = start(logist, source_repo)
+    labels = {"label": [f"logist.jobs-dir={jobs_root}", f"logist.job={sid}", "logist.step=session"]}
+    [box] = docker_client.containers.list(filters=labels)
+    box.pause()
+    out = logist("session", "exec", sid, "--", "sh", "-c", "echo after > after.txt")
+    assert out.returncode == 0, out.stderr
+    assert logist("session", "stop", sid).returncode == 0
+    assert git(source_repo, "show", f"logist/{sid}:after.txt") == "after\n"
