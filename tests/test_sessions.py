@@ -115,7 +115,8 @@ def test_an_exception_in_the_block_still_harvests_and_stops(rt, source_repo, doc
 def test_a_timeout_stops_that_command_not_the_session(rt, source_repo):
     with rt.session(repo=str(source_repo), image=STEP_IMAGE, network="none") as s:
         started = time.monotonic()
-        r = s.exec(["sh", "-c", "echo begun; sleep 60"], timeout=1)
+        # 5 s: on a loaded machine the exec alone may take more than a second to print
+        r = s.exec(["sh", "-c", "echo begun; sleep 60"], timeout=5)
         assert r.timed_out and r.exit_code != 0 and r.output == "begun\n"
         assert time.monotonic() - started < 20
         assert s.exec(["sh", "-c", SLEEPERS]).output == "0\n"
