@@ -35,6 +35,12 @@ def _non_negative_float(text: str) -> float | None:
 
 _SPEC_VALUES = {o.flag: o.param for o in JOB_OPTIONS if not o.many}
 _SPEC_LISTS = {o.flag: o.param for o in JOB_OPTIONS if o.many}
+# the value options of the commands that take a spec (`job create`, `run`)
+_SPEC_FILE_VALUES = {
+    "--file": ("file", Path),
+    "-f": ("file", Path),
+    **{k: (v, None) for k, v in _SPEC_VALUES.items()},
+}
 
 # command -> (positional: "none" | "one" | "many" | "optional", value options, list options,
 # flags)
@@ -61,26 +67,8 @@ _COMMANDS: dict[tuple[str, ...], tuple[str, dict, dict, dict]] = {
         {},
         {"--stale": "stale", "--force": "force", "--dry-run": "dry_run", "--json": "json_"},
     ),
-    ("job", "create"): (
-        "optional",
-        {
-            "--file": ("file", Path),
-            "-f": ("file", Path),
-            **{k: (v, None) for k, v in _SPEC_VALUES.items()},
-        },
-        _SPEC_LISTS,
-        {},
-    ),
-    ("run",): (
-        "optional",
-        {
-            "--file": ("file", Path),
-            "-f": ("file", Path),
-            **{k: (v, None) for k, v in _SPEC_VALUES.items()},
-        },
-        _SPEC_LISTS,
-        {"--quiet": "quiet", "-q": "quiet"},
-    ),
+    ("job", "create"): ("optional", _SPEC_FILE_VALUES, _SPEC_LISTS, {}),
+    ("run",): ("optional", _SPEC_FILE_VALUES, _SPEC_LISTS, {"--quiet": "quiet", "-q": "quiet"}),
 }
 _POSITIONAL = {("job", "step"): "job_id", ("job", "cancel"): "job_id", ("job", "status"): "job_id"}
 _POSITIONAL[("job", "list")] = ""

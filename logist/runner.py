@@ -79,7 +79,7 @@ class Runner:
         self.notify = notify or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.progress = progress
         self.placer = Placer(engines, 1, self._answers)
-        self._reaping = _Reaping(None, engines)
+        self._reaping: _Reaping | None = None  # run_many's, or a lone job's own
 
     def _answers(self, url: str) -> bool:
         return self.store.docks.get(url).answers()
@@ -91,7 +91,7 @@ class Runner:
         clean up as the contract says. Errors are returned in the result, not raised."""
         store = self.store
         asked_from = time.time()  # cancel requests older than this were for an earlier run
-        if not self._reaping.started:  # one job alone (`job step`): its own reap
+        if self._reaping is None:  # one job alone (`job step`): its own reap
             self._reaping = _Reaping(store, self.engines)
         try:
             with JobRun.open(store, job_id, timeout=LOCK_WAIT) as run:
@@ -155,11 +155,13 @@ class Runner:
             rejected = self._check_secrets(run)  # before any container, the helper's included
             if rejected is not None:
                 return self._concluded(run, None, rejected)
+            reaping = self._reaping
+            assert reaping is not None  # started by run_job or run_many
             # while the workspace is made and the helper starts, after the orphan reap
-            net = JobNetwork.begin(run, after=self._reaping.wait)
+            net = JobNetwork.begin(run, after=reaping.wait)
             workspace = workspace_of(run)
             workspace.prepare()
-            self._reaping.wait()  # a killed run's containers go before this run's start
+            reaping.wait()  # a killed run's containers go before this run's start
             ws = run.dir.workspace
             with Sandbox(run, should_stop=self.interrupt.is_set) as sandbox:
                 # proves the engine sees the job directory before any step, every run (the
@@ -425,30 +427,23 @@ class Runner:
 
 
 class _Reaping:
-    """``reap_orphans`` of ``store`` in a thread of its own (None: nothing to reap), started at
-    once: it overlaps the import of the docker SDK and the clones of the jobs it runs for,
-    which ``wait`` for it before their network and first container. Whatever fails it (an
-    engine, another job's broken manifest) is left to the next sweep, which reports it."""
+    """``reap_orphans`` of ``store`` in a thread of its own, started at once: it overlaps the
+    import of the docker SDK and the clones of the jobs it runs for, which ``wait`` for it
+    before their network and first container. Whatever fails it (an engine, another job's
+    broken manifest) is left to the next sweep, which reports it."""
 
-    def __init__(self, store: Store | None, engines: list[str]) -> None:
-        self._thread: threading.Thread | None = None
-        if store is not None:
-            self._thread = threading.Thread(
-                target=self._reap, args=(store, engines), name="logist-reap", daemon=True
-            )
-            self._thread.start()
+    def __init__(self, store: Store, engines: list[str]) -> None:
+        self._thread = threading.Thread(
+            target=self._reap, args=(store, engines), name="logist-reap", daemon=True
+        )
+        self._thread.start()
 
     def _reap(self, store: Store, engines: list[str]) -> None:
         with contextlib.suppress(Exception):  # housekeeping: the sweep reports what it finds
             reap_orphans(store, engines)
 
-    @property
-    def started(self) -> bool:
-        return self._thread is not None
-
     def wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join(REAP_WAIT)
+        self._thread.join(REAP_WAIT)
 
 
 def _interrupted() -> LogistError:
