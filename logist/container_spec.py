@@ -39,6 +39,7 @@ CREATE_KWARGS = {
     "workdir": "working_dir",
     "mounts": "mounts",
     "network": "network_mode",
+    "network_disabled": "network_disabled",
     "dns": "dns",
     "dns_opt": "dns_opt",
     "memory": "mem_limit",
@@ -80,6 +81,10 @@ class ContainerSpec:
     workdir: str | None = None
     mounts: list[Any] = field(default_factory=list)
     network: str = "none"
+    # logist's own boxes (helper, setup, removal): no network sandbox at all, not even one of
+    # ``none`` (Docker then runs no network hook at start: ~150 ms less a container). Loopback
+    # is still up; /etc/hosts and /etc/resolv.conf are the image's.
+    network_disabled: bool | None = None
     dns: list[str] | None = None
     dns_opt: list[str] | None = None
     memory: int | str | None = None

@@ -385,6 +385,7 @@ def run_helper(
             owner=owner,
             mounts=mounts,
             user=user,
+            network_disabled=True,
         ),
     )
     try:

@@ -46,6 +46,9 @@ class Dock:
         self.timeout = request_timeout() if timeout is None else timeout
         self.pull_timeout = float(os.environ.get("LOGIST_PULL_TIMEOUT") or PULL_TIMEOUT)
         self.version: dict | None = None  # its /version, asked once
+        self.info: Any = None  # what it is (``podman.EngineInfo``), asked once
+        self.info_lock = threading.Lock()  # (Podman's answer runs dpkg-query: costly)
+        self.info_failed: tuple[float, Exception] | None = None  # when, and why
         self.api_version: str | None = None
         self.said: set[str] = set()  # what ``podman.say_once`` said of this engine
         self._local = threading.local()
@@ -93,25 +96,41 @@ class Dock:
         return self._new_client(timeout)
 
     def _new_client(self, timeout: float) -> DockerClient:
+        """A client at the engine's API version. The first one asks ``/version`` itself and
+        keeps the whole answer (``version``): the SDK's ``auto`` would ask once more, and
+        Docker runs ``runc --version`` and ``docker-init --version`` for each ask."""
         import docker
+        import requests
 
         try:
-            if self.name == DEFAULT:
-                made = docker.from_env(timeout=timeout, version=self.api_version or "auto")
-            else:  # DOCKER_TLS_VERIFY / DOCKER_CERT_PATH apply to every tcp:// engine
-                made = docker.from_env(
-                    timeout=timeout,
-                    version=self.api_version or "auto",
-                    environment={**os.environ, "DOCKER_HOST": self.url},
-                    use_ssh_client=self.url.startswith("ssh://"),
-                )
-        except docker.errors.DockerException as exc:
+            if self.api_version is None:
+                first = self._from_env(timeout, docker.constants.DEFAULT_DOCKER_API_VERSION)
+                try:
+                    said = first.version(api_version=False)
+                finally:
+                    first.close()
+                self.version = self.version or said
+                self.api_version = str(said["ApiVersion"])
+            made = self._from_env(timeout, self.api_version)
+        except (docker.errors.DockerException, requests.RequestException, *_NOT_VERSION) as exc:
             raise EngineUnavailable(
                 f"Docker engine unreachable at {self.url}: {reason(exc)}"
             ) from None
-        self.api_version = self.api_version or made.api.api_version  # asked once (~8 ms)
         made._logist_dock = self  # type: ignore[attr-defined]
         return made
+
+    def _from_env(self, timeout: float, version: str) -> DockerClient:
+        import docker
+
+        if self.name == DEFAULT:
+            return docker.from_env(timeout=timeout, version=version)
+        # DOCKER_TLS_VERIFY / DOCKER_CERT_PATH apply to every tcp:// engine
+        return docker.from_env(
+            timeout=timeout,
+            version=version,
+            environment={**os.environ, "DOCKER_HOST": self.url},
+            use_ssh_client=self.url.startswith("ssh://"),
+        )
 
     def lost(self) -> bool:
         """Whether a call found the engine unreachable in the last ``LOST_FOR`` seconds:
@@ -195,6 +214,9 @@ _REASONS = (
     ("Read timed out", "the engine did not answer in time"),
     ("timed out", "the engine did not answer in time"),
 )
+
+
+_NOT_VERSION = (LookupError, ValueError)  # an answer to /version that is not one
 
 
 def reason(exc: BaseException) -> str:

@@ -15,11 +15,12 @@ import contextlib
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from logist.container_spec import DEFAULT_PIDS, STEP
-from logist.dock import dock_of
+from logist.dock import PROBE_FOR, dock_of
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -54,14 +55,29 @@ class EngineInfo:
 
 def engine_info(cli: DockerClient) -> EngineInfo:
     """What answers at ``cli`` (``/version``'s components name Podman; rootless and the cgroup
-    version from Podman's own ``/libpod/info``, else Docker's ``/info``); cached per client.
+    version from Podman's own ``/libpod/info``, else Docker's ``/info``); asked once per engine
+    (its ``Dock``).
 
     Raises:
         docker.errors.APIError, requests.exceptions.RequestException: the engine failed.
     """
-    cached = getattr(cli, "_logist_engine_info", None)
-    if cached is not None:
-        return cached
+    dock = dock_of(cli)
+    if dock.info is not None:
+        return dock.info
+    with dock.info_lock:  # once per engine: every thread's client asks of the same one
+        if dock.info is None:
+            failed = dock.info_failed
+            if failed is not None and time.monotonic() - failed[0] < PROBE_FOR:
+                raise failed[1]  # a hung engine costs one deadline, not one per thread
+            try:
+                dock.info = _ask_info(cli)
+            except Exception as exc:
+                dock.info_failed = (time.monotonic(), exc)
+                raise
+    return dock.info
+
+
+def _ask_info(cli: DockerClient) -> EngineInfo:
     v = _version(cli)
     components = v.get("Components") or []
     podman = next((c for c in components if "podman" in str(c.get("Name", "")).lower()), None)
@@ -74,9 +90,7 @@ def engine_info(cli: DockerClient) -> EngineInfo:
         info = cli.info()
         rootless = any("rootless" in str(o) for o in info.get("SecurityOptions") or [])
         cgroup = str(info.get("CgroupVersion") or "")
-    found = EngineInfo(kind, version, str(v.get("ApiVersion") or ""), rootless, cgroup)
-    cli._logist_engine_info = found  # type: ignore[attr-defined]
-    return found
+    return EngineInfo(kind, version, str(v.get("ApiVersion") or ""), rootless, cgroup)
 
 
 def _version(cli: DockerClient) -> dict:

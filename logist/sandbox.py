@@ -181,6 +181,7 @@ class Sandbox:
                 memory_swap=self.job.limits.helper_memory,
                 workdir="/",
                 stdin_open=stdin_open,
+                network_disabled=True,
             )
             self._container = containers.create(cli, spec)
             if token is None:

@@ -72,6 +72,7 @@ def put_tree(cli: DockerClient, run: JobRun, src: Path, *, image: str) -> None:
                 owner=owner_id(),
                 mounts=[docker.types.Mount("/workspace", volume, type="volume")],
                 cap_add=[],
+                network_disabled=True,
             ),
         )
         try:
