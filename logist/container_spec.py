@@ -42,6 +42,7 @@ CREATE_KWARGS = {
     "network_disabled": "network_disabled",
     "dns": "dns",
     "dns_opt": "dns_opt",
+    "sysctls": "sysctls",
     "memory": "mem_limit",
     "memory_swap": "memswap_limit",
     "pids": "pids_limit",
@@ -87,6 +88,7 @@ class ContainerSpec:
     network_disabled: bool | None = None
     dns: list[str] | None = None
     dns_opt: list[str] | None = None
+    sysctls: dict[str, str] | None = None
     memory: int | str | None = None
     memory_swap: int | str | None = None
     cpus: float | None = None

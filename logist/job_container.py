@@ -58,6 +58,7 @@ def job_container(
         network=net.network,
         dns=net.dns,
         dns_opt=net.dns_opt,
+        sysctls=net.sysctls,
         memory=job.memory or None,
         cpus=job.cpus or None,
         pids=job.pids or None,

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from logist.jobrun import JobRun
 
 PROXY_IMAGE = "logist/proxy:latest"
+NO_IPV6 = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
+INTERNAL_BRIDGE = "lgi"  # Podman: the prefix of internal networks' bridges (firewall rules)
 READY_TIMEOUT = 30.0  # seconds for the proxy to listen
 DRAIN_QUIET = 0.05  # after a step: the proxy's log is read until quiet this long...
 DRAIN_MAX = 0.3  # ...or this long at most
@@ -65,6 +67,7 @@ class Attachment:
     network: str
     env: dict[str, str] = field(default_factory=dict)
     dns: list[str] | None = None
+    sysctls: dict[str, str] | None = None
 
     @property
     def dns_opt(self) -> list[str] | None:
@@ -169,17 +172,9 @@ class JobNetwork:
         tags = labels(job.id, NETWORK, self.run.store.root, owner_id())
         what = f"creating the network {name}"
         with containers.engine_errors(what, self.cli):
-            options = _network_options(self.cli, internal)
             for attempt in range(2):
                 try:
-                    self.cli.networks.create(
-                        name,
-                        driver="bridge",
-                        internal=internal,
-                        labels=tags,
-                        options=options,
-                        check_duplicate=True,
-                    )
+                    _create_network(self.cli, name, internal, tags)
                     break
                 except docker.errors.APIError as exc:
                     if attempt or exc.status_code != 409:
@@ -246,8 +241,11 @@ class JobNetwork:
         url = f"http://{address}:{PROXY_PORT}"
         env = {k: url for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")}
         env.update(NO_PROXY="localhost,127.0.0.1", no_proxy="localhost,127.0.0.1")
-        # names resolve nowhere: the proxy resolves them (it answers no DNS)
-        self.attachment = Attachment(self.name, env, dns=[address])
+        # names resolve nowhere: the proxy resolves them (it answers no DNS). On Podman the
+        # host keeps an IPv6 link-local address on the bridge (services on `::` would answer
+        # there): the steps get no IPv6
+        sysctls = NO_IPV6 if podman.is_podman(cli) else None
+        self.attachment = Attachment(self.name, env, dns=[address], sysctls=sysctls)
 
     def _read(self) -> None:
         with contextlib.suppress(Exception):
@@ -362,14 +360,35 @@ def _remove_stale(cli: DockerClient, name: str, job_id: str, jobs_root: Path) ->
     remove_networks(cli, jobs_root, nets=[net])  # retried while the endpoints go
 
 
-def _network_options(cli: DockerClient, internal: bool) -> dict[str, str] | None:
-    """Driver options of a job's network. Podman: ``isolate`` (netavark otherwise routes
-    between its networks: one job's steps would reach another's). Docker, internal: no address
-    of the host's on its bridge (an internal network's gateway is otherwise the host itself,
-    every service it listens on reachable from the steps); Docker isolates networks itself."""
+def _create_network(cli: DockerClient, name: str, internal: bool, tags: dict) -> None:
+    """The job's network on its engine. Docker, internal: no address of the host's on its
+    bridge (an internal network's gateway is otherwise the host itself, every service it
+    listens on reachable from the steps); Docker isolates networks itself. Podman: ``isolate``
+    (netavark otherwise routes between its networks); an internal one without a DNS server and
+    its bridge named for the host's firewall: netavark 1.4 keeps the host's addresses on it
+    and does not reliably isolate (docs/podman.md, "Networks").
+
+    Raises:
+        docker.errors.APIError: the engine refused (409: the name is taken).
+    """
+    if podman.is_podman(cli) and internal:
+        podman.create_internal_network(cli, name, tags, internal_bridge(name))
+        return
     if podman.is_podman(cli):
-        return {"isolate": "true"}
-    return {"com.docker.network.bridge.inhibit_ipv4": "true"} if internal else None
+        options: dict[str, str] | None = {"isolate": "true"}
+    else:
+        options = {"com.docker.network.bridge.inhibit_ipv4": "true"} if internal else None
+    cli.networks.create(
+        name, driver="bridge", internal=internal, labels=tags, options=options, check_duplicate=True
+    )
+
+
+def internal_bridge(name: str) -> str:
+    """The host's interface of the internal network ``name`` on Podman: ``lgi`` and 12 hex
+    (15 characters, the kernel's limit)."""
+    import hashlib
+
+    return INTERNAL_BRIDGE + hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
 def _bridges(cli: DockerClient) -> bool:

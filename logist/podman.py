@@ -79,18 +79,29 @@ def engine_info(cli: DockerClient) -> EngineInfo:
 
 def _ask_info(cli: DockerClient) -> EngineInfo:
     v = _version(cli)
-    components = v.get("Components") or []
-    podman = next((c for c in components if "podman" in str(c.get("Name", "")).lower()), None)
-    if podman is not None:
-        kind, version = "Podman", str(podman.get("Version") or v.get("Version"))
-        api = (podman.get("Details") or {}).get("APIVersion") or version
-        rootless, cgroup = _podman_host(cli, api)
+    if is_podman(cli):
+        component = _component(v)
+        kind, version = "Podman", str(component.get("Version") or v.get("Version"))
+        rootless, cgroup = _podman_host(cli)
     else:
         kind, version = "Docker", str(v.get("Version"))
         info = cli.info()
         rootless = any("rootless" in str(o) for o in info.get("SecurityOptions") or [])
         cgroup = str(info.get("CgroupVersion") or "")
     return EngineInfo(kind, version, str(v.get("ApiVersion") or ""), rootless, cgroup)
+
+
+def _component(v: dict) -> dict:
+    """Podman's entry among ``/version``'s components ({} for Docker)."""
+    components = v.get("Components") or []
+    return next((c for c in components if "podman" in str(c.get("Name", "")).lower()), {})
+
+
+def _libpod(cli: DockerClient, path: str) -> str:
+    """The URL of ``path`` in Podman's own API, versioned (unversioned: a 404)."""
+    component = _component(_version(cli))
+    api = (component.get("Details") or {}).get("APIVersion") or component.get("Version")
+    return f"{cli.api.base_url}/v{api}/libpod/{path}"
 
 
 def _version(cli: DockerClient) -> dict:
@@ -102,19 +113,43 @@ def _version(cli: DockerClient) -> dict:
 
 
 def is_podman(cli: DockerClient) -> bool:
-    """Whether Podman answers at ``cli`` (one ``/version`` per client)."""
-    return any(
-        "podman" in str(c.get("Name", "")).lower() for c in _version(cli).get("Components") or []
-    )
+    """Whether Podman answers at ``cli`` (``/version`` asked once per engine)."""
+    return bool(_component(_version(cli)))
 
 
-def _podman_host(cli: DockerClient, api_version: str) -> tuple[bool, str]:
-    url = f"{cli.api.base_url}/v{api_version}/libpod/info"  # (unversioned: 404)
-    resp = cli.api.get(url, timeout=dock_of(cli).timeout)
+def _podman_host(cli: DockerClient) -> tuple[bool, str]:
+    resp = cli.api.get(_libpod(cli, "info"), timeout=dock_of(cli).timeout)
     resp.raise_for_status()
     host = resp.json().get("host") or {}
     rootless = bool((host.get("security") or {}).get("rootless"))
     return rootless, str(host.get("cgroupVersion") or "").removeprefix("v")
+
+
+def create_internal_network(cli: DockerClient, name: str, labels: dict, bridge: str) -> None:
+    """An internal network ``name`` through Podman's own API (the compatible one cannot turn
+    its DNS server off): isolated, with no DNS server (a step could ask aardvark-dns on the
+    gateway for any outside name), its bridge named ``bridge`` (for the host's firewall).
+
+    Raises:
+        docker.errors.APIError: the engine refused (409: the name is taken).
+    """
+    import docker
+    import requests
+
+    body = {
+        "name": name,
+        "driver": "bridge",
+        "internal": True,
+        "dns_enabled": False,
+        "network_interface": bridge,
+        "labels": labels,
+        "options": {"isolate": "true"},
+    }
+    resp = cli.api.post(_libpod(cli, "networks/create"), json=body, timeout=dock_of(cli).timeout)
+    try:
+        resp.raise_for_status()
+    except requests.exceptions.HTTPError as exc:
+        raise docker.errors.create_api_error_from_http_exception(exc) from None
 
 
 def bridge_possible(cli: DockerClient) -> bool:

@@ -6,10 +6,10 @@
 #   - writes /etc/containers/containers.conf (marked as logist's; a file of someone else's is
 #     left alone) with default_ulimits this host allows: Podman's default nofile=1048576 fails
 #     "error setting rlimit" where the hard limit is lower;
-#   - where the FORWARD policy drops (Docker sets DROP) and bridged frames go through iptables
-#     (br_netfilter), lets frames switched within one Podman bridge through: else containers on
-#     a Podman *internal* network (a job's with --allow-host) cannot reach each other. Frames
-#     between two bridges are routed, not bridged: networks stay apart;
+#   - sets the host's firewall for Podman's networks (podman_firewall below): frames within one
+#     bridge pass (Docker's FORWARD policy DROP would stop them), nothing is routed between two
+#     Podman bridges, and logist's internal networks (bridges lgi*) reach neither the host nor
+#     anything routed: netavark 1.4 gives neither;
 #   - starts the rootful API service on unix:///run/podman/podman.sock (log:
 #     $LOGIST_PODMAN_LOG, default /var/log/logist-podman.log), clearing a stale socket, and
 #     waits until /version answers.
@@ -160,19 +160,49 @@ start_service() {
   exit 1
 }
 
-# Docker's FORWARD policy DROP also drops frames within a Podman bridge that has no rule of
-# netavark's (its internal networks): accept frames bridged within one Podman bridge.
-allow_bridged() {
-  command -v iptables >/dev/null 2>&1 || return 0
-  [ "$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null || echo 0)" = 1 ] || return 0
-  local rule=(FORWARD -m physdev --physdev-is-bridged -i podman+ -o podman+ -j ACCEPT)
-  if ! iptables -C "${rule[@]}" 2>/dev/null; then
-    iptables -I "${rule[@]}" && say "iptables: frames within one Podman bridge are forwarded"
-  fi
+# rule TOOL TABLE-CHAIN-AND-MATCH...: the rule, inserted at the top unless there already
+rule() {
+  local tool=$1
+  shift
+  "$tool" -C "$@" 2>/dev/null || "$tool" -I "$@"
+}
+
+# The host's firewall for Podman's networks (docs/podman.md, "Networks"), for iptables and
+# ip6tables, each where it exists. "routed" below: not a frame switched within one bridge
+# (those go through the FORWARD chain only where br_netfilter is on).
+#   - Docker's FORWARD policy DROP also drops frames within a Podman bridge that has no rule of
+#     netavark's (its internal networks): frames switched within one Podman bridge (podman*,
+#     and logist's internal ones, lgi*) are accepted;
+#   - netavark 1.4's `isolate` does not reliably keep its networks apart (its drop rules can
+#     come after its accept rules): nothing is routed from one Podman bridge to another, as
+#     Docker keeps its own bridges apart;
+#   - it keeps the host's addresses (the gateway, an IPv6 link-local) on an internal network's
+#     bridge: nothing from logist's internal networks (lgi*) reaches the host itself or is
+#     routed anywhere; their only way out is the job's proxy.
+podman_firewall() {
+  local tool proc physdev routed bridged
+  for tool in iptables ip6tables; do
+    command -v "$tool" >/dev/null 2>&1 || continue
+    proc=/proc/sys/net/bridge/bridge-nf-call-$tool
+    physdev=0
+    [ "$(cat "$proc" 2>/dev/null || echo 0)" = 1 ] && physdev=1
+    routed=()
+    if [ "$physdev" = 1 ]; then
+      routed=(-m physdev ! --physdev-is-bridged)
+      for bridged in podman+ lgi+; do
+        rule "$tool" FORWARD -m physdev --physdev-is-bridged -i "$bridged" -o "$bridged" -j ACCEPT
+      done
+    fi
+    rule "$tool" FORWARD "${routed[@]}" -i podman+ -o podman+ -j DROP
+    rule "$tool" FORWARD "${routed[@]}" -i lgi+ -j DROP
+    rule "$tool" FORWARD "${routed[@]}" -o lgi+ -j DROP
+    rule "$tool" INPUT -i lgi+ -j DROP
+  done
+  say "firewall: Podman's networks apart, logist's internal ones apart from the host"
 }
 
 write_conf /etc/containers/containers.conf root
-allow_bridged
+podman_firewall
 start_service "$SOCK" "$LOG"
 URL="unix://$SOCK"
 say "rootful Podman $(podman version --format '{{.Server.Version}}' 2>/dev/null) ready at $URL"

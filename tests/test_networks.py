@@ -456,19 +456,53 @@ def test_default_bridge_jobs_get_a_network_of_their_own_removed_after(
 
 
 PROBE = """
-import socket, sys
-try:
-    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()
-    print("reached")
-except Exception as exc:
-    print("refused", type(exc).__name__)
+import errno, socket, sys, time
+for address in sys.argv[2:]:
+    for _ in range(50):  # an IPv6 address is unusable for a moment (duplicate detection)
+        try:
+            socket.create_connection((address, int(sys.argv[1])), timeout=3).close()
+            print("reached", address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                time.sleep(0.1)
+                continue
+            print("refused", address, type(exc).__name__)
+        break
+    else:
+        print("refused", address, "unusable")
 """
 
 
+def _host_addresses(net) -> list[str]:
+    """The host's addresses on the network ``net`` once a container is on it: its gateway,
+    and the IPv6 link-local addresses of its bridge (``fe80::...%eth0`` as a step names them)
+    where the bridge has IPv6."""
+    gateway = net.attrs["IPAM"]["Config"][0]["Gateway"]
+    options = net.attrs.get("Options") or {}
+    bridge = options.get("com.docker.network.bridge.name") or f"br-{net.id[:12]}"
+    if not Path(f"/sys/class/net/{bridge}").exists():  # Podman's: its own name for it
+        bridge = subprocess.run(
+            ["podman", "network", "inspect", net.name, "--format", "{{.NetworkInterface}}"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    if Path(f"/proc/sys/net/ipv6/conf/{bridge}/disable_ipv6").read_text().strip() == "1":
+        return [gateway]
+
+    def local() -> list[str]:
+        shown = subprocess.run(
+            ["ip", "-6", "-o", "addr", "show", "dev", bridge], capture_output=True, text=True
+        ).stdout
+        return [w.split("/")[0] for w in shown.split() if w.startswith("fe80:")]
+
+    return [gateway, *(f"{a}%eth0" for a in wait_for(local, 10, f"{bridge}'s link-local"))]
+
+
 def _probe_gateway(jobs_root, repo, docker_client, job_id: str, port: int, *extra: str) -> str:
-    """Run a job whose step connects to its own network's gateway (the host's address on it,
-    which the test writes into the workspace once the network exists) at ``port``."""
-    step = f"while [ ! -s gw ]; do sleep 0.05; done; python3 probe.py $(cat gw) {port}"
+    """Run a job whose step connects to the host's addresses on its own network (its gateway
+    and the bridge's IPv6 link-local ones, which the test writes into the workspace once the
+    network exists) at ``port``: a line for each."""
+    step = f"while [ ! -s gw ]; do sleep 0.05; done; python3 probe.py {port} $(cat gw)"
     command = _cmd(jobs_root, "run", job_id, "--repo", str(repo), *extra, "--step", step)
     with ended(
         subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -479,10 +513,11 @@ def _probe_gateway(jobs_root, repo, docker_client, job_id: str, port: int, *extr
             "the network",
         )[0]
         net.reload()
-        gateway = net.attrs["IPAM"]["Config"][0]["Gateway"]
         ws = jobs_root / job_id / "workspace"
         wait_for(ws.is_dir, 60, "the workspace")
-        (ws / "gw").write_text(gateway)
+        label = {"label": [f"logist.jobs-dir={jobs_root}", "logist.step=1"]}
+        wait_for(lambda: docker_client.containers.list(filters=label), 60, "the step")
+        (ws / "gw").write_text(" ".join(_host_addresses(net)))
         out, err = runner.communicate(timeout=120)
     assert runner.returncode == 0, err
     return out.strip()
@@ -495,18 +530,24 @@ def test_the_host_is_not_reachable_through_an_internal_networks_gateway(
 
     egress, _ = outside
     commit_file(repo, "probe.py", PROBE)
-    server = socket.create_server(("0.0.0.0", 0))  # the test's own, on the host
+    # the test's own, on the host, at every address (IPv6 too, where the host has it)
+    try:
+        server = socket.create_server(("::", 0), family=socket.AF_INET6, dualstack_ipv6=True)
+    except OSError:
+        server = socket.create_server(("0.0.0.0", 0))
     port = server.getsockname()[1]
     try:
         # on a job's own bridge network the host answers at the gateway (docs/security.md)
-        assert _probe_gateway(jobs_root, repo, docker_client, "gw1", port) == "reached"
+        got = _probe_gateway(jobs_root, repo, docker_client, "gw1", port)
+        assert got.splitlines()[0].startswith("reached"), got
         os.environ["LOGIST_EGRESS_NETWORK"] = egress
         try:
             allow = ("--allow-host", "web.example.test")
             got = _probe_gateway(jobs_root, repo, docker_client, "gw2", port, *allow)
         finally:
             del os.environ["LOGIST_EGRESS_NETWORK"]
-        assert got.startswith("refused"), got
+        # neither its IPv4 gateway nor an IPv6 link-local address of its bridge
+        assert got and all(line.startswith("refused") for line in got.splitlines()), got
     finally:
         server.close()
 
