@@ -256,8 +256,12 @@ _RACY = "keep-id requires additional"  # Podman 4.3, rootless: a create racing a
 @contextlib.contextmanager
 def create_guard(cli: DockerClient) -> Iterator[None]:
     """Around a container create: on rootless Podman one create at a time in this process
-    (4.3 fails a keep-id create that races another with "keep-id requires additional UIDs")."""
-    info = engine_info(cli) if is_podman(cli) else None
+    (4.3 fails a keep-id create that races another with "keep-id requires additional UIDs";
+    where the engine does not say what it is, the create goes on: ``retry_create`` then)."""
+    try:
+        info = engine_info(cli) if is_podman(cli) else None
+    except Exception:  # the create that follows reports an engine that fails
+        info = None
     if info is None or not info.rootless:
         yield
         return

@@ -44,9 +44,21 @@ def _boot_ticks() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK")
 
 
+def _this_engines(cgroup: str) -> bool:
+    """Whether a process in ``cgroup`` (its /proc/PID/cgroup) is a container of the engine
+    these tests run against: the Podman lanes run this module at the same time as the Docker
+    one, with the same sleeps (rootless Podman on cgroup v1 makes no cgroup of its own)."""
+    host = os.environ.get("DOCKER_HOST", "")
+    if "/run/podman/" in host:
+        return "libpod" in cgroup
+    if "/run/user/" in host:
+        return "libpod" not in cgroup and "/docker/" not in cgroup
+    return "/docker/" in cgroup or "docker-" in cgroup
+
+
 def _our_sleeps(since: float) -> list[tuple[int, str]]:
-    """Host processes started after ``since`` (boot ticks) running one of this module's
-    ``sleep`` commands (containers included: their processes are host processes too)."""
+    """Processes of this engine's containers started after ``since`` (boot ticks) running one
+    of this module's ``sleep`` commands (their processes are host processes too)."""
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -54,6 +66,7 @@ def _our_sleeps(since: float) -> list[tuple[int, str]]:
         try:
             argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
             started = int(Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[19])
+            cgroup = Path(entry.path, "cgroup").read_text()
         except (OSError, IndexError, ValueError):
             continue
         args = [a.decode(errors="replace") for a in argv if a]
@@ -62,6 +75,7 @@ def _our_sleeps(since: float) -> list[tuple[int, str]]:
             and len(args) >= 2
             and os.path.basename(args[0]) == "sleep"
             and args[1] in SLEEPS
+            and _this_engines(cgroup)
         ):
             found.append((int(entry.name), " ".join(args)))
     return found
@@ -222,6 +236,22 @@ def start_run(jobs_root: Path, job_id: str) -> subprocess.Popen:
         text=True,
         start_new_session=True,
     )
+
+
+def while_running(runner: subprocess.Popen, predicate, timeout: float, what: str):
+    """``wait_for(predicate)`` while ``runner`` runs; a run that ends first, or a wait that
+    times out, fails the test with what the run said."""
+
+    def check():
+        if runner.poll() is not None:
+            raise AssertionError(f"the run ended (exit {runner.returncode}) before {what}")
+        return predicate()
+
+    try:
+        return wait_for(check, timeout, what)
+    except AssertionError as exc:
+        stop_process(runner)
+        raise AssertionError(f"{exc}; the run said: {runner.stderr.read()[-2000:]}") from None
 
 
 def stop_process(proc: subprocess.Popen) -> None:
@@ -826,12 +856,14 @@ def test_sweep_recovers_a_job_whose_runner_was_sigkilled_mid_step(
     )
     runner = start_run(jobs_root, job_id)
     try:
-        container = wait_for(
+        container = while_running(
+            runner,
             lambda: running_step_container(docker_client, jobs_root, job_id, 2),
             60,
             "step 2's container to run",
         )
-        wait_for(
+        while_running(
+            runner,
             lambda: (workspace(jobs_root, job_id) / "two.txt").is_file(),
             30,
             "step 2 to write two.txt",
