@@ -96,9 +96,9 @@ class Dock:
         return self._new_client(timeout)
 
     def _new_client(self, timeout: float) -> DockerClient:
-        """A client at the engine's API version. The first one asks ``/version`` itself and
-        keeps the whole answer (``version``): the SDK's ``auto`` would ask once more, and
-        Docker runs ``runc --version`` and ``docker-init --version`` for each ask."""
+        """A client at the engine's API version. The first one asks the engine what it is
+        (``_said``) and keeps the answer (``version``), which the SDK's ``auto`` would ask
+        once more."""
         import docker
         import requests
 
@@ -106,7 +106,7 @@ class Dock:
             if self.api_version is None:
                 first = self._from_env(timeout, docker.constants.DEFAULT_DOCKER_API_VERSION)
                 try:
-                    said = first.version(api_version=False)
+                    said = _said(first, timeout)
                 finally:
                     first.close()
                 self.version = self.version or said
@@ -117,6 +117,9 @@ class Dock:
                 f"Docker engine unreachable at {self.url}: {reason(exc)}"
             ) from None
         made._logist_dock = self  # type: ignore[attr-defined]
+        if self.url.startswith("unix://"):
+            # no proxy reaches a socket: requests would read the environment for each call
+            made.api.trust_env = False
         return made
 
     def _from_env(self, timeout: float, version: str) -> DockerClient:
@@ -217,6 +220,31 @@ _REASONS = (
 
 
 _NOT_VERSION = (LookupError, ValueError)  # an answer to /version that is not one
+
+
+def _said(cli: DockerClient, timeout: float) -> dict:
+    """What the engine at ``cli`` is, in ``/version``'s shape (``ApiVersion``, ``Version``,
+    Podman's entry in ``Components``), from the headers of its ``/_ping``: ``/version`` costs
+    the engine more (Docker runs ``runc --version`` and ``docker-init --version`` for it,
+    Podman ``dpkg-query`` several times). An engine whose ping does not say: its ``/version``.
+    """
+    resp = cli.api.get(f"{cli.api.base_url}/_ping", timeout=timeout)
+    resp.raise_for_status()
+    api = resp.headers.get("Api-Version")
+    if not api:
+        said = cli.version(api_version=False)
+        if not isinstance(said, dict) or not isinstance(said.get("ApiVersion"), str):
+            raise ValueError("its /version says no API version")
+        return said
+    server = resp.headers.get("Server") or ""
+    version = server.split("/", 1)[1].split(" ", 1)[0] if "/" in server else server
+    said: dict = {"ApiVersion": api, "Version": version, "Components": []}
+    libpod = resp.headers.get("Libpod-Api-Version")
+    if libpod:
+        said["Components"] = [
+            {"Name": "Podman Engine", "Version": libpod, "Details": {"APIVersion": libpod}}
+        ]
+    return said
 
 
 def reason(exc: BaseException) -> str:

@@ -85,22 +85,32 @@ def _ask_info(cli: DockerClient) -> EngineInfo:
         rootless, cgroup = _podman_host(cli)
     else:
         kind, version = "Docker", str(v.get("Version"))
-        info = cli.info()
-        rootless = any("rootless" in str(o) for o in info.get("SecurityOptions") or [])
+        info = _obj(cli.info())
+        rootless = any("rootless" in str(o) for o in _list(info.get("SecurityOptions")))
         cgroup = str(info.get("CgroupVersion") or "")
     return EngineInfo(kind, version, str(v.get("ApiVersion") or ""), rootless, cgroup)
 
 
 def _component(v: dict) -> dict:
     """Podman's entry among ``/version``'s components ({} for Docker)."""
-    components = v.get("Components") or []
+    components = [_obj(c) for c in _list(v.get("Components"))]
     return next((c for c in components if "podman" in str(c.get("Name", "")).lower()), {})
+
+
+def _obj(value: Any) -> dict:
+    """``value`` if the engine answered an object there, else {} (an engine's answers are
+    read defensively: a malformed one is no traceback)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
 
 
 def _libpod(cli: DockerClient, path: str) -> str:
     """The URL of ``path`` in Podman's own API, versioned (unversioned: a 404)."""
     component = _component(_version(cli))
-    api = (component.get("Details") or {}).get("APIVersion") or component.get("Version")
+    api = _obj(component.get("Details")).get("APIVersion") or component.get("Version")
     return f"{cli.api.base_url}/v{api}/libpod/{path}"
 
 
@@ -108,7 +118,7 @@ def _version(cli: DockerClient) -> dict:
     """The engine's ``/version``, asked once per engine (its ``Dock``)."""
     dock = dock_of(cli)
     if dock.version is None:
-        dock.version = cli.version()
+        dock.version = _obj(cli.version())
     return dock.version
 
 
@@ -120,8 +130,8 @@ def is_podman(cli: DockerClient) -> bool:
 def _podman_host(cli: DockerClient) -> tuple[bool, str]:
     resp = cli.api.get(_libpod(cli, "info"), timeout=dock_of(cli).timeout)
     resp.raise_for_status()
-    host = resp.json().get("host") or {}
-    rootless = bool((host.get("security") or {}).get("rootless"))
+    host = _obj(_obj(resp.json()).get("host"))
+    rootless = bool(_obj(host.get("security")).get("rootless"))
     return rootless, str(host.get("cgroupVersion") or "").removeprefix("v")
 
 
