@@ -40,7 +40,7 @@ class _Engine(BaseHTTPRequestHandler):
     ping: dict[str, str] = {}
     bodies: dict[str, object] = {}
 
-    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+    def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/_ping":
             self._send(200, b"OK", self.ping)
@@ -49,7 +49,7 @@ class _Engine(BaseHTTPRequestHandler):
         else:
             self._send(500, b'{"message": "no"}', {})
 
-    do_POST = do_HEAD = do_DELETE = do_GET  # noqa: N815
+    do_POST = do_HEAD = do_DELETE = do_GET
 
     def _send(self, code: int, body: bytes, headers: dict[str, str]) -> None:
         self.send_response(code)
