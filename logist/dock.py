@@ -219,7 +219,7 @@ _REASONS = (
 )
 
 
-_NOT_VERSION = (LookupError, ValueError)  # an answer to /version that is not one
+_NOT_VERSION = (LookupError, ValueError, TypeError, RecursionError)  # not an answer to /version
 
 
 def _said(cli: DockerClient, timeout: float) -> dict:

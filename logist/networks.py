@@ -208,6 +208,8 @@ class JobNetwork:
             read_only=True,
             tmpfs={"/tmp": "size=16m,mode=1777"},
             log_config=log_config,
+            # it relays, never routes: a step with NET_RAW could send it frames for elsewhere
+            sysctls={"net.ipv4.ip_forward": "0", "net.ipv6.conf.all.forwarding": "0"},
         )
         self.proxy = containers.create(cli, spec)
 

@@ -178,9 +178,11 @@ rule() {
 #     Docker keeps its own bridges apart;
 #   - it keeps the host's addresses (the gateway, an IPv6 link-local) on an internal network's
 #     bridge: nothing from logist's internal networks (lgi*) reaches the host itself or is
-#     routed anywhere; their only way out is the job's proxy.
+#     routed anywhere; their only way out is the job's proxy;
+#   - where Docker runs too, nothing is routed between a Podman bridge and a Docker one
+#     (docker0, br-*), either way: Docker's and Podman's jobs apart.
 podman_firewall() {
-  local tool proc physdev routed bridged
+  local tool proc physdev routed bridged bridge
   for tool in iptables ip6tables; do
     command -v "$tool" >/dev/null 2>&1 || continue
     proc=/proc/sys/net/bridge/bridge-nf-call-$tool
@@ -197,6 +199,15 @@ podman_firewall() {
     rule "$tool" FORWARD "${routed[@]}" -i lgi+ -j DROP
     rule "$tool" FORWARD "${routed[@]}" -o lgi+ -j DROP
     rule "$tool" INPUT -i lgi+ -j DROP
+    # Docker's jobs beside Podman's: Docker accepts what leaves its bridges for any other
+    # interface, netavark what leaves its subnets. DOCKER-USER comes first in FORWARD whatever
+    # Docker inserts later (Docker never changes it)
+    if "$tool" -S DOCKER-USER >/dev/null 2>&1; then
+      for bridge in docker0 br-+; do
+        rule "$tool" DOCKER-USER -i podman+ -o "$bridge" -j DROP
+        rule "$tool" DOCKER-USER -i "$bridge" -o podman+ -j DROP
+      done
+    fi
   done
   say "firewall: Podman's networks apart, logist's internal ones apart from the host"
 }

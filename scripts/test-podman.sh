@@ -75,8 +75,10 @@ mapfile -t NONROOT < <(grep -v '^#' tests/podman_core.txt | sed '/^$/d; /^root:/
 # engines, two users, two checkouts): its output is shown when both are done.
 t_rootful=$(date +%s)
 rootful_log=$(mktemp)
-DOCKER_HOST=$ROOTFUL .venv/bin/python -m pytest -q -p no:cacheprovider "${ALL[@]}" \
-  tests/test_podman.py "$@" >"$rootful_log" 2>&1 &
+(DOCKER_HOST=$ROOTFUL .venv/bin/python -m pytest -q -p no:cacheprovider "${ALL[@]}" \
+  tests/test_podman.py "$@" \
+  && DOCKER_HOST=$ROOTFUL .venv/bin/python -m pytest -q -p no:cacheprovider -m beside_docker \
+  tests/test_podman.py "$@") >"$rootful_log" 2>&1 &
 rootful_pid=$!
 
 # The rootless run: its own copy of the checkout and a venv it can read.

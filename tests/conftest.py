@@ -34,12 +34,16 @@ def _engine_problem() -> str | None:
     return None
 
 
+ASKED_FOR = ("rootless_podman", "beside_docker")  # markers of tests collected only with -m
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests about rootless Podman run only when asked for (``-m rootless_podman``, as
-    scripts/test-podman.sh's rootless run does); elsewhere they are deselected, never skipped."""
-    if "rootless_podman" in (config.getoption("-m") or ""):
-        return
-    keep = [i for i in items if i.get_closest_marker("rootless_podman") is None]
+    """Tests about rootless Podman, and about rootful Podman beside Docker, run only when
+    asked for (``-m rootless_podman``, ``-m beside_docker``, as scripts/test-podman.sh's runs
+    do); elsewhere they are deselected, never skipped."""
+    asked = config.getoption("-m") or ""
+    left_out = [m for m in ASKED_FOR if m not in asked]
+    keep = [i for i in items if not any(i.get_closest_marker(m) for m in left_out)]
     if len(keep) != len(items):
         config.hook.pytest_deselected(items=[i for i in items if i not in keep])
         items[:] = keep

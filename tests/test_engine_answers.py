@@ -33,6 +33,7 @@ ENGINES = {
     "podman-info-a-list": (PODMAN_PING, {"/v4.3.1/libpod/info": []}),
     "podman-info-host-a-string": (PODMAN_PING, {"/v4.3.1/libpod/info": {"host": "x"}}),
     "docker-info-a-string": (DOCKER_PING, {"/v1.41/info": "x"}),
+    "version-nested-deeper-than-python-parses": ({}, {"/version": b"[" * 100_000 + b"]" * 100_000}),
 }
 
 
@@ -45,7 +46,8 @@ class _Engine(BaseHTTPRequestHandler):
         if path == "/_ping":
             self._send(200, b"OK", self.ping)
         elif path in self.bodies:
-            self._send(200, json.dumps(self.bodies[path]).encode(), {})
+            body = self.bodies[path]
+            self._send(200, body if isinstance(body, bytes) else json.dumps(body).encode(), {})
         else:
             self._send(500, b'{"message": "no"}', {})
 
@@ -79,9 +81,7 @@ def engine(request, tmp_path):
 
 
 @pytest.mark.parametrize("engine", list(ENGINES), indirect=True)
-def test_a_malformed_engine_answer_is_exit_3_in_one_line_not_a_traceback(
-    engine, tmp_path: Path
-):
+def test_a_malformed_engine_answer_is_exit_3_in_one_line_not_a_traceback(engine, tmp_path: Path):
     repo = make_repo(tmp_path / "src")
     env = {"DOCKER_HOST": engine, "LOGIST_DOCKER_TIMEOUT": "5"}
     out = run_logist(tmp_path / "jobs", "run", "--repo", str(repo), "--step", "true", env=env)

@@ -241,6 +241,8 @@ def test_the_step_sits_on_the_jobs_internal_network_and_the_proxy_is_hardened(
         assert not host["CapAdd"] and "no-new-privileges" in host["SecurityOpt"]
         assert host["Memory"] > 0 and host["PidsLimit"] > 0
         assert proxy.attrs["Config"]["User"] == "proxy"
+        forwarding = "cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv6/conf/all/forwarding"
+        assert proxy.exec_run(["sh", "-c", forwarding]).output.split() == [b"0", b"0"]
         env = dict(e.split("=", 1) for e in step.attrs["Config"]["Env"])
         address = proxy.attrs["NetworkSettings"]["Networks"][net.name]["IPAddress"]
         for key in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
@@ -550,6 +552,71 @@ def test_the_host_is_not_reachable_through_an_internal_networks_gateway(
         assert got and all(line.startswith("refused") for line in got.splitlines()), got
     finally:
         server.close()
+
+
+# a step granted NET_RAW writes UDP datagrams for the host (its address on the egress network)
+# in frames addressed to the proxy's MAC: only a proxy that routes would pass them on
+RAW = r"""
+import os, socket, struct, sys
+dst, port = sys.argv[1], int(sys.argv[2])
+proxy = os.environ["HTTP_PROXY"].split("//")[1].rsplit(":", 1)[0]
+socket.create_connection((proxy, 3128), timeout=5).close()  # its MAC is now in the ARP table
+mac = next(l.split()[3] for l in open("/proc/net/arp") if l.split()[0] == proxy)
+probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+probe.connect((proxy, 9))
+src = probe.getsockname()[0]
+own = open("/sys/class/net/eth0/address").read().strip()
+data = b"routed-by-the-proxy"
+udp = struct.pack("!HHHH", 40000, port, 8 + len(data), 0) + data
+head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                   socket.inet_aton(src), socket.inet_aton(dst))
+words = sum(struct.unpack("!10H", head))
+while words >> 16:
+    words = (words & 0xFFFF) + (words >> 16)
+head = head[:10] + struct.pack("!H", ~words & 0xFFFF) + head[12:]
+frame = bytes.fromhex(mac.replace(":", "")) + bytes.fromhex(own.replace(":", "")) + b"\x08\x00"
+raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+raw.bind(("eth0", 0))
+for _ in range(5):
+    raw.send(frame + head + udp)
+print("sent")
+"""
+
+
+def test_a_step_with_net_raw_cannot_route_through_its_proxy(
+    jobs_root, repo, outside, docker_client
+):
+    import socket
+
+    egress, _ = outside
+    net = docker_client.networks.get(egress)
+    import ipaddress
+
+    config = net.attrs["IPAM"]["Config"][0]  # the host's address on the egress network:
+    host = config.get("Gateway") or str(ipaddress.ip_network(config["Subnet"])[1])
+    commit_file(repo, "raw.py", RAW)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("0.0.0.0", 0))
+    listener.settimeout(3)
+    port = listener.getsockname()[1]
+    try:
+        out = _allowed(
+            jobs_root,
+            egress,
+            "--repo",
+            str(repo),
+            "--cap-add",
+            "NET_RAW",
+            "--step",
+            f"python3 raw.py {host} {port}",
+        )
+        assert out.returncode == 0 and out.stdout.strip() == "sent", out.stderr
+        with pytest.raises(TimeoutError):
+            got = listener.recvfrom(100)
+            raise AssertionError(f"the proxy routed a step's datagram to the host: {got}")
+    finally:
+        listener.close()
+    assert _left(docker_client, jobs_root) == ([], [])
 
 
 def test_a_network_a_killed_run_left_is_replaced_when_the_job_runs_again(

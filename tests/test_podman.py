@@ -160,3 +160,69 @@ def test_rootless_podman_on_cgroup_v1_warns_once_that_limits_are_ignored(
     job = create_job(logist, source_repo, "true", extra=("--network", "none"))
     out = logist("job", "run", job)
     assert out.returncode == 0 and "resource limits" not in out.stderr, out.stderr
+
+
+FETCH = """
+import sys, time, urllib.request
+for _ in range(int(sys.argv[2])):
+    try:
+        print(urllib.request.urlopen(sys.argv[1], timeout=3).status)
+        break
+    except Exception:
+        time.sleep(0.25)
+else:
+    print("unreachable")
+"""
+
+
+@pytest.mark.beside_docker
+@pytest.mark.timeout(300)
+def test_jobs_on_docker_and_on_podman_beside_it_cannot_reach_each_other(tmp_path, source_repo):
+    """Both engines on one host (the rootful run: DOCKER_HOST is Podman, Docker at its socket):
+    a job's step on one engine does not reach a job's server on the other, either way (each
+    engine keeps only its own bridges apart; scripts/ensure-podman.sh's firewall, "Networks" in
+    docs/podman.md)."""
+    import subprocess
+    import sys
+
+    import docker
+
+    from tests.conftest import STEP_IMAGE
+    from tests.helpers import commit_file, run_logist, wait_for
+
+    podman_url, docker_url = os.environ["DOCKER_HOST"], "unix:///var/run/docker.sock"
+    commit_file(source_repo, "fetch.py", FETCH)
+    for n, (serve_on, fetch_on) in enumerate(((docker_url, podman_url), (podman_url, docker_url))):
+        root = tmp_path / f"jobs-{n}"
+        env = {**os.environ, "DOCKER_HOST": serve_on}
+        cmd = [sys.executable, "-m", "logist", "--jobs-dir", str(root), "run", "serves"]
+        cmd += ["--repo", str(source_repo), "--step", "exec python3 -m http.server 8080"]
+        server = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        serving = docker.DockerClient(base_url=serve_on, timeout=30)
+        try:
+            label = {"label": [f"logist.jobs-dir={root}", "logist.step=1"]}
+            listed = lambda c=serving, f=label: c.containers.list(filters=f)  # noqa: E731
+            [box] = wait_for(listed, 60, "the server")
+            [(own, settings)] = box.attrs["NetworkSettings"]["Networks"].items()
+            url = f"http://{settings['IPAddress']}:8080/"
+            # a container on the serving job's network reaches it: the server is up
+            seen = serving.containers.run(
+                STEP_IMAGE, ["python3", "-c", FETCH, url, "40"], network=own, remove=True
+            )
+            assert seen.strip() == b"200", seen
+            out = run_logist(
+                root,
+                "run",
+                "fetches",
+                "--repo",
+                str(source_repo),
+                "--step",
+                f"python3 fetch.py {url} 2",
+                env={"DOCKER_HOST": fetch_on},
+            )
+            assert out.returncode == 0, out.stderr
+            assert out.stdout.strip() == "unreachable", f"{fetch_on} reached {serve_on}'s job"
+        finally:
+            run_logist(root, "job", "cancel", "serves", env={"DOCKER_HOST": serve_on}, timeout=60)
+            server.communicate(timeout=60)
+            serving.close()
