@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 from logist.errors import EngineUnavailable
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from docker import DockerClient
 
 DEFAULT = "default"  # an engine name: the one the SDK finds (DOCKER_HOST, else the socket)
@@ -45,11 +47,8 @@ class Dock:
         self.url = default_engine() if self.name == DEFAULT else self.name
         self.timeout = request_timeout() if timeout is None else timeout
         self.pull_timeout = float(os.environ.get("LOGIST_PULL_TIMEOUT") or PULL_TIMEOUT)
-        self.version: dict | None = None  # its /version, asked once
-        self.info: Any = None  # what it is (``podman.EngineInfo``), asked once
-        self.info_lock = threading.Lock()  # (Podman's answer runs dpkg-query: costly)
-        self.info_failed: tuple[float, Exception] | None = None  # when, and why
-        self.api_version: str | None = None
+        self.version = Asked()  # what it is, in /version's shape (``_said``)
+        self.info = Asked()  # ``podman.EngineInfo`` (Podman's answer runs dpkg-query: costly)
         self.said: set[str] = set()  # what ``podman.say_once`` said of this engine
         self._local = threading.local()
         # every live thread's client, closed by ``close``; an ended thread's goes with it (a
@@ -57,8 +56,6 @@ class Dock:
         self._clients: weakref.WeakSet[DockerClient] = weakref.WeakSet()
         self._lost_at: float | None = None
         self._probed: tuple[float, bool] | None = None
-        self._asking = threading.Lock()  # the first client asks the API version
-        self._ask_failed: tuple[float, EngineUnavailable] | None = None  # when, and why
 
     def client(self) -> DockerClient:
         """This thread's client of the engine; each call has the ``timeout`` deadline.
@@ -81,38 +78,18 @@ class Dock:
                 made.close()
 
     def new_client(self, timeout: float) -> DockerClient:
-        """A client of its own (the caller closes it), with ``timeout``. The engine's API
-        version is asked once (``GET /version``): threads starting together wait for the first."""
-        if self.api_version is None:
-            with self._asking:
-                failed = self._ask_failed
-                if failed is not None and time.monotonic() - failed[0] < min(timeout, 5.0):
-                    raise EngineUnavailable(str(failed[1]))  # just failed: not a deadline more
-                try:
-                    return self._new_client(timeout)
-                except EngineUnavailable as exc:
-                    self._ask_failed = (time.monotonic(), exc)
-                    raise
-        return self._new_client(timeout)
+        """A client of its own (the caller closes it), with ``timeout``, at the engine's API
+        version: asked once (``version``), which the SDK's ``auto`` would ask again for each.
 
-    def _new_client(self, timeout: float) -> DockerClient:
-        """A client at the engine's API version. The first one asks the engine what it is
-        (``_said``) and keeps the answer (``version``), which the SDK's ``auto`` would ask
-        once more."""
+        Raises:
+            EngineUnavailable: no engine answers at the URL.
+        """
         import docker
-        import requests
 
+        said = self.version.get(lambda: self._ask(timeout), min(timeout, PROBE_FOR))
         try:
-            if self.api_version is None:
-                first = self._from_env(timeout, docker.constants.DEFAULT_DOCKER_API_VERSION)
-                try:
-                    said = _said(first, timeout)
-                finally:
-                    first.close()
-                self.version = self.version or said
-                self.api_version = str(said["ApiVersion"])
-            made = self._from_env(timeout, self.api_version)
-        except (docker.errors.DockerException, requests.RequestException, *_NOT_VERSION) as exc:
+            made = self._from_env(timeout, str(said["ApiVersion"]))
+        except (docker.errors.DockerException, *_NOT_VERSION) as exc:
             raise EngineUnavailable(
                 f"Docker engine unreachable at {self.url}: {reason(exc)}"
             ) from None
@@ -121,6 +98,22 @@ class Dock:
             # no proxy reaches a socket: requests would read the environment for each call
             made.api.trust_env = False
         return made
+
+    def _ask(self, timeout: float) -> dict:
+        """What the engine is (``_said``), asked on a client of its own."""
+        import docker
+        import requests
+
+        try:
+            first = self._from_env(timeout, docker.constants.DEFAULT_DOCKER_API_VERSION)
+            try:
+                return _said(first, timeout)
+            finally:
+                first.close()
+        except (docker.errors.DockerException, requests.RequestException, *_NOT_VERSION) as exc:
+            raise EngineUnavailable(
+                f"Docker engine unreachable at {self.url}: {reason(exc)}"
+            ) from None
 
     def _from_env(self, timeout: float, version: str) -> DockerClient:
         import docker
@@ -167,6 +160,37 @@ class Dock:
 
     def __repr__(self) -> str:
         return f"Dock({self.name!r})"
+
+
+class Asked:
+    """One thing asked of an engine once: threads asking together wait for the first answer;
+    a failure is raised again for ``forget_after`` seconds (a hung engine costs one deadline,
+    not one per thread in turn), then asked anew."""
+
+    def __init__(self) -> None:
+        self.value: Any = None
+        self._lock = threading.Lock()
+        self._failed: tuple[float, Exception] | None = None  # when, and why
+
+    def get(self, ask: Callable[[], Any], forget_after: float) -> Any:
+        """The answer, asked with ``ask()`` unless known.
+
+        Raises:
+            what ``ask`` raised (again, within ``forget_after`` seconds).
+        """
+        if self.value is not None:
+            return self.value
+        with self._lock:
+            if self.value is None:
+                failed = self._failed
+                if failed is not None and time.monotonic() - failed[0] < forget_after:
+                    raise failed[1]
+                try:
+                    self.value = ask()
+                except Exception as exc:
+                    self._failed = (time.monotonic(), exc)
+                    raise
+        return self.value
 
 
 class Docks:

@@ -373,13 +373,13 @@ def _create_network(cli: DockerClient, name: str, internal: bool, tags: dict) ->
     Raises:
         docker.errors.APIError: the engine refused (409: the name is taken).
     """
-    if podman.is_podman(cli) and internal:
+    if not podman.is_podman(cli):
+        options = {"com.docker.network.bridge.inhibit_ipv4": "true"} if internal else None
+    elif internal:
         podman.create_internal_network(cli, name, tags, internal_bridge(name))
         return
-    if podman.is_podman(cli):
-        options: dict[str, str] | None = {"isolate": "true"}
     else:
-        options = {"com.docker.network.bridge.inhibit_ipv4": "true"} if internal else None
+        options = {"isolate": "true"}
     cli.networks.create(
         name, driver="bridge", internal=internal, labels=tags, options=options, check_duplicate=True
     )

@@ -15,7 +15,6 @@ import contextlib
 import os
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -61,26 +60,13 @@ def engine_info(cli: DockerClient) -> EngineInfo:
     Raises:
         docker.errors.APIError, requests.exceptions.RequestException: the engine failed.
     """
-    dock = dock_of(cli)
-    if dock.info is not None:
-        return dock.info
-    with dock.info_lock:  # once per engine: every thread's client asks of the same one
-        if dock.info is None:
-            failed = dock.info_failed
-            if failed is not None and time.monotonic() - failed[0] < PROBE_FOR:
-                raise failed[1]  # a hung engine costs one deadline, not one per thread
-            try:
-                dock.info = _ask_info(cli)
-            except Exception as exc:
-                dock.info_failed = (time.monotonic(), exc)
-                raise
-    return dock.info
+    return dock_of(cli).info.get(lambda: _ask_info(cli), PROBE_FOR)
 
 
 def _ask_info(cli: DockerClient) -> EngineInfo:
     v = _version(cli)
-    if is_podman(cli):
-        component = _component(v)
+    component = _component(v)
+    if component:
         kind, version = "Podman", str(component.get("Version") or v.get("Version"))
         rootless, cgroup = _podman_host(cli)
     else:
@@ -115,11 +101,9 @@ def _libpod(cli: DockerClient, path: str) -> str:
 
 
 def _version(cli: DockerClient) -> dict:
-    """The engine's ``/version``, asked once per engine (its ``Dock``)."""
-    dock = dock_of(cli)
-    if dock.version is None:
-        dock.version = _obj(cli.version())
-    return dock.version
+    """What the engine is, in ``/version``'s shape, asked once per engine (its ``Dock``; a
+    client made elsewhere, e.g. a test's: its ``/version``)."""
+    return dock_of(cli).version.get(lambda: _obj(cli.version()), PROBE_FOR)
 
 
 def is_podman(cli: DockerClient) -> bool:

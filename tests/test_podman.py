@@ -184,6 +184,7 @@ def test_jobs_on_docker_and_on_podman_beside_it_cannot_reach_each_other(tmp_path
     docs/podman.md)."""
     import subprocess
     import sys
+    from functools import partial
 
     import docker
 
@@ -201,8 +202,7 @@ def test_jobs_on_docker_and_on_podman_beside_it_cannot_reach_each_other(tmp_path
         serving = docker.DockerClient(base_url=serve_on, timeout=30)
         try:
             label = {"label": [f"logist.jobs-dir={root}", "logist.step=1"]}
-            listed = lambda c=serving, f=label: c.containers.list(filters=f)  # noqa: E731
-            [box] = wait_for(listed, 60, "the server")
+            [box] = wait_for(partial(serving.containers.list, filters=label), 60, "the server")
             [(own, settings)] = box.attrs["NetworkSettings"]["Networks"].items()
             url = f"http://{settings['IPAddress']}:8080/"
             # a container on the serving job's network reaches it: the server is up
