@@ -160,11 +160,18 @@ start_service() {
   exit 1
 }
 
-# rule TOOL TABLE-CHAIN-AND-MATCH...: the rule, inserted at the top unless there already
+# rule TOOL TABLE CHAIN MATCH...: the rule, inserted at the top of the chain unless already there
 rule() {
-  local tool=$1
-  shift
-  "$tool" -C "$@" 2>/dev/null || "$tool" -I "$@"
+  local tool=$1 table=$2 chain=$3
+  shift 3
+  "$tool" -t "$table" -C "$chain" "$@" 2>/dev/null || "$tool" -t "$table" -I "$chain" "$@"
+}
+
+# unrule TOOL TABLE CHAIN MATCH...: the rule gone, wherever it is
+unrule() {
+  local tool=$1 table=$2 chain=$3
+  shift 3
+  while "$tool" -t "$table" -D "$chain" "$@" 2>/dev/null; do :; done
 }
 
 # The host's firewall for Podman's networks (docs/podman.md, "Networks"), for iptables and
@@ -172,7 +179,7 @@ rule() {
 # (those go through the FORWARD chain only where br_netfilter is on).
 #   - Docker's FORWARD policy DROP also drops frames within a Podman bridge that has no rule of
 #     netavark's (its internal networks): frames switched within one Podman bridge (podman*,
-#     and logist's internal ones, lgi*) are accepted;
+#     and logist's internal ones, lgi*) are accepted (filter table);
 #   - netavark 1.4's `isolate` does not reliably keep its networks apart (its drop rules can
 #     come after its accept rules): nothing is routed from one Podman bridge to another, as
 #     Docker keeps its own bridges apart;
@@ -181,33 +188,39 @@ rule() {
 #     routed anywhere; their only way out is the job's proxy;
 #   - where Docker runs too, nothing is routed between a Podman bridge and a Docker one
 #     (docker0, br-*), either way: Docker's and Podman's jobs apart.
+# The drops are in the mangle table, which the kernel walks before the filter table: in the
+# filter table, netavark inserts its own jump at the top of FORWARD the first time it sets up a
+# network, above rules made before it (seen on a fresh machine: two jobs reached each other),
+# and Docker does the same with its chains.
 podman_firewall() {
-  local tool proc physdev routed bridged bridge
+  local tool proc routed bridged bridge
   for tool in iptables ip6tables; do
     command -v "$tool" >/dev/null 2>&1 || continue
     proc=/proc/sys/net/bridge/bridge-nf-call-$tool
-    physdev=0
-    [ "$(cat "$proc" 2>/dev/null || echo 0)" = 1 ] && physdev=1
     routed=()
-    if [ "$physdev" = 1 ]; then
+    if [ "$(cat "$proc" 2>/dev/null || echo 0)" = 1 ]; then
       routed=(-m physdev ! --physdev-is-bridged)
       for bridged in podman+ lgi+; do
-        rule "$tool" FORWARD -m physdev --physdev-is-bridged -i "$bridged" -o "$bridged" -j ACCEPT
+        rule "$tool" filter FORWARD -m physdev --physdev-is-bridged -i "$bridged" -o "$bridged" -j ACCEPT
       done
     fi
-    rule "$tool" FORWARD "${routed[@]}" -i podman+ -o podman+ -j DROP
-    rule "$tool" FORWARD "${routed[@]}" -i lgi+ -j DROP
-    rule "$tool" FORWARD "${routed[@]}" -o lgi+ -j DROP
-    rule "$tool" INPUT -i lgi+ -j DROP
-    # Docker's jobs beside Podman's: Docker accepts what leaves its bridges for any other
-    # interface, netavark what leaves its subnets. DOCKER-USER comes first in FORWARD whatever
-    # Docker inserts later (Docker never changes it)
-    if "$tool" -S DOCKER-USER >/dev/null 2>&1; then
-      for bridge in docker0 br-+; do
-        rule "$tool" DOCKER-USER -i podman+ -o "$bridge" -j DROP
-        rule "$tool" DOCKER-USER -i "$bridge" -o podman+ -j DROP
-      done
-    fi
+    # the filter table's drops of earlier versions of this script
+    unrule "$tool" filter FORWARD "${routed[@]}" -i podman+ -o podman+ -j DROP
+    unrule "$tool" filter FORWARD "${routed[@]}" -i lgi+ -j DROP
+    unrule "$tool" filter FORWARD "${routed[@]}" -o lgi+ -j DROP
+    unrule "$tool" filter INPUT -i lgi+ -j DROP
+    for bridge in docker0 br-+; do
+      unrule "$tool" filter DOCKER-USER -i podman+ -o "$bridge" -j DROP
+      unrule "$tool" filter DOCKER-USER -i "$bridge" -o podman+ -j DROP
+    done
+    rule "$tool" mangle FORWARD "${routed[@]}" -i podman+ -o podman+ -j DROP
+    rule "$tool" mangle FORWARD "${routed[@]}" -i lgi+ -j DROP
+    rule "$tool" mangle FORWARD "${routed[@]}" -o lgi+ -j DROP
+    rule "$tool" mangle INPUT -i lgi+ -j DROP
+    for bridge in docker0 br-+; do
+      rule "$tool" mangle FORWARD -i podman+ -o "$bridge" -j DROP
+      rule "$tool" mangle FORWARD -i "$bridge" -o podman+ -j DROP
+    done
   done
   say "firewall: Podman's networks apart, logist's internal ones apart from the host"
 }
