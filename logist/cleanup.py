@@ -95,8 +95,13 @@ def _remove(
     run.save()
     # 4. delete (files of another uid through a root helper container)
     ws.delete(cli, report)
-    # 5. what is still there is named
-    report.left_behind += [f"container {c.short_id}" for c in containers.find(cli, root, job.id)]
+    # 5. what is still there is named. A request of a runner killed mid-call can still create
+    #    a container after step 1 (the engine finishes what it was asked): those go too
+    late = containers.find(cli, root, job.id)
+    if late:
+        report.containers_removed += containers.stop_and_remove(late, grace=2)
+        late = containers.find(cli, root, job.id)
+    report.left_behind += [f"container {c.short_id}" for c in late]
     if report.workspace_removed:
         _remove_job_repo(run.dir.path, report)
 

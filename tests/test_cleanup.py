@@ -535,6 +535,38 @@ def test_cleanup_harvests_unharvested_work_into_the_branch_and_the_bundle_first(
 
 
 @pytest.mark.docker
+def test_a_container_the_engine_makes_mid_cleanup_for_a_killed_runner_is_removed_too(
+    logist, jobs_root, source_repo, docker_client, monkeypatch
+):
+    """A runner SIGKILLed while its create request is at the engine: the engine still makes the
+    container, after the cleanup's first pass over the job's containers (seen once in the
+    twenty-kills test: "left behind: container ..."). The cleanup's last look removes it."""
+    from logist import cleanup as cleanup_module
+
+    job_id = run_kept_job(logist, source_repo, "true")
+    harvest = cleanup_module.harvest_leftover
+    late = []
+
+    def harvest_then_the_engine_makes_a_container(run, sandbox, *args, **kwargs):
+        done = harvest(run, sandbox, *args, **kwargs)
+        labels = {"logist.managed": "true", "logist.jobs-dir": str(jobs_root), "logist.job": job_id}
+        late.append(
+            docker_client.containers.run(BUSYBOX, ["sleep", "300"], labels=labels, detach=True)
+        )
+        return done
+
+    monkeypatch.setattr(
+        cleanup_module, "harvest_leftover", harvest_then_the_engine_makes_a_container
+    )
+    out, report = cleanup(logist, job_id)
+
+    assert late, "the cleanup harvested nothing: the late container was never made"
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert report["cleaned"][0]["workspace_removed"] is True
+    assert not container_exists(docker_client, late[0].id)
+
+
+@pytest.mark.docker
 def test_a_job_failing_at_step_2_of_3_is_cleaned_up_with_its_partial_work_in_the_branch(
     logist, jobs_root, source_repo, tmp_path
 ):
