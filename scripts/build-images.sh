@@ -36,7 +36,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo -n "$@"; fi; }
 
 apt_install() {
   as_root apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+  DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 as_root apt-get install -y -qq "$@" >/dev/null
 }
 
 # The Debian mirror named by the apt sources (deb822 or one-line format).
@@ -77,10 +77,23 @@ resolve_base() {
 }
 
 build() {  # build TAG CONTEXT [docker build args...]
-  local tag=$1 ctx=$2; shift 2
+  local tag=$1 ctx=$2 log
+  shift 2
+  log=$(mktemp /tmp/logist-build.XXXXXX)
   say "building $tag"
-  DOCKER_BUILDKIT=0 docker build -q -t "$tag" "$@" "$ctx" >/dev/null 2>/tmp/logist-build.log || {
-    cat /tmp/logist-build.log >&2; say "building $tag failed"; return 1; }
+  DOCKER_BUILDKIT=0 docker build -q -t "$tag" "$@" "$ctx" >/dev/null 2>"$log" || {
+    cat "$log" >&2; rm -f "$log"; say "building $tag failed"; return 1; }
+  rm -f "$log"
+}
+
+# The images made from the base are built side by side (each mostly waits on the mirror);
+# `built` waits for them all and fails if one did.
+BUILDS=()
+built() {
+  local pid rc=0
+  for pid in "${BUILDS[@]}"; do wait "$pid" || rc=1; done
+  BUILDS=()
+  return "$rc"
 }
 
 dpkg -s busybox-static >/dev/null 2>&1 || apt_install busybox-static
@@ -100,25 +113,30 @@ fi
 if wanted logist/step:latest "$STEP_SRC" || wanted logist/logist:latest "$LOGIST_SRC" ||
    wanted logist/node:latest "$NODE_SRC" || wanted logist/proxy:latest "$PROXY_SRC"; then
   base=$(resolve_base)
-  if wanted logist/step:latest "$STEP_SRC"; then
-    build logist/step:latest images/step --build-arg "BASE_IMAGE=$base" \
-      --label "logist.source=$STEP_SRC"
-  fi
   if wanted logist/logist:latest "$LOGIST_SRC"; then
     rm -rf build/wheels
     "$PYTHON" -m pip wheel -q --disable-pip-version-check -w build/wheels . 2>&1 |
       grep -v "is ignored: it is neither a file nor a directory" >&2 || true
     ls build/wheels/logist-*.whl >/dev/null
     build logist/logist:latest . --build-arg "BASE_IMAGE=$base" \
-      --label "logist.source=$LOGIST_SRC"
+      --label "logist.source=$LOGIST_SRC" &
+    BUILDS+=($!)
+  fi
+  if wanted logist/step:latest "$STEP_SRC"; then
+    build logist/step:latest images/step --build-arg "BASE_IMAGE=$base" \
+      --label "logist.source=$STEP_SRC" &
+    BUILDS+=($!)
   fi
   if wanted logist/proxy:latest "$PROXY_SRC"; then  # apt-get installs squid from the mirror
     build logist/proxy:latest images/proxy --build-arg "BASE_IMAGE=$base" \
-      --label "logist.source=$PROXY_SRC"
+      --label "logist.source=$PROXY_SRC" &
+    BUILDS+=($!)
   fi
   if wanted logist/node:latest "$NODE_SRC"; then  # apt-get installs docker.io from the mirror
     build logist/node:latest images/node --build-arg "BASE_IMAGE=$base" \
-      --label "logist.source=$NODE_SRC"
+      --label "logist.source=$NODE_SRC" &
+    BUILDS+=($!)
   fi
+  built || { say "an image failed to build"; exit 1; }
 fi
 say "images ready: $(docker images --format '{{.Repository}}:{{.Tag}}' | grep '^logist/' | sort | tr '\n' ' ')"
