@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from logist import containers, output, podman
 from logist.container_spec import JOB, MANAGED, NETWORK, PROXY, ROOT, STEP, ContainerSpec, labels
 from logist.egress import PROXY_PORT, DeniedLog, parse_patterns, squid_config
-from logist.errors import EnvironmentProblem, LogistError, Rejected
+from logist.errors import EngineUnavailable, EnvironmentProblem, LogistError, Rejected
 from logist.store import owner_id
 
 if TYPE_CHECKING:
@@ -292,6 +292,8 @@ class JobNetwork:
         if self._stream is not None:
             with contextlib.suppress(Exception):
                 self._stream.close()
+        if self.run.dock.lost():  # an engine just found gone is not waited on: the sweep's
+            return
         import docker
 
         with contextlib.suppress(LogistError):
@@ -438,6 +440,8 @@ def remove_networks(
                     net.remove()
                 removed += 1
                 break
+            except EngineUnavailable:
+                raise  # no answer in the deadline: once, not six times (the sweep reaps it)
             except LogistError:
                 if attempt == 5:
                     raise
