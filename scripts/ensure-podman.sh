@@ -174,6 +174,21 @@ unrule() {
   while "$tool" -t "$table" -D "$chain" "$@" 2>/dev/null; do :; done
 }
 
+# drops DO TOOL TABLE BETWEEN: the drops below made (DO=rule) or removed (DO=unrule) in TABLE;
+# those between Podman's and Docker's bridges in its chain BETWEEN (the caller's `routed`: the
+# match of what is routed, not switched within one bridge)
+drops() {
+  local do=$1 tool=$2 table=$3 between=$4 bridge
+  "$do" "$tool" "$table" FORWARD "${routed[@]}" -i podman+ -o podman+ -j DROP
+  "$do" "$tool" "$table" FORWARD "${routed[@]}" -i lgi+ -j DROP
+  "$do" "$tool" "$table" FORWARD "${routed[@]}" -o lgi+ -j DROP
+  "$do" "$tool" "$table" INPUT -i lgi+ -j DROP
+  for bridge in docker0 br-+; do
+    "$do" "$tool" "$table" "$between" -i podman+ -o "$bridge" -j DROP
+    "$do" "$tool" "$table" "$between" -i "$bridge" -o podman+ -j DROP
+  done
+}
+
 # The host's firewall for Podman's networks (docs/podman.md, "Networks"), for iptables and
 # ip6tables, each where it exists. "routed" below: not a frame switched within one bridge
 # (those go through the FORWARD chain only where br_netfilter is on).
@@ -193,7 +208,7 @@ unrule() {
 # network, above rules made before it (seen on a fresh machine: two jobs reached each other),
 # and Docker does the same with its chains.
 podman_firewall() {
-  local tool proc routed bridged bridge
+  local tool proc routed bridged
   for tool in iptables ip6tables; do
     command -v "$tool" >/dev/null 2>&1 || continue
     proc=/proc/sys/net/bridge/bridge-nf-call-$tool
@@ -204,23 +219,8 @@ podman_firewall() {
         rule "$tool" filter FORWARD -m physdev --physdev-is-bridged -i "$bridged" -o "$bridged" -j ACCEPT
       done
     fi
-    # the filter table's drops of earlier versions of this script
-    unrule "$tool" filter FORWARD "${routed[@]}" -i podman+ -o podman+ -j DROP
-    unrule "$tool" filter FORWARD "${routed[@]}" -i lgi+ -j DROP
-    unrule "$tool" filter FORWARD "${routed[@]}" -o lgi+ -j DROP
-    unrule "$tool" filter INPUT -i lgi+ -j DROP
-    for bridge in docker0 br-+; do
-      unrule "$tool" filter DOCKER-USER -i podman+ -o "$bridge" -j DROP
-      unrule "$tool" filter DOCKER-USER -i "$bridge" -o podman+ -j DROP
-    done
-    rule "$tool" mangle FORWARD "${routed[@]}" -i podman+ -o podman+ -j DROP
-    rule "$tool" mangle FORWARD "${routed[@]}" -i lgi+ -j DROP
-    rule "$tool" mangle FORWARD "${routed[@]}" -o lgi+ -j DROP
-    rule "$tool" mangle INPUT -i lgi+ -j DROP
-    for bridge in docker0 br-+; do
-      rule "$tool" mangle FORWARD -i podman+ -o "$bridge" -j DROP
-      rule "$tool" mangle FORWARD -i "$bridge" -o podman+ -j DROP
-    done
+    drops unrule "$tool" filter DOCKER-USER  # where earlier versions of this script made them
+    drops rule "$tool" mangle FORWARD
   done
   say "firewall: Podman's networks apart, logist's internal ones apart from the host"
 }
