@@ -2,7 +2,8 @@
 # Make sure a Docker engine answers. Idempotent: does nothing when `docker info` works.
 # As root on a machine without an engine: installs Debian's docker.io if dockerd is missing,
 # clears a stale pid file left by a killed daemon, starts dockerd in the background with its
-# log in $LOGIST_DOCKERD_LOG (default /var/log/logist-dockerd.log) and waits (bounded).
+# log in $LOGIST_DOCKERD_LOG (default /var/log/logist-dockerd.log) and waits (bounded). As root,
+# it also turns on the reverse-path filter on the engine's bridges (scripts/rp-filter.sh).
 set -euo pipefail
 
 WAIT_SECONDS=${LOGIST_DOCKERD_WAIT:-60}
@@ -12,8 +13,12 @@ PIDFILE=/var/run/docker.pid
 say() { echo "ensure-docker: $*" >&2; }
 
 engine_answers() { docker info >/dev/null 2>&1; }
+# as root, the host's reverse-path filter on the engine's bridges (scripts/rp-filter.sh)
+HERE=$(cd "$(dirname "$0")" && pwd)
+harden() { [ "$(id -u)" != 0 ] || "$HERE/rp-filter.sh"; }
 
 if command -v docker >/dev/null 2>&1 && engine_answers; then
+  harden
   exit 0
 fi
 
@@ -60,6 +65,7 @@ fi
 for _ in $(seq 1 "$WAIT_SECONDS"); do
   if engine_answers; then
     say "engine ready: $(docker version --format '{{.Server.Version}}' 2>/dev/null)"
+    harden
     exit 0
   fi
   sleep 1

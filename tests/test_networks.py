@@ -353,6 +353,90 @@ def test_jobs_on_their_own_networks_cannot_reach_each_other(
     assert _left(docker_client, jobs_root) == ([], [])
 
 
+# A step with a ping socket (no capability) listens for echo replies with its id; it stops once
+# the test writes "sent" into its workspace, then proves the path works with its own echo
+SPOOF_RECEIVER = r"""
+import pathlib, socket, struct, time
+gw = next(socket.inet_ntoa(struct.pack("<I", int(f[2], 16)))
+          for f in (l.split() for l in open("/proc/net/route").read().splitlines()[1:])
+          if f[1] == "00000000")
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+s.bind(("0.0.0.0", 0x1234))
+s.settimeout(0.5)
+pathlib.Path("ready").write_text("")
+got = b""
+deadline = time.time() + 60
+while time.time() < deadline:
+    try:
+        got += s.recvfrom(2000)[0]
+    except socket.timeout:
+        if pathlib.Path("sent").exists():
+            break
+print("spoofed", b"SECRET" in got)
+s.settimeout(5)
+s.sendto(struct.pack("!BBHHH", 8, 0, 0, 0, 1) + b"CONTROL", (gw, 0))
+print("control", b"CONTROL" in s.recvfrom(2000)[0])
+"""
+# A step granted NET_RAW sends its gateway (the host) echo requests with another job's address
+SPOOF_SENDER = r"""
+import socket, struct, sys, time
+def checksum(b):
+    b += b"\0" * (len(b) % 2)
+    n = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    n = (n >> 16) + (n & 0xFFFF)
+    return ~(n + (n >> 16)) & 0xFFFF
+gw = next(socket.inet_ntoa(struct.pack("<I", int(f[2], 16)))
+          for f in (l.split() for l in open("/proc/net/route").read().splitlines()[1:])
+          if f[1] == "00000000")
+icmp = struct.pack("!BBHHH", 8, 0, 0, 0x1234, 1) + b"SECRET"
+icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 1, 0, 64, 1, 0,
+                 socket.inet_aton(sys.argv[1]), socket.inet_aton(gw))
+ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for _ in range(5):
+    raw.sendto(ip + icmp, (gw, 0))
+    time.sleep(0.1)
+print("sent as", sys.argv[1])
+"""
+
+
+def test_a_step_with_net_raw_cannot_reach_another_job_through_the_hosts_echo_replies(
+    jobs_root, repo, docker_client
+):
+    """Red team: a step granted NET_RAW sent the host echo requests with another job's address
+    as their source, and the host's replies carried its data to that job (any network, either
+    engine). The host's reverse-path filter on the bridges (scripts/rp-filter.sh) drops them."""
+    commit_file(repo, "receive.py", SPOOF_RECEIVER)
+    commit_file(repo, "send.py", SPOOF_SENDER)
+    receiver = subprocess.Popen(
+        _cmd(jobs_root, "run", "hears", "--repo", str(repo), "--step", "python3 receive.py"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ws = jobs_root / "hears" / "workspace"
+    try:
+        wait_for(lambda: (ws / "ready").exists(), 60, "the receiving step")
+        label = {"label": [f"logist.jobs-dir={jobs_root}", "logist.job=hears", "logist.step=1"]}
+        [box] = docker_client.containers.list(filters=label)
+        ip = box.attrs["NetworkSettings"]["Networks"][network_name("hears", jobs_root)]
+        step = f"python3 send.py {ip['IPAddress']}"
+        out = run_logist(
+            jobs_root, "run", "spoofs", "--repo", str(repo), "--cap-add", "NET_RAW", "--step", step
+        )
+        assert out.returncode == 0 and "sent as" in out.stdout, out.stdout + out.stderr
+        (ws / "sent").write_text("")
+        heard, err = receiver.communicate(timeout=60)
+    finally:
+        if receiver.poll() is None:
+            receiver.kill()
+            receiver.communicate()
+    assert receiver.returncode == 0, err
+    assert heard.split() == ["spoofed", "False", "control", "True"], heard + err
+    assert _left(docker_client, jobs_root) == ([], [])
+
+
 def test_a_failing_step_leaves_no_proxy_or_network(jobs_root, repo, outside, docker_client):
     egress, _ = outside
     out = _allowed(jobs_root, egress, "--repo", str(repo), "--step", "exit 3")
