@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make sure a Docker engine answers. Idempotent: does nothing when `docker info` works.
+# Make sure a Docker engine answers. Idempotent: starts nothing when `docker info` works.
 # As root on a machine without an engine: installs Debian's docker.io if dockerd is missing,
 # clears a stale pid file left by a killed daemon, starts dockerd in the background with its
 # log in $LOGIST_DOCKERD_LOG (default /var/log/logist-dockerd.log) and waits (bounded). As root,
