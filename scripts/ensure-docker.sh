@@ -15,7 +15,10 @@ say() { echo "ensure-docker: $*" >&2; }
 engine_answers() { docker info >/dev/null 2>&1; }
 # as root, the host's reverse-path filter on the engine's bridges (scripts/rp-filter.sh)
 HERE=$(cd "$(dirname "$0")" && pwd)
-harden() { [ "$(id -u)" != 0 ] || "$HERE/rp-filter.sh"; }
+harden() {
+  [ "$(id -u)" != 0 ] || "$HERE/rp-filter.sh" ||
+    say "could not turn on the reverse-path filter on the bridges (docs/security.md)"
+}
 
 if command -v docker >/dev/null 2>&1 && engine_answers; then
   harden

@@ -222,7 +222,8 @@ podman_firewall() {
     drops unrule "$tool" filter DOCKER-USER  # where earlier versions of this script made them
     drops rule "$tool" mangle FORWARD
   done
-  "$(dirname "$0")/rp-filter.sh"  # no spoofed source enters the host from a bridge
+  "$(dirname "$0")/rp-filter.sh" ||  # no spoofed source enters the host from a bridge
+    say "could not turn on the reverse-path filter on the bridges (docs/security.md)"
   say "firewall: Podman's networks apart, logist's internal ones apart from the host"
 }
 

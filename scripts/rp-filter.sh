@@ -7,7 +7,7 @@
 # bridges made from now on) and rp_filter=1 on the bridges there now: docker0, br-*, podman*, lgi*.
 # The host's other interfaces keep theirs. As root; idempotent.
 set -euo pipefail
-sysctl -qw net.ipv4.conf.default.rp_filter=1
+echo 1 >/proc/sys/net/ipv4/conf/default/rp_filter
 for conf in /proc/sys/net/ipv4/conf/*; do
   case "${conf##*/}" in
     docker0 | br-* | podman* | lgi*) echo 1 >"$conf/rp_filter" ;;
