@@ -353,13 +353,34 @@ def test_jobs_on_their_own_networks_cannot_reach_each_other(
     assert _left(docker_client, jobs_root) == ([], [])
 
 
-# A step with a ping socket (no capability) listens for echo replies with its id; it stops once
-# the test writes "sent" into its workspace, then proves the path works with its own echo
-SPOOF_RECEIVER = r"""
-import pathlib, socket, struct, time
+# For the steps' scripts that write packets: an IPv4 packet (``proto``, ``payload``) with its
+# header's checksum
+IPV4 = r"""
+import socket, struct
+def checksum(b):
+    b += b"\0" * (len(b) % 2)
+    n = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while n >> 16:
+        n = (n & 0xFFFF) + (n >> 16)
+    return ~n & 0xFFFF
+def ipv4(src, dst, proto, payload):
+    head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, 0, 64, proto, 0,
+                       socket.inet_aton(src), socket.inet_aton(dst))
+    return head[:10] + struct.pack("!H", checksum(head)) + head[12:] + payload
+"""
+# The step's gateway (the host), for the scripts below
+GATEWAY = r"""
+import socket, struct
 gw = next(socket.inet_ntoa(struct.pack("<I", int(f[2], 16)))
           for f in (l.split() for l in open("/proc/net/route").read().splitlines()[1:])
           if f[1] == "00000000")
+"""
+# A step with a ping socket (no capability) listens for echo replies with its id; it stops once
+# the test writes "sent" into its workspace, then proves the path works with its own echo
+SPOOF_RECEIVER = (
+    GATEWAY
+    + r"""
+import pathlib, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
 s.bind(("0.0.0.0", 0x1234))
 s.settimeout(0.5)
@@ -377,28 +398,23 @@ s.settimeout(5)
 s.sendto(struct.pack("!BBHHH", 8, 0, 0, 0, 1) + b"CONTROL", (gw, 0))
 print("control", b"CONTROL" in s.recvfrom(2000)[0])
 """
+)
 # A step granted NET_RAW sends its gateway (the host) echo requests with another job's address
-SPOOF_SENDER = r"""
-import socket, struct, sys, time
-def checksum(b):
-    b += b"\0" * (len(b) % 2)
-    n = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-    n = (n >> 16) + (n & 0xFFFF)
-    return ~(n + (n >> 16)) & 0xFFFF
-gw = next(socket.inet_ntoa(struct.pack("<I", int(f[2], 16)))
-          for f in (l.split() for l in open("/proc/net/route").read().splitlines()[1:])
-          if f[1] == "00000000")
+SPOOF_SENDER = (
+    IPV4
+    + GATEWAY
+    + r"""
+import sys, time
 icmp = struct.pack("!BBHHH", 8, 0, 0, 0x1234, 1) + b"SECRET"
 icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
-ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 1, 0, 64, 1, 0,
-                 socket.inet_aton(sys.argv[1]), socket.inet_aton(gw))
-ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+packet = ipv4(sys.argv[1], gw, 1, icmp)
 raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 for _ in range(5):
-    raw.sendto(ip + icmp, (gw, 0))
+    raw.sendto(packet, (gw, 0))
     time.sleep(0.1)
 print("sent as", sys.argv[1])
 """
+)
 
 
 def test_a_step_with_net_raw_cannot_reach_another_job_through_the_hosts_echo_replies(
@@ -640,8 +656,10 @@ def test_the_host_is_not_reachable_through_an_internal_networks_gateway(
 
 # a step granted NET_RAW writes UDP datagrams for the host (its address on the egress network)
 # in frames addressed to the proxy's MAC: only a proxy that routes would pass them on
-RAW = r"""
-import os, socket, struct, sys
+RAW = (
+    IPV4
+    + r"""
+import os, sys
 dst, port = sys.argv[1], int(sys.argv[2])
 proxy = os.environ["HTTP_PROXY"].split("//")[1].rsplit(":", 1)[0]
 socket.create_connection((proxy, 3128), timeout=5).close()  # its MAC is now in the ARP table
@@ -652,19 +670,14 @@ src = probe.getsockname()[0]
 own = open("/sys/class/net/eth0/address").read().strip()
 data = b"routed-by-the-proxy"
 udp = struct.pack("!HHHH", 40000, port, 8 + len(data), 0) + data
-head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
-                   socket.inet_aton(src), socket.inet_aton(dst))
-words = sum(struct.unpack("!10H", head))
-while words >> 16:
-    words = (words & 0xFFFF) + (words >> 16)
-head = head[:10] + struct.pack("!H", ~words & 0xFFFF) + head[12:]
 frame = bytes.fromhex(mac.replace(":", "")) + bytes.fromhex(own.replace(":", "")) + b"\x08\x00"
 raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 raw.bind(("eth0", 0))
 for _ in range(5):
-    raw.send(frame + head + udp)
+    raw.send(frame + ipv4(src, dst, 17, udp))
 print("sent")
 """
+)
 
 
 def test_a_step_with_net_raw_cannot_route_through_its_proxy(
