@@ -6,10 +6,17 @@
 # data to that job, on any network, either engine. Sets net.ipv4.conf.default.rp_filter=1 (the
 # bridges made from now on) and rp_filter=1 on the bridges there now: docker0, br-*, podman*, lgi*.
 # The host's other interfaces keep theirs. As root; idempotent.
+# Where it cannot (not root, a read-only /proc/sys) it says so and exits 1.
 set -euo pipefail
-echo 1 >/proc/sys/net/ipv4/conf/default/rp_filter
+on() {
+  echo 1 2>/dev/null >"$1/rp_filter" || {
+    echo "rp-filter: could not turn on the reverse-path filter on the bridges ($1; docs/security.md)" >&2
+    exit 1
+  }
+}
+on /proc/sys/net/ipv4/conf/default
 for conf in /proc/sys/net/ipv4/conf/*; do
   case "${conf##*/}" in
-    docker0 | br-* | podman* | lgi*) echo 1 >"$conf/rp_filter" ;;
+    docker0 | br-* | podman* | lgi*) on "$conf" ;;
   esac
 done
