@@ -26,7 +26,9 @@ def rt(jobs_root) -> logist.Runtime:
 
 # how many processes of the session's container run `sleep 60` (no ps in the image)
 SLEEPERS = (
-    "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done"
+    # stderr first: a process gone between the glob and the open is no message (the shell
+    # opens the redirections in order)
+    "for p in /proc/[0-9]*; do tr '\\0' ' ' 2>/dev/null < $p/cmdline; echo; done"
     " | grep -c '^sleep 60 $' || true"
 )
 
