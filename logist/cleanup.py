@@ -163,10 +163,13 @@ def _running_session(store: Store, job_id: str) -> bool:
     return job.session is not None and job.state == RUNNING
 
 
-def reap_orphans(store: Store, engines: list[str], dry_run: bool = False) -> int:
-    """Remove the orphaned containers (and workspace volumes) of ``store``'s jobs root on each
-    of ``engines``; how many (would) go. An engine that does not answer is skipped when there
-    are several (its orphans wait for the next sweep)."""
+def reap_orphans(
+    store: Store, engines: list[str], dry_run: bool = False, failed: list | None = None
+) -> int:
+    """Remove the orphaned containers (and networks, workspace volumes) of ``store``'s jobs
+    root on each of ``engines``; how many (would) go. An engine that does not answer is skipped
+    when there are several (its orphans wait for the next sweep); a network the engine keeps is
+    added to ``failed``."""
     total = 0
     for engine in engines:
         dock = store.docks.get(engine)
@@ -176,7 +179,7 @@ def reap_orphans(store: Store, engines: list[str], dry_run: bool = False) -> int
             cli = dock.client()
             is_orphan = orphan_predicate(store)
             total += containers.reap_orphans(cli, store.root, is_orphan, dry_run)
-            reap_orphan_networks(cli, store.root, is_orphan, dry_run)  # after their containers
+            reap_orphan_networks(cli, store.root, is_orphan, dry_run, failed)  # after their boxes
             total += _reap_orphan_volumes(cli, store, engine, dry_run)
         except EngineUnavailable:
             if len(engines) == 1:
@@ -237,7 +240,7 @@ def sweep(
             out["failed"].append({"job": job_id, "error": str(exc)})
         except Exception as exc:  # one job's unexpected error never stops the sweep
             out["failed"].append({"job": job_id, "error": f"{type(exc).__name__}: {exc}"})
-    out["orphans_removed"] = reap_orphans(store, engines, dry_run)
+    out["orphans_removed"] = reap_orphans(store, engines, dry_run, out["failed"])
     return out
 
 

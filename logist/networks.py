@@ -456,13 +456,31 @@ def remove_job(cli: DockerClient, jobs_root: Path, job_id: str, grace: float) ->
     return count
 
 
-def reap_orphan_networks(cli: DockerClient, jobs_root: Path, is_orphan, dry_run: bool) -> int:
+def reap_orphan_networks(
+    cli: DockerClient, jobs_root: Path, is_orphan, dry_run: bool, failed: list | None = None
+) -> int:
     """Remove the networks of ``jobs_root`` whose labels ``is_orphan`` says are orphans (after
-    the orphan containers, which may sit on them)."""
+    the orphan containers, which may sit on them); how many (would) go. One the engine will not
+    remove (another's container sits on it) is added to ``failed`` as ``{"job", "error"}`` and
+    the others still go.
+
+    Raises:
+        EngineUnavailable: the engine stopped answering.
+    """
     orphans = [n for n in find_networks(cli, jobs_root) if is_orphan(n.attrs.get("Labels") or {})]
     if dry_run or not orphans:
         return len(orphans)
-    return remove_networks(cli, jobs_root, nets=orphans)
+    removed = 0
+    for net in orphans:
+        try:
+            removed += remove_networks(cli, jobs_root, nets=[net])
+        except EngineUnavailable:
+            raise
+        except LogistError as exc:
+            job = (net.attrs.get("Labels") or {}).get(JOB, "")
+            if failed is not None:
+                failed.append({"job": job, "error": f"left behind: {exc}"})
+    return removed
 
 
 __all__ = ["STEP", "Attachment", "JobNetwork", "network_name", "remove_job"]

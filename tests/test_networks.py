@@ -480,6 +480,41 @@ def test_the_sweep_removes_the_proxy_and_network_a_killed_runner_left(
     assert _left(docker_client, jobs_root) == ([], [])
 
 
+@pytest.mark.timeout(120)
+def test_the_sweep_goes_on_past_an_orphan_network_the_engine_will_not_remove(
+    jobs_root, docker_client
+):
+    """A container that is not logist's sits on one orphan network, so the engine keeps it:
+    the sweep names it in `failed` (exit 4) and still removes the other orphans. (The engine
+    lists networks in a new order each time: before the change, the sweep stopped at the kept
+    one, leaving the orphans listed after it, 7 times in 8.)"""
+
+    def orphan(job: str):
+        labels = {"logist.managed": "true", "logist.job": job, "logist.jobs-dir": str(jobs_root)}
+        labels["logist.step"] = "network"
+        name = network_name(job, jobs_root)
+        return docker_client.networks.create(name, check_duplicate=True, labels=labels)
+
+    made = [orphan("kept")]
+    squatter = docker_client.containers.run(
+        BUSYBOX, ["sleep", "60"], detach=True, network=made[0].name, labels={"logist-test": "x"}
+    )
+    try:
+        made += [orphan(f"free-{i}") for i in range(7)]
+
+        out = run_logist(jobs_root, "job", "cleanup", "--stale", "--older-than", "0s", "--json")
+
+        assert out.returncode == 4, out.stdout + out.stderr
+        failed = json.loads(out.stdout)["failed"]
+        assert [f["job"] for f in failed] == ["kept"] and made[0].name in failed[0]["error"]
+        assert [n.name for n in _left(docker_client, jobs_root)[1]] == [made[0].name]
+    finally:
+        squatter.remove(force=True)
+        for net in made:
+            with contextlib.suppress(Exception):
+                net.remove()
+
+
 @pytest.mark.timeout(180)
 def test_the_sweep_leaves_a_running_jobs_proxy_and_network_alone(
     jobs_root, repo, outside, docker_client
