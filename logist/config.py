@@ -179,6 +179,12 @@ def _fold_resources(layer: dict[str, Any]) -> dict[str, Any]:
     return {**rest, "resources": {**(resources or {}), **given}}
 
 
+def _resources_of(layer: dict[str, Any]) -> dict[str, Any]:
+    """A layer's ``resources`` map, folded; {} when it is not a map (``build_job`` names it)."""
+    resources = _fold_resources(layer).get("resources")
+    return resources if isinstance(resources, dict) else {}
+
+
 def check_spec_file(spec: dict[str, Any], flags: dict[str, Any], config: Config, path) -> None:
     """Refuse (exit 2) what a spec file asks for beyond the default boundary and nothing
     trusted grants: a capability outside ``DEFAULT_CAPS``, a network wider than the default
@@ -252,14 +258,14 @@ def _check_resources(spec: dict[str, Any], flags: dict[str, Any], config: Config
     """A spec's memory, cpus, pids and timeouts no higher than the trusted side's: the command
     line's (which then wins anyway), else the configuration's, else logist's default pids
     limit. Values that do not parse are left to ``build_job`` to name."""
-    asked = dict(_fold_resources(spec).get("resources") or {})
+    asked = _fold_resources(spec).get("resources") or {}
     if not isinstance(asked, dict):
-        return
+        return  # build_job names it
     steps = spec.get("steps") if isinstance(spec.get("steps"), list) else []
     timeouts = [spec.get("timeout"), *(s.get("timeout") for s in steps if isinstance(s, dict))]
     trusted_res = {
-        **(_fold_resources(config.defaults).get("resources") or {}),
-        **(_fold_resources(flags).get("resources") or {}),
+        **_resources_of(config.defaults),
+        **_resources_of(flags),
     }
     if asked.get("pids") is not None and trusted_res.get("pids") is None:
         from logist.container_spec import DEFAULT_PIDS

@@ -29,9 +29,13 @@ def parse(urls: list[str] | str | None) -> list[str]:
     Raises:
         UsageError: a URL with no scheme logist knows.
     """
+    if urls is not None and not isinstance(urls, str | list | tuple):
+        raise UsageError(f"engines: {urls!r} is not a list of engine URLs"[:200])
     items = urls.split(",") if isinstance(urls, str) else list(urls or [])
     out: list[str] = []
     for raw in items:
+        if not isinstance(raw, str):
+            raise UsageError(f"engine {raw!r}: not an engine URL (a string)"[:200])
         url = raw.strip().rstrip("/")
         if not url:
             continue

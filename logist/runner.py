@@ -411,19 +411,30 @@ class Runner:
             max_workers=self.placer.slots, thread_name_prefix="logist-job"
         ) as pool:
             futures = [pool.submit(self._guarded, job_id) for job_id in job_ids]
-            for fut in futures:
-                while True:
-                    try:
-                        results.append(fut.result(timeout=0.2))
-                        break
-                    except TimeoutError:
-                        continue
+            try:
+                for fut in futures:
+                    while True:
+                        try:
+                            results.append(fut.result(timeout=0.2))
+                            break
+                        except TimeoutError:
+                            continue
+            except BaseException:  # KeyboardInterrupt with Python's own handler: stop them all
+                self.interrupt.set()
+                raise
         return results
 
     def _guarded(self, job_id: str) -> JobResult:
         if self.interrupt.is_set():
             return JobResult(job=self.store.load(job_id), error=_interrupted())
-        return self.run_job(job_id)
+        try:
+            return self.run_job(job_id)
+        except Exception as exc:  # an API caller's on_output raised: the job was interrupted
+            error = LogistError(
+                f"job {job_id}: interrupted, {type(exc).__name__} raised while it ran: {exc}"[:500]
+            )
+            error.__cause__ = exc
+            return JobResult(job=self.store.load(job_id), error=error)
 
 
 class _Reaping:

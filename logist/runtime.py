@@ -13,6 +13,7 @@ import contextlib
 import functools
 import io
 import logging
+import math
 import os
 import signal
 import threading
@@ -20,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from logist.errors import CleanupIncomplete
+from logist.errors import CleanupIncomplete, UsageError
 
 if TYPE_CHECKING:
     from logist.model import Job
@@ -57,6 +58,8 @@ class Runtime:
         from logist.dock import Docks
         from logist.store import Store, default_root
 
+        if jobs_dir is not None and not isinstance(jobs_dir, str | os.PathLike):
+            raise UsageError(f"jobs_dir: {jobs_dir!r} is not a path"[:200])
         self.store = Store(default_root(None if jobs_dir is None else str(jobs_dir)), Docks())
         self._engines_given = engines
         if engines:
@@ -75,7 +78,12 @@ class Runtime:
         from logist.engines import DEFAULT, parse
 
         given = self._engines_given
-        return parse(given) if given else parse(os.environ.get("LOGIST_ENGINES")) or [DEFAULT]
+        if not given:
+            return parse(os.environ.get("LOGIST_ENGINES")) or [DEFAULT]
+        urls = parse(given)
+        if not urls:
+            raise UsageError(f"engines: {given!r} names no engine"[:200])
+        return urls
 
     # --- jobs ------------------------------------------------------------------------------
 
@@ -103,9 +111,7 @@ class Runtime:
         from logist.config import host_caps
         from logist.jobs import create_job
 
-        job = create_job(
-            self.store, spec, Path(file) if file is not None else None, session=session
-        )
+        job = create_job(self.store, spec, _path("file", file), session=session)
         opening = host_caps(job.cap_add)
         if opening:
             self.notify(
@@ -121,7 +127,8 @@ class Runtime:
             LogistError: a usage error (2), an environment problem (3), a refused harvest or
                 an incomplete cleanup (4).
         """
-        return self._outcome(self.run_jobs([job_id], listen=_callback(on_output))[0])
+        listen = _callback(on_output)
+        return self._outcome(self.run_jobs([job_id], listen=listen)[0])
 
     def step(self, job_id: str, on_output: OnOutput | None = None) -> dict[str, Any]:
         """Run a job's next pending step (``logist job step``); its status dict."""
@@ -228,6 +235,8 @@ class Runtime:
 
     def logs(self, job_id: str, step: int | None = None) -> bytes:
         """A step's stored log (default: the latest step that ran; b"" before any)."""
+        if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
+            raise UsageError(f"step: {step!r} is not a step's number"[:200])
         out = io.BytesIO()
         self.follow(job_id, step, out, poll=0)
         return out.getvalue()
@@ -253,6 +262,7 @@ class Runtime:
         """``cancel``'s result, errors in it."""
         from logist.cancel import cancel
 
+        grace, wait = _seconds(grace, "grace", 0), _seconds(wait, "wait", 0)
         return cancel(self.store, job_id, wait=wait, grace=grace)
 
     def cleanup(self, job_id: str, force: bool = False, dry_run: bool = False) -> dict[str, Any]:
@@ -274,12 +284,11 @@ class Runtime:
             CleanupIncomplete: a job's cleanup failed (exit 4; ``.report`` is the report).
         """
         from logist import cleanup, session
-        from logist.spec import parse_duration
 
         def sessions(run, dry: bool, out: dict) -> None:
             session.sweep_one(run, dry, out, self.notify)
 
-        seconds = older_than if isinstance(older_than, int | float) else parse_duration(older_than)
+        seconds = _seconds(older_than, "older_than", 0)
         report = cleanup.sweep(
             self.store, seconds, dry_run=dry_run, engines=self.engines, sessions=sessions
         )
@@ -310,7 +319,7 @@ class Runtime:
         """
         from logist import session, session_exec
 
-        seconds = _seconds(idle_timeout)
+        seconds = _seconds(idle_timeout, "idle_timeout")
         job_id = session.start(self, {"id": id, **spec}, file, idle_timeout=seconds)
         return session_exec.Session(self, job_id, on_output)
 
@@ -319,8 +328,6 @@ class Runtime:
         from logist import session, session_exec
 
         if not session.is_session(self.store.load(job_id)):
-            from logist.errors import UsageError
-
             raise UsageError(f"job {job_id} is not a session")
         return session_exec.Session(self, job_id, on_output)
 
@@ -353,15 +360,37 @@ class Runtime:
         return f"Runtime(jobs_dir={str(self.store.root)!r}, engines={self.engines!r})"
 
 
-def _seconds(value: str | float) -> float:
+def _seconds(value: str | float, key: str, least: float | None = None) -> float:
+    """A duration given to the API (seconds, or ``90s``, ``30m``, ``24h``, ``7d``): finite, and
+    greater than 0 (or at least ``least``).
+
+    Raises:
+        UsageError: anything else (exit 2).
+    """
     from logist.spec import parse_duration
 
-    return float(value) if isinstance(value, int | float) else parse_duration(value)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise UsageError(f"{key}: {value!r} is not a duration"[:200])
+    seconds = float(value) if isinstance(value, int | float) else parse_duration(value)
+    if not math.isfinite(seconds) or (seconds < least if least is not None else seconds <= 0):
+        floor = f"at least {least:g}" if least is not None else "greater than 0"
+        raise UsageError(f"{key}: {value!r} is not a duration {floor}, in seconds"[:200])
+    return seconds
+
+
+def _path(key: str, value: Any) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str | os.PathLike):
+        raise UsageError(f"{key}: {value!r} is not a path"[:200])
+    return Path(value)
 
 
 def _callback(on_output: OnOutput | None) -> ListenerFactory | None:
     if on_output is None:
         return None
+    if not callable(on_output):
+        raise UsageError(f"on_output: {on_output!r} is not callable"[:200])
     from logist.streams import Callback
 
     return lambda job_id, step: Callback(on_output, step)

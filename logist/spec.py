@@ -33,6 +33,16 @@ RESOURCE_KEYS = frozenset({"memory", "cpus", "pids"})
 STEP_KEYS = frozenset({"name", "run", "image", "timeout"})
 DEFAULT_IMAGE = "logist/step:latest"
 MAX_STEPS = 1000  # steps of one job: each is a container and a harvest
+# A step's command is one argument of `sh -c` and each env entry one string of the container's
+# process: the kernel takes at most 128 KiB for each (MAX_ARG_STRLEN), and about 2 MiB in all
+MAX_COMMAND = (128 << 10) - 1
+MAX_ENV_ENTRY = (128 << 10) - 1
+MAX_ENV_TOTAL = 1 << 20
+# the engine's and kernel's own ceilings, so a value past them is the user's mistake at once
+MAX_CPUS = 4096.0
+MAX_MEMORY = 1 << 50
+MAX_PIDS = 4194304  # the kernel's PID_MAX_LIMIT
+MAX_TIMEOUT = 366 * 86400.0  # seconds: a year (Python's waits overflow far beyond)
 
 
 ID_RULE_TEXT = (
@@ -97,7 +107,7 @@ def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
     return value
 
 
-def _positive(key: str, value: Any, kind: type = float) -> float | int:
+def _positive(key: str, value: Any, kind: type = float, most: float = MAX_TIMEOUT) -> float | int:
     if isinstance(value, bool):
         raise _bad(key, value, "a positive number")
     try:
@@ -110,7 +120,23 @@ def _positive(key: str, value: Any, kind: type = float) -> float | int:
         raise _bad(key, value, "a finite number")
     if number <= 0:
         raise _bad(key, value, "must be greater than 0")
+    if number > most:
+        raise _bad(key, value, f"at most {most:.0f}")
     return number
+
+
+def _bytes(size: str) -> float:
+    """``512m`` -> bytes (a size ``_MEMORY_RE`` matched)."""
+    unit = size[-1].lower()
+    scale = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(unit)
+    return float(size[:-1] if scale else size) * (scale or 1)
+
+
+def _scalar(key: str, value: Any) -> str:
+    """A string (or a number, as YAML reads ``ref: 2024``) as text; nothing else."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise _bad(key, value, "a string")
+    return str(value)
 
 
 def _text(key: str, value: Any) -> str:
@@ -144,9 +170,15 @@ def _env(value: Any) -> dict[str, str]:
     for k, v in value.items():
         if not isinstance(k, str) or not _ENV_KEY_RE.fullmatch(k):
             raise _bad("env", k, "names are letters, digits and _ and do not start with a digit")
-        if isinstance(v, dict | list) or v is None:
+        if not isinstance(v, str | int | float):
             raise _bad(f"env.{k}", v, "a string, number or boolean")
         out[k] = str(v).lower() if isinstance(v, bool) else str(v)
+        if "\0" in out[k]:
+            raise _bad(f"env.{k}", v, "must not hold a NUL character")
+        if len(f"{k}={out[k]}".encode()) > MAX_ENV_ENTRY:
+            raise _bad(f"env.{k}", f"{out[k][:20]}...", f"at most {MAX_ENV_ENTRY} bytes")
+    if sum(len(f"{k}={v}".encode()) + 1 for k, v in out.items()) > MAX_ENV_TOTAL:
+        raise _bad("env", f"{len(out)} variables", f"at most {MAX_ENV_TOTAL >> 20} MiB in all")
     return out
 
 
@@ -179,7 +211,19 @@ def _secrets(value: Any, env: dict[str, str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def _command(key: str, value: Any) -> str:
+    """A step's command: a non-empty string the kernel can pass to ``sh -c``."""
+    value = _text(key, value)
+    if "\0" in value:
+        raise _bad(key, value[:40], "must not hold a NUL character")
+    if len(value.encode(errors="surrogateescape")) > MAX_COMMAND:
+        raise _bad(key, f"{value[:20]}...", f"at most {MAX_COMMAND} bytes")
+    return value
+
+
 def _steps(value: Any) -> list[Step]:
+    if value is not None and not isinstance(value, list):
+        raise _bad("steps", value, "a list of commands")
     if not isinstance(value, list) or not value:
         raise UsageError("a job needs at least one step (--step CMD, or steps: in the spec)")
     if len(value) > MAX_STEPS:
@@ -187,7 +231,7 @@ def _steps(value: Any) -> list[Step]:
     steps = []
     for n, item in enumerate(value, start=1):
         if isinstance(item, str):
-            steps.append(Step(index=n, run=_text(f"steps[{n}]", item)))
+            steps.append(Step(index=n, run=_command(f"steps[{n}]", item)))
             continue
         if not isinstance(item, dict):
             raise _bad(f"steps[{n}]", item, "a command string or a map with run:")
@@ -203,7 +247,7 @@ def _steps(value: Any) -> list[Step]:
         steps.append(
             Step(
                 index=n,
-                run=_text(f"steps[{n}].run", item["run"]),
+                run=_command(f"steps[{n}].run", item["run"]),
                 name=_text(f"steps[{n}].name", item["name"])
                 if item.get("name") is not None
                 else None,
@@ -350,6 +394,8 @@ def build_job(raw: dict[str, Any], *, default_user: str, session: bool = False) 
         not _MEMORY_RE.fullmatch(str(memory)) or not re.search(r"[1-9]", str(memory))
     ):  # 0 would mean "no limit" to the engine
         raise _bad("memory", memory, "a size greater than 0, such as 512m or 2g")
+    if memory is not None and _bytes(str(memory)) > MAX_MEMORY:
+        raise _bad("memory", memory, "at most 1024 TiB")
     timeout = raw.get("timeout")
     env = _env(raw.get("env") or {})
     network = _choice("network", raw.get("network", "bridge"), NETWORKS)
@@ -367,14 +413,16 @@ def build_job(raw: dict[str, Any], *, default_user: str, session: bool = False) 
     return Job(
         id=job_id,
         repo=repo,
-        ref=_argument("ref", str(raw["ref"])) if raw.get("ref") is not None else None,
+        ref=_argument("ref", _scalar("ref", raw["ref"])) if raw.get("ref") is not None else None,
         image=_argument("image", raw["image"]) if raw.get("image") is not None else DEFAULT_IMAGE,
-        prompt=str(raw["prompt"]) if raw.get("prompt") is not None else None,
+        prompt=_scalar("prompt", raw["prompt"]) if raw.get("prompt") is not None else None,
         env=env,
         timeout=_positive("timeout", timeout) if timeout is not None else None,
         memory=str(memory) if memory is not None else None,
-        cpus=_positive("cpus", resources["cpus"]) if resources.get("cpus") is not None else None,
-        pids=_positive("pids", resources["pids"], int)
+        cpus=_positive("cpus", resources["cpus"], float, MAX_CPUS)
+        if resources.get("cpus") is not None
+        else None,
+        pids=_positive("pids", resources["pids"], int, MAX_PIDS)
         if resources.get("pids") is not None
         else None,
         network=network,

@@ -4,8 +4,11 @@ example run as written."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -63,6 +66,38 @@ def test_runtimes_keep_their_own_roots_and_engines(tmp_path, monkeypatch):
     b = logist.Runtime(tmp_path / "b")
     assert (a.jobs_dir, b.jobs_dir) == (tmp_path / "a", tmp_path / "b")
     assert a.engines == ["tcp://127.0.0.1:1"] and b.engines == ["default"]
+
+
+def test_arguments_of_the_wrong_type_or_range_raise_usage_errors_before_acting(
+    rt, source_repo, tmp_path
+):
+    """Red team of the API (12-06): these raised AttributeError, TypeError or ValueError, or
+    were taken (a session stale from its start, a sweep of every age), or ``cancel`` acted
+    before its ``wait`` was refused."""
+    bad_calls = [
+        lambda: logist.Runtime(jobs_dir=5),
+        lambda: logist.Runtime(jobs_dir=tmp_path, engines=[5]),
+        lambda: logist.Runtime(jobs_dir=tmp_path, engines=[""]),
+        lambda: logist.Runtime(jobs_dir=tmp_path, engines=7),
+        lambda: rt.create(file=5, repo=str(source_repo), steps=["true"]),
+        lambda: rt.create(repo=str(source_repo), steps=["true"], env={"A": b"x"}),
+        lambda: rt.sweep(older_than=float("nan")),
+        lambda: rt.sweep(older_than=-1),
+        lambda: rt.session(idle_timeout=-5, repo=str(source_repo), image=STEP_IMAGE),
+    ]
+    for call in bad_calls:
+        with pytest.raises(logist.UsageError) as refused:
+            call()
+        assert refused.value.exit_code == 2
+    job_id = rt.create(repo=str(source_repo), image=STEP_IMAGE, steps=["true"])
+    with pytest.raises(logist.UsageError):
+        rt.logs(job_id, step="1")
+    with pytest.raises(logist.UsageError, match="on_output"):
+        rt.run(job_id, on_output=5)
+    with pytest.raises(logist.UsageError):
+        rt.cancel(job_id, wait=None)
+    assert rt.status(job_id)["state"] == "pending"  # not canceled by the refused call
+    assert [v["id"] for v in rt.list(containers=False)] == [job_id]
 
 
 # --- the engine ----------------------------------------------------------------------------
@@ -167,6 +202,57 @@ def test_two_runtimes_in_threads_interrupting_one_leaves_the_other_running(tmp_p
     assert views[ids[1]]["state"] == "succeeded"
     assert [v["id"] for v in a.list()] == [ids[0]] and [v["id"] for v in b.list()] == [ids[1]]
     assert a.run(ids[0])["state"] == "succeeded"  # resumes: a later run is not interrupted
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+def test_an_on_output_that_raises_interrupts_its_own_job_only(rt, source_repo):
+    """The callback's exception ends its job `interrupted` (resumable) as a ``LogistError``
+    caused by it; ``run_jobs`` still returns every other job's result (it raised the bare
+    exception and lost them: red team, 12-06)."""
+    from logist.streams import Callback
+
+    spec = {"repo": str(source_repo), "image": STEP_IMAGE, "network": "none"}
+    ids = [rt.create(steps=[f"echo {i} > out.txt; echo said"], **spec) for i in range(3)]
+
+    def boom(step: int, chunk: bytes) -> None:
+        raise ValueError("boom")
+
+    with pytest.raises(logist.LogistError) as raised:
+        rt.run(ids[0], on_output=boom)
+    assert isinstance(raised.value.__cause__, ValueError) and "boom" in str(raised.value)
+    assert rt.status(ids[0])["state"] == "interrupted"
+
+    def listen(job_id: str, step: int):
+        return Callback(boom if job_id == ids[0] else (lambda s, c: None), step)
+
+    results = rt.run_jobs(ids, parallel=2, listen=listen)
+    assert [r.job.id for r in results] == ids
+    assert isinstance(results[0].error, logist.LogistError)
+    assert [(r.error, r.job.state) for r in results[1:]] == [(None, "succeeded")] * 2
+    assert rt.run(ids[0])["state"] == "succeeded"  # resumes, its work intact
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+def test_ctrl_c_during_run_stops_the_job_at_once_and_raises_keyboard_interrupt(rt, source_repo):
+    """Python's own SIGINT handler (no ``rt.signals()``): the KeyboardInterrupt used to wait for
+    the whole job to end (red team, 12-06); now it interrupts the job's steps first."""
+    job_id = rt.create(
+        repo=str(source_repo), image=STEP_IMAGE, steps=["touch started; sleep 60"], network="none"
+    )
+    started = rt.jobs_dir / job_id / "workspace" / "started"
+
+    def press() -> None:
+        wait_for(started.exists, 60, "the step to start")
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=press, daemon=True).start()
+    begun = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        rt.run(job_id)
+    assert time.monotonic() - begun < 40  # not the step's 60 s
+    assert rt.status(job_id)["state"] == "interrupted"
 
 
 @pytest.mark.docker

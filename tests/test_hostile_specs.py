@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import subprocess
 from pathlib import Path
@@ -147,3 +148,54 @@ def test_step_name_escape_sequences_not_printed_raw(source_repo, tmp_path, logis
     assert out.returncode == 0, out.stderr
     status = logist("job", "status", out.stdout.strip())
     assert "\x1b" not in status.stdout and "\x07" not in status.stdout, repr(status.stdout)
+
+
+# --- Values the engine or the kernel cannot take: refused at create, not at every run (red
+# team of the Python API, 12-06: a raw TypeError or a traceback, or a job that is accepted,
+# then `interrupted` on each run with exit 3) ----------------------------------------------
+@pytest.mark.parametrize(
+    "line, says",
+    [
+        ("resources: big", "resources"),
+        ("resources: [1]", "resources"),
+        ("cpus: 1.0e+300", "cpus"),
+        ("cpus: 5000", "cpus"),
+        ("timeout: 1.0e+300", "timeout"),
+        ("memory: 99999999999999999999g", "memory"),
+        ('env: {A: "a\\0b"}', "NUL"),
+        ("env: {A: !!binary YWJj}", "env.A"),
+        (f"env: {{A: {'x' * (128 << 10)}}}", "env.A"),
+        ('steps: ["a\\0b"]', "NUL"),
+        (f"steps: [{'x' * (128 << 10)}]", "steps[1]"),
+        ("steps: echo", "a list of commands"),
+        ("ref: [main]", "ref"),
+        ("prompt: {a: 1}", "prompt"),
+    ],
+)
+def test_a_spec_value_past_the_engines_or_kernels_limits_is_refused_at_create(
+    jobs_root, source_repo, tmp_path, line, says
+):
+    import logist
+
+    rt = logist.Runtime(jobs_dir=jobs_root, notify=lambda msg: None)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"repo: {source_repo}\nimage: logist/busybox:latest\n"
+        + ("" if line.startswith("steps") else "steps: ['true']\n")
+        + line
+        + "\n"
+    )
+    with pytest.raises(logist.UsageError, match=re.escape(says)) as refused:
+        rt.create(file=spec)
+    assert refused.value.exit_code == 2 and len(str(refused.value)) < 400
+    assert rt.list() == [] and not any(jobs_root.iterdir())
+
+
+def test_a_resources_value_that_is_no_map_is_one_line_and_exit_2_on_the_command_line(
+    source_repo, tmp_path, logist
+):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"repo: {source_repo}\nsteps: ['true']\nresources: big\n")
+    out = logist("job", "create", "--file", str(spec))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-300:]
+    assert out.stderr.count("\n") == 1, out.stderr
