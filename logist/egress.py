@@ -47,6 +47,11 @@ BLOCKED = (
     "fc00::/7",
     "fe80::/10",
     "ff00::/8",
+    "64:ff9b::/96",  # NAT64: an IPv4 address inside
+    "64:ff9b:1::/48",
+    "2002::/16",  # 6to4: an IPv4 address inside
+    "2001::/32",  # Teredo
+    "100::/64",  # discard
 )
 
 
@@ -160,9 +165,11 @@ def _bad(text: Any) -> UsageError:
 
 
 def squid_config(patterns: list[Pattern], grants: list[str]) -> str:
-    """The proxy's whole configuration: listen on ``PROXY_PORT``; refuse the blocked ranges
-    (but ``grants``) whatever the name, then allow each pattern's names and ports (plain HTTP
-    and CONNECT), and refuse everything else. No cache, no disk, no forwarded headers; each
+    """The proxy's whole configuration: listen on ``PROXY_PORT``; for each pattern, its names
+    and ports (plain HTTP and CONNECT) are allowed unless the name has an address in a blocked
+    range that ``grants`` do not cover; everything else is refused. The name and port are
+    checked first, so a name no pattern allows is never looked up (no DNS for it: a step cannot
+    send data out in the names it asks for). No cache, no disk, no forwarded headers; each
     request logged on stdout as one ``L STATUS METHOD URL`` line."""
     lines = [
         f"http_port {PROXY_PORT}",
@@ -183,12 +190,8 @@ def squid_config(patterns: list[Pattern], grants: list[str]) -> str:
         "max_filedescriptors 4096",
         "read_ahead_gap 4 MB",  # throughput: reads ahead of a slow client (16 KB by default)
     ]
-    lines.append("acl blocked dst " + " ".join(BLOCKED))
-    if grants:
-        lines.append("acl granted dst " + " ".join(grants))
-        lines.append("http_access deny blocked !granted")
-    else:
-        lines.append("http_access deny blocked")
+    # one address in a range still blocked refuses the name, whatever its other addresses
+    lines.append("acl blocked dst " + " ".join(blocked_ranges(grants)))
     for i, p in enumerate(patterns):
         if p.wildcard:
             suffix = re.escape(p.name[1:])
@@ -196,9 +199,25 @@ def squid_config(patterns: list[Pattern], grants: list[str]) -> str:
         else:
             lines.append(f"acl host{i} dstdomain -n {p.name}")
         lines.append(f"acl port{i} port {' '.join(map(str, p.ports))}")
+        # left to right, stopping at the first miss: the lookup (`dst`) comes last
+        lines.append(f"http_access deny host{i} port{i} blocked")
         lines.append(f"http_access allow host{i} port{i}")
     lines.append("http_access deny all")
     return "\n".join(lines) + "\n"
+
+
+def blocked_ranges(grants: list[str]) -> list[str]:
+    """``BLOCKED`` less the granted ranges (a grant inside a blocked range carves it out)."""
+    nets = [ipaddress.ip_network(b) for b in BLOCKED]
+    for grant in map(ipaddress.ip_network, grants):
+        out = []
+        for net in nets:
+            if net.version != grant.version or not net.overlaps(grant):
+                out.append(net)
+            elif not grant.supernet_of(net):  # type: ignore[arg-type]
+                out.extend(net.address_exclude(grant))  # type: ignore[arg-type]
+        nets = out
+    return [str(n) for n in sorted(nets, key=lambda n: (n.version, n))] or ["0.0.0.0/32"]
 
 
 @dataclass
@@ -274,5 +293,10 @@ def denied_lines(job_id: str, index: int, egress: dict[str, Any], limit: int = 2
     ]
     more = len(items) - limit + (1 if egress.get("denied_other") else 0)
     if more > 0:
-        out.append(f"logist: {job_id}: step {index}: egress refused: {more} more hosts")
+        other = egress.get("denied_other") or 0
+        hosts = len(items) - limit
+        text = f"{hosts} more hosts" if hosts > 0 else ""
+        if other:
+            text += f"{', and ' if text else ''}{other} more requests to other hosts"
+        out.append(f"logist: {job_id}: step {index}: egress refused: {text}")
     return out

@@ -4,6 +4,7 @@ from them, its log read back, where a spec file may set them, and the proxy's en
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 from pathlib import Path
@@ -112,30 +113,63 @@ def test_grants_are_cidr_ranges_normalised():
             parse_grants(bad)
 
 
-def test_the_configuration_refuses_blocked_ranges_first_then_allows_each_pattern_only():
+def test_the_configuration_allows_each_pattern_only_and_looks_up_no_other_name():
+    """The name and the port come first on every rule: a name no pattern allows is refused
+    before the lookup a ``dst`` needs (red team, 12-06: ``deny blocked`` came first, so Squid
+    looked up every name a step asked for, and the names reached DNS servers outside)."""
     conf = squid_config(parse_patterns(["a.com", "*.b.org:8443"]), [])
     lines = conf.splitlines()
     access = [line for line in lines if line.startswith("http_access")]
     assert access == [
-        "http_access deny blocked",
+        "http_access deny host0 port0 blocked",
         "http_access allow host0 port0",
+        "http_access deny host1 port1 blocked",
         "http_access allow host1 port1",
         "http_access deny all",
     ]
-    assert "acl blocked dst " + " ".join(BLOCKED) in lines
+    blocked_acl = next(line for line in lines if line.startswith("acl blocked dst "))
+    assert set(blocked_acl.split()[3:]) == set(BLOCKED)
     for blocked in ("127.0.0.0/8", "10.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "fe80::/10"):
         assert blocked in BLOCKED
+    for embeds_ipv4 in ("64:ff9b::/96", "2002::/16"):
+        assert embeds_ipv4 in BLOCKED
     assert "acl host0 dstdomain -n a.com" in lines and "acl port0 port 80 443" in lines
     assert r"acl host1 dstdom_regex -n -i ^[a-z0-9.-]+\.b\.org$" in lines
     assert "acl port1 port 8443" in lines
     assert "via off" in lines and "forwarded_for delete" in lines and "cache deny all" in lines
+    for rule in access:  # the looked-up ACL only after a name and a port matched
+        words = rule.split()[2:]
+        if "blocked" in words:
+            assert words[0].startswith("host") and words[1].startswith("port")
+            assert words.index("blocked") == 2
 
 
-def test_granted_ranges_are_exempt_from_the_blocked_ones_only():
+def test_a_grant_carves_its_range_out_of_the_blocked_ones():
+    """Squid's ``dst`` matches when any address of the name does: ``deny blocked !granted``
+    let a name with one granted address reach its other, blocked ones (red team, 12-06)."""
     conf = squid_config(parse_patterns(["inside.corp"]), ["10.20.0.0/16"])
-    assert "acl granted dst 10.20.0.0/16" in conf
-    assert "http_access deny blocked !granted" in conf
-    assert conf.index("deny blocked") < conf.index("allow host0")
+    blocked = next(line for line in conf.splitlines() if line.startswith("acl blocked dst "))
+    ranges = [ipaddress.ip_network(r) for r in blocked.split()[3:]]
+    inside = ipaddress.ip_address("10.20.3.4")
+    assert not any(inside in r for r in ranges)
+    for still in ("10.21.0.1", "10.19.255.255", "10.0.0.1", "127.0.0.1", "169.254.169.254"):
+        assert any(ipaddress.ip_address(still) in r for r in ranges), still
+    assert "granted" not in conf
+    everything = squid_config(parse_patterns(["a.com"]), ["0.0.0.0/0", "::/0"])
+    assert "acl blocked dst 0.0.0.0/32" in everything  # nothing left blocked: still valid
+
+
+def test_the_terminal_says_how_many_more_hosts_and_requests_were_refused():
+    egress = {"denied": {f"h{i:02}.example:443": 1 for i in range(25)}, "denied_other": 234}
+    lines = denied_lines("j", 1, egress)
+    assert len(lines) == 21
+    assert (
+        lines[-1]
+        == "logist: j: step 1: egress refused: 5 more hosts, and 234 more requests to other hosts"
+    )
+    assert denied_lines("j", 1, {"denied": {"a:80": 1}, "denied_other": 0}) == [
+        "logist: j: step 1: egress refused: a:80 (1 request)"
+    ]
 
 
 def test_the_proxy_log_counts_refused_requests_by_host_and_port():

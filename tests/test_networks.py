@@ -281,6 +281,76 @@ def test_a_name_that_resolves_to_a_private_address_is_refused_unless_granted(
     assert _status(jobs_root, "eg4")["allow_private"] == [subnet]
 
 
+# counts the DNS packets (UDP) that carry a name, on every interface of the namespace it runs in
+SNIFF = r"""
+import socket, sys, time
+name, seconds = sys.argv[1].encode(), float(sys.argv[2])
+qname = b"".join(bytes([len(p)]) + p for p in name.split(b"."))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(3))
+s.settimeout(0.2)
+end, seen = time.monotonic() + seconds, 0
+while time.monotonic() < end:
+    try:
+        frame = s.recv(65535)
+    except socket.timeout:
+        continue
+    if frame[12:14] == b"\x08\x00" and frame[23] == 17 and qname in frame:
+        seen += 1
+print(seen, flush=True)
+"""
+
+
+@pytest.mark.timeout(180)
+def test_a_name_no_pattern_allows_is_never_looked_up_by_the_proxy(
+    jobs_root, repo, outside, docker_client
+):
+    """A step could send data out in the names it asks for (``http://<data>.example/``): the
+    proxy refused them, but looked each up first (red team, 12-06). The name here is one the
+    engine's DNS answers itself (an alias on the test's own network): nothing leaves."""
+    egress, _ = outside
+    step = "sleep 4; python3 client.py 'GET http://other.example.test/'; sleep 1"
+    runner = _started(jobs_root, egress, "dnsleak", repo, step)
+    try:
+        label = {"label": [f"logist.jobs-dir={jobs_root}", "logist.step=proxy"]}
+        running = {**label, "status": "running"}
+        proxies = wait_for(lambda: docker_client.containers.list(filters=running), 60, "proxy")
+        pid = str(proxies[0].attrs["State"]["Pid"])
+        sniff = ["nsenter", "-t", pid, "-n", sys.executable, "-c", SNIFF, "other.example.test"]
+        looked_up = subprocess.run([*sniff, "6"], capture_output=True, text=True, timeout=60)
+        out, err = runner.communicate(timeout=120)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert runner.returncode == 0, err
+    assert "GET http://other.example.test/ -> 403" in out.decode()
+    assert looked_up.stdout.strip() == "0", looked_up.stdout + looked_up.stderr
+
+
+@pytest.mark.timeout(180)
+def test_a_name_with_a_granted_and_a_blocked_address_is_refused(
+    jobs_root, repo, internal, docker_client
+):
+    """Squid's ``dst`` matches when any address of the name does: with ``deny blocked
+    !granted``, one granted address (a decoy with no server) let the proxy on to the name's
+    other, blocked address (red team, 12-06: 200 from the web server)."""
+    egress, _, _ = internal
+    decoy = docker_client.containers.create(BUSYBOX, ["sleep", "120"], network=egress)
+    net = docker_client.networks.get(egress)
+    net.disconnect(decoy)
+    net.connect(decoy, aliases=["inside.example.test"])
+    decoy.start()
+    try:
+        decoy.reload()
+        address = decoy.attrs["NetworkSettings"]["Networks"][egress]["IPAddress"]
+        checks = ["GET http://inside.example.test/"]
+        allow = ["--allow-host", "inside.example.test", "--allow-private", f"{address}/32"]
+        out = _run(jobs_root, egress, "mix", "--repo", str(repo), *allow, checks=checks)
+        assert out.returncode == 0, out.stderr
+        assert _results(out) == {"GET http://inside.example.test/": "403"}
+    finally:
+        decoy.remove(force=True)
+
+
 def test_a_spec_file_narrows_egress_and_cannot_grant_private_ranges(
     jobs_root, repo, outside, tmp_path
 ):
