@@ -109,6 +109,7 @@ def job_status(rt: Runtime, job_id: str, json_: bool = False) -> int:
 
 def finish_runs(results) -> int:
     """Say how each job that did not succeed ended; the contract's exit code."""
+    from logist.errors import one_line
     from logist.model import State
     from logist.results import combine
 
@@ -116,7 +117,9 @@ def finish_runs(results) -> int:
         for note in r.job.notes if r.job is not None and r.job.terminal else ():
             print(f"logist: {r.job.id}: note: {note}", file=sys.stderr)  # before a checkout
         if r.error is not None:
-            print(f"logist: {r.job.id if r.job else '?'}: {r.error}", file=sys.stderr)
+            print(
+                f"logist: {r.job.id if r.job else '?'}: {one_line(str(r.error))}", file=sys.stderr
+            )
         elif r.job is not None and r.job.state not in (State.SUCCEEDED, State.PENDING):
             step = next(
                 (s for s in r.job.steps if s.state not in (State.SUCCEEDED, State.PENDING)), None

@@ -35,7 +35,7 @@ CONFIG_ENV = "LOGIST_CONFIG"
 DEFAULT_PATH = Path("/etc/logist/config.yaml")
 PER_JOB_KEYS = frozenset({"id", "repo", "ref", "prompt", "steps"})
 BOUND_KEYS = frozenset(f.name for f in dataclasses.fields(Bounds))
-ALLOW_KEYS = ("cap_add", "network", "secrets", "runtime")
+ALLOW_KEYS = ("cap_add", "network", "secrets", "runtime", "user")
 _OPENNESS = {"none": 0, "bridge": 1, "host": 2}  # networks, from the narrowest
 # capabilities that reach the host: its files, its kernel, other processes
 HOST_CAPS = ("DAC_READ_SEARCH", "SYS_ADMIN", "SYS_PTRACE", "SYS_MODULE", "SYS_RAWIO", "BPF")
@@ -143,7 +143,18 @@ def _allow(value: Any) -> dict[str, frozenset[str]]:
         "network": frozenset(networks),
         "secrets": frozenset(_secrets(value.get("secrets") or [], {})),
         "runtime": frozenset(_names("allow.runtime", value.get("runtime") or [])),
+        "user": frozenset(_choices("allow.user", value.get("user") or [], ("root",))),
     }
+
+
+def _choices(key: str, value: Any, known: tuple[str, ...]) -> list[str]:
+    from logist.spec import _names
+
+    names = _names(key, value)
+    for name in names:
+        if name not in known:
+            raise UsageError(f"invalid value for {key}: {name!r} (one of {', '.join(known)})")
+    return names
 
 
 def merge_layers(*layers: dict[str, Any]) -> dict[str, Any]:
@@ -209,10 +220,27 @@ def check_spec_file(spec: dict[str, Any], flags: dict[str, Any], config: Config,
     _check_egress(spec, flags, config, path)
     _check_runtime(spec.get("runtime"), flags, config, path)
     _check_resources(spec, flags, config, path)
+    _check_user(spec.get("user"), flags, config, path)
     secrets = trusted("secrets", lambda v: _names("secrets", v))
     for name in _secrets(spec.get("secrets") or [], {}):
         if name not in secrets:
             raise _refusal(path, f"secret {name}", f"--secret {name}", "secrets", name, config)
+
+
+def _check_user(asked: Any, flags: dict[str, Any], config: Config, path) -> None:
+    """A spec's user is not root (uid or gid 0) where the configuration names a user that is
+    not (or ``allow: {user: [root]}`` grants it)."""
+    from logist.spec import normalize_user
+
+    trusted = config.defaults.get("user")
+    if asked is None or trusted is None or flags.get("user") is not None:
+        return  # nothing asked, the invoking user's default, or the command line chose
+    try:
+        ids, trusted_ids = normalize_user(asked).split(":"), normalize_user(trusted).split(":")
+    except UsageError:
+        return  # build_job names it
+    if "0" in ids and "0" not in trusted_ids and "root" not in config.allow["user"]:
+        raise _refusal(path, f"user {asked}", "--user root", "user", "root", config)
 
 
 def _check_network(net: Any, flags: dict[str, Any], config: Config, path) -> None:

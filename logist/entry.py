@@ -46,7 +46,7 @@ def main() -> None:
 def run(argv: list[str]) -> int:
     """The program on ``argv`` (no signal handlers of its own, no exit): its exit code. Every
     ``LogistError`` and every usage error of the parser is one line on stderr."""
-    from logist.errors import Interrupted, LogistError
+    from logist.errors import Interrupted, LogistError, one_line
 
     debug = os.environ.get("LOGIST_DEBUG") == "1"
     try:
@@ -60,7 +60,7 @@ def run(argv: list[str]) -> int:
             import traceback
 
             traceback.print_exc()
-        print(f"logist: error: {exc}", file=sys.stderr)
+        print(f"logist: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except Exception as exc:
         if type(exc).__name__ == "Abort":  # click's, on Ctrl-C at a prompt
@@ -72,9 +72,14 @@ def run(argv: list[str]) -> int:
             return 2
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             hint = " (see --help)" if getattr(exc, "exit_code", 1) == 2 else ""
-            print(f"logist: error: {exc.format_message()}{hint}", file=sys.stderr)
+            print(f"logist: error: {one_line(exc.format_message())}{hint}", file=sys.stderr)
             return exc.exit_code
-        raise
+        if debug:
+            raise
+        print(
+            f"logist: internal error: {one_line(f'{type(exc).__name__}: {exc}')}", file=sys.stderr
+        )
+        return 1
     return code if isinstance(code, int) else 0
 
 

@@ -119,3 +119,14 @@ class Interrupted(BaseException):
     it ends the command at the CLI edge once ``finally`` blocks have made the state consistent."""
 
     exit_code = 130
+
+
+MAX_ERROR = 1000  # characters of an error line (a value of the user's may be long)
+
+
+def one_line(text: str) -> str:
+    """``text`` as one printable line: line breaks as spaces, every other character that is
+    not printable (C0, C1, bidirectional controls) as ``?``, at most ``MAX_ERROR`` characters."""
+    text = text.replace("\r\n", " ").replace("\n", " ")
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= MAX_ERROR else text[: MAX_ERROR - 3] + "..."

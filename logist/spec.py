@@ -41,6 +41,9 @@ MAX_ENV_TOTAL = 1 << 20
 # the engine's and kernel's own ceilings, so a value past them is the user's mistake at once
 MAX_CPUS = 4096.0
 MAX_MEMORY = 1 << 50
+MIN_MEMORY = 6 << 20  # the engines' least; below 1 byte Docker rounds to 0: no limit at all
+MAX_ID = 4294967294  # the kernel's largest uid or gid (2**32 - 1 means none)
+MIN_CPUS = 0.01  # the engines' least; below it Docker rounds to 0: no limit at all
 MAX_PIDS = 4194304  # the kernel's PID_MAX_LIMIT
 MAX_TIMEOUT = 366 * 86400.0  # seconds: a year (Python's waits overflow far beyond)
 
@@ -107,21 +110,29 @@ def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
     return value
 
 
-def _positive(key: str, value: Any, kind: type = float, most: float = MAX_TIMEOUT) -> float | int:
+def _positive(
+    key: str, value: Any, kind: type = float, most: float = MAX_TIMEOUT, least: float = 0.0
+) -> float | int:
     if isinstance(value, bool):
         raise _bad(key, value, "a positive number")
     try:
         number = kind(value)
+        too_big = number > most
+        finite = math.isfinite(number)
     except (TypeError, ValueError):
         raise _bad(key, value, f"a positive {'integer' if kind is int else 'number'}") from None
+    except OverflowError:  # an integer of more digits than a float holds
+        raise _bad(f"{key}", f"{str(value)[:20]}...", f"at most {most:.0f}") from None
     if kind is int and isinstance(value, float) and value != number:
         raise _bad(key, value, "a positive integer")
-    if not math.isfinite(number):
+    if not finite:
         raise _bad(key, value, "a finite number")
     if number <= 0:
         raise _bad(key, value, "must be greater than 0")
-    if number > most:
+    if too_big:
         raise _bad(key, value, f"at most {most:.0f}")
+    if number < least:
+        raise _bad(key, value, f"at least {least:g}, the engine's least")
     return number
 
 
@@ -132,16 +143,32 @@ def _bytes(size: str) -> float:
     return float(size[:-1] if scale else size) * (scale or 1)
 
 
+def _prompt(value: Any) -> str | None:
+    """The job's prompt: it reaches each step as ``LOGIST_PROMPT``, one string of its process."""
+    if value is None:
+        return None
+    text = _scalar("prompt", value)
+    if "\0" in text or len(f"LOGIST_PROMPT={text}".encode()) > MAX_ENV_ENTRY:
+        raise _bad(
+            "prompt", f"{text[:20]}...", f"text without a NUL, at most {MAX_ENV_ENTRY - 14} bytes"
+        )
+    return text
+
+
 def _scalar(key: str, value: Any) -> str:
     """A string (or a number, as YAML reads ``ref: 2024``) as text; nothing else."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise _bad(key, value, "a string")
+    if isinstance(value, str) and not _encodable(value):
+        raise _bad(key, value[:40], "not valid text (a lone surrogate)")
     return str(value)
 
 
 def _text(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _bad(key, value, "a non-empty string")
+    if not _encodable(value):
+        raise _bad(key, value[:40], "not valid text (a lone surrogate)")
     return value
 
 
@@ -160,6 +187,8 @@ def normalize_user(value: Any) -> str:
         return "0:0"
     if not isinstance(value, str) or not _USER_RE.fullmatch(value):
         raise _bad("user", value, "UID:GID or root")
+    if any(len(n) > 10 or int(n) > MAX_ID for n in value.split(":")):
+        raise _bad("user", value[:40], f"ids are at most {MAX_ID}")
     return value if ":" in value else f"{value}:{value}"
 
 
@@ -173,8 +202,8 @@ def _env(value: Any) -> dict[str, str]:
         if not isinstance(v, str | int | float):
             raise _bad(f"env.{k}", v, "a string, number or boolean")
         out[k] = str(v).lower() if isinstance(v, bool) else str(v)
-        if "\0" in out[k]:
-            raise _bad(f"env.{k}", v, "must not hold a NUL character")
+        if "\0" in out[k] or not _encodable(out[k]):
+            raise _bad(f"env.{k}", v, "text without a NUL or a lone surrogate")
         if len(f"{k}={out[k]}".encode()) > MAX_ENV_ENTRY:
             raise _bad(f"env.{k}", f"{out[k][:20]}...", f"at most {MAX_ENV_ENTRY} bytes")
     if sum(len(f"{k}={v}".encode()) + 1 for k, v in out.items()) > MAX_ENV_TOTAL:
@@ -321,24 +350,43 @@ def expanded_size(value: Any, memo: dict[int, int] | None = None) -> int:
     """A YAML value's size with every alias expanded, counted without expanding it: shared
     nodes (what aliases make) are measured once and counted each time they appear."""
     memo = {} if memo is None else memo
+    open_: set[int] = set()  # nodes being measured: one met again inside itself is a cycle
     stack: list[tuple[Any, bool]] = [(value, False)]
     while stack:
         node, done = stack.pop()
         if id(node) in memo and not done:
             continue
+        if id(node) in open_ and not done:
+            raise SpecCycle("an alias refers to a value that holds it (a cycle)")
         children = (
             ([x for kv in node.items() for x in kv] if isinstance(node, dict) else node)
             if isinstance(node, dict | list)
             else None
         )
         if children is None:
+            if isinstance(node, str) and not _encodable(node):
+                raise SpecCycle(f"{node[:40]!r} is not valid text (a lone surrogate)")
             memo[id(node)] = len(str(node)) + 1
         elif done:
             memo[id(node)] = 1 + sum(memo[id(c)] for c in children)
+            open_.discard(id(node))
         else:
+            open_.add(id(node))
             stack.append((node, True))
             stack.extend((c, False) for c in children if id(c) not in memo)
     return memo[id(value)]
+
+
+class SpecCycle(ValueError):
+    """A spec's values cannot be measured: a cycle, or text that is not text."""
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -360,6 +408,8 @@ def load_yaml(path: Path) -> dict[str, Any]:
         size = expanded_size(data)
     except RecursionError:
         raise UsageError(f"spec {path} is nested too deeply") from None
+    except SpecCycle as exc:
+        raise UsageError(f"spec {path}: {exc}") from None
     if size > MAX_SPEC_EXPANDED:
         raise UsageError(
             f"spec {path} expands to over {MAX_SPEC_EXPANDED >> 20} MiB (YAML aliases repeat "
@@ -396,6 +446,8 @@ def build_job(raw: dict[str, Any], *, default_user: str, session: bool = False) 
         raise _bad("memory", memory, "a size greater than 0, such as 512m or 2g")
     if memory is not None and _bytes(str(memory)) > MAX_MEMORY:
         raise _bad("memory", memory, "at most 1024 TiB")
+    if memory is not None and _bytes(str(memory)) < MIN_MEMORY:  # less is no limit, or refused
+        raise _bad("memory", memory, "at least 6m, the engine's least")
     timeout = raw.get("timeout")
     env = _env(raw.get("env") or {})
     network = _choice("network", raw.get("network", "bridge"), NETWORKS)
@@ -415,11 +467,11 @@ def build_job(raw: dict[str, Any], *, default_user: str, session: bool = False) 
         repo=repo,
         ref=_argument("ref", _scalar("ref", raw["ref"])) if raw.get("ref") is not None else None,
         image=_argument("image", raw["image"]) if raw.get("image") is not None else DEFAULT_IMAGE,
-        prompt=_scalar("prompt", raw["prompt"]) if raw.get("prompt") is not None else None,
+        prompt=_prompt(raw.get("prompt")),
         env=env,
         timeout=_positive("timeout", timeout) if timeout is not None else None,
         memory=str(memory) if memory is not None else None,
-        cpus=_positive("cpus", resources["cpus"], float, MAX_CPUS)
+        cpus=_positive("cpus", resources["cpus"], float, MAX_CPUS, MIN_CPUS)
         if resources.get("cpus") is not None
         else None,
         pids=_positive("pids", resources["pids"], int, MAX_PIDS)

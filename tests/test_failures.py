@@ -39,11 +39,12 @@ def one_line(stderr: str) -> str:
 @pytest.mark.docker
 @pytest.mark.timeout(120)
 def test_a_setting_the_engine_refuses_is_exit_2_in_one_line_and_the_job_failed(logist, source_repo):
-    job = create(logist, source_repo, "echo hi > hi.txt", extra=("--memory", "1b"))
+    # more CPUs than the machine has: logist cannot know the engine's host, the engine refuses
+    job = create(logist, source_repo, "echo hi > hi.txt", extra=("--cpus", "4000"))
     out = logist("job", "run", job)
     assert out.returncode == 2, out.stderr
     line = one_line(out.stderr)
-    assert "refused" in line and "memory" in line.lower()  # the engine's own explanation
+    assert "refused" in line and "cpus" in line.lower()  # the engine's own explanation
     st = status(logist, job)
     assert st["state"] == "failed"
     assert st["steps"][0]["state"] == "failed"

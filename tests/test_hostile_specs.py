@@ -170,6 +170,22 @@ def test_step_name_escape_sequences_not_printed_raw(source_repo, tmp_path, logis
         ("steps: echo", "a list of commands"),
         ("ref: [main]", "ref"),
         ("prompt: {a: 1}", "prompt"),
+        # the red team of spec files (12-06): a cycle hung create, growing without bound; a
+        # lone surrogate or a 400-digit number was a traceback; "almost zero" was no limit at
+        # all; a uid past the kernel's or a prompt past 128 KiB failed every run
+        ('steps: &a ["true", *a]', "cycle"),
+        ("env: &a {A: *a}", "cycle"),
+        ('steps: ["echo \\ud800"]', "surrogate"),
+        ('env: {A: "\\ud800"}', "surrogate"),
+        ('image: "\\udfff"', "surrogate"),
+        ('memory: "0.5"', "at least 6m"),
+        ("memory: 1b", "at least 6m"),
+        ("cpus: 0.0000000001", "at least 0.01"),
+        (f"cpus: {'9' * 400}", "cpus"),
+        (f"resources: {{pids: {'9' * 400}}}", "pids"),
+        (f"timeout: {'9' * 400}", "timeout"),
+        ('user: "99999999999999999999:0"', "user"),
+        (f"prompt: {'p' * (200 << 10)}", "prompt"),
     ],
 )
 def test_a_spec_value_past_the_engines_or_kernels_limits_is_refused_at_create(
@@ -199,3 +215,40 @@ def test_a_resources_value_that_is_no_map_is_one_line_and_exit_2_on_the_command_
     out = logist("job", "create", "--file", str(spec))
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-300:]
     assert out.stderr.count("\n") == 1, out.stderr
+
+
+def test_a_spec_cannot_run_as_root_where_the_configuration_names_another_user(
+    source_repo, tmp_path, logist
+):
+    config = tmp_path / "config.yaml"
+    config.write_text('user: "1000:1000"\n')
+    spec = tmp_path / "spec.yaml"
+    env = {"LOGIST_CONFIG": str(config)}
+    for user in ("root", "0", '"0:1000"', '"1000:0"'):
+        spec.write_text(f"repo: {source_repo}\nsteps: ['true']\nuser: {user}\n")
+        out = logist("job", "create", "--file", str(spec), env=env)
+        assert out.returncode == 2 and "--user root" in out.stderr, (user, out.stderr)
+    spec.write_text(f"repo: {source_repo}\nsteps: ['true']\nuser: root\n")
+    granted = logist("job", "create", "--file", str(spec), "--user", "root", env=env)
+    assert granted.returncode == 0, granted.stderr
+    config.write_text('user: "1000:1000"\nallow: {user: [root]}\n')
+    allowed = logist("job", "create", "--file", str(spec), env=env)
+    assert allowed.returncode == 0, allowed.stderr
+    spec.write_text(f"repo: {source_repo}\nsteps: ['true']\nuser: 2000\n")
+    config.write_text('user: "1000:1000"\n')
+    other = logist("job", "create", "--file", str(spec), env=env)  # another user, not root
+    assert other.returncode == 0, other.stderr
+
+
+def test_an_error_line_shows_no_control_character_and_is_bounded(source_repo, tmp_path, logist):
+    """C1 controls (CSI, U+009B) and bidirectional overrides in a value reached the terminal
+    raw in the error line; a 100 KB value made a 100 KB line (red team, 12-06)."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text('repo: "/tmp/nowhere\\u009b2J\\u202e"\nsteps: ["true"]\n')
+    out = logist("job", "create", "--file", str(spec))
+    assert out.returncode == 2, out.stderr
+    assert "\x9b" not in out.stderr and "\u202e" not in out.stderr, repr(out.stderr)
+    assert out.stderr.count("\n") == 1
+    spec.write_text(f"repo: {source_repo}\nref: {'a' * 100_000}\nsteps: ['true']\n")
+    long = logist("job", "create", "--file", str(spec))
+    assert long.returncode == 2 and len(long.stderr) < 1200, len(long.stderr)
