@@ -125,6 +125,8 @@ def finish_runs(results) -> int:
                 (s for s in r.job.steps if s.state not in (State.SUCCEEDED, State.PENDING)), None
             )
             detail = f" at step {step.index} ({step.state}, exit {step.exit_code})" if step else ""
+            if step is not None and step.error:  # "killed: out of memory", "timed out after 5s"
+                detail += f": {one_line(step.error)}"
             print(f"logist: job {r.job.id} {r.job.state}{detail}", file=sys.stderr)
     return combine(results)
 

@@ -296,7 +296,7 @@ def _yaml_loader():
 
     bool_tag, int_tag, float_tag = (f"tag:yaml.org,2002:{t}" for t in ("bool", "int", "float"))
 
-    class Loader(yaml.SafeLoader):
+    class Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml: ~10x faster
         pass
 
     Loader.yaml_implicit_resolvers = {
@@ -397,6 +397,8 @@ def load_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.load(text, Loader=_yaml_loader())
     except yaml.YAMLError as exc:
+        if "nesting depth" in str(exc):  # libyaml's own bound
+            raise UsageError(f"spec {path} is nested too deeply") from None
         raise UsageError(f"spec {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     except RecursionError:
         raise UsageError(f"spec {path} is nested too deeply") from None

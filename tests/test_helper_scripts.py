@@ -217,3 +217,69 @@ def test_serve_answers_each_request_with_tagged_lines_and_the_nonce(root):
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def test_a_write_back_that_fails_leaves_the_steps_repository_whole_and_nothing_in_the_tree(root):
+    """Over 5,000 refs (the write-back then keeps the step's own) and a loose ref with a name
+    git refuses: the write-back's fetch failed after it had moved the objects away, so the next
+    step found no repository and the next harvest committed logist's half-made one (red team,
+    12-06). Now the refs git refuses are left out, and a failure puts everything back."""
+    head = git(root.ws, "rev-parse", "HEAD").strip()
+    packed = "".join(f"{head} refs/heads/b{i}\n" for i in range(6000))
+    (root.ws / ".git" / "packed-refs").write_text(packed)
+    (root.ws / ".git" / "refs" / "heads" / "evil..name").write_text(head + "\n")
+    (root.ws / "w.txt").write_text("w\n")
+    done = root.run(HARVEST, BRANCH, root.base, "m", NONCE, "j1", "yes")
+    assert done.returncode == 0, done.stderr.decode()
+    out = parse_output(done.stdout, done.stderr)
+    assert git(root.ws, "rev-parse", "HEAD").strip() == out.commit
+    assert git(root.ws, "rev-parse", "refs/heads/b5999").strip() == head  # the step's own
+    assert [p.name for p in root.ws.iterdir() if p.name.startswith(".git.")] == []
+    again = root.harvest()
+    assert not any(".git." in name for name in files_of(root.fetched(again), again.commit))
+
+
+def test_the_steps_own_files_named_like_logists_scratch_are_kept(root):
+    for name in (".git.logist-old", ".git.logist-new", ".git.logist-wb"):
+        (root.ws / name).mkdir()
+        (root.ws / name / "data").write_text("important\n")
+    out = root.harvest(write_back=True)
+    for name in (".git.logist-old", ".git.logist-new", ".git.logist-wb"):
+        assert (root.ws / name / "data").read_text() == "important\n"
+        assert files_of(root.fetched(out), out.commit)[f"{name}/data"] == "important\n"
+        (root.path.parent / "accepted.git").rename(root.path.parent / f"seen{name}")
+
+
+def test_a_killed_write_backs_scratch_is_neither_harvested_nor_left(root):
+    scratch = root.ws / ".git.logist-wb-Ab3dE6gH"
+    (scratch / "objects").mkdir(parents=True)
+    (scratch / "HEAD").write_text("ref: refs/heads/x\n")
+    (root.ws / "w.txt").write_text("w\n")
+    out = root.harvest(write_back=True)
+    names = files_of(root.fetched(out), out.commit)
+    assert "w.txt" in names and not any(".git.logist-wb" in n for n in names)
+    assert not scratch.exists()
+
+
+def test_paths_git_cannot_read_are_named_in_a_warning(root):
+    """Git skips a path over PATH_MAX without a word: a file 2,100 directories deep was lost
+    from the harvest with no warning (red team, 12-06)."""
+    fd = os.open(root.ws, os.O_RDONLY)
+    try:
+        for _ in range(2100):
+            os.mkdir("d", dir_fd=fd)
+            inner = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        leaf = os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(leaf, b"deep\n")
+        os.close(leaf)
+    finally:
+        os.close(fd)
+    (root.ws / "shallow.txt").write_text("here\n")
+    try:
+        out = root.harvest()
+        assert "shallow.txt" in files_of(root.fetched(out), out.commit)
+        assert any("paths longer than 4000 bytes are not taken" in w for w in out.warnings)
+    finally:  # pytest's own clean-up of old temp dirs recurses: too deep for it
+        subprocess.run(["rm", "-rf", str(root.ws / "d")], check=True)

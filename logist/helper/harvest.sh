@@ -83,16 +83,22 @@ rm -f "$TM/logist-flags"
   || { rm -f "$I"; GIT_INDEX_FILE=$I g read-tree "$start" 2>/dev/null; } \
   || GIT_INDEX_FILE=$I g read-tree "$P" || exit 11
 cd "$W" || exit 12
-printf '.git.logist-hidden-%s\n' "$nonce" > "$TM/hidden-exclude"
+printf '.git.logist-hidden-%s\n/.git.logist-wb-*\n' "$nonce" > "$TM/hidden-exclude"
 # repositories nested in the workspace (a clone in a subdirectory): their files are work too, so
 # their .git is set aside while the files are added (and put back). Names are NUL-separated data
-# (a name may hold a newline) and stay below the workspace (find follows no link)
-find . -path ./.git -prune -o -name .git -prune -exec sh -c \
+# (a name may hold a newline) and stay below the workspace (find follows no link). The same
+# walk lists the paths git cannot read (over PATH_MAX: git skips them without a word)
+rm -f "$TM/too-long"
+find . -regextype posix-extended -path ./.git -prune -o -name .git -prune -exec sh -c \
   'n=$1; shift; for d; do mv -T -- "$d" "$d.logist-hidden-$n" && printf "%s\0" "$d"; done' \
-  hide "$nonce" {} + > "$TM/hidden" 2>/dev/null
+  hide "$nonce" {} + -o -regex '.{4002,}' -fprint "$TM/too-long" > "$TM/hidden" 2>/dev/null
 GIT_INDEX_FILE=$I g --work-tree="$W" -c core.excludesFile="$TM/hidden-exclude" \
   add -A --ignore-errors 2>"$TM/add.err" || \
   warn "some files could not be read: $(tail -n 1 "$TM/add.err")"
+if [ -s "$TM/too-long" ]; then
+  warn "$(wc -l < "$TM/too-long") paths longer than 4000 bytes are not taken (git cannot" \
+       "read them); the first: $(head -c 60 "$TM/too-long")..."
+fi
 xargs -0 -r sh -c 'n=$1; shift; for d; do mv -T -- "$d.logist-hidden-$n" "$d"; done' \
   unhide "$nonce" < "$TM/hidden"
 T=$(GIT_INDEX_FILE=$I g --work-tree="$W" write-tree) || exit 13

@@ -15,13 +15,33 @@ warn() { printf 'warning: %s\n' "$*" >&2; }
 write_back() (
   branch=$1 C=$2 ns=$3
   cd "$W" || exit 20
-  new="$W/.git.logist-new" old="$W/.git.logist-old"
-  rm -rf "$new" "$old"
-  git init -q --bare --template= "$new" >/dev/null || exit 21
+  # logist's scratch: names a step does not choose (mktemp), one reserved prefix; a killed
+  # write-back's are removed here and never harvested
+  rm -rf "$W"/.git.logist-wb-* 2>/dev/null
+  new=$(mktemp -d "$W/.git.logist-wb-XXXXXXXX") || exit 21
+  old=$(mktemp -d "$W/.git.logist-wb-XXXXXXXX") || { rm -rf "$new"; exit 21; }
+  moved= && rm -f "$TM/logist-own-refs"
+  # a failure puts the step's repository back as it was: its objects, nothing of logist's
+  fail() {
+    if [ -n "$moved" ] && [ ! -e .git/objects ] && [ ! -L .git/objects ]; then
+      mv "$new/objects" .git/objects
+    fi
+    rm -rf "$new" "$old"
+    exit "$1"
+  }
+  git init -q --bare --template= "$new" >/dev/null || fail 21
   n() { git --git-dir="$new" -c safe.directory='*' -c core.hooksPath=/dev/null \
         -c gc.auto=0 -c maintenance.auto=false -c fetch.writeCommitGraph=false "$@"; }
+  # more refs than a harvest keeps: the step's own stay, those git can read (a name git
+  # refuses is left out), listed from the view of them the harvest made, as data
+  if [ -s "$TM/logist-over" ] && [ -d "$TM/logist-view/refs" ]; then
+    git --git-dir="$TM/logist-view" -c safe.directory='*' for-each-ref \
+      --format='%(objectname) %(refname)' > "$TM/logist-own-refs" 2>/dev/null \
+      || : > "$TM/logist-own-refs"
+  fi
   if [ -d .git/objects ] && [ ! -L .git ] && [ ! -L .git/objects ]; then
-    rm -rf "$new/objects" && mv .git/objects "$new/objects" || exit 21
+    rm -rf "$new/objects" && mv .git/objects "$new/objects" || fail 21
+    moved=yes
     # the step's links first (find follows none): no removal by name below may follow one
     find "$new/objects" ! -type f ! -type d -exec rm -f {} + 2>/dev/null
     rm -rf "$new/objects/info/alternates" "$new/objects/info/http-alternates" \
@@ -29,21 +49,16 @@ write_back() (
            "$new/objects/pack/multi-pack-index"
     mkdir -p "$new/objects/info" "$new/objects/pack"
   fi
-  n config core.bare false && n config core.logAllRefUpdates true || exit 21
-  # more refs than a harvest keeps: the step's own (copied as data into the view) stay
-  if [ -s "$TM/logist-over" ] && [ -d "$TM/logist-view/refs" ]; then
-    cp -RP "$TM/logist-view/refs/." "$new/refs/" 2>/dev/null
-    if [ -f "$TM/logist-view/packed-refs" ]; then cp "$TM/logist-view/packed-refs" "$new/"; fi
-    find "$new/refs" ! -type f ! -type d -exec rm -f {} + 2>/dev/null
-  fi
+  n config core.bare false && n config core.logAllRefUpdates true || fail 21
+  if [ -s "$TM/logist-own-refs" ]; then cp "$TM/logist-own-refs" "$new/packed-refs" || fail 21; fi
   # refs/wb/ of the helper's repository: the job branch at C, the step's other branches, its
   # tags and its stash, as the harvest found them
   n fetch -q --no-tags --no-write-fetch-head --upload-pack "$UP" "$S" "+refs/wb/*:refs/*" \
-    || exit 22
-  n symbolic-ref HEAD "refs/heads/$branch" || exit 23
-  cp "$TM/logist-index" "$new/index" || exit 24
-  if [ -e .git ] || [ -L .git ]; then mv .git "$old" || exit 25; fi
-  mv "$new" .git || exit 25
+    || fail 22
+  n symbolic-ref HEAD "refs/heads/$branch" || fail 23
+  cp "$TM/logist-index" "$new/index" || fail 24
+  if [ -e .git ] || [ -L .git ]; then mv .git "$old/git" || fail 25; fi
+  mv "$new" .git || { mv "$old/git" .git; fail 25; }
   rm -rf "$old"
   exit 0
 )
