@@ -17,11 +17,11 @@ from logist.options import SPEC_KEYS
 ID_RULE = "^[a-z0-9][a-z0-9_.-]{0,63}$"
 _ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_MEMORY_RE = re.compile(r"\d+(\.\d+)?[bkmg]?", re.IGNORECASE)
-_USER_RE = re.compile(r"\d+(:\d+)?")
+_MEMORY_RE = re.compile(r"\d+(\.\d+)?[bkmg]?", re.IGNORECASE | re.ASCII)
+_USER_RE = re.compile(r"[0-9]+(:[0-9]+)?")
 _CAP_RE = re.compile(r"[A-Za-z_]+")
 _RUNTIME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd])")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 URL_PREFIXES = ("file://", "git://", "https://", "http://", "ssh://")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -283,3 +284,35 @@ def test_paths_git_cannot_read_are_named_in_a_warning(root):
         assert any("paths longer than 4000 bytes are not taken" in w for w in out.warnings)
     finally:  # pytest's own clean-up of old temp dirs recurses: too deep for it
         subprocess.run(["rm", "-rf", str(root.ws / "d")], check=True)
+
+
+NOBODY = 65534
+
+
+@pytest.mark.parametrize("locked", [".git", ".git/objects", ".", ".git/objects/pack"])
+def test_a_repository_the_step_made_read_only_is_still_replaced_as_its_user(tmp_path, locked):
+    """A step (not root) that made its .git read-only kept its config, and its fsmonitor ran in
+    the next step: the write-back, as the step's user, could not move the objects out, and put
+    the step's repository back (red team, 12-06). The owner may open the modes again."""
+    base = Path(tempfile.mkdtemp(prefix="logist-wb-", dir="/tmp"))  # others may walk it
+    try:
+        base.chmod(0o755)
+        root = Root(base)
+        (root.ws / "w.txt").write_text("w\n")
+        out = root.harvest()
+        git(root.ws, "config", "core.fsmonitor", "echo planted")
+        for path in (root.ws, root.path / "tmp"):
+            subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(path)], check=True)
+        (root.ws / locked).chmod(0o555 if locked != ".git/objects/pack" else 0)
+        as_step = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+        done = subprocess.run(
+            [*as_step, "sh", "-c", WRITE_BACK, "write-back", BRANCH, out.commit, "j1"],
+            capture_output=True,
+            env=root.env(),
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        assert "fsmonitor" not in (root.ws / ".git" / "config").read_text()
+        assert git(root.ws, "rev-parse", "HEAD").strip() == out.commit
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=True)

@@ -185,6 +185,8 @@ def test_step_name_escape_sequences_not_printed_raw(source_repo, tmp_path, logis
         (f"resources: {{pids: {'9' * 400}}}", "pids"),
         (f"timeout: {'9' * 400}", "timeout"),
         ('user: "99999999999999999999:0"', "user"),
+        ('user: "\u0661\u0660\u0660\u0660:0"', "user"),  # Arabic-Indic digits: \\d took them
+        ('user: "\uff11\uff10\uff10\uff10"', "user"),  # fullwidth
         (f"prompt: {'p' * (200 << 10)}", "prompt"),
     ],
 )

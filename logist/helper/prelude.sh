@@ -15,6 +15,10 @@ warn() { printf 'warning: %s\n' "$*" >&2; }
 write_back() (
   branch=$1 C=$2 ns=$3
   cd "$W" || exit 20
+  # what the step made read-only (chmod 555 .git) is its user's to open again: a write-back
+  # that failed would leave the step's config and hooks to the next step (links: not followed)
+  chmod u+rwx . 2>/dev/null
+  if [ -d .git ] && [ ! -L .git ]; then chmod -R u+rwX .git 2>/dev/null; fi  # -R follows none
   # logist's scratch: names a step does not choose (mktemp), one reserved prefix; a killed
   # write-back's are removed here and never harvested
   rm -rf "$W"/.git.logist-wb-* 2>/dev/null
