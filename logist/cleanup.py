@@ -320,6 +320,7 @@ def _cleanup_one(store: Store, job_id: str, *, force: bool, dry_run: bool, wait:
 
     job_dir = store.job_dir(job_id)
     timeout = 1.0
+    stopped, had = 0, False  # what a forced cleanup ended, for its owner to finish removing
     if is_active(job_dir):
         if not force:
             raise JobActive(
@@ -327,8 +328,9 @@ def _cleanup_one(store: Store, job_id: str, *, force: bool, dry_run: bool, wait:
                 "use --force to stop it and clean up"
             )
         if not dry_run:
+            had = has_workspace(store.dir(job_id))
             request_cancel(job_dir, "cleanup --force")
-            containers.stop_and_remove(step_containers(store, job_id))
+            stopped = containers.stop_and_remove(step_containers(store, job_id))
             timeout = wait
     out: dict = {"cleaned": [], "skipped": [], "failed": [], "orphans_removed": 0}
     if dry_run and is_active(job_dir):  # a look at a job another process owns: no writes
@@ -342,6 +344,10 @@ def _cleanup_one(store: Store, job_id: str, *, force: bool, dry_run: bool, wait:
                     "it with its work landed; --force removes it now (its work harvested)"
                 )
             report = remove_workspace(run, force=force, dry_run=dry_run)
+            if had and not report.workspace_removed and not has_workspace(run.dir):
+                report.workspace_removed = True  # by its owner, once this cancel ended its run
+                report.nothing_to_clean = False
+            report.containers_removed += stopped
             if session and not dry_run:
                 run.job.stop_running(INTERRUPTED, "removed by job cleanup --force")
                 run.save()
