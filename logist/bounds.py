@@ -75,3 +75,11 @@ def _positive_float(key: str, value: Any) -> float:
     if isinstance(value, bool) or not number > 0 or number == float("inf"):
         raise UsageError(f"invalid value for {key}: {value!r} (a positive number of seconds)")
     return number
+
+
+def size_text(n: int) -> str:
+    """``n`` bytes for a person: ``1.5 GiB``, ``100.0 MiB``, ``12 bytes``."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"

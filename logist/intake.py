@@ -16,19 +16,12 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from logist.bounds import Bounds
+from logist.bounds import Bounds, size_text
 from logist.errors import GitError
 from logist.gitops import _env, is_oid
 
 MAX_BUNDLE_HEADER = 1 << 20
 _PRLIMIT = "/usr/bin/prlimit"
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} bytes"
 
 
 def bounded(argv: list[str], bounds: Bounds) -> list[str]:
@@ -109,7 +102,8 @@ def index_bundle(repo: Path, bundle: Path, bounds: Bounds | None = None) -> dict
     if size > bounds.max_result_size:
         raise GitError(
             ["bundle"],
-            f"the bundle is {_size(size)}, over max_result_size {_size(bounds.max_result_size)}",
+            f"the bundle is {size_text(size)}, over max_result_size "
+            f"{size_text(bounds.max_result_size)}",
         )
     objects = repo / "objects"
     quarantine = Path(tempfile.mkdtemp(prefix="incoming-", dir=objects))
@@ -129,7 +123,7 @@ def index_bundle(repo: Path, bundle: Path, bounds: Bounds | None = None) -> dict
         if proc.returncode != 0:
             err = proc.stderr.decode(errors="replace").strip()
             if proc.returncode < 0 or "out of memory" in err or "Cannot allocate" in err:
-                err = f"over git_memory {_size(bounds.git_memory)} ({err[-200:]})"
+                err = f"over git_memory {size_text(bounds.git_memory)} ({err[-200:]})"
             raise GitError(["index-pack", "--strict"], err)
         check(repo, quarantine, bounds)
         for pack in sorted((quarantine / "pack").iterdir(), key=lambda p: p.suffix != ".pack"):
@@ -154,8 +148,8 @@ def check(repo: Path, quarantine: Path, bounds: Bounds) -> None:
         if int(size) > bounds.max_object_size:
             raise GitError(
                 ["bundle"],
-                f"object {oid} is {_size(int(size))} expanded, over max_object_size "
-                f"{_size(bounds.max_object_size)}",
+                f"object {oid} is {size_text(int(size))} expanded, over max_object_size "
+                f"{size_text(bounds.max_object_size)}",
             )
         if kind == "commit":
             commits.append(oid)

@@ -35,7 +35,7 @@ from logist.errors import (
     Rejected,
     WorkspaceUnseen,
 )
-from logist.helper import HarvestOutput, parse_output, printable
+from logist.helper import HarvestOutput, parse_output, printable, too_big
 from logist.jobrun import JobRun
 from logist.store import owner_id
 from logist.workspaces import workspace_of
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 HELPER_TIMEOUT = 300  # seconds one harvest may take (LOGIST_HARVEST_TIMEOUT), then it is killed
 STOP_GRACE = 10.0  # seconds a harvest may go on after SIGINT/SIGTERM before it is killed
+TOO_BIG = 17  # the harvest's exit status for a file over max_object_size (harvest.sh)
 
 
 # The helper's scripts (logist/helper/*.sh). HARVEST runs as root in the helper with
@@ -437,9 +438,12 @@ class Sandbox:
         (``written_back``); otherwise ``write_back`` does it, as the step's user."""
         nonce = secrets.token_hex(8)
         together = write_back and self.job.user == "0:0"
+        most = self.job.limits.max_object_size
         args = [self.job.branch, previous, message, nonce, self.job.id, "yes" if together else ""]
-        code, stdout, stderr = self._request(args)
+        code, stdout, stderr = self._request([*args, str(most)])
         out = parse_output(stdout, stderr)
+        if code == TOO_BIG:
+            raise HarvestFailed(too_big(stderr, most))
         if code != 0 or out.commit is None:
             raise HarvestFailed(f"the harvest helper failed: {_last_line(stderr, code)}")
         if self.volume is not None and out.bundle is not None and _BUNDLE.fullmatch(out.bundle):

@@ -79,13 +79,14 @@ def execute(
             )
         collected = _Collected(listener, limit=job.limits.log_limit if collect else 0)
         log_limit = job.limits.log_limit
+        stop = _Stop(api, made["Id"], box, pidfile, job.user)
         timed_out = _run_exec(
-            api, made["Id"], box, pidfile, (log_path, log_limit), mask, collected, timeout
+            api, made["Id"], box, stop, (log_path, log_limit), mask, collected, timeout
         )
         with containers.engine_errors(f"running a command in session {job_id}", box.client):
             code = api.exec_inspect(made["Id"]).get("ExitCode")
         _touch(run)
-        return ExecResult(code, collected.text(), str(log_path), timed_out)
+        return ExecResult(None if timed_out else code, collected.text(), str(log_path), timed_out)
 
 
 class _Collected:
@@ -109,7 +110,7 @@ class _Collected:
         return b"".join(self.parts).decode(errors="replace")
 
 
-def _run_exec(api, exec_id, box, pidfile, log, mask, listener, timeout) -> bool:
+def _run_exec(api, exec_id, box, stop, log, mask, listener, timeout) -> bool:
     """Stream one command's output into its log and the listener; stop it (SIGTERM, then
     SIGKILL) at its timeout or when the caller is interrupted. True when it timed out."""
     done = threading.Event()
@@ -118,7 +119,7 @@ def _run_exec(api, exec_id, box, pidfile, log, mask, listener, timeout) -> bool:
     def watch() -> None:
         if timeout and not done.wait(timeout):
             timed_out.set()
-            _stop_command(box, pidfile)
+            stop.command()
 
     watcher = threading.Thread(target=watch, name="logist-exec-timeout", daemon=True)
     watcher.start()
@@ -131,7 +132,7 @@ def _run_exec(api, exec_id, box, pidfile, log, mask, listener, timeout) -> bool:
                 for chunk in api.exec_start(exec_id, stream=True):
                     out(chunk)
         except BaseException:  # the caller interrupted (Ctrl-C): this command stops, alone
-            _stop_command(box, pidfile)
+            stop.command()
             raise
         finally:
             done.set()
@@ -139,17 +140,46 @@ def _run_exec(api, exec_id, box, pidfile, log, mask, listener, timeout) -> bool:
     return timed_out.is_set()
 
 
-def _stop_command(box: Any, pidfile: str) -> None:
-    """SIGTERM to the session's command and every process it started (its process group: an
-    ``exec``'d process leads one), SIGKILL after a grace."""
-    kill = (
-        f'p=$(cat {shlex.quote(pidfile)} 2>/dev/null); case "$p" in ""|*[!0-9]*) exit 0;; esac; '
-        'kill -TERM "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null; i=0; '
-        f'while kill -0 "-$p" 2>/dev/null && [ $i -lt {int(STOP_GRACE * 10)} ]; do '
-        'sleep 0.1; i=$((i+1)); done; kill -KILL "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null'
-    )
-    with contextlib.suppress(Exception):
-        box.exec_run(["/bin/sh", "-c", kill], user="0:0")
+class _Stop:
+    """Stopping one command of a session: SIGTERM to it and every process it started (its
+    process group: an ``exec``'d process leads one), SIGKILL after a grace. Which process:
+    the engine's own record of the command (its pid seen from the container, read from the
+    host's ``/proc`` where the engine is local), else the file the command's wrapper wrote,
+    which the command could rewrite: so the stop runs as the session's user (it can stop no
+    more than the command itself could) and never signals pid 1 or below."""
+
+    def __init__(self, api: Any, exec_id: str, box: Any, pidfile: str, user: str) -> None:
+        self.api, self.exec_id, self.box = api, exec_id, box
+        self.pidfile, self.user = pidfile, user
+
+    def command(self) -> None:
+        pid = self._engines_pid()
+        read = f"p={pid}" if pid else f"p=$(cat {shlex.quote(self.pidfile)} 2>/dev/null)"
+        kill = (
+            f'{read}; case "$p" in ""|*[!0-9]*) exit 0;; esac; [ "$p" -gt 1 ] || exit 0; '
+            'kill -TERM "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null; i=0; '
+            f'while kill -0 "-$p" 2>/dev/null && [ $i -lt {int(STOP_GRACE * 10)} ]; do '
+            "sleep 0.1; i=$((i+1)); done; "
+            'kill -KILL "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null'
+        )
+        with contextlib.suppress(Exception):
+            self.box.exec_run(["/bin/sh", "-c", kill], user=self.user)
+
+    def _engines_pid(self) -> int | None:
+        """The command's pid in its container, from the engine's host pid, when that process
+        is here and in this container's cgroup (a remote engine's pid names nothing here)."""
+        try:
+            host_pid = int(self.api.exec_inspect(self.exec_id).get("Pid") or 0)
+            if host_pid <= 0:
+                return None
+            with open(f"/proc/{host_pid}/cgroup") as fh:
+                if self.box.id not in fh.read():
+                    return None
+            with open(f"/proc/{host_pid}/status") as fh:
+                nspids = next((ln.split()[1:] for ln in fh if ln.startswith("NSpid:")), [])
+            return int(nspids[-1]) if len(nspids) > 1 else None
+        except Exception:  # gone, not here, or the engine's answer: the pid file then
+            return None
 
 
 # --- files -----------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from logist.channel import SERVE
-from logist.helper import parse_output
-from logist.sandbox import HARVEST, TRUSTED_INIT, VISIBLE, WRITE_BACK
+from logist.helper import parse_output, too_big
+from logist.sandbox import HARVEST, TOO_BIG, TRUSTED_INIT, VISIBLE, WRITE_BACK
 from tests.helpers import git, make_repo
 
 BRANCH = "logist/j1"
@@ -49,9 +49,8 @@ class Root:
         )
 
     def harvest(self, *, write_back: bool = False, message: str = "logist: j1 step 1"):
-        done = self.run(
-            HARVEST, BRANCH, self.base, message, NONCE, "j1", "yes" if write_back else ""
-        )
+        wb = "yes" if write_back else ""
+        done = self.run(HARVEST, BRANCH, self.base, message, NONCE, "j1", wb, str(100 << 20))
         assert done.returncode == 0, done.stderr.decode()
         return parse_output(done.stdout, done.stderr)
 
@@ -316,3 +315,28 @@ def test_a_repository_the_step_made_read_only_is_still_replaced_as_its_user(tmp_
         assert git(root.ws, "rev-parse", "HEAD").strip() == out.commit
     finally:
         subprocess.run(["rm", "-rf", str(base)], check=True)
+
+
+def test_a_file_over_max_object_size_is_refused_before_git_reads_it(root):
+    """A sparse 100 GB file took the whole harvest deadline (300 s) before the helper was
+    killed (red team, 12-06): the walk now finds it and the harvest stops at once. A file git
+    ignores is no object, whatever its size, and a tracked one that did not change is not read
+    again (a source may hold one over the bound)."""
+    most = str(1 << 20)
+    (root.ws / ".gitignore").write_text("ignored.bin\n")
+    with open(root.ws / "ignored.bin", "wb") as fh:
+        fh.truncate(200 << 30)
+    (root.ws / "w.txt").write_text("w\n")
+    (root.ws / "tracked.bin").write_bytes(b"x" * (2 << 20))
+    git(root.ws, "add", "tracked.bin")
+    git(root.ws, "-c", "user.name=s", "-c", "user.email=s@s", "commit", "-q", "-m", "big")
+    first = root.run(HARVEST, BRANCH, root.base, "m", NONCE, "j1", "", most)
+    assert first.returncode == 0, first.stderr.decode()  # tracked, unchanged: not read again
+    out = parse_output(first.stdout, first.stderr)
+    assert "w.txt" in files_of(root.fetched(out), out.commit)
+    with open(root.ws / "huge.bin", "wb") as fh:
+        fh.truncate(100 << 30)
+    done = root.run(HARVEST, BRANCH, out.commit, "m", NONCE, "j1", "", most)
+    assert done.returncode == TOO_BIG, done.stderr.decode()
+    said = too_big(done.stderr, 1 << 20)
+    assert said == "huge.bin is 100.0 GiB, over max_object_size 1.0 MiB: refused before git read it"

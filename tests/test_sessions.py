@@ -125,6 +125,24 @@ def test_a_timeout_stops_that_command_not_the_session(rt, source_repo):
         assert s.exec(["true"]).exit_code == 0
 
 
+def test_a_command_that_rewrites_its_pid_file_still_times_out_and_stops_nothing_else(
+    rt, source_repo
+):
+    """The stop read the command's pid from a file the command could write: 99999 there made
+    a timeout stop nothing (the exec ran its 25 s, exit 0); 1 there, in a session of a user
+    not root, had the stop (as root) signal every process and end the session (red team,
+    12-06). The stop now takes the engine's pid of the command and runs as the session's user."""
+    spec = {"repo": str(source_repo), "image": STEP_IMAGE, "network": "none"}
+    rewrite = "for f in /tmp/.logist-exec-*.pid; do echo {} > $f; done; sleep 25; touch survived"
+    with rt.session(user="1000:1000", **spec) as s:
+        for pid in ("99999", "1"):
+            started = time.monotonic()
+            r = s.exec(["sh", "-c", rewrite.format(pid)], timeout=3)
+            assert r.timed_out and r.exit_code is None, (pid, r)
+            assert time.monotonic() - started < 15, pid
+        assert s.exec(["sh", "-c", "ls survived 2>/dev/null; echo alive"]).output == "alive\n"
+
+
 def test_ctrl_c_during_session_exec_stops_that_command_only(logist, source_repo, jobs_root):
     sid = start(logist, source_repo)
     proc = subprocess.Popen(

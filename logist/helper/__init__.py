@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass, field
 from importlib.resources import files
 
+from logist.bounds import size_text
+
 MAX_OUTPUT = 1 << 20  # bytes of a helper's answer read; the rest is ignored
 
 
@@ -55,3 +57,12 @@ def parse_output(stdout: bytes, stderr: bytes) -> HarvestOutput:
 def printable(text: str) -> str:
     """``text`` with every character that is not printable as ``?``."""
     return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def too_big(stderr: bytes, most: int) -> str:
+    """The refusal of a file over ``max_object_size``, from the harvest's ``too-big`` line."""
+    lines = stderr[:MAX_OUTPUT].decode(errors="replace").splitlines()
+    line = next((x for x in lines if x.startswith("too-big ")), "")
+    size, _, path = line[len("too-big ") :].partition(" ")
+    what = f"{printable(path)[:200]} is {size_text(int(size))}" if size.isdigit() else "a file is"
+    return f"{what}, over max_object_size {size_text(most)}: refused before git read it"

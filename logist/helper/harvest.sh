@@ -1,4 +1,4 @@
-branch=$1 P=$2 msg=$3 nonce=$4 ns=$5 wb=${6:-no}
+branch=$1 P=$2 msg=$3 nonce=$4 ns=$5 wb=${6:-no} max=${7:-}
 I="$TM/logist-index"
 for f in "$R/out/"*.bundle; do [ -f "$f" ] && [ ! -L "$f" ] && rm -f "$f"; done  # no process: none
 g() { git --git-dir="$S" -c core.hooksPath=/dev/null -c safe.directory='*' \
@@ -88,10 +88,28 @@ printf '.git.logist-hidden-%s\n/.git.logist-wb-*\n' "$nonce" > "$TM/hidden-exclu
 # their .git is set aside while the files are added (and put back). Names are NUL-separated data
 # (a name may hold a newline) and stay below the workspace (find follows no link). The same
 # walk lists the paths git cannot read (over PATH_MAX: git skips them without a word)
-rm -f "$TM/too-long"
+rm -f "$TM/too-long" "$TM/too-big"
 find . -regextype posix-extended -path ./.git -prune -o -name .git -prune -exec sh -c \
   'n=$1; shift; for d; do mv -T -- "$d" "$d.logist-hidden-$n" && printf "%s\0" "$d"; done' \
-  hide "$nonce" {} + -o -regex '.{4002,}' -fprint "$TM/too-long" > "$TM/hidden" 2>/dev/null
+  hide "$nonce" {} + -o -regex '.{4002,}' -fprint "$TM/too-long" \
+  -o -type f -size +"${max:-9223372036854775806}"c -fprint0 "$TM/too-big" \
+  > "$TM/hidden" 2>/dev/null
+# a file over max_object_size that git would take is refused now, before git reads it all (a
+# sparse 100 GB file took the whole harvest deadline); one git ignores is no object
+if [ -n "$max" ] && [ -s "$TM/too-big" ]; then
+  # of those, the ones add -A would read: untracked and not ignored, or tracked and changed
+  big=$(GIT_INDEX_FILE=$I GIT_LITERAL_PATHSPECS=1 xargs -0 -r git --git-dir="$S" \
+          -c safe.directory='*' -c core.fsmonitor=false -c core.untrackedCache=false \
+          --work-tree="$W" -c core.excludesFile="$TM/hidden-exclude" \
+          ls-files -z -o -m --exclude-standard -- < "$TM/too-big" 2>/dev/null \
+        | head -z -n 1 | tr -d '\0\n')
+  if [ -n "$big" ]; then
+    xargs -0 -r sh -c 'n=$1; shift; for d; do mv -T -- "$d.logist-hidden-$n" "$d"; done' \
+      unhide "$nonce" < "$TM/hidden"
+    printf 'too-big %s %s\n' "$(stat -c %s -- "$big" 2>/dev/null || echo 0)" "$big" >&2
+    exit 17
+  fi
+fi
 GIT_INDEX_FILE=$I g --work-tree="$W" -c core.excludesFile="$TM/hidden-exclude" \
   add -A --ignore-errors 2>"$TM/add.err" || \
   warn "some files could not be read: $(tail -n 1 "$TM/add.err")"
