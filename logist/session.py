@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from logist import containers
 from logist.container_spec import SESSION
-from logist.errors import EnvironmentProblem, InvalidTransition, LogistError, UsageError
+from logist.errors import (
+    EnvironmentProblem,
+    HarvestFailed,
+    InvalidTransition,
+    LogistError,
+    UsageError,
+)
 from logist.jobrun import JobRun
 from logist.model import FAILED, INTERRUPTED, RUNNING, SUCCEEDED, now, parse_time
 from logist.networks import JobNetwork, remove_job
@@ -234,6 +240,8 @@ def sweep_one(run: JobRun, dry_run: bool, out: dict, notify=None) -> None:
         )  # fmt: skip
         return
     result = stop_idle(run, notify)
+    if result.error is not None:
+        out["failed"].append({"job": run.job.id, "error": str(result.error)})
     if result.cleanup is not None:
         record(out, result.cleanup, containers_count=True)
 
@@ -249,16 +257,25 @@ def stop_idle(run: JobRun, notify=None) -> JobResult:
 
     job = run.job
     box = container_of(run)
+    refused: HarvestFailed | None = None
     if box is not None:
-        _harvest(run, box, notify)
+        try:
+            _harvest(run, box, notify)
+        except HarvestFailed as exc:  # unattended: the container goes, the work stays
+            refused = exc
         containers.stop_and_remove([box], grace=STOP_GRACE)
-        job.move(SUCCEEDED)
+        if refused is None:
+            job.move(SUCCEEDED)
+        else:
+            job.stop_running(FAILED, f"stopped idle; its last harvest was refused: {refused}")
     else:
         job.stop_running(INTERRUPTED, "the session's container is gone")
     with contextlib.suppress(LogistError):  # its proxy and network; else the sweep's next time
         remove_job(run.dock.client(), run.store.root, job.id, grace=0)
     job.session["container"] = None
     run.save()
+    if refused is not None:  # the workspace kept, as after any refused harvest
+        return JobResult(job=job, error=refused)
     finish(run)
     return JobResult(job=job, cleanup=after_job(run, harvested=job.state == SUCCEEDED))
 

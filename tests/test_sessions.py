@@ -143,6 +143,29 @@ def test_a_command_that_rewrites_its_pid_file_still_times_out_and_stops_nothing_
         assert s.exec(["sh", "-c", "ls survived 2>/dev/null; echo alive"]).output == "alive\n"
 
 
+def test_an_idle_session_whose_harvest_is_refused_is_still_stopped_by_the_sweep(
+    rt, source_repo, docker_client, tmp_path, monkeypatch
+):
+    """A file over max_object_size made every cron sweep fail (exit 4) and left the session's
+    container running for ever (red team, 12-06): the sweep now removes the container, keeps
+    the workspace with the work, and says why."""
+    config = tmp_path / "config.yaml"
+    config.write_text("max_object_size: 1m\n")
+    monkeypatch.setenv("LOGIST_CONFIG", str(config))
+    spec = {"repo": str(source_repo), "image": STEP_IMAGE, "network": "none"}
+    s = rt.session(idle_timeout="1s", **spec)
+    s.exec(["sh", "-c", "head -c 2000000 /dev/urandom > big.bin; echo kept > w.txt"])
+    time.sleep(1.5)
+    with pytest.raises(logist.CleanupIncomplete) as swept:
+        rt.sweep(older_than="0s")
+    assert [f["job"] for f in swept.value.report["failed"]] == [s.id]
+    assert "max_object_size" in swept.value.report["failed"][0]["error"]
+    assert left(docker_client, rt.jobs_dir) == []
+    view = rt.status(s.id)
+    assert view["state"] == "failed" and "refused" in view["error"]
+    assert (rt.jobs_dir / s.id / "workspace" / "w.txt").read_text() == "kept\n"
+
+
 def test_ctrl_c_during_session_exec_stops_that_command_only(logist, source_repo, jobs_root):
     sid = start(logist, source_repo)
     proc = subprocess.Popen(
