@@ -68,6 +68,8 @@ def start(
     from logist.volumes import new_name
     from logist.workspaces import workspace_of
 
+    if not idle_timeout > 0:  # NaN too: a session stale from its start
+        raise UsageError(f"--idle-timeout {idle_timeout!r}: a duration greater than 0")
     record = {"idle_timeout": idle_timeout, "container": None, "execs": 0, "harvests": 0}
     job = rt.create_job(spec, file, session=record)
     with JobRun.open(rt.store, job.id, timeout=LOCK_WAIT) as run:

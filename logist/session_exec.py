@@ -18,7 +18,7 @@ from logist.streams import Listener, SecretMask, StepOutput
 
 # A command run in the session: its pid noted first (to stop it and what it started: its
 # process group), then the command itself.
-WRAP = 'echo $$ > "$0" 2>/dev/null; exec "$@"'
+WRAP = '{ echo $$ > "$1"; } 2>/dev/null; shift; exec "$@"'  # $0: the name its errors carry
 
 
 @dataclass
@@ -58,6 +58,11 @@ def execute(
     for key in env or {}:
         if not _ENV_KEY_RE.fullmatch(key):
             raise UsageError(f"--env {key!r}: not a variable name")
+    texts = [*argv, *(env or {}).values(), *([workdir] if workdir else [])]
+    if not all(isinstance(t, str) and "\0" not in t for t in texts):
+        raise UsageError("a command, --env value or --workdir must be text without a NUL")
+    if workdir and not workdir.startswith("/"):
+        raise UsageError(f"--workdir {workdir!r}: an absolute path in the container")
     with _live(rt, job_id) as (run, box):
         job = run.job
         n = int(job.session.get("execs") or 0) + 1
@@ -70,7 +75,7 @@ def execute(
         with containers.engine_errors(f"running a command in session {job_id}", box.client):
             made = api.exec_create(
                 box.id,
-                ["/bin/sh", "-c", WRAP, pidfile, *argv],
+                ["/bin/sh", "-c", WRAP, "logist-exec", pidfile, *argv],
                 stdout=True,
                 stderr=True,
                 environment=env or None,
@@ -193,6 +198,19 @@ def _path(path: str) -> str:
     return "/workspace/" + "/".join(parts)
 
 
+def _no_link_on_the_way(box: Any, user: str, full: str, job_id: str) -> None:
+    """Refuse ``full`` when a link of the step's leads elsewhere on its way: its directory's
+    physical path (``cd -P``, as the session's user) must be its own, and it no link. The
+    engine's archive, which reads and writes as root, then meets no link of the step's."""
+    import posixpath
+
+    parent = posixpath.dirname(full)
+    check = 'cd -P -- "$1" 2>/dev/null || exit 0; [ "$(pwd -P)" = "$1" ] && [ ! -L "$2" ]'
+    found = box.exec_run(["/bin/sh", "-c", check, "logist-path", parent, full], user=user)
+    if found.exit_code != 0:
+        raise UsageError(f"session {job_id}: {full} is reached through a link: refused")
+
+
 def read_file(rt: Runtime, job_id: str, path: str) -> bytes:
     """The bytes of the regular file ``path`` (relative to /workspace) in the session, read
     through the engine's archive as one bounded regular file (at most the job's
@@ -207,6 +225,7 @@ def read_file(rt: Runtime, job_id: str, path: str) -> bytes:
 
     with _live(rt, job_id) as (run, box):
         limit = run.job.limits.max_result_size
+        _no_link_on_the_way(box, run.job.user, _path(path), job_id)
         name = f".read-{secrets.token_hex(8)}"
         try:
             copy = fetch_file(box, _path(path), run.dir.path, name, limit=limit)
@@ -238,6 +257,7 @@ def write_file(rt: Runtime, job_id: str, path: str, data: bytes) -> None:
         made = box.exec_run(["mkdir", "-p", "--", parent], user=run.job.user)
         if made.exit_code != 0:
             raise UsageError(f"session {job_id}: cannot make {parent}")
+        _no_link_on_the_way(box, run.job.user, full, job_id)
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
             info = tarfile.TarInfo(name)

@@ -166,6 +166,35 @@ def test_an_idle_session_whose_harvest_is_refused_is_still_stopped_by_the_sweep(
     assert (rt.jobs_dir / s.id / "workspace" / "w.txt").read_text() == "kept\n"
 
 
+def test_the_engines_archive_meets_no_link_of_the_steps_and_bad_input_is_exit_2(
+    rt, source_repo, jobs_root
+):
+    """write_file and read_file go through the engine's archive, as root: a link the step
+    planted (notes -> /etc) had them write /etc/x and read /etc/shadow in the container of a
+    session whose user cannot (red team, 12-06). A NUL in a command, a relative --workdir and
+    an idle timeout of 0 were taken (the command's failure, or a session stale at once)."""
+    spec = {"repo": str(source_repo), "image": STEP_IMAGE, "network": "none"}
+    with rt.session(user="1000:1000", **spec) as s:
+        s.exec(["sh", "-c", "ln -s /etc notes; ln -s /etc/hostname host"])
+        for call in (
+            lambda: s.write_file("notes/x", b"planted\n"),
+            lambda: s.read_file("notes/shadow"),
+            lambda: s.read_file("host"),
+        ):
+            with pytest.raises(logist.UsageError):
+                call()
+        assert s.exec(["sh", "-c", "ls /etc/x 2>/dev/null; echo done"]).output == "done\n"
+        s.write_file("sub/ok.txt", "fine\n")
+        assert s.read_file("sub/ok.txt") == b"fine\n"
+        for bad in (lambda: s.exec(["echo", "a\0b"]), lambda: s.exec(["true"], workdir="rel")):
+            with pytest.raises(logist.UsageError):
+                bad()
+    zero = run_logist(
+        jobs_root, "session", "start", "--repo", str(source_repo), "--idle-timeout", "0s"
+    )
+    assert zero.returncode == 2, zero.stderr
+
+
 def test_ctrl_c_during_session_exec_stops_that_command_only(logist, source_repo, jobs_root):
     sid = start(logist, source_repo)
     proc = subprocess.Popen(
