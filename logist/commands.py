@@ -80,7 +80,8 @@ def job_list(rt: Runtime, json_: bool = False) -> int:
 
 
 def job_status(rt: Runtime, job_id: str, json_: bool = False) -> int:
-    from logist.progress import duration, printable
+    from logist.errors import printable
+    from logist.progress import duration
 
     view = rt.status(job_id)
     if json_:

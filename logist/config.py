@@ -148,13 +148,9 @@ def _allow(value: Any) -> dict[str, frozenset[str]]:
 
 
 def _choices(key: str, value: Any, known: tuple[str, ...]) -> list[str]:
-    from logist.spec import _names
+    from logist.spec import _choice, _names
 
-    names = _names(key, value)
-    for name in names:
-        if name not in known:
-            raise UsageError(f"invalid value for {key}: {name!r} (one of {', '.join(known)})")
-    return names
+    return [_choice(key, name, known) for name in _names(key, value)]
 
 
 def merge_layers(*layers: dict[str, Any]) -> dict[str, Any]:

@@ -124,9 +124,14 @@ class Interrupted(BaseException):
 MAX_ERROR = 1000  # characters of an error line (a value of the user's may be long)
 
 
+def printable(text: object) -> str:
+    """``text`` for a terminal: every character that is not printable (C0 and C1 controls,
+    bidirectional overrides: what a spec file or a step could drive a terminal with) as ``?``."""
+    return "".join(c if c.isprintable() else "?" for c in str(text))
+
+
 def one_line(text: str) -> str:
-    """``text`` as one printable line: line breaks as spaces, every other character that is
-    not printable (C0, C1, bidirectional controls) as ``?``, at most ``MAX_ERROR`` characters."""
-    text = text.replace("\r\n", " ").replace("\n", " ")
-    text = "".join(c if c.isprintable() else "?" for c in text)
+    """``text`` as one ``printable`` line: line breaks as spaces, at most ``MAX_ERROR``
+    characters."""
+    text = printable(text.replace("\r\n", " ").replace("\n", " "))
     return text if len(text) <= MAX_ERROR else text[: MAX_ERROR - 3] + "..."

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, TextIO
 
+from logist.errors import printable
 from logist.model import parse_time
 
 if TYPE_CHECKING:
@@ -67,9 +68,3 @@ class Progress:
         else:
             clean = "cleanup incomplete"
         self._say(job, f"job {job.id} {job.state} in {took}: branch {branch}, {clean}")
-
-
-def printable(text: object) -> str:
-    """``text`` for a terminal: control characters (escape sequences a spec file or a step
-    could use to drive the terminal) shown as ``?``."""
-    return "".join(c if c.isprintable() else "?" for c in str(text))

@@ -34,8 +34,9 @@ from logist.errors import (
     LogistError,
     Rejected,
     WorkspaceUnseen,
+    printable,
 )
-from logist.helper import HarvestOutput, parse_output, printable, too_big
+from logist.helper import HarvestOutput, parse_output, too_big
 from logist.jobrun import JobRun
 from logist.store import owner_id
 from logist.workspaces import workspace_of

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 
 from logist.bounds import size_text
+from logist.errors import printable
 
 MAX_OUTPUT = 1 << 20  # bytes of a helper's answer read; the rest is ignored
 
@@ -52,11 +53,6 @@ def parse_output(stdout: bytes, stderr: bytes) -> HarvestOutput:
         if raw.startswith("warning: "):
             out.warnings.append(printable(raw[len("warning: ") :])[:300])
     return out
-
-
-def printable(text: str) -> str:
-    """``text`` with every character that is not printable as ``?``."""
-    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def too_big(stderr: bytes, most: int) -> str:

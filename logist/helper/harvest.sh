@@ -88,6 +88,10 @@ printf '.git.logist-hidden-%s\n/.git.logist-wb-*\n' "$nonce" > "$TM/hidden-exclu
 # their .git is set aside while the files are added (and put back). Names are NUL-separated data
 # (a name may hold a newline) and stay below the workspace (find follows no link). The same
 # walk lists the paths git cannot read (over PATH_MAX: git skips them without a word)
+unhide() {  # the nested repositories' .git back in place
+  xargs -0 -r sh -c 'n=$1; shift; for d; do mv -T -- "$d.logist-hidden-$n" "$d"; done' \
+    unhide "$nonce" < "$TM/hidden"
+}
 rm -f "$TM/too-long" "$TM/too-big"
 find . -regextype posix-extended -path ./.git -prune -o -name .git -prune -exec sh -c \
   'n=$1; shift; for d; do mv -T -- "$d" "$d.logist-hidden-$n" && printf "%s\0" "$d"; done' \
@@ -104,8 +108,7 @@ if [ -n "$max" ] && [ -s "$TM/too-big" ]; then
           ls-files -z -o -m --exclude-standard -- < "$TM/too-big" 2>/dev/null \
         | head -z -n 1 | tr -d '\0\n')
   if [ -n "$big" ]; then
-    xargs -0 -r sh -c 'n=$1; shift; for d; do mv -T -- "$d.logist-hidden-$n" "$d"; done' \
-      unhide "$nonce" < "$TM/hidden"
+    unhide
     printf 'too-big %s %s\n' "$(stat -c %s -- "$big" 2>/dev/null || echo 0)" "$big" >&2
     exit 17
   fi
@@ -117,8 +120,7 @@ if [ -s "$TM/too-long" ]; then
   warn "$(wc -l < "$TM/too-long") paths longer than 4000 bytes are not taken (git cannot" \
        "read them); the first: $(head -c 60 "$TM/too-long")..."
 fi
-xargs -0 -r sh -c 'n=$1; shift; for d; do mv -T -- "$d.logist-hidden-$n" "$d"; done' \
-  unhide "$nonce" < "$TM/hidden"
+unhide
 T=$(GIT_INDEX_FILE=$I g --work-tree="$W" write-tree) || exit 13
 cd /
 if [ -z "$H" ]; then set -- "$P"
