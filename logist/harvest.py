@@ -217,7 +217,8 @@ def _copy_out(job_dir: JobDir, name: str) -> Path:
     dir_fd = os.open(job_dir.exchange, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         try:
-            src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # a FIFO: no wait
+            src = os.open(name, flags, dir_fd=dir_fd)
         except OSError as exc:
             raise HarvestFailed(f"harvest refused: bundle {name}: {exc.strerror}") from None
         try:

@@ -340,3 +340,30 @@ def test_a_file_over_max_object_size_is_refused_before_git_reads_it(root):
     assert done.returncode == TOO_BIG, done.stderr.decode()
     said = too_big(done.stderr, 1 << 20)
     assert said == "huge.bin is 100.0 GiB, over max_object_size 1.0 MiB: refused before git read it"
+
+
+def test_a_fifo_named_like_the_bundle_is_refused_without_waiting(tmp_path):
+    """The helper's answer is untrusted: a FIFO where its bundle should be is refused at once
+    (opening it to read would wait for a writer that never comes)."""
+    import threading
+
+    from logist.errors import HarvestFailed
+    from logist.harvest import _copy_out
+    from logist.layout import JobDir
+
+    job_dir = JobDir(tmp_path / "job")
+    job_dir.exchange.mkdir(parents=True)
+    os.mkfifo(job_dir.exchange / f"{NONCE}.bundle")
+    box: dict = {}
+
+    def copy() -> None:
+        try:
+            _copy_out(job_dir, f"{NONCE}.bundle")
+        except HarvestFailed as exc:
+            box["error"] = exc
+
+    worker = threading.Thread(target=copy, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "the host waits on the FIFO"
+    assert "not a regular file" in str(box.get("error"))
