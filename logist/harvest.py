@@ -285,9 +285,14 @@ def harvest_leftover(run: JobRun, sandbox: Helper, notify: Notify = _stderr) -> 
     if not sandbox.workspace_present():
         return
     n = last_started_step(job)
+    label = f"step {n}" if n else "setup"
+    if job.session is not None:  # numbered like its other harvests
+        k = int(job.session.get("harvests") or 0) + 1
+        job.session["harvests"] = k
+        label = f"session harvest {k}"
     try:
         ensure_job_repo(run)
-        harvest(run, sandbox, f"step {n}" if n else "setup", notify, write_back=False)
+        harvest(run, sandbox, label, notify, write_back=False)
         sandbox.close()  # the helper holds no work now: it goes before the host's own steps
         finish(run)
     except (GitError, HarvestFailed) as exc:

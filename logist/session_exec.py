@@ -65,11 +65,11 @@ def execute(
         raise UsageError(f"--workdir {workdir!r}: an absolute path in the container")
     with _live(rt, job_id) as (run, box):
         job = run.job
+        mask = SecretMask(list(read_secrets(job.secrets).values()))  # first: no number used
         n = int(job.session.get("execs") or 0) + 1
         job.session["execs"] = n
         _touch(run)
         log_path = run.dir.logs / f"exec-{n}.log"
-        mask = SecretMask(list(read_secrets(job.secrets).values()))
         pidfile = f"/tmp/.logist-exec-{n}.pid"
         api = box.client.api
         with containers.engine_errors(f"running a command in session {job_id}", box.client):

@@ -91,6 +91,12 @@ def test_the_python_session_execs_masks_reads_writes_and_stops_on_leaving(
         r = s.exec(["sh", "-c", "echo token=$SESSION_TOKEN; exit 4"])
         assert (r.exit_code, r.output) == (4, "token=***\n")
         assert b"".join(seen) == b"token=***\n"
+        assert r.log.endswith("exec-1.log")
+        monkeypatch.delenv("SESSION_TOKEN")  # refused, and no exec number used up
+        with pytest.raises(logist.LogistError, match="SESSION_TOKEN"):
+            s.exec(["true"])
+        monkeypatch.setenv("SESSION_TOKEN", "t0k3n-value")
+        assert s.exec(["true"]).log.endswith("exec-2.log")
         s.write_file("notes/todo.md", b"# todo\n")
         assert s.exec(["cat", "notes/todo.md"]).output == "# todo\n"
         assert s.read_file("notes/todo.md") == b"# todo\n"
@@ -320,6 +326,9 @@ def test_job_cleanup_of_a_running_session_needs_force_and_keeps_its_work(
     assert forced.returncode == 0, forced.stderr
     assert json.loads(logist("job", "status", sid, "--json").stdout)["state"] == "interrupted"
     assert git(source_repo, "show", f"logist/{sid}:kept.txt") == "kept\n"
+    # numbered like the session's own harvests, not called its "setup"
+    subject = git(source_repo, "log", "-1", "--format=%s", f"logist/{sid}").strip()
+    assert subject == f"logist: {sid} session harvest 1"
     assert left(docker_client, jobs_root) == []
 
 
