@@ -401,16 +401,18 @@ class Runner:
 
     # --- many jobs -------------------------------------------------------------------------
 
-    def run_many(self, job_ids: list[str], parallel: int = 1) -> list[JobResult]:
-        """Run jobs to a terminal state, ``parallel`` at a time; the calling (main) thread
-        supervises, so SIGINT/SIGTERM are handled at once."""
+    def run_many(
+        self, job_ids: list[str], parallel: int = 1, max_steps: int | None = None
+    ) -> list[JobResult]:
+        """Run jobs to a terminal state (or ``max_steps`` steps each), ``parallel`` at a time;
+        the calling (main) thread supervises, so SIGINT/SIGTERM are handled at once."""
         self._reaping = _Reaping(self.store, self.engines)  # beside the jobs' set-up
         results: list[JobResult] = []
         self.placer = Placer(self.engines, parallel, self._answers)
         with ThreadPoolExecutor(
             max_workers=self.placer.slots, thread_name_prefix="logist-job"
         ) as pool:
-            futures = [pool.submit(self._guarded, job_id) for job_id in job_ids]
+            futures = [pool.submit(self._guarded, job_id, max_steps) for job_id in job_ids]
             try:
                 for fut in futures:
                     while True:
@@ -424,11 +426,11 @@ class Runner:
                 raise
         return results
 
-    def _guarded(self, job_id: str) -> JobResult:
+    def _guarded(self, job_id: str, max_steps: int | None = None) -> JobResult:
         if self.interrupt.is_set():
             return JobResult(job=self.store.load(job_id), error=_interrupted())
         try:
-            return self.run_job(job_id)
+            return self.run_job(job_id, max_steps)
         except Exception as exc:  # an API caller's on_output raised: the job was interrupted
             error = LogistError(
                 f"job {job_id}: interrupted, {type(exc).__name__} raised while it ran: {exc}"[:500]

@@ -150,10 +150,11 @@ class Runtime:
             return runner_for(listen, progress).run_many(job_ids, parallel)
 
     def run_step(self, job_id: str, *, listen: ListenerFactory | None = None) -> JobResult:
-        """The next step of a job; its result (errors in it, not raised)."""
+        """The next step of a job; its result (errors in it, not raised). Run like
+        ``run_jobs``: a KeyboardInterrupt stops the step (its grace, its harvest) first."""
         self.store.load(job_id)
         with self._run() as runner_for:
-            return runner_for(listen).run_job(job_id, max_steps=1)
+            return runner_for(listen).run_many([job_id], max_steps=1)[0]
 
     def runnable(self) -> list[str]:
         """Ids of the pending or interrupted jobs no live process owns (``job run --all``)."""

@@ -257,6 +257,33 @@ def test_ctrl_c_during_run_stops_the_job_at_once_and_raises_keyboard_interrupt(r
 
 @pytest.mark.docker
 @pytest.mark.timeout(180)
+def test_ctrl_c_during_a_single_step_stops_it_gracefully_and_harvests_it(rt, source_repo):
+    """``rt.step`` under Python's own SIGINT handler, like ``rt.run``: the step gets its stop
+    signal and grace (its trap runs), its work is harvested, then KeyboardInterrupt."""
+    job_id = rt.create(
+        repo=str(source_repo),
+        image=STEP_IMAGE,
+        steps=["trap 'echo bye > bye.txt; exit 0' TERM; touch started; sleep 60 & wait"],
+        network="none",
+    )
+    started = rt.jobs_dir / job_id / "workspace" / "started"
+
+    def press() -> None:
+        wait_for(started.exists, 60, "the step to start")
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=press, daemon=True).start()
+    begun = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        rt.step(job_id)
+    assert time.monotonic() - begun < 40  # not the step's 60 s
+    assert rt.status(job_id)["state"] == "interrupted"
+    assert rt.status(job_id)["steps"][0]["exit_code"] == 0  # stopped (its trap), not killed
+    assert git(source_repo, "show", f"logist/{job_id}:bye.txt") == "bye\n"  # and harvested
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(180)
 def test_the_example_of_docs_api_md_runs_as_written(tmp_path, capsys):
     text = (REPO_ROOT / "docs" / "api.md").read_text()
     example = re.search(r"```python\n(.*?)```", text, re.S)
