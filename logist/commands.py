@@ -191,7 +191,7 @@ def job_cleanup(
     dry_run: bool = False,
     json_: bool = False,
 ) -> int:
-    from logist.errors import CleanupIncomplete
+    from logist.errors import CleanupIncomplete, one_line
 
     if stale == (job_id is not None):
         raise UsageError("name one job, or use --stale (not both)")
@@ -216,7 +216,7 @@ def job_cleanup(
         for s in out["skipped"]:
             print(f"{s['job']}: skipped ({s['reason']})")
         for f in out["failed"]:
-            print(f"{f['job']}: FAILED: {f['error']}", file=sys.stderr)
+            print(one_line(f"{f['job']}: FAILED: {f['error']}"), file=sys.stderr)
         if out["orphans_removed"]:
             print(f"orphan containers removed: {out['orphans_removed']}")
         if not (out["cleaned"] or out["skipped"] or out["failed"] or out["orphans_removed"]):

@@ -22,6 +22,7 @@ from logist.errors import (
     LogistError,
     Rejected,
     WorkspaceUnseen,
+    one_line,
 )
 from logist.harvest import finish, harvest, harvest_leftover
 from logist.job_container import read_secrets
@@ -76,7 +77,9 @@ class Runner:
         self.engines = engines
         self.interrupt = interrupt
         self.listen = listen
-        self.notify = notify or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        sink = notify or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        # one printable line each: they carry names a step chose (a file left behind)
+        self.notify: Callable[[str], None] = lambda msg: sink(one_line(msg))
         self.progress = progress
         self.placer = Placer(engines, 1, self._answers)
         self._reaping: _Reaping | None = None  # run_many's, or a lone job's own

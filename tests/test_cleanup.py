@@ -1252,3 +1252,30 @@ def test_a_sweep_by_another_path_of_the_jobs_root_reaps_a_killed_runs_containers
         assert docker_client.containers.list(all=True, filters=mine) == []
         assert docker_client.networks.list(filters=mine) == []
     assert not (jobs_root / "x" / "workspace").exists()
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+def test_a_file_left_behind_is_named_without_the_control_characters_its_step_chose(
+    logist, source_repo, jobs_root
+):
+    """A name a step chose (an OSC 52 clipboard write, colours) in logist's own lines about
+    what a cleanup left: as `?`, in the end-of-run line and in `job cleanup`'s (red team,
+    12-06). The file is made unremovable with the operator's grant to the step."""
+    name = "evil\x1b]52;c;SGVsbG8=\x07\x1b[31mRED"
+    step = 'f="$(printf \'evil\\033]52;c;SGVsbG8=\\007\\033[31mRED\')"; touch "$f"; chattr +i "$f"'
+    job = create_job(
+        logist, source_repo, step, extra=("--user", "root", "--cap-add", "LINUX_IMMUTABLE")
+    )
+    ws = jobs_root / job / "workspace"
+    try:
+        ran = logist("job", "run", job)
+        assert ran.returncode == 4, ran.stderr
+        assert "cleanup of" in ran.stderr and "evil" in ran.stderr
+        assert "\x1b" not in ran.stderr and "\x07" not in ran.stderr
+        again = logist("job", "cleanup", job)
+        assert again.returncode == 4 and "evil" in again.stderr
+        assert "\x1b" not in again.stderr and "\x07" not in again.stderr
+    finally:
+        subprocess.run(["chattr", "-i", str(ws / name)], capture_output=True)
+    assert logist("job", "cleanup", job).returncode == 0
