@@ -288,14 +288,26 @@ class Store:
         return job_dir
 
     def load(self, job_id: str) -> Job:
-        path = self.job_dir(job_id) / MANIFEST
+        """The job of ``job_id``'s directory. Refused (exit 2): a directory that is a link
+        (its paths would be another's), a manifest naming another job (a copied or moved
+        directory: its paths, lock and containers are that job's, which may be running)."""
+        job_dir = self.job_dir(job_id)
+        path = job_dir / MANIFEST
         try:
+            if stat.S_ISLNK(os.lstat(job_dir).st_mode):
+                raise UsageError(f"job directory {job_dir} is a symbolic link: refused")
             data = json.loads(path.read_bytes())
         except FileNotFoundError:
             raise JobNotFound(f"no job {job_id!r} in {self.root}") from None
         except ValueError as exc:
             raise UsageError(f"manifest {path} is not valid JSON: {exc}") from None
-        return Job.from_dict(data)
+        job = Job.from_dict(data)
+        if job.id != job_id:
+            raise UsageError(
+                f"manifest {path} names job {job.id!r}, not {job_id!r} (a copied or moved job "
+                "directory): refused"
+            )
+        return job
 
     def save(self, job: Job) -> None:
         """Write the manifest atomically; the caller holds the job's lock."""

@@ -1279,3 +1279,50 @@ def test_a_file_left_behind_is_named_without_the_control_characters_its_step_cho
     finally:
         subprocess.run(["chattr", "-i", str(ws / name)], capture_output=True)
     assert logist("job", "cleanup", job).returncode == 0
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(240)
+def test_a_copied_job_directory_never_lets_the_sweep_touch_the_running_job(
+    logist, source_repo, jobs_root
+):
+    """`cp -a jobs/X jobs/X-copy` while X runs: the copy's manifest names X, whose paths and
+    containers the sweep then cleaned (it stopped X's step, deleted its workspace: red team,
+    12-06). A manifest naming another job is refused; X runs on and lands its work."""
+    from tests.support_cli import popen_logist
+
+    job = create_job(
+        logist, source_repo, "echo one > one.txt", "touch started; sleep 8; echo two > two.txt"
+    )
+    runner = popen_logist(jobs_root, "job", "run", job)
+    try:
+        wait_for(lambda: (jobs_root / job / "workspace" / "started").exists(), 60, "step 2")
+        shutil.copytree(jobs_root / job, jobs_root / f"{job}-copy", symlinks=True)
+        swept = logist("job", "cleanup", "--stale", "--json")
+        out = json.loads(swept.stdout)
+        assert job not in [c["job"] for c in out["cleaned"]], out
+        assert any(f["job"] == f"{job}-copy" and "names job" in f["error"] for f in out["failed"])
+        assert runner.wait(timeout=120) == 0, runner.stderr.read() if runner.stderr else ""
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert status(logist, job)["state"] == "succeeded"
+    assert git(source_repo, "show", f"logist/{job}:two.txt") == "two\n"
+    shutil.rmtree(jobs_root / f"{job}-copy")
+
+
+@pytest.mark.docker
+def test_a_job_directory_that_is_a_link_is_refused_and_its_target_untouched(
+    logist, source_repo, jobs_root, tmp_path
+):
+    other = tmp_path / "other-jobs"
+    elsewhere = run_logist(
+        other, "run", "far", "--repo", str(source_repo), "--image", "logist/busybox:latest",
+        "--cleanup", "never", "--step", "echo w > w.txt",
+    )  # fmt: skip
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    os.symlink(other / "far", jobs_root / "far")
+    refused = logist("job", "cleanup", "far")
+    assert refused.returncode == 2 and "symbolic link" in refused.stderr
+    assert (other / "far" / "workspace" / "w.txt").read_text() == "w\n"
+    assert run_logist(other, "job", "cleanup", "far").returncode == 0
