@@ -129,6 +129,10 @@ def finish_runs(results) -> int:
             if step is not None and step.error:  # "killed: out of memory", "timed out after 5s"
                 detail += f": {one_line(step.error)}"
             print(f"logist: job {r.job.id} {r.job.state}{detail}", file=sys.stderr)
+        elif r.job is not None and r.job.state == State.SUCCEEDED and r.job.error:
+            # the branch could not be set in the source: its work is in result.bundle
+            where = f" (the work is in {r.job.result_bundle})" if r.job.result_bundle else ""
+            print(f"logist: {r.job.id}: warning: {one_line(r.job.error)}{where}", file=sys.stderr)
     return combine(results)
 
 

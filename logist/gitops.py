@@ -48,6 +48,15 @@ _IDENTITY = {
 }
 # objects entering a trusted repository are checked, whatever the user's own config says
 FSCK = ("-c", "fetch.fsckObjects=true", "-c", "transfer.fsckObjects=true")
+# git run in a local source (the publish's fetch reads its config): none of the commands its
+# config may name runs (fsmonitor, alternate refs, submodules, auto gc), and no transport but
+# a local path (an insteadOf rewrite to ext:: would run a command)
+_GUARDS = (
+    "core.fsmonitor=false core.alternateRefsCommand= protocol.allow=never "
+    "protocol.file.allow=always fetch.recurseSubmodules=false submodule.recurse=false "
+    "gc.auto=0 maintenance.auto=false"
+)
+IN_SOURCE = tuple(a for kv in _GUARDS.split() for a in ("-c", kv))
 _LOCK_MARKERS = (
     "index.lock",
     "cannot lock ref",
@@ -477,8 +486,9 @@ def publish_branch(source: Path, job_repo: Path, branch: str) -> None:
     index and working tree untouched. The caller holds the per-source lock, and only
     logist writes ``logist/*`` branches, so a lock file on that branch is a leftover of a
     killed logist and is removed."""
-    gitdir = Path(git("rev-parse", "--absolute-git-dir", cwd=source, trust=source)[1].strip())
-    stale = gitdir / "refs" / "heads" / f"{branch}.lock"
+    gitdir = git(*IN_SOURCE, "rev-parse", "--absolute-git-dir", cwd=source, trust=source)[1]
+    stale = Path(gitdir.strip()) / "refs" / "heads" / f"{branch}.lock"
     if branch.startswith("logist/") and stale.is_file() and not stale.is_symlink():
         stale.unlink()
-    fetch_one(source, job_repo, f"+refs/heads/{branch}:refs/heads/{branch}", *FSCK, trust=source)
+    refspec = f"+refs/heads/{branch}:refs/heads/{branch}"
+    fetch_one(source, job_repo, refspec, *IN_SOURCE, *FSCK, trust=source)

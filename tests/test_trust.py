@@ -531,3 +531,45 @@ def test_special_files_in_the_steps_repository_do_not_stall_the_harvest(logist, 
     )
     assert out.returncode == 0, out.stderr
     assert show(source_repo, job, "f.txt") == "f\n"
+
+
+# --- a source whose config names commands (red team, 12-06) ---------------------------------------
+
+
+def _hostile_source(tmp_path: Path, marker: Path) -> list[Path]:
+    """Three sources whose own config runs ``touch MARKER-<n>`` from any git that reads it
+    in the source: fsmonitor; an alternate refs command (with an alternate); a rewrite of
+    the job's repository to an ``ext::`` command."""
+    plain = make_repo(tmp_path / "plain", {"README.md": "x\n"})
+    out = []
+    for n in range(3):
+        src = tmp_path / f"src{n}"
+        subprocess.run(["git", "clone", "-q", str(plain), str(src)], check=True)
+        if n == 0:
+            git(src, "config", "core.fsmonitor", f"touch {marker}-0 #")
+        elif n == 1:
+            (src / ".git/objects/info/alternates").write_text(f"{plain}/.git/objects\n")
+            git(src, "config", "core.alternateRefsCommand", f"touch {marker}-1 #")
+        else:
+            git(src, "config", "protocol.allow", "always")
+            git(src, "config", f"url.ext::sh -c touch% {marker}-2% #.insteadOf", "/")
+        out.append(src)
+    return out
+
+
+def test_a_sources_config_runs_nothing_when_the_job_branch_is_published(
+    logist, tmp_path, jobs_root
+):
+    marker = tmp_path / "PWNED"
+    for n, src in enumerate(_hostile_source(tmp_path, marker)):
+        out = logist(
+            "run", f"pub{n}", "--repo", str(src), "--image", "logist/busybox:latest",
+            "--step", "echo work > work.txt",
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert not list(tmp_path.glob("PWNED*")), f"source {n} ran its command"
+        if n < 2:  # published, the plain way
+            assert git(src, "show", f"logist/pub{n}:work.txt") == "work\n"
+        else:  # no transport but a local path: not published, said, and kept in the bundle
+            assert "warning: could not set logist/pub2" in out.stderr
+            assert (jobs_root / "pub2" / "result.bundle").is_file()
