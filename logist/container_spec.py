@@ -52,6 +52,7 @@ CREATE_KWARGS = {
     "init": "init",
     "read_only": "read_only",
     "tmpfs": "tmpfs",
+    "entrypoint": "entrypoint",
 }
 
 
@@ -100,6 +101,7 @@ class ContainerSpec:
     init: bool = True
     read_only: bool | None = None
     tmpfs: dict[str, str] | None = None
+    entrypoint: list[str] | None = None  # None: the image's
 
     def create_kwargs(self, engine_url: str) -> dict[str, Any]:
         """The SDK's ``containers.create`` keywords (but image and command): labelled and

@@ -364,6 +364,7 @@ def run_helper(
     binds: dict[str, tuple[str, bool]],
     timeout: float = 300,
     user: str = "0:0",
+    entrypoint: list[str] | None = None,
 ) -> tuple[int, str]:
     """Run a short-lived helper container to its end: wait, read the logs, then remove it.
     ``binds`` maps a host path to (container path, read-only); bind mounts that the engine
@@ -386,6 +387,7 @@ def run_helper(
             mounts=mounts,
             user=user,
             network_disabled=True,
+            entrypoint=entrypoint,
         ),
     )
     try:
@@ -415,8 +417,8 @@ def run_as_root(
     mount_at: str,
 ) -> bool:
     """Run ``command`` as root in a short-lived helper mounting ``host_path`` at ``mount_at``,
-    with the first of ``images`` that is present (``logist/busybox`` first, then the job's own
-    image); True when it exited 0."""
+    with the first of ``images`` that is present; True when it exited 0. The program is the
+    entrypoint: an image's own (the job's, last) never runs."""
     import docker
 
     for image in images:
@@ -431,11 +433,12 @@ def run_as_root(
         code, _logs = run_helper(
             cli,
             image=image,
-            command=command,
+            command=command[1:],
             job_id=job_id,
             jobs_root=jobs_root,
             owner=owner,
             binds={str(host_path): (mount_at, False)},
+            entrypoint=command[:1],
         )
         if code == 0:
             return True

@@ -121,17 +121,23 @@ class BindWorkspace:
             report.left_behind.append(str(self.path))
 
     def _delete_as_root(self, cli: DockerClient) -> int:
+        """Empty the workspace as root in a short-lived container that mounts it alone (not
+        the job directory: its manifest and logist's repository are no container's). GNU
+        find (the helper's image) walks any depth; busybox's stops at PATH_MAX; the job's
+        own image comes last, its entrypoint not run. The host removes what is left."""
+        from logist.container_spec import helper_image
+
         run = self.run
         before = tree_size(self.path)
         containers.run_as_root(
             cli,
-            images=(containers.BUSYBOX, run.job.image),
-            command=["rm", "-rf", "/job/workspace"],
+            images=(helper_image(), containers.BUSYBOX, run.job.image),
+            command=["find", "/workspace", "-mindepth", "1", "-delete"],
             job_id=run.job.id,
             jobs_root=run.store.root,
             owner=owner_id(),
-            host_path=run.dir.path,
-            mount_at="/job",
+            host_path=self.path,
+            mount_at="/workspace",
         )
         return max(before - tree_size(self.path), 0)
 

@@ -1114,6 +1114,22 @@ def test_unprivileged_cleanup_removes_root_owned_unreadable_dirs_through_the_hel
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+def test_unprivileged_cleanup_removes_a_root_owned_tree_deeper_than_path_max(nonroot_env):
+    """~2,000 levels of root's directories (over 4 KiB of path): busybox's `rm -rf` could not
+    remove them, so every cleanup failed and the workspace stayed for ever (red team, 12-06)."""
+    deep = "i=0; while [ $i -lt 2500 ]; do mkdir d && cd d || break; i=$((i+1)); done; touch f"
+    # the job's image is busybox too: no GNU rm to fall back on
+    job_id = _nonroot_kept_job(nonroot_env, deep, user="root", image="logist/busybox:latest")
+    ws = workspace(nonroot_env["root"], job_id)
+    assert os.lstat(ws / "d").st_uid == 0
+    out = nonroot_env["run"]("job", "cleanup", job_id, "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not os.path.lexists(ws)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_unprivileged_cleanup_fixes_the_mode_of_a_chmod_000_directory_it_owns(nonroot_env):
     job_id = _nonroot_kept_job(
         nonroot_env,
