@@ -171,6 +171,14 @@ def check(repo: Path, quarantine: Path, bounds: Bounds) -> None:
                 )
 
 
+def tree_paths(repo: Path, commit: str, bounds: Bounds) -> int:
+    """Paths in ``commit``'s tree in the trusted ``repo`` (a repeated subtree counted every
+    time, read once), counted up to just past ``max_tree_paths``."""
+    with _Objects(repo, _env(isolated=True), bounds) as objects:
+        counter = PathCounter(objects.tree_entries, bounds.max_tree_paths)
+        return counter.count(objects.commit_tree(commit))
+
+
 class PathCounter:
     """Paths in a tree, a repeated subtree counted every time it appears but read once (a
     memo per tree id), and the count cut short once it passes ``limit``."""

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from logist import gitops, safefs
-from logist.errors import GitError, LogistError
+from logist.errors import GitError, LogistError, UsageError
 from logist.harvest import ensure_job_repo
 from logist.jobrun import JobRun
 from logist.layout import SETUP_TMP, JobDir
@@ -51,8 +51,7 @@ def prepare_workspace(run: JobRun) -> Path:
     if os.path.lexists(ws):
         delete_tree(ws, paths.path)
     tmp = paths.setup_tmp(os.getpid())
-    commit = job.harvested_commit or job.base_commit
-    assert commit is not None
+    commit = _checked(run, repo)
     try:
         gitops.clone_workspace(repo, tmp, job.branch, commit, job.repo)
     except GitError as exc:
@@ -89,8 +88,7 @@ def _setup_volume(run: JobRun, repo: Path) -> None:
     root = run.store.root
     containers.create_volume(cli, job.volume, job_id=job.id, jobs_root=root, owner=owner_id())
     tmp = paths.setup_tmp(os.getpid())
-    commit = job.harvested_commit or job.base_commit
-    assert commit is not None
+    commit = _checked(run, repo)
     try:
         gitops.clone_workspace(repo, tmp, job.branch, commit, job.repo)
         volumes.put_tree(cli, run, tmp, image=image)
@@ -100,6 +98,29 @@ def _setup_volume(run: JobRun, repo: Path) -> None:
         _discard(tmp, job_dir)
     job.workspace_state = WS_READY
     run.save()
+
+
+def _checked(run: JobRun, repo: Path) -> str:
+    """The commit the workspace is checked out at; the source's (untrusted content) within
+    ``max_tree_paths`` first, so a tree that repeats its subtrees cannot fill the disk on the
+    host's checkout (a harvest's commits passed the same bound on their way in).
+
+    Raises:
+        UsageError: over the bound (exit 2; the job fails, nothing is checked out).
+    """
+    from logist import intake
+
+    job = run.job
+    commit = job.harvested_commit or job.base_commit
+    assert commit is not None
+    if commit == job.base_commit:
+        most = job.limits.max_tree_paths
+        if intake.tree_paths(repo, commit, job.limits) > most:
+            raise UsageError(
+                f"commit {commit[:12]} of {job.repo} has over {most:,} paths in its tree "
+                "(max_tree_paths): not checked out"
+            )
+    return commit
 
 
 def has_workspace(paths: JobDir) -> bool:

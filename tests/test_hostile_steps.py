@@ -116,3 +116,37 @@ def test_tag_to_a_tree_over_max_tree_paths_is_refused(
         ).stdout
     assert "tags/bomb" not in heads, heads
     assert out.returncode == 4, (out.returncode, out.stderr)
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+def test_a_source_commit_over_max_tree_paths_is_refused_before_its_checkout(
+    logist, jobs_root: Path, tmp_path: Path
+):
+    """The source's content is untrusted too: a commit of a few objects whose tree repeats
+    its subtrees (2^12 paths here, 2^21 in the red team's: 9.4 GB and minutes of checkout on
+    the host) is refused with max_tree_paths 100, exit 2, before anything is checked out."""
+    config = tmp_path / "logist.yaml"
+    config.write_text("max_tree_paths: 100\n")
+    src = tmp_path / "bomb"
+    subprocess.run(["git", "init", "-q", str(src)], check=True)
+    script = (
+        "b=$(echo x | git hash-object -w --stdin);"
+        " t=$(printf '100644 blob %s\\tf\\n' $b | git mktree);"
+        " for i in $(seq 12); do t=$(printf '040000 tree %s\\ta\\n040000 tree %s\\tb\\n' $t $t"
+        " | git mktree); done;"
+        " c=$(git -c user.name=a -c user.email=a@a commit-tree -m b $t);"
+        " git update-ref refs/heads/main $c"
+        " && git symbolic-ref HEAD refs/heads/main"
+    )
+    subprocess.run(["sh", "-c", script], cwd=src, check=True)
+    env = {"LOGIST_CONFIG": str(config)}
+    out = logist("run", "bomb", "--repo", str(src), "--step", "true", env=env)
+    assert out.returncode == 2, out.stderr
+    assert "max_tree_paths" in out.stderr and "Traceback" not in out.stderr
+    assert not (jobs_root / "bomb" / "workspace").exists()
+    # a source within the bound runs as before
+    config.write_text("max_tree_paths: 5000\n")
+    ok = logist("run", "fine", "--repo", str(src), "--image", "logist/busybox:latest",
+                "--step", "true", env=env)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
