@@ -235,31 +235,14 @@ def test_an_on_output_that_raises_interrupts_its_own_job_only(rt, source_repo):
 
 @pytest.mark.docker
 @pytest.mark.timeout(180)
-def test_ctrl_c_during_run_stops_the_job_at_once_and_raises_keyboard_interrupt(rt, source_repo):
+@pytest.mark.parametrize("call", ["run", "step"])
+def test_ctrl_c_stops_the_running_step_gracefully_harvests_and_raises_keyboard_interrupt(
+    call, rt, source_repo
+):
     """Python's own SIGINT handler (no ``rt.signals()``): the KeyboardInterrupt used to wait for
-    the whole job to end (red team, 12-06); now it interrupts the job's steps first."""
-    job_id = rt.create(
-        repo=str(source_repo), image=STEP_IMAGE, steps=["touch started; sleep 60"], network="none"
-    )
-    started = rt.jobs_dir / job_id / "workspace" / "started"
-
-    def press() -> None:
-        wait_for(started.exists, 60, "the step to start")
-        os.kill(os.getpid(), signal.SIGINT)
-
-    threading.Thread(target=press, daemon=True).start()
-    begun = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        rt.run(job_id)
-    assert time.monotonic() - begun < 40  # not the step's 60 s
-    assert rt.status(job_id)["state"] == "interrupted"
-
-
-@pytest.mark.docker
-@pytest.mark.timeout(180)
-def test_ctrl_c_during_a_single_step_stops_it_gracefully_and_harvests_it(rt, source_repo):
-    """``rt.step`` under Python's own SIGINT handler, like ``rt.run``: the step gets its stop
-    signal and grace (its trap runs), its work is harvested, then KeyboardInterrupt."""
+    the whole job to end under ``rt.run``, and killed the step with its container under
+    ``rt.step`` (red teams, 12-06). Now the step gets its stop signal and grace (its trap
+    runs), its work is harvested, then KeyboardInterrupt."""
     job_id = rt.create(
         repo=str(source_repo),
         image=STEP_IMAGE,
@@ -275,7 +258,7 @@ def test_ctrl_c_during_a_single_step_stops_it_gracefully_and_harvests_it(rt, sou
     threading.Thread(target=press, daemon=True).start()
     begun = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        rt.step(job_id)
+        getattr(rt, call)(job_id)
     assert time.monotonic() - begun < 40  # not the step's 60 s
     assert rt.status(job_id)["state"] == "interrupted"
     assert rt.status(job_id)["steps"][0]["exit_code"] == 0  # stopped (its trap), not killed
