@@ -255,10 +255,16 @@ def test_ctrl_c_stops_the_running_step_gracefully_harvests_and_raises_keyboard_i
         wait_for(started.exists, 60, "the step to start")
         os.kill(os.getpid(), signal.SIGINT)
 
+    # Python's own handler, whatever this process inherited (a shell's background job starts
+    # with SIGINT ignored, and Python then installs none)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=press, daemon=True).start()
     begun = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        getattr(rt, call)(job_id)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            getattr(rt, call)(job_id)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - begun < 40  # not the step's 60 s
     assert rt.status(job_id)["state"] == "interrupted"
     assert rt.status(job_id)["steps"][0]["exit_code"] == 0  # stopped (its trap), not killed
