@@ -202,10 +202,19 @@ class PathCounter:
                 self.memo[oid] = min(total, self.limit + 1)  # past the limit is all we need
             else:
                 children = self.entries(oid)
-                subtrees = [o for mode, o in children if mode == b"40000"]
+                subtrees = [o for mode, o in children if _is_tree(mode)]
                 pending[oid] = (len(children) - len(subtrees), subtrees)
                 stack.extend(o for o in subtrees if o not in self.memo and o not in pending)
         return self.memo[tree]
+
+
+def _is_tree(mode: bytes) -> bool:
+    """A tree entry's mode that git checks out as a directory: ``40000``, and the
+    zero-padded ``040000`` git also reads so (a source is cloned without fsck)."""
+    try:
+        return int(mode, 8) & 0o170000 == 0o040000
+    except ValueError:
+        return False
 
 
 class _Objects:

@@ -6,6 +6,7 @@ Each test fails on the code it was written against when the hole is real."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -116,6 +117,49 @@ def test_tag_to_a_tree_over_max_tree_paths_is_refused(
         ).stdout
     assert "tags/bomb" not in heads, heads
     assert out.returncode == 4, (out.returncode, out.stderr)
+
+
+def _literal_tree_bomb(src: Path, levels: int) -> None:
+    """A commit on ``main`` whose tree repeats a subtree ``levels`` deep, written with the
+    zero-padded mode ``040000`` (git checks it out as a directory; only fsck warns)."""
+    subprocess.run(["git", "init", "-q", str(src)], check=True)
+
+    def put(kind: str, data: bytes) -> str:
+        args = ["git", "hash-object", "-t", kind, "--literally", "-w", "--stdin"]
+        return (
+            subprocess.run(args, cwd=src, input=data, capture_output=True, check=True)
+            .stdout.strip()
+            .decode()
+        )
+
+    blob = put("blob", b"x\n")
+    tree = put("tree", b"100644 f\0" + bytes.fromhex(blob))
+    for _ in range(levels):
+        sub = bytes.fromhex(tree)
+        tree = put("tree", b"040000 a\0" + sub + b"040000 b\0" + sub)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@a",
+           "GIT_COMMITTER_NAME": "a", "GIT_COMMITTER_EMAIL": "a@a"}  # fmt: skip
+    commit = subprocess.run(["git", "commit-tree", "-m", "b", tree], cwd=src, env=env,
+                            capture_output=True, check=True).stdout.strip().decode()  # fmt: skip
+    subprocess.run(["git", "update-ref", "refs/heads/main", commit], cwd=src, check=True)
+    subprocess.run(["git", "symbolic-ref", "HEAD", "refs/heads/main"], cwd=src, check=True)
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+def test_a_source_tree_in_zero_padded_modes_is_counted_all_the_same(
+    logist, jobs_root: Path, tmp_path: Path
+):
+    """``040000`` entries were counted as one file each: a source of them passed the bound
+    unread (red team, 12-06)."""
+    config = tmp_path / "logist.yaml"
+    config.write_text("max_tree_paths: 1000\n")
+    src = tmp_path / "padded"
+    _literal_tree_bomb(src, 12)  # 4,096 paths
+    out = logist("run", "padded", "--repo", str(src), "--step", "true",
+                 env={"LOGIST_CONFIG": str(config)})  # fmt: skip
+    assert out.returncode == 2 and "max_tree_paths" in out.stderr, out.stderr
+    assert not (jobs_root / "padded" / "workspace").exists()
 
 
 @pytest.mark.docker
