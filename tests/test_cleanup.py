@@ -1130,6 +1130,24 @@ def test_unprivileged_cleanup_removes_a_root_owned_tree_deeper_than_path_max(non
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+def test_unprivileged_cleanup_removes_a_workspace_whose_root_a_root_step_closed(nonroot_env):
+    """A root step's `chmod 000 /workspace` (and chown): the host could not open the
+    workspace itself, cleanup failed with an internal error and the workspace stayed (red
+    team, 12-06). The root helper empties it; the host removes the directory."""
+    job_id = _nonroot_kept_job(
+        nonroot_env, "echo w > w.txt; chown 0:0 /workspace; chmod 000 /workspace", user="root"
+    )
+    ws = workspace(nonroot_env["root"], job_id)
+    assert os.lstat(ws).st_uid == 0 and os.lstat(ws).st_mode & 0o077 == 0  # closed to others
+    out = nonroot_env["run"]("job", "cleanup", job_id, "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not os.path.lexists(ws)
+    assert "w.txt" in branch_files(nonroot_env["source"], f"logist/{job_id}")
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_unprivileged_cleanup_fixes_the_mode_of_a_chmod_000_directory_it_owns(nonroot_env):
     job_id = _nonroot_kept_job(
         nonroot_env,
