@@ -61,10 +61,12 @@ def create_job(
 
 
 def load_all(store: Store) -> Iterator[Job]:
+    """Every job of the jobs root; a directory whose manifest is refused (unreadable, or
+    naming another job: a copy) is left out, as one removed while listing."""
     for job_id in store.ids():
         try:
             yield store.load(job_id)
-        except JobNotFound:  # removed while listing
+        except (JobNotFound, UsageError):
             continue
 
 

@@ -323,11 +323,16 @@ class Store:
                 leftover.unlink()
 
     def ids(self) -> list[str]:
-        """Ids of every job directory with a manifest, sorted."""
+        """Ids of every job directory with a manifest, sorted (a directory whose name is no
+        job id is none of logist's: left out)."""
         out = []
         with os.scandir(self.root) as it:
             for entry in it:
                 if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                    continue
+                try:
+                    validate_id(entry.name)
+                except UsageError:
                     continue
                 if os.path.exists(os.path.join(entry.path, MANIFEST)):
                     out.append(entry.name)

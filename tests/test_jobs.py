@@ -911,3 +911,20 @@ def test_create_never_leaves_a_job_directory_without_a_manifest(
     monkeypatch.setattr(logist.store, "write_atomic", real)
     create_job(store, {"id": "once", "repo": str(source_repo), "steps": ["true"]})
     assert (jobs_root / "once" / "job.json").is_file() and (jobs_root / "once" / "logs").is_dir()
+
+
+def test_a_copied_job_directory_or_one_named_like_no_job_leaves_the_list_whole(
+    logist, jobs_root, source_repo
+):
+    """One refused directory (a copy whose manifest names another job; a name that is no job
+    id) made `job list` fail whole (red team, 12-06): the others are listed, the copy not."""
+    import shutil
+
+    made = logist("job", "create", "--repo", str(source_repo), "--step", "true")
+    job = made.stdout.strip()
+    shutil.copytree(jobs_root / job, jobs_root / "copy-of-it")
+    shutil.copytree(jobs_root / job, jobs_root / "J1")  # upper case: no job id
+    listed = logist("job", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [j["id"] for j in json.loads(listed.stdout)] == [job]
+    assert logist("job", "list").returncode == 0
