@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from logist.errors import CancelPending, InvalidTransition, JobActive, LogistError
 from logist.jobrun import JobRun
-from logist.store import Store, drop_cancel_request, read_owner, request_cancel
+from logist.store import Store, drop_cancel_request, held_here, read_owner, request_cancel
 
 if TYPE_CHECKING:
     from logist.results import JobResult
@@ -33,6 +33,11 @@ def cancel(store: Store, job_id: str, wait: float = 60.0, grace: float = STOP_GR
     job = store.load(job_id)
     if job.terminal:
         raise InvalidTransition(f"job {job_id} is {job.state}; there is nothing to cancel")
+    if held_here(store.job_dir(job_id)):  # from the job's own run (its on_output): ask it
+        from logist.results import JobResult
+
+        request_cancel(store.job_dir(job_id))  # its watcher stops the step; it ends canceled
+        return JobResult(job=job)
     try:
         with JobRun.open(store, job_id, timeout=0) as run:  # a probe: an owner holds it
             return _cancel_owned(run, grace)

@@ -434,7 +434,7 @@ class Runner:
             return JobResult(job=self.store.load(job_id), error=_interrupted())
         try:
             return self.run_job(job_id, max_steps)
-        except Exception as exc:  # an API caller's on_output raised: the job was interrupted
+        except BaseException as exc:  # an API caller's on_output raised: the job was interrupted
             error = LogistError(
                 f"job {job_id}: interrupted, {type(exc).__name__} raised while it ran: {exc}"[:500]
             )

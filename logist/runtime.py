@@ -143,7 +143,12 @@ class Runtime:
         progress: Progress | None = None,
     ) -> list[JobResult]:
         """Run jobs to a terminal state, ``parallel`` at a time (per engine); one result
-        each (errors in it, not raised)."""
+        each (errors in it, not raised). ``job_ids``: any iterable of ids but a string."""
+        if isinstance(job_ids, str | bytes) or not hasattr(job_ids, "__iter__"):
+            raise UsageError(f"job_ids: a list of job ids, not {type(job_ids).__name__}")
+        job_ids = list(job_ids)  # a generator is read once, here
+        if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+            raise UsageError(f"parallel: {parallel!r} is not a whole number of jobs (1 or more)")
         for job_id in job_ids:
             self.store.load(job_id)
         with self._run() as runner_for:

@@ -111,6 +111,7 @@ class _Held:
         self.mutex = threading.RLock()
         self.fd: int | None = None
         self.count = 0
+        self.thread: int | None = None  # the thread that holds it
 
 
 _held: dict[str, _Held] = {}
@@ -130,11 +131,14 @@ def job_lock(job_dir: Path, timeout: float | None = None) -> Iterator[None]:
     try:
         if held.count == 0:
             held.fd = _flock(job_dir, deadline)
+            held.thread = threading.get_ident()
         held.count += 1
         try:
             yield
         finally:
             held.count -= 1
+            if held.count == 0:
+                held.thread = None
             if held.count == 0 and held.fd is not None:
                 os.close(held.fd)  # closing releases the flock
                 held.fd = None
@@ -169,6 +173,12 @@ def read_owner(job_dir: Path) -> str | None:
         return (job_dir / LOCK).read_text().strip() or None
     except OSError:
         return None
+
+
+def held_here(job_dir: Path) -> bool:
+    """Whether the calling thread holds the job's lock (a callback of the job's own run)."""
+    held = _held.get(str(job_dir))
+    return held is not None and held.count > 0 and held.thread == threading.get_ident()
 
 
 def is_active(job_dir: Path) -> bool:

@@ -206,21 +206,22 @@ def test_two_runtimes_in_threads_interrupting_one_leaves_the_other_running(tmp_p
 
 @pytest.mark.docker
 @pytest.mark.timeout(180)
-def test_an_on_output_that_raises_interrupts_its_own_job_only(rt, source_repo):
+@pytest.mark.parametrize("error", [ValueError, SystemExit])
+def test_an_on_output_that_raises_interrupts_its_own_job_only(error, rt, source_repo):
     """The callback's exception ends its job `interrupted` (resumable) as a ``LogistError``
     caused by it; ``run_jobs`` still returns every other job's result (it raised the bare
-    exception and lost them: red team, 12-06)."""
+    exception and lost them: red teams, 12-06; a ``BaseException`` such as ``SystemExit`` too)."""
     from logist.streams import Callback
 
     spec = {"repo": str(source_repo), "image": STEP_IMAGE, "network": "none"}
     ids = [rt.create(steps=[f"echo {i} > out.txt; echo said"], **spec) for i in range(3)]
 
     def boom(step: int, chunk: bytes) -> None:
-        raise ValueError("boom")
+        raise error("boom")
 
     with pytest.raises(logist.LogistError) as raised:
         rt.run(ids[0], on_output=boom)
-    assert isinstance(raised.value.__cause__, ValueError) and "boom" in str(raised.value)
+    assert isinstance(raised.value.__cause__, error) and "boom" in str(raised.value)
     assert rt.status(ids[0])["state"] == "interrupted"
 
     def listen(job_id: str, step: int):
@@ -328,3 +329,46 @@ def test_an_image_pull_that_never_finishes_is_given_up_at_its_deadline(
         for conn in held:
             conn.close()
         server.close()
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+def test_a_cancel_from_the_jobs_own_on_output_ends_it_canceled(rt, source_repo):
+    """``rt.cancel`` from inside the job's own callback: the lock is the calling thread's, so
+    the cancel took the job for ownerless, removed its workspace under the running step, and
+    the run then saved it back as pending (red team, 12-06). Now it asks the run, which ends
+    the job canceled."""
+    job_id = rt.create(
+        repo=str(source_repo),
+        image=STEP_IMAGE,
+        network="none",
+        steps=["echo go; sleep 3; echo a > a.txt", "echo b > b.txt"],
+    )
+    asked: list[str] = []
+
+    def cancel_once(step: int, chunk: bytes) -> None:
+        if not asked:
+            asked.append(rt.cancel(job_id, grace=1, wait=5)["state"])
+
+    view = rt.run(job_id, on_output=cancel_once)
+    assert asked == ["running"]
+    assert view["state"] == "canceled"
+    assert [s["state"] for s in view["steps"]] == ["canceled", "canceled"]
+    with pytest.raises(logist.LogistError):
+        rt.run(job_id)
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+def test_run_jobs_takes_any_iterable_of_ids_and_refuses_a_bad_parallel(rt, source_repo):
+    """A generator of ids was read by the check and ran nothing; a bare string was taken
+    letter by letter; parallel "2", -1 or 1.5 raised TypeError or were taken (red team,
+    12-06)."""
+    with pytest.raises(logist.UsageError, match="job_ids"):
+        rt.run_jobs("job-x")
+    for bad in ("2", -1, 0, 1.5, True):
+        with pytest.raises(logist.UsageError, match="parallel"):
+            rt.run_jobs([], parallel=bad)
+    job_id = rt.create(repo=str(source_repo), image=STEP_IMAGE, network="none", steps=["true"])
+    [result] = rt.run_jobs(x for x in [job_id])
+    assert result.error is None and result.job.state == "succeeded"
