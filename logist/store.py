@@ -279,7 +279,10 @@ class Store:
         job_dir = self.job_dir(job.id)
         if job_dir.exists():
             raise UsageError(f"job {job.id!r} already exists in {self.root}")
-        tmp = Path(tempfile.mkdtemp(prefix=f".create-{job.id}-", dir=self.root))
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".create-{job.id}-", dir=self.root))
+        except FileNotFoundError:
+            raise UsageError(f"jobs root {self.root} is gone") from None
         try:
             (tmp / LOGS).mkdir()
             job.updated_at = job.created_at
@@ -336,6 +339,8 @@ class Store:
         """Ids of every job directory with a manifest, sorted (a directory whose name is no
         job id is none of logist's: left out)."""
         out = []
+        if not os.path.isdir(self.root):  # removed under a runtime: no job
+            return out
         with os.scandir(self.root) as it:
             for entry in it:
                 if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):

@@ -372,3 +372,14 @@ def test_run_jobs_takes_any_iterable_of_ids_and_refuses_a_bad_parallel(rt, sourc
     job_id = rt.create(repo=str(source_repo), image=STEP_IMAGE, network="none", steps=["true"])
     [result] = rt.run_jobs(x for x in [job_id])
     assert result.error is None and result.job.state == "succeeded"
+
+
+def test_a_jobs_root_removed_under_a_runtime_is_no_jobs_and_a_usage_error(rt, source_repo):
+    """After ``rm -rf`` of the jobs root, list and create raised a bare FileNotFoundError
+    (red team, 12-06)."""
+    import shutil
+
+    shutil.rmtree(rt.jobs_dir)
+    assert rt.list() == []
+    with pytest.raises(logist.UsageError, match="is gone"):
+        rt.create(repo=str(source_repo), steps=["true"])
