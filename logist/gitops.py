@@ -483,12 +483,13 @@ def write_bundle(repo: Path, refnames: list[str], dest: Path) -> None:
 def publish_branch(source: Path, job_repo: Path, branch: str) -> None:
     """Set ``branch`` in the local ``source`` from logist's own repository of the job, objects
     fsck'd; only what the branch reaches travels (kept refs stay in ``result.bundle``); HEAD,
-    index and working tree untouched. The caller holds the per-source lock, and only
-    logist writes ``logist/*`` branches, so a lock file on that branch is a leftover of a
-    killed logist and is removed."""
+    index and working tree untouched; a fast-forward only (a job's harvests descend from each
+    other: a branch there that is not an ancestor is someone else's, kept). The caller holds
+    the per-source lock, and only logist writes ``logist/*`` branches, so a lock file on that
+    branch is a leftover of a killed logist and is removed."""
     gitdir = git(*IN_SOURCE, "rev-parse", "--absolute-git-dir", cwd=source, trust=source)[1]
     stale = Path(gitdir.strip()) / "refs" / "heads" / f"{branch}.lock"
     if branch.startswith("logist/") and stale.is_file() and not stale.is_symlink():
         stale.unlink()
-    refspec = f"+refs/heads/{branch}:refs/heads/{branch}"
+    refspec = f"refs/heads/{branch}:refs/heads/{branch}"
     fetch_one(source, job_repo, refspec, *IN_SOURCE, *FSCK, trust=source)

@@ -338,3 +338,31 @@ def test_random_hostile_values_in_every_spec_field_run_nothing(
         marks = _marks(tmp_path)
         assert not marks, f"case {case} made {marks} from {spec!r:.600}"
     assert outcomes["created"] and outcomes["refused"], outcomes
+
+
+def test_publishing_moves_a_jobs_branch_forward_and_never_over_another(tmp_path):
+    """publish_branch is a fast-forward: each publish of a job's branch descends from the last
+    (its harvests do); a branch that does not is not moved (someone else's: red team, 12-06)."""
+    from logist.errors import GitError
+
+    src = make_repo(tmp_path / "src", {"a.txt": "a\n"})
+    job_repo = tmp_path / "repo.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(src), str(job_repo)], check=True)
+    base = git(src, "rev-parse", "HEAD").strip()
+
+    def commit_on(parent: str, text: str) -> str:
+        tree = git(job_repo, "rev-parse", f"{parent}^{{tree}}").strip()
+        return git(job_repo, "commit-tree", "-p", parent, "-m", text, tree).strip()
+
+    first = commit_on(base, "one")
+    gitops.set_ref(job_repo, "refs/heads/logist/j", first)
+    gitops.publish_branch(src, job_repo, "logist/j")
+    second = commit_on(first, "two")
+    gitops.set_ref(job_repo, "refs/heads/logist/j", second)
+    gitops.publish_branch(src, job_repo, "logist/j")
+    assert git(src, "rev-parse", "logist/j").strip() == second
+    other = commit_on(base, "elsewhere")
+    gitops.set_ref(job_repo, "refs/heads/logist/j", other)
+    with pytest.raises(GitError):
+        gitops.publish_branch(src, job_repo, "logist/j")
+    assert git(src, "rev-parse", "logist/j").strip() == second

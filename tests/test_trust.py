@@ -573,3 +573,31 @@ def test_a_sources_config_runs_nothing_when_the_job_branch_is_published(
         else:  # no transport but a local path: not published, said, and kept in the bundle
             assert "warning: could not set logist/pub2" in out.stderr
             assert (jobs_root / "pub2" / "result.bundle").is_file()
+
+
+def test_a_branch_of_the_jobs_name_that_is_not_its_own_is_kept_in_the_source(
+    logist, source_repo, jobs_root
+):
+    """A `logist/<id>` of someone else's in the source (not an ancestor of the job's work)
+    was overwritten, its commits left to the reflog (red team, 12-06). Publishing is a
+    fast-forward only: it is kept, the run says so, the work is in result.bundle."""
+    git(source_repo, "checkout", "-q", "-b", "logist/mine")
+    (source_repo / "mine.txt").write_text("user work\n")
+    git(source_repo, "add", "mine.txt")
+    git(source_repo, "commit", "-q", "-m", "user work")
+    theirs = git(source_repo, "rev-parse", "HEAD").strip()
+    git(source_repo, "checkout", "-q", "-")
+    base = git(source_repo, "rev-parse", "HEAD").strip()
+    assert base != theirs
+    out = logist(
+        "run", "mine", "--repo", str(source_repo), "--ref", base,
+        "--image", "logist/busybox:latest", "--step", "echo work > work.txt",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "warning: could not set logist/mine" in out.stderr
+    assert git(source_repo, "rev-parse", "logist/mine").strip() == theirs
+    heads = subprocess.run(
+        ["git", "bundle", "list-heads", str(jobs_root / "mine" / "result.bundle")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "refs/heads/logist/mine" in heads
