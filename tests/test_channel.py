@@ -199,3 +199,31 @@ def test_an_answer_beyond_the_cap_keeps_its_head_and_still_ends():
     assert out.startswith(b"commit abc\nref ")
     assert len(out) <= channel.MAX_ANSWER
     assert out.endswith(b"refs/logist/j/heads/x\n")
+
+
+def test_a_harvest_whose_answer_the_engine_lost_is_asked_again(
+    logist, source_repo, jobs_root, monkeypatch
+):
+    """Podman's exec attach under load once handed back exit 0 and no output: the harvest had
+    ended, its answer lost, and the job failed (`the harvest helper failed: exit 0`; CI,
+    12-06). An ended harvest with no answer is asked again, once."""
+    from logist import Runtime
+    from logist.sandbox import Sandbox
+    from tests.helpers import create_job, git
+
+    real = Sandbox._request
+    calls: list[int] = []
+
+    def lossy(self, args):
+        calls.append(1)
+        if len(calls) == 1:
+            real(self, args)  # it ran; what it said is lost
+            return 0, b"", b""
+        return real(self, args)
+
+    monkeypatch.setattr(Sandbox, "_request", lossy)
+    job = create_job(logist, source_repo, "echo one > one.txt")
+    [result] = Runtime(jobs_root).run_jobs([job])
+    assert result.error is None, result.error
+    assert len(calls) == 2
+    assert git(source_repo, "show", f"logist/{job}:one.txt") == "one\n"
