@@ -28,7 +28,7 @@ from logist.networks import reap_orphan_networks, remove_networks
 from logist.results import Report
 from logist.safefs import delete_tree
 from logist.sandbox import Sandbox
-from logist.store import Store, is_active, owner_alive
+from logist.store import Store, held_here, is_active, owner_alive
 from logist.workspace import has_workspace
 from logist.workspaces import Workspace, workspace_of
 
@@ -321,6 +321,8 @@ def _cleanup_one(store: Store, job_id: str, *, force: bool, dry_run: bool, wait:
     job_dir = store.job_dir(job_id)
     timeout = 1.0
     stopped, had = 0, False  # what a forced cleanup ended, for its owner to finish removing
+    if held_here(job_dir):  # from the job's own run (its callback): the run owns its state
+        raise JobActive(f"job {job_id} is running in this call (its own callback): cancel it")
     if is_active(job_dir):
         if not force:
             raise JobActive(

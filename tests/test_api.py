@@ -383,3 +383,32 @@ def test_a_jobs_root_removed_under_a_runtime_is_no_jobs_and_a_usage_error(rt, so
     assert rt.list() == []
     with pytest.raises(logist.UsageError, match="is gone"):
         rt.create(repo=str(source_repo), steps=["true"])
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+def test_a_forced_cleanup_from_the_jobs_own_on_output_is_refused_and_loses_nothing(rt, source_repo):
+    """``rt.cleanup(job, force=True)`` from the job's own callback took the job for its own
+    (the lock is the calling thread's): it removed the workspace under the running step, the
+    run then saved the job back without its harvest, and a rerun's result.bundle lost step 1
+    (red team, 12-06). It is refused; the run goes on and lands both steps."""
+    job_id = rt.create(
+        repo=str(source_repo),
+        image=STEP_IMAGE,
+        network="none",
+        steps=["echo go; sleep 1; echo one > one.txt", "echo two > two.txt"],
+    )
+    refused: list[BaseException] = []
+
+    def clean_once(step: int, chunk: bytes) -> None:
+        if not refused:
+            try:
+                rt.cleanup(job_id, force=True)
+            except logist.LogistError as exc:
+                refused.append(exc)
+
+    view = rt.run(job_id, on_output=clean_once)
+    assert refused and isinstance(refused[0], logist.JobActive)
+    assert view["state"] == "succeeded"
+    assert git(source_repo, "show", f"logist/{job_id}:one.txt") == "one\n"
+    assert git(source_repo, "show", f"logist/{job_id}:two.txt") == "two\n"
