@@ -595,6 +595,7 @@ def test_a_branch_of_the_jobs_name_that_is_not_its_own_is_kept_in_the_source(
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "warning: could not set logist/mine" in out.stderr
+    assert "is not this job's" in out.stderr  # why, not git's command line
     assert git(source_repo, "rev-parse", "logist/mine").strip() == theirs
     heads = subprocess.run(
         ["git", "bundle", "list-heads", str(jobs_root / "mine" / "result.bundle")],
