@@ -51,7 +51,7 @@ from logist.store import (
     cancel_requested,
     drop_cancel_request,
 )
-from logist.streams import ListenerFactory, SecretMask, StepOutput
+from logist.streams import CallbackError, ListenerFactory, SecretMask, StepOutput
 from logist.workspaces import Workspace, workspace_of
 
 REAP_WAIT = 300.0  # seconds a job waits for the orphan reap (each engine call has a deadline)
@@ -435,6 +435,8 @@ class Runner:
         try:
             return self.run_job(job_id, max_steps)
         except BaseException as exc:  # an API caller's on_output raised: the job was interrupted
+            if isinstance(exc, CallbackError) and exc.__cause__ is not None:
+                exc = exc.__cause__  # a LogistError of the caller's own
             error = LogistError(
                 f"job {job_id}: interrupted, {type(exc).__name__} raised while it ran: {exc}"[:500]
             )

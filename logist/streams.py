@@ -135,6 +135,11 @@ def terminal(sink: BinaryIO, prefixed: bool) -> ListenerFactory:
     return listener
 
 
+class CallbackError(Exception):
+    """A ``LogistError`` an API caller's callback raised, carried as its cause: it is the
+    caller's, so its job is interrupted (resumable), never failed as by logist's own."""
+
+
 class Callback:
     """An API caller's ``on_output(step_index, chunk)`` as a listener."""
 
@@ -142,7 +147,12 @@ class Callback:
         self.func, self.step = func, step
 
     def __call__(self, chunk: bytes) -> None:
-        self.func(self.step, chunk)
+        from logist.errors import LogistError
+
+        try:
+            self.func(self.step, chunk)
+        except LogistError as exc:
+            raise CallbackError(str(exc)) from exc
 
     def close(self) -> None:
         pass

@@ -206,11 +206,12 @@ def test_two_runtimes_in_threads_interrupting_one_leaves_the_other_running(tmp_p
 
 @pytest.mark.docker
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("error", [ValueError, SystemExit])
+@pytest.mark.parametrize("error", [ValueError, SystemExit, logist.LogistError])
 def test_an_on_output_that_raises_interrupts_its_own_job_only(error, rt, source_repo):
     """The callback's exception ends its job `interrupted` (resumable) as a ``LogistError``
     caused by it; ``run_jobs`` still returns every other job's result (it raised the bare
-    exception and lost them: red teams, 12-06; a ``BaseException`` such as ``SystemExit`` too)."""
+    exception and lost them: red teams, 12-06; a ``BaseException`` such as ``SystemExit`` too;
+    a ``LogistError`` of its own, which failed the job for good)."""
     from logist.streams import Callback
 
     spec = {"repo": str(source_repo), "image": STEP_IMAGE, "network": "none"}
