@@ -332,6 +332,10 @@ def test_an_image_pull_that_never_finishes_is_given_up_at_its_deadline(
         server.close()
 
 
+def _job_of(rt, source_repo, *steps: str) -> str:
+    return rt.create(repo=str(source_repo), image=STEP_IMAGE, network="none", steps=list(steps))
+
+
 @pytest.mark.docker
 @pytest.mark.timeout(180)
 def test_a_cancel_from_the_jobs_own_on_output_ends_it_canceled(rt, source_repo):
@@ -339,12 +343,7 @@ def test_a_cancel_from_the_jobs_own_on_output_ends_it_canceled(rt, source_repo):
     the cancel took the job for ownerless, removed its workspace under the running step, and
     the run then saved it back as pending (red team, 12-06). Now it asks the run, which ends
     the job canceled."""
-    job_id = rt.create(
-        repo=str(source_repo),
-        image=STEP_IMAGE,
-        network="none",
-        steps=["echo go; sleep 3; echo a > a.txt", "echo b > b.txt"],
-    )
+    job_id = _job_of(rt, source_repo, "echo go; sleep 3; echo a > a.txt", "echo b > b.txt")
     asked: list[str] = []
 
     def cancel_once(step: int, chunk: bytes) -> None:
@@ -393,12 +392,7 @@ def test_a_forced_cleanup_from_the_jobs_own_on_output_is_refused_and_loses_nothi
     (the lock is the calling thread's): it removed the workspace under the running step, the
     run then saved the job back without its harvest, and a rerun's result.bundle lost step 1
     (red team, 12-06). It is refused; the run goes on and lands both steps."""
-    job_id = rt.create(
-        repo=str(source_repo),
-        image=STEP_IMAGE,
-        network="none",
-        steps=["echo go; sleep 1; echo one > one.txt", "echo two > two.txt"],
-    )
+    job_id = _job_of(rt, source_repo, "echo go; sleep 1; echo one > one.txt", "echo two > two.txt")
     refused: list[BaseException] = []
 
     def clean_once(step: int, chunk: bytes) -> None:
