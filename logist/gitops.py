@@ -480,16 +480,20 @@ def write_bundle(repo: Path, refnames: list[str], dest: Path) -> None:
 
 
 @retry_on_git_locks
-def publish_branch(source: Path, job_repo: Path, branch: str) -> None:
-    """Set ``branch`` in the local ``source`` from logist's own repository of the job, objects
-    fsck'd; only what the branch reaches travels (kept refs stay in ``result.bundle``); HEAD,
-    index and working tree untouched; a fast-forward only (a job's harvests descend from each
-    other: a branch there that is not an ancestor is someone else's, kept). The caller holds
-    the per-source lock, and only logist writes ``logist/*`` branches, so a lock file on that
-    branch is a leftover of a killed logist and is removed."""
-    gitdir = git(*IN_SOURCE, "rev-parse", "--absolute-git-dir", cwd=source, trust=source)[1]
-    stale = Path(gitdir.strip()) / "refs" / "heads" / f"{branch}.lock"
+def publish_branch(source: Path, job_repo: Path, branch: str, commit: str) -> None:
+    """Set ``branch`` in the local ``source`` to ``commit`` from logist's own repository of the
+    job, objects fsck'd; only what it reaches travels; HEAD, index and working tree untouched.
+    A fast-forward only: a job's harvests descend from each other, so a branch there that
+    ``commit`` does not contain is someone else's, kept (``GitError`` saying so). Under the
+    per-source lock, a lock file on a ``logist/*`` branch is a killed logist's: removed."""
+    ref = f"refs/heads/{branch}"
+    _, out = git(*IN_SOURCE, "rev-parse", "--absolute-git-dir", "--verify", "--quiet", ref,
+                 cwd=source, trust=source, ok_codes=(0, 1))  # fmt: skip
+    gitdir, *there = out.splitlines()
+    if there and there[0] != commit and not is_ancestor(job_repo, there[0], commit):
+        raise GitError(["fetch"], "the source's branch is not this job's (its work does not "
+                       "contain it): left as it is")  # fmt: skip
+    stale = Path(gitdir) / "refs" / "heads" / f"{branch}.lock"
     if branch.startswith("logist/") and stale.is_file() and not stale.is_symlink():
         stale.unlink()
-    refspec = f"refs/heads/{branch}:refs/heads/{branch}"
-    fetch_one(source, job_repo, refspec, *IN_SOURCE, *FSCK, trust=source)
+    fetch_one(source, job_repo, f"{ref}:{ref}", *IN_SOURCE, *FSCK, trust=source)

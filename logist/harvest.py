@@ -261,25 +261,11 @@ def finish(run: JobRun) -> None:
         try:
             lock = run.store.private_dir("locks") / f"source-{gitops.source_key(job.repo)}.lock"
             with gitops.file_lock(lock):
-                if _foreign(source, repo, job.branch, job.harvested_commit):
-                    raise GitError(["fetch"], "the source's branch is not this job's (its work "
-                                   "does not contain it): left as it is")  # fmt: skip
-                gitops.publish_branch(source, repo, job.branch)
+                gitops.publish_branch(source, repo, job.branch, job.harvested_commit)
             job.result_branch = job.branch
         except GitError as exc:
             job.error = f"could not set {job.branch} in {source}: {exc}"
     run.save()
-
-
-def _foreign(source: Path, repo: Path, branch: str, commit: str) -> bool:
-    """Whether the source has ``branch`` at a commit the job's work does not contain (someone
-    else's: publishing is a fast-forward only)."""
-    code, out = gitops.git(
-        *gitops.IN_SOURCE, "rev-parse", "--verify", "--quiet", "--end-of-options",
-        f"refs/heads/{branch}", cwd=source, trust=source, ok_codes=(0, 1, 128),
-    )  # fmt: skip
-    there = out.strip()
-    return code == 0 and there != commit and not gitops.is_ancestor(repo, there, commit)
 
 
 def last_started_step(job: Job) -> int | None:

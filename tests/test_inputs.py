@@ -356,13 +356,13 @@ def test_publishing_moves_a_jobs_branch_forward_and_never_over_another(tmp_path)
 
     first = commit_on(base, "one")
     gitops.set_ref(job_repo, "refs/heads/logist/j", first)
-    gitops.publish_branch(src, job_repo, "logist/j")
+    gitops.publish_branch(src, job_repo, "logist/j", first)
     second = commit_on(first, "two")
     gitops.set_ref(job_repo, "refs/heads/logist/j", second)
-    gitops.publish_branch(src, job_repo, "logist/j")
+    gitops.publish_branch(src, job_repo, "logist/j", second)
     assert git(src, "rev-parse", "logist/j").strip() == second
     other = commit_on(base, "elsewhere")
     gitops.set_ref(job_repo, "refs/heads/logist/j", other)
-    with pytest.raises(GitError):
-        gitops.publish_branch(src, job_repo, "logist/j")
+    with pytest.raises(GitError, match="is not this job's"):
+        gitops.publish_branch(src, job_repo, "logist/j", other)
     assert git(src, "rev-parse", "logist/j").strip() == second
