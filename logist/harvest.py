@@ -268,6 +268,14 @@ def finish(run: JobRun) -> None:
     run.save()
 
 
+def session_label(job: Job) -> str:
+    """The label of a session's next harvest (``session harvest N``), counted in its record."""
+    assert job.session is not None
+    k = int(job.session.get("harvests") or 0) + 1
+    job.session["harvests"] = k
+    return f"session harvest {k}"
+
+
 def last_started_step(job: Job) -> int | None:
     started = [s.index for s in job.steps if s.started_at]
     return max(started) if started else None
@@ -285,11 +293,7 @@ def harvest_leftover(run: JobRun, sandbox: Helper, notify: Notify = _stderr) -> 
     if not sandbox.workspace_present():
         return
     n = last_started_step(job)
-    label = f"step {n}" if n else "setup"
-    if job.session is not None:  # numbered like its other harvests
-        k = int(job.session.get("harvests") or 0) + 1
-        job.session["harvests"] = k
-        label = f"session harvest {k}"
+    label = session_label(job) if job.session is not None else f"step {n}" if n else "setup"
     try:
         ensure_job_repo(run)
         harvest(run, sandbox, label, notify, write_back=False)

@@ -440,10 +440,11 @@ class Sandbox:
         nonce = secrets.token_hex(8)
         together = write_back and self.job.user == "0:0"
         most = self.job.limits.max_object_size
-        args = [self.job.branch, previous, message, nonce, self.job.id, "yes" if together else ""]
-        code, stdout, stderr = self._request([*args, str(most)])
+        wb = "yes" if together else ""
+        args = [self.job.branch, previous, message, nonce, self.job.id, wb, str(most)]
+        code, stdout, stderr = self._request(args)
         if code == 0 and not stdout.strip():  # it ended, its answer lost (Podman's exec attach
-            code, stdout, stderr = self._request([*args, str(most)])  # under load): once more
+            code, stdout, stderr = self._request(args)  # under load): once more
         out = parse_output(stdout, stderr)
         if code == TOO_BIG:
             raise HarvestFailed(too_big(stderr, most))

@@ -175,13 +175,11 @@ def checkpoint(rt: Runtime, job_id: str) -> str:
 
 
 def _harvest(run: JobRun, box: Any, notify=None) -> str:
-    from logist.harvest import harvest
+    from logist.harvest import harvest, session_label
     from logist.sandbox import Sandbox
 
-    k = int(run.job.session.get("harvests") or 0) + 1
-    run.job.session["harvests"] = k
+    label = session_label(run.job)
     with _paused(box), Sandbox(run) as sandbox:
-        label = f"session harvest {k}"
         return harvest(run, sandbox, label, notify) if notify else harvest(run, sandbox, label)
 
 

@@ -8,6 +8,8 @@ import threading
 from collections.abc import Callable
 from typing import BinaryIO, Protocol
 
+from logist.errors import LogistError
+
 MASK = b"***"
 
 
@@ -147,8 +149,6 @@ class Callback:
         self.func, self.step = func, step
 
     def __call__(self, chunk: bytes) -> None:
-        from logist.errors import LogistError
-
         try:
             self.func(self.step, chunk)
         except LogistError as exc:
