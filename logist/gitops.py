@@ -57,15 +57,8 @@ _GUARDS = (
     "gc.auto=0 maintenance.auto=false"
 )
 IN_SOURCE = tuple(a for kv in _GUARDS.split() for a in ("-c", kv))
-_LOCK_MARKERS = (
-    "index.lock",
-    "cannot lock ref",
-    "Unable to create",
-    ".lock': File exists",
-    "unable to write",
-    "packed-refs.lock",
-    "shallow.lock",
-)
+_LOCK_MARKERS = ("index.lock", "cannot lock ref", "Unable to create", ".lock': File exists",
+                 "unable to write", "packed-refs.lock", "shallow.lock")  # fmt: skip
 _HEX = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
 
 
@@ -335,7 +328,8 @@ def clone_workspace(job_repo: Path, dest: Path, branch: str, commit: str, origin
     stash of the source), with ``branch`` checked out at it. Runs before any step has seen
     ``dest``; ``origin`` becomes its ``origin`` remote (as data: nothing is fetched)."""
     git("init", "--quiet", "--", str(dest), isolated=True)
-    fetch_one(dest, job_repo, f"+{commit}:refs/heads/{branch}", isolated=True)
+    # a shallow source's roots come along (without them git takes the branch for broken)
+    fetch_one(dest, job_repo, f"+{commit}:refs/heads/{branch}", update_shallow=True, isolated=True)
     git("remote", "add", "--", "origin", origin, cwd=dest, isolated=True)
     git(
         "checkout",
@@ -383,11 +377,15 @@ def disk_full(exc: GitError) -> LogistError | None:
     return None
 
 
-def fetch_one(dest: Path, origin: Path, refspec: str, *options: str, **kw) -> None:
+def fetch_one(
+    dest: Path, origin: Path, refspec: str, *options: str, update_shallow: bool = False, **kw
+) -> None:
     """Fetch ``refspec`` (no tags) from the trusted repository ``origin`` into the one at
-    ``dest``; only what it reaches travels. ``options`` go before ``fetch`` (e.g. ``FSCK``)."""
-    args = ("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--", str(origin), refspec)
-    git(*options, *args, cwd=dest, **kw)
+    ``dest``; only what it reaches travels. ``options`` go before ``fetch`` (e.g. ``FSCK``);
+    ``update_shallow`` takes a shallow origin's roots (else git drops the ref in silence)."""
+    shallow = ("--update-shallow",) if update_shallow else ()
+    args = ("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", *shallow)
+    git(*options, *args, "--", str(origin), refspec, cwd=dest, **kw)
 
 
 def _dissolve_alternates(gitdir: Path) -> None:

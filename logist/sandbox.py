@@ -227,19 +227,14 @@ class Sandbox:
                 raise HarvestFailed(f"the harvest helper failed to start: {_last_line(err, code)}")
 
     def _send_trusted(self) -> None:
-        """Volume workspaces: a bundle of what logist has of the job (its branch and kept refs)
-        goes into the helper, not yet started, as ``/tmp/logist-trusted.bundle``."""
+        """Volume workspaces: what logist has of the job (its branch and kept refs) goes into
+        the helper, not yet started (``volumes.send_repository``)."""
         from logist import gitops, volumes
 
         repo = self.paths.repo
         names = [f"refs/heads/{self.job.branch}", *gitops.refs(repo, f"refs/logist/{self.job.id}/")]
-        bundle = self.exchange / "logist-trusted.bundle"
-        try:
-            gitops.write_bundle(repo, names, bundle)
-            assert self._container is not None
-            volumes.put_file(self._container, "/tmp", bundle)
-        finally:
-            bundle.unlink(missing_ok=True)
+        assert self._container is not None
+        volumes.send_repository(self._container, repo, names, self.exchange)
 
     def close(self) -> None:
         """Remove the helper (killed at once: it holds no work), or wait for ``release`` to

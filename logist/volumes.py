@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import stat
 import tarfile
 from collections.abc import Iterable, Iterator
@@ -109,6 +110,25 @@ def put_file(container: Container, path: str, data_path: Path) -> None:
                 raise LogistError("the engine did not take a file into the harvest helper")
     finally:
         archive.unlink(missing_ok=True)
+
+
+def send_repository(container: Container, repo: Path, names: list[str], exchange: Path) -> None:
+    """``names`` of the trusted ``repo`` as a bundle into ``container`` (not yet started) at
+    ``/tmp/logist-trusted.bundle``, with a shallow source's roots as ``.shallow`` (the bundle
+    alone is no repository then); ``exchange`` holds the files on their way."""
+    from logist import gitops
+
+    bundle = exchange / "logist-trusted.bundle"
+    shallow = exchange / "logist-trusted.shallow"
+    try:
+        gitops.write_bundle(repo, names, bundle)
+        put_file(container, "/tmp", bundle)
+        if (repo / "shallow").is_file():
+            shutil.copyfile(repo / "shallow", shallow)
+            put_file(container, "/tmp", shallow)
+    finally:
+        bundle.unlink(missing_ok=True)
+        shallow.unlink(missing_ok=True)
 
 
 class _Chunks:

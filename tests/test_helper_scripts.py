@@ -14,7 +14,7 @@ import pytest
 from logist.channel import SERVE
 from logist.helper import parse_output, too_big
 from logist.sandbox import HARVEST, TOO_BIG, TRUSTED_INIT, VISIBLE, WRITE_BACK
-from tests.helpers import git, make_repo
+from tests.helpers import commit_file, git, make_repo
 
 BRANCH = "logist/j1"
 NONCE = "0123456789abcdef"
@@ -367,3 +367,45 @@ def test_a_fifo_named_like_the_bundle_is_refused_without_waiting(tmp_path):
     worker.join(10)
     assert not worker.is_alive(), "the host waits on the FIFO"
     assert "not a regular file" in str(box.get("error"))
+
+
+def _shallow(root: Root) -> None:
+    """``root`` made a shallow source's: /trusted and the workspace end at a new commit."""
+    src = root.path.parent / "src"
+    commit_file(src, "later.txt", "later\n", "later")
+    for path in (root.trusted, root.ws):
+        subprocess.run(["rm", "-rf", str(path)], check=True)
+    subprocess.run(["git", "clone", "-q", "--depth", "1", "--bare", f"file://{src}",
+                    str(root.trusted)], check=True)  # fmt: skip
+    subprocess.run(["git", "clone", "-q", "--depth", "1", f"file://{src}", str(root.ws)],
+                   check=True)  # fmt: skip
+    root.base = git(src, "rev-parse", "HEAD").strip()
+    git(root.trusted, "update-ref", f"refs/heads/{BRANCH}", root.base)
+    git(root.ws, "checkout", "-q", "-b", BRANCH)
+
+
+def test_a_shallow_workspace_is_harvested_and_written_back_still_shallow(root):
+    """A shallow source's workspace: the write-back failed on every harvest (exit 22), since
+    the helper's repository did not know where the history ends (red team, 12-06)."""
+    _shallow(root)
+    (root.ws / "new.txt").write_text("new\n")
+    out = root.harvest(write_back=True)
+    assert out.warnings == [], out.warnings
+    assert git(root.ws, "log", "--format=%P", "-n", "1").strip() == root.base
+    assert git(root.ws, "rev-list", "--count", "HEAD").strip() == "2"
+    assert set((root.ws / ".git" / "shallow").read_text().split()) == {root.base}
+    assert git(root.ws, "status", "--porcelain") == ""
+
+
+def test_trusted_init_keeps_a_shallow_sources_roots(root):
+    _shallow(root)
+    bundle = root.path / "tmp" / "logist-trusted.bundle"
+    git(root.trusted, "bundle", "create", str(bundle), f"refs/heads/{BRANCH}")
+    (root.path / "tmp" / "logist-trusted.shallow").write_bytes(
+        (root.trusted / "shallow").read_bytes()
+    )
+    subprocess.run(["rm", "-rf", str(root.trusted)], check=True)
+    done = root.run(TRUSTED_INIT, name="trusted-init")
+    assert done.returncode == 0, done.stderr.decode()
+    assert git(root.trusted, "rev-parse", f"refs/heads/{BRANCH}").strip() == root.base
+    assert (root.trusted / "shallow").read_text().strip() == root.base

@@ -10,6 +10,8 @@ if [ ! -f "$S/HEAD" ]; then
   echo "$R/trusted/objects" > "$S/objects/info/alternates"
 fi
 rm -rf "$S/refs/logist" "$S/refs/wb" "$S/shallow"
+# a shallow source's roots, logist's own: its history ends there (the write-back passes them on)
+if [ -f "$R/trusted/shallow" ]; then cp "$R/trusted/shallow" "$S/shallow" || exit 10; fi
 # 1. the workspace repository's refs and objects, as data: read through a view of logist's own
 #    making (logist's config, copies of HEAD and the refs, the step's objects as an alternate),
 #    so no git command reads the step's config; objects logist has not seen are fetched (by
@@ -45,10 +47,6 @@ if [ -n "$missing" ]; then
   fetch() { g fetch -q --no-tags --no-write-fetch-head --upload-pack "$UPA" "$V" \
             "$@" 2>/dev/null; }
   fetch $missing || for oid in $missing; do fetch "$oid" || true; done
-  if [ -f "$S/shallow" ]; then
-    warn "the workspace's repository is shallow: its history is not taken"; rm -f "$S/shallow"
-    refs=
-  fi
   types=$(have)
 fi
 kind() { printf '%s\n' "$types" | awk -v o="$1" '$1 == o {print $2; exit}'; }

@@ -57,8 +57,8 @@ write_back() (
   if [ -s "$TM/logist-own-refs" ]; then cp "$TM/logist-own-refs" "$new/packed-refs" || fail 21; fi
   # refs/wb/ of the helper's repository: the job branch at C, the step's other branches, its
   # tags and its stash, as the harvest found them
-  n fetch -q --no-tags --no-write-fetch-head --upload-pack "$UP" "$S" "+refs/wb/*:refs/*" \
-    || fail 22
+  n fetch -q --no-tags --no-write-fetch-head --update-shallow --upload-pack "$UP" "$S" \
+    "+refs/wb/*:refs/*" || fail 22
   n symbolic-ref HEAD "refs/heads/$branch" || fail 23
   cp "$TM/logist-index" "$new/index" || fail 24
   if [ -e .git ] || [ -L .git ]; then mv .git "$old/git" || fail 25; fi
