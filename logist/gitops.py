@@ -280,21 +280,18 @@ def _looks_like_sha(ref: str) -> bool:
 
 
 def resolve_ref(repo: Path, ref: str | None) -> str:
-    """The commit ``ref`` (default HEAD) names in ``repo``; exit 2 naming the ref if unknown."""
+    """The commit ``ref`` (default HEAD) names in ``repo``; exit 2 naming the ref if unknown.
+    A branch before a tag of the same name (as ``git checkout`` and ``clone --branch`` take
+    it; git's rev-parse takes the tag): a source's tag cannot stand in for the branch asked."""
     name = ref or "HEAD"
-    code, out = git(
-        "rev-parse",
-        "--verify",
-        "--quiet",
-        "--end-of-options",
-        f"{name}^{{commit}}",
-        cwd=repo,
-        trust=repo,
-        ok_codes=(0, 1, 128),
-    )
-    if code != 0:
-        raise UsageError(f"unknown ref {name!r} in {repo}")
-    return out.strip()
+    branch = [f"refs/heads/{name}"] if ref and not ref.startswith("refs/") else []
+    for candidate in (*branch, name):
+        code, out = git("rev-parse", "--verify", "--quiet", "--end-of-options",
+                        f"{candidate}^{{commit}}", cwd=repo, trust=repo,
+                        ok_codes=(0, 1, 128))  # fmt: skip
+        if code == 0:
+            return out.strip()
+    raise UsageError(f"unknown ref {name!r} in {repo}")
 
 
 def update_mirror(url: str, mirror: Path) -> None:

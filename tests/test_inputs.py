@@ -21,7 +21,7 @@ from logist.harvest import ensure_job_repo
 from logist.jobrun import JobRun
 from logist.jobs import create_job
 from logist.store import Store
-from tests.helpers import git, make_repo
+from tests.helpers import commit_file, git, make_repo
 
 MARK = "PWNED"
 FOREIGN_UID = 4242
@@ -166,6 +166,20 @@ def test_resolve_ref_refuses_an_option_shaped_ref_naming_it(
     with pytest.raises(UsageError, match="unknown ref"):
         gitops.resolve_ref(source_repo, ref)
     assert not _marks(tmp_path)
+
+
+def test_a_ref_naming_both_a_branch_and_a_tag_takes_the_branch(source_repo):
+    """git's rev-parse takes the tag: a tag "main" pushed to a source stood in for its main
+    branch (red team, 12-06). A tag alone, a full ref name and a commit still resolve."""
+    tagged = git(source_repo, "rev-parse", "HEAD").strip()
+    git(source_repo, "tag", "main")
+    branch = commit_file(source_repo, "later.txt", "later\n")
+    assert gitops.resolve_ref(source_repo, "main") == branch
+    assert gitops.resolve_ref(source_repo, "refs/tags/main") == tagged
+    git(source_repo, "tag", "only-a-tag", tagged)
+    assert gitops.resolve_ref(source_repo, "only-a-tag") == tagged
+    assert gitops.resolve_ref(source_repo, tagged[:12]) == tagged
+    assert gitops.resolve_ref(source_repo, None) == branch
 
 
 def test_a_nul_byte_in_a_git_argument_is_refused_as_a_usage_error(source_repo):
