@@ -226,8 +226,9 @@ class Runner:
             job.error = str(exc)
             run.save()
             finish(run)  # what was accepted before lands
-            self.notify(f"logist: {job.id}: {exc}; workspace kept: {ws}")
-            return JobResult(job=job, error=exc)
+            kept = HarvestFailed(f"{exc}; workspace kept: {ws}")  # said once, by the caller
+            kept.__cause__ = exc
+            return JobResult(job=job, error=kept)
         except (ImageMissing, WorkspaceUnseen) as exc:  # nothing ran: try again later
             self._back_to_pending(run, PENDING, str(exc))
             raise

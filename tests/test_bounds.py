@@ -148,6 +148,9 @@ def test_a_step_committing_an_object_over_the_bound_fails_exit_4_keeping_its_wor
     assert run.returncode == 4, run.stderr
     assert "max_object_size" in run.stderr
     ws = jobs_root / job / "workspace"
+    # said once, with where the work is (it was said twice, the second time without it)
+    assert run.stderr.count("max_object_size") == 1, run.stderr
+    assert f"workspace kept: {ws}" in run.stderr
     oid = (ws / "oid").read_text().strip()
     assert (ws / "big").stat().st_size == 3000000  # the workspace kept
     probe = subprocess.run(["git", "-C", str(source_repo), "cat-file", "-e", oid])
