@@ -112,6 +112,7 @@ class _Held:
         self.fd: int | None = None
         self.count = 0
         self.thread: int | None = None  # the thread that holds it
+        self.users = 0  # threads holding or waiting for it: the entry goes with the last
 
 
 _held: dict[str, _Held] = {}
@@ -125,6 +126,19 @@ def job_lock(job_dir: Path, timeout: float | None = None) -> Iterator[None]:
     key = str(job_dir)
     with _held_guard:
         held = _held.setdefault(key, _Held())
+        held.users += 1
+    try:
+        with _mutex(held, job_dir, timeout):
+            yield
+    finally:
+        with _held_guard:
+            held.users -= 1
+            if held.users == 0:  # a process that runs many jobs keeps no entry per job
+                del _held[key]
+
+
+@contextlib.contextmanager
+def _mutex(held: _Held, job_dir: Path, timeout: float | None) -> Iterator[None]:
     deadline = None if timeout is None else time.monotonic() + timeout
     if not held.mutex.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
         raise JobActive(f"job {job_dir.name} is active in this process")

@@ -928,3 +928,44 @@ def test_a_copied_job_directory_or_one_named_like_no_job_leaves_the_list_whole(
     assert listed.returncode == 0, listed.stderr
     assert [j["id"] for j in json.loads(listed.stdout)] == [job]
     assert logist("job", "list").returncode == 0
+
+
+def test_the_job_lock_keeps_no_entry_once_no_thread_holds_or_waits_for_it(tmp_path):
+    """A process that runs many jobs (an agent framework's) kept one entry per job directory
+    ever locked (red team, 12-06). Re-entry, a refusal and a waiting thread still work."""
+    import threading
+
+    from logist import store
+    from logist.errors import JobActive
+
+    dirs = [tmp_path / f"job-{i}" for i in range(50)]
+    for d in dirs:
+        d.mkdir()
+        with store.job_lock(d), store.job_lock(d):
+            assert store.held_here(d)
+        assert not store.held_here(d)
+    assert not any(str(d) in store._held for d in dirs)
+    seen: list[str] = []
+
+    def refused() -> None:
+        try:
+            with store.job_lock(dirs[0], timeout=0):
+                seen.append("taken")
+        except JobActive:
+            seen.append("refused")
+
+    def waits() -> None:
+        with store.job_lock(dirs[0], timeout=30):
+            seen.append("waited")
+
+    with store.job_lock(dirs[0]):
+        first = threading.Thread(target=refused)
+        first.start()
+        first.join(timeout=10)
+        second = threading.Thread(target=waits)
+        second.start()
+        time.sleep(0.2)
+        assert seen == ["refused"] and str(dirs[0]) in store._held
+    second.join(timeout=30)
+    assert seen == ["refused", "waited"]
+    assert str(dirs[0]) not in store._held
