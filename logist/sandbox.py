@@ -466,9 +466,10 @@ class Sandbox:
             ["sh", "-c", WRITE_BACK, "write-back", self.job.branch, commit, self.job.id],
             user=self.job.user,
         )
+        said = parse_output(b"", err).warnings  # e.g. made again from the harvest alone
         if code == 0:
-            return []
-        return [f"the workspace's repository was not updated: {_last_line(err, code)}"]
+            return said
+        return [*said, f"the workspace's repository was not updated: {_last_line(err, code)}"]
 
 
 def _harvest_timeout() -> float:

@@ -409,3 +409,72 @@ def test_trusted_init_keeps_a_shallow_sources_roots(root):
     assert done.returncode == 0, done.stderr.decode()
     assert git(root.trusted, "rev-parse", f"refs/heads/{BRANCH}").strip() == root.base
     assert (root.trusted / "shallow").read_text().strip() == root.base
+
+
+def _plant_corrupt_blob(root: Root) -> None:
+    """More new files than git's unpackLimit (the write-back's fetch then runs index-pack),
+    and garbage under the name of one of their blobs: index-pack dies on it."""
+    for i in range(200):
+        (root.ws / f"n{i}").write_text(f"x{i}\n")
+    blob = git(root.ws, "hash-object", "n1").strip()
+    loose = root.ws / ".git" / "objects" / blob[:2] / blob[2:]
+    loose.parent.mkdir(exist_ok=True)
+    loose.unlink(missing_ok=True)
+    loose.write_bytes(b"garbage\n")
+    git(root.ws, "config", "core.evil", "planted")
+    hook = root.ws / ".git" / "hooks" / "pre-commit"
+    hook.parent.mkdir(exist_ok=True)
+    hook.write_text("#!/bin/sh\necho HOOK-RAN\n")
+    hook.chmod(0o755)
+
+
+def test_a_write_back_the_step_made_fail_still_leaves_none_of_its_config_or_hooks(root):
+    """A corrupt loose object named like a blob of the step's own files made the write-back's
+    fetch fail, and the step's repository was put back: its config and hooks reached the next
+    step (red team, 12-06). The repository is made again from the harvest alone."""
+    _plant_corrupt_blob(root)
+    out = root.harvest(write_back=True)
+    assert any("made again from the harvest alone" in w for w in out.warnings), out.warnings
+    assert "evil" not in (root.ws / ".git" / "config").read_text()
+    assert not (root.ws / ".git" / "hooks" / "pre-commit").exists()
+    assert git(root.ws, "rev-parse", "HEAD").strip() == out.commit
+    assert git(root.ws, "symbolic-ref", "HEAD").strip() == f"refs/heads/{BRANCH}"
+    assert git(root.ws, "status", "--porcelain") == ""
+    assert "n199" in files_of(root.fetched(out), out.commit)
+
+
+def test_the_write_back_alone_never_leaves_the_steps_repository_either(root):
+    """The same, in the write-back run on its own (as the step's user)."""
+    _plant_corrupt_blob(root)
+    out = root.harvest()
+    done = root.run(WRITE_BACK, BRANCH, out.commit, "j1", name="write-back")
+    assert done.returncode == 0, done.stderr.decode()
+    assert "made again from the harvest alone" in done.stderr.decode()
+    assert "evil" not in (root.ws / ".git" / "config").read_text()
+    assert git(root.ws, "rev-parse", "HEAD").strip() == out.commit
+
+
+def test_a_write_back_that_cannot_be_made_at_all_removes_the_steps_repository(root):
+    """Neither with the step's objects nor from the harvest alone (the helper's repository
+    gone here): the step's repository is removed, never kept."""
+    _plant_corrupt_blob(root)
+    out = root.harvest()
+    subprocess.run(["rm", "-rf", str(root.path / "tmp" / "logist-scratch")], check=True)
+    done = root.run(WRITE_BACK, BRANCH, out.commit, "j1", name="write-back")
+    assert done.returncode == 0, done.stderr.decode()
+    assert "removed, the next step finds none" in done.stderr.decode()
+    assert not (root.ws / ".git").exists()
+    assert (root.ws / "n1").read_text() == "x1\n"  # the files stay
+
+
+def test_a_shallow_workspace_with_over_5000_refs_stays_shallow_after_the_write_back(root):
+    """The step's own refs (over 5,000) went in before the fetch, which then said no shallow
+    roots: the next step's git log failed (red team, 12-06)."""
+    _shallow(root)
+    head = git(root.ws, "rev-parse", "HEAD").strip()
+    packed = "".join(f"{head} refs/heads/b{i}\n" for i in range(6000))
+    (root.ws / ".git" / "packed-refs").write_text(packed)
+    (root.ws / "w.txt").write_text("w\n")
+    root.harvest(write_back=True)
+    assert set((root.ws / ".git" / "shallow").read_text().split()) == {root.base}
+    assert git(root.ws, "rev-list", "--count", "HEAD").strip() == "2"

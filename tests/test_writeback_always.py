@@ -102,3 +102,28 @@ def test_the_write_back_follows_no_link_the_step_left_in_its_objects(logist, sou
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.count("keep") == 2
     assert git(source_repo, "show", f"logist/{job}:victim/alternates") == "keep\n"
+
+
+# a corrupt loose object named like a blob of the step's own files (over git's unpackLimit of
+# new objects): the write-back's fetch dies on it
+CORRUPT = (
+    "for i in $(seq 200); do echo x$i > n$i; done; B=$(git hash-object n1); "
+    "D=.git/objects/$(echo $B | cut -c1-2); mkdir -p $D; F=$D/$(echo $B | cut -c3-); "
+    "rm -f $F; echo garbage > $F; "
+)
+
+
+@pytest.mark.parametrize("user", ["root", "1000:1000"])
+def test_a_write_back_the_step_made_fail_leaves_none_of_its_config_or_hooks(
+    logist, source_repo, user
+):
+    """The step's repository was put back when the write-back failed, its hooks ran in the next
+    step (red team, 12-06): as root (one run with the harvest) and as another user (the
+    write-back on its own)."""
+    first = CORRUPT + PLANT.replace("git add -A", "git add one.txt")  # n1...: the harvest's
+    job = create_job(logist, source_repo, first, PROBE, extra=(*IDENTITY, "--user", user))
+    out = logist("job", "run", job)
+    assert out.returncode == 0, out.stderr
+    assert "probed" in out.stdout and "PWNED" not in out.stdout, out.stdout
+    assert "made again from the harvest alone" in out.stderr, out.stderr
+    assert git(source_repo, "show", f"logist/{job}:n199") == "x199\n"

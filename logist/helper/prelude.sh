@@ -12,8 +12,22 @@ warn() { printf 'warning: %s\n' "$*" >&2; }
 # step starts clean. No git command ever runs with the step's repository (its config, hooks,
 # refs) as its own: a new repository is made with logist's config only, the step's object files
 # are moved into it as data, the refs come from the helper's repository, and it replaces .git.
-write_back() (
-  branch=$1 C=$2 ns=$3
+# Whatever fails, the step's repository never stays: made again from the harvest alone (the
+# step's other objects and refs dropped), else removed (the next step finds none).
+write_back() {
+  wb_once "$1" "$2" "$3" keep && return 0
+  rc=$?
+  if wb_once "$1" "$2" "$3" drop; then
+    warn "the workspace's repository was made again from the harvest alone (exit $rc):" \
+         "objects and refs of the step's that were not harvested are gone"
+    return 0
+  fi
+  (cd "$W" && rm -rf .git) 2>/dev/null
+  if [ -e "$W/.git" ] || [ -L "$W/.git" ]; then return "$rc"; fi
+  warn "the workspace's repository could not be updated (exit $rc): removed, the next step finds none"
+}
+wb_once() (
+  branch=$1 C=$2 ns=$3 mode=$4
   cd "$W" || exit 20
   # what the step made read-only (chmod 555 .git) is its user's to open again: a write-back
   # that failed would leave the step's config and hooks to the next step (links: not followed)
@@ -38,12 +52,12 @@ write_back() (
         -c gc.auto=0 -c maintenance.auto=false -c fetch.writeCommitGraph=false "$@"; }
   # more refs than a harvest keeps: the step's own stay, those git can read (a name git
   # refuses is left out), listed from the view of them the harvest made, as data
-  if [ -s "$TM/logist-over" ] && [ -d "$TM/logist-view/refs" ]; then
+  if [ "$mode" = keep ] && [ -s "$TM/logist-over" ] && [ -d "$TM/logist-view/refs" ]; then
     git --git-dir="$TM/logist-view" -c safe.directory='*' for-each-ref \
       --format='%(objectname) %(refname)' > "$TM/logist-own-refs" 2>/dev/null \
       || : > "$TM/logist-own-refs"
   fi
-  if [ -d .git/objects ] && [ ! -L .git ] && [ ! -L .git/objects ]; then
+  if [ "$mode" = keep ] && [ -d .git/objects ] && [ ! -L .git ] && [ ! -L .git/objects ]; then
     rm -rf "$new/objects" && mv .git/objects "$new/objects" || fail 21
     moved=yes
     # the step's links first (find follows none): no removal by name below may follow one
@@ -57,8 +71,11 @@ write_back() (
   if [ -s "$TM/logist-own-refs" ]; then cp "$TM/logist-own-refs" "$new/packed-refs" || fail 21; fi
   # refs/wb/ of the helper's repository: the job branch at C, the step's other branches, its
   # tags and its stash, as the harvest found them
-  n fetch -q --no-tags --no-write-fetch-head --update-shallow --upload-pack "$UP" "$S" \
-    "+refs/wb/*:refs/*" || fail 22
+  # a shallow source's roots, logist's own (a fetch would not say them when the step's refs
+  # already reach them)
+  if [ -f "$S/shallow" ]; then cp "$S/shallow" "$new/shallow" || fail 22; fi
+  n fetch -q --no-tags --no-write-fetch-head --upload-pack "$UP" "$S" "+refs/wb/*:refs/*" \
+    || fail 22
   n symbolic-ref HEAD "refs/heads/$branch" || fail 23
   cp "$TM/logist-index" "$new/index" || fail 24
   if [ -e .git ] || [ -L .git ]; then mv .git "$old/git" || fail 25; fi
