@@ -44,6 +44,7 @@ _IDENTITY = {
     "GIT_COMMITTER_NAME": "logist",
     "GIT_COMMITTER_EMAIL": "logist@localhost",
     "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_NO_LAZY_FETCH": "1",  # no fetch from a partial clone's promisor (its config names it)
     "LC_ALL": "C",
 }
 # objects entering a trusted repository are checked, whatever the user's own config says
@@ -238,6 +239,11 @@ def check_local_source(path: Path, ref: str | None) -> None:
     code, _ = git("rev-parse", "--git-dir", cwd=path, trust=path, ok_codes=(0, 128))
     if code != 0:
         raise UsageError(f"repository not found: {path} is not a git repository")
+    _, out = git("config", "--get-regexp", r"^(extensions\.partialclone|remote\..*\.promisor)$",
+                 cwd=path, trust=path, ok_codes=(0, 1))  # fmt: skip
+    values = [line.split(" ", 1)[-1].lower() for line in out.splitlines()]
+    if any(v not in ("false", "no", "off", "0") for v in values):  # a promisor never asked
+        raise UsageError(f"{path} is a partial clone (objects missing): give a full clone")
     resolve_ref(path, ref)
 
 

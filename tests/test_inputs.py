@@ -182,6 +182,48 @@ def test_a_ref_naming_both_a_branch_and_a_tag_takes_the_branch(source_repo):
     assert gitops.resolve_ref(source_repo, None) == branch
 
 
+def _promisor_source(path: Path, marker: Path) -> Path:
+    """A source whose HEAD commit is missing, with a promisor remote whose upload-pack (a
+    command of its config, run through a shell) would make ``marker``."""
+    make_repo(path)
+    commit_file(path, "b.txt", "b\n")
+    head = git(path, "rev-parse", "HEAD").strip()
+    (path / ".git" / "objects" / head[:2] / head[2:]).unlink()
+    for key, value in (
+        ("core.repositoryformatversion", "1"),
+        ("extensions.partialClone", "origin"),
+        ("remote.origin.promisor", "true"),
+        ("remote.origin.url", str(path.parent / "elsewhere")),
+        ("remote.origin.uploadpack", f"touch {marker}; git-upload-pack"),
+    ):
+        git(path, "config", key, value)
+    return path
+
+
+def test_a_partial_clone_sources_promisor_command_never_runs_on_the_host(tmp_path):
+    """Host git fetched the missing commit from the source's promisor remote, running the
+    upload-pack command of its config (red team, 12-06): a partial clone is refused, and
+    host git never fetches lazily."""
+    marker = tmp_path / MARK
+    source = _promisor_source(tmp_path / "src", marker)
+    with pytest.raises(UsageError, match="partial clone"):
+        gitops.check_local_source(source, None)
+    with pytest.raises(UsageError, match="unknown ref"):
+        gitops.resolve_ref(source, None)  # past the check: still nothing fetched
+    assert not _marks(tmp_path)
+
+
+def test_a_filtered_clone_is_refused_as_a_partial_clone(tmp_path, source_repo):
+    git(source_repo, "config", "uploadpack.allowFilter", "true")
+    clone = tmp_path / "filtered"
+    subprocess.run(["git", "clone", "-q", "--filter=blob:none", "--no-checkout",
+                    f"file://{source_repo}", str(clone)], check=True)  # fmt: skip
+    with pytest.raises(UsageError, match="partial clone"):
+        gitops.check_local_source(clone, None)
+    git(clone, "config", "remote.origin.promisor", "false")
+    gitops.check_local_source(clone, None)
+
+
 def test_a_nul_byte_in_a_git_argument_is_refused_as_a_usage_error(source_repo):
     with pytest.raises(UsageError, match="NUL"):
         gitops.resolve_ref(source_repo, "main\x00--output=PWNED")
