@@ -317,12 +317,13 @@ def update_mirror(url: str, mirror: Path) -> None:
 # --- logist's own repositories -------------------------------------------------------------------
 
 
-def make_job_repo(origin: Path, dest: Path) -> None:
-    """``dest``: logist's bare repository of one job, a local clone of a trusted ``origin``
-    (the source or a mirror; hardlinked where git can, since both sides are trusted and no step
-    ever sees either). Alternates of the origin are dissolved: the copy stands alone."""
-    git("clone", "--quiet", "--bare", "--", str(origin), str(dest), trust=origin)
-    _dissolve_alternates(dest)
+def make_job_repo(origin: Path, dest: Path, commit: str, branch: str) -> None:
+    """``dest``: logist's bare repository of one job, ``branch`` at ``commit`` of the trusted
+    ``origin`` (the source or a mirror) with only what it reaches, fetched: none of the
+    origin's other branches, tags or stash (the harvest's helper reads this repository, so a
+    step naming their ids must find nothing), no alternates, no file shared with the origin."""
+    git("init", "--quiet", "--bare", "--", str(dest), isolated=True)
+    fetch_one(dest, origin, f"+{commit}:refs/heads/{branch}", update_shallow=True, trust=origin)
 
 
 def clone_workspace(job_repo: Path, dest: Path, branch: str, commit: str, origin: str) -> None:
@@ -389,13 +390,6 @@ def fetch_one(
     shallow = ("--update-shallow",) if update_shallow else ()
     args = ("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", *shallow)
     git(*options, *args, "--", str(origin), refspec, cwd=dest, **kw)
-
-
-def _dissolve_alternates(gitdir: Path) -> None:
-    alternates = gitdir / "objects" / "info" / "alternates"
-    if alternates.is_file():
-        git(f"--git-dir={gitdir}", "repack", "-a", "-d", "-q", isolated=True)
-        alternates.unlink()
 
 
 def commit_of(repo: Path, name: str) -> str | None:

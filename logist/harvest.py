@@ -79,10 +79,10 @@ def ensure_job_repo(run: JobRun) -> Path:
         shutil.rmtree(leftover, ignore_errors=True)
     tmp = paths.repo_tmp(os.getpid())
     try:
-        gitops.make_job_repo(origin, tmp)
         if job.base_commit is None:
             job.base_commit = gitops.resolve_ref(origin, job.ref)
             run.save()
+        gitops.make_job_repo(origin, tmp, job.base_commit, job.branch)
         if job.harvested_commit:  # a resume: the job branch, from result.bundle or the source
             source = None if is_url(job.repo) else origin
             kept = f"refs/logist/{job.id}/"
@@ -91,8 +91,6 @@ def ensure_job_repo(run: JobRun) -> Path:
                 raise LogistError(f"job branch {job.branch} not found to resume from")
             job.harvested_commit = restored
             run.save()
-        else:
-            gitops.set_ref(tmp, f"refs/heads/{job.branch}", job.base_commit)
     except GitError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if not gitops.source_answers(job.repo, url=is_url(job.repo)):
