@@ -236,9 +236,12 @@ def check_local_source(path: Path, ref: str | None) -> None:
         raise UsageError(f"repository not found: {str(path)[:300]}: {exc.strerror}") from None
     if not found:
         raise UsageError(f"repository not found: {path} does not exist")
-    code, _ = git("rev-parse", "--git-dir", cwd=path, trust=path, ok_codes=(0, 128))
+    code, out = git("rev-parse", "--git-dir", "--show-object-format", cwd=path, trust=path,
+                    ok_codes=(0, 128))  # fmt: skip
     if code != 0:
         raise UsageError(f"repository not found: {path} is not a git repository")
+    if out.split()[-1:] != ["sha1"]:
+        raise UsageError(f"{path}: only SHA-1 repositories are supported, not {out.split()[-1]}")
     _, out = git("config", "--get-regexp", r"^(extensions\.partialclone|remote\..*\.promisor)$",
                  cwd=path, trust=path, ok_codes=(0, 1))  # fmt: skip
     values = [line.split(" ", 1)[-1].lower() for line in out.splitlines()]

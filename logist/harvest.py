@@ -82,7 +82,14 @@ def ensure_job_repo(run: JobRun) -> Path:
         if job.base_commit is None:
             job.base_commit = gitops.resolve_ref(origin, job.ref)
             run.save()
-        gitops.make_job_repo(origin, tmp, job.base_commit, job.branch)
+        try:
+            gitops.make_job_repo(origin, tmp, job.base_commit, job.branch)
+        except GitError as exc:  # a source that answers but cannot give it: corrupt objects
+            if not gitops.source_answers(job.repo, url=is_url(job.repo)) or gitops.disk_full(exc):
+                raise
+            tail = exc.stderr.strip().splitlines()[-1:] or ["no output"]
+            raise UsageError(f"source {job.repo}: git cannot copy commit {job.base_commit} "
+                             f"from it: {tail[0]}") from None  # fmt: skip
         if job.harvested_commit:  # a resume: the job branch, from result.bundle or the source
             source = None if is_url(job.repo) else origin
             kept = f"refs/logist/{job.id}/"

@@ -258,8 +258,9 @@ class _Objects:
     def tree_entries(self, tree: str) -> list[tuple[bytes, str]]:
         data, out, i = self._read(tree, "tree"), [], 0
         while i < len(data):
-            space = data.index(b" ", i)
-            nul = data.index(b"\0", space)
+            space, nul = data.find(b" ", i), data.find(b"\0", i)
+            if not 0 <= space < nul or nul + 21 > len(data):
+                raise GitError(["cat-file"], f"tree {tree} is malformed")
             out.append((data[i:space], data[nul + 1 : nul + 21].hex()))
             i = nul + 21
         return out

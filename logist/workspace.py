@@ -115,7 +115,11 @@ def _checked(run: JobRun, repo: Path) -> str:
     assert commit is not None
     if commit == job.base_commit:
         most = job.limits.max_tree_paths
-        if intake.tree_paths(repo, commit, job.limits) > most:
+        try:
+            paths = intake.tree_paths(repo, commit, job.limits)
+        except GitError as exc:  # a malformed tree of the source's
+            raise UsageError(f"commit {commit[:12]} of {job.repo}: {exc}") from None
+        if paths > most:
             raise UsageError(
                 f"commit {commit[:12]} of {job.repo} has over {most:,} paths in its tree "
                 "(max_tree_paths): not checked out"

@@ -12,7 +12,7 @@ import pytest
 
 from logist.bounds import Bounds
 from logist.errors import GitError
-from logist.intake import PathCounter, _Objects, index_bundle
+from logist.intake import PathCounter, _Objects, index_bundle, tree_paths
 from tests.helpers import GIT_ENV, create_job, git, make_repo
 
 IDENTITY = tuple(x for k, v in GIT_ENV.items() for x in ("--env", f"{k}={v}"))
@@ -120,6 +120,20 @@ def test_index_pack_runs_under_the_memory_bound(tmp_path: Path):
     with pytest.raises(GitError):
         index_bundle(repo, bundle, Bounds(git_memory=32 << 20))
     assert _objects(repo) == set()
+
+
+@pytest.mark.parametrize("entry", [b"100644 a", b"100644 a\0short", b"no-space\0" + bytes(20)])
+def test_a_malformed_tree_is_a_git_error_not_a_traceback(tmp_path, entry):
+    """A source's tree that is not a tree's format raised ValueError (exit 1, the job
+    interrupted: red team, 12-06)."""
+    repo = make_repo(tmp_path / "src")
+    tree = subprocess.run(
+        ["git", "-C", str(repo), "hash-object", "-t", "tree", "-w", "--stdin", "--literally"],
+        input=entry, capture_output=True, check=True,
+    ).stdout.decode().strip()  # fmt: skip
+    commit = git(repo, "commit-tree", tree, "-m", "bad").strip()
+    with pytest.raises(GitError, match="is malformed"):
+        tree_paths(repo / ".git", commit, Bounds())
 
 
 # --- through a job ---------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from logist.harvest import ensure_job_repo
 from logist.jobrun import JobRun
 from logist.jobs import create_job
 from logist.store import Store
-from tests.helpers import commit_file, git, make_repo
+from tests.helpers import commit_file, git, job_status, make_repo
 
 MARK = "PWNED"
 FOREIGN_UID = 4242
@@ -222,6 +222,34 @@ def test_a_filtered_clone_is_refused_as_a_partial_clone(tmp_path, source_repo):
         gitops.check_local_source(clone, None)
     git(clone, "config", "remote.origin.promisor", "false")
     gitops.check_local_source(clone, None)
+
+
+def test_a_sha256_source_is_refused_at_creation_naming_its_format(tmp_path):
+    """It failed at setup: exit 1, the job interrupted, "ValueError raised while it ran"
+    (red team, 12-06)."""
+    source = tmp_path / "sha"
+    subprocess.run(["git", "init", "-q", "--object-format=sha256", str(source)], check=True)
+    commit_file(source, "x.txt", "x\n")
+    with pytest.raises(UsageError, match="only SHA-1 repositories are supported, not sha256"):
+        gitops.check_local_source(source, None)
+
+
+@pytest.mark.docker
+def test_a_source_whose_commit_git_cannot_copy_fails_the_job_exit_2_naming_it(logist, tmp_path):
+    """A tree entry of a directory's mode naming a blob: exit 1 and git's own line before."""
+    source = make_repo(tmp_path / "bad")
+    blob = git(source, "hash-object", "-w", "README.md").strip()
+    tree = subprocess.run(
+        ["git", "-C", str(source), "hash-object", "-t", "tree", "-w", "--stdin", "--literally"],
+        input=b"40000 d\0" + bytes.fromhex(blob), capture_output=True, check=True,
+    ).stdout.decode().strip()  # fmt: skip
+    commit = git(source, "commit-tree", tree, "-m", "bad").strip()
+    git(source, "update-ref", "refs/heads/main", commit)
+    out = logist("run", "--repo", str(source), "--network", "none", "--step", "true")
+    assert out.returncode == 2, out.stderr
+    assert f"git cannot copy commit {commit}" in out.stderr
+    job = out.stderr.split("logist: job ", 1)[1].split()[0]
+    assert job_status(logist, job)["state"] == "failed"
 
 
 def test_a_nul_byte_in_a_git_argument_is_refused_as_a_usage_error(source_repo):
