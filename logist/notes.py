@@ -16,10 +16,22 @@ MAX_READS = 2_000  # blobs read (links, .gitattributes); past that the rest is s
 MAX_BLOB = 64 << 10  # bytes of a link target read
 MAX_ATTRIBUTES = 4 << 20  # bytes of a .gitattributes read (larger: counted as naming a filter)
 SHOWN = 3  # paths named per note
+TIMEOUT = 120  # seconds of one git command of the scan
+
+
+class _TimedOut(Exception):
+    pass
 
 
 def scan(repo: Path, base: str, tip: str) -> list[str]:
     """One line per kind of risky content ``tip`` adds over ``base`` (none: [])."""
+    try:
+        return _scan(repo, base, tip)
+    except _TimedOut:
+        return ["the branch could not be checked for links out, filters and submodules in time"]
+
+
+def _scan(repo: Path, base: str, tip: str) -> list[str]:
     links, filters, submodules = [], [], []
     changed, complete = _changed(repo, base, tip)
     symlinks = {p for mode, _o, p in _tree(repo, tip) if mode == "120000"} if changed else set()
@@ -71,12 +83,16 @@ def _few(paths: list[str]) -> str:
 
 
 def _git(repo: Path, *args: str) -> bytes:
-    proc = subprocess.run(
-        ["git", "-c", "core.hooksPath=/dev/null", f"--git-dir={repo}", *args],
-        capture_output=True,
-        env=_env(isolated=True),
-        timeout=120,
-    )
+    """git's output, or nothing when it fails; ``_TimedOut`` past ``TIMEOUT``."""
+    try:
+        proc = subprocess.run(
+            ["git", "-c", "core.hooksPath=/dev/null", f"--git-dir={repo}", *args],
+            capture_output=True,
+            env=_env(isolated=True),
+            timeout=TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        raise _TimedOut from None
     return proc.stdout if proc.returncode == 0 else b""
 
 

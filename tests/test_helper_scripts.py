@@ -478,3 +478,14 @@ def test_a_shallow_workspace_with_over_5000_refs_stays_shallow_after_the_write_b
     root.harvest(write_back=True)
     assert set((root.ws / ".git" / "shallow").read_text().split()) == {root.base}
     assert git(root.ws, "rev-list", "--count", "HEAD").strip() == "2"
+
+
+def test_refs_skipped_for_missing_objects_are_named_ten_times_then_counted(root):
+    """50,000 refs naming missing objects made ~1,100 warning lines a harvest (red team)."""
+    gone = "0123456789abcdef0123456789abcdef01234567"
+    packed = "".join(f"{gone} refs/heads/gone{i:03}\n" for i in range(25))
+    (root.ws / ".git" / "packed-refs").write_text(packed)
+    out = root.harvest()
+    skipped = [w for w in out.warnings if w.startswith("skipped ")]
+    assert len(skipped) == 11, out.warnings
+    assert skipped[-1] == "skipped 15 more refs: their objects are missing"

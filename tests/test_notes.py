@@ -80,3 +80,18 @@ def test_a_gitlink_is_a_submodule_note(source_repo: Path):
     tip = git(source_repo, "rev-parse", "HEAD").strip()
     assert scan(source_repo / ".git", base, tip) == ["the branch adds submodules: vendor/sub"]
     assert scan(source_repo / ".git", tip, tip) == []
+
+
+def test_a_scan_that_runs_out_of_time_says_so_instead_of_raising(source_repo: Path, monkeypatch):
+    """A git command of the scan past its deadline raised TimeoutExpired, which nothing
+    caught (red team, 12-06)."""
+    import logist.notes
+    from logist.notes import scan
+    from tests.helpers import commit_file, git
+
+    base = git(source_repo, "rev-parse", "HEAD").strip()
+    tip = commit_file(source_repo, "x.txt", "x\n")
+    monkeypatch.setattr(logist.notes, "TIMEOUT", 0.000001)
+    assert scan(source_repo / ".git", base, tip) == [
+        "the branch could not be checked for links out, filters and submodules in time"
+    ]

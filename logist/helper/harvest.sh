@@ -149,15 +149,16 @@ mine
     FILENAME == kf { have[$0] = 1; next }
     $2 == "" || $2 == "HEAD" { next }
     { k = ($1 in kind) ? kind[$1] : ""
-      if (k == "" || k == "missing") {
-        print "skipped " $2 ": its objects are missing" > wf; next }
+      if (k == "" || k == "missing") {  # named up to 10 times, then counted
+        if (++gone <= 10) print "skipped " $2 ": its objects are missing" > wf; next }
       if (++n > max) { over++; next }  # the bundle header and the answer stay bounded
       short = substr($2, 6); dest = "refs/logist/" ns "/" short
       print "ref " $1 " " dest > rf
       print "update " dest " " $1
       if ($2 != "refs/heads/" branch) print "update refs/wb/" short " " $1
       if (!(($1 " " dest) in have)) print dest >> bf }
-    END { if (over) print "only the first " max " branches, tags and stashes are kept; " \
+    END { if (gone > 10) print "skipped " gone - 10 " more refs: their objects are missing" > wf
+          if (over) print "only the first " max " branches, tags and stashes are kept; " \
             over " more are not (the workspace keeps them all)" > wf
           if (over) print "yes" > of }
   ' "$TM/logist-types" "$TM/logist-kept" -
