@@ -23,7 +23,7 @@ from typing import Protocol
 
 from logist import gitops, intake, notes
 from logist.errors import GitError, HarvestFailed, LogistError, UsageError
-from logist.helper import HarvestOutput
+from logist.helper import GIT_KEPT, HarvestOutput
 from logist.jobrun import JobRun
 from logist.layout import JobDir
 from logist.model import WS_REMOVING, Job
@@ -52,7 +52,8 @@ class Helper(Protocol):
         """Commit the workspace's work on top of ``previous``; what it hands back is data."""
 
     def write_back(self, commit: str) -> list[str]:
-        """Make the workspace's repository show ``commit``; warnings."""
+        """Make the workspace's repository show ``commit``; warnings. ``HarvestFailed``
+        when it failed (the step's own .git may be left)."""
 
     def release(self) -> None:
         """Start removing the helper (its last harvest is in)."""
@@ -161,6 +162,8 @@ def harvest(
     commit = accept(run, out, previous)
     job.harvested_commit = commit
     run.save()  # the commit, and the step's end the caller recorded
+    if out.git_kept:  # its work is in; no step may meet the step's config and hooks
+        raise HarvestFailed(GIT_KEPT)
     if not done:
         for warning in sandbox.write_back(commit):
             notify(f"logist: {job.id}: {warning}")

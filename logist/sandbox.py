@@ -1,11 +1,12 @@
 """The only code that runs git over a workspace: inside a locked-down helper container.
 
 The helper (``logist/step:latest`` unless ``LOGIST_HELPER_IMAGE`` says otherwise; never the
-step's image) has no network, no capability but ``DAC_OVERRIDE`` (it must read what a root
-step left unreadable), ``no-new-privileges``, and mounts only the workspace, logist's repository
-of the job (read-only) and an empty exchange directory. One helper is kept for a job's run. On
-Docker each harvest is a request on its standard input (``logist/channel.py``: no ``exec``,
-~55 ms less a step); on Podman and over ``ssh://`` an ``exec`` (see docs/performance.md).
+step's image) has no network, no capability but ``DAC_OVERRIDE`` and ``FOWNER`` (it must read
+and replace what a root step left to others), ``no-new-privileges``, and mounts only the
+workspace, logist's repository of the job (read-only) and an empty exchange directory. One
+helper is kept for a job's run. On Docker each harvest is a request on its standard input
+(``logist/channel.py``: no ``exec``, ~55 ms less a step); on Podman and over ``ssh://`` an
+``exec`` (see docs/performance.md).
 
 A harvest reads the workspace's refs and files as data, makes the step's commit on top of the
 last harvest, and writes a bundle into the exchange directory; ``logist/harvest.py`` copies it
@@ -36,7 +37,7 @@ from logist.errors import (
     WorkspaceUnseen,
     printable,
 )
-from logist.helper import HarvestOutput, parse_output, too_big
+from logist.helper import GIT_KEPT, HarvestOutput, parse_output, too_big
 from logist.jobrun import JobRun
 from logist.store import owner_id
 from logist.workspaces import workspace_of
@@ -175,9 +176,10 @@ class Sandbox:
                 owner=owner_id(),
                 mounts=mounts,
                 user="0:0",
-                # to read what a root step left unreadable; never DAC_READ_SEARCH, which would
-                # open open_by_handle_at to it (a way out of the container); all else dropped
-                cap_add=["DAC_OVERRIDE"],
+                # to read what a root step left unreadable, and replace a .git it gave another
+                # uid in sticky directories; never DAC_READ_SEARCH, which would open
+                # open_by_handle_at to it (a way out of the container); all else dropped
+                cap_add=["DAC_OVERRIDE", "FOWNER"],
                 pids=512,
                 memory=self.job.limits.helper_memory,
                 memory_swap=self.job.limits.helper_memory,
@@ -466,10 +468,9 @@ class Sandbox:
             ["sh", "-c", WRITE_BACK, "write-back", self.job.branch, commit, self.job.id],
             user=self.job.user,
         )
-        said = parse_output(b"", err).warnings  # e.g. made again from the harvest alone
-        if code == 0:
-            return said
-        return [*said, f"the workspace's repository was not updated: {_last_line(err, code)}"]
+        if code != 0:  # the step's own .git may still be there
+            raise HarvestFailed(f"{GIT_KEPT} ({_last_line(err, code)})")
+        return parse_output(b"", err).warnings  # e.g. made again from the harvest alone
 
 
 def _harvest_timeout() -> float:

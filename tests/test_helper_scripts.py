@@ -489,3 +489,24 @@ def test_refs_skipped_for_missing_objects_are_named_ten_times_then_counted(root)
     skipped = [w for w in out.warnings if w.startswith("skipped ")]
     assert len(skipped) == 11, out.warnings
     assert skipped[-1] == "skipped 15 more refs: their objects are missing"
+
+
+def test_a_steps_git_that_can_be_neither_replaced_nor_removed_is_said_to_the_host(root):
+    """Both write-backs failed and the step's .git stayed (a root step's sticky directories of
+    another uid: red team, 12-06); the harvest only warned and the next step met its hooks.
+    Now the answer says so (``git-kept``), whatever kept it (here an immutable .git)."""
+    (root.ws / "w.txt").write_text("w\n")
+    subprocess.run(["chattr", "+i", str(root.ws / ".git")], check=True)
+    try:
+        out = root.harvest(write_back=True)
+        alone = root.run(WRITE_BACK, BRANCH, out.commit, "j1", name="write-back")
+    finally:
+        subprocess.run(["chattr", "-i", str(root.ws / ".git")], check=True)
+    assert out.git_kept and out.commit
+    assert alone.returncode != 0
+    assert "w.txt" in files_of(root.fetched(out), out.commit)
+
+
+def test_a_harvest_that_replaced_the_git_does_not_say_it_was_kept(root):
+    out = root.harvest(write_back=True)
+    assert not out.git_kept

@@ -440,7 +440,7 @@ def test_the_harvest_helper_is_locked_down_and_never_the_steps_image(
         hc = helper.attrs["HostConfig"]
         assert helper.attrs["Config"]["Image"] == "logist/step:latest"
         assert hc["NetworkMode"] == "none"
-        assert hc["CapDrop"] == ["ALL"] and hc["CapAdd"] == ["DAC_OVERRIDE"]
+        assert hc["CapDrop"] == ["ALL"] and sorted(hc["CapAdd"]) == ["DAC_OVERRIDE", "FOWNER"]
         assert "no-new-privileges" in hc["SecurityOpt"]
         assert not hc["Privileged"]
         mounts = {m["Destination"]: m for m in helper.attrs["Mounts"]}

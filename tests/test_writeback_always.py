@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import create_job, git
+from tests.helpers import create_job, git, job_status
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
 
@@ -127,3 +127,43 @@ def test_a_write_back_the_step_made_fail_leaves_none_of_its_config_or_hooks(
     assert "probed" in out.stdout and "PWNED" not in out.stdout, out.stdout
     assert "made again from the harvest alone" in out.stderr, out.stderr
     assert git(source_repo, "show", f"logist/{job}:n199") == "x199\n"
+
+
+# a root step gives its .git and the workspace to another uid, sticky: the helper's root
+# (DAC_OVERRIDE alone) could neither move nor remove what is in them
+STICKY = (
+    "chown -R 4242:4242 .git && find .git -type d -exec chmod 1777 {} + && "
+    "chown 4242:4242 /workspace && chmod 1777 /workspace"
+)
+
+
+def test_a_root_steps_git_given_to_another_uid_in_sticky_directories_is_still_replaced(
+    logist, source_repo
+):
+    """Red team, 12-06: its fsmonitor and hooks ran in the next step, the job exit 0."""
+    first = PLANT.replace("git add -A", "git add one.txt") + " && " + STICKY
+    job = create_job(logist, source_repo, first, PROBE, extra=(*IDENTITY, "--user", "root"))
+    out = logist("job", "run", job)
+    assert out.returncode == 0, out.stderr
+    assert "probed" in out.stdout and "PWNED" not in out.stdout, out.stdout
+
+
+def test_a_git_the_write_back_cannot_replace_stops_the_job_with_its_work_in(
+    logist, source_repo, jobs_root
+):
+    """An immutable .git (a root step granted LINUX_IMMUTABLE): neither replaced nor removed,
+    so the next step would meet the step's config and hooks. The job fails (exit 4, the
+    workspace kept), the step's work in its branch, and no later step runs."""
+    first = PLANT.replace("git add -A", "git add one.txt") + " && echo w > w.txt && chattr +i .git"
+    grant = (*IDENTITY, "--user", "root", "--cap-add", "LINUX_IMMUTABLE")
+    job = create_job(logist, source_repo, first, "echo SECOND-RAN", extra=grant)
+    try:
+        out = logist("job", "run", job)
+    finally:
+        subprocess.run(["chattr", "-i", str(jobs_root / job / "workspace" / ".git")], check=False)
+    assert out.returncode == 4, out.stderr
+    assert "SECOND-RAN" not in out.stdout
+    assert "the step's own .git (its config and hooks) would reach the next step" in out.stderr
+    assert git(source_repo, "show", f"logist/{job}:w.txt") == "w\n"
+    status = job_status(logist, job)
+    assert status["state"] == "failed" and status["workspace"]["state"] == "ready"

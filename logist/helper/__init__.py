@@ -14,6 +14,10 @@ from logist.bounds import size_text
 from logist.errors import printable
 
 MAX_OUTPUT = 1 << 20  # bytes of a helper's answer read; the rest is ignored
+GIT_KEPT = (
+    "the workspace's repository could not be replaced: the step's own .git (its config and "
+    "hooks) would reach the next step, so none runs"
+)
 
 
 def script(*names: str) -> str:
@@ -32,6 +36,7 @@ class HarvestOutput:
     bundle: str | None = None
     refs: dict[str, str] = field(default_factory=dict)
     written_back: bool = False  # nothing left to do for the workspace's repository
+    git_kept: bool = False  # the write-back could neither replace nor remove the step's .git
     warnings: list[str] = field(default_factory=list)
 
 
@@ -40,6 +45,8 @@ def parse_output(stdout: bytes, stderr: bytes) -> HarvestOutput:
     out = HarvestOutput()
     for raw in stdout[:MAX_OUTPUT].decode("ascii", errors="replace").splitlines():
         m = _LINE.fullmatch(raw.strip())
+        if raw.strip() == "git-kept":
+            out.git_kept = True
         if not m:
             continue
         kind, a, b = m.groups()
