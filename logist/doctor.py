@@ -23,7 +23,7 @@ class Check:
 
 def run_checks(store: Store, engines: list[str]) -> list[Check]:
     """The checks, for each of ``engines``."""
-    checks: list[Check] = []
+    checks: list[Check] = [_no_lazy_fetch()]
     for n, engine in enumerate(engines):
         checks += _engine_checks(store, engine, first=n == 0)
     return checks
@@ -81,6 +81,36 @@ def _engine_checks(store: Store, engine: str, first: bool) -> list[Check]:
         )
     )
     return checks
+
+
+def _no_lazy_fetch() -> Check:
+    """Host git honours ``GIT_NO_LAZY_FETCH`` (git 2.39.4 and every release since April 2024):
+    a source that is a partial clone never has git ask its promisor remote, which its config
+    names (with the commands that run for it). Asked of git itself: a partial clone of its own
+    making with an object missing, its remote a path that does not exist."""
+    import subprocess
+    import tempfile
+
+    from logist import gitops
+
+    with tempfile.TemporaryDirectory(prefix="logist-doctor-") as tmp:
+        repo = os.path.join(tmp, "partial.git")
+        try:
+            gitops.git("init", "--quiet", "--bare", "--", repo, isolated=True)
+            for key, value in (("core.repositoryformatversion", "1"),
+                               ("extensions.partialClone", "origin"),
+                               ("remote.origin.url", os.path.join(tmp, "none"))):  # fmt: skip
+                gitops.git(f"--git-dir={repo}", "config", key, value, isolated=True)
+            said = subprocess.run(
+                ["git", f"--git-dir={repo}", "cat-file", "-e", "1" * 40],
+                env=gitops._env(isolated=True), capture_output=True, text=True, timeout=30,
+            ).stderr  # fmt: skip
+        except (LogistError, OSError, subprocess.SubprocessError) as exc:
+            return Check("git", False, f"git could not be asked: {exc}")
+    if "lazy fetching disabled" in said:
+        return Check("git", True, "host git never fetches a partial clone's missing objects")
+    return Check("git", False, "host git ignores GIT_NO_LAZY_FETCH: use git 2.39.4 or later "
+                 "(a partial-clone source's promisor remote could be asked)")  # fmt: skip
 
 
 def _writable(store: Store) -> Check:

@@ -133,6 +133,8 @@ def test_doctor_json_and_a_missing_image_is_exit_3(logist, source_repo):
     report = json.loads(out.stdout)
     assert set(report) == {"ok", "checks"} and out.returncode == (0 if report["ok"] else 3)
     assert all({"name", "ok", "detail"} <= set(c) for c in report["checks"])
+    git_check = next(c for c in report["checks"] if c["name"] == "git")
+    assert git_check["ok"], git_check  # the host's git honours GIT_NO_LAZY_FETCH
     missing = logist(
         "run", "--repo", str(source_repo), "--image", "logist/absent:nope", "--pull", "never",
         "--step", "true",
