@@ -125,12 +125,15 @@ def _origin(store: Store, job: Job) -> Path:
     with gitops.file_lock(store.private_dir("locks") / f"mirror-{key}.lock"):
         try:
             gitops.update_mirror(job.repo, mirror)
-        except GitError:
+        except GitError as exc:
             if not gitops.source_answers(job.repo, url=True):
                 raise UsageError(
                     f"source {job.repo} has vanished since the job was created"
                 ) from None
-            raise
+            if (full := gitops.disk_full(exc)) is not None:
+                raise full from None
+            tail = exc.stderr.strip().splitlines()[-1:] or ["no output"]  # it answers: content
+            raise UsageError(f"source {job.repo}: git cannot mirror it: {tail[0]}") from None
     return mirror
 
 

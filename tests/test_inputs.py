@@ -235,7 +235,10 @@ def test_a_sha256_source_is_refused_at_creation_naming_its_format(tmp_path):
 
 
 @pytest.mark.docker
-def test_a_source_whose_commit_git_cannot_copy_fails_the_job_exit_2_naming_it(logist, tmp_path):
+@pytest.mark.parametrize("form", ["path", "file-url"])
+def test_a_source_whose_commit_git_cannot_copy_fails_the_job_exit_2_naming_it(
+    logist, tmp_path, form
+):
     """A tree entry of a directory's mode naming a blob: exit 1 and git's own line before."""
     source = make_repo(tmp_path / "bad")
     blob = git(source, "hash-object", "-w", "README.md").strip()
@@ -245,9 +248,11 @@ def test_a_source_whose_commit_git_cannot_copy_fails_the_job_exit_2_naming_it(lo
     ).stdout.decode().strip()  # fmt: skip
     commit = git(source, "commit-tree", tree, "-m", "bad").strip()
     git(source, "update-ref", "refs/heads/main", commit)
-    out = logist("run", "--repo", str(source), "--network", "none", "--step", "true")
+    repo = f"file://{source}" if form == "file-url" else str(source)
+    out = logist("run", "--repo", repo, "--network", "none", "--step", "true")
     assert out.returncode == 2, out.stderr
-    assert f"git cannot copy commit {commit}" in out.stderr
+    said = "git cannot mirror it" if form == "file-url" else f"git cannot copy commit {commit}"
+    assert f"source {repo}: {said}" in out.stderr
     job = out.stderr.split("logist: job ", 1)[1].split()[0]
     assert job_status(logist, job)["state"] == "failed"
 
