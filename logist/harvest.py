@@ -262,7 +262,7 @@ def finish(run: JobRun) -> None:
         state += "+" + hashlib.sha1(text.encode()).hexdigest()[:12]
     if not bundle.is_file() or job.bundled_commit != state:
         if job.base_commit is not None:
-            job.notes = notes.scan(repo, job.base_commit, job.harvested_commit)
+            job.notes = notes.scan(repo, job.base_commit, job.harvested_commit, job.limits)
         gitops.write_bundle(repo, names, bundle)
         job.bundled_commit = state
         job.result_bundle = str(bundle)

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import posixpath
 import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
+from logist.bounds import Bounds
 from logist.gitops import _env
 
 MAX_ENTRIES = 1_000_000  # changed paths looked at (max_tree_paths' default)
@@ -17,24 +20,33 @@ MAX_BLOB = 64 << 10  # bytes of a link target read
 MAX_ATTRIBUTES = 4 << 20  # bytes of a .gitattributes read (larger: counted as naming a filter)
 SHOWN = 3  # paths named per note
 TIMEOUT = 120  # seconds of one git command of the scan
+MAX_KEPT = 64 << 20  # bytes of the paths kept from git's listings (only the ones looked at)
+MAX_RECORD = 1 << 20  # bytes of one entry of a listing (a path longer: the rest unchecked)
 
 
 class _TimedOut(Exception):
     pass
 
 
-def scan(repo: Path, base: str, tip: str) -> list[str]:
-    """One line per kind of risky content ``tip`` adds over ``base`` (none: [])."""
+class _Unchecked(Exception):
+    """A listing past its bounds (or one git could not finish): the rest is not looked at."""
+
+
+def scan(repo: Path, base: str, tip: str, bounds: Bounds | None = None) -> list[str]:
+    """One line per kind of risky content ``tip`` adds over ``base`` (none: []). git's
+    listings are read as they come, keeping only the entries looked at (bounded), under
+    ``bounds.git_memory`` when given."""
     try:
-        return _scan(repo, base, tip)
+        return _scan(repo, base, tip, bounds)
     except _TimedOut:
         return ["the branch could not be checked for links out, filters and submodules in time"]
 
 
-def _scan(repo: Path, base: str, tip: str) -> list[str]:
+def _scan(repo: Path, base: str, tip: str, bounds: Bounds | None) -> list[str]:
     links, filters, submodules = [], [], []
-    changed, complete = _changed(repo, base, tip)
-    symlinks = {p for mode, _o, p in _tree(repo, tip) if mode == "120000"} if changed else set()
+    changed, complete = _changed(repo, base, tip, bounds)
+    symlinks, whole = _symlinks(repo, tip, bounds) if changed else (set(), True)
+    complete = complete and whole
     reads = 0
     for mode, oid, path in changed:
         if mode == "120000" or posixpath.basename(path) == ".gitattributes":  # a blob to read
@@ -65,16 +77,22 @@ def _scan(repo: Path, base: str, tip: str) -> list[str]:
     return notes
 
 
-def _tree(repo: Path, tip: str) -> list[tuple[str, str, str]]:
-    """(mode, oid, path) of the tip's tree (at most ``MAX_ENTRIES``)."""
-    out = _git(repo, "ls-tree", "-r", "-z", "--full-tree", "--end-of-options", tip)
-    entries = []
-    for item in out.split(b"\0")[:MAX_ENTRIES]:
-        meta, _, path = item.partition(b"\t")
-        parts = meta.split(b" ")
-        if len(parts) == 3:
-            entries.append((parts[0].decode(), parts[2].decode(), path.decode(errors="replace")))
-    return entries
+def _symlinks(repo: Path, tip: str, bounds: Bounds | None) -> tuple[set[str], bool]:
+    """The paths of the tip's symlinks, and whether that is all of them."""
+    links: set[str] = set()
+    kept = 0
+    try:
+        for item in _records(repo, bounds, "ls-tree", "-r", "-z", "--full-tree",
+                             "--end-of-options", tip):  # fmt: skip
+            meta, _, path = item.partition(b"\t")
+            if meta.startswith(b"120000 "):
+                kept += len(path)
+                if kept > MAX_KEPT or len(links) >= MAX_ENTRIES:
+                    return links, False
+                links.add(path.decode(errors="replace"))
+    except _Unchecked:
+        return links, False
+    return links, True
 
 
 def _few(paths: list[str]) -> str:
@@ -83,7 +101,8 @@ def _few(paths: list[str]) -> str:
 
 
 def _git(repo: Path, *args: str) -> bytes:
-    """git's output, or nothing when it fails; ``_TimedOut`` past ``TIMEOUT``."""
+    """A small output of git (a size, a blob already sized), or nothing when it fails;
+    ``_TimedOut`` past ``TIMEOUT``."""
     try:
         proc = subprocess.run(
             ["git", "-c", "core.hooksPath=/dev/null", f"--git-dir={repo}", *args],
@@ -96,20 +115,69 @@ def _git(repo: Path, *args: str) -> bytes:
     return proc.stdout if proc.returncode == 0 else b""
 
 
-def _changed(repo: Path, base: str, tip: str) -> tuple[list[tuple[str, str, str]], bool]:
-    """(new mode, new oid, path) of every path ``tip`` adds or changes over ``base`` (at most
-    ``MAX_ENTRIES``), and whether that is all of them."""
-    out = _git(repo, "diff-tree", "-r", "-z", "--no-renames", "--end-of-options", base, tip)
-    fields = out.split(b"\0")
-    changed = []
-    for i in range(0, len(fields) - 1, 2):
-        meta, path = fields[i].split(b" "), fields[i + 1]
-        if len(meta) < 5 or meta[4].startswith(b"D"):
-            continue
-        if len(changed) >= MAX_ENTRIES:
-            return changed, False
-        changed.append((meta[1].decode(), meta[3].decode(), path.decode(errors="replace")))
+def _records(repo: Path, bounds: Bounds | None, *args: str) -> Iterator[bytes]:
+    """git's NUL-separated output, one entry at a time as it comes (never all of it held);
+    ``_TimedOut`` past ``TIMEOUT``, ``_Unchecked`` for an entry over ``MAX_RECORD`` or a git
+    that failed (its memory bound, say)."""
+    from logist.intake import bounded
+
+    argv = ["git", "-c", "core.hooksPath=/dev/null", f"--git-dir={repo}", *args]
+    proc = subprocess.Popen(
+        bounded(argv, bounds) if bounds is not None else argv,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_env(isolated=True),
+    )  # fmt: skip
+    expired = threading.Event()
+    timer = threading.Timer(TIMEOUT, lambda: (expired.set(), proc.kill()))
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        rest = b""
+        while chunk := proc.stdout.read(1 << 16):
+            *done, rest = (rest + chunk).split(b"\0")
+            yield from done
+            if len(rest) > MAX_RECORD:
+                raise _Unchecked
+        if proc.wait() != 0:
+            raise _TimedOut if expired.is_set() else _Unchecked
+        if rest:
+            yield rest
+    finally:
+        timer.cancel()
+        proc.kill()
+        proc.wait()
+
+
+def _changed(
+    repo: Path, base: str, tip: str, bounds: Bounds | None
+) -> tuple[list[tuple[str, str, str]], bool]:
+    """(new mode, new oid, path) of each path ``tip`` adds or changes over ``base`` that the
+    scan looks at (links, submodules, ``.gitattributes``, ``.gitmodules``; bounded), and
+    whether that is all of them."""
+    changed: list[tuple[str, str, str]] = []
+    kept = 0
+    records = _records(repo, bounds, "diff-tree", "-r", "-z", "--no-renames",
+                       "--end-of-options", base, tip)  # fmt: skip
+    try:
+        for meta_raw in records:
+            path = next(records, None)
+            meta = meta_raw.split(b" ")
+            if path is None or len(meta) < 5 or meta[4].startswith(b"D"):
+                continue
+            name = posixpath.basename(path)
+            if meta[1] not in (b"120000", b"160000") and name not in _LOOKED_AT:
+                continue
+            kept += len(path)
+            if kept > MAX_KEPT or len(changed) >= MAX_ENTRIES:
+                return changed, False
+            changed.append((meta[1].decode(), meta[3].decode(), path.decode(errors="replace")))
+    except _Unchecked:
+        return changed, False
+    finally:
+        records.close()
     return changed, True
+
+
+_LOOKED_AT = (b".gitattributes", b".gitmodules")
 
 
 def _blob(repo: Path, oid: str, limit: int = MAX_BLOB) -> bytes | None:
