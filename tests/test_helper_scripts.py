@@ -510,3 +510,28 @@ def test_a_steps_git_that_can_be_neither_replaced_nor_removed_is_said_to_the_hos
 def test_a_harvest_that_replaced_the_git_does_not_say_it_was_kept(root):
     out = root.harvest(write_back=True)
     assert not out.git_kept
+
+
+def test_a_nested_repository_under_a_committed_gitlink_runs_nothing_of_its_own_at_the_top(root):
+    """Step 1 commits a gitlink to a repository it made in the workspace, with an fsmonitor:
+    the next step's top-level git status ran it (red team, 12-06). The written-back config
+    has git look at such a repository's HEAD only."""
+    marker = root.path.parent / "FSMONITOR-RAN"
+    sub = root.ws / "sub"
+    sub.mkdir()
+    git(sub, "init", "-q")
+    (sub / "s.txt").write_text("s\n")
+    git(sub, "add", "s.txt")
+    git(sub, "commit", "-qm", "s")
+    monitor = sub / ".git" / "fsm.sh"
+    monitor.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    monitor.chmod(0o755)
+    git(sub, "config", "core.fsmonitor", str(monitor))
+    git(root.ws, "add", "sub")
+    git(root.ws, "commit", "-qm", "gitlink")
+    out = root.harvest(write_back=True)
+    assert out.warnings == [], out.warnings
+    for args in (["status"], ["diff"], ["commit", "-qam", "x", "--allow-empty"], ["stash"]):
+        git(root.ws, *args)
+    assert not marker.exists()
+    assert (sub / ".git" / "fsm.sh").exists()  # the nested repository itself is kept

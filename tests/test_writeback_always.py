@@ -167,3 +167,23 @@ def test_a_git_the_write_back_cannot_replace_stops_the_job_with_its_work_in(
     assert git(source_repo, "show", f"logist/{job}:w.txt") == "w\n"
     status = job_status(logist, job)
     assert status["state"] == "failed" and status["workspace"]["state"] == "ready"
+
+
+# step 1: a repository of its own under a committed gitlink, with an fsmonitor
+NESTED = (
+    "git init -q sub && cd sub && echo s > s && git add s && git commit -qm s && "
+    "printf '#!/bin/sh\\ntouch /tmp/pwned-fsmonitor\\nexit 1\\n' > .git/fsm.sh && "
+    "chmod +x .git/fsm.sh && git config core.fsmonitor /workspace/sub/.git/fsm.sh && "
+    "cd .. && git add sub && git commit -qm gitlink"
+)
+
+
+@pytest.mark.parametrize("user", ["root", "1000:1000"])
+def test_a_nested_repository_under_a_gitlink_runs_nothing_in_the_next_steps_git(
+    logist, source_repo, user
+):
+    """Red team, 12-06: the next step's top-level git status ran the nested fsmonitor."""
+    job = create_job(logist, source_repo, NESTED, PROBE, extra=(*IDENTITY, "--user", user))
+    out = logist("job", "run", job)
+    assert out.returncode == 0, out.stderr
+    assert "probed" in out.stdout and "PWNED" not in out.stdout, out.stdout

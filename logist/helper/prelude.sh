@@ -67,7 +67,10 @@ wb_once() (
            "$new/objects/pack/multi-pack-index"
     mkdir -p "$new/objects/info" "$new/objects/pack"
   fi
-  n config core.bare false && n config core.logAllRefUpdates true || fail 21
+  # a repository nested in the workspace under a gitlink: git status, diff and commit at the
+  # top would run git in it, with its config (an fsmonitor); they look at its HEAD only
+  n config core.bare false && n config core.logAllRefUpdates true \
+    && n config diff.ignoreSubmodules dirty || fail 21
   if [ -s "$TM/logist-own-refs" ]; then cp "$TM/logist-own-refs" "$new/packed-refs" || fail 21; fi
   # refs/wb/ of the helper's repository: the job branch at C, the step's other branches, its
   # tags and its stash, as the harvest found them
