@@ -8,6 +8,7 @@ from __future__ import annotations
 import posixpath
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,9 +48,13 @@ def _scan(repo: Path, base: str, tip: str, bounds: Bounds | None) -> list[str]:
     changed, complete = _changed(repo, base, tip, bounds)
     symlinks, whole = _symlinks(repo, tip, bounds) if changed else (set(), True)
     complete = complete and whole
-    reads = 0
+    reads, deadline = 0, time.monotonic() + TIMEOUT  # the reads below, all of them
+    named: dict[str, bool] = {}  # a .gitattributes blob read once, however many paths share it
     for mode, oid, path in changed:
-        if mode == "120000" or posixpath.basename(path) == ".gitattributes":  # a blob to read
+        if time.monotonic() > deadline:
+            raise _TimedOut
+        attributes = posixpath.basename(path) == ".gitattributes" and mode != "160000"
+        if mode == "120000" or (attributes and oid not in named):  # a blob to read
             reads += 1
             if reads > MAX_READS:
                 complete = False
@@ -58,10 +63,11 @@ def _scan(repo: Path, base: str, tip: str, bounds: Bounds | None) -> list[str]:
             submodules.append(path)
         elif mode == "120000" and _escapes(path, _blob(repo, oid), symlinks):
             links.append(path)
-        elif posixpath.basename(path) == ".gitattributes" and _names_filter(
-            _blob(repo, oid, MAX_ATTRIBUTES)
-        ):
-            filters.append(path)
+        elif attributes:
+            if oid not in named:
+                named[oid] = _names_filter(_blob(repo, oid, MAX_ATTRIBUTES))
+            if named[oid]:
+                filters.append(path)
     notes = []
     if links:
         notes.append(f"the branch adds symlinks pointing outside the repository: {_few(links)}")
@@ -211,8 +217,10 @@ def _escapes(path: str, target: bytes | None, symlinks: set[str] = frozenset()) 
 def _names_filter(text: bytes | None) -> bool:
     if text is None:  # too large to read: it may name one
         return True
-    for line in text.decode(errors="replace").splitlines():
-        words = line.split()[1:] if not line.lstrip().startswith("#") else []
-        if any(w.startswith("filter=") or w == "filter" for w in words):
+    if b"filter" not in text:
+        return False
+    for line in text.split(b"\n"):  # lines as git reads them (not at every "\r")
+        words = line.split()[1:] if not line.lstrip().startswith(b"#") else []
+        if any(w.startswith(b"filter=") or w == b"filter" for w in words):
             return True
     return False
