@@ -5,6 +5,7 @@ there), with real git and no Docker. The same text runs in the helper container.
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -535,3 +536,17 @@ def test_a_nested_repository_under_a_committed_gitlink_runs_nothing_of_its_own_a
         git(root.ws, *args)
     assert not marker.exists()
     assert (sub / ".git" / "fsm.sh").exists()  # the nested repository itself is kept
+
+
+def test_a_gitignore_or_gitattributes_that_is_a_fifo_does_not_hold_the_harvest(root):
+    """git add opened a FIFO named .gitattributes and waited until the harvest's deadline
+    (300 s), the step's work refused (red team, 12-06). Set aside and put back, like a nested
+    repository's .git."""
+    (root.ws / "lib" / "w.txt").write_text("w\n")
+    os.mkfifo(root.ws / ".gitattributes")
+    os.mkfifo(root.ws / "lib" / ".gitignore")
+    out = root.harvest(write_back=True)
+    assert "lib/w.txt" in files_of(root.fetched(out), out.commit)
+    assert stat.S_ISFIFO(os.lstat(root.ws / ".gitattributes").st_mode)
+    assert stat.S_ISFIFO(os.lstat(root.ws / "lib" / ".gitignore").st_mode)
+    assert not [p for p in root.ws.rglob("*logist-hidden*")]

@@ -55,6 +55,25 @@ H=$(printf '%s\n' "$refs" | awk -F'	' '$2 == "HEAD" {print $1; exit}')
 # 2. the files, as they are, on top of the step's HEAD (or the last harvest); the index is
 #    kept between harvests so unchanged files are not read again
 start=${H:-$P}
+cd "$W" || exit 12
+printf '.git.logist-hidden-%s\n/.git.logist-wb-*\n' "$nonce" > "$TM/hidden-exclude"
+# repositories nested in the workspace (a clone in a subdirectory): their files are work too, so
+# their .git is set aside while the files are added (and put back). Names are NUL-separated data
+# (a name may hold a newline) and stay below the workspace (find follows no link). The same
+# walk lists the paths git cannot read (over PATH_MAX: git skips them without a word)
+unhide() {  # what was set aside (nested repositories' .git, FIFOs named .gitignore) back
+  xargs -0 -r sh -c 'n=$1; shift; for d; do mv -T -- "$d.logist-hidden-$n" "$d"; done' \
+    unhide "$nonce" < "$TM/hidden"
+}
+rm -f "$TM/too-long" "$TM/too-big"
+HIDE='n=$1; shift; for d; do mv -T -- "$d" "$d.logist-hidden-$n" && printf "%s\0" "$d"; done'
+# so are .gitignore and .gitattributes that are no file (git would wait on a FIFO for ever)
+find . -regextype posix-extended -path ./.git -prune -o -name .git -prune \
+  -exec sh -c "$HIDE" hide "$nonce" {} + -o \( -name .gitignore -o -name .gitattributes \) \
+  \( -type p -o -type s -o -type b -o -type c \) -exec sh -c "$HIDE" hide "$nonce" {} + \
+  -o -regex '.{4002,}' -fprint "$TM/too-long" \
+  -o -type f -size +"${max:-9223372036854775806}"c -fprint0 "$TM/too-big" \
+  > "$TM/hidden" 2>/dev/null
 # A fresh helper borrows the stat data of the workspace's own index (a regular file, read as
 # data): one-way read-tree -m keeps the tree's object ids, and stat data only where they match;
 # the flags that would make git skip a file (assume-unchanged, skip-worktree) are cleared and
@@ -79,23 +98,7 @@ fi
 rm -f "$TM/logist-flags"
 [ -n "$borrowed" ] || GIT_INDEX_FILE=$I gw read-tree -m "$start" 2>/dev/null \
   || { rm -f "$I"; GIT_INDEX_FILE=$I g read-tree "$start" 2>/dev/null; } \
-  || GIT_INDEX_FILE=$I g read-tree "$P" || exit 11
-cd "$W" || exit 12
-printf '.git.logist-hidden-%s\n/.git.logist-wb-*\n' "$nonce" > "$TM/hidden-exclude"
-# repositories nested in the workspace (a clone in a subdirectory): their files are work too, so
-# their .git is set aside while the files are added (and put back). Names are NUL-separated data
-# (a name may hold a newline) and stay below the workspace (find follows no link). The same
-# walk lists the paths git cannot read (over PATH_MAX: git skips them without a word)
-unhide() {  # the nested repositories' .git back in place
-  xargs -0 -r sh -c 'n=$1; shift; for d; do mv -T -- "$d.logist-hidden-$n" "$d"; done' \
-    unhide "$nonce" < "$TM/hidden"
-}
-rm -f "$TM/too-long" "$TM/too-big"
-find . -regextype posix-extended -path ./.git -prune -o -name .git -prune -exec sh -c \
-  'n=$1; shift; for d; do mv -T -- "$d" "$d.logist-hidden-$n" && printf "%s\0" "$d"; done' \
-  hide "$nonce" {} + -o -regex '.{4002,}' -fprint "$TM/too-long" \
-  -o -type f -size +"${max:-9223372036854775806}"c -fprint0 "$TM/too-big" \
-  > "$TM/hidden" 2>/dev/null
+  || GIT_INDEX_FILE=$I g read-tree "$P" || { unhide; exit 11; }
 # a file over max_object_size that git would take is refused now, before git reads it all (a
 # sparse 100 GB file took the whole harvest deadline); one git ignores is no object
 if [ -n "$max" ] && [ -s "$TM/too-big" ]; then
@@ -118,8 +121,8 @@ if [ -s "$TM/too-long" ]; then
   warn "$(wc -l < "$TM/too-long") paths longer than 4000 bytes are not taken (git cannot" \
        "read them); the first: $(head -c 60 "$TM/too-long")..."
 fi
+T=$(GIT_INDEX_FILE=$I g --work-tree="$W" write-tree) || { unhide; exit 13; }
 unhide
-T=$(GIT_INDEX_FILE=$I g --work-tree="$W" write-tree) || exit 13
 cd /
 if [ -z "$H" ]; then set -- "$P"
 elif [ "$H" = "$P" ] || g merge-base --is-ancestor "$P" "$H" 2>/dev/null; then set -- "$H"
