@@ -36,17 +36,11 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_
 from logist.errors import GitError, LogistError, UsageError
 
 _NETWORK_PREFIXES = ("git://", "http://", "https://", "ssh://")
-_IDENTITY = {
-    "GIT_TERMINAL_PROMPT": "0",
-    "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
-    "GIT_AUTHOR_NAME": "logist",
-    "GIT_AUTHOR_EMAIL": "logist@localhost",
-    "GIT_COMMITTER_NAME": "logist",
-    "GIT_COMMITTER_EMAIL": "logist@localhost",
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_NO_LAZY_FETCH": "1",  # no fetch from a partial clone's promisor (its config names it)
-    "LC_ALL": "C",
-}
+_IDENTITY = {"GIT_TERMINAL_PROMPT": "0", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
+             "GIT_AUTHOR_NAME": "logist", "GIT_AUTHOR_EMAIL": "logist@localhost",
+             "GIT_COMMITTER_NAME": "logist", "GIT_COMMITTER_EMAIL": "logist@localhost",
+             "GIT_CONFIG_NOSYSTEM": "1", "LC_ALL": "C",
+             "GIT_NO_LAZY_FETCH": "1"}  # no fetch from a partial clone's promisor  # fmt: skip
 # objects entering a trusted repository are checked, whatever the user's own config says
 FSCK = ("-c", "fetch.fsckObjects=true", "-c", "transfer.fsckObjects=true")
 # git run in a local source (the publish's fetch reads its config): none of the commands its
@@ -132,22 +126,28 @@ def git(
         return _run_git(list(args), cwd, env, timeout, ok_codes, usage)
 
 
-@functools.cache
 def dies_with_parent() -> Callable[[], None] | None:
     """A ``preexec_fn`` that has the kernel kill the child when the process (the thread) that
     started it dies (Linux' ``PR_SET_PDEATHSIG``): a runner killed mid-clone leaves no git
-    behind, writing on after the sweep. None elsewhere. (libc's ``prctl``, looked up once.)"""
+    behind, writing on after the sweep; a child whose parent died before that call ends at
+    once. None elsewhere. (libc's ``prctl``, looked up once.)"""
     if not sys.platform.startswith("linux"):
         return None
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    kill = int(signal.SIGKILL)
+    prctl, kill, parent = _prctl(), int(signal.SIGKILL), os.getpid()
 
     def child() -> None:
         prctl(1, kill, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # it died between the fork and here: no signal will come
+            os._exit(137)
 
     return child
+
+
+@functools.cache
+def _prctl() -> Callable[..., int]:
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True).prctl
 
 
 def _run_git(

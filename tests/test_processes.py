@@ -57,3 +57,16 @@ def test_without_it_the_child_lives_on():  # the test above can fail
         assert _state(child) in ("S", "R")
     finally:
         os.kill(child, signal.SIGKILL)
+
+
+def test_a_child_whose_parent_died_before_it_asked_for_the_signal_ends_at_once(monkeypatch):
+    """The kernel's death signal covers only a parent that dies after the child's prctl: a
+    runner killed between the fork and that call left a git writing in a half-made clone
+    (the CI flake of 12-06 is one suspect). Seen here as a parent pid that is not the child's."""
+    import logist.gitops
+
+    assert subprocess.run(["true"], preexec_fn=dies_with_parent()).returncode == 0
+    monkeypatch.setattr(logist.gitops.os, "getpid", lambda: 1)  # "the parent" is pid 1
+    orphan = subprocess.run(["sh", "-c", "echo ran"], preexec_fn=dies_with_parent(),
+                            capture_output=True, text=True)  # fmt: skip
+    assert orphan.returncode == 137 and orphan.stdout == ""
