@@ -86,11 +86,8 @@ def ensure_job_repo(run: JobRun) -> Path:
         try:
             gitops.make_job_repo(origin, tmp, job.base_commit, job.branch)
         except GitError as exc:  # a source that answers but cannot give it: corrupt objects
-            if not gitops.source_answers(job.repo, url=is_url(job.repo)) or gitops.disk_full(exc):
-                raise
-            tail = exc.stderr.strip().splitlines()[-1:] or ["no output"]
-            raise UsageError(f"source {job.repo}: git cannot copy commit {job.base_commit} "
-                             f"from it: {tail[0]}") from None  # fmt: skip
+            cannot = f"copy commit {job.base_commit} from it"
+            raise _source_failure(job, exc, cannot) from None
         if job.harvested_commit:  # a resume: the job branch, from result.bundle or the source
             source = None if is_url(job.repo) else origin
             kept = f"refs/logist/{job.id}/"
@@ -101,9 +98,7 @@ def ensure_job_repo(run: JobRun) -> Path:
             run.save()
     except GitError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if not gitops.source_answers(job.repo, url=is_url(job.repo)):
-            raise UsageError(f"source {job.repo} has vanished since the job was created") from None
-        raise gitops.disk_full(exc) or exc from None
+        raise _source_failure(job, exc) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -126,15 +121,22 @@ def _origin(store: Store, job: Job) -> Path:
         try:
             gitops.update_mirror(job.repo, mirror)
         except GitError as exc:
-            if not gitops.source_answers(job.repo, url=True):
-                raise UsageError(
-                    f"source {job.repo} has vanished since the job was created"
-                ) from None
-            if (full := gitops.disk_full(exc)) is not None:
-                raise full from None
-            tail = exc.stderr.strip().splitlines()[-1:] or ["no output"]  # it answers: content
-            raise UsageError(f"source {job.repo}: git cannot mirror it: {tail[0]}") from None
+            raise _source_failure(job, exc, "mirror it") from None
     return mirror
+
+
+def _source_failure(job: Job, exc: GitError, cannot: str | None = None) -> LogistError:
+    """What git failing over the job's source means: the source gone (exit 2), the disk full
+    (exit 3); else, where ``cannot`` says what git could not do with a source that answers,
+    its content (exit 2, git's last line), or ``exc`` itself. The source is asked once."""
+    if not gitops.source_answers(job.repo, url=is_url(job.repo)):
+        return UsageError(f"source {job.repo} has vanished since the job was created")
+    if (full := gitops.disk_full(exc)) is not None:
+        return full
+    if cannot is None:
+        return exc
+    tail = exc.stderr.strip().splitlines()[-1:] or ["no output"]
+    return UsageError(f"source {job.repo}: git cannot {cannot}: {tail[0]}")
 
 
 # --- harvests -------------------------------------------------------------------------------------
