@@ -23,6 +23,7 @@ SHOWN = 3  # paths named per note
 TIMEOUT = 120  # seconds of one git command of the scan
 MAX_KEPT = 64 << 20  # bytes of the paths kept from git's listings (only the ones looked at)
 MAX_RECORD = 1 << 20  # bytes of one entry of a listing (a path longer: the rest unchecked)
+_LOOKED_AT = (b".gitattributes", b".gitmodules")  # names of changed files the scan reads
 
 
 class _TimedOut(Exception):
@@ -111,7 +112,7 @@ def _git(repo: Path, *args: str) -> bytes:
     ``_TimedOut`` past ``TIMEOUT``."""
     try:
         proc = subprocess.run(
-            ["git", "-c", "core.hooksPath=/dev/null", f"--git-dir={repo}", *args],
+            _argv(repo, *args),
             capture_output=True,
             env=_env(isolated=True),
             timeout=TIMEOUT,
@@ -121,13 +122,17 @@ def _git(repo: Path, *args: str) -> bytes:
     return proc.stdout if proc.returncode == 0 else b""
 
 
+def _argv(repo: Path, *args: str) -> list[str]:
+    return ["git", "-c", "core.hooksPath=/dev/null", f"--git-dir={repo}", *args]
+
+
 def _records(repo: Path, bounds: Bounds | None, *args: str) -> Iterator[bytes]:
     """git's NUL-separated output, one entry at a time as it comes (never all of it held);
     ``_TimedOut`` past ``TIMEOUT``, ``_Unchecked`` for an entry over ``MAX_RECORD`` or a git
     that failed (its memory bound, say)."""
     from logist.intake import bounded
 
-    argv = ["git", "-c", "core.hooksPath=/dev/null", f"--git-dir={repo}", *args]
+    argv = _argv(repo, *args)
     proc = subprocess.Popen(
         bounded(argv, bounds) if bounds is not None else argv,
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_env(isolated=True),
@@ -181,9 +186,6 @@ def _changed(
     finally:
         records.close()
     return changed, True
-
-
-_LOOKED_AT = (b".gitattributes", b".gitmodules")
 
 
 def _blob(repo: Path, oid: str, limit: int = MAX_BLOB) -> bytes | None:
