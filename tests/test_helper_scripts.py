@@ -49,9 +49,13 @@ class Root:
             timeout=60,
         )
 
-    def harvest(self, *, write_back: bool = False, message: str = "logist: j1 step 1"):
+    def harvest(
+        self, *, write_back: bool = False, message: str = "logist: j1 step 1", previous: str = ""
+    ):
         wb = "yes" if write_back else ""
-        done = self.run(HARVEST, BRANCH, self.base, message, NONCE, "j1", wb, str(100 << 20))
+        done = self.run(
+            HARVEST, BRANCH, previous or self.base, message, NONCE, "j1", wb, str(100 << 20)
+        )
         assert done.returncode == 0, done.stderr.decode()
         return parse_output(done.stdout, done.stderr)
 
@@ -117,6 +121,39 @@ def test_the_write_back_leaves_logists_config_alone_whatever_the_step_planted(ro
     assert (git_dir / "HEAD").read_text().strip() == f"ref: refs/heads/{BRANCH}"
     assert git(root.ws, "rev-parse", "HEAD").strip() == out.commit
     assert git(root.ws, "status", "--porcelain").strip() == ""  # the index is the commit's
+
+
+def _objects(repo: Path) -> int:
+    counts = dict(
+        line.split(": ") for line in git(repo, "count-objects", "-v").splitlines() if ": " in line
+    )
+    return int(counts["count"]) + int(counts["in-pack"])
+
+
+def test_the_write_back_sends_only_what_the_steps_objects_lack_not_the_history(root):
+    for i in range(150):
+        (root.ws / f"many-{i}.txt").write_text(f"{i}\n")
+    first = root.harvest(write_back=True)
+    bundle = str(root.path / "out" / first.bundle)  # accepted, as the host would
+    git(root.trusted, "fetch", "-q", bundle, f"+{BRANCH}:{BRANCH}")
+    before = _objects(root.ws)
+    (root.ws / "many-7.txt").write_text("changed\n")
+    out = root.harvest(previous=first.commit, write_back=True)
+    assert git(root.ws, "rev-parse", "HEAD").strip() == out.commit
+    assert _objects(root.ws) - before <= 3  # the blob, the tree, the commit: not 150 files again
+    assert git(root.ws, "status", "--porcelain").strip() == ""
+    git(root.ws, "fsck", "--strict", "--no-dangling")
+
+
+def test_a_step_that_deleted_its_repositorys_objects_still_gets_a_whole_one_back(root):
+    (root.ws / "work.txt").write_text("work\n")
+    for pack in (root.ws / ".git" / "objects").rglob("*"):
+        if pack.is_file():
+            pack.unlink()
+    out = root.harvest(write_back=True)
+    assert git(root.ws, "rev-parse", "HEAD").strip() == out.commit
+    assert git(root.ws, "show", "HEAD:README.md") == "hello\n"
+    git(root.ws, "fsck", "--strict", "--no-dangling")
 
 
 def test_the_write_back_alone_replaces_the_repository_as_the_steps_user_would(root):

@@ -1,6 +1,6 @@
 branch=$1 P=$2 msg=$3 nonce=$4 ns=$5 wb=${6:-no} max=${7:-}
-I="$TM/logist-index"
-for f in "$R/out/"*.bundle; do [ -f "$f" ] && [ ! -L "$f" ] && rm -f "$f"; done  # no process: none
+I="$TM/logist-index" V="$TM/logist-view" nl='
+'
 g() { git --git-dir="$S" -c core.hooksPath=/dev/null -c safe.directory='*' \
       -c gc.auto=0 -c maintenance.auto=false -c core.fsmonitor=false \
       -c core.untrackedCache=false -c core.splitIndex=false -c core.sparseCheckout=false "$@"; }
@@ -9,39 +9,43 @@ if [ ! -f "$S/HEAD" ]; then
   git init -q --bare "$S" || exit 10
   echo "$R/trusted/objects" > "$S/objects/info/alternates"
 fi
-rm -rf "$S/refs/logist" "$S/refs/wb" "$S/shallow"
+# the last harvest's scratch, in one go (an earlier bundle: no process reads it now)
+rm -rf "$S/refs/logist" "$S/refs/wb" "$S/shallow" "$V" "$TM/too-long" "$TM/too-big" \
+  "$TM/logist-over" "$TM/logist-flags" "$R/out/"*.bundle
 # a shallow source's roots, logist's own: its history ends there (the write-back passes them on)
 if [ -f "$R/trusted/shallow" ]; then cp "$R/trusted/shallow" "$S/shallow" || exit 10; fi
 # 1. the workspace repository's refs and objects, as data: read through a view of logist's own
 #    making (logist's config, copies of HEAD and the refs, the step's objects as an alternate),
 #    so no git command reads the step's config; objects logist has not seen are fetched (by
 #    id); a ref whose objects cannot be had is skipped
-V="$TM/logist-view" list=
-rm -rf "$V"
+list=
 if [ -d "$W/.git" ] && [ ! -L "$W/.git" ] && [ -d "$W/.git/objects" ] \
    && [ ! -L "$W/.git/objects" ] \
-   && [ -z "$(find "$W/.git/objects" ! -type f ! -type d | head -n 1)" ]; then
+   && [ -z "$(find "$W/.git/objects" ! -type f ! -type d -print -quit)" ]; then
   mkdir -p "$V/refs" "$V/objects/info"
   printf '[core]\n\trepositoryformatversion = 0\n\tbare = true\n' > "$V/config"
   echo "$W/.git/objects" > "$V/objects/info/alternates"
+  set --  # one copy: HEAD and packed-refs that are files, refs that is a directory
   for f in HEAD packed-refs; do
-    if [ -f "$W/.git/$f" ] && [ ! -L "$W/.git/$f" ]; then cp "$W/.git/$f" "$V/$f"; fi
+    if [ -f "$W/.git/$f" ] && [ ! -L "$W/.git/$f" ]; then set -- "$@" "$W/.git/$f"; fi
   done
-  if [ -d "$W/.git/refs" ] && [ ! -L "$W/.git/refs" ]; then
-    cp -RP "$W/.git/refs/." "$V/refs/" 2>/dev/null
-  fi
+  if [ -d "$W/.git/refs" ] && [ ! -L "$W/.git/refs" ]; then set -- "$@" "$W/.git/refs"; fi
+  if [ $# -gt 0 ]; then cp -RP "$@" "$V/" 2>/dev/null; fi
   find "$V" ! -type f ! -type d -exec rm -f {} + 2>/dev/null  # links, FIFOs, devices
   [ -f "$V/HEAD" ] || echo "ref: refs/logist-no-head" > "$V/HEAD"
   list=$(cd / && g ls-remote --symref "$V" 2>/dev/null) || list=
 fi
 [ -n "$list" ] || \
   warn "the workspace's repository cannot be read; committing its files on the last harvest"
-refs=$(printf '%s\n' "$list" | grep -v '^ref: ' \
-       | grep -E '	(HEAD|refs/heads/.+|refs/tags/.+|refs/stash)$')
-have() { printf '%s\n' "$refs" | cut -f1 | sort -u \
-         | g cat-file --batch-check='%(objectname) %(objecttype)'; }
+# "OID<tab>NAME" lines (not ls-remote's "ref: " ones); git refuses a space or tab in a name
+refs=$(printf '%s\n' "$list" | grep -E '^[^	 ]+	(HEAD|refs/heads/.+|refs/tags/.+|refs/stash)$')
+# one "OID TYPE NAME" line a ref, in the same order ("OID missing" for one git lacks)
+have() { printf '%s\n' "$refs" | g cat-file --batch-check='%(objectname) %(objecttype) %(rest)'; }
 types=$(have)
-missing=$(printf '%s\n' "$types" | awk '$2 == "missing" {print $1}')
+missing=
+case $types in
+  *" missing"*) missing=$(printf '%s\n' "$types" | awk '$2 == "missing" && !s[$1]++ {print $1}') ;;
+esac
 if [ -n "$missing" ]; then
   UPA="git -c core.hooksPath=/dev/null -c uploadpack.allowAnySHA1InWant=true upload-pack"
   fetch() { g fetch -q --no-tags --no-write-fetch-head --upload-pack "$UPA" "$V" \
@@ -49,9 +53,16 @@ if [ -n "$missing" ]; then
   fetch $missing || for oid in $missing; do fetch "$oid" || true; done
   types=$(have)
 fi
-kind() { printf '%s\n' "$types" | awk -v o="$1" '$1 == o {print $2; exit}'; }
-H=$(printf '%s\n' "$refs" | awk -F'	' '$2 == "HEAD" {print $1; exit}')
-[ -n "$H" ] && [ "$(kind "$H")" != commit ] && { warn "skipped HEAD: its objects are missing"; H=; }
+# the step's HEAD: the one line named HEAD (no other name ends so), a commit logist now has
+H=
+case $refs$nl in
+  *"	HEAD$nl"*)
+    H=$refs$nl && H=${H%%"	HEAD$nl"*} && H=${H##*"$nl"}
+    case $nl$types$nl in
+      *"$nl$H commit HEAD$nl"*) ;;
+      *) warn "skipped HEAD: its objects are missing"; H= ;;
+    esac ;;
+esac
 # 2. the files, as they are, on top of the step's HEAD (or the last harvest); the index is
 #    kept between harvests so unchanged files are not read again
 start=${H:-$P}
@@ -62,10 +73,10 @@ printf '.git.logist-hidden-%s\n/.git.logist-wb-*\n' "$nonce" > "$TM/hidden-exclu
 # (a name may hold a newline) and stay below the workspace (find follows no link). The same
 # walk lists the paths git cannot read (over PATH_MAX: git skips them without a word)
 unhide() {  # what was set aside (nested repositories' .git, FIFOs named .gitignore) back
+  [ -s "$TM/hidden" ] || return 0
   xargs -0 -r sh -c 'n=$1; shift; for d; do mv -T -- "$d.logist-hidden-$n" "$d"; done' \
     unhide "$nonce" < "$TM/hidden"
 }
-rm -f "$TM/too-long" "$TM/too-big"
 HIDE='n=$1; shift; for d; do mv -T -- "$d" "$d.logist-hidden-$n" && printf "%s\0" "$d"; done'
 # so are .gitignore and .gitattributes that are no file (git would wait on a FIFO for ever)
 find . -regextype posix-extended -path ./.git -prune -o -name .git -prune \
@@ -95,7 +106,6 @@ if [ ! -f "$I" ] && [ -f "$W/.git/index" ] && [ ! -L "$W/.git/index" ] && [ ! -L
   cp "$W/.git/index" "$I" 2>/dev/null && GIT_INDEX_FILE=$I gw read-tree -m "$start" 2>/dev/null \
   && unflag && borrowed=yes || rm -f "$I"
 fi
-rm -f "$TM/logist-flags"
 [ -n "$borrowed" ] || GIT_INDEX_FILE=$I gw read-tree -m "$start" 2>/dev/null \
   || { rm -f "$I"; GIT_INDEX_FILE=$I g read-tree "$start" 2>/dev/null; } \
   || GIT_INDEX_FILE=$I g read-tree "$P" || { unhide; exit 11; }
@@ -128,6 +138,7 @@ if [ -z "$H" ]; then set -- "$P"
 elif [ "$H" = "$P" ] || g merge-base --is-ancestor "$P" "$H" 2>/dev/null; then set -- "$H"
 elif g merge-base --is-ancestor "$H" "$P" 2>/dev/null; then set -- "$P"
 else set -- "$P" "$H"; fi
+printf '%s\n' "$@" > "$TM/logist-have"  # for the write-back: what the step's objects hold
 if [ $# -eq 1 ] && [ "$(g rev-parse "$1^{tree}")" = "$T" ]; then C=$1
 else
   parents=; for p in "$@"; do parents="$parents -p $p"; done
@@ -140,16 +151,16 @@ echo "commit $C"
 git --git-dir="$R/trusted" -c safe.directory='*' for-each-ref \
   --format='%(objectname) %(refname)' "refs/logist/$ns/" > "$TM/logist-kept" 2>/dev/null
 printf '%s\n' "$types" > "$TM/logist-types"
-: > "$TM/logist-w"; : > "$TM/logist-r"; rm -f "$TM/logist-over"
+: > "$TM/logist-w"; : > "$TM/logist-r"; : > "$TM/logist-not"
 # the bundle's refs: the job branch when it moved, then what logist does not have
 mine() { : > "$TM/logist-b"; [ "$C" = "$P" ] || echo "refs/heads/$branch" > "$TM/logist-b"; }
 mine
 { printf 'update refs/heads/%s %s\nupdate refs/wb/heads/%s %s\n' "$branch" "$C" "$branch" "$C"
   printf '%s\n' "$refs" | awk -F'\t' -v ns="$ns" -v branch="$branch" -v max=5000 \
       -v tf="$TM/logist-types" -v kf="$TM/logist-kept" -v wf="$TM/logist-w" \
-      -v rf="$TM/logist-r" -v bf="$TM/logist-b" -v of="$TM/logist-over" '
+      -v rf="$TM/logist-r" -v bf="$TM/logist-b" -v of="$TM/logist-over" -v nf="$TM/logist-not" '
     FILENAME == tf { split($0, p, " "); kind[p[1]] = p[2]; next }
-    FILENAME == kf { have[$0] = 1; next }
+    FILENAME == kf { have[$0] = 1; split($0, q, " "); print "^" q[1] > nf; next }
     $2 == "" || $2 == "HEAD" { next }
     { k = ($1 in kind) ? kind[$1] : ""
       if (k == "" || k == "missing") {  # named up to 10 times, then counted
@@ -175,7 +186,7 @@ g update-ref --stdin < "$TM/logist-updates" 2>/dev/null || {
 }
 # 4. the bundle: what logist's repository does not have yet
 if [ -s "$TM/logist-b" ]; then
-  { cat "$TM/logist-b"; echo "^$P"; awk '{print "^" $1}' "$TM/logist-kept"; } > "$TM/logist-revs"
+  { cat "$TM/logist-b" "$TM/logist-not"; echo "^$P"; } > "$TM/logist-revs"
   if g bundle create -q "$R/out/$nonce.bundle" --stdin < "$TM/logist-revs" 2>"$TM/bundle.err"; then
     echo "bundle $nonce.bundle"
   elif [ -n "$(g rev-list --objects -n 1 --stdin < "$TM/logist-revs" 2>/dev/null)" ]; then
@@ -186,6 +197,7 @@ cat "$TM/logist-r"  # last: the host reads a bounded answer, the commit and bund
 # always, whatever the harvest found (a clean tree, the step's own commit, thousands of refs):
 # the next step must not meet this step's config or hooks
 if [ "$wb" = yes ]; then
+  wb_root=yes
   write_back "$branch" "$C" "$ns" || echo git-kept  # the step's .git stays: the host stops
 fi
 exit 0

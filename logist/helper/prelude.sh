@@ -7,6 +7,7 @@ R=${LOGIST_ROOT:-} TM=${LOGIST_ROOT:-}/tmp  # the container's paths; a test's ro
 S="$TM/logist-scratch" W="$R/workspace"
 UP="git -c safe.directory=* -c core.hooksPath=/dev/null upload-pack"
 warn() { printf 'warning: %s\n' "$*" >&2; }
+wb_root=  # harvest.sh sets it: the write-back runs as the helper's root
 # The workspace's own repository shows the harvest (HEAD on the job branch at the harvest
 # commit, its branches, tags and stash as harvested, the index matching the commit), so the next
 # step starts clean. No git command ever runs with the step's repository (its config, hooks,
@@ -30,15 +31,20 @@ wb_once() (
   branch=$1 C=$2 ns=$3 mode=$4
   cd "$W" || exit 20
   # what the step made read-only (chmod 555 .git) is its user's to open again: a write-back
-  # that failed would leave the step's config and hooks to the next step (links: not followed)
-  chmod u+rwx . 2>/dev/null
-  if [ -d .git ] && [ ! -L .git ]; then chmod -R u+rwX .git 2>/dev/null; fi  # -R follows none
+  # that failed would leave the step's config and hooks to the next step (links: not followed).
+  # The helper's root (DAC_OVERRIDE) needs no mode
+  if [ -z "$wb_root" ]; then
+    chmod u+rwx . 2>/dev/null
+    if [ -d .git ] && [ ! -L .git ]; then chmod -R u+rwX .git 2>/dev/null; fi  # follows none
+  fi
   # logist's scratch: names a step does not choose (mktemp), one reserved prefix; a killed
   # write-back's are removed here and never harvested
-  rm -rf "$W"/.git.logist-wb-* 2>/dev/null
+  for x in "$W"/.git.logist-wb-*; do
+    if [ -e "$x" ] || [ -L "$x" ]; then rm -rf "$W"/.git.logist-wb-* 2>/dev/null; break; fi
+  done
   new=$(mktemp -d "$W/.git.logist-wb-XXXXXXXX") || exit 21
-  old=$(mktemp -d "$W/.git.logist-wb-XXXXXXXX") || { rm -rf "$new"; exit 21; }
-  moved= && rm -f "$TM/logist-own-refs"
+  old=$new-old  # made by the move below: the prefix is logist's, emptied above
+  moved= && : > "$TM/logist-own-refs"
   # a failure puts the step's repository back as it was: its objects, nothing of logist's
   fail() {
     if [ -n "$moved" ] && [ ! -e .git/objects ] && [ ! -L .git/objects ]; then
@@ -47,7 +53,6 @@ wb_once() (
     rm -rf "$new" "$old"
     exit "$1"
   }
-  git init -q --bare --template= "$new" >/dev/null || fail 21
   n() { git --git-dir="$new" -c safe.directory='*' -c core.hooksPath=/dev/null \
         -c gc.auto=0 -c maintenance.auto=false -c fetch.writeCommitGraph=false "$@"; }
   # more refs than a harvest keeps: the step's own stay, those git can read (a name git
@@ -58,19 +63,37 @@ wb_once() (
       || : > "$TM/logist-own-refs"
   fi
   if [ "$mode" = keep ] && [ -d .git/objects ] && [ ! -L .git ] && [ ! -L .git/objects ]; then
-    rm -rf "$new/objects" && mv .git/objects "$new/objects" || fail 21
+    mv -T .git/objects "$new/objects" || fail 21
     moved=yes
-    # the step's links first (find follows none): no removal by name below may follow one
+    # the step's links first (find follows none): no removal by name below, and no git, may
+    # follow one
     find "$new/objects" ! -type f ! -type d -exec rm -f {} + 2>/dev/null
     rm -rf "$new/objects/info/alternates" "$new/objects/info/http-alternates" \
            "$new/objects/info/commit-graph" "$new/objects/info/commit-graphs" \
            "$new/objects/pack/multi-pack-index"
-    mkdir -p "$new/objects/info" "$new/objects/pack"
   fi
-  # a repository nested in the workspace under a gitlink: git status, diff and commit at the
-  # top would run git in it, with its config (an fsmonitor); they look at its HEAD only
-  n config core.bare false && n config core.logAllRefUpdates true \
-    && n config diff.ignoreSubmodules dirty || fail 21
+  # around the objects moved in, if any (git makes objects/info and objects/pack if missing)
+  git init -q --bare --template= "$new" >/dev/null || fail 21
+  # what the step's objects already hold (the harvest's parents), as the branch the fetch
+  # moves: the fetch sends the rest only, not the whole history (before the reflog is on)
+  if [ -n "$moved" ] && [ -s "$TM/logist-have" ]; then
+    while IFS= read -r h; do
+      n update-ref "refs/heads/$branch" "$h" 2>/dev/null && break
+    done < "$TM/logist-have"
+  fi
+  # a work tree's repository, made from git's own probe (filemode) without a git per key. A
+  # repository nested in the workspace under a gitlink: git status, diff and commit at the top
+  # would run git in it, with its config (an fsmonitor); they look at its HEAD only
+  cfg=
+  while IFS= read -r line; do
+    case $line in
+      *bare\ =*) line='	bare = false
+	logallrefupdates = true' ;;
+    esac
+    cfg="$cfg$line
+"
+  done < "$new/config" || fail 21
+  printf '%s[diff]\n\tignoreSubmodules = dirty\n' "$cfg" > "$new/config" || fail 21
   if [ -s "$TM/logist-own-refs" ]; then cp "$TM/logist-own-refs" "$new/packed-refs" || fail 21; fi
   # refs/wb/ of the helper's repository: the job branch at C, the step's other branches, its
   # tags and its stash, as the harvest found them
@@ -79,10 +102,10 @@ wb_once() (
   if [ -f "$S/shallow" ]; then cp "$S/shallow" "$new/shallow" || fail 22; fi
   n fetch -q --no-tags --no-write-fetch-head --upload-pack "$UP" "$S" "+refs/wb/*:refs/*" \
     || fail 22
-  n symbolic-ref HEAD "refs/heads/$branch" || fail 23
+  printf 'ref: refs/heads/%s\n' "$branch" > "$new/HEAD" || fail 23
   cp "$TM/logist-index" "$new/index" || fail 24
-  if [ -e .git ] || [ -L .git ]; then mv .git "$old/git" || fail 25; fi
-  mv "$new" .git || { mv "$old/git" .git; fail 25; }
+  if [ -e .git ] || [ -L .git ]; then mv -T .git "$old" || fail 25; fi
+  mv -T "$new" .git || { mv -T "$old" .git; fail 25; }
   rm -rf "$old"
   exit 0
 )
