@@ -13,6 +13,7 @@ from logist.container_spec import NETWORK, PROXY, SESSION
 from logist.engines import normal
 from logist.errors import EngineUnavailable, JobActive, LogistError
 from logist.harvest import harvest_leftover
+from logist.hostprocs import discard_leftover
 from logist.jobrun import JobRun
 from logist.layout import EXCHANGE, JOB_REPO, MANIFEST, JobDir
 from logist.model import (
@@ -112,7 +113,7 @@ def _remove_setup_leftovers(paths: JobDir, report: Report, dry_run: bool) -> lis
     leftovers = paths.setup_leftovers()
     if not dry_run:
         for tmp in leftovers:
-            result = delete_tree(tmp, paths.path, allow_tmp=True)
+            result = discard_leftover(tmp, paths.path)
             report.bytes_freed += result.bytes_freed
             report.left_behind += result.foreign + result.stuck
     return leftovers

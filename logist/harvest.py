@@ -24,6 +24,7 @@ from typing import Protocol
 from logist import gitops, intake, notes
 from logist.errors import GitError, HarvestFailed, LogistError, UsageError
 from logist.helper import GIT_KEPT, HarvestOutput
+from logist.hostprocs import discard_leftover
 from logist.jobrun import JobRun
 from logist.layout import JobDir
 from logist.model import WS_REMOVING, Job
@@ -77,7 +78,7 @@ def ensure_job_repo(run: JobRun) -> Path:
         return repo
     origin = _origin(run.store, job)
     for leftover in paths.repo_leftovers():  # a killed setup's (we hold the lock)
-        shutil.rmtree(leftover, ignore_errors=True)
+        discard_leftover(leftover, job_dir)
     tmp = paths.repo_tmp(os.getpid())
     try:
         if job.base_commit is None:

@@ -77,8 +77,8 @@ class JobDir:
         return self.path / f"{INCOMING}{name}"
 
     def setup_leftovers(self) -> list[Path]:
-        """Temp clones a killed setup left."""
-        return sorted(self.path.glob(SETUP_TMP + "*"))
+        """Temp clones a killed setup left: of the workspace, and of ``repo.git``."""
+        return sorted(self.path.glob(SETUP_TMP + "*")) + self.repo_leftovers()
 
     def repo_leftovers(self) -> list[Path]:
         return sorted(self.path.glob(REPO_TMP + "*"))

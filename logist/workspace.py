@@ -5,15 +5,13 @@ once a step has run, its repository is read only by the helper container (``logi
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import time
 from pathlib import Path
 
 from logist import gitops, safefs
 from logist.errors import GitError, LogistError, UsageError
 from logist.harvest import ensure_job_repo
+from logist.hostprocs import discard_leftover
 from logist.jobrun import JobRun
 from logist.layout import SETUP_TMP, JobDir
 from logist.model import WS_READY
@@ -47,7 +45,7 @@ def prepare_workspace(run: JobRun) -> Path:
     if job.workspace_state == WS_READY and is_real_dir(ws):
         return ws
     for leftover in paths.setup_leftovers():
-        delete_tree(leftover, paths.path, allow_tmp=True)
+        discard_leftover(leftover, paths.path)
     if os.path.lexists(ws):
         delete_tree(ws, paths.path)
     tmp = paths.setup_tmp(os.getpid())
@@ -79,7 +77,7 @@ def _setup_volume(run: JobRun, repo: Path) -> None:
     job_dir = paths.path
     assert job.volume is not None
     for leftover in paths.setup_leftovers():
-        delete_tree(leftover, job_dir, allow_tmp=True)
+        discard_leftover(leftover, job_dir)
     if containers.volume_exists(cli, job.volume):  # half-made: a killed setup's
         containers.stop_and_remove(containers.using_volume(cli, job.volume), grace=0)
         containers.remove_volume(cli, job.volume)
@@ -169,54 +167,6 @@ def make_writable_for(run: JobRun, ws: Path) -> None:
             "scripts/build-images.sh)",
             exit_code=3,
         )
-
-
-def processes_using(path: Path) -> list[tuple[int, str]]:
-    """Host processes whose working directory or an open file is inside ``path``."""
-    target = os.path.realpath(path)
-    prefix = target + "/"
-    me = os.getpid()
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == me:
-            continue
-        pid = int(entry.name)
-        links = [f"/proc/{pid}/cwd", f"/proc/{pid}/root"]
-        with contextlib.suppress(OSError):
-            links += [f"/proc/{pid}/fd/{fd}" for fd in os.listdir(f"/proc/{pid}/fd")]
-        for link in links:
-            try:
-                dest = os.readlink(link)
-            except OSError:
-                continue
-            if dest == target or dest.startswith(prefix):
-                try:
-                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").strip()
-                except OSError:
-                    cmd = b"?"
-                found.append((pid, cmd.decode(errors="replace")[:120]))
-                break
-    return found
-
-
-def terminate(pids: list[int], grace: float = 2.0) -> None:
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.05)
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
 
 
 __all__ = [

@@ -9,10 +9,11 @@ import os
 from typing import TYPE_CHECKING, Any, Protocol
 
 from logist import containers
+from logist.hostprocs import processes_using, terminate
 from logist.jobrun import JobRun
 from logist.safefs import delete_tree, is_real_dir, tree_size
 from logist.store import owner_id
-from logist.workspace import make_writable_for, prepare_workspace, processes_using, terminate
+from logist.workspace import make_writable_for, prepare_workspace
 
 if TYPE_CHECKING:
     from docker import DockerClient

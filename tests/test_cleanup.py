@@ -1360,3 +1360,47 @@ def test_a_job_directory_that_is_a_link_is_refused_and_its_target_untouched(
     assert refused.returncode == 2 and "symbolic link" in refused.stderr
     assert (other / "far" / "workspace" / "w.txt").read_text() == "w\n"
     assert run_logist(other, "job", "cleanup", "far").returncode == 0
+
+
+# --- a killed setup's half-made clones ----------------------------------------------------------
+
+
+def _checkout_under_way(into: Path, files: int) -> subprocess.Popen:
+    """A ``git checkout`` of ``files`` files in ``into`` (a new repository), started: a git a
+    killed runner left behind, still writing (and making again the directories it needs)."""
+    subprocess.run(["git", "init", "-q", str(into)], check=True)
+    stream = ["commit refs/heads/main", "committer t <t@t> 0 +0000", "data 1", "x"]
+    stream += [f"M 644 inline d{i % 100}/f{i}\ndata 2\n{i % 10}\n" for i in range(files)]
+    subprocess.run(
+        ["git", "-C", str(into), "fast-import", "--quiet"],
+        input="\n".join(stream) + "\n",
+        text=True,
+        check=True,
+    )
+    return subprocess.Popen(
+        ["git", "checkout", "-q", "-f", "main"], cwd=into, stderr=subprocess.DEVNULL
+    )
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("name", [".workspace.tmp-99999", ".repo.git.tmp-99999"])
+def test_a_killed_setups_clone_with_its_git_still_writing_is_removed(
+    logist, jobs_root, source_repo, name
+):
+    """A git a killed runner started can outlive it (a fetch's index-pack has no death signal;
+    a git held in the kernel on a slow disk ends late) and write on: it is ended, and the
+    half-made clone (of the workspace, or of ``repo.git``) removed."""
+    job_id = create_job(logist, source_repo, "true")
+    tmp = jobs_root / job_id / name
+    writer = _checkout_under_way(tmp, 30_000)
+    try:
+        wait_for(lambda: any(tmp.glob("d*/f*")), 60, "the checkout writing")
+        assert writer.poll() is None, "the checkout ended before the cleanup"
+        out, _report = cleanup(logist, job_id)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert not os.path.lexists(tmp)
+        assert writer.wait(timeout=10) != 0  # ended, not finished
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+        writer.wait()
