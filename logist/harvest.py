@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import stat
 import sys
@@ -33,6 +34,7 @@ from logist.spec import is_url
 from logist.store import Store
 
 _BUNDLE_NAME = re.compile(r"[0-9a-f]{16}\.bundle")
+_NONCE = re.compile(r"[0-9a-f]{16}")
 _REF_PART = re.compile(r"[A-Za-z0-9_+=@,-][A-Za-z0-9_.+=@,-]*")
 
 Notify = Callable[[str], None]
@@ -49,8 +51,18 @@ class Helper(Protocol):
     def workspace_present(self) -> bool:
         """Whether the workspace it mounts is there."""
 
-    def harvest(self, *, previous: str, message: str, write_back: bool = True) -> HarvestOutput:
-        """Commit the workspace's work on top of ``previous``; what it hands back is data."""
+    def harvest(
+        self,
+        *,
+        previous: str,
+        message: str,
+        nonce: str,
+        unfinished: list[str],
+        write_back: bool = True,
+    ) -> HarvestOutput:
+        """Commit the workspace's work on top of ``previous``; what it hands back is data.
+        ``nonce`` marks what it sets aside meanwhile; names ``unfinished`` harvests set
+        aside (killed before they put them back) are put back first."""
 
     def write_back(self, commit: str) -> list[str]:
         """Make the workspace's repository show ``commit``; warnings. ``HarvestFailed``
@@ -159,7 +171,18 @@ def harvest(
     previous = job.harvested_commit or job.base_commit
     assert previous is not None
     message = f"logist: {job.id} {label}"
-    out = sandbox.harvest(previous=previous, message=message, write_back=write_back)
+    nonce, unfinished = secrets.token_hex(8), _unfinished(run.dir)
+    # until it answers: a harvest killed meanwhile (its deadline, its runner) leaves nested
+    # repositories' .git under names marked with it, which the next one puts back
+    run.dir.set_aside.write_text("".join(f"{x}\n" for x in [*unfinished, nonce]))
+    out = sandbox.harvest(
+        previous=previous,
+        message=message,
+        nonce=nonce,
+        unfinished=unfinished,
+        write_back=write_back,
+    )
+    run.dir.set_aside.unlink(missing_ok=True)  # it ended: what it set aside is back
     done = out.written_back  # else a write-back follows: config and hooks never survive
     if last and done:
         sandbox.release()
@@ -174,6 +197,15 @@ def harvest(
         for warning in sandbox.write_back(commit):
             notify(f"logist: {job.id}: {warning}")
     return commit
+
+
+def _unfinished(paths: JobDir) -> list[str]:
+    """The nonces of earlier harvests of this workspace that never answered (at most 16)."""
+    try:
+        text = paths.set_aside.read_text(errors="replace")
+    except OSError:
+        return []
+    return [x for x in text.split() if _NONCE.fullmatch(x)][-16:]
 
 
 def accept(run: JobRun, out: HarvestOutput, previous: str) -> str:

@@ -18,6 +18,7 @@ EXCHANGE = ".exchange"  # where the helper leaves a harvest's bundle
 SETUP_TMP = ".workspace.tmp-"  # a workspace being cloned (then renamed into place)
 REPO_TMP = f".{JOB_REPO}.tmp-"
 INCOMING = ".incoming-"  # a bundle copied out of the exchange, before its checks
+SET_ASIDE = ".set-aside"  # nonces of harvests under way: names they hide in the workspace
 DELETABLE = (WORKSPACE, JOB_REPO, EXCHANGE)  # what deletion may remove, besides temp names
 
 
@@ -65,6 +66,10 @@ class JobDir:
     @property
     def exchange(self) -> Path:
         return self.path / EXCHANGE
+
+    @property
+    def set_aside(self) -> Path:
+        return self.path / SET_ASIDE
 
     def setup_tmp(self, tag: object) -> Path:
         """A setup's temp name (``tag``: its pid)."""

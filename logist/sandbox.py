@@ -52,11 +52,10 @@ TOO_BIG = 17  # the harvest's exit status for a file over max_object_size (harve
 
 
 # The helper's scripts (logist/helper/*.sh). HARVEST runs as root in the helper with
-# DAC_OVERRIDE only; arguments: branch, previous harvest commit, message, nonce, ref namespace,
-# and "yes" to write the harvest back in the same run (when the step runs as root too); it
-# prints "commit C", "bundle NAME", "ref OID NAME" lines, every one checked by the host.
-# WRITE_BACK runs as the step's user (branch, harvest commit, namespace). TRUSTED_INIT makes a
-# volume workspace's helper its own repository of what logist has (/trusted) from a bundle.
+# DAC_OVERRIDE only (arguments: harvest.sh's first line); it prints "commit C", "bundle NAME",
+# "ref OID NAME" lines, every one checked by the host. WRITE_BACK runs as the step's user
+# (branch, harvest commit, namespace). TRUSTED_INIT makes a volume workspace's helper its own
+# repository of what logist has (/trusted) from a bundle.
 HARVEST = helper.script("prelude.sh", "harvest.sh")
 WRITE_BACK = helper.script("prelude.sh", "write-back.sh")
 TRUSTED_INIT = helper.script("trusted-init.sh")
@@ -430,15 +429,23 @@ class Sandbox:
         if channel is not None:
             channel.close()
 
-    def harvest(self, *, previous: str, message: str, write_back: bool = True) -> HarvestOutput:
+    def harvest(
+        self,
+        *,
+        previous: str,
+        message: str,
+        nonce: str,
+        unfinished: list[str],
+        write_back: bool = True,
+    ) -> HarvestOutput:
         """Run the harvest script; ``HarvestFailed`` when the helper could not make a commit.
         A step that runs as root has its workspace repository written back in the same run
         (``written_back``); otherwise ``write_back`` does it, as the step's user."""
-        nonce = secrets.token_hex(8)
         together = write_back and self.job.user == "0:0"
         most = self.job.limits.max_object_size
         wb = "yes" if together else ""
         args = [self.job.branch, previous, message, nonce, self.job.id, wb, str(most)]
+        args.append(" ".join(unfinished))
         code, stdout, stderr = self._request(args)
         if code == 0 and not stdout.strip():  # it ended, its answer lost (Podman's exec attach
             code, stdout, stderr = self._request(args)  # under load): once more

@@ -396,3 +396,28 @@ def test_a_line_a_running_step_printed_is_in_its_log_file_and_follow_within_a_se
         for proc in (runner, follow):
             if proc is not None and proc.poll() is None:
                 proc.kill()
+
+
+@pytest.mark.docker
+def test_a_harvest_killed_at_its_deadline_leaves_no_nested_git_under_another_name(
+    logist, source_repo, jobs_root
+):
+    """The harvest sets a nested repository's .git aside while it adds the files; killed at its
+    deadline it could not put it back, and the next harvest (the cleanup's) took the .git's
+    files as work. The next harvest now puts it back first."""
+    step = (
+        "git init -q sub && echo code > sub/code.txt && mkdir many && cd many && "
+        "i=0; while [ $i -lt 20000 ]; do echo $i > f$i; i=$((i+1)); done"
+    )
+    job = create(logist, source_repo, step, extra=("--image", "logist/step:latest"))
+    out = logist("job", "run", job, env={"LOGIST_HARVEST_TIMEOUT": "1"}, timeout=300)
+    assert out.returncode == 4, out.stderr  # the harvest killed: the workspace kept
+    ws = jobs_root / job / "workspace"
+    assert list((ws / "sub").glob(".git.logist-hidden-*")), "the harvest was not killed mid-way"
+
+    out = logist("job", "cleanup", job, timeout=300)
+
+    assert out.returncode == 0, out.stderr
+    names = git(source_repo, "ls-tree", "-r", "--name-only", f"logist/{job}").split()
+    assert "sub/code.txt" in names and "many/f19999" in names
+    assert not [n for n in names if "logist-hidden" in n], [n for n in names if "sub/" in n]

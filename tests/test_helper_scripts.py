@@ -50,11 +50,24 @@ class Root:
         )
 
     def harvest(
-        self, *, write_back: bool = False, message: str = "logist: j1 step 1", previous: str = ""
+        self,
+        *,
+        write_back: bool = False,
+        message: str = "logist: j1 step 1",
+        previous: str = "",
+        unfinished: str = "",
     ):
         wb = "yes" if write_back else ""
         done = self.run(
-            HARVEST, BRANCH, previous or self.base, message, NONCE, "j1", wb, str(100 << 20)
+            HARVEST,
+            BRANCH,
+            previous or self.base,
+            message,
+            NONCE,
+            "j1",
+            wb,
+            str(100 << 20),
+            unfinished,
         )
         assert done.returncode == 0, done.stderr.decode()
         return parse_output(done.stdout, done.stderr)
@@ -587,3 +600,84 @@ def test_a_gitignore_or_gitattributes_that_is_a_fifo_does_not_hold_the_harvest(r
     assert stat.S_ISFIFO(os.lstat(root.ws / ".gitattributes").st_mode)
     assert stat.S_ISFIFO(os.lstat(root.ws / "lib" / ".gitignore").st_mode)
     assert not [p for p in root.ws.rglob("*logist-hidden*")]
+
+
+KILLED = "00000000deadbeef"  # a harvest's nonce that never answered
+
+
+def _nested_set_aside(root) -> Path:
+    """A nested repository whose .git a killed harvest set aside under its nonce."""
+    sub = root.ws / "sub"
+    sub.mkdir()
+    git(sub, "init", "-q")
+    (sub / "code.txt").write_text("code\n")
+    git(sub, "add", "code.txt")
+    git(sub, "commit", "-qm", "nested")
+    (sub / ".git").rename(sub / f".git.logist-hidden-{KILLED}")
+    return sub
+
+
+def test_a_nested_repository_a_killed_harvest_set_aside_is_put_back_by_the_next(root):
+    sub = _nested_set_aside(root)
+    out = root.harvest(write_back=True, unfinished=f"0123456789abcdef {KILLED}")
+    assert (sub / ".git").is_dir() and not (sub / f".git.logist-hidden-{KILLED}").exists()
+    assert git(sub, "log", "--format=%s").strip() == "nested"
+    names = git(root.ws, "ls-tree", "-r", "--name-only", out.commit).split()
+    assert "sub/code.txt" in names and not [n for n in names if "logist-hidden" in n], names
+
+
+def test_what_a_killed_harvest_set_aside_stays_out_of_the_harvest_when_its_name_is_taken(root):
+    sub = _nested_set_aside(root)
+    git(sub, "init", "-q")  # a new .git where the old one was
+    out = root.harvest(unfinished=KILLED)
+    assert (sub / f".git.logist-hidden-{KILLED}").is_dir()
+    names = git(root.path / "tmp" / "logist-scratch", "ls-tree", "-r", "--name-only", out.commit)
+    names = names.split()
+    assert not [n for n in names if "logist-hidden" in n], names
+
+
+def test_names_of_a_nonce_not_given_are_the_steps_own_files(root):
+    (root.ws / "notes.logist-hidden-ffffffffffffffff").write_text("mine\n")
+    out = root.harvest(unfinished=KILLED)
+    names = git(root.path / "tmp" / "logist-scratch", "ls-tree", "-r", "--name-only", out.commit)
+    assert "notes.logist-hidden-ffffffffffffffff" in names.split()
+
+
+def test_a_blob_the_step_deleted_from_its_repository_is_whole_again_after_the_write_back(root):
+    """The write-back's fetch sends only what the step's objects lack from what they claim to
+    hold (red team): a blob the step deleted under them was never sent again."""
+    (root.ws / "work.txt").write_text("work\n")
+    blob = git(root.ws, "rev-parse", "HEAD:README.md").strip()
+    (root.ws / ".git" / "objects" / blob[:2] / blob[2:]).unlink()
+    out = root.harvest(write_back=True)
+    assert any("made again from the harvest alone" in w for w in out.warnings), out.warnings
+    assert git(root.ws, "show", "HEAD:README.md") == "hello\n"
+    git(root.ws, "fsck", "--strict", "--no-dangling")
+
+
+def test_packs_the_step_deleted_are_whole_again_after_the_write_back(root):
+    first = root.harvest(write_back=True)
+    git(root.ws, "repack", "-a", "-d", "-q")
+    (root.ws / "more.txt").write_text("more\n")
+    for pack in (root.ws / ".git" / "objects" / "pack").iterdir():
+        pack.unlink()
+    out = root.harvest(write_back=True, previous=first.commit)
+    assert git(root.ws, "rev-parse", "HEAD").strip() == out.commit
+    assert git(root.ws, "show", "HEAD:lib/a.txt") == "a\n"
+    git(root.ws, "fsck", "--strict", "--no-dangling")
+
+
+def test_an_annotated_tag_keeps_the_steps_other_branches_and_tags(root):
+    """ls-remote also lists the tag peeled ("refs/tags/v2^{}"): the harvest took that line for
+    a ref, every kept ref then clashed, and the write-back dropped the step's branches and
+    tags (red team)."""
+    git(root.ws, "branch", "side")
+    git(root.ws, "tag", "-a", "-m", "release", "v2")
+    git(root.ws, "tag", "light")
+    out = root.harvest(write_back=True)
+    assert not [w for w in out.warnings if "clash" in w], out.warnings
+    assert {"refs/logist/j1/heads/side", "refs/logist/j1/tags/v2"} <= set(out.refs)
+    assert "refs/logist/j1/tags/light" in out.refs
+    assert git(root.ws, "tag").split() == ["light", "v2"]
+    assert "side" in git(root.ws, "branch", "--format=%(refname:short)").split()
+    assert git(root.ws, "cat-file", "-t", "v2").strip() == "tag"

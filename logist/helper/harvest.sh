@@ -1,4 +1,7 @@
-branch=$1 P=$2 msg=$3 nonce=$4 ns=$5 wb=${6:-no} max=${7:-}
+# the job branch, the last harvest's commit, the message, this harvest's nonce, the kept refs'
+# namespace, "yes" to write back (a root step), the most bytes of a file, the nonces of
+# harvests that never answered
+branch=$1 P=$2 msg=$3 nonce=$4 ns=$5 wb=${6:-no} max=${7:-} unfinished=${8:-}
 I="$TM/logist-index" V="$TM/logist-view" nl='
 '
 g() { git --git-dir="$S" -c core.hooksPath=/dev/null -c safe.directory='*' \
@@ -37,10 +40,13 @@ if [ -d "$W/.git" ] && [ ! -L "$W/.git" ] && [ -d "$W/.git/objects" ] \
 fi
 [ -n "$list" ] || \
   warn "the workspace's repository cannot be read; committing its files on the last harvest"
-# "OID<tab>NAME" lines (not ls-remote's "ref: " ones); git refuses a space or tab in a name
-refs=$(printf '%s\n' "$list" | grep -E '^[^	 ]+	(HEAD|refs/heads/.+|refs/tags/.+|refs/stash)$')
-# one "OID TYPE NAME" line a ref, in the same order ("OID missing" for one git lacks)
-have() { printf '%s\n' "$refs" | g cat-file --batch-check='%(objectname) %(objecttype) %(rest)'; }
+# "OID<tab>NAME" lines: not ls-remote's "ref: " ones, nor the peeled "refs/tags/X^{}" (git
+# refuses a space, a tab or a ^ in a name)
+refs=$(printf '%s\n' "$list" \
+       | grep -E '^[^	 ]+	(HEAD|refs/heads/.+|refs/tags/[^^]+|refs/stash)$')
+# "OID TYPE" (or "OID missing") once an object the refs name, the step's HEAD's first
+have() { printf '%s\n' "$refs" | awk -F'\t' '!seen[$1]++ {print $1}' \
+         | g cat-file --batch-check='%(objectname) %(objecttype)'; }
 types=$(have)
 missing=
 case $types in
@@ -59,7 +65,7 @@ case $refs$nl in
   *"	HEAD$nl"*)
     H=$refs$nl && H=${H%%"	HEAD$nl"*} && H=${H##*"$nl"}
     case $nl$types$nl in
-      *"$nl$H commit HEAD$nl"*) ;;
+      *"$nl$H commit$nl"*) ;;
       *) warn "skipped HEAD: its objects are missing"; H= ;;
     esac ;;
 esac
@@ -68,6 +74,17 @@ esac
 start=${H:-$P}
 cd "$W" || exit 12
 printf '.git.logist-hidden-%s\n/.git.logist-wb-*\n' "$nonce" > "$TM/hidden-exclude"
+# what harvests killed before they put it back (their deadline, their runner) set aside: back
+# where its name is free, else left out of the harvest (the host names them: 16 hex digits)
+if [ -n "$unfinished" ]; then
+  for u in $unfinished; do printf '*.logist-hidden-%s\n' "$u" >> "$TM/hidden-exclude"; done
+  find . -path ./.git -prune -o -name .git -prune -o -name '*.logist-hidden-*' -prune \
+    -exec sh -c 'old=" $1 "; shift; for d; do
+        case $old in *" ${d##*.logist-hidden-} "*) ;; *) continue ;; esac
+        t=${d%.logist-hidden-*}
+        [ -e "$t" ] || [ -L "$t" ] || mv -T -- "$d" "$t"
+      done' restore "$unfinished" {} + 2>/dev/null
+fi
 # repositories nested in the workspace (a clone in a subdirectory): their files are work too, so
 # their .git is set aside while the files are added (and put back). Names are NUL-separated data
 # (a name may hold a newline) and stay below the workspace (find follows no link). The same
@@ -197,7 +214,6 @@ cat "$TM/logist-r"  # last: the host reads a bounded answer, the commit and bund
 # always, whatever the harvest found (a clean tree, the step's own commit, thousands of refs):
 # the next step must not meet this step's config or hooks
 if [ "$wb" = yes ]; then
-  wb_root=yes
   write_back "$branch" "$C" "$ns" || echo git-kept  # the step's .git stays: the host stops
 fi
 exit 0

@@ -7,7 +7,6 @@ R=${LOGIST_ROOT:-} TM=${LOGIST_ROOT:-}/tmp  # the container's paths; a test's ro
 S="$TM/logist-scratch" W="$R/workspace"
 UP="git -c safe.directory=* -c core.hooksPath=/dev/null upload-pack"
 warn() { printf 'warning: %s\n' "$*" >&2; }
-wb_root=  # harvest.sh sets it: the write-back runs as the helper's root
 # The workspace's own repository shows the harvest (HEAD on the job branch at the harvest
 # commit, its branches, tags and stash as harvested, the index matching the commit), so the next
 # step starts clean. No git command ever runs with the step's repository (its config, hooks,
@@ -31,12 +30,10 @@ wb_once() (
   branch=$1 C=$2 ns=$3 mode=$4
   cd "$W" || exit 20
   # what the step made read-only (chmod 555 .git) is its user's to open again: a write-back
-  # that failed would leave the step's config and hooks to the next step (links: not followed).
-  # The helper's root (DAC_OVERRIDE) needs no mode
-  if [ -z "$wb_root" ]; then
-    chmod u+rwx . 2>/dev/null
-    if [ -d .git ] && [ ! -L .git ]; then chmod -R u+rwX .git 2>/dev/null; fi  # follows none
-  fi
+  # that failed would leave the step's config and hooks to the next step (links: not followed;
+  # root too: a file system may squash it)
+  chmod u+rwx . 2>/dev/null
+  if [ -d .git ] && [ ! -L .git ]; then chmod -R u+rwX .git 2>/dev/null; fi  # -R follows none
   # logist's scratch: names a step does not choose (mktemp), one reserved prefix; a killed
   # write-back's are removed here and never harvested
   for x in "$W"/.git.logist-wb-*; do
@@ -102,6 +99,10 @@ wb_once() (
   if [ -f "$S/shallow" ]; then cp "$S/shallow" "$new/shallow" || fail 22; fi
   n fetch -q --no-tags --no-write-fetch-head --upload-pack "$UP" "$S" "+refs/wb/*:refs/*" \
     || fail 22
+  # the fetch sent what the step's objects lacked from what they claim to hold: everything
+  # the refs reach must be there (an object the step deleted fails this: made again from the
+  # harvest alone, whole)
+  if [ -n "$moved" ]; then n rev-list --objects --all --quiet 2>/dev/null || fail 22; fi
   printf 'ref: refs/heads/%s\n' "$branch" > "$new/HEAD" || fail 23
   cp "$TM/logist-index" "$new/index" || fail 24
   if [ -e .git ] || [ -L .git ]; then mv -T .git "$old" || fail 25; fi
