@@ -9,7 +9,7 @@ import signal
 import time
 from pathlib import Path
 
-from logist.safefs import Removal, delete_tree
+from logist.safefs import Removal, delete_tree, is_real_dir
 
 
 def processes_using(path: Path) -> list[tuple[int, str]]:
@@ -74,6 +74,8 @@ def discard_leftover(tmp: Path, job_dir: Path) -> Removal:
     setup owns it). A git the killed runner started can outlive it (a fetch's ``index-pack``
     has no death signal of its own) and write on while the tree is removed: such gits are
     ended first. Anything else in there is left to the removal's report."""
+    if not is_real_dir(tmp):  # a link is removed, never followed: nobody works "in" it
+        return delete_tree(tmp, job_dir, allow_tmp=True)
     gits = [pid for pid, _cmd in processes_using(tmp) if _is_git(pid)]
     if gits:
         terminate(gits, grace=0.5)

@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -681,3 +682,18 @@ def test_an_annotated_tag_keeps_the_steps_other_branches_and_tags(root):
     assert git(root.ws, "tag").split() == ["light", "v2"]
     assert "side" in git(root.ws, "branch", "--format=%(refname:short)").split()
     assert git(root.ws, "cat-file", "-t", "v2").strip() == "tag"
+
+
+def test_an_alternates_chain_of_the_steps_to_a_fifo_does_not_hold_the_harvest(root):
+    """git follows a repository's objects/info/alternates, and theirs: a chain from the step's
+    objects to a FIFO held the harvest until its deadline (red team)."""
+    evil = root.ws / "evil" / "objects"
+    (evil / "info").mkdir(parents=True)
+    os.mkfifo(evil / "info" / "alternates")
+    (root.ws / ".git" / "objects" / "info" / "alternates").write_text(f"{evil}\n")
+    (root.ws / "work.txt").write_text("work\n")
+    started = time.monotonic()
+    out = root.harvest(write_back=True)
+    assert time.monotonic() - started < 20
+    assert "work.txt" in git(root.ws, "ls-tree", "--name-only", out.commit).split()
+    assert not (root.ws / ".git" / "objects" / "info" / "alternates").exists()

@@ -18,7 +18,7 @@ rm -rf "$S/refs/logist" "$S/refs/wb" "$S/shallow" "$V" "$TM/too-long" "$TM/too-b
 # a shallow source's roots, logist's own: its history ends there (the write-back passes them on)
 if [ -f "$R/trusted/shallow" ]; then cp "$R/trusted/shallow" "$S/shallow" || exit 10; fi
 # 1. the workspace repository's refs and objects, as data: read through a view of logist's own
-#    making (logist's config, copies of HEAD and the refs, the step's objects as an alternate),
+#    making (logist's config, copies of HEAD and the refs, links to the step's objects),
 #    so no git command reads the step's config; objects logist has not seen are fetched (by
 #    id); a ref whose objects cannot be had is skipped
 list=
@@ -27,7 +27,6 @@ if [ -d "$W/.git" ] && [ ! -L "$W/.git" ] && [ -d "$W/.git/objects" ] \
    && [ -z "$(find "$W/.git/objects" ! -type f ! -type d -print -quit)" ]; then
   mkdir -p "$V/refs" "$V/objects/info"
   printf '[core]\n\trepositoryformatversion = 0\n\tbare = true\n' > "$V/config"
-  echo "$W/.git/objects" > "$V/objects/info/alternates"
   set --  # one copy: HEAD and packed-refs that are files, refs that is a directory
   for f in HEAD packed-refs; do
     if [ -f "$W/.git/$f" ] && [ ! -L "$W/.git/$f" ]; then set -- "$@" "$W/.git/$f"; fi
@@ -35,6 +34,10 @@ if [ -d "$W/.git" ] && [ ! -L "$W/.git" ] && [ -d "$W/.git/objects" ] \
   if [ -d "$W/.git/refs" ] && [ ! -L "$W/.git/refs" ]; then set -- "$@" "$W/.git/refs"; fi
   if [ $# -gt 0 ]; then cp -RP "$@" "$V/" 2>/dev/null; fi
   find "$V" ! -type f ! -type d -exec rm -f {} + 2>/dev/null  # links, FIFOs, devices
+  # the step's objects, through links to its fan-out and pack directories (no link or special
+  # file among them, checked above): its objects/info is never read (alternates, a chain git
+  # follows anywhere: to a FIFO that would hold the harvest, say)
+  ln -s "$W/.git/objects/"[0-9a-f][0-9a-f] "$W/.git/objects/pack" "$V/objects/" 2>/dev/null
   [ -f "$V/HEAD" ] || echo "ref: refs/logist-no-head" > "$V/HEAD"
   list=$(cd / && g ls-remote --symref "$V" 2>/dev/null) || list=
 fi
