@@ -88,6 +88,17 @@ def root(tmp_path: Path) -> Root:
     return Root(tmp_path)
 
 
+def nested_repo(root: Root, name: str) -> Path:
+    """``sub``: a repository in the workspace, its one commit holding ``name``."""
+    sub = root.ws / "sub"
+    sub.mkdir()
+    git(sub, "init", "-q")
+    (sub / name).write_text(f"{name}\n")
+    git(sub, "add", name)
+    git(sub, "commit", "-qm", "nested")
+    return sub
+
+
 def files_of(repo: Path, commit: str) -> dict[str, str]:
     names = git(repo, "ls-tree", "-r", "-z", "--name-only", commit).split("\0")
     return {n: git(repo, "show", f"{commit}:{n}") for n in names if n}
@@ -569,12 +580,7 @@ def test_a_nested_repository_under_a_committed_gitlink_runs_nothing_of_its_own_a
     the next step's top-level git status ran it (red team, 12-06). The written-back config
     has git look at such a repository's HEAD only."""
     marker = root.path.parent / "FSMONITOR-RAN"
-    sub = root.ws / "sub"
-    sub.mkdir()
-    git(sub, "init", "-q")
-    (sub / "s.txt").write_text("s\n")
-    git(sub, "add", "s.txt")
-    git(sub, "commit", "-qm", "s")
+    sub = nested_repo(root, "s.txt")
     monitor = sub / ".git" / "fsm.sh"
     monitor.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
     monitor.chmod(0o755)
@@ -608,12 +614,7 @@ KILLED = "00000000deadbeef"  # a harvest's nonce that never answered
 
 def _nested_set_aside(root) -> Path:
     """A nested repository whose .git a killed harvest set aside under its nonce."""
-    sub = root.ws / "sub"
-    sub.mkdir()
-    git(sub, "init", "-q")
-    (sub / "code.txt").write_text("code\n")
-    git(sub, "add", "code.txt")
-    git(sub, "commit", "-qm", "nested")
+    sub = nested_repo(root, "code.txt")
     (sub / ".git").rename(sub / f".git.logist-hidden-{KILLED}")
     return sub
 
