@@ -698,3 +698,14 @@ def test_an_alternates_chain_of_the_steps_to_a_fifo_does_not_hold_the_harvest(ro
     assert time.monotonic() - started < 20
     assert "work.txt" in git(root.ws, "ls-tree", "--name-only", out.commit).split()
     assert not (root.ws / ".git" / "objects" / "info" / "alternates").exists()
+
+
+def test_a_step_branch_named_like_gits_default_head_is_written_back(root):
+    """The write-back's new repository starts with git's own HEAD (refs/heads/master): its fetch
+    refused to update that branch, and the step's .git was removed (red team)."""
+    git(root.ws, "branch", "master")
+    (root.ws / "a.txt").write_text("a\n")
+    out = root.harvest(write_back=True)
+    assert not out.warnings, out.warnings
+    assert git(root.ws, "rev-parse", "HEAD").strip() == out.commit
+    assert "master" in git(root.ws, "branch", "--format=%(refname:short)").split()

@@ -97,12 +97,13 @@ wb_once() (
   # a shallow source's roots, logist's own (a fetch would not say them when the step's refs
   # already reach them)
   if [ -f "$S/shallow" ]; then cp "$S/shallow" "$new/shallow" || fail 22; fi
-  n fetch -q --no-tags --no-write-fetch-head --upload-pack "$UP" "$S" "+refs/wb/*:refs/*" \
-    || fail 22
-  # the fetch sent what the step's objects lacked from what they claim to hold: everything
-  # the refs reach must be there (an object the step deleted fails this: made again from the
-  # harvest alone, whole)
-  if [ -n "$moved" ]; then n rev-list --objects --all --quiet 2>/dev/null || fail 22; fi
+  # (whatever branch git's own HEAD names: a step's "master" is fetched like any other)
+  n fetch -q --no-tags --no-write-fetch-head --update-head-ok --upload-pack "$UP" "$S" \
+    "+refs/wb/*:refs/*" || fail 22
+  # the fetch sent what the step's objects lacked from what they claim to hold: the trees the
+  # refs name must be whole (an object the step deleted fails this: made again from the
+  # harvest alone). The files' history is not walked: its cost would grow with the history
+  if [ -n "$moved" ]; then n rev-list --objects --no-walk --all --quiet 2>/dev/null || fail 22; fi
   printf 'ref: refs/heads/%s\n' "$branch" > "$new/HEAD" || fail 23
   cp "$TM/logist-index" "$new/index" || fail 24
   if [ -e .git ] || [ -L .git ]; then mv -T .git "$old" || fail 25; fi
