@@ -182,7 +182,10 @@ def harvest(
         unfinished=unfinished,
         write_back=write_back,
     )
-    run.dir.set_aside.unlink(missing_ok=True)  # it ended: what it set aside is back
+    if out.aside:  # it ended, but some names stay set aside (a new .git took theirs)
+        run.dir.set_aside.write_text("".join(f"{x}\n" for x in out.aside if x in unfinished))
+    else:  # it ended: what it and its killed elders set aside is back
+        run.dir.set_aside.unlink(missing_ok=True)
     done = out.written_back  # else a write-back follows: config and hooks never survive
     if last and done:
         sandbox.release()
@@ -322,6 +325,12 @@ def session_label(job: Job) -> str:
     return f"session harvest {k}"
 
 
+def leftover_label(job: Job) -> str:
+    """What a harvest of a workspace's leftover work is called: after its last step."""
+    n = last_started_step(job)
+    return session_label(job) if job.session is not None else f"step {n}" if n else "setup"
+
+
 def last_started_step(job: Job) -> int | None:
     started = [s.index for s in job.steps if s.started_at]
     return max(started) if started else None
@@ -338,11 +347,9 @@ def harvest_leftover(run: JobRun, sandbox: Helper, notify: Notify = _stderr) -> 
         return
     if not sandbox.workspace_present():
         return
-    n = last_started_step(job)
-    label = session_label(job) if job.session is not None else f"step {n}" if n else "setup"
     try:
         ensure_job_repo(run)
-        harvest(run, sandbox, label, notify, write_back=False)
+        harvest(run, sandbox, leftover_label(job), notify, write_back=False)
         sandbox.close()  # the helper holds no work now: it goes before the host's own steps
         finish(run)
     except (GitError, HarvestFailed) as exc:

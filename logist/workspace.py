@@ -59,6 +59,7 @@ def prepare_workspace(run: JobRun) -> Path:
         _discard(tmp, paths.path)
         raise
     os.replace(tmp, ws)
+    paths.set_aside.unlink(missing_ok=True)  # what a killed harvest set aside went with the old
     job.workspace_state = WS_READY
     run.save()
     return ws
@@ -94,6 +95,7 @@ def _setup_volume(run: JobRun, repo: Path) -> None:
         raise gitops.disk_full(exc) or exc from None
     finally:
         _discard(tmp, job_dir)
+    paths.set_aside.unlink(missing_ok=True)
     job.workspace_state = WS_READY
     run.save()
 

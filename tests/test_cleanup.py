@@ -1404,3 +1404,28 @@ def test_a_killed_setups_clone_with_its_git_still_writing_is_removed(
         if writer.poll() is None:
             writer.kill()
         writer.wait()
+
+
+@pytest.mark.docker
+def test_a_git_named_process_of_another_mount_namespace_is_not_killed_with_a_leftover(
+    logist, jobs_root, source_repo, docker_client
+):
+    """A process is found "in" a half-made clone by the path it names, which in a container
+    is a path of its own (red team): only this user's gits in logist's own mount namespace
+    are ended."""
+    job_id = create_job(logist, source_repo, "true")
+    tmp = jobs_root / job_id / ".workspace.tmp-77777"
+    tmp.mkdir()
+    script = f"mkdir -p {tmp} && cd {tmp} && cp /bin/sleep /tmp/git && exec /tmp/git 300"
+    other = docker_client.containers.run(
+        STEP_IMAGE, ["sh", "-c", script], detach=True, labels={"logist.test": "namespace"}
+    )
+    try:
+        wait_for(lambda: other.top()["Processes"][0][-1].startswith("/tmp/git"), 30, "its git")
+        out, _report = cleanup(logist, job_id)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert not os.path.lexists(tmp)
+        other.reload()
+        assert other.status == "running"
+    finally:
+        remove_container(other)

@@ -421,3 +421,34 @@ def test_a_harvest_killed_at_its_deadline_leaves_no_nested_git_under_another_nam
     names = git(source_repo, "ls-tree", "-r", "--name-only", f"logist/{job}").split()
     assert "sub/code.txt" in names and "many/f19999" in names
     assert not [n for n in names if "logist-hidden" in n], [n for n in names if "sub/" in n]
+
+
+@pytest.mark.docker
+def test_a_run_resumed_after_a_harvest_that_never_answered_harvests_before_its_next_step(
+    logist, source_repo, jobs_root
+):
+    """A harvest killed mid-way (with its runner, say) left a nested repository's .git set
+    aside and the step's own .git in place; the resumed run went straight to the next step,
+    which met both (red team). It now harvests first, so the step finds neither."""
+    first = "git init -q sub && echo code > sub/code.txt && echo one > one.txt"
+    check = (
+        "test -d sub/.git && test ! -e .git/hooks/planted && "
+        'test "$(git -C sub rev-parse --show-toplevel)" = /workspace/sub'
+    )
+    job = create(logist, source_repo, first, check, extra=("--image", "logist/step:latest"))
+    assert logist("job", "step", job).returncode == 0
+    job_dir = jobs_root / job
+    ws, nonce = job_dir / "workspace", "0123456789abcdef"
+    (ws / "sub" / ".git").rename(ws / "sub" / f".git.logist-hidden-{nonce}")
+    (ws / ".git" / "hooks").mkdir(exist_ok=True)
+    (ws / ".git" / "hooks" / "planted").write_text("#!/bin/sh\nexit 1\n")
+    (ws / "two.txt").write_text("two\n")  # work of step 1 the killed harvest did not take
+    (job_dir / ".set-aside").write_text(f"{nonce}\n")
+
+    out = logist("job", "step", job)
+
+    assert out.returncode == 0, out.stderr
+    assert status(logist, job)["state"] == "succeeded"
+    names = git(source_repo, "ls-tree", "-r", "--name-only", f"logist/{job}").split()
+    assert {"one.txt", "two.txt", "sub/code.txt"} <= set(names)
+    assert not [n for n in names if "logist-hidden" in n], names

@@ -623,6 +623,7 @@ def test_a_nested_repository_a_killed_harvest_set_aside_is_put_back_by_the_next(
     sub = _nested_set_aside(root)
     out = root.harvest(write_back=True, unfinished=f"0123456789abcdef {KILLED}")
     assert (sub / ".git").is_dir() and not (sub / f".git.logist-hidden-{KILLED}").exists()
+    assert out.aside == []
     assert git(sub, "log", "--format=%s").strip() == "nested"
     names = git(root.ws, "ls-tree", "-r", "--name-only", out.commit).split()
     assert "sub/code.txt" in names and not [n for n in names if "logist-hidden" in n], names
@@ -633,6 +634,7 @@ def test_what_a_killed_harvest_set_aside_stays_out_of_the_harvest_when_its_name_
     git(sub, "init", "-q")  # a new .git where the old one was
     out = root.harvest(unfinished=KILLED)
     assert (sub / f".git.logist-hidden-{KILLED}").is_dir()
+    assert out.aside == [KILLED]  # the host keeps its nonce for the next harvest
     names = git(root.path / "tmp" / "logist-scratch", "ls-tree", "-r", "--name-only", out.commit)
     names = names.split()
     assert not [n for n in names if "logist-hidden" in n], names

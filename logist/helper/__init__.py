@@ -25,7 +25,7 @@ def script(*names: str) -> str:
     return "".join(files(__name__).joinpath(name).read_text() for name in names)
 
 
-_LINE = re.compile(r"(commit|bundle|ref) (\S+)(?: (\S+))?")
+_LINE = re.compile(r"(commit|bundle|ref|aside) (\S+)(?: (\S+))?")
 
 
 @dataclass
@@ -37,6 +37,7 @@ class HarvestOutput:
     refs: dict[str, str] = field(default_factory=dict)
     written_back: bool = False  # nothing left to do for the workspace's repository
     git_kept: bool = False  # the write-back could neither replace nor remove the step's .git
+    aside: list[str] = field(default_factory=list)  # earlier nonces whose names stay set aside
     warnings: list[str] = field(default_factory=list)
 
 
@@ -54,6 +55,8 @@ def parse_output(stdout: bytes, stderr: bytes) -> HarvestOutput:
             out.commit = a
         elif kind == "bundle":
             out.bundle = a
+        elif kind == "aside":
+            out.aside.append(a)
         elif b is not None:
             out.refs[b] = a
     for raw in stderr[:MAX_OUTPUT].decode(errors="replace").splitlines():

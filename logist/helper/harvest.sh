@@ -14,7 +14,7 @@ if [ ! -f "$S/HEAD" ]; then
 fi
 # the last harvest's scratch, in one go (an earlier bundle: no process reads it now)
 rm -rf "$S/refs/logist" "$S/refs/wb" "$S/shallow" "$V" "$TM/too-long" "$TM/too-big" \
-  "$TM/logist-over" "$TM/logist-flags" "$R/out/"*.bundle
+  "$TM/logist-over" "$TM/logist-flags" "$TM/still-aside" "$R/out/"*.bundle
 # a shallow source's roots, logist's own: its history ends there (the write-back passes them on)
 if [ -f "$R/trusted/shallow" ]; then cp "$R/trusted/shallow" "$S/shallow" || exit 10; fi
 # 1. the workspace repository's refs and objects, as data: read through a view of logist's own
@@ -85,8 +85,10 @@ if [ -n "$unfinished" ]; then
     -exec sh -c 'old=" $1 "; shift; for d; do
         case $old in *" ${d##*.logist-hidden-} "*) ;; *) continue ;; esac
         t=${d%.logist-hidden-*}
-        [ -e "$t" ] || [ -L "$t" ] || mv -T -- "$d" "$t"
-      done' restore "$unfinished" {} + 2>/dev/null
+        if [ -e "$t" ] || [ -L "$t" ] || ! mv -T -- "$d" "$t"; then
+          printf "%s\n" "${d##*.logist-hidden-}" >> "$0"
+        fi
+      done' "$TM/still-aside" "$unfinished" {} + 2>/dev/null
 fi
 # repositories nested in the workspace (a clone in a subdirectory): their files are work too, so
 # their .git is set aside while the files are added (and put back). Names are NUL-separated data
@@ -214,6 +216,8 @@ if [ -s "$TM/logist-b" ]; then
   fi
 fi
 cat "$TM/logist-r"  # last: the host reads a bounded answer, the commit and bundle lines first
+# names of killed harvests that stay set aside (their nonces, for the next harvest)
+if [ -s "$TM/still-aside" ]; then sort -u "$TM/still-aside" | sed 's/^/aside /'; fi
 # always, whatever the harvest found (a clean tree, the step's own commit, thousands of refs):
 # the next step must not meet this step's config or hooks
 if [ "$wb" = yes ]; then
