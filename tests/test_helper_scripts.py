@@ -711,3 +711,56 @@ def test_a_step_branch_named_like_gits_default_head_is_written_back(root):
     assert not out.warnings, out.warnings
     assert git(root.ws, "rev-parse", "HEAD").strip() == out.commit
     assert "master" in git(root.ws, "branch", "--format=%(refname:short)").split()
+
+
+def test_commits_on_the_job_branch_stay_when_the_steps_head_went_elsewhere(root):
+    """The step committed on the job branch, then checked out another branch (or left a rebase
+    mid-way): its commit was kept only as a kept ref, which the next harvest overwrote (red
+    team). It is now a parent of the harvest."""
+    (root.ws / "work.txt").write_text("important\n")
+    git(root.ws, "add", "work.txt")
+    git(root.ws, "commit", "-qm", "agent work")
+    work = git(root.ws, "rev-parse", "HEAD").strip()
+    git(root.ws, "checkout", "-q", "-b", "scratch", "HEAD~1")
+    out = root.harvest(write_back=True)
+    git(root.ws, "merge-base", "--is-ancestor", work, out.commit)
+    assert git(root.ws, "rev-parse", "HEAD").strip() == out.commit
+
+
+def test_a_step_branch_the_job_branch_is_under_is_skipped_alone(root):
+    """A branch named "logist" (the job branch is logist/<id>) clashed with it, and every kept
+    ref, tag and the stash were dropped (red team)."""
+    git(root.ws, "checkout", "-q", "-b", "tmp")
+    git(root.ws, "branch", "-D", BRANCH)
+    git(root.ws, "branch", "logist")
+    git(root.ws, "tag", "-a", "-m", "t", "keeptag")
+    out = root.harvest(write_back=True)
+    assert "refs/logist/j1/heads/tmp" in out.refs and "refs/logist/j1/tags/keeptag" in out.refs
+    assert [w for w in out.warnings if "clashes" in w] == [
+        f"skipped refs/heads/logist: it clashes with the job branch {BRANCH}"
+    ]
+    assert "keeptag" in git(root.ws, "tag").split()
+
+
+def test_a_submodules_repository_and_its_commits_survive_the_write_back(root, tmp_path):
+    """The submodule's repository lives in .git/modules: the write-back replaced .git and its
+    commits were gone for the next step (red team)."""
+    lib = make_repo(tmp_path / "lib", {"s.txt": "s\n"})
+    git(root.ws, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "mysub")
+    git(root.ws, "commit", "-qm", "add the submodule")
+    (root.ws / "mysub" / "w.txt").write_text("agent work\n")
+    git(root.ws / "mysub", "add", "w.txt")
+    git(root.ws / "mysub", "commit", "-qm", "work in the submodule")
+    root.harvest(write_back=True)
+    assert git(root.ws / "mysub", "log", "-1", "--format=%s").strip() == "work in the submodule"
+    assert (root.ws / ".git" / "modules" / "mysub").is_dir()
+
+
+def test_the_stash_is_still_a_list_after_the_write_back(root):
+    """The written-back refs/stash had no reflog: git stash list was empty and pop failed."""
+    (root.ws / "README.md").write_text("stashed\n")
+    git(root.ws, "stash", "-q")
+    root.harvest(write_back=True)
+    assert len(git(root.ws, "stash", "list").splitlines()) == 1
+    git(root.ws, "stash", "pop", "-q")
+    assert (root.ws / "README.md").read_text() == "stashed\n"

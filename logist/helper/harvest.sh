@@ -72,6 +72,13 @@ case $refs$nl in
       *) warn "skipped HEAD: its objects are missing"; H= ;;
     esac ;;
 esac
+# the step's job branch, where it holds a commit logist has
+B=
+case $refs$nl in
+  *"	refs/heads/$branch$nl"*)
+    B=$refs$nl && B=${B%%"	refs/heads/$branch$nl"*} && B=${B##*"$nl"}
+    case $nl$types$nl in *"$nl$B commit$nl"*) ;; *) B= ;; esac ;;
+esac
 # 2. the files, as they are, on top of the step's HEAD (or the last harvest); the index is
 #    kept between harvests so unchanged files are not read again
 start=${H:-$P}
@@ -160,6 +167,12 @@ if [ -z "$H" ]; then set -- "$P"
 elif [ "$H" = "$P" ] || g merge-base --is-ancestor "$P" "$H" 2>/dev/null; then set -- "$H"
 elif g merge-base --is-ancestor "$H" "$P" 2>/dev/null; then set -- "$P"
 else set -- "$P" "$H"; fi
+# the step's commits on the job branch when its HEAD went elsewhere (another branch checked
+# out, a rebase left mid-way): a parent too, never left behind
+if [ -n "$B" ] && [ "$B" != "$H" ] && [ "$B" != "$P" ]; then
+  for p in "$@"; do g merge-base --is-ancestor "$B" "$p" 2>/dev/null && B= && break; done
+  if [ -n "$B" ]; then set -- "$@" "$B"; fi
+fi
 printf '%s\n' "$@" > "$TM/logist-have"  # for the write-back: what the step's objects hold
 if [ $# -eq 1 ] && [ "$(g rev-parse "$1^{tree}")" = "$T" ]; then C=$1
 else
@@ -179,11 +192,15 @@ mine() { : > "$TM/logist-b"; [ "$C" = "$P" ] || echo "refs/heads/$branch" > "$TM
 mine
 { printf 'update refs/heads/%s %s\nupdate refs/wb/heads/%s %s\n' "$branch" "$C" "$branch" "$C"
   printf '%s\n' "$refs" | awk -F'\t' -v ns="$ns" -v branch="$branch" -v max=5000 \
+      -v jb="refs/heads/$branch" \
       -v tf="$TM/logist-types" -v kf="$TM/logist-kept" -v wf="$TM/logist-w" \
       -v rf="$TM/logist-r" -v bf="$TM/logist-b" -v of="$TM/logist-over" -v nf="$TM/logist-not" '
     FILENAME == tf { split($0, p, " "); kind[p[1]] = p[2]; next }
     FILENAME == kf { have[$0] = 1; split($0, q, " "); print "^" q[1] > nf; next }
     $2 == "" || $2 == "HEAD" { next }
+    # a name the job branch is under, or one under it: git cannot hold both (skipped alone)
+    $2 != jb && (index(jb, $2 "/") == 1 || index($2, jb "/") == 1) {
+      print "skipped " $2 ": it clashes with the job branch " branch > wf; next }
     { k = ($1 in kind) ? kind[$1] : ""
       if (k == "" || k == "missing") {  # named up to 10 times, then counted
         if (++gone <= 10) print "skipped " $2 ": its objects are missing" > wf; next }

@@ -47,6 +47,9 @@ wb_once() (
     if [ -n "$moved" ] && [ ! -e .git/objects ] && [ ! -L .git/objects ]; then
       mv "$new/objects" .git/objects
     fi
+    if [ -d "$new/modules" ] && [ ! -e .git/modules ] && [ ! -L .git/modules ]; then
+      mv -T "$new/modules" .git/modules
+    fi
     rm -rf "$new" "$old"
     exit "$1"
   }
@@ -98,14 +101,20 @@ wb_once() (
   # already reach them)
   if [ -f "$S/shallow" ]; then cp "$S/shallow" "$new/shallow" || fail 22; fi
   # (whatever branch git's own HEAD names: a step's "master" is fetched like any other)
-  n fetch -q --no-tags --no-write-fetch-head --update-head-ok --upload-pack "$UP" "$S" \
-    "+refs/wb/*:refs/*" || fail 22
+  # (a reflog for every ref: the stash's is its list)
+  n -c core.logAllRefUpdates=always fetch -q --no-tags --no-write-fetch-head --update-head-ok \
+    --no-recurse-submodules --upload-pack "$UP" "$S" "+refs/wb/*:refs/*" || fail 22
   # the fetch sent what the step's objects lacked from what they claim to hold: the trees the
   # refs name must be whole (an object the step deleted fails this: made again from the
   # harvest alone). The files' history is not walked: its cost would grow with the history
   if [ -n "$moved" ]; then n rev-list --objects --no-walk --all --quiet 2>/dev/null || fail 22; fi
   printf 'ref: refs/heads/%s\n' "$branch" > "$new/HEAD" || fail 23
   cp "$TM/logist-index" "$new/index" || fail 24
+  # the repositories of the step's submodules (.git/modules) are its own, like one nested in
+  # the work tree (git at the top looks at their HEAD only: diff.ignoreSubmodules)
+  if [ -d .git/modules ] && [ ! -L .git ] && [ ! -L .git/modules ]; then
+    mv -T .git/modules "$new/modules" || fail 25
+  fi
   if [ -e .git ] || [ -L .git ]; then mv -T .git "$old" || fail 25; fi
   mv -T "$new" .git || { mv -T "$old" .git; fail 25; }
   rm -rf "$old"
