@@ -35,6 +35,7 @@ from logist.store import Store
 
 _BUNDLE_NAME = re.compile(r"[0-9a-f]{16}\.bundle")
 _NONCE = re.compile(r"[0-9a-f]{16}")
+_OWED = "owed"  # in .set-aside: a harvest and its write-back are owed before the next step
 _REF_PART = re.compile(r"[A-Za-z0-9_+=@,-][A-Za-z0-9_.+=@,-]*")
 
 Notify = Callable[[str], None]
@@ -173,8 +174,9 @@ def harvest(
     message = f"logist: {job.id} {label}"
     nonce, unfinished = secrets.token_hex(8), _unfinished(run.dir)
     # until it answers: a harvest killed meanwhile (its deadline, its runner) leaves nested
-    # repositories' .git under names marked with it, which the next one puts back
-    run.dir.set_aside.write_text("".join(f"{x}\n" for x in [*unfinished, nonce]))
+    # repositories' .git under names marked with it, which the next one puts back; and until
+    # its write-back is done, a run resumed harvests before its next step
+    _mark(run.dir, [*unfinished, nonce], owed=True)
     out = sandbox.harvest(
         previous=previous,
         message=message,
@@ -182,10 +184,9 @@ def harvest(
         unfinished=unfinished,
         write_back=write_back,
     )
-    if out.aside:  # it ended, but some names stay set aside (a new .git took theirs)
-        run.dir.set_aside.write_text("".join(f"{x}\n" for x in out.aside if x in unfinished))
-    else:  # it ended: what it and its killed elders set aside is back
-        run.dir.set_aside.unlink(missing_ok=True)
+    # it ended: what it and its killed elders set aside is back, but names a new .git took
+    aside = [x for x in out.aside if x in unfinished]
+    _mark(run.dir, aside, owed=True)
     done = out.written_back  # else a write-back follows: config and hooks never survive
     if last and done:
         sandbox.release()
@@ -199,7 +200,28 @@ def harvest(
     if not done:
         for warning in sandbox.write_back(commit):
             notify(f"logist: {job.id}: {warning}")
+    if write_back:  # the workspace's repository is logist's again
+        _mark(run.dir, aside, owed=False)
     return commit
+
+
+def owes_harvest(paths: JobDir) -> bool:
+    """Whether a harvest of the workspace never answered or was never written back (its
+    runner killed, say): a run then harvests before its next step."""
+    try:
+        return _OWED in paths.set_aside.read_text(errors="replace").split()
+    except OSError:
+        return False
+
+
+def _mark(paths: JobDir, nonces: list[str], *, owed: bool) -> None:
+    """``$JOB_DIR/.set-aside``: the nonces whose names may stay set aside in the workspace,
+    and whether a harvest is owed (none of either: no file)."""
+    lines = [*nonces, _OWED] if owed else nonces
+    if lines:
+        paths.set_aside.write_text("".join(f"{x}\n" for x in lines))
+    else:
+        paths.set_aside.unlink(missing_ok=True)
 
 
 def _unfinished(paths: JobDir) -> list[str]:

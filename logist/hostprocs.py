@@ -96,7 +96,9 @@ def discard_leftover(tmp: Path, job_dir: Path) -> Removal:
         try:
             if _our_git(pid) and _uses(pid, target):  # still that process: the fd holds it
                 signal.pidfd_send_signal(fd, signal.SIGKILL)
-                select.select([fd], [], [], 5)  # readable once it has exited
+                poll = select.poll()  # (select() fails on an fd over 1023)
+                poll.register(fd, select.POLLIN)
+                poll.poll(5000)  # readable once it has exited
         except OSError:
             pass
         finally:

@@ -24,7 +24,7 @@ from logist.errors import (
     WorkspaceUnseen,
     one_line,
 )
-from logist.harvest import finish, harvest, harvest_leftover, leftover_label
+from logist.harvest import finish, harvest, harvest_leftover, leftover_label, owes_harvest
 from logist.job_container import read_secrets
 from logist.jobrun import JobRun
 from logist.model import (
@@ -172,8 +172,8 @@ class Runner:
                 # the helper's start then overlaps the first step's
                 sandbox.start_in_background(check=True)
                 net.ready()
-                if run.dir.set_aside.exists():  # a harvest never answered: its work, and what
-                    # it set aside, before a step meets them (and the last step's .git)
+                if owes_harvest(run.dir):  # a harvest never answered, or never wrote back: its
+                    # work, and what it set aside, before a step meets them (or the last .git)
                     harvest(run, sandbox, leftover_label(job), self.notify)
                 while (step := job.next_step()) is not None:
                     if max_steps is not None and ran >= max_steps:

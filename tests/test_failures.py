@@ -443,7 +443,7 @@ def test_a_run_resumed_after_a_harvest_that_never_answered_harvests_before_its_n
     (ws / ".git" / "hooks").mkdir(exist_ok=True)
     (ws / ".git" / "hooks" / "planted").write_text("#!/bin/sh\nexit 1\n")
     (ws / "two.txt").write_text("two\n")  # work of step 1 the killed harvest did not take
-    (job_dir / ".set-aside").write_text(f"{nonce}\n")
+    (job_dir / ".set-aside").write_text(f"{nonce}\nowed\n")  # as a killed harvest leaves it
 
     out = logist("job", "step", job)
 
@@ -452,3 +452,39 @@ def test_a_run_resumed_after_a_harvest_that_never_answered_harvests_before_its_n
     names = git(source_repo, "ls-tree", "-r", "--name-only", f"logist/{job}").split()
     assert {"one.txt", "two.txt", "sub/code.txt"} <= set(names)
     assert not [n for n in names if "logist-hidden" in n], names
+
+
+@pytest.mark.docker
+def test_a_run_resumed_after_a_write_back_that_never_ran_writes_back_before_its_next_step(
+    logist, source_repo, jobs_root, monkeypatch
+):
+    """A runner stopped after its harvest was taken in but before the write-back (a separate
+    call when the step is not root) left the step's own .git to the resumed run's next step
+    (red team): the mark now stays until the write-back is done."""
+    from logist.errors import Interrupted
+    from logist.sandbox import Sandbox
+
+    first = "git config core.hooksPath .git/myhooks && echo one > one.txt"
+    check = 'test -z "$(git config core.hooksPath)"'
+    job = create(
+        logist,
+        source_repo,
+        first,
+        check,
+        extra=("--image", "logist/step:latest", "--user", "1000:1000"),
+    )
+
+    def stopped(self, commit):
+        raise Interrupted("stopped before the write-back")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Sandbox, "write_back", stopped)
+        logist("job", "step", job)
+    assert status(logist, job)["state"] == "interrupted"
+    assert "owed" in (jobs_root / job / ".set-aside").read_text().split()
+
+    out = logist("job", "step", job)
+
+    assert out.returncode == 0, out.stderr
+    assert status(logist, job)["state"] == "succeeded"
+    assert not (jobs_root / job / ".set-aside").exists()

@@ -764,3 +764,16 @@ def test_the_stash_is_still_a_list_after_the_write_back(root):
     assert len(git(root.ws, "stash", "list").splitlines()) == 1
     git(root.ws, "stash", "pop", "-q")
     assert (root.ws / "README.md").read_text() == "stashed\n"
+
+
+def test_a_set_aside_git_under_a_directory_named_like_logists_is_put_back(root):
+    """The walk that puts names back stopped at any name like logist's (a step's directory
+    "x.logist-hidden-aaaa"), so a .git set aside below it stayed, and went into the branch
+    as files once its nonce was forgotten (red team)."""
+    (root.ws / "x.logist-hidden-aaaa").mkdir()
+    sub = root.ws / "x.logist-hidden-aaaa" / "sub"
+    sub.mkdir()
+    git(sub, "init", "-q")
+    (sub / ".git").rename(sub / f".git.logist-hidden-{KILLED}")
+    out = root.harvest(write_back=True, unfinished=KILLED)
+    assert (sub / ".git").is_dir() and out.aside == []

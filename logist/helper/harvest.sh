@@ -87,8 +87,12 @@ printf '.git.logist-hidden-%s\n/.git.logist-wb-*\n' "$nonce" > "$TM/hidden-exclu
 # what harvests killed before they put it back (their deadline, their runner) set aside: back
 # where its name is free, else left out of the harvest (the host names them: 16 hex digits)
 if [ -n "$unfinished" ]; then
-  for u in $unfinished; do printf '*.logist-hidden-%s\n' "$u" >> "$TM/hidden-exclude"; done
-  find . -path ./.git -prune -o -name .git -prune -o -name '*.logist-hidden-*' -prune \
+  set --  # names of these nonces only: another name like it is the step's, walked into
+  for u in $unfinished; do
+    printf '*.logist-hidden-%s\n' "$u" >> "$TM/hidden-exclude"
+    set -- "$@" ${1+-o} -name "*.logist-hidden-$u"
+  done
+  find . -path ./.git -prune -o -name .git -prune -o \( "$@" \) -prune \
     -exec sh -c 'old=" $1 "; shift; for d; do
         case $old in *" ${d##*.logist-hidden-} "*) ;; *) continue ;; esac
         t=${d%.logist-hidden-*}
