@@ -172,15 +172,17 @@ class JobNetwork:
         tags = labels(job.id, NETWORK, self.run.store.root, owner_id())
         what = f"creating the network {name}"
         with containers.engine_errors(what, self.cli):
-            for attempt in range(2):
+            for attempt in range(3):
                 try:
                     _create_network(self.cli, name, internal, tags)
                     break
                 except docker.errors.APIError as exc:
-                    if attempt or exc.status_code != 409:
+                    if attempt == 2 or not (exc.status_code == 409 or exc.is_server_error()):
                         raise
-                    # a killed run's (we hold its lock)
-                    _remove_stale(self.cli, name, job.id, self.run.store.root)
+                    if exc.status_code == 409:  # a killed run's (we hold its lock)
+                        _remove_stale(self.cli, name, job.id, self.run.store.root)
+                    else:  # e.g. Podman listing the host's interfaces while one goes
+                        time.sleep(0.2)
         self.name = name
         self.attachment = Attachment(name)
 

@@ -870,3 +870,32 @@ def test_a_job_of_the_same_id_in_another_jobs_root_leaves_a_running_job_alone(
         (jobs_root / "same" / "workspace" / "go").write_text("")
         _, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
+
+
+@pytest.mark.docker
+def test_an_engine_error_while_making_the_jobs_network_is_tried_again(
+    jobs_root, repo, docker_client, monkeypatch
+):
+    """Rootful Podman sometimes fails a network's creation when another network's interface
+    goes while it lists the host's ("route ip+net: no such network interface", a 500 seen in
+    CI): the creation is tried again instead of failing the job with exit 3."""
+    import docker
+    import requests
+
+    from logist import networks
+
+    make, failed = networks._create_network, []
+
+    def flaky(cli, name, internal, tags):
+        if not failed:
+            failed.append(name)
+            response = requests.Response()
+            response.status_code = 500
+            raise docker.errors.APIError("route ip+net: no such network interface", response)
+        return make(cli, name, internal, tags)
+
+    monkeypatch.setattr(networks, "_create_network", flaky)
+    out = run_logist(jobs_root, "run", "flaky", "--repo", str(repo), "--step", "true")
+    assert out.returncode == 0, out.stderr
+    assert failed == [network_name("flaky", jobs_root)]
+    assert _left(docker_client, jobs_root) == ([], [])
