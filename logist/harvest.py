@@ -208,10 +208,7 @@ def harvest(
 def owes_harvest(paths: JobDir) -> bool:
     """Whether a harvest of the workspace never answered or was never written back (its
     runner killed, say): a run then harvests before its next step."""
-    try:
-        return _OWED in paths.set_aside.read_text(errors="replace").split()
-    except OSError:
-        return False
+    return _OWED in _marks(paths)
 
 
 def _mark(paths: JobDir, nonces: list[str], *, owed: bool) -> None:
@@ -226,11 +223,15 @@ def _mark(paths: JobDir, nonces: list[str], *, owed: bool) -> None:
 
 def _unfinished(paths: JobDir) -> list[str]:
     """The nonces of earlier harvests of this workspace that never answered (at most 16)."""
+    return [x for x in _marks(paths) if _NONCE.fullmatch(x)][-16:]
+
+
+def _marks(paths: JobDir) -> list[str]:
+    """What ``_mark`` wrote (none: no file)."""
     try:
-        text = paths.set_aside.read_text(errors="replace")
+        return paths.set_aside.read_text(errors="replace").split()
     except OSError:
         return []
-    return [x for x in text.split() if _NONCE.fullmatch(x)][-16:]
 
 
 def accept(run: JobRun, out: HarvestOutput, previous: str) -> str:
