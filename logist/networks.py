@@ -34,7 +34,9 @@ if TYPE_CHECKING:
 
 PROXY_IMAGE = "logist/proxy:latest"
 NO_IPV6 = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
-INTERNAL_BRIDGE = "lgi"  # Podman: the prefix of internal networks' bridges (firewall rules)
+# the prefixes of bridges' names, for the host's firewall (scripts/ensure-podman.sh, job-bridges.sh)
+INTERNAL_BRIDGE = "lgi"  # Podman's internal networks
+JOB_BRIDGE = "lgj"  # Docker's job networks (not internal)
 READY_TIMEOUT = 30.0  # seconds for the proxy to listen
 DRAIN_QUIET = 0.05  # after a step: the proxy's log is read until quiet this long...
 DRAIN_MAX = 0.3  # ...or this long at most
@@ -369,18 +371,22 @@ def _remove_stale(cli: DockerClient, name: str, job_id: str, jobs_root: Path) ->
 def _create_network(cli: DockerClient, name: str, internal: bool, tags: dict) -> None:
     """The job's network on its engine. Docker, internal: no address of the host's on its
     bridge (an internal network's gateway is otherwise the host itself, every service it
-    listens on reachable from the steps); Docker isolates networks itself. Podman: ``isolate``
-    (netavark otherwise routes between its networks); an internal one without a DNS server and
-    its bridge named for the host's firewall: netavark 1.4 keeps the host's addresses on it
-    and does not reliably isolate (docs/podman.md, "Networks").
+    listens on reachable from the steps); not internal: its bridge named for the host's
+    firewall (Docker's isolation lapses while it makes a network: docs/security.md). Podman:
+    ``isolate`` (netavark otherwise routes between its networks); an internal one without a
+    DNS server and its bridge named for the host's firewall (docs/podman.md, "Networks").
 
     Raises:
         docker.errors.APIError: the engine refused (409: the name is taken).
     """
     if not podman.is_podman(cli):
-        options = {"com.docker.network.bridge.inhibit_ipv4": "true"} if internal else None
+        options = (
+            {"com.docker.network.bridge.inhibit_ipv4": "true"}
+            if internal
+            else {"com.docker.network.bridge.name": bridge_name(name, JOB_BRIDGE)}
+        )
     elif internal:
-        podman.create_internal_network(cli, name, tags, internal_bridge(name))
+        podman.create_internal_network(cli, name, tags, bridge_name(name, INTERNAL_BRIDGE))
         return
     else:
         options = {"isolate": "true"}
@@ -389,12 +395,12 @@ def _create_network(cli: DockerClient, name: str, internal: bool, tags: dict) ->
     )
 
 
-def internal_bridge(name: str) -> str:
-    """The host's interface of the internal network ``name`` on Podman: ``lgi`` and 12 hex
-    (15 characters, the kernel's limit)."""
+def bridge_name(name: str, prefix: str) -> str:
+    """The host's interface of the network ``name``, named for the host's firewall: ``prefix``
+    (JOB_BRIDGE, INTERNAL_BRIDGE) and 12 hex (15 characters, the kernel's limit)."""
     import hashlib
 
-    return INTERNAL_BRIDGE + hashlib.sha256(name.encode()).hexdigest()[:12]
+    return prefix + hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
 def _bridges(cli: DockerClient) -> bool:

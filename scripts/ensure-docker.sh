@@ -3,7 +3,8 @@
 # As root on a machine without an engine: installs Debian's docker.io if dockerd is missing,
 # clears a stale pid file left by a killed daemon, starts dockerd in the background with its
 # log in $LOGIST_DOCKERD_LOG (default /var/log/logist-dockerd.log) and waits (bounded). As root,
-# it also turns on the reverse-path filter on the engine's bridges (scripts/rp-filter.sh).
+# it also keeps the job networks apart on the host's firewall and turns on the reverse-path
+# filter on the engine's bridges (scripts/job-bridges.sh, rp-filter.sh).
 set -euo pipefail
 
 WAIT_SECONDS=${LOGIST_DOCKERD_WAIT:-60}
@@ -13,9 +14,9 @@ PIDFILE=/var/run/docker.pid
 say() { echo "ensure-docker: $*" >&2; }
 
 engine_answers() { docker info >/dev/null 2>&1; }
-# as root, the host's reverse-path filter on the engine's bridges (scripts/rp-filter.sh)
+# as root, the job networks apart and the reverse-path filter on (scripts/job-bridges.sh)
 HERE=$(cd "$(dirname "$0")" && pwd)
-harden() { [ "$(id -u)" != 0 ] || "$HERE/rp-filter.sh" || true; }
+harden() { [ "$(id -u)" != 0 ] || "$HERE/job-bridges.sh" || true; }
 
 if command -v docker >/dev/null 2>&1 && engine_answers; then
   harden
