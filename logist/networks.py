@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from logist import containers, output, podman
+from logist.background import Background
 from logist.container_spec import JOB, MANAGED, NETWORK, PROXY, ROOT, STEP, ContainerSpec, labels
 from logist.egress import PROXY_PORT, DeniedLog, parse_patterns, squid_config
 from logist.errors import EngineUnavailable, EnvironmentProblem, LogistError, Rejected
@@ -93,7 +94,7 @@ class JobNetwork:
         self._stream: Any = None
         self._reader: threading.Thread | None = None
         self._fed = 0.0  # when the proxy last said something (monotonic)
-        self._opening: _Background | None = None
+        self._opening: Background | None = None
         self._closing: threading.Thread | None = None
 
     @property
@@ -113,7 +114,7 @@ class JobNetwork:
                 after()
             net._make()
 
-        net._opening = _Background(make, "logist-network")
+        net._opening = Background(make, "logist-network")
         return net
 
     def ready(self) -> Attachment:
@@ -154,7 +155,7 @@ class JobNetwork:
             if not job.allow_hosts:
                 self._create(internal=False)
                 return
-            making = _Background(lambda: self._create(internal=True), "logist-network-create")
+            making = Background(lambda: self._create(internal=True), "logist-network-create")
             try:
                 self._create_proxy()  # meanwhile
             finally:
@@ -300,43 +301,29 @@ class JobNetwork:
             return
         import docker
 
+        def remove_proxy(box: Container) -> None:
+            with (
+                containers.engine_errors("removing the job's proxy", self.cli),
+                contextlib.suppress(docker.errors.NotFound),
+            ):
+                box.remove(force=True)  # it keeps nothing: killed at once
+
         with contextlib.suppress(LogistError):
+            going = None
             if self.proxy is not None:
-                what = "removing the job's proxy"
-                with (
-                    containers.engine_errors(what, self.cli),
-                    contextlib.suppress(docker.errors.NotFound),
-                ):
-                    self.proxy.remove(force=True)  # it keeps nothing: killed at once
-                self.proxy = None
-            if self.name is not None:
-                net = self.cli.networks.prepare_model({"Id": self.name, "Name": self.name})
-                remove_networks(self.cli, self.run.store.root, nets=[net])
-                self.name = None
-
-
-class _Background:
-    """``fn()`` in a thread of its own; ``wait`` joins it and raises what it raised."""
-
-    def __init__(self, fn: Callable[[], None], name: str) -> None:
-        self._fn = fn
-        self._failed: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True, name=name)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._fn()
-        except BaseException as exc:  # handed to wait()
-            self._failed = exc
-
-    def join(self) -> None:
-        self._thread.join()
-
-    def wait(self) -> None:
-        self.join()
-        if self._failed is not None:
-            raise self._failed
+                box, self.proxy = self.proxy, None
+                if self.name is not None:  # off the network first: the two go at once
+                    with contextlib.suppress(Exception):
+                        self.cli.api.disconnect_container_from_network(box.id, self.name, True)
+                going = Background(lambda: remove_proxy(box), "logist-unproxy")
+            try:
+                if self.name is not None:
+                    net = self.cli.networks.prepare_model({"Id": self.name, "Name": self.name})
+                    remove_networks(self.cli, self.run.store.root, nets=[net])
+                    self.name = None
+            finally:
+                if going is not None:
+                    going.wait()
 
 
 def _remove_stale(cli: DockerClient, name: str, job_id: str, jobs_root: Path) -> None:
