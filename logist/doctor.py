@@ -65,6 +65,8 @@ def _engine_checks(store: Store, engine: str, first: bool) -> list[Check]:
         checks.append(_visible(cli, store, present))
     if info is not None and info.kind == "Podman" and info.rootless:
         checks.extend(_rootless_podman(cli, store, info, present))
+    if info is not None and info.kind == "Docker":
+        checks.append(_job_bridges(where))
     remote = uses_volumes(engine) and not where.startswith("unix://")
     fix = (
         f"logist image push IMAGE --engine {where}"
@@ -111,6 +113,32 @@ def _no_lazy_fetch() -> Check:
         return Check("git", True, "host git never fetches a partial clone's missing objects")
     return Check("git", False, "host git ignores GIT_NO_LAZY_FETCH: use git 2.39.4 or later "
                  "(a partial-clone source's promisor remote could be asked)")  # fmt: skip
+
+
+def _job_bridges(where: str) -> Check:
+    """The host's firewall keeps Docker's job networks apart while the engine makes a network
+    (scripts/job-bridges.sh; docs/security.md): checkable as root beside a local engine."""
+    import shutil
+    import subprocess
+
+    name = "job-networks-apart"
+    if not where.startswith("unix://") or os.geteuid() != 0 or not shutil.which("iptables"):
+        return Check(name, True, "not checked: needs root, iptables and a local engine")
+    routed = ["-m", "physdev", "!", "--physdev-is-bridged"]
+    for ends in (["-i", "lgj+", "-o", "lgj+"], ["-i", "lgj+", "-o", "br-+"],
+                 ["-i", "br-+", "-o", "lgj+"]):  # fmt: skip
+        try:
+            found = subprocess.run(
+                ["iptables", "-w", "5", "-t", "mangle", "-C", "FORWARD", *routed, *ends,
+                 "-j", "DROP"], capture_output=True, timeout=30,
+            ).returncode == 0  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            found = False
+        if not found:
+            return Check(name, False, "the host's firewall does not keep Docker's job networks "
+                         "apart while it makes a network: run scripts/job-bridges.sh as root "
+                         "(docs/security.md)")  # fmt: skip
+    return Check(name, True, "the host's firewall keeps Docker's job networks apart")
 
 
 def _writable(store: Store) -> Check:

@@ -164,8 +164,10 @@ def _bad(text: Any) -> UsageError:
     )
 
 
-def squid_config(patterns: list[Pattern], grants: list[str]) -> str:
-    """The proxy's whole configuration: listen on ``PROXY_PORT``; for each pattern, its names
+def squid_config(patterns: list[Pattern], grants: list[str], clients: list[str]) -> str:
+    """The proxy's whole configuration: listen on ``PROXY_PORT``, for ``clients`` (the job's
+    internal network's subnets) only, not another container on the egress network; for each
+    pattern, its names
     and ports (plain HTTP and CONNECT) are allowed unless the name has an address in a blocked
     range that ``grants`` do not cover; everything else is refused. The name and port are
     checked first, so a name no pattern allows is never looked up (no DNS for it: a step cannot
@@ -190,6 +192,10 @@ def squid_config(patterns: list[Pattern], grants: list[str]) -> str:
         "max_filedescriptors 4096",
         "read_ahead_gap 4 MB",  # throughput: reads ahead of a slow client (16 KB by default)
     ]
+    if not clients:
+        raise ValueError("the proxy needs the subnets of its clients")
+    lines.append("acl steps src " + " ".join(str(ipaddress.ip_network(c)) for c in clients))
+    lines.append("http_access deny !steps")
     # one address in a range still blocked refuses the name, whatever its other addresses
     lines.append("acl blocked dst " + " ".join(blocked_ranges(grants)))
     for i, p in enumerate(patterns):

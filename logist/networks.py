@@ -157,10 +157,11 @@ class JobNetwork:
                 return
             making = Background(lambda: self._create(internal=True), "logist-network-create")
             try:
-                self._create_proxy()  # meanwhile
+                prepared = self._prepare_proxy()  # meanwhile
             finally:
                 making.join()
             making.wait()
+            self._create_proxy(*prepared)
             self._start_proxy()
         except BaseException:
             self._remove()
@@ -189,14 +190,23 @@ class JobNetwork:
         self.name = name
         self.attachment = Attachment(name)
 
-    def _create_proxy(self) -> None:
-        """The proxy's container, on the egress network (not yet on the job's)."""
-        job, cli, root = self.run.job, self.cli, self.run.store.root
-        image = proxy_image()
+    def _prepare_proxy(self) -> tuple[str, Any]:
+        """The proxy's image (there) and its log's settings on this engine."""
+        cli, image = self.cli, proxy_image()
         containers.ensure_image(cli, image, "missing")
-        conf = squid_config(parse_patterns(job.allow_hosts), list(job.allow_private))
         with containers.engine_errors("asking the engine what it is", cli):
-            log_config = output.log_config(cli, podman.is_podman(cli))
+            return image, output.log_config(cli, podman.is_podman(cli))
+
+    def _create_proxy(self, image: str, log_config: Any) -> None:
+        """The proxy's container, on the egress network (not yet on the job's), serving the
+        job's network's subnets only."""
+        job, cli, root = self.run.job, self.cli, self.run.store.root
+        with containers.engine_errors(f"inspecting the network {self.name}", cli):
+            ipam = (cli.api.inspect_network(self.name).get("IPAM") or {}).get("Config") or []
+        subnets = [c["Subnet"] for c in ipam if c.get("Subnet")]
+        if not subnets:
+            raise EnvironmentProblem(f"the engine gave the network {self.name} no subnet")
+        conf = squid_config(parse_patterns(job.allow_hosts), list(job.allow_private), subnets)
         spec = ContainerSpec(
             image=image,
             command=[],

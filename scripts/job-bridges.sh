@@ -4,11 +4,14 @@
 # FORWARD to DOCKER-ISOLATION-STAGE-1 that they delete and insert again each time they make a
 # network: in between, a step reaches another job's services (seen: 42 HTTP answers from another
 # job's step while 20 networks were made). logist names its job networks' bridges lgj<12 hex>;
-# this drops what is routed between one of them and any other container bridge (lgj+, docker0,
-# br-+, podman+, lgi+), either way, in the mangle table, which no engine rewrites. Frames switched
-# within one bridge are not routed and not affected. Also turns on the reverse-path filter on the
-# bridges (scripts/rp-filter.sh). As root; idempotent; for iptables and ip6tables, each where it
-# exists. Where it cannot (not root, no mangle table) it says so and exits 1.
+# this drops what is routed between one of them and another container bridge (lgj+, docker0,
+# br-+, podman+, lgi+, and the names in $LOGIST_OTHER_BRIDGES, e.g. "virbr+ cni+": a Docker
+# network with a bridge name of its own, another runtime's), either way, in the mangle table,
+# which no engine rewrites. Frames switched within one bridge are not routed and not affected:
+# the rules need the physdev match (br_netfilter, loaded here), and none is made without it.
+# Also turns on the reverse-path filter on the bridges (scripts/rp-filter.sh). As root;
+# idempotent; for iptables and ip6tables, each where it exists. Where it cannot (not root, no
+# mangle table, no physdev match) it says so and exits 1.
 set -euo pipefail
 
 say() { echo "job-bridges: $*" >&2; }
@@ -21,16 +24,14 @@ rule() {
 }
 
 failed=0
+# frames switched within one bridge pass FORWARD where br_netfilter is on (Docker loads it; it may
+# not have yet): only what is routed is dropped, told apart by the physdev match
+modprobe br_netfilter 2>/dev/null || true
+routed=(-m physdev ! --physdev-is-bridged)
+read -r -a others <<<"lgj+ docker0 br-+ podman+ lgi+ ${LOGIST_OTHER_BRIDGES:-}"
 for tool in iptables ip6tables; do
   command -v "$tool" >/dev/null 2>&1 || continue
-  # routed, not switched within one bridge: those pass FORWARD too where br_netfilter is on
-  routed=(-m physdev ! --physdev-is-bridged)
-  if ! "$tool" -w 5 -t mangle -C FORWARD "${routed[@]}" -i lgj+ -o lgj+ -j DROP 2>/dev/null &&
-    ! "$tool" -w 5 -t mangle -I FORWARD "${routed[@]}" -i lgj+ -o lgj+ -j DROP 2>/dev/null; then
-    # no physdev match: no br_netfilter either, so no frame within a bridge reaches FORWARD
-    routed=()
-  fi
-  for other in lgj+ docker0 br-+ podman+ lgi+; do
+  for other in "${others[@]}"; do
     if ! rule "$tool" "${routed[@]}" -i lgj+ -o "$other" -j DROP ||
       ! rule "$tool" "${routed[@]}" -i "$other" -o lgj+ -j DROP; then
       failed=1

@@ -117,10 +117,11 @@ def test_the_configuration_allows_each_pattern_only_and_looks_up_no_other_name()
     """The name and the port come first on every rule: a name no pattern allows is refused
     before the lookup a ``dst`` needs (red team, 12-06: ``deny blocked`` came first, so Squid
     looked up every name a step asked for, and the names reached DNS servers outside)."""
-    conf = squid_config(parse_patterns(["a.com", "*.b.org:8443"]), [])
+    conf = squid_config(parse_patterns(["a.com", "*.b.org:8443"]), [], ["10.9.8.0/24"])
     lines = conf.splitlines()
     access = [line for line in lines if line.startswith("http_access")]
     assert access == [
+        "http_access deny !steps",  # another container on the egress network: refused first
         "http_access deny host0 port0 blocked",
         "http_access allow host0 port0",
         "http_access deny host1 port1 blocked",
@@ -133,6 +134,7 @@ def test_the_configuration_allows_each_pattern_only_and_looks_up_no_other_name()
         assert blocked in BLOCKED
     for embeds_ipv4 in ("64:ff9b::/96", "2002::/16"):
         assert embeds_ipv4 in BLOCKED
+    assert "acl steps src 10.9.8.0/24" in lines
     assert "acl host0 dstdomain -n a.com" in lines and "acl port0 port 80 443" in lines
     assert r"acl host1 dstdom_regex -n -i ^[a-z0-9.-]+\.b\.org$" in lines
     assert "acl port1 port 8443" in lines
@@ -147,7 +149,7 @@ def test_the_configuration_allows_each_pattern_only_and_looks_up_no_other_name()
 def test_a_grant_carves_its_range_out_of_the_blocked_ones():
     """Squid's ``dst`` matches when any address of the name does: ``deny blocked !granted``
     let a name with one granted address reach its other, blocked ones (red team, 12-06)."""
-    conf = squid_config(parse_patterns(["inside.corp"]), ["10.20.0.0/16"])
+    conf = squid_config(parse_patterns(["inside.corp"]), ["10.20.0.0/16"], ["10.9.8.0/24"])
     blocked = next(line for line in conf.splitlines() if line.startswith("acl blocked dst "))
     ranges = [ipaddress.ip_network(r) for r in blocked.split()[3:]]
     inside = ipaddress.ip_address("10.20.3.4")
@@ -155,7 +157,7 @@ def test_a_grant_carves_its_range_out_of_the_blocked_ones():
     for still in ("10.21.0.1", "10.19.255.255", "10.0.0.1", "127.0.0.1", "169.254.169.254"):
         assert any(ipaddress.ip_address(still) in r for r in ranges), still
     assert "granted" not in conf
-    everything = squid_config(parse_patterns(["a.com"]), ["0.0.0.0/0", "::/0"])
+    everything = squid_config(parse_patterns(["a.com"]), ["0.0.0.0/0", "::/0"], ["10.9.8.0/24"])
     assert "acl blocked dst 0.0.0.0/32" in everything  # nothing left blocked: still valid
 
 
