@@ -198,7 +198,11 @@ def check_spec_file(spec: dict[str, Any], flags: dict[str, Any], config: Config,
     (``host``; ``bridge`` when the configuration's is ``none``), any secret, a runtime other
     than the configuration's. Granted by the same value on the command line, in the
     configuration's defaults, or in its ``allow:``."""
-    from logist.spec import _caps, _names, _secrets
+    from logist.spec import TOP_KEYS, _caps, _names, _secrets
+
+    unknown = sorted(map(str, set(spec) - TOP_KEYS))  # before a null value is taken as not given
+    if unknown:
+        raise UsageError(f"{path}: unknown spec key {unknown[0]!r}")
 
     def trusted(key: str, norm) -> set[str]:
         given = [*_as_list(flags.get(key)), *_as_list(config.defaults.get(key))]
@@ -281,7 +285,7 @@ def _check_egress(spec: dict[str, Any], flags: dict[str, Any], config: Config, p
 def _check_resources(spec: dict[str, Any], flags: dict[str, Any], config: Config, path) -> None:
     """A spec's memory, cpus, pids and timeouts no higher than the trusted side's: the command
     line's (which then wins anyway), else the configuration's, else logist's default pids
-    limit. Values that do not parse are left to ``build_job`` to name."""
+    and memory limits. Values that do not parse are left to ``build_job`` to name."""
     asked = _fold_resources(spec).get("resources") or {}
     if not isinstance(asked, dict):
         return  # build_job names it
@@ -291,10 +295,11 @@ def _check_resources(spec: dict[str, Any], flags: dict[str, Any], config: Config
         **_resources_of(config.defaults),
         **_resources_of(flags),
     }
-    if asked.get("pids") is not None and trusted_res.get("pids") is None:
-        from logist.container_spec import DEFAULT_PIDS
+    if any(asked.get(k) is not None and trusted_res.get(k) is None for k in ("pids", "memory")):
+        from logist.container_spec import DEFAULT_MEMORY, DEFAULT_PIDS
 
-        trusted_res["pids"] = DEFAULT_PIDS
+        trusted_res.setdefault("pids", DEFAULT_PIDS)
+        trusted_res.setdefault("memory", DEFAULT_MEMORY)
     ceiling_timeout = flags.get("timeout") or config.defaults.get("timeout")
     checks = [(key, asked.get(key), trusted_res.get(key)) for key in ("memory", "cpus", "pids")]
     checks += [("timeout", t, ceiling_timeout) for t in timeouts]

@@ -27,6 +27,8 @@ MANAGED, JOB, STEP, ROOT, OWNER = (
 # logist/step:latest; why each is needed is in docs/security.md ("Hardened steps").
 DEFAULT_CAPS = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID")
 DEFAULT_PIDS = 4096
+# a step given no memory limit: one step cannot take the host's memory (swap: none)
+DEFAULT_MEMORY = "8g"
 SESSION = "session"  # the logist.step label of a session's container
 PROXY, NETWORK = "proxy", "network"  # the logist.step labels of a job's proxy and network
 HELPER_IMAGE = "logist/step:latest"  # the harvest helper's (never the step's own image)
@@ -105,8 +107,9 @@ class ContainerSpec:
 
     def create_kwargs(self, engine_url: str) -> dict[str, Any]:
         """The SDK's ``containers.create`` keywords (but image and command): labelled and
-        hardened (no new privileges, every capability dropped but ``cap_add``, a pids limit,
-        never privileged, the engine's socket at ``engine_url`` never mounted).
+        hardened (no new privileges, every capability dropped but ``cap_add``, a pids limit and
+        a memory limit by default, never privileged, the engine's socket at ``engine_url``
+        never mounted).
 
         Raises:
             UsageError: a mount would expose the engine's socket.
@@ -125,6 +128,8 @@ class ContainerSpec:
         caps = DEFAULT_CAPS if self.cap_add is None else self.cap_add
         out["cap_add"] = list(dict.fromkeys(c.upper().removeprefix("CAP_") for c in caps))
         out.setdefault("pids_limit", DEFAULT_PIDS)
+        if "mem_limit" not in out:
+            out["mem_limit"] = out["memswap_limit"] = DEFAULT_MEMORY
         out["privileged"] = False
         return out
 

@@ -31,7 +31,7 @@ JOB_OPTIONS = (
     JobOption("prompt", "--prompt", "Given to steps as $LOGIST_PROMPT."),
     JobOption("env", "--env", "K=V for the steps (repeat).", many=True),
     JobOption("timeout", "--timeout", "Per-step timeout, seconds."),
-    JobOption("memory", "--memory", "Memory limit, e.g. 512m."),
+    JobOption("memory", "--memory", "Memory limit, e.g. 512m (default 8g, no swap)."),
     JobOption("cpus", "--cpus", "CPU limit, e.g. 1.5."),
     JobOption("pids", "--pids", "Process limit (default 4096)."),
     JobOption("network", "--network", "bridge, none or host."),

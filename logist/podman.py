@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from logist.container_spec import DEFAULT_PIDS, STEP
+from logist.container_spec import DEFAULT_MEMORY, DEFAULT_PIDS, STEP
 from logist.dock import PROBE_FOR, dock_of
 
 if TYPE_CHECKING:
@@ -188,10 +188,10 @@ def adapt(cli: DockerClient, kwargs: dict[str, Any]) -> dict[str, Any]:
             "--network host for network access (the host's network, not isolated)",
         )
     step = (kwargs.get("labels") or {}).get(STEP)
-    asked = [  # the helper's own limits are logist's, not the user's: not said
+    asked = [  # the helper's own limits, and the defaults, are logist's, not the user's: not said
         flag
         for flag, key in (("--memory", "mem_limit"), ("--cpus", "nano_cpus"))
-        if kwargs.get(key) and step != "helper"
+        if kwargs.get(key) not in (None, 0, DEFAULT_MEMORY) and step != "helper"
     ]
     if kwargs.get("pids_limit") not in (None, DEFAULT_PIDS) and step != "helper":
         asked.append("--pids")
@@ -200,8 +200,8 @@ def adapt(cli: DockerClient, kwargs: dict[str, Any]) -> dict[str, Any]:
             cli,
             "limits",
             f"rootless Podman on cgroup v1 ignores resource limits: {'/'.join(asked)} will "
-            "not be enforced (nor the default pids limit); use rootful Podman, Docker, or a "
-            "cgroup v2 host",
+            "not be enforced (nor the default pids and memory limits); use rootful Podman, "
+            "Docker, or a cgroup v2 host",
         )
     return kwargs
 

@@ -254,3 +254,36 @@ def test_an_error_line_shows_no_control_character_and_is_bounded(source_repo, tm
     spec.write_text(f"repo: {source_repo}\nref: {'a' * 100_000}\nsteps: ['true']\n")
     long = logist("job", "create", "--file", str(spec))
     assert long.returncode == 2 and len(long.stderr) < 1200, len(long.stderr)
+
+
+def test_an_unknown_spec_key_with_no_value_is_refused(source_repo, tmp_path, logist):
+    """``privileged:`` (null) was dropped as "not given" before the unknown keys were looked
+    for, so a spec asking for it was accepted (red team, 12-06)."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"repo: {source_repo}\nsteps: ['true']\nprivileged:\nvolumes: ~\n")
+    out = logist("job", "create", "--file", str(spec))
+    assert out.returncode == 2 and "unknown spec key 'privileged'" in out.stderr, out.stderr
+
+
+@pytest.mark.docker
+def test_a_step_given_no_memory_limit_gets_the_default_and_a_spec_cannot_raise_it(
+    jobs_root, source_repo, tmp_path, logist
+):
+    """A step allocated 3 GiB, and could have taken the host's memory, with no limit given
+    (red team, 12-06): the default is 8 GiB with no swap, a spec file may only lower it."""
+    read = (
+        "cat /sys/fs/cgroup/memory.max 2>/dev/null"
+        " || cat /sys/fs/cgroup/memory/memory.limit_in_bytes"
+    )
+    out = logist("run", "--repo", str(source_repo), "--step", read)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(8 * 1024**3)], out.stdout
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"repo: {source_repo}\nsteps: ['true']\nmemory: 16g\n")
+    over = logist("job", "create", "--file", str(spec))
+    assert over.returncode == 2 and "memory 16g, over the trusted 8g" in over.stderr, over.stderr
+    spec.write_text(f"repo: {source_repo}\nsteps: ['{read}']\nmemory: 512m\n")
+    lower = logist("run", "--file", str(spec))
+    assert lower.returncode == 0 and lower.stdout.split() == [str(512 * 1024**2)], lower
+    granted = logist("job", "create", "--file", str(spec), "--memory", "16g")
+    assert granted.returncode == 0, granted.stderr
