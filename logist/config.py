@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ CONFIG_ENV = "LOGIST_CONFIG"
 DEFAULT_PATH = Path("/etc/logist/config.yaml")
 PER_JOB_KEYS = frozenset({"id", "repo", "ref", "prompt", "steps"})
 BOUND_KEYS = frozenset(f.name for f in dataclasses.fields(Bounds))
-ALLOW_KEYS = ("cap_add", "network", "secrets", "runtime", "user")
+ALLOW_KEYS = ("cap_add", "network", "secrets", "runtime", "user", "repo")
 _OPENNESS = {"none": 0, "bridge": 1, "host": 2}  # networks, from the narrowest
 # capabilities that reach the host: its files, its kernel, other processes
 HOST_CAPS = ("DAC_READ_SEARCH", "SYS_ADMIN", "SYS_PTRACE", "SYS_MODULE", "SYS_RAWIO", "BPF")
@@ -144,6 +145,7 @@ def _allow(value: Any) -> dict[str, frozenset[str]]:
         "secrets": frozenset(_secrets(value.get("secrets") or [], {})),
         "runtime": frozenset(_names("allow.runtime", value.get("runtime") or [])),
         "user": frozenset(_choices("allow.user", value.get("user") or [], ("root",))),
+        "repo": frozenset(_names("allow.repo", value.get("repo") or [])),
     }
 
 
@@ -216,6 +218,14 @@ def check_spec_file(spec: dict[str, Any], flags: dict[str, Any], config: Config,
     for cap in asked:
         if cap not in caps:
             raise _refusal(path, f"cap_add {cap}", f"--cap-add {cap}", "cap_add", cap, config)
+    repo = spec.get("repo")  # the command line's --repo overrides it
+    if (
+        isinstance(repo, str)
+        and flags.get("repo") is None
+        and is_network_source(repo)
+        and repo not in trusted("repo", list)
+    ):
+        raise _refusal(path, f"the repository {repo}", "--repo", "repo", repo, config)
     _check_network(spec.get("network"), flags, config, path)
     _check_egress(spec, flags, config, path)
     _check_runtime(spec.get("runtime"), flags, config, path)
@@ -225,6 +235,15 @@ def check_spec_file(spec: dict[str, Any], flags: dict[str, Any], config: Config,
     for name in _secrets(spec.get("secrets") or [], {}):
         if name not in secrets:
             raise _refusal(path, f"secret {name}", f"--secret {name}", "secrets", name, config)
+
+
+def is_network_source(repo: str) -> bool:
+    """Whether host git reaches ``repo`` over the network (a URL but ``file://``, or scp-like
+    ``host:path``), with the user's git configuration (credentials, headers, ssh keys): from a
+    spec file, a grant (red team, 12-06: a spec's ``http://127.0.0.1:PORT/...`` was asked)."""
+    if repo.startswith("file://"):
+        return False
+    return "://" in repo or re.match(r"[^/]+:", repo) is not None
 
 
 def _check_user(asked: Any, flags: dict[str, Any], config: Config, path) -> None:

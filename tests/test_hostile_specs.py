@@ -287,3 +287,48 @@ def test_a_step_given_no_memory_limit_gets_the_default_and_a_spec_cannot_raise_i
     assert lower.returncode == 0 and lower.stdout.split() == [str(512 * 1024**2)], lower
     granted = logist("job", "create", "--file", str(spec), "--memory", "16g")
     assert granted.returncode == 0, granted.stderr
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:{port}/internal/delete?all=1", "ssh://127.0.0.1:{port}/x.git"]
+)
+def test_a_spec_files_repository_url_is_never_asked_without_a_grant(tmp_path, logist, url):
+    """Host git asked a spec's ``repo:`` URL with the operator's git configuration (credential
+    helpers, headers, ssh keys): any host the spec named, loopback included (red team, 12-06).
+    A local server of the test's own sees no request; ``--repo`` or ``allow: {repo: [URL]}``
+    grants it."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    port = server.getsockname()[1]
+    url = url.format(port=port)
+    seen: list[bytes] = []
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            seen.append(conn.recv(200) or b"(connected)")
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(f"repo: '{url}'\nsteps: ['true']\n")
+        out = logist("job", "create", "--file", str(spec))
+        assert out.returncode == 2 and "--repo" in out.stderr and "allow: {repo:" in out.stderr
+        config = tmp_path / "config.yaml"
+        config.write_text(f"allow: {{repo: ['{url}']}}\n")
+        granted = logist("job", "create", "--file", str(spec), env={"LOGIST_CONFIG": str(config)})
+        assert "cannot grant" not in granted.stderr  # asked now (and refused: no repository)
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        server.close()
+    assert len(seen) == 1, seen  # the granted one only
