@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from logist import references
 from logist.egress import parse_grants, parse_patterns
 from logist.errors import UsageError
 from logist.model import Job, Step
@@ -181,6 +182,10 @@ def _argument(key: str, value: Any) -> str:
     return value
 
 
+def _image(key: str, value: Any) -> str:
+    return references.image(key, _argument(key, value))
+
+
 def normalize_user(value: Any) -> str:
     value = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
     if value == "root":
@@ -280,7 +285,7 @@ def _steps(value: Any) -> list[Step]:
                 name=_text(f"steps[{n}].name", item["name"])
                 if item.get("name") is not None
                 else None,
-                image=_argument(f"steps[{n}].image", item["image"]) if item.get("image") else None,
+                image=_image(f"steps[{n}].image", item["image"]) if item.get("image") else None,
                 timeout=_positive(f"steps[{n}].timeout", item["timeout"])
                 if item.get("timeout") is not None
                 else None,
@@ -468,7 +473,7 @@ def build_job(raw: dict[str, Any], *, default_user: str, session: bool = False) 
         id=job_id,
         repo=repo,
         ref=_argument("ref", _scalar("ref", raw["ref"])) if raw.get("ref") is not None else None,
-        image=_argument("image", raw["image"]) if raw.get("image") is not None else DEFAULT_IMAGE,
+        image=_image("image", raw["image"]) if raw.get("image") is not None else DEFAULT_IMAGE,
         prompt=_prompt(raw.get("prompt")),
         env=env,
         timeout=_positive("timeout", timeout) if timeout is not None else None,

@@ -332,3 +332,15 @@ def test_a_spec_files_repository_url_is_never_asked_without_a_grant(tmp_path, lo
         thread.join(timeout=5)
         server.close()
     assert len(seen) == 1, seen  # the granted one only
+
+
+@pytest.mark.parametrize("image", ["logist/busybox:latest --privileged", "Logist/Step", "a//b"])
+def test_an_image_that_is_no_reference_is_refused_at_create(source_repo, tmp_path, logist, image):
+    """It was stored, and the job failed at run (red team, 12-06): now exit 2 at create, for
+    the job's image and a step's."""
+    out = logist("job", "create", "--repo", str(source_repo), "--image", image, "--step", "true")
+    assert out.returncode == 2 and "an image reference" in out.stderr, out.stderr
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"repo: {source_repo}\nsteps: [{{run: 'true', image: '{image}'}}]\n")
+    out = logist("job", "create", "--file", str(spec))
+    assert out.returncode == 2 and "steps[1].image" in out.stderr, out.stderr

@@ -1,0 +1,30 @@
+"""Image references, checked where they enter (a spec, a flag, the API): the grammar of the
+engines' ``reference`` package, so a bad one is exit 2 at create, not a failed job at run."""
+
+from __future__ import annotations
+
+import re
+
+from logist.errors import UsageError
+
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_HOST = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)"
+_DOMAIN = rf"(?:{_HOST}(?:\.{_HOST})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
+_NAME = rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*"
+_TAG = r"[\w][\w.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+REFERENCE = re.compile(rf"(?P<name>{_NAME})(?::{_TAG})?(?:@{_DIGEST})?")
+MAX_NAME = 255  # the engines' bound on a repository's name
+
+
+def image(key: str, value: str) -> str:
+    """``value`` if it is an image reference (``[host[:port]/]path[:tag][@digest]``, or an
+    image's id); else UsageError (exit 2) naming ``key``."""
+    found = REFERENCE.fullmatch(value)
+    if found is None or len(found.group("name")) > MAX_NAME:
+        shown = value if len(value) <= 80 else value[:80] + "..."
+        raise UsageError(
+            f"invalid value for {key}: {shown!r} (an image reference such as "
+            "logist/step:latest or registry:5000/team/app@sha256:...)"
+        )
+    return value
