@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import re
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from logist.egress import parse_grants, parse_patterns
 from logist.errors import UsageError
 from logist.model import Job, Step
 from logist.options import SPEC_KEYS
+from logist.specread import read_spec
 
 ID_RULE = "^[a-z0-9][a-z0-9_.-]{0,63}$"
 _ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
@@ -318,37 +318,7 @@ def _yaml_loader():
     return Loader
 
 
-MAX_SPEC_BYTES = 1 << 20  # a spec file's size on disk
 MAX_SPEC_EXPANDED = 4 << 20  # its values' size once YAML aliases are expanded
-
-
-def _read_spec(path: Path) -> str:
-    """The text of a spec file: a regular file or a pipe (``<(...)``), at most
-    ``MAX_SPEC_BYTES``; a device (``/dev/zero``) or a directory is refused (exit 2)."""
-    import fcntl
-    import stat
-
-    try:  # not blocking on a FIFO nobody writes to: it reads as empty
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as exc:
-        raise UsageError(f"cannot read spec {path}: {exc.strerror}") from None
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-        mode = os.fstat(fd).st_mode
-        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
-            raise UsageError(f"cannot read spec {path}: not a regular file")
-        chunks, size = [], 0
-        while size <= MAX_SPEC_BYTES and (chunk := os.read(fd, 1 << 16)):
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as exc:
-        raise UsageError(f"cannot read spec {path}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-    data = b"".join(chunks)
-    if len(data) > MAX_SPEC_BYTES:
-        raise UsageError(f"spec {path} is over {MAX_SPEC_BYTES >> 20} MiB")
-    return data.decode("utf-8", errors="replace")
 
 
 def expanded_size(value: Any, memo: dict[int, int] | None = None) -> int:
@@ -398,7 +368,7 @@ def load_yaml(path: Path) -> dict[str, Any]:
     """A spec file's map of keys: bounded on disk and once its aliases are expanded."""
     import yaml
 
-    text = _read_spec(path)
+    text = read_spec(path)
     try:
         data = yaml.load(text, Loader=_yaml_loader())
     except yaml.YAMLError as exc:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from logist.errors import UsageError
-from logist.spec import MAX_SPEC_BYTES, MAX_STEPS, expanded_size, load_yaml
+from logist.spec import MAX_STEPS, expanded_size, load_yaml
+from logist.specread import MAX_SPEC_BYTES
 
 ALIAS_BOMB = """\
 a: &a ["xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "x", "x", "x", "x", "x", "x", "x", "x"]
@@ -120,3 +121,16 @@ def test_a_step_timeout_in_a_spec_may_not_exceed_the_command_line_timeout(
     out = logist("job", "create", "--file", str(spec), "--timeout", "60")
     assert out.returncode == 2
     assert "timeout 900, over the trusted 60" in out.stderr
+
+
+def test_a_spec_that_is_a_link_to_a_file_is_refused_and_shows_nothing_of_it(logist, tmp_path):
+    """A repository's spec.yaml -> a host file: its keys and values were shown in the errors
+    (``unknown spec key 'aws_secret_access_key'``; red team, 12-06). A pipe given as
+    ``/dev/fd/N`` (a link) is still read, as above."""
+    secret = tmp_path / "credentials"
+    secret.write_text("aws_secret_access_key: SECRETVALUE123\n")
+    link = tmp_path / "spec.yaml"
+    link.symlink_to(secret)
+    out = logist("job", "create", "--file", str(link))
+    assert out.returncode == 2 and "a symbolic link" in out.stderr, out.stderr
+    assert "aws_secret" not in out.stderr and "SECRETVALUE" not in out.stderr
