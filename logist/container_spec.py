@@ -128,8 +128,10 @@ class ContainerSpec:
         caps = DEFAULT_CAPS if self.cap_add is None else self.cap_add
         out["cap_add"] = list(dict.fromkeys(c.upper().removeprefix("CAP_") for c in caps))
         out.setdefault("pids_limit", DEFAULT_PIDS)
-        if "mem_limit" not in out:
-            out["mem_limit"] = out["memswap_limit"] = DEFAULT_MEMORY
+        out.setdefault("mem_limit", DEFAULT_MEMORY)
+        out.setdefault(
+            "memswap_limit", out["mem_limit"]
+        )  # no swap: the engine's default doubles it
         out["privileged"] = False
         return out
 

@@ -4,17 +4,21 @@ link to a file."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from logist.errors import UsageError
 
 MAX_SPEC_BYTES = 1 << 20  # a spec file's size on disk
+# a descriptor the operator names (``--file /dev/stdin < spec.yaml``): read whatever it is
+FD_PATH = re.compile(r"/dev/stdin|/dev/fd/[0-9]+|/proc/self/fd/[0-9]+")
 
 
 def read_spec(path: Path) -> str:
     """The text of a spec file: a regular file or a pipe (``<(...)``), at most
     ``MAX_SPEC_BYTES``; a device (``/dev/zero``), a directory, or a link to a file (a
-    repository's spec.yaml -> a host file, its keys then shown in errors) is refused (exit 2)."""
+    repository's spec.yaml -> a host file, its keys then shown in errors; or -> a host's named
+    pipe) is refused (exit 2), but for a descriptor's path and an anonymous pipe's link."""
     import errno
     import fcntl
     import stat
@@ -35,7 +39,7 @@ def read_spec(path: Path) -> str:
         mode = os.fstat(fd).st_mode
         if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
             raise UsageError(f"cannot read spec {path}: not a regular file")
-        if link and not stat.S_ISFIFO(mode):
+        if link and not (FD_PATH.fullmatch(str(path)) or _anonymous_pipe(fd)):
             raise UsageError(f"cannot read spec {path}: a symbolic link (give its target)")
         chunks, size = [], 0
         while size <= MAX_SPEC_BYTES and (chunk := os.read(fd, 1 << 16)):
@@ -49,3 +53,11 @@ def read_spec(path: Path) -> str:
     if len(data) > MAX_SPEC_BYTES:
         raise UsageError(f"spec {path} is over {MAX_SPEC_BYTES >> 20} MiB")
     return data.decode("utf-8", errors="replace")
+
+
+def _anonymous_pipe(fd: int) -> bool:
+    """Whether ``fd`` is a pipe with no name (``<(...)``), not a FIFO of the file system."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:")
+    except OSError:
+        return False

@@ -134,3 +134,23 @@ def test_a_spec_that_is_a_link_to_a_file_is_refused_and_shows_nothing_of_it(logi
     out = logist("job", "create", "--file", str(link))
     assert out.returncode == 2 and "a symbolic link" in out.stderr, out.stderr
     assert "aws_secret" not in out.stderr and "SECRETVALUE" not in out.stderr
+
+
+def test_a_spec_that_is_a_link_to_a_named_pipe_is_refused(logist, tmp_path):
+    """Only an anonymous pipe's link (``<(...)``) is read: a repository's spec.yaml -> a host's
+    FIFO drained another program's pipe and showed it (red team, 12-06)."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "spec.yaml"
+    link.symlink_to(fifo)
+    out = logist("job", "create", "--file", str(link), timeout=30)
+    assert out.returncode == 2 and "a symbolic link" in out.stderr, out.stderr
+
+
+def test_a_spec_on_standard_input_is_read(logist, source_repo, tmp_path):
+    """``--file /dev/stdin < spec.yaml``: a descriptor the operator names, a link to a file."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"repo: {source_repo}\nsteps: [make]\n")
+    with open(spec) as fh:
+        out = logist("job", "create", "--file", "/dev/stdin", stdin=fh)
+    assert out.returncode == 0, out.stderr
