@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,11 +199,9 @@ def check_spec_file(spec: dict[str, Any], flags: dict[str, Any], config: Config,
     (``host``; ``bridge`` when the configuration's is ``none``), any secret, a runtime other
     than the configuration's. Granted by the same value on the command line, in the
     configuration's defaults, or in its ``allow:``."""
-    from logist.spec import TOP_KEYS, _caps, _names, _secrets
+    from logist.spec import _caps, _names, _secrets, check_keys
 
-    unknown = sorted(map(str, set(spec) - TOP_KEYS))  # before a null value is taken as not given
-    if unknown:
-        raise UsageError(f"{path}: unknown spec key {unknown[0]!r}")
+    check_keys(spec, f"{path}: ")  # before merge_layers takes a null value as not given
 
     def trusted(key: str, norm) -> set[str]:
         given = [*_as_list(flags.get(key)), *_as_list(config.defaults.get(key))]
@@ -238,12 +235,13 @@ def check_spec_file(spec: dict[str, Any], flags: dict[str, Any], config: Config,
 
 
 def is_network_source(repo: str) -> bool:
-    """Whether host git reaches ``repo`` over the network (a URL but ``file://``, or scp-like
-    ``host:path``), with the user's git configuration (credentials, headers, ssh keys): from a
-    spec file, a grant (red team, 12-06: a spec's ``http://127.0.0.1:PORT/...`` was asked)."""
-    if repo.startswith("file://"):
-        return False
-    return "://" in repo or re.match(r"[^/]+:", repo) is not None
+    """Whether host git reaches ``repo`` over the network (a URL but ``file://``; logist takes
+    anything else for a local path), with the user's git configuration (credentials, headers,
+    ssh keys): from a spec file, a grant (red team, 12-06: a spec's ``http://127.0.0.1:PORT/``
+    was asked)."""
+    from logist.spec import is_url
+
+    return is_url(repo) and not repo.startswith("file://")
 
 
 def _check_user(asked: Any, flags: dict[str, Any], config: Config, path) -> None:

@@ -129,9 +129,8 @@ class ContainerSpec:
         out["cap_add"] = list(dict.fromkeys(c.upper().removeprefix("CAP_") for c in caps))
         out.setdefault("pids_limit", DEFAULT_PIDS)
         out.setdefault("mem_limit", DEFAULT_MEMORY)
-        out.setdefault(
-            "memswap_limit", out["mem_limit"]
-        )  # no swap: the engine's default doubles it
+        # no swap: the engine's default gives as much again
+        out.setdefault("memswap_limit", out["mem_limit"])
         out["privileged"] = False
         return out
 

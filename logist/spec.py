@@ -395,12 +395,19 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def check_keys(raw: dict[str, Any], where: str = "") -> None:
+    """Refuse (exit 2) a top-level key that is no spec key (``where``: the spec file's path)."""
+    unknown = sorted(map(str, set(raw) - TOP_KEYS))
+    if unknown:
+        raise UsageError(
+            f"{where}unknown spec key {unknown[0]!r} (known: {', '.join(sorted(TOP_KEYS))})"
+        )
+
+
 def build_job(raw: dict[str, Any], *, default_user: str, session: bool = False) -> Job:
     """Validate a merged spec (YAML keys, overridden by flags) into a pending ``Job`` (a
     ``session``'s has no steps: its commands come one by one)."""
-    unknown = sorted(map(str, set(raw) - TOP_KEYS))
-    if unknown:
-        raise UsageError(f"unknown spec key {unknown[0]!r} (known: {', '.join(sorted(TOP_KEYS))})")
+    check_keys(raw)
     resources = raw.get("resources") or {}
     if not isinstance(resources, dict):
         raise _bad("resources", resources, "a map with memory, cpus, pids")
