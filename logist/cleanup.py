@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from logist import containers
-from logist.container_spec import NETWORK, PROXY, SESSION
+from logist.container_spec import NETNS, NETWORK, PROXY, SESSION
 from logist.engines import normal
 from logist.errors import EngineUnavailable, JobActive, LogistError
 from logist.harvest import harvest_leftover
@@ -301,11 +301,12 @@ def _has_workspace(run: JobRun) -> bool:
 
 
 def step_containers(store: Store, job_id: str) -> list:
-    """The job's containers but its harvest helper and proxy: what a canceller stops while
-    the job's owner lives (the owner harvests with its helper next, then removes both)."""
+    """The job's containers but its harvest helper, proxy and network holder: what a canceller
+    stops while the job's owner lives (the owner harvests with its helper next, then removes
+    the others)."""
     cli = store.docks.get(store.load(job_id).engine).client()
     found = containers.find(cli, store.root, job_id)
-    owners = ("helper", PROXY)
+    owners = ("helper", PROXY, NETNS)
     return [c for c in found if (c.attrs.get("Labels") or {}).get(containers.STEP) not in owners]
 
 

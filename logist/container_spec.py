@@ -31,6 +31,7 @@ DEFAULT_PIDS = 4096
 DEFAULT_MEMORY = "8g"
 SESSION = "session"  # the logist.step label of a session's container
 PROXY, NETWORK = "proxy", "network"  # the logist.step labels of a job's proxy and network
+NETNS = "netns"  # the logist.step label of the container holding the steps' namespace (netns.py)
 HELPER_IMAGE = "logist/step:latest"  # the harvest helper's (never the step's own image)
 _SOCKETS = ("/var/run/docker.sock", "/run/docker.sock", "/run/podman/podman.sock")
 

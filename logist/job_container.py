@@ -10,7 +10,7 @@ from logist import output, podman
 from logist.container_spec import DEFAULT_CAPS, ContainerSpec
 from logist.errors import Rejected
 from logist.jobrun import JobRun
-from logist.networks import Attachment
+from logist.netns import Attachment
 from logist.store import owner_id
 from logist.workspaces import Workspace
 

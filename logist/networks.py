@@ -16,15 +16,15 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from logist import containers, output, podman
+from logist import containers, netns, output, podman
 from logist.background import Background
 from logist.container_spec import JOB, MANAGED, NETWORK, PROXY, ROOT, STEP, ContainerSpec, labels
 from logist.egress import PROXY_PORT, DeniedLog, parse_patterns, squid_config
 from logist.errors import EngineUnavailable, EnvironmentProblem, LogistError, Rejected
+from logist.netns import Attachment
 from logist.store import owner_id
 
 if TYPE_CHECKING:
@@ -63,21 +63,6 @@ def egress_network() -> str:
     return os.environ.get("LOGIST_EGRESS_NETWORK") or "bridge"
 
 
-@dataclass
-class Attachment:
-    """What a container of the job gets: its network, environment and DNS servers."""
-
-    network: str
-    env: dict[str, str] = field(default_factory=dict)
-    dns: list[str] | None = None
-    sysctls: dict[str, str] | None = None
-
-    @property
-    def dns_opt(self) -> list[str] | None:
-        """A name that cannot resolve fails in a second, not twenty."""
-        return ["timeout:1", "attempts:1"] if self.dns else None
-
-
 class JobNetwork:
     """The networks (and proxy) of one job while this process runs it: ``open`` makes them
     (``begin`` in the background, while the workspace is made; ``ready`` waits for them),
@@ -96,6 +81,8 @@ class JobNetwork:
         self._fed = 0.0  # when the proxy last said something (monotonic)
         self._opening: Background | None = None
         self._closing: threading.Thread | None = None
+        self.hold = False  # the steps share one held namespace (netns.py): set before ``_make``
+        self.holder: Container | None = None
 
     @property
     def cli(self) -> DockerClient:
@@ -104,10 +91,14 @@ class JobNetwork:
         return self.run.dock.client()
 
     @classmethod
-    def begin(cls, run: JobRun, after: Callable[[], None] | None = None) -> JobNetwork:
+    def begin(
+        cls, run: JobRun, after: Callable[[], None] | None = None, hold: bool = False
+    ) -> JobNetwork:
         """``open``, in a thread of its own (once ``after`` returned: the orphan reap, which may
-        be removing a killed run's network of this job); ``ready`` waits for it."""
+        be removing a killed run's network of this job); ``ready`` waits for it. ``hold``: the
+        run has several steps, which share a held namespace where the engine allows it."""
         net = cls(run)
+        net.hold = hold
 
         def make() -> None:
             if after is not None:
@@ -140,6 +131,15 @@ class JobNetwork:
         return net
 
     def _make(self) -> None:
+        try:
+            self._make_network()
+            if self.hold and netns.can_hold(self.cli, self.run.job.network):
+                self.holder, self.attachment = netns.hold(self.run, self.cli, self.attachment)
+        except BaseException:
+            self._remove()
+            raise
+
+    def _make_network(self) -> None:
         job = self.run.job
         if job.network != "bridge":
             return
@@ -151,21 +151,17 @@ class JobNetwork:
                     "Docker"
                 )
             return  # the default bridge, which podman.adapt makes `none` (said once)
+        if not job.allow_hosts:
+            self._create(internal=False)
+            return
+        making = Background(lambda: self._create(internal=True), "logist-network-create")
         try:
-            if not job.allow_hosts:
-                self._create(internal=False)
-                return
-            making = Background(lambda: self._create(internal=True), "logist-network-create")
-            try:
-                prepared = self._prepare_proxy()  # meanwhile
-            finally:
-                making.join()
-            making.wait()
-            self._create_proxy(*prepared)
-            self._start_proxy()
-        except BaseException:
-            self._remove()
-            raise
+            prepared = self._prepare_proxy()  # meanwhile
+        finally:
+            making.join()
+        making.wait()
+        self._create_proxy(*prepared)
+        self._start_proxy()
 
     # --- making ---------------------------------------------------------------------------
 
@@ -318,6 +314,9 @@ class JobNetwork:
             ):
                 box.remove(force=True)  # it keeps nothing: killed at once
 
+        if self.holder is not None:  # before the network: it sits on it
+            box, self.holder = self.holder, None
+            netns.release(self.cli, box)
         with contextlib.suppress(LogistError):
             going = None
             if self.proxy is not None:

@@ -39,6 +39,7 @@ from logist.model import (
     WS_ABSENT,
     WS_READY,
     WS_REMOVING,
+    Job,
     Step,
     now,
 )
@@ -161,7 +162,7 @@ class Runner:
             reaping = self._reaping
             assert reaping is not None  # started by run_job or run_many
             # while the workspace is made and the helper starts, after the orphan reap
-            net = JobNetwork.begin(run, after=reaping.wait)
+            net = JobNetwork.begin(run, after=reaping.wait, hold=_steps_ahead(job, max_steps) > 1)
             workspace = workspace_of(run)
             workspace.prepare()
             reaping.wait()  # a killed run's containers go before this run's start
@@ -466,6 +467,12 @@ class _Reaping:
 
     def wait(self) -> None:
         self._thread.join(REAP_WAIT)
+
+
+def _steps_ahead(job: Job, max_steps: int | None) -> int:
+    """How many steps this run may start."""
+    ahead = sum(1 for s in job.steps if s.state in (PENDING, RUNNING))
+    return ahead if max_steps is None else min(ahead, max_steps)
 
 
 def _interrupted() -> LogistError:

@@ -216,6 +216,41 @@ def test_allowed_hosts_pass_through_the_proxy_and_everything_else_is_refused(
     assert _left(docker_client, jobs_root) == ([], [])
 
 
+def test_steps_sharing_a_held_namespace_reach_the_outside_only_through_the_proxy(
+    jobs_root, repo, outside, docker_client
+):
+    egress, web_ip = outside
+    checks = [
+        "GET http://web.example.test/",
+        "GET http://other.example.test/",
+        f"DIRECT {web_ip}:80",
+        "DNS web.example.test",
+    ]
+    started = int(time.time())
+    args = ["held", "--repo", str(repo), "--allow-host", "web.example.test", "--step", "true"]
+    out = _run(jobs_root, egress, *args, checks=checks, timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    got = _results(out)
+    assert got["GET http://web.example.test/"] == "200 hello-web", out.stdout
+    assert got["GET http://other.example.test/"] == "403"
+    assert got[f"DIRECT {web_ip}:80"].startswith("failed")
+    assert got["DNS web.example.test"].startswith("failed")
+    view = _status(jobs_root, "held")
+    assert view["steps"][1]["egress"] == {"denied": {"other.example.test:80": 1}}
+    made = docker_client.events(
+        since=started,
+        until=int(time.time()) + 1,
+        decode=True,
+        filters={
+            "type": "container",
+            "event": "create",
+            "label": ["logist.step=netns", f"logist.jobs-dir={jobs_root}"],
+        },
+    )
+    assert len(list(made)) == 1  # the two steps shared one namespace
+    assert _left(docker_client, jobs_root) == ([], [])
+
+
 def test_the_step_sits_on_the_jobs_internal_network_and_the_proxy_is_hardened(
     jobs_root, repo, outside, docker_client
 ):
