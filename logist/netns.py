@@ -8,7 +8,8 @@ gets one small container on its network, the holder (the helper's image, ``sleep
 capability, read-only), and each step runs in its namespace (``network_mode:
 container:<holder>``): the same network, DNS and sysctls as before, made once a run instead of
 once a step. The holder goes once the steps are done, before the network; cancel, cleanup and
-the sweep find it by its labels (``logist.step=netns``) like any container of the job.
+the sweep find it by its labels (``logist.step=netns``) like any container of the job. A holder
+that cannot start leaves the steps on the network itself: it only makes them faster.
 
 Steps of one job share one trust domain (their workspace): what one leaves in the namespace (a
 route, with a capability the operator granted) the next meets, as it meets its files. No
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from docker.models.containers import Container
 
     from logist.jobrun import JobRun
+    from logist.model import Job
 
 
 @dataclass
@@ -51,10 +53,12 @@ HOLDER_LIMITS = {"memory": "32m", "pids": 16}
 NOBODY = "65534:65534"
 
 
-def can_hold(cli: DockerClient, network: str) -> bool:
-    """Whether steps on ``network`` (``bridge``: the job's own, ``none``) may share a held
-    namespace on this engine: Docker's (Podman keeps its own way: docs/podman.md)."""
-    return network in ("bridge", "none") and not podman.is_podman(cli)
+def can_hold(cli: DockerClient, job: Job) -> bool:
+    """Whether the job's steps may share a held namespace: on ``bridge`` (the job's own
+    network) or ``none``, with the engine's default runtime (gVisor's ``runsc`` takes the
+    addresses out of the namespace it starts in, for itself; Kata joins none), on Docker
+    (Podman keeps its own way: docs/podman.md)."""
+    return job.network in ("bridge", "none") and not job.runtime and not podman.is_podman(cli)
 
 
 def hold(run: JobRun, cli: DockerClient, attachment: Attachment) -> tuple[Container, Attachment]:
@@ -95,6 +99,21 @@ def hold(run: JobRun, cli: DockerClient, attachment: Attachment) -> tuple[Contai
     return box, Attachment(f"container:{box.id}", dict(attachment.env))
 
 
+def lost(cli: DockerClient, box: Container) -> str | None:
+    """Why the holder's namespace is unusable (it stopped, or went, outside logist: nothing of
+    a step's can reach it), else None."""
+    try:
+        running = (cli.api.inspect_container(box.id).get("State") or {}).get("Running")
+    except Exception:  # gone, or an engine that does not answer: its steps cannot start
+        running = False
+    if running:
+        return None
+    return (
+        f"the job's network holder (container {box.short_id}) stopped outside logist: the "
+        "job is interrupted (`logist job run` resumes it)"
+    )
+
+
 def release(cli: DockerClient, box: Container) -> None:
     """Remove the holder (killed at once: it keeps nothing). What the engine keeps is left to
     the sweep (the network's removal then says so)."""
@@ -108,4 +127,4 @@ def release(cli: DockerClient, box: Container) -> None:
         cli.api.remove_container(box.id, force=True)
 
 
-__all__ = ["can_hold", "hold", "release"]
+__all__ = ["Attachment", "can_hold", "hold", "lost", "release"]

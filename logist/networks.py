@@ -133,11 +133,16 @@ class JobNetwork:
     def _make(self) -> None:
         try:
             self._make_network()
-            if self.hold and netns.can_hold(self.cli, self.run.job.network):
-                self.holder, self.attachment = netns.hold(self.run, self.cli, self.attachment)
         except BaseException:
             self._remove()
             raise
+        if self.hold and netns.can_hold(self.cli, self.run.job):
+            with contextlib.suppress(LogistError):  # then each step gets the network itself
+                self.holder, self.attachment = netns.hold(self.run, self.cli, self.attachment)
+
+    def holder_lost(self) -> str | None:
+        """Why the steps' held namespace is unusable (its holder stopped), else None."""
+        return None if self.holder is None else netns.lost(self.cli, self.holder)
 
     def _make_network(self) -> None:
         job = self.run.job

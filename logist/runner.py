@@ -16,6 +16,7 @@ from logist.cleanup import after_job, reap_orphans
 from logist.egress import denied_lines
 from logist.engines import Placer, uses_volumes
 from logist.errors import (
+    EnvironmentProblem,
     HarvestFailed,
     ImageMissing,
     InvalidTransition,
@@ -357,6 +358,7 @@ class Runner:
             made = ahead.take(step) if ahead is not None else None
             made = made or step_prep.make(run, step, workspace, net)
         except Rejected as exc:
+            _check_holder(net)
             raise self._not_started(run, step, exc) from None
         container, secrets = made.container, made.secrets
 
@@ -382,8 +384,13 @@ class Runner:
                     should_stop=should_stop,
                     timeout=step.timeout or job.timeout,
                 )
+            except Rejected:  # a start the engine refused: the holder's end, or the user's
+                _check_holder(net)
+                raise
             finally:
                 out.close()
+        if outcome.exit_code != 0:  # failed, or gone: with the namespace it joined?
+            _check_holder(net)
         step.finished_at = now()
         step.egress = net.denied()
         for line in denied_lines(job.id, step.index, step.egress or {}):
@@ -467,6 +474,13 @@ class _Reaping:
 
     def wait(self) -> None:
         self._thread.join(REAP_WAIT)
+
+
+def _check_holder(net: JobNetwork) -> None:
+    """Raise ``EnvironmentProblem`` (exit 3, the job interrupted) when the step's held network
+    namespace went from under it: nothing of the step's did that."""
+    if (why := net.holder_lost()) is not None:
+        raise EnvironmentProblem(why)
 
 
 def _steps_ahead(job: Job, max_steps: int | None) -> int:

@@ -4,6 +4,7 @@ jobs still apart. No traffic leaves the test's own containers and networks."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -134,7 +135,7 @@ def test_a_canceled_or_killed_run_leaves_no_holder(jobs_root, source_repo, docke
     # canceled: its owner removes the holder and the network
     with ended(_started(jobs_root, "run", "canceled", "--repo", str(source_repo), *steps)) as r:
         _running(docker_client, jobs_root, "1")
-        assert len(_boxes(docker_client, jobs_root, "netns")) == 1
+        wait_for(lambda: _boxes(docker_client, jobs_root, "netns"), 60, "the holder")
         out = run_logist(jobs_root, "job", "cancel", "canceled", timeout=60)
         assert out.returncode == 0, out.stderr
         r.communicate(timeout=60)
@@ -143,6 +144,7 @@ def test_a_canceled_or_killed_run_leaves_no_holder(jobs_root, source_repo, docke
     args = ["run", "killed", "--repo", str(source_repo), *steps]
     with ended(_started(jobs_root, *args, start_new_session=True)) as runner:
         _running(docker_client, jobs_root, "1")
+        wait_for(lambda: _boxes(docker_client, jobs_root, "netns"), 60, "the holder")
         os.killpg(runner.pid, signal.SIGKILL)
         runner.communicate(timeout=30)
     boxes, nets = _left(docker_client, jobs_root)
@@ -187,3 +189,73 @@ def test_jobs_whose_steps_share_held_namespaces_cannot_reach_each_other(
         assert out.stdout.strip() == "unreachable"
         assert run_logist(jobs_root, "job", "cancel", "serves", timeout=60).returncode == 0
     wait_for(lambda: _left(docker_client, jobs_root) == ([], []), 60, "nothing left")
+
+
+def test_steps_get_the_jobs_network_itself_when_the_holder_cannot_start(
+    jobs_root, source_repo, docker_client, monkeypatch
+):
+    from logist import Runtime, netns
+    from logist.errors import EnvironmentProblem
+
+    def broken(*args, **kwargs):
+        raise EnvironmentProblem("the engine could not start the holder")
+
+    monkeypatch.setattr(netns, "hold", broken)  # the holder only makes steps faster
+    rt = Runtime(jobs_root, notify=lambda message: None)
+    steps = ["true", "true", "ls /sys/class/net > nets"]
+    rt.create("direct", repo=str(source_repo), image=STEP_IMAGE, steps=steps)
+    [result] = rt.run_jobs(["direct"])
+    assert result.exit_code == 0 and result.job.state == "succeeded", result.error
+    shown = subprocess.run(
+        ["git", "-C", str(source_repo), "show", "logist/direct:nets"],
+        capture_output=True,
+        text=True,
+    )
+    assert shown.stdout.split() == ["eth0", "lo"]  # on the job's network all the same
+    assert _left(docker_client, jobs_root) == ([], [])
+
+
+def test_a_holder_stopped_outside_logist_interrupts_the_job_and_a_rerun_resumes_it(
+    jobs_root, source_repo, docker_client
+):
+    steps = ["--step", WAIT_GO, "--step", "echo second > second"]
+    with ended(_started(jobs_root, "run", "lost", "--repo", str(source_repo), *steps)) as runner:
+        _running(docker_client, jobs_root, "1")
+        [holder] = _boxes(docker_client, jobs_root, "netns")
+        holder.kill()  # the operator, or the engine: no step reaches it
+        (jobs_root / "lost" / "workspace" / "go").write_text("")
+        _, err = runner.communicate(timeout=120)
+    assert runner.returncode == 3, err
+    assert f"network holder (container {holder.short_id}) stopped outside logist" in err
+    view = json.loads(run_logist(jobs_root, "job", "status", "lost", "--json").stdout)
+    assert view["state"] == "interrupted"
+    assert [s["state"] for s in view["steps"]] == ["succeeded", "pending"]
+    assert _left(docker_client, jobs_root) == ([], [])
+    out = run_logist(jobs_root, "job", "run", "lost")
+    assert out.returncode == 0, out.stderr
+    shown = subprocess.run(
+        ["git", "-C", str(source_repo), "show", "logist/lost:second"], capture_output=True
+    )
+    assert shown.stdout == b"second\n"
+    assert _left(docker_client, jobs_root) == ([], [])
+
+
+def test_steps_under_another_runtime_keep_a_namespace_each(jobs_root, source_repo, docker_client):
+    """gVisor's runsc takes the addresses of the namespace it starts in for itself: a second
+    sandbox in the same namespace would find none. Any runtime the job names keeps the direct
+    way (shown with ``runc``, the one this engine has)."""
+    started = int(time.time())
+    steps = ["--step", "true", "--step", "true"]
+    out = run_logist(jobs_root, "run", "--repo", str(source_repo), "--runtime", "runc", *steps)
+    assert out.returncode == 0, out.stderr
+    made = docker_client.events(
+        since=started,
+        until=int(time.time()) + 1,
+        decode=True,
+        filters={
+            "type": "container",
+            "event": "create",
+            "label": ["logist.step=netns", f"logist.jobs-dir={jobs_root}"],
+        },
+    )
+    assert list(made) == []
