@@ -389,8 +389,8 @@ class Runner:
                 raise
             finally:
                 out.close()
-        if outcome.exit_code != 0:  # failed, or gone: with the namespace it joined?
-            _check_holder(net)
+        if outcome.exit_code != 0 and outcome.stopped_for is None and not canceled():
+            _check_holder(net)  # failed, or gone: with the namespace it joined?
         step.finished_at = now()
         step.egress = net.denied()
         for line in denied_lines(job.id, step.index, step.egress or {}):

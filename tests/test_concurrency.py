@@ -142,7 +142,8 @@ def test_sigkilled_run_is_inactive_at_once_swept_then_resumed_to_success(
 
     report = sweep(logist)
     assert [c["job"] for c in report["cleaned"]] == [job]
-    assert report["cleaned"][0]["containers_removed"] == 2  # the step's and the job's helper
+    # the step's, the job's helper and its network holder
+    assert report["cleaned"][0]["containers_removed"] == 3
     assert not labelled(docker_client, jobs_root)
     assert not (jobs_root / job / "workspace").exists()
     manifest = json.loads((jobs_root / job / "job.json").read_text())

@@ -94,15 +94,16 @@ def _assert_recovered(
 TWO_STEPS = ("echo one > one.txt", "echo two > two.txt")
 
 
-# (the job's harvest helper is created and started before the first step: two calls pass)
+# (the job's harvest helper and its network holder are created and started before the first
+# step: three calls pass)
 @pytest.mark.parametrize(
     ("method", "path", "action", "code", "skip"),
     [
-        ("POST", r"/containers/create$", "500", 3, 2),
-        ("POST", r"/containers/create$", "reset", 3, 2),
-        ("POST", r"/containers/create$", "hang", 3, 2),
-        ("POST", CID + r"/start$", "500", 3, 2),
-        ("POST", CID + r"/start$", "reset", 3, 2),
+        ("POST", r"/containers/create$", "500", 3, 3),
+        ("POST", r"/containers/create$", "reset", 3, 3),
+        ("POST", r"/containers/create$", "hang", 3, 3),
+        ("POST", CID + r"/start$", "500", 3, 3),
+        ("POST", CID + r"/start$", "reset", 3, 3),
         # a step's output is read by attaching to it before it starts: the first step's and the
         # helper's (its harvest requests) pass
         ("POST", CID + r"/attach$", "reset", 3, 2),

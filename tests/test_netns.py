@@ -17,6 +17,7 @@ import pytest
 from logist.networks import network_name
 from tests.conftest import STEP_IMAGE
 from tests.helpers import commit_file, run_logist, wait_for
+from tests.support_containers import holders_made
 from tests.support_wait import ended
 
 pytestmark = pytest.mark.docker
@@ -115,17 +116,7 @@ def test_steps_without_a_network_share_a_namespace_with_loopback_only(
     out = run_logist(jobs_root, "run", "--repo", str(source_repo), "--network", "none", *steps)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["lo"]
-    events = docker_client.events(
-        since=started,
-        until=int(time.time()) + 1,
-        decode=True,
-        filters={
-            "type": "container",
-            "event": "create",
-            "label": ["logist.step=netns", f"logist.jobs-dir={jobs_root}"],
-        },
-    )
-    assert len(list(events)) == 1
+    assert holders_made(docker_client, jobs_root, started) == 1
     assert _left(docker_client, jobs_root) == ([], [])
 
 
@@ -248,14 +239,4 @@ def test_steps_under_another_runtime_keep_a_namespace_each(jobs_root, source_rep
     steps = ["--step", "true", "--step", "true"]
     out = run_logist(jobs_root, "run", "--repo", str(source_repo), "--runtime", "runc", *steps)
     assert out.returncode == 0, out.stderr
-    made = docker_client.events(
-        since=started,
-        until=int(time.time()) + 1,
-        decode=True,
-        filters={
-            "type": "container",
-            "event": "create",
-            "label": ["logist.step=netns", f"logist.jobs-dir={jobs_root}"],
-        },
-    )
-    assert list(made) == []
+    assert holders_made(docker_client, jobs_root, started) == 0

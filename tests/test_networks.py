@@ -20,6 +20,7 @@ import pytest
 from logist.networks import network_name
 from tests.conftest import BUSYBOX, STEP_IMAGE
 from tests.helpers import commit_file, run_logist, wait_for
+from tests.support_containers import holders_made
 from tests.support_wait import ended
 
 pytestmark = pytest.mark.docker
@@ -237,17 +238,8 @@ def test_steps_sharing_a_held_namespace_reach_the_outside_only_through_the_proxy
     assert got["DNS web.example.test"].startswith("failed")
     view = _status(jobs_root, "held")
     assert view["steps"][1]["egress"] == {"denied": {"other.example.test:80": 1}}
-    made = docker_client.events(
-        since=started,
-        until=int(time.time()) + 1,
-        decode=True,
-        filters={
-            "type": "container",
-            "event": "create",
-            "label": ["logist.step=netns", f"logist.jobs-dir={jobs_root}"],
-        },
-    )
-    assert len(list(made)) == 1  # the two steps shared one namespace
+    # the two steps shared one namespace
+    assert holders_made(docker_client, jobs_root, started) == 1
     assert _left(docker_client, jobs_root) == ([], [])
 
 
