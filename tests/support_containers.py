@@ -24,21 +24,3 @@ def labelled_container(docker_client, jobs_root: Path, job: str, owner: str = "n
         },
         **run,
     )
-
-
-def holders_made(docker_client, jobs_root: Path, since: int) -> int:
-    """How many network holders (``logist.step=netns``) of ``jobs_root`` the engine created
-    from ``since`` (seconds since the epoch) until now."""
-    import time
-
-    made = docker_client.events(
-        since=since,
-        until=int(time.time()) + 1,
-        decode=True,
-        filters={
-            "type": "container",
-            "event": "create",
-            "label": ["logist.step=netns", f"logist.jobs-dir={jobs_root}"],
-        },
-    )
-    return len(list(made))

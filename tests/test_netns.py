@@ -17,7 +17,6 @@ import pytest
 from logist.networks import network_name
 from tests.conftest import STEP_IMAGE
 from tests.helpers import commit_file, run_logist, wait_for
-from tests.support_containers import holders_made
 from tests.support_wait import ended
 
 pytestmark = pytest.mark.docker
@@ -111,12 +110,17 @@ def test_one_step_at_a_time_gets_the_jobs_network_without_a_holder(
 def test_steps_without_a_network_share_a_namespace_with_loopback_only(
     jobs_root, source_repo, docker_client
 ):
-    started = int(time.time())
-    steps = ["--step", "true", "--step", "ls /sys/class/net"]
-    out = run_logist(jobs_root, "run", "--repo", str(source_repo), "--network", "none", *steps)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["lo"]
-    assert holders_made(docker_client, jobs_root, started) == 1
+    steps = ["--step", WAIT_GO, "--step", "ls /sys/class/net"]
+    args = ["run", "none", "--repo", str(source_repo), "--network", "none", *steps]
+    with ended(_started(jobs_root, *args)) as runner:
+        step = _running(docker_client, jobs_root, "1")
+        [holder] = _boxes(docker_client, jobs_root, "netns")
+        assert step.attrs["HostConfig"]["NetworkMode"] == f"container:{holder.id}"
+        assert holder.attrs["HostConfig"]["NetworkMode"] == "none"
+        (jobs_root / "none" / "workspace" / "go").write_text("")
+        out, err = runner.communicate(timeout=120)
+    assert runner.returncode == 0, err
+    assert out.split() == ["lo"]
     assert _left(docker_client, jobs_root) == ([], [])
 
 
@@ -235,8 +239,13 @@ def test_steps_under_another_runtime_keep_a_namespace_each(jobs_root, source_rep
     """gVisor's runsc takes the addresses of the namespace it starts in for itself: a second
     sandbox in the same namespace would find none. Any runtime the job names keeps the direct
     way (shown with ``runc``, the one this engine has)."""
-    started = int(time.time())
-    steps = ["--step", "true", "--step", "true"]
-    out = run_logist(jobs_root, "run", "--repo", str(source_repo), "--runtime", "runc", *steps)
-    assert out.returncode == 0, out.stderr
-    assert holders_made(docker_client, jobs_root, started) == 0
+    steps = ["--step", WAIT_GO, "--step", "true"]
+    args = ["run", "rt", "--repo", str(source_repo), "--runtime", "runc", *steps]
+    with ended(_started(jobs_root, *args)) as runner:
+        step = _running(docker_client, jobs_root, "1")
+        assert step.attrs["HostConfig"]["NetworkMode"] == network_name("rt", jobs_root)
+        assert _boxes(docker_client, jobs_root, "netns") == []
+        (jobs_root / "rt" / "workspace" / "go").write_text("")
+        _, err = runner.communicate(timeout=120)
+    assert runner.returncode == 0, err
+    assert _left(docker_client, jobs_root) == ([], [])

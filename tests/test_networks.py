@@ -20,7 +20,6 @@ import pytest
 from logist.networks import network_name
 from tests.conftest import BUSYBOX, STEP_IMAGE
 from tests.helpers import commit_file, run_logist, wait_for
-from tests.support_containers import holders_made
 from tests.support_wait import ended
 
 pytestmark = pytest.mark.docker
@@ -227,19 +226,30 @@ def test_steps_sharing_a_held_namespace_reach_the_outside_only_through_the_proxy
         f"DIRECT {web_ip}:80",
         "DNS web.example.test",
     ]
-    started = int(time.time())
-    args = ["held", "--repo", str(repo), "--allow-host", "web.example.test", "--step", "true"]
-    out = _run(jobs_root, egress, *args, checks=checks, timeout=180)
-    assert out.returncode == 0, out.stdout + out.stderr
-    got = _results(out)
-    assert got["GET http://web.example.test/"] == "200 hello-web", out.stdout
+    client = "python3 client.py " + " ".join(f"'{c}'" for c in checks)
+    first = "while [ ! -f go ]; do sleep 0.05; done"
+    args = ["run", "held", "--repo", str(repo), "--allow-host", "web.example.test"]
+    command = _cmd(jobs_root, *args, "--step", first, "--step", client)
+    env = {**os.environ, "LOGIST_EGRESS_NETWORK": egress}
+    popen = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with ended(popen) as runner:
+        label = {"label": [f"logist.jobs-dir={jobs_root}", "logist.step=1"]}
+        [step] = wait_for(lambda: docker_client.containers.list(filters=label), 60, "step 1")
+        label = {"label": [f"logist.jobs-dir={jobs_root}", "logist.step=netns"]}
+        [holder] = docker_client.containers.list(filters=label)
+        assert step.attrs["HostConfig"]["NetworkMode"] == f"container:{holder.id}"
+        own = network_name("held", jobs_root)
+        assert list(holder.attrs["NetworkSettings"]["Networks"]) == [own]  # internal only
+        (jobs_root / "held" / "workspace" / "go").write_text("")
+        stdout, stderr = runner.communicate(timeout=180)
+    assert runner.returncode == 0, stdout + stderr
+    got = _results(subprocess.CompletedProcess([], 0, stdout.decode(), ""))
+    assert got["GET http://web.example.test/"] == "200 hello-web", stdout
     assert got["GET http://other.example.test/"] == "403"
     assert got[f"DIRECT {web_ip}:80"].startswith("failed")
     assert got["DNS web.example.test"].startswith("failed")
     view = _status(jobs_root, "held")
     assert view["steps"][1]["egress"] == {"denied": {"other.example.test:80": 1}}
-    # the two steps shared one namespace
-    assert holders_made(docker_client, jobs_root, started) == 1
     assert _left(docker_client, jobs_root) == ([], [])
 
 
