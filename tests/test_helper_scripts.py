@@ -777,3 +777,49 @@ def test_a_set_aside_git_under_a_directory_named_like_logists_is_put_back(root):
     (sub / ".git").rename(sub / f".git.logist-hidden-{KILLED}")
     out = root.harvest(write_back=True, unfinished=KILLED)
     assert (sub / ".git").is_dir() and out.aside == []
+
+
+def test_a_file_git_cannot_convert_to_its_encoding_loses_no_other_change(root):
+    """``git add`` dies (its index unwritten) on a file whose working-tree-encoding it cannot
+    apply: every uncommitted change was lost and the job still succeeded (red team, 12-06).
+    Each other change is taken, the file as it is, named in a warning."""
+    (root.ws / ".gitattributes").write_text("*.rc working-tree-encoding=UTF-16LE-BOM\n")
+    (root.ws / "app.rc").write_bytes("hi\n".encode("utf-16"))  # converts: taken as UTF-8
+    (root.ws / "extra.rc").write_bytes(b"STRINGTABLE2\n")  # odd bytes: git dies on them
+    (root.ws / "README.md").write_text("changed\n")
+    (root.ws / "feature.c").write_text("new\n")
+    (root.ws / "lib" / "a.txt").unlink()
+    out = root.harvest(write_back=True)
+    files = files_of(root.fetched(out), out.commit)
+    assert files["README.md"] == "changed\n" and files["feature.c"] == "new\n"
+    assert "lib/a.txt" not in files
+    assert files["app.rc"] == "hi\n"
+    assert files["extra.rc"] == "STRINGTABLE2\n"  # its bytes, as they are
+    assert any("taken as they are" in w and "extra.rc" in w for w in out.warnings), out.warnings
+    flags = git(root.ws, "ls-files", "-v").split()
+    assert "h" not in flags  # no assume-unchanged entry in what the step gets back
+
+
+def test_a_second_death_of_git_refuses_the_harvest_rather_than_lose_the_changes(root):
+    """Should git die again after the encoded files were taken one by one, nothing is
+    committed as if unchanged: the harvest fails (the host keeps the workspace, exit 4)."""
+    (root.ws / "README.md").write_text("changed\n")
+    wrapper = root.path.parent / "bin"
+    wrapper.mkdir()
+    real = subprocess.run(["sh", "-c", "command -v git"], capture_output=True, text=True)
+    (wrapper / "git").write_text(
+        "#!/bin/sh\n"
+        'for a; do [ "$a" = add ] && { echo "fatal: simulated" >&2; exit 128; }; done\n'
+        f'exec {real.stdout.strip()} "$@"\n'
+    )
+    (wrapper / "git").chmod(0o755)
+    env = {**root.env(), "PATH": f"{wrapper}:{os.environ['PATH']}"}
+    done = subprocess.run(
+        ["sh", "-c", HARVEST, "harvest", BRANCH, root.base, "m", NONCE, "j1", "", "", ""],
+        capture_output=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 13, done.stderr.decode()
+    assert b"git cannot add the files: fatal: simulated" in done.stderr
+    assert b"commit " not in done.stdout

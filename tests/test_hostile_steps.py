@@ -194,3 +194,21 @@ def test_a_source_commit_over_max_tree_paths_is_refused_before_its_checkout(
     ok = logist("run", "fine", "--repo", str(src), "--image", "logist/busybox:latest",
                 "--step", "true", env=env)  # fmt: skip
     assert ok.returncode == 0, ok.stderr
+
+
+@pytest.mark.docker
+def test_a_file_git_cannot_convert_keeps_every_other_change_of_the_step(logist, source_repo: Path):
+    """A source whose ``*.rc`` files are UTF-16 in the working tree: a step that writes one
+    git cannot convert (an odd number of bytes) lost every uncommitted change, and the job
+    succeeded (red team, 12-06)."""
+    from tests.helpers import commit_file, git
+
+    commit_file(source_repo, ".gitattributes", "*.rc working-tree-encoding=UTF-16LE-BOM\n")
+    step = "echo more >> README.md; echo new > feature.c; echo STRINGTABLE2 > extra.rc"
+    job = create_job(logist, source_repo, step)
+    out = logist("job", "run", job)
+    assert out.returncode == 0, out.stderr
+    assert "taken as they are" in out.stderr and "extra.rc" in out.stderr
+    assert git(source_repo, "show", f"logist/{job}:feature.c") == "new\n"
+    assert git(source_repo, "show", f"logist/{job}:README.md").endswith("more\n")
+    assert git(source_repo, "cat-file", "-p", f"logist/{job}:extra.rc") == "STRINGTABLE2\n"

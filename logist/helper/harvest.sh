@@ -14,7 +14,7 @@ if [ ! -f "$S/HEAD" ]; then
 fi
 # the last harvest's scratch, in one go (an earlier bundle: no process reads it now)
 rm -rf "$S/refs/logist" "$S/refs/wb" "$S/shallow" "$V" "$TM/too-long" "$TM/too-big" \
-  "$TM/logist-over" "$TM/logist-flags" "$TM/still-aside" "$R/out/"*.bundle
+  "$TM/logist-over" "$TM/logist-flags" "$TM/still-aside" "$TM/as-is" "$R/out/"*.bundle
 # a shallow source's roots, logist's own: its history ends there (the write-back passes them on)
 if [ -f "$R/trusted/shallow" ]; then cp "$R/trusted/shallow" "$S/shallow" || exit 10; fi
 # 1. the workspace repository's refs and objects, as data: read through a view of logist's own
@@ -157,9 +157,52 @@ if [ -n "$max" ] && [ -s "$TM/too-big" ]; then
     exit 17
   fi
 fi
-GIT_INDEX_FILE=$I g --work-tree="$W" -c core.excludesFile="$TM/hidden-exclude" \
-  add -A --ignore-errors 2>"$TM/add.err" || \
-  warn "some files could not be read: $(tail -n 1 "$TM/add.err")"
+ix() { GIT_INDEX_FILE=$I gw -c core.excludesFile="$TM/hidden-exclude" "$@"; }
+# git dies (its index unwritten: every change would be lost) on a file whose
+# working-tree-encoding it cannot apply (bytes not in that encoding, a BOM missing or extra).
+# Then each such file is added alone first, and a regular file git still refuses is taken as
+# it is (its bytes, not converted; assume-unchanged in this index only, so the next add does
+# not read it again), named in a warning; then everything else. A second death refuses the
+# harvest. Paths are arguments, never code; git's options come from the environment.
+add_encoded() {
+  ix ls-files -z -o -m --exclude-standard 2>/dev/null \
+    | ix check-attr -z --stdin working-tree-encoding 2>/dev/null \
+    | sed -z -n 'N;N;/\x00working-tree-encoding\x00\(unspecified\|unset\)$/d
+                 s/\x00working-tree-encoding\x00[^\x00]*$//p' \
+    | GIT_DIR="$S" GIT_WORK_TREE="$W" GIT_INDEX_FILE=$I GIT_LITERAL_PATHSPECS=1 \
+      GIT_CONFIG_COUNT=5 GIT_CONFIG_KEY_0=core.hooksPath GIT_CONFIG_VALUE_0=/dev/null \
+      GIT_CONFIG_KEY_1=safe.directory GIT_CONFIG_VALUE_1='*' \
+      GIT_CONFIG_KEY_2=core.fsmonitor GIT_CONFIG_VALUE_2=false \
+      GIT_CONFIG_KEY_3=core.untrackedCache GIT_CONFIG_VALUE_3=false \
+      GIT_CONFIG_KEY_4=core.excludesFile GIT_CONFIG_VALUE_4="$TM/hidden-exclude" \
+      xargs -0 -r sh -c '
+        for p; do
+          git add -A --ignore-errors -- "$p" 2>/dev/null && continue
+          [ -f "$p" ] && [ ! -L "$p" ] || continue
+          oid=$(git hash-object -w --no-filters -- "$p") || continue
+          if [ -x "$p" ]; then m=100755; else m=100644; fi
+          git update-index --add --cacheinfo "$m,$oid,$p" \
+            && git update-index --assume-unchanged -- "$p" && printf "%s\0" "$p"
+        done' add-encoded > "$TM/as-is" 2>/dev/null
+  if [ -s "$TM/as-is" ]; then
+    warn "$(tr -cd '\0' < "$TM/as-is" | wc -c) files are taken as they are, not converted from" \
+         "their working-tree-encoding (git refused their bytes); the first:" \
+         "$(head -z -n 1 "$TM/as-is" | head -c 60 | tr -d '\0')"
+  fi
+}
+ix add -A --ignore-errors 2>"$TM/add.err"
+code=$?
+if [ $code -eq 128 ]; then  # git died: nothing of that add is in the index
+  add_encoded
+  ix add -A --ignore-errors 2>"$TM/add.err"
+  code=$?
+  if [ $code -eq 128 ]; then
+    unhide; echo "git cannot add the files: $(tail -n 1 "$TM/add.err")" >&2; exit 13
+  fi
+  [ ! -s "$TM/as-is" ] || GIT_INDEX_FILE=$I gw update-index -z --no-assume-unchanged --stdin \
+    < "$TM/as-is" 2>/dev/null  # not in what the step's repository gets back
+fi
+[ $code -eq 0 ] || warn "some files could not be read: $(tail -n 1 "$TM/add.err")"
 if [ -s "$TM/too-long" ]; then
   warn "$(wc -l < "$TM/too-long") paths longer than 4000 bytes are not taken (git cannot" \
        "read them); the first: $(head -c 60 "$TM/too-long")..."
