@@ -823,3 +823,31 @@ def test_a_second_death_of_git_refuses_the_harvest_rather_than_lose_the_changes(
     assert done.returncode == 13, done.stderr.decode()
     assert b"git cannot add the files: fatal: simulated" in done.stderr
     assert b"commit " not in done.stdout
+
+
+def _staged_but_ignored(root: Root, text: str) -> None:
+    """The step's own commit ignores dist/; then it stages dist/app.js with -f, uncommitted."""
+    (root.ws / ".gitignore").write_text("dist/\n")
+    git(root.ws, "add", ".gitignore")
+    git(root.ws, "commit", "-qm", "ignore dist")
+    (root.ws / "dist").mkdir()
+    (root.ws / "dist" / "app.js").write_text(text)
+    git(root.ws, "add", "-f", "dist/app.js")
+
+
+def test_a_file_the_step_staged_though_ignored_is_taken(root):
+    """``git add -f`` of an ignored file, not committed: the harvest's index starts from the
+    last harvest's tree, so add -A took it for an ignored untracked file and dropped it
+    (red team, 12-06)."""
+    _staged_but_ignored(root, "bundle\n")
+    out = root.harvest(write_back=True)
+    files = files_of(root.fetched(out), out.commit)
+    assert files["dist/app.js"] == "bundle\n" and files[".gitignore"] == "dist/\n"
+    assert git(root.ws, "ls-files", "--", "dist/app.js").strip() == "dist/app.js"
+
+
+def test_a_file_the_step_staged_though_ignored_over_the_size_limit_is_refused(root):
+    _staged_but_ignored(root, "x" * 64)
+    done = root.run(HARVEST, BRANCH, root.base, "m", NONCE, "j1", "", "32", "")
+    assert done.returncode == TOO_BIG, done.stderr.decode()
+    assert b"too-big 64 dist/app.js" in done.stderr

@@ -14,7 +14,8 @@ if [ ! -f "$S/HEAD" ]; then
 fi
 # the last harvest's scratch, in one go (an earlier bundle: no process reads it now)
 rm -rf "$S/refs/logist" "$S/refs/wb" "$S/shallow" "$V" "$TM/too-long" "$TM/too-big" \
-  "$TM/logist-over" "$TM/logist-flags" "$TM/still-aside" "$TM/as-is" "$R/out/"*.bundle
+  "$TM/logist-over" "$TM/logist-flags" "$TM/still-aside" "$TM/as-is" "$TM/step-index" "$TM/tracked-ignored" \
+  "$TM/tracked-big" "$R/out/"*.bundle
 # a shallow source's roots, logist's own: its history ends there (the write-back passes them on)
 if [ -f "$R/trusted/shallow" ]; then cp "$R/trusted/shallow" "$S/shallow" || exit 10; fi
 # 1. the workspace repository's refs and objects, as data: read through a view of logist's own
@@ -203,6 +204,30 @@ if [ $code -eq 128 ]; then  # git died: nothing of that add is in the index
     < "$TM/as-is" 2>/dev/null  # not in what the step's repository gets back
 fi
 [ $code -eq 0 ] || warn "some files could not be read: $(tail -n 1 "$TM/add.err")"
+# files the step's own index tracks that a .gitignore matches (`git add -f dist/app.js`, not
+# committed): add -A passes them over as ignored, so they are added by name (the step's index
+# read as data; regular files and links inside the workspace only)
+if [ -f "$W/.git/index" ] && [ ! -L "$W/.git/index" ] && [ ! -L "$W/.git" ] \
+   && cp "$W/.git/index" "$TM/step-index" 2>/dev/null; then
+  GIT_INDEX_FILE="$TM/step-index" gw -c core.excludesFile="$TM/hidden-exclude" \
+    ls-files -z -c -i --exclude-standard 2>/dev/null \
+  | max="$max" big="$TM/tracked-big" xargs -0 -r sh -c 'for p; do
+      case "/$p/" in */../*|*/./*|*//*|*/.git/*) continue ;; esac
+      if [ -f "$p" ] && [ ! -L "$p" ] && [ -n "$max" ] \
+         && [ "$(stat -c %s -- "$p")" -gt "$max" ]; then printf "%s\n" "$p" >> "$big"
+      elif [ -f "$p" ] || [ -L "$p" ]; then printf "%s\0" "$p"; fi
+    done' tracked > "$TM/tracked-ignored"
+  if [ -s "$TM/tracked-big" ]; then  # refused like any file over max_object_size
+    big=$(head -n 1 "$TM/tracked-big"); unhide
+    printf 'too-big %s %s\n' "$(stat -c %s -- "$big" 2>/dev/null || echo 0)" "$big" >&2
+    exit 17
+  fi
+  if [ -s "$TM/tracked-ignored" ]; then
+    GIT_LITERAL_PATHSPECS=1 ix add -f --ignore-errors --pathspec-from-file="$TM/tracked-ignored" \
+      --pathspec-file-nul 2>"$TM/add.err" \
+      || warn "some files the step's index tracks could not be read: $(tail -n 1 "$TM/add.err")"
+  fi
+fi
 if [ -s "$TM/too-long" ]; then
   warn "$(wc -l < "$TM/too-long") paths longer than 4000 bytes are not taken (git cannot" \
        "read them); the first: $(head -c 60 "$TM/too-long")..."
