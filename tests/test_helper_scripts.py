@@ -851,3 +851,67 @@ def test_a_file_the_step_staged_though_ignored_over_the_size_limit_is_refused(ro
     done = root.run(HARVEST, BRANCH, root.base, "m", NONCE, "j1", "", "32", "")
     assert done.returncode == TOO_BIG, done.stderr.decode()
     assert b"too-big 64 dist/app.js" in done.stderr
+
+
+UTF16 = "working-tree-encoding=UTF-16"
+
+
+def test_a_file_git_refuses_is_never_read_through_a_link_to_outside_the_workspace(root):
+    """The as-is fallback hashed ``l/f`` through ``l -> /elsewhere`` (git refuses a path beyond
+    a link; the fallback read it anyway): a file outside the workspace in the job branch
+    (red team, 12-06)."""
+    outside = root.path.parent / "elsewhere"
+    outside.mkdir()
+    (outside / "f").write_text("secret\n")
+    (root.ws / "l").mkdir()
+    (root.ws / "l" / "f").write_text("mine\n")
+    git(root.ws, "add", "l")
+    git(root.ws, "commit", "-qm", "l")
+    subprocess.run(["rm", "-rf", str(root.ws / "l")], check=True)
+    (root.ws / "l").symlink_to(outside)
+    (root.ws / ".gitattributes").write_text(f"l/** {UTF16}\nbad.txt {UTF16}\n")
+    (root.ws / ".gitignore").write_text("l\n")
+    (root.ws / "bad.txt").write_bytes(b"abc")  # git dies on it
+    out = root.harvest()
+    repo = root.fetched(out)
+    blobs = git(repo, "ls-tree", "-r", out.commit)
+    assert "secret" not in "".join(files_of(repo, out.commit).values()), blobs
+    assert files_of(repo, out.commit)["bad.txt"] == "abc"
+
+
+def test_no_file_taken_as_it_is_stays_flagged_for_the_next_harvest(root):
+    """A file taken as it is, then replaced by a link's path, kept every such file
+    assume-unchanged in the helper's index and the step's: a later change to one was lost
+    (red team, 12-06)."""
+    (root.ws / "a").mkdir()
+    (root.ws / "a" / "x").write_text("p\n")
+    git(root.ws, "add", "a")
+    git(root.ws, "commit", "-qm", "a")
+    subprocess.run(["rm", "-rf", str(root.ws / "a")], check=True)
+    (root.ws / "a").symlink_to("lib")
+    (root.ws / "lib" / "x").write_text("x\n")  # a/x, through the link
+    (root.ws / ".gitattributes").write_text(f"a/x {UTF16}\nbad.txt {UTF16}\n")
+    (root.ws / "bad.txt").write_bytes(b"abc")
+    first = root.harvest(write_back=True)
+    assert "h" not in git(root.ws, "ls-files", "-v").split()
+    bundle = str(root.path / "out" / first.bundle)  # accepted, as the host would
+    git(root.trusted, "fetch", "-q", bundle, f"+{BRANCH}:{BRANCH}")
+    (root.ws / ".gitattributes").unlink()
+    (root.ws / "bad.txt").write_text("step 2's change\n")
+    second = root.harvest(previous=first.commit)
+    assert files_of(root.fetched(second), second.commit)["bad.txt"] == "step 2's change\n"
+
+
+def test_one_file_the_step_staged_though_ignored_that_git_refuses_loses_no_other(root):
+    (root.ws / ".gitignore").write_text("dist\n")
+    (root.ws / ".gitattributes").write_text(f"dist/z.txt {UTF16}\n")
+    git(root.ws, "add", ".gitignore", ".gitattributes")
+    git(root.ws, "commit", "-qm", "ignore dist")
+    (root.ws / "dist").mkdir()
+    (root.ws / "dist" / "app.js").write_text("bundle\n")
+    (root.ws / "dist" / "z.txt").write_bytes("z\n".encode("utf-16"))
+    git(root.ws, "add", "-f", "dist/app.js", "dist/z.txt")
+    (root.ws / "dist" / "z.txt").write_bytes(b"abc")  # no BOM now: git dies on it
+    out = root.harvest()
+    files = files_of(root.fetched(out), out.commit)
+    assert files["dist/app.js"] == "bundle\n" and files["dist/z.txt"] == "abc"

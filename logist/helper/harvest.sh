@@ -14,8 +14,8 @@ if [ ! -f "$S/HEAD" ]; then
 fi
 # the last harvest's scratch, in one go (an earlier bundle: no process reads it now)
 rm -rf "$S/refs/logist" "$S/refs/wb" "$S/shallow" "$V" "$TM/too-long" "$TM/too-big" \
-  "$TM/logist-over" "$TM/logist-flags" "$TM/still-aside" "$TM/as-is" "$TM/step-index" "$TM/tracked-ignored" \
-  "$TM/tracked-big" "$R/out/"*.bundle
+  "$TM/logist-over" "$TM/logist-flags" "$TM/still-aside" "$TM/as-is" "$TM/as-is-big" "$TM/step-index" \
+  "$TM/tracked-ignored" "$TM/tracked-big" "$R/out/"*.bundle
 # a shallow source's roots, logist's own: its history ends there (the write-back passes them on)
 if [ -f "$R/trusted/shallow" ]; then cp "$R/trusted/shallow" "$S/shallow" || exit 10; fi
 # 1. the workspace repository's refs and objects, as data: read through a view of logist's own
@@ -159,54 +159,56 @@ if [ -n "$max" ] && [ -s "$TM/too-big" ]; then
   fi
 fi
 ix() { GIT_INDEX_FILE=$I gw -c core.excludesFile="$TM/hidden-exclude" "$@"; }
-# git dies (its index unwritten: every change would be lost) on a file whose
-# working-tree-encoding it cannot apply (bytes not in that encoding, a BOM missing or extra).
-# Then each such file is added alone first, and a regular file git still refuses is taken as
-# it is (its bytes, not converted; assume-unchanged in this index only, so the next add does
-# not read it again), named in a warning; then everything else. A second death refuses the
-# harvest. Paths are arguments, never code; git's options come from the environment.
-add_encoded() {
-  ix ls-files -z -o -m --exclude-standard 2>/dev/null \
-    | ix check-attr -z --stdin working-tree-encoding 2>/dev/null \
-    | sed -z -n 'N;N;/\x00working-tree-encoding\x00\(unspecified\|unset\)$/d
-                 s/\x00working-tree-encoding\x00[^\x00]*$//p' \
-    | GIT_DIR="$S" GIT_WORK_TREE="$W" GIT_INDEX_FILE=$I GIT_LITERAL_PATHSPECS=1 \
-      GIT_CONFIG_COUNT=5 GIT_CONFIG_KEY_0=core.hooksPath GIT_CONFIG_VALUE_0=/dev/null \
-      GIT_CONFIG_KEY_1=safe.directory GIT_CONFIG_VALUE_1='*' \
-      GIT_CONFIG_KEY_2=core.fsmonitor GIT_CONFIG_VALUE_2=false \
-      GIT_CONFIG_KEY_3=core.untrackedCache GIT_CONFIG_VALUE_3=false \
-      GIT_CONFIG_KEY_4=core.excludesFile GIT_CONFIG_VALUE_4="$TM/hidden-exclude" \
-      xargs -0 -r sh -c '
-        for p; do
-          git add -A --ignore-errors -- "$p" 2>/dev/null && continue
-          [ -f "$p" ] && [ ! -L "$p" ] || continue
-          oid=$(git hash-object -w --no-filters -- "$p") || continue
-          if [ -x "$p" ]; then m=100755; else m=100644; fi
-          git update-index --add --cacheinfo "$m,$oid,$p" \
-            && git update-index --assume-unchanged -- "$p" && printf "%s\0" "$p"
-        done' add-encoded > "$TM/as-is" 2>/dev/null
-  if [ -s "$TM/as-is" ]; then
-    warn "$(tr -cd '\0' < "$TM/as-is" | wc -c) files are taken as they are, not converted from" \
-         "their working-tree-encoding (git refused their bytes); the first:" \
-         "$(head -z -n 1 "$TM/as-is" | head -c 60 | tr -d '\0')"
-  fi
+# one_by_one OPTS: the paths on stdin (NUL-separated), each added alone ("git add OPTS"); a
+# regular file git still refuses, reached through no link and within max_object_size, is taken
+# as it is (its bytes, not converted: hash-object --no-filters; assume-unchanged until the
+# harvest's adds are done, so no later add reads it again) and named in $TM/as-is; one over
+# the limit is named in $TM/as-is-big (the harvest is refused). Paths are arguments, never
+# code; git's options come from the environment.
+one_by_one() {
+  GIT_DIR="$S" GIT_WORK_TREE="$W" GIT_INDEX_FILE=$I GIT_LITERAL_PATHSPECS=1 \
+  GIT_CONFIG_COUNT=5 GIT_CONFIG_KEY_0=core.hooksPath GIT_CONFIG_VALUE_0=/dev/null \
+  GIT_CONFIG_KEY_1=safe.directory GIT_CONFIG_VALUE_1='*' \
+  GIT_CONFIG_KEY_2=core.fsmonitor GIT_CONFIG_VALUE_2=false \
+  GIT_CONFIG_KEY_3=core.untrackedCache GIT_CONFIG_VALUE_3=false \
+  GIT_CONFIG_KEY_4=core.excludesFile GIT_CONFIG_VALUE_4="$TM/hidden-exclude" \
+  max="$max" big="$TM/as-is-big" xargs -0 -r sh -c '
+    opts=$1; shift
+    for p; do
+      git add $opts --ignore-errors -- "$p" 2>/dev/null && continue
+      [ -f "$p" ] && [ ! -L "$p" ] || continue
+      q=$p  # no directory on its path is a link: the bytes are in the workspace
+      while [ "$q" != "${q%/*}" ]; do q=${q%/*}; [ -L "$q" ] && continue 2; done
+      if [ -n "$max" ] && [ "$(stat -c %s -- "$p")" -gt "$max" ]; then
+        printf "%s\n" "$p" >> "$big"; continue
+      fi
+      oid=$(git hash-object -w --no-filters -- "$p") || continue
+      if [ -x "$p" ]; then m=100755; else m=100644; fi
+      git update-index --add --cacheinfo "$m,$oid,$p" \
+        && git update-index --assume-unchanged -- "$p" && printf "%s\0" "$p"
+    done' one-by-one "$1" >> "$TM/as-is" 2>/dev/null
 }
+# git dies (its index unwritten: every change would be lost) on a file whose
+# working-tree-encoding it cannot apply (bytes not in that encoding, a BOM missing or extra):
+# each such file is then added alone, and everything else after; a second death refuses the
+# harvest
 ix add -A --ignore-errors 2>"$TM/add.err"
 code=$?
 if [ $code -eq 128 ]; then  # git died: nothing of that add is in the index
-  add_encoded
+  ix ls-files -z -o -m --exclude-standard 2>/dev/null \
+    | ix check-attr -z --stdin working-tree-encoding 2>/dev/null \
+    | sed -z -n 'N;N;/\x00working-tree-encoding\x00\(unspecified\|unset\)$/d
+                 s/\x00working-tree-encoding\x00[^\x00]*$//p' | one_by_one -A
   ix add -A --ignore-errors 2>"$TM/add.err"
   code=$?
   if [ $code -eq 128 ]; then
     unhide; echo "git cannot add the files: $(tail -n 1 "$TM/add.err")" >&2; exit 13
   fi
-  [ ! -s "$TM/as-is" ] || GIT_INDEX_FILE=$I gw update-index -z --no-assume-unchanged --stdin \
-    < "$TM/as-is" 2>/dev/null  # not in what the step's repository gets back
 fi
 [ $code -eq 0 ] || warn "some files could not be read: $(tail -n 1 "$TM/add.err")"
 # files the step's own index tracks that a .gitignore matches (`git add -f dist/app.js`, not
 # committed): add -A passes them over as ignored, so they are added by name (the step's index
-# read as data; regular files and links inside the workspace only)
+# read as data; regular files and links inside the workspace only), one by one should git die
 if [ -f "$W/.git/index" ] && [ ! -L "$W/.git/index" ] && [ ! -L "$W/.git" ] \
    && cp "$W/.git/index" "$TM/step-index" 2>/dev/null; then
   GIT_INDEX_FILE="$TM/step-index" gw -c core.excludesFile="$TM/hidden-exclude" \
@@ -217,16 +219,27 @@ if [ -f "$W/.git/index" ] && [ ! -L "$W/.git/index" ] && [ ! -L "$W/.git" ] \
          && [ "$(stat -c %s -- "$p")" -gt "$max" ]; then printf "%s\n" "$p" >> "$big"
       elif [ -f "$p" ] || [ -L "$p" ]; then printf "%s\0" "$p"; fi
     done' tracked > "$TM/tracked-ignored"
-  if [ -s "$TM/tracked-big" ]; then  # refused like any file over max_object_size
-    big=$(head -n 1 "$TM/tracked-big"); unhide
-    printf 'too-big %s %s\n' "$(stat -c %s -- "$big" 2>/dev/null || echo 0)" "$big" >&2
-    exit 17
-  fi
+  cat "$TM/tracked-big" >> "$TM/as-is-big" 2>/dev/null
   if [ -s "$TM/tracked-ignored" ]; then
     GIT_LITERAL_PATHSPECS=1 ix add -f --ignore-errors --pathspec-from-file="$TM/tracked-ignored" \
-      --pathspec-file-nul 2>"$TM/add.err" \
-      || warn "some files the step's index tracks could not be read: $(tail -n 1 "$TM/add.err")"
+      --pathspec-file-nul 2>"$TM/add.err"
+    code=$?
+    if [ $code -eq 128 ]; then one_by_one -f < "$TM/tracked-ignored"
+    elif [ $code -ne 0 ]; then
+      warn "some files the step's index tracks could not be read: $(tail -n 1 "$TM/add.err")"
+    fi
   fi
+fi
+if [ -s "$TM/as-is-big" ]; then  # refused like any file over max_object_size
+  big=$(head -n 1 "$TM/as-is-big"); unhide
+  printf 'too-big %s %s\n' "$(stat -c %s -- "$big" 2>/dev/null || echo 0)" "$big" >&2
+  exit 17
+fi
+if [ -s "$TM/as-is" ]; then  # their flags off again: in the tree and the index given back alike
+  ix ls-files -z | ix update-index -z --no-assume-unchanged --stdin 2>/dev/null
+  warn "$(tr -cd '\0' < "$TM/as-is" | wc -c) files are taken as they are, not converted from" \
+       "their working-tree-encoding (git refused their bytes); the first:" \
+       "$(head -z -n 1 "$TM/as-is" | head -c 60 | tr -d '\0')"
 fi
 if [ -s "$TM/too-long" ]; then
   warn "$(wc -l < "$TM/too-long") paths longer than 4000 bytes are not taken (git cannot" \
