@@ -343,7 +343,7 @@ def test_paths_git_cannot_read_are_named_in_a_warning(root):
     try:
         out = root.harvest()
         assert "shallow.txt" in files_of(root.fetched(out), out.commit)
-        assert any("paths longer than 4000 bytes are not taken" in w for w in out.warnings)
+        assert any("paths of 4096 bytes or more are not taken" in w for w in out.warnings)
     finally:  # pytest's own clean-up of old temp dirs recurses: too deep for it
         subprocess.run(["rm", "-rf", str(root.ws / "d")], check=True)
 
@@ -915,3 +915,23 @@ def test_one_file_the_step_staged_though_ignored_that_git_refuses_loses_no_other
     out = root.harvest()
     files = files_of(root.fetched(out), out.commit)
     assert files["dist/app.js"] == "bundle\n" and files["dist/z.txt"] == "abc"
+
+
+def test_a_file_over_the_size_limit_at_a_path_git_can_still_read_is_refused(root):
+    """A path of 4,000 to 4,095 bytes went to the "too long" list before its size was looked
+    at: git read it all the same, whatever its size (red team, 12-06)."""
+    fd = os.open(root.ws, os.O_RDONLY)
+    try:
+        for _ in range(19):  # 19 x 201 bytes, then a 200-byte name: a 4,019-byte path
+            os.mkdir("a" * 200, dir_fd=fd)
+            inner = os.open("a" * 200, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        leaf = os.open("f" * 200, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(leaf, b"x" * 64)
+        os.close(leaf)
+    finally:
+        os.close(fd)
+    done = root.run(HARVEST, BRANCH, root.base, "m", NONCE, "j1", "", "32", "")
+    assert done.returncode == TOO_BIG, done.stderr.decode()
+    assert b"too-big 64 " in done.stderr

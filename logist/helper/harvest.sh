@@ -112,11 +112,12 @@ unhide() {  # what was set aside (nested repositories' .git, FIFOs named .gitign
     unhide "$nonce" < "$TM/hidden"
 }
 HIDE='n=$1; shift; for d; do mv -T -- "$d" "$d.logist-hidden-$n" && printf "%s\0" "$d"; done'
-# so are .gitignore and .gitattributes that are no file (git would wait on a FIFO for ever)
+# so are .gitignore and .gitattributes that are no file (git would wait on a FIFO for ever).
+# A path of 4,096 bytes or more (with find's "./", 4,098) git cannot read; it is still sized
 find . -regextype posix-extended -path ./.git -prune -o -name .git -prune \
   -exec sh -c "$HIDE" hide "$nonce" {} + -o \( -name .gitignore -o -name .gitattributes \) \
   \( -type p -o -type s -o -type b -o -type c \) -exec sh -c "$HIDE" hide "$nonce" {} + \
-  -o -regex '.{4002,}' -fprint "$TM/too-long" \
+  -o -regex '.{4098,}' -fprint "$TM/too-long" -false \
   -o -type f -size +"${max:-9223372036854775806}"c -fprint0 "$TM/too-big" \
   > "$TM/hidden" 2>/dev/null
 # A fresh helper borrows the stat data of the workspace's own index (a regular file, read as
@@ -230,19 +231,20 @@ if [ -f "$W/.git/index" ] && [ ! -L "$W/.git/index" ] && [ ! -L "$W/.git" ] \
     fi
   fi
 fi
+[ ! -s "$TM/as-is" ] || ix ls-files -z | ix update-index -z --no-assume-unchanged --stdin \
+  2>/dev/null  # the flags of files taken as they are off again, whatever follows
 if [ -s "$TM/as-is-big" ]; then  # refused like any file over max_object_size
   big=$(head -n 1 "$TM/as-is-big"); unhide
   printf 'too-big %s %s\n' "$(stat -c %s -- "$big" 2>/dev/null || echo 0)" "$big" >&2
   exit 17
 fi
-if [ -s "$TM/as-is" ]; then  # their flags off again: in the tree and the index given back alike
-  ix ls-files -z | ix update-index -z --no-assume-unchanged --stdin 2>/dev/null
+if [ -s "$TM/as-is" ]; then
   warn "$(tr -cd '\0' < "$TM/as-is" | wc -c) files are taken as they are, not converted from" \
        "their working-tree-encoding (git refused their bytes); the first:" \
        "$(head -z -n 1 "$TM/as-is" | head -c 60 | tr -d '\0')"
 fi
 if [ -s "$TM/too-long" ]; then
-  warn "$(wc -l < "$TM/too-long") paths longer than 4000 bytes are not taken (git cannot" \
+  warn "$(wc -l < "$TM/too-long") paths of 4096 bytes or more are not taken (git cannot" \
        "read them); the first: $(head -c 60 "$TM/too-long")..."
 fi
 T=$(GIT_INDEX_FILE=$I g --work-tree="$W" write-tree) || { unhide; exit 13; }
