@@ -69,10 +69,8 @@ def hold(run: JobRun, cli: DockerClient, attachment: Attachment) -> tuple[Contai
         what ``containers.create`` raises, and EnvironmentProblem/EngineUnavailable for a start
         the engine failed (the holder is then removed).
     """
-    image = helper_image()
-    containers.ensure_image(cli, image, "missing")
-    spec = ContainerSpec(
-        image=image,
+    spec = ContainerSpec(  # the helper's image: the job's helper makes sure it is there
+        image=helper_image(),
         command=["sleep", "infinity"],
         job_id=run.job.id,
         step=NETNS,
@@ -115,15 +113,9 @@ def lost(cli: DockerClient, box: Container) -> str | None:
 
 
 def release(cli: DockerClient, box: Container) -> None:
-    """Remove the holder (killed at once: it keeps nothing). What the engine keeps is left to
-    the sweep (the network's removal then says so)."""
-    import docker
-
-    with (
-        contextlib.suppress(Exception),
-        containers.engine_errors("removing the job's network holder", cli),
-        contextlib.suppress(docker.errors.NotFound),
-    ):
+    """Remove the holder (killed at once: it keeps nothing). Whatever stops that (gone
+    already, an engine that fails) is left to the sweep (the network's removal then says so)."""
+    with contextlib.suppress(Exception):
         cli.api.remove_container(box.id, force=True)
 
 

@@ -144,6 +144,11 @@ fi
 [ -n "$borrowed" ] || GIT_INDEX_FILE=$I gw read-tree -m "$start" 2>/dev/null \
   || { rm -f "$I"; GIT_INDEX_FILE=$I g read-tree "$start" 2>/dev/null; } \
   || GIT_INDEX_FILE=$I g read-tree "$P" || { unhide; exit 11; }
+refuse_too_big() {  # PATH: over max_object_size, the harvest refused (exit 17: the host says so)
+  unhide
+  printf 'too-big %s %s\n' "$(stat -c %s -- "$1" 2>/dev/null || echo 0)" "$1" >&2
+  exit 17
+}
 # a file over max_object_size that git would take is refused now, before git reads it all (a
 # sparse 100 GB file took the whole harvest deadline); one git ignores is no object
 if [ -n "$max" ] && [ -s "$TM/too-big" ]; then
@@ -153,11 +158,7 @@ if [ -n "$max" ] && [ -s "$TM/too-big" ]; then
           --work-tree="$W" -c core.excludesFile="$TM/hidden-exclude" \
           ls-files -z -o -m --exclude-standard -- < "$TM/too-big" 2>/dev/null \
         | head -z -n 1 | tr -d '\0\n')
-  if [ -n "$big" ]; then
-    unhide
-    printf 'too-big %s %s\n' "$(stat -c %s -- "$big" 2>/dev/null || echo 0)" "$big" >&2
-    exit 17
-  fi
+  [ -z "$big" ] || refuse_too_big "$big"
 fi
 ix() { GIT_INDEX_FILE=$I gw -c core.excludesFile="$TM/hidden-exclude" "$@"; }
 # one_by_one OPTS: the paths on stdin (NUL-separated), each added alone ("git add OPTS"); a
@@ -233,11 +234,7 @@ if [ -f "$W/.git/index" ] && [ ! -L "$W/.git/index" ] && [ ! -L "$W/.git" ] \
 fi
 [ ! -s "$TM/as-is" ] || ix ls-files -z | ix update-index -z --no-assume-unchanged --stdin \
   2>/dev/null  # the flags of files taken as they are off again, whatever follows
-if [ -s "$TM/as-is-big" ]; then  # refused like any file over max_object_size
-  big=$(head -n 1 "$TM/as-is-big"); unhide
-  printf 'too-big %s %s\n' "$(stat -c %s -- "$big" 2>/dev/null || echo 0)" "$big" >&2
-  exit 17
-fi
+[ ! -s "$TM/as-is-big" ] || refuse_too_big "$(head -n 1 "$TM/as-is-big")"
 if [ -s "$TM/as-is" ]; then
   warn "$(tr -cd '\0' < "$TM/as-is" | wc -c) files are taken as they are, not converted from" \
        "their working-tree-encoding (git refused their bytes); the first:" \
