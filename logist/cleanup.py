@@ -15,7 +15,7 @@ from logist.errors import EngineUnavailable, JobActive, LogistError
 from logist.harvest import harvest_leftover
 from logist.hostprocs import discard_leftover
 from logist.jobrun import JobRun
-from logist.layout import EXCHANGE, JOB_REPO, MANIFEST, SET_ASIDE, JobDir
+from logist.layout import EXCHANGE, GATE, JOB_REPO, MANIFEST, SET_ASIDE, JobDir
 from logist.model import (
     INTERRUPTED,
     RUNNING,
@@ -127,6 +127,7 @@ def _remove_job_repo(job_dir: Path, report: Report) -> None:
             result = delete_tree(path, job_dir)
             report.left_behind += result.foreign + result.stuck
     (job_dir / SET_ASIDE).unlink(missing_ok=True)  # names in a workspace that is gone
+    (job_dir / GATE).unlink(missing_ok=True)  # a killed run's proxy gate (a FIFO)
 
 
 def after_job(run: JobRun, *, harvested: bool = False) -> Report | None:

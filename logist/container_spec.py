@@ -56,6 +56,7 @@ CREATE_KWARGS = {
     "read_only": "read_only",
     "tmpfs": "tmpfs",
     "entrypoint": "entrypoint",
+    "healthcheck": "healthcheck",
 }
 
 
@@ -105,6 +106,7 @@ class ContainerSpec:
     read_only: bool | None = None
     tmpfs: dict[str, str] | None = None
     entrypoint: list[str] | None = None  # None: the image's
+    healthcheck: dict[str, Any] | None = None  # None: the image's
 
     def create_kwargs(self, engine_url: str) -> dict[str, Any]:
         """The SDK's ``containers.create`` keywords (but image and command): labelled and

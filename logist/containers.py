@@ -92,6 +92,14 @@ def ensure_image(cli: DockerClient, image: str, pull: str = "missing") -> None:
                 raise ImageMissing(image, str(exc), dock_of(cli).url) from None
 
 
+def entrypoint_of(cli: DockerClient, image: str) -> list[str] | None:
+    """The entrypoint ``image`` gives its containers (None: none)."""
+    with engine_errors(f"checking image {image}", cli):
+        config = cli.api.inspect_image(image).get("Config") or {}
+    entrypoint = config.get("Entrypoint")
+    return list(entrypoint) if isinstance(entrypoint, list) else None
+
+
 class _PullTimedOut(Exception):
     pass
 

@@ -64,6 +64,9 @@ def job_container(
         pids=job.pids or None,
         runtime=job.runtime or None,
         cap_add=[*DEFAULT_CAPS, *job.cap_add],
+        # the command only: an image's HEALTHCHECK would run beside it, from the start (before
+        # the first step's gate opens: red team)
+        healthcheck={"test": ["NONE"]},
         # no amplification of its output by the engine
         log_config=output.log_config(cli, podman.is_podman(cli)),
     )

@@ -1,6 +1,7 @@
 """The job directory's layout, in one place: the contract's files (``job.json``, ``workspace/``,
 ``logs/step-<n>.log``, ``result.bundle``) and logist's own (the lock, a cancel request,
-``repo.git``, the helper's exchange directory, temp names a killed setup may leave)."""
+``repo.git``, the helper's exchange directory, the proxy's gate, temp names a killed setup
+may leave)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ SETUP_TMP = ".workspace.tmp-"  # a workspace being cloned (then renamed into pla
 REPO_TMP = f".{JOB_REPO}.tmp-"
 INCOMING = ".incoming-"  # a bundle copied out of the exchange, before its checks
 SET_ASIDE = ".set-aside"  # nonces of harvests under way: names they hide in the workspace
+GATE = ".proxy-gate"  # a FIFO: the first step of an --allow-host run waits on it (gate.py)
 DELETABLE = (WORKSPACE, JOB_REPO, EXCHANGE)  # what deletion may remove, besides temp names
 
 
@@ -70,6 +72,10 @@ class JobDir:
     @property
     def set_aside(self) -> Path:
         return self.path / SET_ASIDE
+
+    @property
+    def gate(self) -> Path:
+        return self.path / GATE
 
     def setup_tmp(self, tag: object) -> Path:
         """A setup's temp name (``tag``: its pid)."""

@@ -12,19 +12,18 @@ killed runner leaves is reaped as an orphan by the sweep (``reap_orphan_networks
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from logist import containers, netns, output, podman
+from logist import containers, netns, podman
 from logist.background import Background
-from logist.container_spec import JOB, MANAGED, NETWORK, PROXY, ROOT, STEP, ContainerSpec, labels
-from logist.egress import PROXY_PORT, DeniedLog, parse_patterns, squid_config
-from logist.errors import EngineUnavailable, EnvironmentProblem, LogistError, Rejected
+from logist.container_spec import JOB, MANAGED, NETWORK, ROOT, STEP, labels
+from logist.errors import EngineUnavailable, LogistError, Rejected
+from logist.gate import Gate
 from logist.netns import Attachment
+from logist.proxy import Proxy, prepare
 from logist.store import owner_id
 
 if TYPE_CHECKING:
@@ -33,15 +32,9 @@ if TYPE_CHECKING:
 
     from logist.jobrun import JobRun
 
-PROXY_IMAGE = "logist/proxy:latest"
-NO_IPV6 = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
 # the prefixes of bridges' names, for the host's firewall (scripts/ensure-podman.sh, job-bridges.sh)
 INTERNAL_BRIDGE = "lgi"  # Podman's internal networks
 JOB_BRIDGE = "lgj"  # Docker's job networks (not internal)
-READY_TIMEOUT = 30.0  # seconds for the proxy to listen
-DRAIN_QUIET = 0.05  # after a step: the proxy's log is read until quiet this long...
-DRAIN_MAX = 0.3  # ...or this long at most
-PROXY_LIMITS = {"memory": "256m", "pids": 256, "cpus": 1.0}
 
 
 def network_name(job_id: str, jobs_root: Path) -> str:
@@ -52,36 +45,26 @@ def network_name(job_id: str, jobs_root: Path) -> str:
     return f"logist-{job_id}-{hashlib.sha256(str(jobs_root).encode()).hexdigest()[:8]}"
 
 
-def proxy_image() -> str:
-    """The proxy's image: ``LOGIST_PROXY_IMAGE``, else ``PROXY_IMAGE``."""
-    return os.environ.get("LOGIST_PROXY_IMAGE") or PROXY_IMAGE
-
-
-def egress_network() -> str:
-    """The network the proxy reaches the outside on: ``LOGIST_EGRESS_NETWORK``, else the
-    engine's default bridge."""
-    return os.environ.get("LOGIST_EGRESS_NETWORK") or "bridge"
-
-
 class JobNetwork:
     """The networks (and proxy) of one job while this process runs it: ``open`` makes them
     (``begin`` in the background, while the workspace is made; ``ready`` waits for them),
     ``attachment`` is what each of its containers gets, ``denied`` hands over what the proxy
     refused since the last call, ``close`` removes them (idempotent; ``close_soon`` in the
-    background, while the last harvest runs)."""
+    background, while the last harvest runs). Begun with ``gate``, the proxy's start goes on
+    beside the first step's (``take_gate``, ``listened``: ``logist/gate.py``)."""
 
     def __init__(self, run: JobRun) -> None:
         self.run = run
         self.name: str | None = None
-        self.proxy: Container | None = None
+        self.proxy: Proxy | None = None
         self.attachment = Attachment(run.job.network)
-        self.log = DeniedLog()
-        self._stream: Any = None
-        self._reader: threading.Thread | None = None
-        self._fed = 0.0  # when the proxy last said something (monotonic)
         self._opening: Background | None = None
+        self._listening: Background | None = None  # the proxy's start, beside the first step
+        self._gate: Gate | None = None
+        self._gate_taken = False
         self._closing: threading.Thread | None = None
         self.hold = False  # the steps share one held namespace (netns.py): set before ``_make``
+        self.gated = False  # the first step may start beside the proxy: set before ``_make``
         self.holder: Container | None = None
 
     @property
@@ -91,25 +74,19 @@ class JobNetwork:
         return self.run.dock.client()
 
     @classmethod
-    def begin(
-        cls, run: JobRun, after: Callable[[], None] | None = None, hold: bool = False
-    ) -> JobNetwork:
-        """``open``, in a thread of its own (once ``after`` returned: the orphan reap, which may
-        be removing a killed run's network of this job); ``ready`` waits for it. ``hold``: the
-        run has several steps, which share a held namespace where the engine allows it."""
+    def begin(cls, run: JobRun, hold: bool = False, gate: bool = False) -> JobNetwork:
+        """``open``, in a thread of its own, beside the orphan reap (a killed run's network of
+        this job is replaced: ``_remove_stale``); ``ready`` waits for it. ``hold``: the run has
+        several steps, which share a held namespace where the engine allows it; ``gate``: the
+        engine sees the job directory, so a step may wait at a gate in it."""
         net = cls(run)
-        net.hold = hold
-
-        def make() -> None:
-            if after is not None:
-                after()
-            net._make()
-
-        net._opening = Background(make, "logist-network")
+        net.hold, net.gated = hold, gate
+        net._opening = Background(net._make, "logist-network")
         return net
 
     def ready(self) -> Attachment:
-        """What the job's containers get, once the network (and proxy) are there.
+        """What the job's containers get, once the network (and proxy) are there; with a gate,
+        the proxy may still be starting (``take_gate``).
 
         Raises:
             what ``open`` raises.
@@ -120,7 +97,8 @@ class JobNetwork:
 
     @classmethod
     def open(cls, run: JobRun) -> JobNetwork:
-        """Make the job's network (and proxy) on its engine; nothing for ``none`` and ``host``.
+        """Make the job's network (and proxy, listening) on its engine; nothing for ``none``
+        and ``host``.
 
         Raises:
             Rejected: the engine cannot make them, or refused them (exit 2).
@@ -161,12 +139,38 @@ class JobNetwork:
             return
         making = Background(lambda: self._create(internal=True), "logist-network-create")
         try:
-            prepared = self._prepare_proxy()  # meanwhile
+            prepared = prepare(self.cli)  # meanwhile
         finally:
             making.join()
         making.wait()
-        self._create_proxy(*prepared)
-        self._start_proxy()
+        assert self.name is not None
+        self.proxy = proxy = Proxy(self.run, self.name)
+        gate = self._new_gate() if self.gated and proxy.by_name else None
+        if gate is not None:  # made and started beside the first step's
+            self._gate = gate
+            self.attachment = proxy.attachment()
+
+            def listen() -> None:
+                try:
+                    proxy.create(*prepared)
+                    proxy.start()
+                except BaseException:
+                    gate.say(False)
+                    raise
+                gate.say(True)
+
+            self._listening = Background(listen, "logist-proxy-start")
+        else:
+            proxy.create(*prepared)
+            self.attachment = proxy.attachment(proxy.start())
+
+    def _new_gate(self) -> Gate | None:
+        """The first step's gate; None where the job directory takes no FIFO (the proxy then
+        starts before the first step, as on other engines)."""
+        try:
+            return Gate(self.run.dir.gate)
+        except OSError:
+            return None
 
     # --- making ---------------------------------------------------------------------------
 
@@ -191,99 +195,43 @@ class JobNetwork:
         self.name = name
         self.attachment = Attachment(name)
 
-    def _prepare_proxy(self) -> tuple[str, Any]:
-        """The proxy's image (there) and its log's settings on this engine."""
-        cli, image = self.cli, proxy_image()
-        containers.ensure_image(cli, image, "missing")
-        with containers.engine_errors("asking the engine what it is", cli):
-            return image, output.log_config(cli, podman.is_podman(cli))
-
-    def _create_proxy(self, image: str, log_config: Any) -> None:
-        """The proxy's container, on the egress network (not yet on the job's), serving the
-        job's network's subnets only."""
-        job, cli, root = self.run.job, self.cli, self.run.store.root
-        with containers.engine_errors(f"inspecting the network {self.name}", cli):
-            ipam = (cli.api.inspect_network(self.name).get("IPAM") or {}).get("Config") or []
-        subnets = [c["Subnet"] for c in ipam if c.get("Subnet")]
-        if not subnets:
-            raise EnvironmentProblem(f"the engine gave the network {self.name} no subnet")
-        conf = squid_config(parse_patterns(job.allow_hosts), list(job.allow_private), subnets)
-        spec = ContainerSpec(
-            image=image,
-            command=[],
-            job_id=job.id,
-            step=PROXY,
-            jobs_root=root,
-            owner=owner_id(),
-            env={"LOGIST_PROXY_CONF": conf},
-            network=egress_network(),
-            memory=PROXY_LIMITS["memory"],
-            pids=PROXY_LIMITS["pids"],
-            cpus=PROXY_LIMITS["cpus"],
-            cap_add=[],
-            read_only=True,
-            tmpfs={"/tmp": "size=16m,mode=1777"},
-            log_config=log_config,
-            # it relays, never routes: a step with NET_RAW could send it frames for elsewhere
-            sysctls={"net.ipv4.ip_forward": "0", "net.ipv6.conf.all.forwarding": "0"},
-        )
-        self.proxy = containers.create(cli, spec)
-
-    def _start_proxy(self) -> None:
-        """On the job's network, started, listening: its address is the steps' proxy."""
-        cli, box, image = self.cli, self.proxy, proxy_image()
-        assert box is not None and self.name is not None
-        with containers.engine_errors("starting the job's proxy", cli):
-            cli.api.connect_container_to_network(box.id, self.name)
-            if output.attaches(box):  # before the start: its first lines are not missed
-                self._stream = output.Attached(box, self.run.dock.timeout)
-            box.start()
-            if self._stream is None:
-                self._stream = box.logs(stream=True, follow=True, stdout=True, stderr=True)
-        self._reader = threading.Thread(target=self._read, daemon=True, name="logist-proxy")
-        self._reader.start()
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not self.log.ready:
-            if not self._reader.is_alive() or time.monotonic() > deadline:
-                tail = " | ".join(x.decode("utf-8", "replace") for x in self.log.tail[-2:])
-                raise EnvironmentProblem(
-                    f"the job's proxy ({image}) did not start listening: {tail or 'no output'}"
-                )
-            time.sleep(0.01)
-        with containers.engine_errors("inspecting the job's proxy", cli):
-            box.reload()
-        ip = ((box.attrs.get("NetworkSettings") or {}).get("Networks") or {}).get(self.name, {})
-        address = ip.get("IPAddress")
-        if not address:
-            raise EnvironmentProblem(f"the job's proxy has no address on {self.name}")
-        url = f"http://{address}:{PROXY_PORT}"
-        env = {k: url for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")}
-        env.update(NO_PROXY="localhost,127.0.0.1", no_proxy="localhost,127.0.0.1")
-        # names resolve nowhere: the proxy resolves them (it answers no DNS). On Podman the
-        # host keeps an IPv6 link-local address on the bridge (services on `::` would answer
-        # there): the steps get no IPv6
-        sysctls = NO_IPV6 if podman.is_podman(cli) else None
-        self.attachment = Attachment(self.name, env, dns=[address], sysctls=sysctls)
-
-    def _read(self) -> None:
-        with contextlib.suppress(Exception):
-            for chunk in self._stream:
-                if isinstance(chunk, str):
-                    chunk = chunk.encode()
-                self._fed = time.monotonic()
-                self.log.feed(chunk)
-
     # --- while steps run ------------------------------------------------------------------
+
+    def take_gate(self) -> Gate | None:
+        """The gate of the step made now: the first step's (once; None after, and without a
+        gate), which may start while the proxy does.
+
+        Raises:
+            what the proxy's start raised, when it failed already.
+        """
+        gate = self._gate
+        if gate is None or self._gate_taken:
+            return None
+        if gate.said is False:
+            self.listened()
+        self._gate_taken = True
+        return gate
+
+    def listened(self) -> None:
+        """After a step's end (its container gone): the proxy's start waited for, the gate
+        closed.
+
+        Raises:
+            what the proxy's start raised (a gated step then did not run: the gate said no).
+        """
+        listening, self._listening = self._listening, None
+        try:
+            if listening is not None:
+                listening.wait()
+        finally:
+            gate, self._gate = self._gate, None
+            if gate is not None:
+                gate.close()
 
     def denied(self) -> dict[str, Any] | None:
         """What the proxy refused since the last call (``{"denied": {HOST:PORT: n}}``); None
         without a proxy. Waits (briefly) for the proxy's log to go quiet first."""
-        if self.proxy is None:
-            return None
-        start = time.monotonic()
-        while time.monotonic() - self._fed < DRAIN_QUIET and time.monotonic() - start < DRAIN_MAX:
-            time.sleep(0.01)
-        return self.log.take()
+        return None if self.proxy is None else self.proxy.denied()
 
     # --- removal --------------------------------------------------------------------------
 
@@ -296,8 +244,9 @@ class JobNetwork:
     def close(self) -> None:
         """Remove the proxy and the network (after an ``open`` under way, or a ``close_soon``).
         What the engine keeps is left to the sweep."""
-        if self._opening is not None:
-            self._opening.join()
+        for making in (self._opening, self._listening):
+            if making is not None:
+                making.join()
         closing = self._closing
         if closing is not None and closing is not threading.current_thread():
             closing.join()
@@ -305,31 +254,21 @@ class JobNetwork:
         self._remove()
 
     def _remove(self) -> None:
-        if self._stream is not None:
-            with contextlib.suppress(Exception):
-                self._stream.close()
+        with contextlib.suppress(Exception):
+            self.listened()  # the proxy's start is over: its failure was the step's to say
+        proxy, self.proxy = self.proxy, None
+        if proxy is not None:
+            proxy.stop_reading()
         if self.run.dock.lost():  # an engine just found gone is not waited on: the sweep's
             return
-        import docker
-
-        def remove_proxy(box: Container) -> None:
-            with (
-                containers.engine_errors("removing the job's proxy", self.cli),
-                contextlib.suppress(docker.errors.NotFound),
-            ):
-                box.remove(force=True)  # it keeps nothing: killed at once
-
         if self.holder is not None:  # before the network: it sits on it
             box, self.holder = self.holder, None
             netns.release(self.cli, box)
         with contextlib.suppress(LogistError):
             going = None
-            if self.proxy is not None:
-                box, self.proxy = self.proxy, None
-                if self.name is not None:  # off the network first: the two go at once
-                    with contextlib.suppress(Exception):
-                        self.cli.api.disconnect_container_from_network(box.id, self.name, True)
-                going = Background(lambda: remove_proxy(box), "logist-unproxy")
+            if proxy is not None:
+                proxy.leave()  # off the network first: the two go at once
+                going = Background(proxy.remove, "logist-unproxy")
             try:
                 if self.name is not None:
                     net = self.cli.networks.prepare_model({"Id": self.name, "Name": self.name})
@@ -359,13 +298,12 @@ def _remove_stale(cli: DockerClient, name: str, job_id: str, jobs_root: Path) ->
             f"{tags.get(JOB) or '?'} at {tags.get(ROOT) or '?'}): job ids must differ between "
             "the jobs roots of one engine"
         )
-    with containers.engine_errors(what, cli):
-        for box in net.containers:
-            labels = box.labels or {}
+    # the orphan reap may be removing them too (gone, or "removal already in progress")
+    for box_id in net.attrs.get("Containers") or {}:
+        with containers.engine_errors(what, cli), contextlib.suppress(docker.errors.APIError):
+            labels = (cli.api.inspect_container(box_id).get("Config") or {}).get("Labels") or {}
             if labels.get(JOB) == job_id and labels.get(ROOT) == str(jobs_root):
-                # gone, or a sweep removing it too ("removal already in progress"): its end
-                with contextlib.suppress(docker.errors.APIError):
-                    box.remove(force=True)
+                cli.api.remove_container(box_id, force=True)
     remove_networks(cli, jobs_root, nets=[net])  # retried while the endpoints go
 
 

@@ -162,8 +162,10 @@ class Runner:
                 return self._concluded(run, None, rejected)
             reaping = self._reaping
             assert reaping is not None  # started by run_job or run_many
-            # while the workspace is made and the helper starts, after the orphan reap
-            net = JobNetwork.begin(run, after=reaping.wait, hold=_steps_ahead(job, max_steps) > 1)
+            # while the workspace is made and the helper starts; a gate for the first step
+            # where the engine sees the job directory (a bind workspace)
+            hold = _steps_ahead(job, max_steps) > 1
+            net = JobNetwork.begin(run, hold=hold, gate=job.volume is None)
             workspace = workspace_of(run)
             workspace.prepare()
             reaping.wait()  # a killed run's containers go before this run's start
@@ -383,12 +385,14 @@ class Runner:
                     on_output=out,
                     should_stop=should_stop,
                     timeout=step.timeout or job.timeout,
+                    began=None if made.gate is None else lambda: made.gate.opened_at,
                 )
             except Rejected:  # a start the engine refused: the holder's end, or the user's
                 _check_holder(net)
                 raise
             finally:
                 out.close()
+        net.listened()  # the proxy's start: a step it gated, when it failed, did not run
         if outcome.exit_code != 0 and outcome.stopped_for is None and not canceled():
             _check_holder(net)  # failed, or gone: with the namespace it joined?
         step.finished_at = now()

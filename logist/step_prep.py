@@ -16,6 +16,7 @@ from logist.job_container import job_container, read_secrets
 if TYPE_CHECKING:
     from docker.models.containers import Container
 
+    from logist.gate import Gate
     from logist.jobrun import JobRun
     from logist.model import Step
     from logist.networks import JobNetwork
@@ -28,6 +29,7 @@ class Made:
 
     container: Container
     secrets: dict[str, str]
+    gate: Gate | None = None  # it waits there for the job's proxy: its clock starts at go
 
 
 def make(run: JobRun, step: Step, workspace: Workspace, net: JobNetwork) -> Made:
@@ -44,7 +46,10 @@ def make(run: JobRun, step: Step, workspace: Workspace, net: JobNetwork) -> Made
     containers.ensure_image(cli, image, job.pull)
     command = ["/bin/sh", "-c", step.run]
     spec = job_container(run, workspace, cli, image, command, step.index, secrets, net.attachment)
-    return Made(containers.create(cli, spec), secrets)
+    if (gate := net.take_gate()) is not None:  # it starts beside the job's proxy
+        spec.mounts.append(gate.mount())
+        spec.entrypoint = gate.entrypoint(containers.entrypoint_of(cli, image))
+    return Made(containers.create(cli, spec), secrets, gate)
 
 
 class Ahead:

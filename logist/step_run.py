@@ -37,11 +37,14 @@ def run_container(
     should_stop: Callable[[], str | None],
     timeout: float | None,
     grace: float = STOP_GRACE,
+    began: Callable[[], float | None] | None = None,
 ) -> Outcome:
     """Start ``container``, stream its combined output to ``on_output`` (never buffering it
     whole), stop it on timeout or when ``should_stop`` names a reason (retried, escalating to
     kill), wait, then remove it. The output stream (the step's own wait) has no deadline, but
-    the engine is pinged meanwhile: one that stops answering ends the wait.
+    the engine is pinged meanwhile: one that stops answering ends the wait. ``began``: when
+    the step's command may run (monotonic; None while it waits at its gate, logist/gate.py),
+    from which ``timeout`` counts; without it, from the start.
 
     Raises:
         EngineRejected: the engine refused the container (exit 2).
@@ -53,7 +56,12 @@ def run_container(
 
     outcome = Outcome(exit_code=None)
     done = threading.Event()
-    deadline = time.monotonic() + timeout if timeout else None
+    start = time.monotonic()
+
+    def deadline() -> float | None:
+        at = start if began is None else began()
+        return None if not timeout or at is None else max(at, start) + timeout
+
     patience = dock_of(container.client).timeout
     stream: list[Any] = []
     lost: list[BaseException] = []
@@ -68,7 +76,8 @@ def run_container(
         next_ping = time.monotonic() + min(5.0, patience)
         while not done.wait(WATCH_POLL):
             reason = should_stop()
-            if reason is None and deadline is not None and time.monotonic() >= deadline:
+            due = deadline()
+            if reason is None and due is not None and time.monotonic() >= due:
                 reason = "timeout"
             if reason:
                 outcome.stopped_for = reason

@@ -20,6 +20,7 @@ import pytest
 from logist.networks import network_name
 from tests.conftest import BUSYBOX, STEP_IMAGE
 from tests.helpers import commit_file, run_logist, wait_for
+from tests.support_net import NAMES, network_with_server
 from tests.support_wait import ended
 
 pytestmark = pytest.mark.docker
@@ -29,11 +30,6 @@ def _cmd(jobs_root: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), *args]
 
 
-NAMES = ("web.example.test", "other.example.test", "x.sub.example.test", "sub.example.test")
-SERVE = (
-    "mkdir -p /www && echo hello-web > /www/index.html && httpd -p 80 -h /www && "
-    "httpd -p 8443 -h /www && exec httpd -f -p 443 -h /www"
-)
 # the step's side: each check prints one line "CHECK -> RESULT"
 CLIENT = r"""
 import os, socket, sys, urllib.request
@@ -64,34 +60,11 @@ for check in sys.argv[1:]:
 """
 
 
-def _network_with_server(cli, prefix: str, subnets: list[str], aliases: tuple[str, ...]):
-    import docker
-
-    last: Exception | None = None
-    for subnet in subnets:
-        name = f"logist-test-{prefix}-{os.getpid()}-{random.randrange(1 << 20)}"
-        ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)])
-        try:
-            net = cli.networks.create(name, driver="bridge", ipam=ipam, check_duplicate=True)
-        except docker.errors.APIError as exc:  # another worker's subnet
-            last = exc
-            continue
-        server = cli.containers.run(
-            BUSYBOX, ["sh", "-c", SERVE], detach=True, network=name, name=f"{name}-web"
-        )
-        net.disconnect(server)
-        net.connect(server, aliases=list(aliases))
-        server.reload()
-        ip = server.attrs["NetworkSettings"]["Networks"][name]["IPAddress"]
-        return net, server, ip
-    raise AssertionError(f"no free subnet among {subnets[:3]}...: {last}")
-
-
 @pytest.fixture(scope="module")
 def outside(docker_client):
     """The stand-in internet: (network name, the web server's address)."""
     subnets = [f"198.18.{n}.0/24" for n in random.sample(range(256), 12)]
-    net, server, ip = _network_with_server(docker_client, "out", subnets, NAMES)
+    net, server, ip = network_with_server(docker_client, "out", subnets, NAMES)
     yield net.name, ip
     server.remove(force=True)
     net.remove()
@@ -102,7 +75,7 @@ def internal(docker_client):
     """An internal service on a private range: (network name, subnet, address)."""
     picks = random.sample(range(256), 12)
     subnets = [f"10.{n}.{random.randrange(256)}.0/24" for n in picks]
-    net, server, ip = _network_with_server(docker_client, "in", subnets, ("inside.example.test",))
+    net, server, ip = network_with_server(docker_client, "in", subnets, ("inside.example.test",))
     net.reload()
     subnet = net.attrs["IPAM"]["Config"][0]["Subnet"]
     yield net.name, subnet, ip
@@ -263,8 +236,9 @@ def test_the_step_sits_on_the_jobs_internal_network_and_the_proxy_is_hardened(
         [step] = wait_for(
             lambda: docker_client.containers.list(filters=label), 60, "the step to run"
         )
-        [proxy] = docker_client.containers.list(
-            filters={"label": [f"logist.jobs-dir={jobs_root}", "logist.step=proxy"]}
+        proxies = {"label": [f"logist.jobs-dir={jobs_root}", "logist.step=proxy"]}
+        [proxy] = wait_for(  # it starts beside the first step
+            lambda: docker_client.containers.list(filters=proxies), 60, "the proxy to run"
         )
         [net] = docker_client.networks.list(filters={"label": f"logist.jobs-dir={jobs_root}"})
         net.reload()
@@ -281,9 +255,13 @@ def test_the_step_sits_on_the_jobs_internal_network_and_the_proxy_is_hardened(
         forwarding = "cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv6/conf/all/forwarding"
         assert proxy.exec_run(["sh", "-c", forwarding]).output.split() == [b"0", b"0"]
         env = dict(e.split("=", 1) for e in step.attrs["Config"]["Env"])
-        address = proxy.attrs["NetworkSettings"]["Networks"][net.name]["IPAddress"]
+        # named by its alias on the job's network, which the step resolves to its address
+        assert "logist-proxy" in proxy.attrs["NetworkSettings"]["Networks"][net.name]["Aliases"]
         for key in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
-            assert env[key] == f"http://{address}:3128"
+            assert env[key] == "http://logist-proxy:3128"
+        address = proxy.attrs["NetworkSettings"]["Networks"][net.name]["IPAddress"]
+        found = step.exec_run(["getent", "hosts", "logist-proxy"]).output.decode().split()
+        assert found[:1] == [address]
         assert env["NO_PROXY"] == "localhost,127.0.0.1"
     finally:
         subprocess.run(
@@ -803,7 +781,7 @@ RAW = (
     + r"""
 import os, sys
 dst, port = sys.argv[1], int(sys.argv[2])
-proxy = os.environ["HTTP_PROXY"].split("//")[1].rsplit(":", 1)[0]
+proxy = socket.gethostbyname(os.environ["HTTP_PROXY"].split("//")[1].rsplit(":", 1)[0])
 socket.create_connection((proxy, 3128), timeout=5).close()  # its MAC is now in the ARP table
 mac = next(l.split()[3] for l in open("/proc/net/arp") if l.split()[0] == proxy)
 probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -304,7 +304,8 @@ def test_allow_host_on_a_remote_engine_runs_the_proxy_there(
     """The job's network and proxy are made on the job's engine (here a node over tcp://, its
     workspace a volume); the proxy image goes there like any image (``image push``)."""
     from tests.helpers import commit_file
-    from tests.test_networks import CLIENT, NAMES, SERVE
+    from tests.support_net import NAMES, SERVE
+    from tests.test_networks import CLIENT
 
     node = running_nodes[0]
     pushed = logist("image", "push", "logist/proxy:latest", "--engine", node.url)

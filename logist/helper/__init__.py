@@ -1,6 +1,7 @@
 """The helper container's shell scripts, as files: ``prelude.sh`` (a clean git environment and
 ``write_back``), ``harvest.sh``, ``write-back.sh``, ``trusted-init.sh``, ``visible.sh`` and
-``serve.sh``. logist passes their text to ``sh -c`` in the helper; their paths default to the
+``serve.sh`` (and ``gate.sh``, which the first step's own image runs: logist/gate.py). logist
+passes their text to ``sh -c`` in the helper; their paths default to the
 container's (``LOGIST_ROOT`` unset), so tests run them with ``sh`` on temporary repositories
 (tests/test_helper_scripts.py). And the reading of a harvest's answer, as data."""
 
