@@ -329,7 +329,7 @@ def _create_network(cli: DockerClient, name: str, internal: bool, tags: dict) ->
         return
     else:
         options = {"isolate": "true"}
-    cli.networks.create(
+    cli.api.create_network(  # not ``networks.create``: its inspect of the result is not needed
         name, driver="bridge", internal=internal, labels=tags, options=options, check_duplicate=True
     )
 
