@@ -162,10 +162,8 @@ class Runner:
                 return self._concluded(run, None, rejected)
             reaping = self._reaping
             assert reaping is not None  # started by run_job or run_many
-            # while the workspace is made and the helper starts; a gate for the first step
-            # where the engine sees the job directory (a bind workspace)
-            hold = _steps_ahead(job, max_steps) > 1
-            net = JobNetwork.begin(run, hold=hold, gate=job.volume is None)
+            # while the workspace is made; a gate where the engine sees the job directory
+            net = JobNetwork.begin(run, _steps_ahead(job, max_steps) > 1, job.volume is None)
             workspace = workspace_of(run)
             workspace.prepare()
             reaping.wait()  # a killed run's containers go before this run's start

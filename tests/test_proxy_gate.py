@@ -73,6 +73,16 @@ def _args(outside, job_id: str, repo: Path, step: str, *extra: str) -> list[str]
     ]  # fmt: skip
 
 
+def _run_on(docker_client, dockerfile: str, jobs_root: Path, args: list[str], env: dict):
+    """``logist ARGS`` with the step's image built from ``dockerfile`` (removed after)."""
+    tag = _image(docker_client, "step", dockerfile)
+    try:
+        args[args.index(BUSYBOX)] = tag
+        return run_logist(jobs_root, *args, env=env, timeout=120)
+    finally:
+        docker_client.images.remove(tag, force=True)
+
+
 def _popen(jobs_root: Path, args: list[str], env: dict, **kw) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "logist", "--jobs-dir", str(jobs_root), *args],
@@ -160,19 +170,13 @@ def test_a_proxy_that_does_not_start_leaves_the_gated_step_unrun_and_the_job_res
 def test_the_images_own_entrypoint_runs_after_the_gate(
     jobs_root, source_repo, outside, docker_client
 ):
-    tag = _image(
-        docker_client,
-        "entrypoint",
+    dockerfile = (
         f"FROM {BUSYBOX}\n"
-        'ENTRYPOINT ["/bin/sh", "-c", "export FROM_ENTRYPOINT=yes; exec \\"$@\\"", "ep"]\n',
+        'ENTRYPOINT ["/bin/sh", "-c", "export FROM_ENTRYPOINT=yes; exec \\"$@\\"", "ep"]\n'
     )
-    try:
-        step = 'echo "entrypoint:$FROM_ENTRYPOINT" && ' + FETCH
-        args = _args(outside, "ep", source_repo, step)
-        args[args.index(BUSYBOX)] = tag
-        out = run_logist(jobs_root, *args, env=_env(outside), timeout=120)
-    finally:
-        docker_client.images.remove(tag, force=True)
+    step = 'echo "entrypoint:$FROM_ENTRYPOINT" && ' + FETCH
+    args = _args(outside, "ep", source_repo, step)
+    out = _run_on(docker_client, dockerfile, jobs_root, args, _env(outside))
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["entrypoint:yes", "hello-web", "fetched"]
 
@@ -221,19 +225,13 @@ def test_an_images_healthcheck_does_not_run_before_the_gate_opens(
     "go" into the gate (a step of logist's uid, or root, may write a FIFO on a read-only mount)
     ran the step while the proxy slept, and even when it never listened. Steps run their
     command only."""
-    tag = _image(
-        docker_client,
-        "healthcheck",
+    dockerfile = (
         f"FROM {BUSYBOX}\nHEALTHCHECK --interval=1s CMD sh -c "
-        '"touch /tmp/health-ran; echo go > /run/logist/gate"\n',
+        '"touch /tmp/health-ran; echo go > /run/logist/gate"\n'
     )
-    try:
-        step = "ls /tmp/health-ran 2>/dev/null || echo no-healthcheck && " + FETCH
-        args = _args(outside, "hc", source_repo, step)
-        args[args.index(BUSYBOX)] = tag
-        out = run_logist(jobs_root, *args, env=_env(outside, slow_proxy), timeout=120)
-    finally:
-        docker_client.images.remove(tag, force=True)
+    step = "ls /tmp/health-ran 2>/dev/null || echo no-healthcheck && " + FETCH
+    args = _args(outside, "hc", source_repo, step)
+    out = _run_on(docker_client, dockerfile, jobs_root, args, _env(outside, slow_proxy))
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["no-healthcheck", "hello-web", "fetched"]
 
