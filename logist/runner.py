@@ -365,8 +365,8 @@ class Runner:
         def canceled() -> bool:
             return cancel_requested(job_dir, since=asked_from)
 
-        def should_stop() -> str | None:
-            if self.interrupt.is_set():
+        def should_stop() -> str | None:  # a gate that said no: its proxy failed (red team)
+            if self.interrupt.is_set() or (made.gate is not None and made.gate.said is False):
                 return "interrupt"
             if canceled():
                 return "cancel"
@@ -390,10 +390,10 @@ class Runner:
                 raise
             finally:
                 out.close()
+        step.finished_at = now()
         net.listened()  # the proxy's start: a step it gated, when it failed, did not run
         if outcome.exit_code != 0 and outcome.stopped_for is None and not canceled():
             _check_holder(net)  # failed, or gone: with the namespace it joined?
-        step.finished_at = now()
         step.egress = net.denied()
         for line in denied_lines(job.id, step.index, step.egress or {}):
             self.notify(line)

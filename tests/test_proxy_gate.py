@@ -5,6 +5,7 @@ is a network of the test's own (tests/support_net.py). No traffic goes anywhere 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -247,3 +248,30 @@ def test_a_steps_timeout_counts_from_its_gate_not_from_the_proxys_start(
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["ran"]
     assert _status(jobs_root, "budget")["steps"][0]["state"] == "succeeded"
+
+
+@pytest.mark.timeout(180)
+def test_a_step_whose_image_ignores_the_gate_is_stopped_when_the_proxy_fails(
+    jobs_root, source_repo, outside, docker_client
+):
+    """Red team: an image whose own ``/bin/sh`` skips the gate runs the step whatever it says
+    (the gate is no boundary); when the proxy then fails, the gate's "no" gave the step no
+    deadline at all (its timeout counts from "go"). It is stopped at the "no" now."""
+    shell = (
+        '#!/bin/busybox sh\nif [ "$3" = logist-gate ]; then shift 4; exec "$@"; fi\n'
+        'exec /bin/busybox sh "$@"\n'
+    )
+    encoded = base64.b64encode(shell.encode()).decode()
+    dockerfile = (
+        f"FROM {BUSYBOX}\n"
+        f"RUN rm /bin/sh && echo {encoded} | base64 -d > /bin/sh && chmod 755 /bin/sh\n"
+    )
+    step = "echo step-ran; sleep 60; echo done-sleeping"
+    args = _args(outside, "skipgate", source_repo, step)
+    out = _run_on(docker_client, dockerfile, jobs_root, args, _env(outside, BUSYBOX))
+    assert out.returncode == 3, out.stderr
+    assert "did not start listening" in out.stderr
+    log = (jobs_root / "skipgate" / "logs" / "step-1.log").read_text()
+    assert "step-ran" in log and "done-sleeping" not in log
+    assert _status(jobs_root, "skipgate")["steps"][0]["state"] == "pending"
+    assert _left(docker_client, jobs_root) == ([], [])
