@@ -39,3 +39,9 @@ def network_with_server(cli, prefix: str, subnets: list[str], aliases: tuple[str
         ip = server.attrs["NetworkSettings"]["Networks"][name]["IPAddress"]
         return net, server, ip
     raise AssertionError(f"no free subnet among {subnets[:3]}...: {last}")
+
+
+def left_behind(cli, jobs_root) -> tuple[list, list]:
+    """The containers (any state) and networks labelled for ``jobs_root``."""
+    label = {"label": f"logist.jobs-dir={jobs_root}"}
+    return cli.containers.list(all=True, filters=label), cli.networks.list(filters=label)

@@ -17,6 +17,7 @@ import pytest
 from logist.networks import network_name
 from tests.conftest import STEP_IMAGE
 from tests.helpers import commit_file, run_logist, wait_for
+from tests.support_net import left_behind
 from tests.support_wait import ended
 
 pytestmark = pytest.mark.docker
@@ -39,11 +40,6 @@ def _boxes(cli, jobs_root: Path, step: str) -> list:
         except docker.errors.NotFound:  # one went between the list and its inspection
             time.sleep(0.05)
     return cli.containers.list(all=True, filters=label)
-
-
-def _left(cli, jobs_root: Path) -> tuple[list, list]:
-    label = {"label": f"logist.jobs-dir={jobs_root}"}
-    return cli.containers.list(all=True, filters=label), cli.networks.list(filters=label)
 
 
 def _started(jobs_root: Path, *args: str, **popen) -> subprocess.Popen:
@@ -89,7 +85,7 @@ def test_the_steps_of_a_run_share_one_held_namespace_on_the_jobs_network(
     assert runner.returncode == 0, err
     mine, shared = out.split()
     assert mine == shared  # the second step is in the first one's namespace
-    assert _left(docker_client, jobs_root) == ([], [])
+    assert left_behind(docker_client, jobs_root) == ([], [])
 
 
 def test_one_step_at_a_time_gets_the_jobs_network_without_a_holder(
@@ -104,7 +100,7 @@ def test_one_step_at_a_time_gets_the_jobs_network_without_a_holder(
         (jobs_root / job_id / "workspace" / "go").write_text("")
         _, err = runner.communicate(timeout=120)
     assert runner.returncode == 0, err
-    assert _left(docker_client, jobs_root) == ([], [])
+    assert left_behind(docker_client, jobs_root) == ([], [])
 
 
 def test_steps_without_a_network_share_a_namespace_with_loopback_only(
@@ -121,7 +117,7 @@ def test_steps_without_a_network_share_a_namespace_with_loopback_only(
         out, err = runner.communicate(timeout=120)
     assert runner.returncode == 0, err
     assert out.split() == ["lo"]
-    assert _left(docker_client, jobs_root) == ([], [])
+    assert left_behind(docker_client, jobs_root) == ([], [])
 
 
 @pytest.mark.timeout(180)
@@ -134,7 +130,7 @@ def test_a_canceled_or_killed_run_leaves_no_holder(jobs_root, source_repo, docke
         out = run_logist(jobs_root, "job", "cancel", "canceled", timeout=60)
         assert out.returncode == 0, out.stderr
         r.communicate(timeout=60)
-    assert _left(docker_client, jobs_root) == ([], [])
+    assert left_behind(docker_client, jobs_root) == ([], [])
     # killed: the sweep removes what it left
     args = ["run", "killed", "--repo", str(source_repo), *steps]
     with ended(_started(jobs_root, *args, start_new_session=True)) as runner:
@@ -142,11 +138,11 @@ def test_a_canceled_or_killed_run_leaves_no_holder(jobs_root, source_repo, docke
         wait_for(lambda: _boxes(docker_client, jobs_root, "netns"), 60, "the holder")
         os.killpg(runner.pid, signal.SIGKILL)
         runner.communicate(timeout=30)
-    boxes, nets = _left(docker_client, jobs_root)
+    boxes, nets = left_behind(docker_client, jobs_root)
     assert {b.labels["logist.step"] for b in boxes} >= {"1", "netns"} and len(nets) == 1
     out = run_logist(jobs_root, "job", "cleanup", "--stale", "--older-than", "0s", "--json")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert _left(docker_client, jobs_root) == ([], [])
+    assert left_behind(docker_client, jobs_root) == ([], [])
 
 
 FETCH = """
@@ -183,7 +179,7 @@ def test_jobs_whose_steps_share_held_namespaces_cannot_reach_each_other(
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == "unreachable"
         assert run_logist(jobs_root, "job", "cancel", "serves", timeout=60).returncode == 0
-    wait_for(lambda: _left(docker_client, jobs_root) == ([], []), 60, "nothing left")
+    wait_for(lambda: left_behind(docker_client, jobs_root) == ([], []), 60, "nothing left")
 
 
 def test_steps_get_the_jobs_network_itself_when_the_holder_cannot_start(
@@ -207,7 +203,7 @@ def test_steps_get_the_jobs_network_itself_when_the_holder_cannot_start(
         text=True,
     )
     assert shown.stdout.split() == ["eth0", "lo"]  # on the job's network all the same
-    assert _left(docker_client, jobs_root) == ([], [])
+    assert left_behind(docker_client, jobs_root) == ([], [])
 
 
 def test_a_holder_stopped_outside_logist_interrupts_the_job_and_a_rerun_resumes_it(
@@ -225,14 +221,14 @@ def test_a_holder_stopped_outside_logist_interrupts_the_job_and_a_rerun_resumes_
     view = json.loads(run_logist(jobs_root, "job", "status", "lost", "--json").stdout)
     assert view["state"] == "interrupted"
     assert [s["state"] for s in view["steps"]] == ["succeeded", "pending"]
-    assert _left(docker_client, jobs_root) == ([], [])
+    assert left_behind(docker_client, jobs_root) == ([], [])
     out = run_logist(jobs_root, "job", "run", "lost")
     assert out.returncode == 0, out.stderr
     shown = subprocess.run(
         ["git", "-C", str(source_repo), "show", "logist/lost:second"], capture_output=True
     )
     assert shown.stdout == b"second\n"
-    assert _left(docker_client, jobs_root) == ([], [])
+    assert left_behind(docker_client, jobs_root) == ([], [])
 
 
 def test_steps_under_another_runtime_keep_a_namespace_each(jobs_root, source_repo, docker_client):
@@ -248,4 +244,4 @@ def test_steps_under_another_runtime_keep_a_namespace_each(jobs_root, source_rep
         (jobs_root / "rt" / "workspace" / "go").write_text("")
         _, err = runner.communicate(timeout=120)
     assert runner.returncode == 0, err
-    assert _left(docker_client, jobs_root) == ([], [])
+    assert left_behind(docker_client, jobs_root) == ([], [])

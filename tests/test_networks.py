@@ -20,7 +20,7 @@ import pytest
 from logist.networks import network_name
 from tests.conftest import BUSYBOX, STEP_IMAGE
 from tests.helpers import commit_file, run_logist, wait_for
-from tests.support_net import NAMES, network_with_server
+from tests.support_net import NAMES, left_behind, network_with_server
 from tests.support_wait import ended
 
 pytestmark = pytest.mark.docker
@@ -124,11 +124,6 @@ def _status(jobs_root, job_id: str) -> dict:
     return json.loads(out.stdout)
 
 
-def _left(cli, jobs_root) -> tuple[list, list]:
-    label = {"label": f"logist.jobs-dir={jobs_root}"}
-    return cli.containers.list(all=True, filters=label), cli.networks.list(filters=label)
-
-
 def test_allowed_hosts_pass_through_the_proxy_and_everything_else_is_refused(
     jobs_root, repo, outside, docker_client
 ):
@@ -186,7 +181,7 @@ def test_allowed_hosts_pass_through_the_proxy_and_everything_else_is_refused(
         }
     }
     assert "eg1: step 1: egress refused: web.example.test:22 (1 request)" in out.stderr
-    assert _left(docker_client, jobs_root) == ([], [])
+    assert left_behind(docker_client, jobs_root) == ([], [])
 
 
 def test_steps_sharing_a_held_namespace_reach_the_outside_only_through_the_proxy(
@@ -223,7 +218,7 @@ def test_steps_sharing_a_held_namespace_reach_the_outside_only_through_the_proxy
     assert got["DNS web.example.test"].startswith("failed")
     view = _status(jobs_root, "held")
     assert view["steps"][1]["egress"] == {"denied": {"other.example.test:80": 1}}
-    assert _left(docker_client, jobs_root) == ([], [])
+    assert left_behind(docker_client, jobs_root) == ([], [])
 
 
 def test_the_step_sits_on_the_jobs_internal_network_and_the_proxy_is_hardened(
@@ -271,7 +266,7 @@ def test_the_step_sits_on_the_jobs_internal_network_and_the_proxy_is_hardened(
         )
         proc.communicate(timeout=60)
     assert _status(jobs_root, "eg2")["state"] == "canceled"
-    assert _left(docker_client, jobs_root) == ([], [])
+    assert left_behind(docker_client, jobs_root) == ([], [])
 
 
 def test_a_name_that_resolves_to_a_private_address_is_refused_unless_granted(
@@ -435,7 +430,7 @@ def test_jobs_on_their_own_networks_cannot_reach_each_other(
     finally:
         run_logist(jobs_root, "job", "cancel", "serves", timeout=60)
         server.communicate(timeout=60)
-    assert _left(docker_client, jobs_root) == ([], [])
+    assert left_behind(docker_client, jobs_root) == ([], [])
 
 
 # For the steps' scripts that write packets: an IPv4 packet (``proto``, ``payload``) with its
@@ -535,14 +530,14 @@ def test_a_step_with_net_raw_cannot_reach_another_job_through_the_hosts_echo_rep
             receiver.communicate()
     assert receiver.returncode == 0, err
     assert heard.split() == ["spoofed", "False", "control", "True"], heard + err
-    assert _left(docker_client, jobs_root) == ([], [])
+    assert left_behind(docker_client, jobs_root) == ([], [])
 
 
 def test_a_failing_step_leaves_no_proxy_or_network(jobs_root, repo, outside, docker_client):
     egress, _ = outside
     out = _allowed(jobs_root, egress, "--repo", str(repo), "--step", "exit 3")
     assert out.returncode == 1, out.stderr
-    assert _left(docker_client, jobs_root) == ([], [])
+    assert left_behind(docker_client, jobs_root) == ([], [])
 
 
 @pytest.mark.timeout(180)
@@ -557,12 +552,12 @@ def test_the_sweep_removes_the_proxy_and_network_a_killed_runner_left(
     finally:
         os.killpg(runner.pid, signal.SIGKILL)
         runner.communicate(timeout=30)
-    boxes, nets = _left(docker_client, jobs_root)
+    boxes, nets = left_behind(docker_client, jobs_root)
     assert len(nets) == 1 and {c.labels["logist.step"] for c in boxes} >= {"1", "proxy"}
 
     out = run_logist(jobs_root, "job", "cleanup", "--stale", "--older-than", "0s", "--json")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert _left(docker_client, jobs_root) == ([], [])
+    assert left_behind(docker_client, jobs_root) == ([], [])
 
 
 @pytest.mark.timeout(120)
@@ -592,7 +587,7 @@ def test_the_sweep_goes_on_past_an_orphan_network_the_engine_will_not_remove(
         assert out.returncode == 4, out.stdout + out.stderr
         failed = json.loads(out.stdout)["failed"]
         assert [f["job"] for f in failed] == ["kept"] and made[0].name in failed[0]["error"]
-        assert [n.name for n in _left(docker_client, jobs_root)[1]] == [made[0].name]
+        assert [n.name for n in left_behind(docker_client, jobs_root)[1]] == [made[0].name]
     finally:
         squatter.remove(force=True)
         for net in made:
@@ -611,11 +606,11 @@ def test_the_sweep_leaves_a_running_jobs_proxy_and_network_alone(
     with ended(_started(jobs_root, egress, "alive", repo, step)) as runner:
         label = {"label": [f"logist.jobs-dir={jobs_root}", "logist.step=1"]}
         wait_for(lambda: docker_client.containers.list(filters=label), 60, "the step to run")
-        before = _left(docker_client, jobs_root)
+        before = left_behind(docker_client, jobs_root)
         out = run_logist(jobs_root, "job", "cleanup", "--stale", "--older-than", "0s", "--json")
         assert out.returncode == 0, out.stdout + out.stderr
         assert json.loads(out.stdout)["orphans_removed"] == 0
-        after = _left(docker_client, jobs_root)
+        after = left_behind(docker_client, jobs_root)
         assert [c.id for c in after[0]] == [c.id for c in before[0]]
         assert [n.id for n in after[1]] == [n.id for n in before[1]]
         (jobs_root / "alive" / "workspace" / "go").write_text("")
@@ -624,7 +619,7 @@ def test_the_sweep_leaves_a_running_jobs_proxy_and_network_alone(
     assert _results(subprocess.CompletedProcess([], 0, stdout.decode(), "")) == {
         "GET http://web.example.test/": "200 hello-web"
     }
-    assert _left(docker_client, jobs_root) == ([], [])
+    assert left_behind(docker_client, jobs_root) == ([], [])
 
 
 def test_a_missing_proxy_image_exits_3_and_leaves_nothing(jobs_root, repo, outside, docker_client):
@@ -634,7 +629,7 @@ def test_a_missing_proxy_image_exits_3_and_leaves_nothing(jobs_root, repo, outsi
     assert out.returncode == 3, out.stderr
     assert "logist/absent:none" in out.stderr
     assert _status(jobs_root, "noproxy")["steps"][0]["state"] == "pending"
-    assert _left(docker_client, jobs_root) == ([], [])
+    assert left_behind(docker_client, jobs_root) == ([], [])
 
 
 def test_a_session_gets_the_proxy_and_leaves_nothing_when_it_stops(
@@ -653,12 +648,12 @@ def test_a_session_gets_the_proxy_and_leaves_nothing_when_it_stops(
             assert r.exit_code == 0
             assert "GET http://web.example.test/ -> 200 hello-web" in r.output
             assert "GET http://other.example.test/ -> 403" in r.output
-            assert len(_left(docker_client, jobs_root)[1]) == 1
+            assert len(left_behind(docker_client, jobs_root)[1]) == 1
         rt.close()
     finally:
         os.environ.clear()
         os.environ.update(env_before)
-    assert _left(docker_client, jobs_root) == ([], [])
+    assert left_behind(docker_client, jobs_root) == ([], [])
 
 
 def test_default_bridge_jobs_get_a_network_of_their_own_removed_after(
@@ -674,7 +669,7 @@ def test_default_bridge_jobs_get_a_network_of_their_own_removed_after(
     )
     created = {e["Actor"]["Attributes"].get("name") for e in events if e["Action"] == "create"}
     assert network_name("own", jobs_root) in created
-    assert _left(docker_client, jobs_root) == ([], [])
+    assert left_behind(docker_client, jobs_root) == ([], [])
 
 
 PROBE = """
@@ -833,7 +828,7 @@ def test_a_step_with_net_raw_cannot_route_through_its_proxy(
             raise AssertionError(f"the proxy routed a step's datagram to the host: {got}")
     finally:
         listener.close()
-    assert _left(docker_client, jobs_root) == ([], [])
+    assert left_behind(docker_client, jobs_root) == ([], [])
 
 
 def test_a_network_a_killed_run_left_is_replaced_when_the_job_runs_again(
@@ -913,4 +908,4 @@ def test_an_engine_error_while_making_the_jobs_network_is_tried_again(
     out = run_logist(jobs_root, "run", "flaky", "--repo", str(repo), "--step", "true")
     assert out.returncode == 0, out.stderr
     assert failed == [network_name("flaky", jobs_root)]
-    assert _left(docker_client, jobs_root) == ([], [])
+    assert left_behind(docker_client, jobs_root) == ([], [])

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BUSYBOX
-from tests.helpers import git, run_logist, wait_for
-from tests.support_net import NAMES, network_with_server
+from tests.helpers import git, job_status, run_logist, wait_for
+from tests.support_net import NAMES, left_behind, network_with_server
 from tests.support_wait import ended
 
 pytestmark = pytest.mark.docker
@@ -109,20 +109,6 @@ def _at_the_gate(box) -> bool:
     return False
 
 
-def _left(docker_client, jobs_root: Path) -> tuple[list, list]:
-    label = {"label": f"logist.jobs-dir={jobs_root}"}
-    return (
-        docker_client.containers.list(all=True, filters=label),
-        docker_client.networks.list(filters=label),
-    )
-
-
-def _status(jobs_root: Path, job_id: str) -> dict:
-    out = run_logist(jobs_root, "job", "status", job_id, "--json")
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
-
-
 @pytest.mark.timeout(180)
 def test_the_first_step_starts_beside_a_slow_proxy_and_runs_once_it_listens(
     jobs_root, source_repo, outside, slow_proxy, docker_client
@@ -140,12 +126,12 @@ def test_the_first_step_starts_beside_a_slow_proxy_and_runs_once_it_listens(
     assert runner.returncode == 0, err
     assert out.decode().split() == ["hello-web", "fetched"]
     assert not (jobs_root / "slow" / ".proxy-gate").exists()
-    assert _left(docker_client, jobs_root) == ([], [])
+    assert left_behind(docker_client, jobs_root) == ([], [])
 
 
 @pytest.mark.timeout(180)
 def test_a_proxy_that_does_not_start_leaves_the_gated_step_unrun_and_the_job_resumable(
-    jobs_root, source_repo, outside, docker_client
+    logist, jobs_root, source_repo, outside, docker_client
 ):
     """An image with no Squid (busybox's shell, which ends at once) in the proxy's place: the
     step's container started beside it never runs its command; the job is interrupted (exit
@@ -155,17 +141,17 @@ def test_a_proxy_that_does_not_start_leaves_the_gated_step_unrun_and_the_job_res
     out = run_logist(jobs_root, *args, env=_env(outside, BUSYBOX), timeout=120)
     assert out.returncode == 3, out.stderr
     assert "proxy" in out.stderr and "did not start listening" in out.stderr
-    status = _status(jobs_root, "deadproxy")
+    status = job_status(logist, "deadproxy")
     assert status["state"] == "interrupted" and status["steps"][0]["state"] == "pending"
     assert not (jobs_root / "deadproxy" / "workspace" / "ran-it").exists()
-    assert _left(docker_client, jobs_root) == ([], [])
+    assert left_behind(docker_client, jobs_root) == ([], [])
 
     again = run_logist(jobs_root, "job", "run", "deadproxy", env=_env(outside), timeout=120)
     assert again.returncode == 0, again.stderr
     assert again.stdout.split() == ["hello-web", "fetched"]
     files = git(source_repo, "ls-tree", "--name-only", "logist/deadproxy").split()
     assert "ran-it" in files
-    assert _left(docker_client, jobs_root) == ([], [])
+    assert left_behind(docker_client, jobs_root) == ([], [])
 
 
 def test_the_images_own_entrypoint_runs_after_the_gate(
@@ -184,7 +170,7 @@ def test_the_images_own_entrypoint_runs_after_the_gate(
 
 @pytest.mark.timeout(180)
 def test_a_step_canceled_at_the_gate_never_runs_and_leaves_nothing(
-    jobs_root, source_repo, outside, slow_proxy, docker_client
+    logist, jobs_root, source_repo, outside, slow_proxy, docker_client
 ):
     args = _args(outside, "gatecancel", source_repo, "touch ran-it")
     with ended(_popen(jobs_root, args, _env(outside, slow_proxy))) as runner:
@@ -192,9 +178,9 @@ def test_a_step_canceled_at_the_gate_never_runs_and_leaves_nothing(
         cancel = run_logist(jobs_root, "job", "cancel", "gatecancel", timeout=60)
         assert cancel.returncode == 0, cancel.stderr
         runner.communicate(timeout=60)
-    assert _status(jobs_root, "gatecancel")["state"] == "canceled"
+    assert job_status(logist, "gatecancel")["state"] == "canceled"
     assert not (jobs_root / "gatecancel" / "workspace" / "ran-it").exists()
-    assert _left(docker_client, jobs_root) == ([], [])
+    assert left_behind(docker_client, jobs_root) == ([], [])
 
 
 @pytest.mark.timeout(180)
@@ -214,7 +200,7 @@ def test_a_step_at_the_gate_of_a_killed_runner_never_runs_and_the_sweep_leaves_n
     assert not (jobs_root / "gatekill" / "workspace" / "ran-it").exists()
     out = run_logist(jobs_root, "job", "cleanup", "--stale", "--older-than", "0s", "--json")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert _left(docker_client, jobs_root) == ([], [])
+    assert left_behind(docker_client, jobs_root) == ([], [])
     assert not os.path.lexists(jobs_root / "gatekill" / ".proxy-gate")
 
 
@@ -239,7 +225,7 @@ def test_an_images_healthcheck_does_not_run_before_the_gate_opens(
 
 @pytest.mark.timeout(180)
 def test_a_steps_timeout_counts_from_its_gate_not_from_the_proxys_start(
-    jobs_root, source_repo, outside, slow_proxy, docker_client
+    logist, jobs_root, source_repo, outside, slow_proxy, docker_client
 ):
     """Red team: the wait at the gate (the proxy's start, SLOW seconds here) is not the step's
     time: a step shorter than its timeout succeeds however long the proxy took."""
@@ -247,12 +233,12 @@ def test_a_steps_timeout_counts_from_its_gate_not_from_the_proxys_start(
     out = run_logist(jobs_root, *args, env=_env(outside, slow_proxy), timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["ran"]
-    assert _status(jobs_root, "budget")["steps"][0]["state"] == "succeeded"
+    assert job_status(logist, "budget")["steps"][0]["state"] == "succeeded"
 
 
 @pytest.mark.timeout(180)
 def test_a_step_whose_image_ignores_the_gate_is_stopped_when_the_proxy_fails(
-    jobs_root, source_repo, outside, docker_client
+    logist, jobs_root, source_repo, outside, docker_client
 ):
     """Red team: an image whose own ``/bin/sh`` skips the gate runs the step whatever it says
     (the gate is no boundary); when the proxy then fails, the gate's "no" gave the step no
@@ -273,5 +259,5 @@ def test_a_step_whose_image_ignores_the_gate_is_stopped_when_the_proxy_fails(
     assert "did not start listening" in out.stderr
     log = (jobs_root / "skipgate" / "logs" / "step-1.log").read_text()
     assert "step-ran" in log and "done-sleeping" not in log
-    assert _status(jobs_root, "skipgate")["steps"][0]["state"] == "pending"
-    assert _left(docker_client, jobs_root) == ([], [])
+    assert job_status(logist, "skipgate")["steps"][0]["state"] == "pending"
+    assert left_behind(docker_client, jobs_root) == ([], [])
