@@ -183,7 +183,7 @@ def test_a_timeout_is_enforced_when_the_engine_fails_to_stop_the_container(
     if kill_fails:
         proxy.fail("POST", CID + r"/kill$", "500", times=kill_fails)
     out = via("job", "run", job)
-    assert stop.fired
+    assert stop.fired, f"exit {out.returncode}: {out.stderr}\nseen: {proxy.seen}"
     st = status(logist, job)
     assert st["state"] == "failed" and st["steps"][0]["state"] == "timed_out"
     recovered(out, 1, job, {"one.txt": "one\n"})
