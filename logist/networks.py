@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,14 +75,21 @@ class JobNetwork:
         return self.run.dock.client()
 
     @classmethod
-    def begin(cls, run: JobRun, hold: bool = False, gate: bool = False) -> JobNetwork:
-        """``open``, in a thread of its own, beside the orphan reap (a killed run's network of
-        this job is replaced: ``_remove_stale``); ``ready`` waits for it. ``hold``: the run has
-        several steps, which share a held namespace where the engine allows it; ``gate``: the
-        engine sees the job directory, so a step may wait at a gate in it."""
+    def begin(
+        cls, run: JobRun, after: Callable[[], None], hold: bool = False, gate: bool = False
+    ) -> JobNetwork:
+        """``open``, in a thread of its own, once ``after`` returned (the orphan reap, which may
+        be removing a killed run's network of this job); ``ready`` waits for it. ``hold``: the
+        run has several steps, which share a held namespace where the engine allows it;
+        ``gate``: the engine sees the job directory, so a step may wait at a gate in it."""
         net = cls(run)
         net.hold, net.gated = hold, gate
-        net._opening = Background(net._make, "logist-network")
+
+        def make() -> None:
+            after()
+            net._make()
+
+        net._opening = Background(make, "logist-network")
         return net
 
     def ready(self) -> Attachment:

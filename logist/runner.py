@@ -162,8 +162,9 @@ class Runner:
                 return self._concluded(run, None, rejected)
             reaping = self._reaping
             assert reaping is not None  # started by run_job or run_many
-            # while the workspace is made; a gate where the engine sees the job directory
-            net = JobNetwork.begin(run, _steps_ahead(job, max_steps) > 1, job.volume is None)
+            # after the reap, while the workspace is made; a gate where the engine sees $JOB_DIR
+            hold, gate = _steps_ahead(job, max_steps) > 1, job.volume is None
+            net = JobNetwork.begin(run, reaping.wait, hold, gate)
             workspace = workspace_of(run)
             workspace.prepare()
             reaping.wait()  # a killed run's containers go before this run's start
