@@ -87,8 +87,7 @@ def start(
             net = JobNetwork.open(run)  # lives while the session does
             spec_ = job_container(
                 run, workspace, cli, run.job.image, KEEP_ALIVE, LABEL, secrets, net.attachment
-            )
-            spec_.log_config = None  # nothing is read from its log: each command is attached
+            )  # its log settings a step's: a command may write to PID 1's output (red team)
             box = containers.create(cli, spec_)
             run.job.session["container"] = box.id
             run.save()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -414,3 +415,25 @@ def test_a_session_left_paused_by_a_killed_harvest_runs_its_next_command(
     assert out.returncode == 0, out.stderr
     assert logist("session", "stop", sid).returncode == 0
     assert git(source_repo, "show", f"logist/{sid}:after.txt") == "after\n"
+
+
+def test_what_a_session_command_writes_to_pid_1s_output_is_not_kept_by_the_engine(
+    logist, source_repo, jobs_root, docker_client
+):
+    """A command writing into the container's own output (``/proc/1/fd/1``) is not logged
+    by the engine: 300 MB there once filled its json-file log, unbounded (red team)."""
+    sid = start(logist, source_repo)
+    try:
+        flood = "head -c 8000000 /dev/zero | tr '\\0' A | fold -w 4000 > /proc/1/fd/1"
+        out = logist("session", "exec", sid, "--", "sh", "-c", flood)
+        assert out.returncode == 0, out.stderr
+        (box,) = docker_client.containers.list(
+            filters={"label": [f"logist.jobs-dir={jobs_root}", f"logist.job={sid}"]}
+        )
+        box.reload()
+        assert box.attrs["HostConfig"]["LogConfig"]["Type"] == "none"
+        kept = box.attrs.get("LogPath") or ""
+        assert kept == "" or os.path.getsize(kept) < 1 << 20
+    finally:
+        logist("session", "stop", sid)
+    assert left(docker_client, jobs_root) == []
