@@ -13,6 +13,7 @@ the bounds of ``logist/bounds.py``::
       network: [host]           # network: host
       secrets: [API_TOKEN]      # secrets: names
       runtime: [runc]           # a runtime other than the configuration's default runtime
+      image: [registry.internal:5000]  # an image on this registry host (or this whole image)
     max_result_size: 512m
 
 It is read once per ``create``; nothing is cached.
@@ -35,7 +36,7 @@ CONFIG_ENV = "LOGIST_CONFIG"
 DEFAULT_PATH = Path("/etc/logist/config.yaml")
 PER_JOB_KEYS = frozenset({"id", "repo", "ref", "prompt", "steps"})
 BOUND_KEYS = frozenset(f.name for f in dataclasses.fields(Bounds))
-ALLOW_KEYS = ("cap_add", "network", "secrets", "runtime", "user", "repo")
+ALLOW_KEYS = ("cap_add", "network", "secrets", "runtime", "user", "repo", "image")
 _OPENNESS = {"none": 0, "bridge": 1, "host": 2}  # networks, from the narrowest
 # capabilities that reach the host: its files, its kernel, other processes
 HOST_CAPS = ("DAC_READ_SEARCH", "SYS_ADMIN", "SYS_PTRACE", "SYS_MODULE", "SYS_RAWIO", "BPF")
@@ -145,7 +146,21 @@ def _allow(value: Any) -> dict[str, frozenset[str]]:
         "runtime": frozenset(_names("allow.runtime", value.get("runtime") or [])),
         "user": frozenset(_choices("allow.user", value.get("user") or [], ("root",))),
         "repo": frozenset(_names("allow.repo", value.get("repo") or [])),
+        "image": frozenset(_images(value.get("image") or [])),
     }
+
+
+def _images(value: Any) -> list[str]:
+    """``allow.image``: whole image references, or registry hosts (``HOST``, ``HOST:PORT``)."""
+    from logist import references
+    from logist.spec import _names
+
+    out = []
+    for entry in _names("allow.image", value):
+        if not references.DOMAIN.fullmatch(entry):
+            references.image("allow.image", entry)  # else: exit 2 naming it
+        out.append(entry)
+    return out
 
 
 def _choices(key: str, value: Any, known: tuple[str, ...]) -> list[str]:
@@ -197,8 +212,8 @@ def check_spec_file(spec: dict[str, Any], flags: dict[str, Any], config: Config,
     """Refuse (exit 2) what a spec file asks for beyond the default boundary and nothing
     trusted grants: a capability outside ``DEFAULT_CAPS``, a network wider than the default
     (``host``; ``bridge`` when the configuration's is ``none``), any secret, a runtime other
-    than the configuration's. Granted by the same value on the command line, in the
-    configuration's defaults, or in its ``allow:``."""
+    than the configuration's, an image on a registry host the spec names. Granted by the same
+    value on the command line, in the configuration's defaults, or in its ``allow:``."""
     from logist.spec import _caps, _names, _secrets, check_keys
 
     check_keys(spec, f"{path}: ")  # before merge_layers takes a null value as not given
@@ -223,6 +238,7 @@ def check_spec_file(spec: dict[str, Any], flags: dict[str, Any], config: Config,
         and repo not in trusted("repo", list)
     ):
         raise _refusal(path, f"the repository {repo}", "--repo", "repo", repo, config)
+    _check_images(spec, flags, config, path)
     _check_network(spec.get("network"), flags, config, path)
     _check_egress(spec, flags, config, path)
     _check_runtime(spec.get("runtime"), flags, config, path)
@@ -242,6 +258,32 @@ def is_network_source(repo: str) -> bool:
     from logist.spec import is_url
 
     return is_url(repo) and not repo.startswith("file://")
+
+
+def _check_images(spec: dict[str, Any], flags: dict[str, Any], config: Config, path) -> None:
+    """A spec's ``image`` (unless ``--image`` overrides it) and its steps' (unless ``--step``
+    replaces them) name no registry host, or a granted one: the engine pulls from the host an
+    image names, with the operator's registry credentials (red team: a spec's
+    ``127.0.0.1:PORT/x`` made the engine ask the host's loopback). Granted by the same image as
+    ``--image`` or the configuration's ``image``, or ``allow: {image: [...]}`` naming the whole
+    reference or its registry host. No registry host: the engine's default, the operator's."""
+    from logist import references
+
+    asked = [] if flags.get("image") is not None else [("image", spec.get("image"))]
+    steps = spec.get("steps") if flags.get("steps") is None else None
+    for n, step in enumerate(steps if isinstance(steps, list) else [], start=1):
+        if isinstance(step, dict):
+            asked.append((f"steps[{n}].image", step.get("image")))
+    trusted = {flags.get("image"), config.defaults.get("image")} | set(config.allow["image"])
+    hosts = {entry.lower() for entry in config.allow["image"]}  # only allow: names hosts
+    for key, image in asked:
+        try:
+            host = references.registry_host(references.image(key, image))
+        except (UsageError, TypeError):
+            continue  # not an image reference: build_job names it
+        if host is None or image in trusted or host.lower() in hosts:
+            continue
+        raise _refusal(path, f"{key} {image}", f"--image {image}", "image", host, config)
 
 
 def _check_user(asked: Any, flags: dict[str, Any], config: Config, path) -> None:

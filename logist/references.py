@@ -14,6 +14,7 @@ _NAME = rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*"
 _TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"  # ASCII only (\w takes any letter)
 _DIGEST = r"sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}|sha512:[0-9a-f]{128}"  # what engines take
 REFERENCE = re.compile(rf"(?P<name>{_NAME})(?::{_TAG})?(?:@(?:{_DIGEST}))?", re.ASCII)
+DOMAIN = re.compile(_DOMAIN, re.ASCII)  # a registry host: HOST or HOST:PORT
 MAX_NAME = 255  # the engines' bound on a repository's name
 
 
@@ -28,3 +29,17 @@ def image(key: str, value: str) -> str:
             "logist/step:latest or registry:5000/team/app@sha256:...)"
         )
     return value
+
+
+def registry_host(value: str) -> str | None:
+    """The registry host ``value`` (a valid reference) names explicitly, else None (the
+    engine's default registry). Docker's rule: the first of two or more path components is a
+    host when it holds ``.`` or ``:``, is ``localhost``, or has an upper-case letter
+    (``127.0.0.1:5000/x``, ``registry.example.com/x``, ``[::1]:5000/x``; not ``logist/step``,
+    nor ``python:3.12``, whose ``:`` begins a tag)."""
+    first, slash, _ = value.partition("/")
+    if not slash:
+        return None
+    if any(c in first for c in ".:") or first == "localhost" or first != first.lower():
+        return first
+    return None

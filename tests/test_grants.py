@@ -361,6 +361,110 @@ def test_layers_merge_maps_by_key_union_names_and_let_later_values_win():
     }
 
 
+# --- images on a registry host the spec names -------------------------------------------------
+
+EVIL = "127.0.0.1:47123/evil/x:latest"  # the engine would ask the host's loopback for it
+
+
+def write_image_spec(tmp_path: Path, repo: Path, image: str | None, *step_images: str) -> Path:
+    steps = ["true", *({"run": "true", "image": i} for i in step_images)]
+    data = {"repo": str(repo), "steps": steps, **({"image": image} if image else {})}
+    spec = tmp_path / "images.yaml"
+    spec.write_text(json.dumps(data))
+    return spec
+
+
+@pytest.mark.parametrize(
+    ("image", "host"),
+    [(EVIL, "127.0.0.1:47123"), ("localhost/evil", "localhost"), ("[::1]:5000/x", "[::1]:5000"),
+     ("registry.example.com/team/app@sha256:" + "a" * 64, "registry.example.com"),
+     ("Evil/x", "Evil")],
+)  # fmt: skip
+@pytest.mark.parametrize("where", ["job", "step"])
+def test_a_spec_file_image_on_a_registry_host_needs_a_grant(
+    logist, jobs_root, source_repo, tmp_path, image, host, where
+):
+    """The engine pulls from the registry an image names, with the operator's registry
+    credentials: a spec's ``127.0.0.1:PORT/...`` made it ask the host's loopback (red team)."""
+    job, steps = (image, ()) if where == "job" else (None, ("logist/busybox:latest", image))
+    spec = write_image_spec(tmp_path, source_repo, job, *steps)
+    cfg = write_config(tmp_path, "")
+    out = create(logist, "--file", str(spec), config=cfg)
+    setting = f"image {image}" if where == "job" else f"steps[3].image {image}"
+    assert out.returncode == 2
+    assert out.stderr == refusal(
+        spec, setting, f"--image {image}", f"{{image: [{host}]}}", str(cfg)
+    )
+    assert out.stdout == "" and list(jobs_root.iterdir()) == []
+
+
+def test_a_spec_files_registry_image_is_granted_by_the_same_image_on_the_command_line(
+    logist, jobs_root, source_repo, tmp_path
+):
+    spec = write_image_spec(tmp_path, source_repo, EVIL, EVIL)
+    out = create(logist, "flag", "--file", str(spec), "--image", EVIL)
+    assert out.returncode == 0, out.stderr
+    m = manifest(jobs_root, "flag")
+    assert (m["image"], m["steps"][1]["image"]) == (EVIL, EVIL)
+    # --image overrides the spec's image, so that one is no question; a step's other image is
+    other = write_image_spec(tmp_path, source_repo, "localhost/a", "localhost/b")
+    out = create(logist, "--file", str(other), "--image", "localhost/a")
+    assert out.returncode == 2 and "asks for steps[2].image localhost/b" in out.stderr
+    out = create(logist, "--file", str(other), "--image", "localhost")  # an image, not a host
+    assert out.returncode == 2 and "asks for steps[2].image localhost/b" in out.stderr
+    # steps given on the command line replace the spec's, images and all
+    out = create(logist, "steps", "--file", str(other), "--image", "python:3.12", "--step", "true")
+    assert out.returncode == 0, out.stderr
+
+
+def test_the_configurations_allow_image_grants_a_registry_host_or_a_whole_image(
+    logist, jobs_root, source_repo, tmp_path
+):
+    spec = write_image_spec(tmp_path, source_repo, EVIL, "127.0.0.1:47123/other:1")
+    by_host = write_config(tmp_path, "allow: {image: ['127.0.0.1:47123']}\n")
+    out = create(logist, "host", "--file", str(spec), config=by_host)
+    assert out.returncode == 0, out.stderr
+    assert manifest(jobs_root, "host")["image"] == EVIL
+    for entry in ("127.0.0.1", "127.0.0.1:47124", "evil/x:latest", EVIL):  # the host as written
+        cfg = write_config(tmp_path, f"allow: {{image: ['{entry}']}}\n")
+        out = create(logist, "--file", str(spec), config=cfg)
+        assert out.returncode == 2 and "cannot grant" in out.stderr, (entry, out.stderr)
+    whole = write_config(tmp_path, f"allow: {{image: ['{EVIL}', '127.0.0.1:47123/other:1']}}\n")
+    out = create(logist, "whole", "--file", str(spec), config=whole)
+    assert out.returncode == 0, out.stderr
+    default = write_config(tmp_path, f"image: '{EVIL}'\n")  # a default is trusted: that image
+    out = create(
+        logist, "--file", str(write_image_spec(tmp_path, source_repo, EVIL)), config=default
+    )
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize(
+    "image", ["python:3.12", "logist/step:latest", "library/busybox", "localhost:5000", "a" * 64]
+)
+def test_a_spec_file_image_without_a_registry_host_needs_no_grant(
+    logist, jobs_root, source_repo, tmp_path, image
+):
+    """The engine's default registry is the operator's choice (``localhost:5000`` is the image
+    ``localhost`` tagged ``5000`` there; 64 hex digits, an image's id)."""
+    spec = write_image_spec(tmp_path, source_repo, image, image)
+    out = create(logist, "ok", "--file", str(spec), config=write_config(tmp_path, ""))
+    assert out.returncode == 0, out.stderr
+    assert manifest(jobs_root, "ok")["image"] == image
+
+
+@pytest.mark.parametrize("entry", ["bad//x", "-v", "https://registry.example.com", "a:b:c"])
+def test_an_allow_image_entry_that_is_no_image_nor_registry_host_is_exit_2(
+    logist, source_repo, tmp_path, entry
+):
+    cfg = write_config(tmp_path, f"allow: {{image: ['{entry}']}}\n")
+    out = create(logist, "--repo", str(source_repo), "--step", "true", config=cfg)
+    assert out.returncode == 2
+    assert out.stderr.startswith(
+        f"logist: error: configuration {cfg}: invalid value for allow.image"
+    )
+
+
 # --- a refused secret never reaches a step; a granted one does ---------------------------------
 
 

@@ -185,6 +185,7 @@ def test_step_name_escape_sequences_not_printed_raw(source_repo, tmp_path, logis
         (f"resources: {{pids: {'9' * 400}}}", "pids"),
         (f"timeout: {'9' * 400}", "timeout"),
         ('user: "99999999999999999999:0"', "user"),
+        ('user: "2147483648:0"', "ids are at most 2147483647"),  # runc's bound, not the kernel's
         ('user: "\u0661\u0660\u0660\u0660:0"', "user"),  # Arabic-Indic digits: \\d took them
         ('user: "\uff11\uff10\uff10\uff10"', "user"),  # fullwidth
         (f"prompt: {'p' * (200 << 10)}", "prompt"),
@@ -207,6 +208,39 @@ def test_a_spec_value_past_the_engines_or_kernels_limits_is_refused_at_create(
         rt.create(file=spec)
     assert refused.value.exit_code == 2 and len(str(refused.value)) < 400
     assert rt.list() == [] and not any(jobs_root.iterdir())
+
+
+@pytest.mark.parametrize("user", ["2147483648", "0:2147483648", "4294967294:0"])
+def test_a_uid_or_gid_past_runcs_range_is_refused_at_create_from_a_spec_and_the_command_line(
+    jobs_root, source_repo, tmp_path, logist, user
+):
+    """The engine took them at create and runc refused every start ("uids and gids must be in
+    range 0-2147483647"): the job ended interrupted, and ``job run --all`` retried it forever."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"repo: {source_repo}\nsteps: ['true']\nuser: '{user}'\n")
+    from_spec = logist("job", "create", "--file", str(spec))
+    flag = logist("job", "create", "--repo", str(source_repo), "--step", "true", "--user", user)
+    said = f"invalid value for user: '{user}' (ids are at most 2147483647)"
+    for out in (from_spec, flag):
+        assert out.returncode == 2 and out.stdout == "", out.stderr
+        assert out.stderr == f"logist: error: {said}\n"
+    import logist as api
+
+    rt = api.Runtime(jobs_dir=jobs_root, notify=lambda msg: None)
+    with pytest.raises(api.UsageError, match=re.escape(said)) as refused:
+        rt.create(repo=str(source_repo), steps=["true"], user=user)
+    assert refused.value.exit_code == 2
+    assert list(jobs_root.iterdir()) == []
+
+
+def test_the_largest_uid_and_gid_runc_takes_are_accepted(jobs_root, source_repo, tmp_path, logist):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"id: most\nrepo: {source_repo}\nsteps: ['true']\nuser: 2147483647\n")
+    assert logist("job", "create", "--file", str(spec)).returncode == 0
+    args = ("--repo", str(source_repo), "--step", "true", "--user", "0:2147483647")
+    assert logist("job", "create", "flag", *args).returncode == 0
+    users = [json.loads((jobs_root / j / "job.json").read_text())["user"] for j in ("most", "flag")]
+    assert users == ["2147483647:2147483647", "0:2147483647"]
 
 
 def test_a_resources_value_that_is_no_map_is_one_line_and_exit_2_on_the_command_line(
