@@ -36,7 +36,7 @@ from logist.store import Store
 _BUNDLE_NAME = re.compile(r"[0-9a-f]{16}\.bundle")
 _NONCE = re.compile(r"[0-9a-f]{16}")
 _OWED = "owed"  # in .set-aside: a harvest and its write-back are owed before the next step
-_REF_PART = re.compile(r"[A-Za-z0-9_+=@,-][A-Za-z0-9_.+=@,-]*")
+_NOT_IN_REFS = frozenset(" ~^:?*[\\")  # git check-ref-format's, with the unprintable
 
 Notify = Callable[[str], None]
 
@@ -184,13 +184,15 @@ def harvest(
         unfinished=unfinished,
         write_back=write_back,
     )
+    if out.cut:  # the helper bounds its answer: one over that is not read as whole (red team)
+        raise HarvestFailed("the harvest helper's answer was over 1 MiB: refused")
     # it ended: what it and its killed elders set aside is back, but names a new .git took
     aside = [x for x in out.aside if x in unfinished]
     _mark(run.dir, aside, owed=True)
     done = out.written_back  # else a write-back follows: config and hooks never survive
     if last and done:
         sandbox.release()
-    for warning in out.warnings:
+    for warning in [*out.warnings, *_unkept(out, f"refs/logist/{job.id}/")]:
         notify(f"logist: {job.id}: warning: {warning}")
     commit = accept(run, out, previous)
     job.harvested_commit = commit
@@ -268,18 +270,44 @@ def accept(run: JobRun, out: HarvestOutput, previous: str) -> str:
 
 
 def _kept_ref_ok(name: str, prefix: str) -> bool:
-    """A kept ref's name: under the job's prefix, made of plain components."""
+    """A kept ref's name: under the job's prefix, ``heads/`` or ``tags/`` then components git
+    takes (printable, any script: a step's ``fix#12`` or ``feature/ünï`` is its work too), or
+    the stash."""
     if not name.startswith(prefix):
         return False
     parts = name[len(prefix) :].split("/")
     if parts == ["stash"]:
         return True
+    return len(parts) >= 2 and parts[0] in ("heads", "tags") and all(map(_ref_part, parts[1:]))
+
+
+def _ref_part(part: str) -> bool:
+    """One component of a ref name as ``git check-ref-format`` takes it (and printable)."""
     return (
-        len(parts) >= 2
-        and parts[0] in ("heads", "tags")
-        and all(_REF_PART.fullmatch(p) and not p.endswith((".lock", ".")) for p in parts[1:])
-        and ".." not in name
+        part.isprintable()
+        and part not in ("", "@")
+        and not part.startswith(".")
+        and not part.endswith((".lock", "."))
+        and ".." not in part
+        and "@{" not in part
+        and not _NOT_IN_REFS.intersection(part)
     )
+
+
+def _unkept(out: HarvestOutput, prefix: str) -> list[str]:
+    """A warning for the refs the helper named that are not kept (their names git would not
+    take, or garbled): never dropped in silence (red team)."""
+    odd = [name for name in out.refs if not _kept_ref_ok(name, prefix)]
+    if not odd:
+        return []
+    shown = ", ".join(
+        repr(name[len(prefix) :] if name.startswith(prefix) else name)[:80] for name in odd[:3]
+    )
+    more = f" and {len(odd) - 3} more" if len(odd) > 3 else ""
+    return [
+        f"{len(odd)} refs the step made are not kept (names logist does not take: "
+        f"{shown}{more}); the workspace keeps them"
+    ]
 
 
 def _copy_out(job_dir: JobDir, name: str) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from logist.channel import SERVE
-from logist.helper import parse_output, too_big
+from logist.helper import MAX_OUTPUT, parse_output, too_big
 from logist.sandbox import HARVEST, TOO_BIG, TRUSTED_INIT, VISIBLE, WRITE_BACK
 from tests.helpers import commit_file, git, make_repo
 
@@ -935,3 +935,30 @@ def test_a_file_over_the_size_limit_at_a_path_git_can_still_read_is_refused(root
     done = root.run(HARVEST, BRANCH, root.base, "m", NONCE, "j1", "", "32", "")
     assert done.returncode == TOO_BIG, done.stderr.decode()
     assert b"too-big 64 " in done.stderr
+
+
+def test_long_ref_names_keep_the_answer_within_what_the_host_reads(root):
+    """1,100 refs of ~1 KB names once pushed the answer past the 1 MiB the host reads, and the
+    refs after the cut (and the answer's end) were lost in silence (red team): the refs kept
+    are bounded in bytes too, with a warning for the rest."""
+    head = git(root.ws, "rev-parse", "HEAD").strip()
+    seg = "a" * 240
+    lines = [f"{head} refs/heads/{seg}/{seg}/{seg}/{seg}/b{i}\n" for i in range(1000, 2100)]
+    with open(root.ws / ".git" / "packed-refs", "a") as fh:
+        fh.writelines(lines)
+    done = root.run(HARVEST, BRANCH, root.base, "m", NONCE, "j1", "", str(100 << 20), "")
+    assert done.returncode == 0, done.stderr.decode()
+    assert len(done.stdout) <= MAX_OUTPUT
+    out = parse_output(done.stdout, done.stderr)
+    assert not out.cut and out.commit
+    kept = len(out.refs)
+    assert 500 < kept < 1100
+    assert any(f"only {kept} branches, tags and stashes are kept" in w for w in out.warnings)
+    # the 1,100, the job branch and the clone's own default branch
+    assert any(f"; {1102 - kept} more are not" in w for w in out.warnings), out.warnings
+
+
+def test_an_answer_longer_than_the_host_reads_is_said_to_be_cut():
+    line = b"ref " + b"0" * 40 + b" refs/logist/j1/heads/x\n"
+    assert not parse_output(line * 10, b"").cut
+    assert parse_output(line * (MAX_OUTPUT // len(line) + 1), b"").cut

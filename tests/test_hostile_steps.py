@@ -212,3 +212,51 @@ def test_a_file_git_cannot_convert_keeps_every_other_change_of_the_step(logist, 
     assert git(source_repo, "show", f"logist/{job}:feature.c") == "new\n"
     assert git(source_repo, "show", f"logist/{job}:README.md").endswith("more\n")
     assert git(source_repo, "cat-file", "-p", f"logist/{job}:extra.rc") == "STRINGTABLE2\n"
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+def test_branches_with_names_git_takes_are_kept_however_odd(
+    logist, source_repo, jobs_root, tmp_path
+):
+    """``fix#12``, ``feature/ünï``, ``wip(1)``, ``a!b``: branches an agent may well make were
+    dropped from the result in silence, and lost with the workspace (red team)."""
+    names = ["fix#12", "feature/ünï", "wip(1)", "a!b"]
+    made = " && ".join(
+        f"git switch -q -c '{n}' && echo '{n}' > 'w{i}.txt' && git add -A && git commit -qm '{n}'"
+        f" && git switch -q -"
+        for i, n in enumerate(names)
+    )
+    ident = "git config user.email s@x && git config user.name s && "
+    job = create_job(logist, source_repo, ident + made)
+    out = logist("job", "run", job)
+    assert out.returncode == 0, out.stderr
+    assert "are not kept" not in out.stderr
+    bundle = jobs_root / job / "result.bundle"
+    clone = tmp_path / "check"
+    subprocess.run(["git", "init", "-q", str(clone)], check=True)
+    subprocess.run(
+        ["git", "-C", str(clone), "fetch", "-q", str(bundle), "+refs/*:refs/*"], check=True
+    )
+    for i, n in enumerate(names):
+        shown = subprocess.run(
+            ["git", "-C", str(clone), "show", f"refs/logist/{job}/heads/{n}:w{i}.txt"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert shown.stdout == f"{n}\n", (n, shown.stderr)
+
+
+def test_kept_ref_names_are_what_git_takes_and_nothing_unprintable():
+    from logist.harvest import _kept_ref_ok
+
+    p = "refs/logist/j1/"
+    for ok in ["heads/fix#12", "heads/feature/ünï", "heads/wip(1)", "tags/v1.0", "stash"]:
+        assert _kept_ref_ok(p + ok, p), ok
+    bad = [
+        "heads/a..b", "heads/x.lock", "heads/.hidden", "heads/a b", "heads/a~1", "heads/@",
+        "heads/a@{1}", "heads/\x1b[31m", "heads/a\u202eb", "heads/", "heads//x", "heads/x.",
+        "notes/x", "heads", "refs/other/x", "heads/a:b", "heads/a\\b", "heads/a?", "heads/a*",
+    ]  # fmt: skip
+    for name in bad:
+        assert not _kept_ref_ok(p + name, p), name
+    assert not _kept_ref_ok("refs/logist/j2/heads/x", p)

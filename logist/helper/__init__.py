@@ -40,12 +40,13 @@ class HarvestOutput:
     git_kept: bool = False  # the write-back could neither replace nor remove the step's .git
     aside: list[str] = field(default_factory=list)  # earlier nonces whose names stay set aside
     warnings: list[str] = field(default_factory=list)
+    cut: bool = False  # the answer was longer than is read: its end (``git-kept``) unseen
 
 
 def parse_output(stdout: bytes, stderr: bytes) -> HarvestOutput:
     """Read a helper's answer as data: only well-formed lines count."""
-    out = HarvestOutput()
-    for raw in stdout[:MAX_OUTPUT].decode("ascii", errors="replace").splitlines():
+    out = HarvestOutput(cut=len(stdout) > MAX_OUTPUT)
+    for raw in stdout[:MAX_OUTPUT].decode(errors="replace").splitlines():
         m = _LINE.fullmatch(raw.strip())
         if raw.strip() == "git-kept":
             out.git_kept = True

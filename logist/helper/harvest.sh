@@ -275,7 +275,7 @@ printf '%s\n' "$types" > "$TM/logist-types"
 mine() { : > "$TM/logist-b"; [ "$C" = "$P" ] || echo "refs/heads/$branch" > "$TM/logist-b"; }
 mine
 { printf 'update refs/heads/%s %s\nupdate refs/wb/heads/%s %s\n' "$branch" "$C" "$branch" "$C"
-  printf '%s\n' "$refs" | awk -F'\t' -v ns="$ns" -v branch="$branch" -v max=5000 \
+  printf '%s\n' "$refs" | awk -F'\t' -v ns="$ns" -v branch="$branch" -v max=5000 -v most=655360 \
       -v jb="refs/heads/$branch" \
       -v tf="$TM/logist-types" -v kf="$TM/logist-kept" -v wf="$TM/logist-w" \
       -v rf="$TM/logist-r" -v bf="$TM/logist-b" -v of="$TM/logist-over" -v nf="$TM/logist-not" '
@@ -288,15 +288,19 @@ mine
     { k = ($1 in kind) ? kind[$1] : ""
       if (k == "" || k == "missing") {  # named up to 10 times, then counted
         if (++gone <= 10) print "skipped " $2 ": its objects are missing" > wf; next }
-      if (++n > max) { over++; next }  # the bundle header and the answer stay bounded
       short = substr($2, 6); dest = "refs/logist/" ns "/" short
+      # the bundle header and the answer stay bounded: in refs, and in the bytes of their
+      # names (1,000 names of 1 KB once pushed the answer past what the host reads)
+      size = length("ref " $1 " " dest) + 1
+      if (n + 1 > max || bytes + size > most) { over++; next }
+      n++; bytes += size
       print "ref " $1 " " dest > rf
       print "update " dest " " $1
       if ($2 != "refs/heads/" branch) print "update refs/wb/" short " " $1
       if (!(($1 " " dest) in have)) print dest >> bf }
     END { if (gone > 10) print "skipped " gone - 10 " more refs: their objects are missing" > wf
-          if (over) print "only the first " max " branches, tags and stashes are kept; " \
-            over " more are not (the workspace keeps them all)" > wf
+          if (over) print "only " n " branches, tags and stashes are kept (at most " \
+            max ", and 640 KiB of names); " over " more are not (the workspace keeps them all)" > wf
           if (over) print "yes" > of }
   ' "$TM/logist-types" "$TM/logist-kept" -
 } > "$TM/logist-updates"
