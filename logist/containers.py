@@ -239,7 +239,7 @@ def stop_and_remove(containers: Iterable[Container], grace: float = STOP_GRACE) 
             with engine_errors(f"removing container {c.short_id}", c.client):
                 try:
                     stop_for_sure(c, grace, give_up=lambda: not answers(c.client))
-                    c.remove(force=True)
+                    c.remove(force=True, v=True)
                 except docker.errors.NotFound:
                     return
                 except docker.errors.APIError as exc:
@@ -410,7 +410,7 @@ def run_helper(
         raise EnvironmentProblem(f"helper container {image} did not finish: {exc}") from None
     finally:
         with contextlib.suppress(Exception):
-            container.remove(force=True)
+            container.remove(force=True, v=True)
 
 
 def run_as_root(

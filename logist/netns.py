@@ -116,7 +116,7 @@ def release(cli: DockerClient, box: Container) -> None:
     """Remove the holder (killed at once: it keeps nothing). Whatever stops that (gone
     already, an engine that fails) is left to the sweep (the network's removal then says so)."""
     with contextlib.suppress(Exception):
-        cli.api.remove_container(box.id, force=True)
+        cli.api.remove_container(box.id, force=True, v=True)
 
 
 __all__ = ["Attachment", "can_hold", "hold", "lost", "release"]

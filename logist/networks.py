@@ -311,7 +311,7 @@ def _remove_stale(cli: DockerClient, name: str, job_id: str, jobs_root: Path) ->
         with containers.engine_errors(what, cli), contextlib.suppress(docker.errors.APIError):
             labels = (cli.api.inspect_container(box_id).get("Config") or {}).get("Labels") or {}
             if labels.get(JOB) == job_id and labels.get(ROOT) == str(jobs_root):
-                cli.api.remove_container(box_id, force=True)
+                cli.api.remove_container(box_id, force=True, v=True)
     remove_networks(cli, jobs_root, nets=[net])  # retried while the endpoints go
 
 

@@ -203,4 +203,4 @@ class Proxy:
             containers.engine_errors("removing the job's proxy", self.cli),
             contextlib.suppress(docker.errors.NotFound),
         ):
-            box.remove(force=True)
+            box.remove(force=True, v=True)

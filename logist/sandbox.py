@@ -263,7 +263,7 @@ class Sandbox:
             with contextlib.suppress(LogistError, docker.errors.APIError):
                 cli = self.dock.client()  # this thread's: the caller goes on with its own
                 with containers.engine_errors("removing the harvest helper", cli):
-                    cli.api.remove_container(container.id, force=True)  # SIGKILL and remove
+                    cli.api.remove_container(container.id, force=True, v=True)  # SIGKILL, remove
 
         previous = self._removing
         self._removing = threading.Thread(target=remove, name="logist-helper-rm")
@@ -422,7 +422,7 @@ class Sandbox:
         container, self._container = self._container, None
         if container is not None:
             with contextlib.suppress(Exception):
-                container.remove(force=True)
+                container.remove(force=True, v=True)
 
     def _drop_channel(self) -> None:
         channel, self._channel = self._channel, None

@@ -102,4 +102,4 @@ class Ahead:
         made, self._made = self._made, None
         if made is not None:
             with contextlib.suppress(Exception):
-                made.container.remove(force=True)
+                made.container.remove(force=True, v=True)

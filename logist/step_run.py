@@ -149,7 +149,7 @@ def run_container(
             watcher.join(timeout=grace + 5)
         if not lost:  # a gone engine is not asked again: the sweep reaps the container
             with contextlib.suppress(Exception):
-                container.remove(force=True)
+                container.remove(force=True, v=True)
     return outcome
 
 

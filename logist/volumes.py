@@ -85,7 +85,7 @@ def put_tree(cli: DockerClient, run: JobRun, src: Path, *, image: str) -> None:
                     raise LogistError(f"the engine did not take the workspace into {volume}")
         finally:
             with contextlib.suppress(Exception):
-                box.remove(force=True)
+                box.remove(force=True, v=True)
     finally:
         archive.unlink(missing_ok=True)
 

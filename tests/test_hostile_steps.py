@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import create_job
+from tests.support_cli import popen_logist
 
 
 def _notes(logist, job: str) -> list[str]:
@@ -260,3 +262,34 @@ def test_kept_ref_names_are_what_git_takes_and_nothing_unprintable():
     for name in bad:
         assert not _kept_ref_ok(p + name, p), name
     assert not _kept_ref_ok("refs/logist/j2/heads/x", p)
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+def test_an_images_anonymous_volumes_go_with_its_step(
+    logist, source_repo, jobs_root, docker_client
+):
+    """An image's ``VOLUME`` gave each step an anonymous volume the engine kept after the
+    step's container was removed, with no label for a sweep to find: a spec naming such an
+    image (and 1,000 steps) filled the engine's disk (red team)."""
+    import io
+
+    tag = f"logist-test/volume:{os.getpid()}"
+    dockerfile = "FROM logist/busybox:latest\nVOLUME /data\n"
+    docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
+    try:
+        steps = ("echo x > /data/x; sleep 3", "echo y > /data/y")
+        job = create_job(logist, source_repo, *steps, extra=("--image", tag))
+        runner = popen_logist(jobs_root, "job", "run", job)
+        seen: set[str] = set()
+        while runner.poll() is None:
+            for box in docker_client.containers.list(filters={"label": f"logist.job={job}"}):
+                mounts = box.attrs.get("Mounts") or []
+                seen |= {m["Name"] for m in mounts if m.get("Type") == "volume"}
+            time.sleep(0.2)
+        assert runner.returncode == 0, runner.stderr.read()
+        assert seen, "the step's anonymous volume was not seen"
+        left = [v.name for v in docker_client.volumes.list() if v.name in seen]
+        assert left == []
+    finally:
+        docker_client.images.remove(tag, force=True)
