@@ -87,8 +87,8 @@ def parse_pattern(text: Any) -> Pattern:
     Raises:
         UsageError: not ``HOST``, ``HOST:PORT`` or ``*.DOMAIN[:PORT]`` (exit 2).
     """
-    if not isinstance(text, str) or len(text) > 260:
-        raise _bad(text)
+    if not isinstance(text, str) or len(text) > 260 or not text.isascii():
+        raise _bad(text)  # ASCII before lower(): the Kelvin sign would become a "k"
     name, sep, port = text.strip().lower().rpartition(":")
     if not sep:
         name, port = port, ""

@@ -177,9 +177,8 @@ def _run_git(
             raise
         raise UsageError(f"refused: an argument for git is too long: {args!r:.300}") from None
     except subprocess.TimeoutExpired:
-        raise GitError(
-            args, f"timed out after {timeout:g}s", exit_code=2 if usage else None
-        ) from None
+        why, code = f"timed out after {timeout:g}s", 2 if usage else None
+        raise GitError(args, why, exit_code=code) from None
     if proc.returncode not in ok_codes:
         raise GitError(args, proc.stderr or proc.stdout, exit_code=2 if usage else None)
     return proc.returncode, proc.stdout.rstrip("\n")
@@ -229,19 +228,22 @@ def is_oid(text: str) -> bool:
 
 
 def check_local_source(path: Path, ref: str | None) -> None:
-    """Refuse (exit 2) a path that is not a git repository or a ref it does not have."""
+    """Refuse (exit 2) a path that is not a git repository's top (a work tree's, a bare one's,
+    a ``.git``; never a directory in one) or lacks ``ref``. A stat first: no FIFO is opened."""
     try:
-        found = path.exists()
-    except OSError as exc:  # a name too long, a loop of links: not a repository either
+        why = "" if path.is_dir() else "is not a directory" if path.exists() else "does not exist"
+        code, out = git("rev-parse", "--show-object-format", "--is-inside-work-tree",
+                        "--show-prefix", "--absolute-git-dir", cwd=path, trust=path,
+                        ok_codes=(0, 128)) if not why else (-1, "")  # fmt: skip
+    except OSError as exc:  # a name too long, a loop of links, a file in its place since
         raise UsageError(f"repository not found: {str(path)[:300]}: {exc.strerror}") from None
-    if not found:
-        raise UsageError(f"repository not found: {path} does not exist")
-    code, out = git("rev-parse", "--git-dir", "--show-object-format", cwd=path, trust=path,
-                    ok_codes=(0, 128))  # fmt: skip
     if code != 0:
-        raise UsageError(f"repository not found: {path} is not a git repository")
-    if out.split()[-1:] != ["sha1"]:
-        raise UsageError(f"{path}: only SHA-1 repositories are supported, not {out.split()[-1]}")
+        raise UsageError(f"repository not found: {path} {why or 'is not a git repository'}")
+    fmt, inside, rest = [*out.split("\n", 2), "", ""][:3]  # rest: the prefix's line, git dir
+    if not rest.startswith("\n") or (inside != "true" and rest[1:] != os.path.realpath(path)):
+        raise UsageError(f"{path} is inside a git repository: give the top of the repository")
+    if fmt != "sha1":
+        raise UsageError(f"{path}: only SHA-1 repositories are supported, not {fmt}")
     _, out = git("config", "--get-regexp", r"^(extensions\.partialclone|remote\..*\.promisor)$",
                  cwd=path, trust=path, ok_codes=(0, 1))  # fmt: skip
     values = [line.split(" ", 1)[-1].lower() for line in out.splitlines()]

@@ -58,9 +58,8 @@ class Runtime:
         from logist.dock import Docks
         from logist.store import Store, default_root
 
-        if jobs_dir is not None and not isinstance(jobs_dir, str | os.PathLike):
-            raise UsageError(f"jobs_dir: {jobs_dir!r} is not a path"[:200])
-        self.store = Store(default_root(None if jobs_dir is None else str(jobs_dir)), Docks())
+        root = None if jobs_dir is None else _fspath("jobs_dir", jobs_dir)
+        self.store = Store(default_root(root), Docks())
         self._engines_given = engines
         if engines:
             self.engines  # noqa: B018 -- checked now: the caller named them
@@ -385,11 +384,15 @@ def _seconds(value: str | float, key: str, least: float | None = None) -> float:
 
 
 def _path(key: str, value: Any) -> Path | None:
-    if value is None:
-        return None
-    if not isinstance(value, str | os.PathLike):
-        raise UsageError(f"{key}: {value!r} is not a path"[:200])
-    return Path(value)
+    return None if value is None else Path(_fspath(key, value))
+
+
+def _fspath(key: str, value: Any) -> str:
+    """``value`` as a path's text; a ``UsageError`` for anything else (bytes, a NUL in it)."""
+    text = os.fspath(value) if isinstance(value, str | os.PathLike) else None
+    if not isinstance(text, str) or "\0" in text:
+        raise UsageError(f"{key}: {value!r} is not a path (text without a NUL byte)"[:200])
+    return text
 
 
 def _callback(on_output: OnOutput | None) -> ListenerFactory | None:

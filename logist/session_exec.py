@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import threading
 import time
@@ -18,6 +19,9 @@ from logist.streams import Listener, SecretMask, StepOutput
 
 # A command run in the session: its pid noted first (to stop it and what it started: its
 # process group), then the command itself.
+# The longest path read_file and write_file take: the engine's archive reaches it from the host,
+# under its data root (/var/lib/docker/overlay2/<id>/merged/...), within PATH_MAX (4096)
+MAX_PATH = 3072
 WRAP = '{ echo $$ > "$1"; } 2>/dev/null; shift; exec "$@"'  # $0: the name its errors carry
 
 
@@ -51,10 +55,13 @@ def execute(
         EnvironmentProblem: the session's container or its engine is gone (exit 3).
     """
     from logist.job_container import read_secrets
-    from logist.spec import _ENV_KEY_RE
+    from logist.spec import _ENV_KEY_RE, _positive
 
-    if not argv:
-        raise UsageError("name the command to run: session exec ID -- CMD [ARG ...]")
+    if not isinstance(argv, list | tuple) or not argv:  # a str would run as its characters
+        raise UsageError("name the command to run, as a list: session exec ID -- CMD [ARG ...]")
+    argv = list(argv)
+    if timeout is not None:  # a finite number of seconds > 0, at most spec.MAX_TIMEOUT
+        timeout = float(_positive("--timeout", timeout))
     for key in env or {}:
         if not _ENV_KEY_RE.fullmatch(key):
             raise UsageError(f"--env {key!r}: not a variable name")
@@ -122,7 +129,7 @@ def _run_exec(api, exec_id, box, stop, log, mask, listener, timeout) -> bool:
     timed_out = threading.Event()
 
     def watch() -> None:
-        if timeout and not done.wait(timeout):
+        if timeout is not None and not done.wait(timeout):
             timed_out.set()
             stop.command()
 
@@ -191,11 +198,20 @@ class _Stop:
 
 
 def _path(path: str) -> str:
-    """A path under /workspace, from one relative to it (no way out of it)."""
-    parts = [p for p in str(path).split("/") if p not in ("", ".")]
-    if not parts or ".." in parts or "\0" in str(path):
-        raise UsageError(f"{path!r}: a path relative to /workspace, without '..'")
-    return "/workspace/" + "/".join(parts)
+    """A path under /workspace, from one relative to it (no way out of it), that Linux names:
+    each name at most 255 bytes, the whole at most ``MAX_PATH``."""
+    text = os.fspath(path) if isinstance(path, str | os.PathLike) else None
+    parts = [p for p in text.split("/") if p not in ("", ".")] if isinstance(text, str) else []
+    if not parts or ".." in parts or "\0" in text:
+        raise UsageError(f"{path!r:.200}: a path relative to /workspace, without '..'")
+    full = "/workspace/" + "/".join(parts)
+    if any(0xD800 <= ord(c) < 0xE000 for c in full):  # no UTF-8 for the engine
+        raise UsageError(f"{path!r:.200}: not UTF-8 text (a lone surrogate)")
+    if max(len(p.encode()) for p in parts) > 255 or len(full.encode()) > MAX_PATH:
+        raise UsageError(
+            f"{path!r:.200}: too long (names of at most 255 bytes, at most {MAX_PATH} in all)"
+        )
+    return full
 
 
 def _no_link_on_the_way(box: Any, user: str, full: str, job_id: str) -> None:
@@ -230,7 +246,7 @@ def read_file(rt: Runtime, job_id: str, path: str) -> bytes:
         try:
             copy = fetch_file(box, _path(path), run.dir.path, name, limit=limit)
         except LogistError as exc:
-            raise UsageError(f"session {job_id}: cannot read {path!r}: {exc}") from None
+            raise UsageError(f"session {job_id}: cannot read {path!r:.200}: {exc}"[:1000]) from None
         try:
             content = copy.read_bytes()
         finally:
@@ -295,7 +311,7 @@ class Session:
         return execute(
             self.rt,
             self.id,
-            list(argv),
+            argv,
             timeout=timeout,
             env=env,
             workdir=workdir,

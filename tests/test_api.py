@@ -100,6 +100,21 @@ def test_arguments_of_the_wrong_type_or_range_raise_usage_errors_before_acting(
     assert [v["id"] for v in rt.list(containers=False)] == [job_id]
 
 
+def test_a_path_argument_holding_a_nul_byte_is_a_one_line_usage_error(rt, source_repo, tmp_path):
+    """``Runtime(jobs_dir="a\\0b")`` raised a bare ValueError ("embedded null byte") (red
+    team, 12-06); so did a spec ``file`` with one."""
+    for call in (
+        lambda: logist.Runtime(jobs_dir="a\0b"),
+        lambda: logist.Runtime(jobs_dir=tmp_path / "a\0b"),
+        lambda: logist.Runtime(jobs_dir=b"/tmp/jobs"),
+        lambda: rt.create(file="s\0.yaml", repo=str(source_repo), steps=["true"]),
+    ):
+        with pytest.raises(logist.UsageError, match="is not a path") as refused:
+            call()
+        assert refused.value.exit_code == 2 and "\n" not in str(refused.value)
+    assert logist.Runtime(jobs_dir=str(tmp_path / "ok")).jobs_dir == tmp_path / "ok"
+
+
 # --- the engine ----------------------------------------------------------------------------
 
 

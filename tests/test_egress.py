@@ -86,6 +86,21 @@ def test_a_bad_pattern_is_refused_with_the_forms_named(text):
         parse_pattern(text)
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["\u212aelvin.example.com", "api.example.\u212a", "\u0130.example.com", "a.com:\uff18\uff10"],
+)
+def test_a_non_ascii_pattern_is_refused_even_when_its_lower_case_is_ascii(text):
+    """The Kelvin sign (U+212A) lower-cases to ``k``: the pattern was lower-cased before its
+    ASCII check, so ``\u212aelvin.example.com`` was taken as ``kelvin.example.com`` (red team,
+    12-06)."""
+    with pytest.raises(UsageError, match="HOST, HOST:PORT or") as refused:
+        parse_pattern(text)
+    assert refused.value.exit_code == 2
+    with pytest.raises(UsageError):
+        parse_patterns(["ok.example.com", text])
+
+
 def test_patterns_must_be_a_bounded_list():
     assert parse_patterns(None) == []
     assert len(parse_patterns(["a.com", "A.com", "b.com"])) == 2

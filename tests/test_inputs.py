@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import logist
 from logist import gitops
 from logist.errors import LogistError, UsageError
 from logist.harvest import ensure_job_repo
@@ -232,6 +233,50 @@ def test_a_sha256_source_is_refused_at_creation_naming_its_format(tmp_path):
     commit_file(source, "x.txt", "x\n")
     with pytest.raises(UsageError, match="only SHA-1 repositories are supported, not sha256"):
         gitops.check_local_source(source, None)
+
+
+@pytest.mark.parametrize("kind", ["file", "fifo"])
+def test_a_file_or_a_fifo_as_the_repository_is_a_one_line_exit_2_never_opened(
+    jobs_root, tmp_path, kind
+):
+    """``--repo /etc/passwd`` (or a FIFO) was "internal error: NotADirectoryError" (exit 1),
+    and ``Runtime.create`` raised it bare (red team, 12-06). A FIFO is never opened: no
+    writer ever comes, so an open would hang the command (``_cli``'s timeout)."""
+    path = tmp_path / kind
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.write_text("not a repository\n")
+    out = _cli(jobs_root, tmp_path, "--repo", str(path), "--image", "x", "--step", "true")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [f"logist: error: repository not found: {path} "
+                                               "is not a directory"]  # fmt: skip
+    with pytest.raises(UsageError, match="is not a directory"):
+        logist.Runtime(jobs_root).create(repo=str(path), image="x", steps=["true"])
+    assert [p for p in jobs_root.iterdir() if not p.name.startswith(".")] == []  # no job
+
+
+def test_a_subdirectory_of_a_repository_is_refused_at_creation_but_its_top_is_taken(
+    jobs_root, tmp_path
+):
+    """``--repo src/sub`` was taken (git looked upwards) and the run then failed with "source
+    has vanished" (red team, 12-06). The top of a work tree, a bare repository, a ``.git``, a
+    link to one and a ``file://`` URL are taken; a directory inside any of them is not."""
+    source = make_repo(tmp_path / "src", {"README.md": "hi\n", "sub/deeper/x.txt": "x\n"})
+    bare = tmp_path / "bare.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(source), str(bare)], check=True)
+    (tmp_path / "link").symlink_to(source)
+    for inside in (source / "sub", source / "sub" / "deeper", tmp_path / "link" / "sub",
+                   source / ".git" / "refs", bare / "refs"):  # fmt: skip
+        with pytest.raises(UsageError, match="inside a git repository: give the top"):
+            gitops.check_local_source(inside, None)
+        out = _cli(jobs_root, tmp_path, "--repo", str(inside), "--image", "x", "--step", "true")
+        assert out.returncode == 2 and "give the top of the repository" in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+    for top in (source, bare, source / ".git", tmp_path / "link"):
+        gitops.check_local_source(top, "main")
+    out = _cli(jobs_root, tmp_path, f"--repo=file://{source}", "--image", "x", "--step", "true")
+    assert out.returncode == 0, out.stderr
 
 
 @pytest.mark.docker

@@ -342,6 +342,54 @@ def test_read_file_takes_a_regular_file_only(rt, source_repo):
                 s.read_file(bad)
 
 
+def test_a_bad_timeout_or_a_command_given_as_a_string_is_exit_2_and_runs_nothing(
+    rt, source_repo, jobs_root
+):
+    """``--timeout 1e10`` (or 1e400) printed a thread's OverflowError and ran unbounded;
+    ``timeout=nan`` or ``-1`` returned exit_code None at once; ``timeout="x"`` a TypeError;
+    ``exec("echo hi")`` ran ``e c h o`` (red team, 12-06). Refused before anything runs."""
+
+    def cli(*args: str):
+        return run_logist(jobs_root, *args)
+
+    sid = start(cli, source_repo)
+    for value in ("1e10", "1e400", "nan", "0"):
+        out = cli("session", "exec", sid, "--timeout", value, "--", "touch", "ran")
+        assert out.returncode == 2, (value, out.stderr)
+        assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+        assert "invalid value for" in out.stderr.lower() and "--timeout" in out.stderr
+    s = rt.session_of(sid)
+    bad_timeouts = [float("nan"), float("inf"), -1, 0, 1e10, 10**400, "x", True, [5]]
+    for timeout in bad_timeouts:
+        with pytest.raises(logist.UsageError, match="--timeout") as refused:
+            s.exec(["touch", "ran"], timeout=timeout)
+        assert refused.value.exit_code == 2
+    for argv in ("touch ran", b"touch", [], None, ["touch", 5]):
+        with pytest.raises(logist.UsageError):
+            s.exec(argv)
+    assert s.exec(["sh", "-c", "ls ran 2>/dev/null; echo none"]).output == "none\n"
+    assert s.exec(("echo", "a tuple"), timeout="30").output == "a tuple\n"  # as a spec's
+    assert cli("session", "stop", sid).returncode == 0
+
+
+def test_write_file_refuses_a_name_linux_or_git_cannot_hold_with_exit_2(rt, source_repo):
+    """A 5000-character name reached the engine, whose refusal was exit 3 (red team, 12-06);
+    a deep path was made that the engine's archive (from the host, under its data root) could
+    not read back, nor git harvest beyond 4096 bytes."""
+    with rt.session(repo=str(source_repo), image=STEP_IMAGE, network="none") as s:
+        too_long = ["a" * 5000, "b" * 256, "/".join(["d" * 200] * 16), "\udcff.txt"]
+        for path in too_long:
+            for call, args in ((s.write_file, (path, b"x")), (s.read_file, (path,))):
+                with pytest.raises(logist.UsageError) as refused:
+                    call(*args)
+                assert refused.value.exit_code == 2 and len(str(refused.value)) < 400
+        longest = "/".join(["d" * 200] * 15)  # 3025 bytes with /workspace/
+        s.write_file("c" * 255, b"255\n")
+        s.write_file(longest, b"deep\n")
+        assert s.read_file(longest) == b"deep\n" and s.read_file("c" * 255) == b"255\n"
+        assert s.exec(["sh", "-c", "find . -name 'd*' -type d | wc -l"]).output.strip() == "14"
+
+
 def test_session_exec_takes_its_options_before_the_double_dash_and_the_command_after(
     logist, source_repo
 ):
