@@ -92,6 +92,12 @@ def _remove(
     if not harvested:
         with Sandbox(run) as sandbox:
             harvest_leftover(run, sandbox)
+    if job.unkept and not force:  # past a bound, the workspace holds work the result lacks
+        report.error = (
+            f"kept: {job.unkept} refs the step made are not in the job's result (--force "
+            "removes the workspace)"
+        )
+        return
     job.workspace_state = WS_REMOVING  # from here on, the manifest's record is the work
     run.save()
     # 4. delete (files of another uid through a root helper container)

@@ -192,7 +192,13 @@ def harvest(
     done = out.written_back  # else a write-back follows: config and hooks never survive
     if last and done:
         sandbox.release()
-    for warning in [*out.warnings, *_unkept(out, f"refs/logist/{job.id}/")]:
+    odd, job.unkept = _unkept(out, f"refs/logist/{job.id}/")
+    if job.unkept:  # no work lost to a bound: the workspace has them, and stays (red team)
+        odd.append(
+            f"{job.unkept} refs the step made are not in the job's result: its workspace is "
+            f"kept with them (`logist job cleanup {job.id} --force` removes it)"
+        )
+    for warning in [*out.warnings, *odd]:
         notify(f"logist: {job.id}: warning: {warning}")
     commit = accept(run, out, previous)
     job.harvested_commit = commit
@@ -294,20 +300,19 @@ def _ref_part(part: str) -> bool:
     )
 
 
-def _unkept(out: HarvestOutput, prefix: str) -> list[str]:
-    """A warning for the refs the helper named that are not kept (their names git would not
-    take, or garbled): never dropped in silence (red team)."""
+def _unkept(out: HarvestOutput, prefix: str) -> tuple[list[str], int]:
+    """How many refs the helper named, or said it left, are not kept (a name git would not
+    take, one not UTF-8, the helper's bounds), and a warning naming those it sent."""
     odd = [name for name in out.refs if not _kept_ref_ok(name, prefix)]
-    if not odd:
-        return []
-    shown = ", ".join(
-        repr(name[len(prefix) :] if name.startswith(prefix) else name)[:80] for name in odd[:3]
-    )
-    more = f" and {len(odd) - 3} more" if len(odd) > 3 else ""
-    return [
-        f"{len(odd)} refs the step made are not kept (names logist does not take: "
-        f"{shown}{more}); the workspace keeps them"
-    ]
+    warnings = []
+    if odd or out.unread:
+        shown = ", ".join(
+            repr(name[len(prefix) :] if name.startswith(prefix) else name)[:80] for name in odd[:3]
+        )
+        more = max(len(odd) - 3, 0) + out.unread
+        shown += f"{', ' if shown else ''}{more} more" if more > 0 else ""
+        warnings.append(f"names logist does not take as a ref's: {shown}")
+    return warnings, len(odd) + out.unread + out.over
 
 
 def _copy_out(job_dir: JobDir, name: str) -> Path:

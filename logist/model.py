@@ -132,6 +132,7 @@ class Job:
     leftovers: list[str] = field(default_factory=list)
     error: str | None = None
     notes: list[str] = field(default_factory=list)  # what the branch adds that a user should know
+    unkept: int = 0  # the step's refs the last harvest left out: the workspace has them
     # the bounds this job was created under (logist.bounds.Bounds as a dict; {}: the defaults)
     bounds: dict[str, Any] = field(default_factory=dict)
     # a session's (docs/sessions.md): idle_timeout, container, execs, harvests, last_active

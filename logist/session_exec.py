@@ -62,9 +62,11 @@ def execute(
     argv = list(argv)
     if timeout is not None:  # a finite number of seconds > 0, at most spec.MAX_TIMEOUT
         timeout = float(_positive("--timeout", timeout))
+    if env is not None and not isinstance(env, dict):
+        raise UsageError("env: a mapping of variable names to values")
     for key in env or {}:
-        if not _ENV_KEY_RE.fullmatch(key):
-            raise UsageError(f"--env {key!r}: not a variable name")
+        if not isinstance(key, str) or not _ENV_KEY_RE.fullmatch(key):
+            raise UsageError(f"--env {key!r:.100}: not a variable name")
     texts = [*argv, *(env or {}).values(), *([workdir] if workdir else [])]
     if not all(isinstance(t, str) and "\0" not in t for t in texts):
         raise UsageError("a command, --env value or --workdir must be text without a NUL")

@@ -956,6 +956,42 @@ def test_long_ref_names_keep_the_answer_within_what_the_host_reads(root):
     assert any(f"only {kept} branches, tags and stashes are kept" in w for w in out.warnings)
     # the 1,100, the job branch and the clone's own default branch
     assert any(f"; {1102 - kept} more are not" in w for w in out.warnings), out.warnings
+    assert out.over == 1102 - kept  # the host keeps the workspace for them
+
+
+def test_refs_that_clash_with_the_job_branch_are_named_ten_times_then_counted(root):
+    """20,000 such refs once flooded the warnings past what the host reads, and the warning
+    of the bound after them went unseen (red team)."""
+    head = git(root.ws, "rev-parse", "HEAD").strip()
+    lines = [f"{head} refs/heads/{BRANCH}/c{i}\n" for i in range(30)]
+    with open(root.ws / ".git" / "packed-refs", "a") as fh:
+        fh.writelines(lines)
+    out = root.harvest()
+    clashes = [w for w in out.warnings if "clashes with the job branch" in w]
+    assert len(clashes) == 10
+    assert "skipped 20 more refs that clash with the job branch" in out.warnings
+    assert out.over == 30
+
+
+def test_ref_names_are_read_as_utf_8_or_counted_never_guessed():
+    """A name not UTF-8 was read with U+FFFD (two such names became one), and one holding
+    U+2028 or a no-break space was cut or skipped in silence (red team)."""
+    answer = (
+        b"commit " + b"a" * 40 + b"\n"
+        b"ref 1111 refs/logist/j1/heads/ok\n"
+        b"ref 2222 refs/logist/j1/heads/bad\xfe\n"
+        b"ref 3333 refs/logist/j1/heads/bad\xff\n"
+        b"ref 4444 refs/logist/j1/heads/p\xe2\x80\xa9q\n"
+        b"ref 5555 refs/logist/j1/heads/nb\xc2\xa0sp\n"
+        b"ref 6666 refs/logist/j1/heads/ok\n"
+    )
+    out = parse_output(answer, b"")
+    assert out.unread == 3  # two not UTF-8, one said twice
+    assert out.refs == {
+        "refs/logist/j1/heads/ok": "1111",
+        "refs/logist/j1/heads/p\u2029q": "4444",
+        "refs/logist/j1/heads/nb\xa0sp": "5555",
+    }
 
 
 def test_an_answer_longer_than_the_host_reads_is_said_to_be_cut():

@@ -293,3 +293,34 @@ def test_an_images_anonymous_volumes_go_with_its_step(
         assert left == []
     finally:
         docker_client.images.remove(tag, force=True)
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+def test_refs_the_result_cannot_hold_keep_the_workspace_until_a_forced_cleanup(
+    logist, source_repo, jobs_root
+):
+    """Branches whose names are not UTF-8 or not printable were lost with the workspace,
+    after a warning that said the workspace kept them (red team): the workspace now stays."""
+    names = ["bad$(printf '\\376')", "nb$(printf '\\302\\240')sp", "p$(printf '\\342\\200\\251')q"]
+    made = " && ".join(
+        f'git switch -q -c "{n}" && echo {i} > w{i}.txt && git add -A && git commit -qm {i}'
+        " && git switch -q -"
+        for i, n in enumerate(names)
+    )
+    ident = "git config user.email s@x && git config user.name s && "
+    job = create_job(logist, source_repo, ident + made)
+    out = logist("job", "run", job)
+    assert out.returncode == 4, out.stderr  # the contract's "cleanup incomplete"
+    assert (
+        "names logist does not take as a ref's: 'heads/nb\\xa0sp', 'heads/p\\u2029q', 1 more"
+        in out.stderr
+    )
+    assert "3 refs the step made are not in the job's result" in out.stderr
+    assert (jobs_root / job / "workspace").is_dir()
+    kept = logist("job", "cleanup", job)
+    assert kept.returncode == 4, kept.stderr
+    assert (jobs_root / job / "workspace").is_dir()
+    gone = logist("job", "cleanup", job, "--force")
+    assert gone.returncode == 0, gone.stderr
+    assert not (jobs_root / job / "workspace").exists()

@@ -367,6 +367,9 @@ def test_a_bad_timeout_or_a_command_given_as_a_string_is_exit_2_and_runs_nothing
     for argv in ("touch ran", b"touch", [], None, ["touch", 5]):
         with pytest.raises(logist.UsageError):
             s.exec(argv)
+    for env in (["A"], {1: "x"}, {"A": 1}, "A=1"):  # an AttributeError, a TypeError (red team)
+        with pytest.raises(logist.UsageError):
+            s.exec(["touch", "ran"], env=env)
     assert s.exec(["sh", "-c", "ls ran 2>/dev/null; echo none"]).output == "none\n"
     assert s.exec(("echo", "a tuple"), timeout="30").output == "a tuple\n"  # as a spec's
     assert cli("session", "stop", sid).returncode == 0

@@ -26,7 +26,9 @@ def script(*names: str) -> str:
     return "".join(files(__name__).joinpath(name).read_text() for name in names)
 
 
-_LINE = re.compile(r"(commit|bundle|ref|aside) (\S+)(?: (\S+))?")
+# one line each, split on "\n" alone and on single spaces (git takes no space, no control
+# character in a ref's name; a name's bytes are read as UTF-8 or not at all, never guessed)
+_LINE = re.compile(rb"(commit|bundle|ref|aside|over) ([^ ]+)(?: ([^ ]+))?")
 
 
 @dataclass
@@ -41,30 +43,49 @@ class HarvestOutput:
     aside: list[str] = field(default_factory=list)  # earlier nonces whose names stay set aside
     warnings: list[str] = field(default_factory=list)
     cut: bool = False  # the answer was longer than is read: its end (``git-kept``) unseen
+    over: int = 0  # the step's refs the helper did not keep (its bounds, clashes; it warned)
+    unread: int = 0  # ``ref`` lines not read: a name not UTF-8, or said twice
 
 
 def parse_output(stdout: bytes, stderr: bytes) -> HarvestOutput:
     """Read a helper's answer as data: only well-formed lines count."""
     out = HarvestOutput(cut=len(stdout) > MAX_OUTPUT)
-    for raw in stdout[:MAX_OUTPUT].decode(errors="replace").splitlines():
-        m = _LINE.fullmatch(raw.strip())
-        if raw.strip() == "git-kept":
+    for raw in stdout[:MAX_OUTPUT].split(b"\n"):
+        line = raw.strip(b" ")
+        if line == b"git-kept":
             out.git_kept = True
-        if not m:
-            continue
-        kind, a, b = m.groups()
-        if kind == "commit":
+        kind, a, b = _fields(line)
+        if kind is None or (kind == "ref" and (b is None or b in out.refs)):
+            out.unread += line.startswith(b"ref ")
+        elif kind == "commit":
             out.commit = a
         elif kind == "bundle":
             out.bundle = a
         elif kind == "aside":
             out.aside.append(a)
-        elif b is not None:
+        elif kind == "over":
+            out.over = int(a) if a.isdigit() and len(a) < 10 else 1
+        elif kind == "ref":
             out.refs[b] = a
-    for raw in stderr[:MAX_OUTPUT].decode(errors="replace").splitlines():
+    err = stderr[:MAX_OUTPUT].decode(errors="replace").split("\n")
+    for raw in err:
         if raw.startswith("warning: "):
             out.warnings.append(printable(raw[len("warning: ") :])[:300])
+    if len(stderr) > MAX_OUTPUT:
+        out.warnings.append("more warnings than the 1 MiB read (the rest is not shown)")
     return out
+
+
+def _fields(line: bytes) -> tuple[str | None, str, str | None]:
+    """An answer line's kind and its one or two words, as text; no kind for anything else."""
+    m = _LINE.fullmatch(line)
+    if m is None:
+        return None, "", None
+    try:
+        kind, a, b = (x.decode() if x is not None else None for x in m.groups())
+    except UnicodeDecodeError:
+        return None, "", None
+    return kind, a or "", b
 
 
 def too_big(stderr: bytes, most: int) -> str:

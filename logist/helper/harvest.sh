@@ -283,8 +283,9 @@ mine
     FILENAME == kf { have[$0] = 1; split($0, q, " "); print "^" q[1] > nf; next }
     $2 == "" || $2 == "HEAD" { next }
     # a name the job branch is under, or one under it: git cannot hold both (skipped alone)
-    $2 != jb && (index(jb, $2 "/") == 1 || index($2, jb "/") == 1) {
-      print "skipped " $2 ": it clashes with the job branch " branch > wf; next }
+    $2 != jb && (index(jb, $2 "/") == 1 || index($2, jb "/") == 1) {  # named 10 times, counted
+      if (++clash <= 10) print "skipped " $2 ": it clashes with the job branch " branch > wf
+      next }
     { k = ($1 in kind) ? kind[$1] : ""
       if (k == "" || k == "missing") {  # named up to 10 times, then counted
         if (++gone <= 10) print "skipped " $2 ": its objects are missing" > wf; next }
@@ -299,9 +300,10 @@ mine
       if ($2 != "refs/heads/" branch) print "update refs/wb/" short " " $1
       if (!(($1 " " dest) in have)) print dest >> bf }
     END { if (gone > 10) print "skipped " gone - 10 " more refs: their objects are missing" > wf
+          if (clash > 10) print "skipped " clash - 10 " more refs that clash with the job branch" > wf
           if (over) print "only " n " branches, tags and stashes are kept (at most " \
-            max ", and 640 KiB of names); " over " more are not (the workspace keeps them all)" > wf
-          if (over) print "yes" > of }
+            max ", and 640 KiB of names); " over " more are not" > wf
+          if (over + clash) print over + clash > of }
   ' "$TM/logist-types" "$TM/logist-kept" -
 } > "$TM/logist-updates"
 while IFS= read -r w; do warn "$w"; done < "$TM/logist-w"
@@ -309,7 +311,7 @@ g update-ref --stdin < "$TM/logist-updates" 2>/dev/null || {
   warn "some kept refs clash (a/b and a): only the job branch is kept this time"
   rm -rf "$S/refs/logist" "$S/refs/wb"
   g update-ref "refs/heads/$branch" "$C" && g update-ref "refs/wb/heads/$branch" "$C" || exit 16
-  mine; : > "$TM/logist-r"
+  mine; wc -l < "$TM/logist-r" > "$TM/logist-over"; : > "$TM/logist-r"
 }
 # 4. the bundle: what logist's repository does not have yet
 if [ -s "$TM/logist-b" ]; then
@@ -321,6 +323,7 @@ if [ -s "$TM/logist-b" ]; then
   fi
 fi
 cat "$TM/logist-r"  # last: the host reads a bounded answer, the commit and bundle lines first
+if [ -s "$TM/logist-over" ]; then echo "over $(cat "$TM/logist-over")"; fi  # refs not kept
 # names of killed harvests that stay set aside (their nonces, for the next harvest)
 if [ -s "$TM/still-aside" ]; then sort -u "$TM/still-aside" | sed 's/^/aside /'; fi
 # always, whatever the harvest found (a clean tree, the step's own commit, thousands of refs):
