@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from logist import containers, netns, podman
+from logist import containers, netns, podman, quicknet
 from logist.background import Background
 from logist.container_spec import JOB, MANAGED, NETWORK, ROOT, STEP, labels
 from logist.errors import EngineUnavailable, LogistError, Rejected
@@ -86,6 +86,8 @@ class JobNetwork:
         net.hold, net.gated = hold, gate
 
         def make() -> None:
+            if _made_early(run):  # before the reap and the SDK's import: a local Docker's
+                net.name = network_name(run.job.id, run.store.root)
             after()
             net._make()
 
@@ -186,6 +188,9 @@ class JobNetwork:
         import docker
 
         job, name = self.run.job, network_name(self.run.job.id, self.run.store.root)
+        if self.name == name:  # made early (``quicknet``)
+            self.attachment = Attachment(name)
+            return
         tags = labels(job.id, NETWORK, self.run.store.root, owner_id())
         what = f"creating the network {name}"
         with containers.engine_errors(what, self.cli):
@@ -327,11 +332,7 @@ def _create_network(cli: DockerClient, name: str, internal: bool, tags: dict) ->
         docker.errors.APIError: the engine refused (409: the name is taken).
     """
     if not podman.is_podman(cli):
-        options = (
-            {"com.docker.network.bridge.inhibit_ipv4": "true"}
-            if internal
-            else {"com.docker.network.bridge.name": bridge_name(name, JOB_BRIDGE)}
-        )
+        options = _docker_options(name, internal)
     elif internal:
         podman.create_internal_network(cli, name, tags, bridge_name(name, INTERNAL_BRIDGE))
         return
@@ -340,6 +341,25 @@ def _create_network(cli: DockerClient, name: str, internal: bool, tags: dict) ->
     cli.api.create_network(  # not ``networks.create``: its inspect of the result is not needed
         name, driver="bridge", internal=internal, labels=tags, options=options, check_duplicate=True
     )
+
+
+def _docker_options(name: str, internal: bool) -> dict[str, str]:
+    """A job's network's driver options on Docker (``_create_network`` says why)."""
+    if internal:
+        return {"com.docker.network.bridge.inhibit_ipv4": "true"}
+    return {"com.docker.network.bridge.name": bridge_name(name, JOB_BRIDGE)}
+
+
+def _made_early(run: JobRun) -> bool:
+    """Whether ``quicknet`` made the job's network (a local Docker engine; else, or on any
+    failure, the SDK path makes it after the orphan reap)."""
+    job = run.job
+    if job.network != "bridge":
+        return False
+    name, internal = network_name(job.id, run.store.root), bool(job.allow_hosts)
+    tags = labels(job.id, NETWORK, run.store.root, owner_id())
+    options = _docker_options(name, internal)
+    return quicknet.create(run.dock.url, name, options, internal, tags, run.dock.timeout)
 
 
 def bridge_name(name: str, prefix: str) -> str:
