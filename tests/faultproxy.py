@@ -116,11 +116,13 @@ class FaultProxy:
         self._thawed.set()
         if self._server is not None:
             with contextlib.suppress(OSError):
+                self._server.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
                 self._server.close()
         with self._lock:
             socks = list(self._sockets)
         for s in socks:
-            self._close(s)
+            self._shut(s)  # their threads close them: see ``_shut``
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> FaultProxy:
@@ -144,9 +146,18 @@ class FaultProxy:
         with self._lock:
             self._sockets.add(s)
 
-    def _close(self, s: socket.socket) -> None:
+    @staticmethod
+    def _shut(s: socket.socket) -> None:
+        """End ``s`` both ways, waking a ``recv`` of another thread, but keep its descriptor:
+        one closed under a thread still in ``recv`` was reused by the next connection
+        accepted, and that thread read (and lost) the new connection's request, a client's
+        "connection lost" with nothing seen (a short connection beside the next, in CI)."""
         with contextlib.suppress(OSError):
             s.shutdown(socket.SHUT_RDWR)
+
+    def _close(self, s: socket.socket) -> None:
+        """Close ``s``: only once no other thread uses it."""
+        self._shut(s)
         with contextlib.suppress(OSError):
             s.close()
         with self._lock:
@@ -179,8 +190,8 @@ class FaultProxy:
         except OSError:
             pass
         finally:
-            self._close(dst)
-            self._close(src)
+            self._shut(dst)
+            self._shut(src)
 
     def _serve(self, client: socket.socket) -> None:
         self._track(client)
@@ -192,7 +203,10 @@ class FaultProxy:
             return
         self._track(upstream)
         to_client = threading.Lock()
-        threading.Thread(target=self._pipe, args=(upstream, client, to_client), daemon=True).start()
+        answers = threading.Thread(
+            target=self._pipe, args=(upstream, client, to_client), daemon=True
+        )
+        answers.start()
         buf = b""
         try:
             while True:
@@ -234,6 +248,9 @@ class FaultProxy:
         except OSError:
             return
         finally:
+            self._shut(client)
+            self._shut(upstream)
+            answers.join(10)  # it stops reading both before they are closed
             self._close(client)
             self._close(upstream)
 

@@ -905,6 +905,7 @@ def test_an_engine_error_while_making_the_jobs_network_is_tried_again(
         return make(cli, name, internal, tags)
 
     monkeypatch.setattr(networks, "_create_network", flaky)
+    monkeypatch.setattr(networks, "_made_early", lambda run: False)  # the SDK path, as Podman's
     out = run_logist(jobs_root, "run", "flaky", "--repo", str(repo), "--step", "true")
     assert out.returncode == 0, out.stderr
     assert failed == [network_name("flaky", jobs_root)]
