@@ -254,7 +254,15 @@ def test_a_step_whose_image_ignores_the_gate_is_stopped_when_the_proxy_fails(
     )
     step = "echo step-ran; sleep 60; echo done-sleeping"
     args = _args(outside, "skipgate", source_repo, step)
-    out = _run_on(docker_client, dockerfile, jobs_root, args, _env(outside, BUSYBOX))
+    # a proxy that fails once the step runs (one that fails at once can be known failed before
+    # the step is made: it then never starts, which is right, but not this test's case)
+    dying = _image(
+        docker_client, "dying-proxy", 'FROM logist/proxy:latest\nENTRYPOINT ["sleep", "3"]\n'
+    )
+    try:
+        out = _run_on(docker_client, dockerfile, jobs_root, args, _env(outside, dying))
+    finally:
+        docker_client.images.remove(dying, force=True)
     assert out.returncode == 3, out.stderr
     assert "did not start listening" in out.stderr
     log = (jobs_root / "skipgate" / "logs" / "step-1.log").read_text()
