@@ -195,8 +195,8 @@ def harvest(
     odd, job.unkept = _unkept(out, f"refs/logist/{job.id}/")
     if job.unkept:  # no work lost to a bound: the workspace has them, and stays (red team)
         odd.append(
-            f"{job.unkept} refs the step made are not in the job's result: its workspace is "
-            f"kept with them (`logist job cleanup {job.id} --force` removes it)"
+            f"{job.unkept} refs the step made are not in the job's result; its workspace has "
+            f"them, and a cleanup keeps it unless forced (`logist job cleanup {job.id} --force`)"
         )
     for warning in [*out.warnings, *odd]:
         notify(f"logist: {job.id}: warning: {warning}")

@@ -324,3 +324,25 @@ def test_refs_the_result_cannot_hold_keep_the_workspace_until_a_forced_cleanup(
     gone = logist("job", "cleanup", job, "--force")
     assert gone.returncode == 0, gone.stderr
     assert not (jobs_root / job / "workspace").exists()
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+def test_a_branch_a_shallow_fetch_made_keeps_the_workspace(logist, source_repo, jobs_root):
+    """Its parents are not there, so logist cannot take it: it was skipped as "missing" and
+    lost with the workspace, exit 0 (red team). It now counts as not kept: exit 4, the
+    workspace (and the branch in its repository) kept."""
+    step = (
+        "git config --global user.email a@b && git config --global user.name a && "
+        "git init -q /tmp/o && cd /tmp/o && echo 1 > a && git add a && git commit -qm 1 && "
+        "echo 2 > a && git commit -qam 2 && cd - > /dev/null && "
+        "git fetch -q --depth 1 file:///tmp/o HEAD:refs/heads/other"
+    )
+    job = create_job(logist, source_repo, step)
+    out = logist("job", "run", job)
+    assert out.returncode == 4, out.stderr
+    assert "skipped refs/heads/other: its objects are missing" in out.stderr
+    assert "1 refs the step made are not in the job's result" in out.stderr
+    ws = jobs_root / job / "workspace"
+    packed = (ws / ".git" / "packed-refs").read_text()
+    assert "refs/heads/other" in packed

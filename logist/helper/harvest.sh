@@ -303,7 +303,8 @@ mine
           if (clash > 10) print "skipped " clash - 10 " more refs that clash with the job branch" > wf
           if (over) print "only " n " branches, tags and stashes are kept (at most " \
             max ", and 640 KiB of names); " over " more are not" > wf
-          if (over + clash) print over + clash > of }
+          if (over + clash + gone) print over + clash + gone > of }  # not kept: the host keeps
+          # the workspace for them (a branch a shallow fetch made: its parents are "missing")
   ' "$TM/logist-types" "$TM/logist-kept" -
 } > "$TM/logist-updates"
 while IFS= read -r w; do warn "$w"; done < "$TM/logist-w"
