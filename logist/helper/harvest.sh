@@ -270,6 +270,11 @@ echo "commit $C"
 git --git-dir="$R/trusted" -c safe.directory='*' for-each-ref \
   --format='%(objectname) %(refname)' "refs/logist/$ns/" > "$TM/logist-kept" 2>/dev/null
 printf '%s\n' "$types" > "$TM/logist-types"
+# of those logist could not have, the ones the step's objects do hold (a branch a shallow fetch
+# made: its parents are not there): not kept, and said so (the host then keeps the workspace)
+printf '%s\n' "$types" | awk '$2 == "missing" {print $1}' \
+  | git --git-dir="$V" -c safe.directory='*' cat-file --batch-check='%(objectname) %(objecttype)' \
+    2>/dev/null | awk '$2 != "missing" {print $1}' > "$TM/logist-partial"
 : > "$TM/logist-w"; : > "$TM/logist-r"; : > "$TM/logist-not"
 # the bundle's refs: the job branch when it moved, then what logist does not have
 mine() { : > "$TM/logist-b"; [ "$C" = "$P" ] || echo "refs/heads/$branch" > "$TM/logist-b"; }
@@ -278,9 +283,11 @@ mine
   printf '%s\n' "$refs" | awk -F'\t' -v ns="$ns" -v branch="$branch" -v max=5000 -v most=655360 \
       -v jb="refs/heads/$branch" \
       -v tf="$TM/logist-types" -v kf="$TM/logist-kept" -v wf="$TM/logist-w" \
-      -v rf="$TM/logist-r" -v bf="$TM/logist-b" -v of="$TM/logist-over" -v nf="$TM/logist-not" '
+      -v rf="$TM/logist-r" -v bf="$TM/logist-b" -v of="$TM/logist-over" -v nf="$TM/logist-not" \
+      -v pf="$TM/logist-partial" '
     FILENAME == tf { split($0, p, " "); kind[p[1]] = p[2]; next }
     FILENAME == kf { have[$0] = 1; split($0, q, " "); print "^" q[1] > nf; next }
+    FILENAME == pf { partial[$1] = 1; next }
     $2 == "" || $2 == "HEAD" { next }
     # a name the job branch is under, or one under it: git cannot hold both (skipped alone)
     $2 != jb && (index(jb, $2 "/") == 1 || index($2, jb "/") == 1) {  # named 10 times, counted
@@ -288,6 +295,7 @@ mine
       next }
     { k = ($1 in kind) ? kind[$1] : ""
       if (k == "" || k == "missing") {  # named up to 10 times, then counted
+        if ($1 in partial) part++
         if (++gone <= 10) print "skipped " $2 ": its objects are missing" > wf; next }
       short = substr($2, 6); dest = "refs/logist/" ns "/" short
       # the bundle header and the answer stay bounded: in refs, and in the bytes of their
@@ -303,9 +311,9 @@ mine
           if (clash > 10) print "skipped " clash - 10 " more refs that clash with the job branch" > wf
           if (over) print "only " n " branches, tags and stashes are kept (at most " \
             max ", and 640 KiB of names); " over " more are not" > wf
-          if (over + clash + gone) print over + clash + gone > of }  # not kept: the host keeps
-          # the workspace for them (a branch a shallow fetch made: its parents are "missing")
-  ' "$TM/logist-types" "$TM/logist-kept" -
+          if (over + clash + part) print over + clash + part > of }  # not kept: the host
+          # keeps the workspace for them (a dangling ref holds nothing: not counted)
+  ' "$TM/logist-types" "$TM/logist-kept" "$TM/logist-partial" -
 } > "$TM/logist-updates"
 while IFS= read -r w; do warn "$w"; done < "$TM/logist-w"
 g update-ref --stdin < "$TM/logist-updates" 2>/dev/null || {
