@@ -86,8 +86,7 @@ class JobNetwork:
         net.hold, net.gated = hold, gate
 
         def make() -> None:
-            if _made_early(run):  # before the reap and the SDK's import: a local Docker's
-                net.name = network_name(run.job.id, run.store.root)
+            net.name = _made_early(run)  # before the reap and the SDK's import (local Docker)
             after()
             net._make()
 
@@ -350,16 +349,17 @@ def _docker_options(name: str, internal: bool) -> dict[str, str]:
     return {"com.docker.network.bridge.name": bridge_name(name, JOB_BRIDGE)}
 
 
-def _made_early(run: JobRun) -> bool:
-    """Whether ``quicknet`` made the job's network (a local Docker engine; else, or on any
-    failure, the SDK path makes it after the orphan reap)."""
+def _made_early(run: JobRun) -> str | None:
+    """The job's network's name, when ``quicknet`` made it (a local Docker engine); else None,
+    and the SDK path makes it after the orphan reap (or on any failure here)."""
     job = run.job
     if job.network != "bridge":
-        return False
+        return None
     name, internal = network_name(job.id, run.store.root), bool(job.allow_hosts)
     tags = labels(job.id, NETWORK, run.store.root, owner_id())
     options = _docker_options(name, internal)
-    return quicknet.create(run.dock.url, name, options, internal, tags, run.dock.timeout)
+    made = quicknet.create(run.dock.url, name, options, internal, tags, run.dock.timeout)
+    return name if made else None
 
 
 def bridge_name(name: str, prefix: str) -> str:

@@ -998,3 +998,20 @@ def test_an_answer_longer_than_the_host_reads_is_said_to_be_cut():
     line = b"ref " + b"0" * 40 + b" refs/logist/j1/heads/x\n"
     assert not parse_output(line * 10, b"").cut
     assert parse_output(line * (MAX_OUTPUT // len(line) + 1), b"").cut
+
+
+def test_kept_refs_that_clash_are_all_counted_with_the_others_left_out(root):
+    """A forged packed-refs with ``a`` and ``a/b``: git cannot keep both, so none of the refs
+    is kept this time; the count of those not kept adds them to the ones the awk left out
+    (a branch ``logist``, which the job branch clashes with), not in their place."""
+    head = git(root.ws, "rev-parse", "HEAD").strip()
+    names = ["refs/heads/a", "refs/heads/a/b", "refs/heads/logist"]
+    with open(root.ws / ".git" / "packed-refs", "a") as fh:
+        fh.writelines(f"{head} {name}\n" for name in names)
+    out = root.harvest()
+    assert "some kept refs clash (a/b and a): only the job branch is kept this time" in (
+        out.warnings
+    )
+    assert out.refs == {}
+    # master, the job branch, a and a/b were to be kept; logist was left out before
+    assert out.over == 5

@@ -320,7 +320,9 @@ g update-ref --stdin < "$TM/logist-updates" 2>/dev/null || {
   warn "some kept refs clash (a/b and a): only the job branch is kept this time"
   rm -rf "$S/refs/logist" "$S/refs/wb"
   g update-ref "refs/heads/$branch" "$C" && g update-ref "refs/wb/heads/$branch" "$C" || exit 16
-  mine; wc -l < "$TM/logist-r" > "$TM/logist-over"; : > "$TM/logist-r"
+  # none of the refs is kept now: they count with those the awk left out
+  n=$(wc -l < "$TM/logist-r") o=$(cat "$TM/logist-over" 2>/dev/null)
+  mine; echo $((n + ${o:-0})) > "$TM/logist-over"; : > "$TM/logist-r"
 }
 # 4. the bundle: what logist's repository does not have yet
 if [ -s "$TM/logist-b" ]; then
