@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 
@@ -24,3 +25,9 @@ def labelled_container(docker_client, jobs_root: Path, job: str, owner: str = "n
         },
         **run,
     )
+
+
+def built_image(docker_client, tag: str, dockerfile: str) -> str:
+    """``tag``, built from ``dockerfile`` (the caller removes it)."""
+    docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
+    return tag

@@ -15,6 +15,7 @@ import pytest
 
 from tests.helpers import create_job
 from tests.support_cli import popen_logist
+from tests.support_containers import built_image
 
 
 def _notes(logist, job: str) -> list[str]:
@@ -272,11 +273,8 @@ def test_an_images_anonymous_volumes_go_with_its_step(
     """An image's ``VOLUME`` gave each step an anonymous volume the engine kept after the
     step's container was removed, with no label for a sweep to find: a spec naming such an
     image (and 1,000 steps) filled the engine's disk (red team)."""
-    import io
-
     tag = f"logist-test/volume:{os.getpid()}"
-    dockerfile = "FROM logist/busybox:latest\nVOLUME /data\n"
-    docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
+    built_image(docker_client, tag, "FROM logist/busybox:latest\nVOLUME /data\n")
     try:
         steps = ("echo x > /data/x; sleep 3", "echo y > /data/y")
         job = create_job(logist, source_repo, *steps, extra=("--image", tag))

@@ -20,6 +20,7 @@ from logist import container_spec, containers
 from logist.store import owner_id
 from tests.faultproxy import FaultProxy
 from tests.nodes import IMAGES, NODE_LABEL, OWNER_LABEL, reap_stale_nodes
+from tests.support_containers import built_image
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -43,7 +44,7 @@ def tiny_image(docker_client):
     has it. Removed from the host afterwards (the nodes are the session's)."""
     tag = f"logist-test/push-{secrets.token_hex(4)}:1"
     dockerfile = f"FROM {BUSYBOX}\nLABEL logist.test-push={tag}\n"
-    docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
+    built_image(docker_client, tag, dockerfile)
     yield tag
     docker_client.images.remove(tag, force=True)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import io
 import json
 import os
 import random
@@ -20,6 +19,7 @@ import pytest
 
 from tests.conftest import BUSYBOX
 from tests.helpers import git, job_status, run_logist, wait_for
+from tests.support_containers import built_image
 from tests.support_net import NAMES, left_behind, network_with_server
 from tests.support_wait import ended
 
@@ -41,9 +41,7 @@ def outside(docker_client):
 
 
 def _image(docker_client, name: str, dockerfile: str):
-    tag = f"logist-test/{name}:{os.getpid()}"
-    docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
-    return tag
+    return built_image(docker_client, f"logist-test/{name}:{os.getpid()}", dockerfile)
 
 
 @pytest.fixture(scope="module")
